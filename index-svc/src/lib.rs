@@ -1,0 +1,1 @@
+//! index-svc (being written).

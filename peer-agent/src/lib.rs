@@ -1,0 +1,1 @@
+//! peer-agent (being written).

@@ -1,0 +1,444 @@
+//! Access-token verification, the one place where a bearer token is parsed.
+//!
+//! auth-svc signs access tokens with Ed25519 (`alg: EdDSA`) and names the key
+//! in the `kid` header. Every other service holds a [`TokenVerifier`] that
+//! caches auth-svc's public keys (fetched with `GetSigningKeys`), refetches
+//! them when a token names an unknown `kid` (at most once per
+//! [`REFETCH_INTERVAL`]), and keeps verifying with the cached keys while
+//! auth-svc is down. [`RequireAuth`] wraps a tonic service so that handlers
+//! only ever see verified [`Claims`] in the request extensions.
+//!
+//! **Architecture Invariant:** no handler reads the `authorization` header;
+//! they call [`claims`].
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+use tonic::body::Body;
+use tonic::server::NamedService;
+
+use p2p_proto::auth::v1::GetSigningKeysRequest;
+use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
+
+/// The `iss` claim of every access token.
+pub const ISSUER: &str = "p2p-auth";
+/// The `aud` claim of every access token.
+pub const AUDIENCE: &str = "p2p-network";
+/// Clock skew tolerated on `exp` and `iat`.
+pub const LEEWAY: Duration = Duration::from_secs(30);
+/// Minimum time between two key fetches triggered by unknown `kid`s.
+pub const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What an account may do. Stored as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Shares, downloads, deletes its own files.
+    User,
+    /// Also administers accounts and deletes any file.
+    Admin,
+}
+
+impl Role {
+    /// The stored and claimed name: `user` or `admin`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "user" => Some(Role::User),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// The claims of a verified access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer, always [`ISSUER`].
+    pub iss: String,
+    /// Audience, always [`AUDIENCE`].
+    pub aud: String,
+    /// The user id.
+    pub sub: String,
+    /// The username at issue time.
+    pub name: String,
+    /// The role at issue time.
+    pub role: Role,
+    /// Issued at, Unix seconds.
+    pub iat: i64,
+    /// Expires at, Unix seconds.
+    pub exp: i64,
+    /// Unique token id.
+    pub jti: String,
+}
+
+impl Claims {
+    /// Whether the token's user is an admin.
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// Why a token was rejected. Converted to `Unauthenticated` (or
+/// `Unavailable` when the keys cannot be had) in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// No `authorization` metadata.
+    #[error("missing access token: send `authorization: Bearer <token>` (log in first)")]
+    Missing,
+    /// The header is not `Bearer <token>`.
+    #[error("malformed authorization header: expected `Bearer <token>`")]
+    Malformed,
+    /// The token names a key nobody published.
+    #[error("access token signed by an unknown key (kid {0:?}): log in again")]
+    UnknownKey(String),
+    /// The token has no `kid` header.
+    #[error("access token has no key id")]
+    NoKeyId,
+    /// The token is expired.
+    #[error("access token expired: refresh it or log in again")]
+    Expired,
+    /// Signature, algorithm, audience, issuer or format is wrong.
+    #[error("invalid access token: {0}")]
+    Invalid(String),
+    /// No keys are cached and auth-svc cannot be reached.
+    #[error("cannot verify tokens: auth service unreachable and no signing keys cached ({0})")]
+    KeysUnavailable(String),
+}
+
+impl From<TokenError> for Status {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::KeysUnavailable(_) => Status::unavailable(err.to_string()),
+            _ => Status::unauthenticated(err.to_string()),
+        }
+    }
+}
+
+/// One public key as published by auth-svc.
+#[derive(Debug, Clone)]
+pub struct PublicKey {
+    /// Key id.
+    pub kid: String,
+    /// Raw 32-byte Ed25519 public key.
+    pub bytes: Vec<u8>,
+}
+
+impl PublicKey {
+    /// Parses a `SigningKey` message's base64url key.
+    pub fn from_base64url(kid: &str, b64: &str) -> Result<Self, String> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(b64.trim_end_matches('='))
+            .map_err(|e| format!("key {kid}: bad base64url: {e}"))?;
+        if bytes.len() != 32 {
+            return Err(format!("key {kid}: expected 32 bytes, got {}", bytes.len()));
+        }
+        Ok(Self {
+            kid: kid.to_string(),
+            bytes,
+        })
+    }
+
+    /// The base64url form published in `SigningKey.public_key`.
+    pub fn to_base64url(&self) -> String {
+        URL_SAFE_NO_PAD.encode(&self.bytes)
+    }
+}
+
+struct Remote {
+    auth_url: String,
+    last_fetch: Mutex<Option<Instant>>,
+    fetch_lock: tokio::sync::Mutex<()>,
+}
+
+struct Inner {
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    validation: Validation,
+    remote: Option<Remote>,
+}
+
+/// Verifies access tokens. Cheap to clone; clones share the key cache.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<String> = self
+            .inner
+            .keys
+            .read()
+            .map(|k| k.keys().cloned().collect())
+            .unwrap_or_default();
+        f.debug_struct("TokenVerifier")
+            .field("kids", &kids)
+            .finish()
+    }
+}
+
+impl TokenVerifier {
+    fn with_remote(remote: Option<Remote>) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.leeway = LEEWAY.as_secs();
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        Self {
+            inner: Arc::new(Inner {
+                keys: RwLock::new(HashMap::new()),
+                validation,
+                remote,
+            }),
+        }
+    }
+
+    /// A verifier with a fixed key set (auth-svc verifies its own tokens).
+    pub fn with_keys(keys: impl IntoIterator<Item = PublicKey>) -> Self {
+        let verifier = Self::with_remote(None);
+        verifier.install(keys);
+        verifier
+    }
+
+    /// A verifier that fetches keys from auth-svc at `auth_url` on demand.
+    pub fn remote(auth_url: &str) -> Self {
+        Self::with_remote(Some(Remote {
+            auth_url: auth_url.to_string(),
+            last_fetch: Mutex::new(None),
+            fetch_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Adds keys to the cache (existing kids are replaced).
+    pub fn install(&self, keys: impl IntoIterator<Item = PublicKey>) {
+        let mut cache = self.inner.keys.write().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            let x = key.to_base64url();
+            match DecodingKey::from_ed_components(&x) {
+                Ok(decoding) => {
+                    cache.insert(key.kid, decoding);
+                }
+                Err(err) => tracing::warn!(kid = %key.kid, %err, "ignoring unusable signing key"),
+            }
+        }
+    }
+
+    /// Number of cached keys.
+    pub fn cached_keys(&self) -> usize {
+        self.inner.keys.read().map(|k| k.len()).unwrap_or(0)
+    }
+
+    /// Fetches auth-svc's keys now (no-op for a fixed key set). Callers may
+    /// do this at start-up to warm the cache; failures are returned and the
+    /// cache is left as it was.
+    pub async fn refresh(&self) -> Result<usize, TokenError> {
+        let Some(remote) = &self.inner.remote else {
+            return Ok(self.cached_keys());
+        };
+        let _guard = remote.fetch_lock.lock().await;
+        if let Ok(mut last) = remote.last_fetch.lock() {
+            *last = Some(Instant::now());
+        }
+        let channel = crate::client::channel(&remote.auth_url)
+            .map_err(|e| TokenError::KeysUnavailable(e.to_string()))?;
+        let mut client = AuthServiceClient::new(channel);
+        let response = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_signing_keys(GetSigningKeysRequest {}),
+        )
+        .await
+        .map_err(|_| TokenError::KeysUnavailable(format!("{} timed out", remote.auth_url)))?
+        .map_err(|s| TokenError::KeysUnavailable(format!("{}: {}", remote.auth_url, s.message())))?
+        .into_inner();
+        let mut keys = Vec::new();
+        for key in response.keys {
+            match PublicKey::from_base64url(&key.kid, &key.public_key) {
+                Ok(k) => keys.push(k),
+                Err(err) => tracing::warn!(%err, "auth-svc published an unusable key"),
+            }
+        }
+        let count = keys.len();
+        self.install(keys);
+        tracing::debug!(count, "fetched signing keys");
+        Ok(count)
+    }
+
+    fn may_refetch(&self) -> bool {
+        let Some(remote) = &self.inner.remote else {
+            return false;
+        };
+        match remote.last_fetch.lock() {
+            Ok(last) => last.is_none_or(|t| t.elapsed() >= REFETCH_INTERVAL),
+            Err(_) => true,
+        }
+    }
+
+    /// Verifies a bare token (no `Bearer ` prefix).
+    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| TokenError::Invalid(format!("cannot read header: {e}")))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Invalid(format!(
+                "algorithm {:?} not accepted",
+                header.alg
+            )));
+        }
+        let kid = header.kid.ok_or(TokenError::NoKeyId)?;
+        if let Some(result) = self.verify_with_cached(token, &kid) {
+            return result;
+        }
+        if self.may_refetch() {
+            if let Err(err) = self.refresh().await {
+                if self.cached_keys() == 0 {
+                    return Err(err);
+                }
+                tracing::warn!(%err, "cannot refetch signing keys; using cached ones");
+            }
+            if let Some(result) = self.verify_with_cached(token, &kid) {
+                return result;
+            }
+        }
+        Err(TokenError::UnknownKey(kid))
+    }
+
+    fn verify_with_cached(&self, token: &str, kid: &str) -> Option<Result<Claims, TokenError>> {
+        let cache = self.inner.keys.read().unwrap_or_else(|e| e.into_inner());
+        let key = cache.get(kid)?;
+        Some(
+            jsonwebtoken::decode::<Claims>(token, key, &self.inner.validation)
+                .map(|data| data.claims)
+                .map_err(|e| match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                    _ => TokenError::Invalid(e.to_string()),
+                }),
+        )
+    }
+
+    /// Verifies the value of an `authorization` header.
+    pub async fn verify_header(
+        &self,
+        header: Option<&http::HeaderValue>,
+    ) -> Result<Claims, TokenError> {
+        let value = header.ok_or(TokenError::Missing)?;
+        let value = value.to_str().map_err(|_| TokenError::Malformed)?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(TokenError::Malformed)?
+            .trim();
+        if token.is_empty() {
+            return Err(TokenError::Missing);
+        }
+        self.verify(token).await
+    }
+}
+
+/// The verified claims of a request that passed [`RequireAuth`].
+pub fn claims<T>(request: &tonic::Request<T>) -> Result<&Claims, Status> {
+    request
+        .extensions()
+        .get::<Claims>()
+        .ok_or_else(|| Status::unauthenticated("missing access token: log in first"))
+}
+
+/// Like [`claims`], and also requires the admin role.
+pub fn admin_claims<T>(request: &tonic::Request<T>) -> Result<&Claims, Status> {
+    let claims = claims(request)?;
+    if claims.is_admin() {
+        Ok(claims)
+    } else {
+        Err(Status::permission_denied(
+            "this needs the admin role; ask an administrator",
+        ))
+    }
+}
+
+/// Wraps a tonic service so every call must carry a valid access token,
+/// except the methods listed as public (full paths such as
+/// `/p2p.auth.v1.AuthService/Login`). Verified [`Claims`] land in the
+/// request extensions; a bad token is answered with `Unauthenticated`
+/// without reaching the handler.
+#[derive(Clone)]
+pub struct RequireAuth<S> {
+    inner: S,
+    verifier: TokenVerifier,
+    public: &'static [&'static str],
+}
+
+impl<S> RequireAuth<S> {
+    /// Every method of `inner` needs a token.
+    pub fn new(inner: S, verifier: TokenVerifier) -> Self {
+        Self {
+            inner,
+            verifier,
+            public: &[],
+        }
+    }
+
+    /// Methods listed by full path need no token; a token they carry anyway
+    /// is verified and its claims passed on when valid.
+    pub fn with_public(mut self, public: &'static [&'static str]) -> Self {
+        self.public = public;
+        self
+    }
+}
+
+impl<S: NamedService> NamedService for RequireAuth<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower::Service<http::Request<Body>> for RequireAuth<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // The clone that was polled ready is the one that serves the call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let verifier = self.verifier.clone();
+        let public = self.public.contains(&request.uri().path());
+        Box::pin(async move {
+            let header = request.headers().get(http::header::AUTHORIZATION).cloned();
+            match verifier.verify_header(header.as_ref()).await {
+                Ok(claims) => {
+                    request.extensions_mut().insert(claims);
+                }
+                Err(_) if public => {}
+                Err(err) => {
+                    tracing::debug!(path = %request.uri().path(), %err, "rejected call");
+                    return Ok(Status::from(err).into_http());
+                }
+            }
+            inner.call(request).await
+        })
+    }
+}

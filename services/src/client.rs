@@ -1,0 +1,52 @@
+//! Channels from one service to another, and the bearer header they carry.
+
+use std::time::Duration;
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+/// HTTP/2 flow-control windows for every channel and server: large enough
+/// that one stream can fill a LAN link with multi-megabyte chunks in flight.
+pub const STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+/// Connection-level HTTP/2 window.
+pub const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
+/// Largest gRPC message any of our services accepts or sends: a 64 MiB chunk
+/// plus framing, or a 100 GiB file's manifest.
+pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
+
+/// Turns `host:port` or `http://host:port` into an endpoint URL.
+pub fn normalize_url(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// A lazily connecting channel to `addr` (`host:port` or a URL) with the
+/// project's HTTP/2 settings. The first RPC connects; a down server surfaces
+/// as `Unavailable` on that RPC, never at construction.
+pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(addr)?.connect_lazy())
+}
+
+/// The endpoint behind [`channel`], for callers that want to connect eagerly.
+pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(normalize_url(addr))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES))
+}
+
+/// Wraps `message` in a request carrying `authorization: Bearer <token>`.
+pub fn with_bearer<T>(message: T, access_token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = MetadataValue::try_from(format!("Bearer {access_token}")) {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}

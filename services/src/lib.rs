@@ -1,0 +1,21 @@
+//! Plumbing every P2P File Transfer binary links, written once:
+//!
+//! - [`telemetry`]: tracing-subscriber set up from `RUST_LOG`, text or JSON.
+//! - [`serve`]: a tonic server with health, reflection, tuned HTTP/2 and
+//!   graceful shutdown.
+//! - [`shutdown`]: the SIGINT/SIGTERM signal passed down to every server.
+//! - [`db`]: database connect + embedded migrations, SQLite or PostgreSQL
+//!   chosen by the URL scheme.
+//! - [`auth`]: access-token claims, verification with cached signing keys,
+//!   and the tower wrapper that puts verified claims in request extensions.
+//! - [`client`]: channels to other services and the bearer header.
+//! - [`health`]: the `healthcheck` probe binaries expose for containers.
+
+pub mod auth;
+pub mod client;
+pub mod db;
+pub mod health;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;

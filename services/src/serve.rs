@@ -1,0 +1,153 @@
+//! Serving a set of tonic services the same way in every binary: standard
+//! `grpc.health.v1` health (each service reported by name, and the whole
+//! server under ""), server reflection (v1 and v1alpha, so every grpcurl
+//! version can `list` and `describe`), HTTP/2 windows sized for bulk chunk
+//! transfer, TCP_NODELAY, and graceful shutdown on the future passed in.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::client::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
+
+/// Why a server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not be built from the descriptor set.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The listener has no local address.
+    #[error("listener has no local address: {0}")]
+    LocalAddr(#[source] std::io::Error),
+}
+
+/// The services one binary exposes, built up with [`GrpcServer::add`] and
+/// started with [`GrpcServer::serve`].
+pub struct GrpcServer {
+    routes: Routes,
+    names: Vec<&'static str>,
+}
+
+impl Default for GrpcServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GrpcServer {
+    /// A server with no application services yet.
+    pub fn new() -> Self {
+        Self {
+            routes: Routes::default(),
+            names: Vec::new(),
+        }
+    }
+
+    /// Adds a service; its name is reported as SERVING by health.
+    pub fn add<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains in-flight
+    /// calls and returns.
+    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> Result<(), ServeError>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let addr: SocketAddr = listener.local_addr().map_err(ServeError::LocalAddr)?;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for name in &self.names {
+            reporter
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let routes = self
+            .routes
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
+        tracing::info!(%addr, services = ?self.names, "serving gRPC");
+        let names = self.names.clone();
+        let shutdown = async move {
+            shutdown.await;
+            for name in &names {
+                reporter
+                    .set_service_status(*name, ServingStatus::NotServing)
+                    .await;
+            }
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+        };
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_frame_size(Some(1024 * 1024))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        tracing::info!(%addr, "server stopped");
+        Ok(())
+    }
+}
+
+/// Binds a TCP listener, naming the address in the error.
+pub async fn bind(addr: &str) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// A listen address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source} (is another process using the port?)")]
+pub struct BindError {
+    /// The address as given.
+    pub addr: String,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
