@@ -9,12 +9,15 @@
 //! - [`auth`]: access-token claims, verification with cached signing keys,
 //!   and the tower wrapper that puts verified claims in request extensions.
 //! - [`client`]: channels to other services and the bearer header.
+//! - [`manifest`]: file ids, chunk geometry, bitfields, names and manifest
+//!   validation shared by index-svc and peer-agent.
 //! - [`health`]: the `healthcheck` probe binaries expose for containers.
 
 pub mod auth;
 pub mod client;
 pub mod db;
 pub mod health;
+pub mod manifest;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
