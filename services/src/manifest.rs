@@ -212,7 +212,7 @@ impl Manifest {
         if size_bytes > MAX_FILE_BYTES {
             return Err(ManifestError::TooLarge(size_bytes));
         }
-        if chunk_hashes.len() % HASH_LEN != 0 {
+        if !chunk_hashes.len().is_multiple_of(HASH_LEN) {
             return Err(ManifestError::RaggedHashes(chunk_hashes.len()));
         }
         let expected = chunk_count(size_bytes, chunk_size_bytes);

@@ -32,7 +32,7 @@ pub enum ServeError {
     LocalAddr(#[source] std::io::Error),
 }
 
-/// The services one binary exposes, built up with [`GrpcServer::add`] and
+/// The services one binary exposes, built up with [`GrpcServer::add_service`] and
 /// started with [`GrpcServer::serve`].
 pub struct GrpcServer {
     routes: Routes,
@@ -55,7 +55,7 @@ impl GrpcServer {
     }
 
     /// Adds a service; its name is reported as SERVING by health.
-    pub fn add<S>(mut self, service: S) -> Self
+    pub fn add_service<S>(mut self, service: S) -> Self
     where
         S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
             + NamedService
