@@ -11,6 +11,8 @@
 //! - [`client`]: channels to other services and the bearer header.
 //! - [`manifest`]: file ids, chunk geometry, bitfields, names and manifest
 //!   validation shared by index-svc and peer-agent.
+//! - [`metrics`]: the Prometheus registry, the RPC metrics layer and the
+//!   `/metrics` endpoint.
 //! - [`health`]: the `healthcheck` probe binaries expose for containers.
 
 pub mod auth;
@@ -18,6 +20,7 @@ pub mod client;
 pub mod db;
 pub mod health;
 pub mod manifest;
+pub mod metrics;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

@@ -119,6 +119,7 @@ impl GrpcServer {
                 .await;
         };
         tonic::transport::Server::builder()
+            .layer(crate::metrics::RpcMetricsLayer)
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
