@@ -1,0 +1,250 @@
+//! The `p2p` command line: every command, flag and help text. Parsing only;
+//! `commands` does the work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The agent address used when neither `--agent` nor `P2P_AGENT` is given.
+pub const DEFAULT_AGENT: &str = "127.0.0.1:50054";
+
+const AFTER_HELP: &str = "\
+Examples:
+  p2p login alice                 log the local agent in (prompts for the password)
+  p2p share ~/videos/talk.mp4     publish a file to the network
+  p2p ls                          every file in the network
+  p2p get talk.mp4 -o ~/Downloads download it from the swarm
+  p2p --json status | jq .        machine-readable output for scripts
+
+The client talks to the peer-agent running on this machine (or --agent).
+Exit codes: 0 success, 1 failure, 2 bad usage, 3 agent unreachable,
+4 not logged in, 5 no such file or user, 6 permission denied,
+7 destination exists.";
+
+/// Command-line client of the P2P File Transfer network.
+#[derive(Debug, Parser)]
+#[command(
+    name = "p2p",
+    version,
+    about = "Share and download files on your LAN's peer-to-peer network",
+    long_about = "Share and download files on your LAN's peer-to-peer network.\n\n\
+        `p2p` is a thin client of the local peer-agent: the agent holds your \
+        session, serves your shared files to other peers and downloads from \
+        many peers at once. Start the agent with `peer-agent`, then `p2p login`.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// The agent's control address, `host:port` or `http://host:port`.
+    #[arg(long, global = true, env = "P2P_AGENT", default_value = DEFAULT_AGENT)]
+    pub agent: String,
+
+    /// Machine-readable output: one JSON document per command (for `get`,
+    /// one JSON object per line: progress events, then the result).
+    #[arg(long, global = true, env = "P2P_JSON")]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Log the agent in as a user.
+    #[command(
+        long_about = "Log the agent in as a user. The agent keeps the session, \
+            refreshes its token and announces itself to the index until \
+            `p2p logout`.\n\n\
+            The password is read without echo from the terminal, from the first \
+            line of standard input with --password-stdin, or from P2P_PASSWORD.",
+        after_help = "Examples:\n  p2p login alice\n  \
+            echo \"$PASS\" | p2p login alice --password-stdin"
+    )]
+    Login(LoginArgs),
+
+    /// Log the agent out. Downloaded and shared files stay on disk.
+    #[command(after_help = "Example:\n  p2p logout")]
+    Logout,
+
+    /// List the files in the network.
+    #[command(
+        visible_alias = "list",
+        long_about = "List the files in the network with what this agent holds \
+            of each.\n\n\
+            HOLDERS is online holders / complete copies. LOCAL is the share of \
+            the file on this machine (\"-\" when none). ID is abbreviated; any \
+            unique prefix works wherever a file is expected.",
+        after_help = "Examples:\n  p2p ls\n  p2p ls .iso\n  p2p --json ls | jq '.files[].name'"
+    )]
+    Ls {
+        /// Show only files whose name contains this (case-insensitive).
+        filter: Option<String>,
+    },
+
+    /// Publish local files to the network.
+    #[command(
+        long_about = "Publish local files to the network. The agent hashes each \
+            file into chunks, publishes its manifest to the index and serves it \
+            from where it is (the file is not copied). Prints each file's id.\n\n\
+            Paths are made absolute here and read by the agent, so the agent \
+            must be able to read them.",
+        after_help = "Examples:\n  p2p share report.pdf\n  p2p share ~/isos/*.iso"
+    )]
+    Share {
+        /// Files to share.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+
+    /// Download a file from the swarm.
+    #[command(
+        long_about = "Download a file from every peer that has it, verifying \
+            each chunk. The file appears under its final name only once it is \
+            complete and verified. An interrupted download resumes from the \
+            chunks already verified.\n\n\
+            Without -o the file goes to the agent's downloads directory. \
+            Ctrl-C detaches: the agent keeps downloading (see `p2p cancel`).",
+        after_help = "Examples:\n  p2p get talk.mp4\n  p2p get 3f9a1c -o ~/Downloads/\n  \
+            p2p get talk.mp4 -o talk.mp4 --force"
+    )]
+    Get {
+        /// File name, id, or unique id prefix.
+        file: String,
+        /// Destination file, or an existing directory to put it in.
+        #[arg(short = 'o', long = "output", env = "P2P_OUTPUT")]
+        output: Option<PathBuf>,
+        /// Replace the destination if it exists.
+        #[arg(long, env = "P2P_FORCE")]
+        force: bool,
+    },
+
+    /// Stop a running download (verified chunks are kept).
+    #[command(
+        long_about = "Stop a running download. Verified chunks are kept, so \
+            `p2p get` later resumes where it stopped.",
+        after_help = "Example:\n  p2p cancel talk.mp4"
+    )]
+    Cancel {
+        /// File name, id, or unique id prefix.
+        file: String,
+    },
+
+    /// Stop sharing a file and delete this agent's copy.
+    #[command(
+        long_about = "Stop sharing a file and delete this agent's copy of it. \
+            Other peers keep their copies. With --network, also remove the \
+            file from the network's index: only its owner or an admin may.",
+        after_help = "Examples:\n  p2p rm talk.mp4\n  p2p rm talk.mp4 --network"
+    )]
+    Rm {
+        /// File name, id, or unique id prefix.
+        file: String,
+        /// Also remove the file from the network (owner or admin only).
+        #[arg(long, env = "P2P_RM_NETWORK")]
+        network: bool,
+    },
+
+    /// List the peers the index knows.
+    #[command(after_help = "Examples:\n  p2p peers\n  p2p peers --all")]
+    Peers {
+        /// Include peers that are offline.
+        #[arg(long, env = "P2P_PEERS_ALL")]
+        all: bool,
+    },
+
+    /// Show the agent's session, addresses, transfers and counters.
+    #[command(after_help = "Examples:\n  p2p status\n  p2p --json status")]
+    Status,
+
+    /// Manage accounts (admins only).
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+/// `p2p login` arguments.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// User name; prompted for when missing.
+    #[arg(env = "P2P_USER")]
+    pub user: Option<String>,
+    #[command(flatten)]
+    pub password: PasswordArgs,
+}
+
+/// Where a password comes from, for commands that need one.
+#[derive(Debug, Args)]
+pub struct PasswordArgs {
+    /// Read the password from the first line of standard input.
+    #[arg(long, env = "P2P_PASSWORD_STDIN")]
+    pub password_stdin: bool,
+    /// The password itself. Only through the environment: a flag would
+    /// leave it in shell history and `ps`.
+    #[arg(long, env = "P2P_PASSWORD", hide = true, hide_env_values = true)]
+    pub password: Option<String>,
+}
+
+/// `p2p users ...`: account administration through the agent's session.
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create an account.
+    #[command(after_help = "Examples:\n  p2p users add bob\n  \
+        echo \"$PASS\" | p2p users add carol --admin --password-stdin")]
+    Add {
+        /// Login name: letters, digits, `.`, `_` and `-`.
+        name: String,
+        /// Make the account an admin.
+        #[arg(long, env = "P2P_USER_ADMIN")]
+        admin: bool,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// List every account.
+    #[command(visible_alias = "list", after_help = "Example:\n  p2p users ls")]
+    Ls,
+    /// Delete an account and end its sessions.
+    #[command(visible_alias = "delete", after_help = "Example:\n  p2p users rm bob")]
+    Rm {
+        /// Login name.
+        name: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn get_takes_output_and_force() {
+        let cli = Cli::try_parse_from(["p2p", "get", "abc", "-o", "/tmp/x", "--force"]).unwrap();
+        match cli.command {
+            Command::Get {
+                file,
+                output,
+                force,
+            } => {
+                assert_eq!(file, "abc");
+                assert_eq!(output, Some(PathBuf::from("/tmp/x")));
+                assert!(force);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_and_agent_are_accepted_after_the_command() {
+        let cli = Cli::try_parse_from(["p2p", "ls", "--json", "--agent", "h:1"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.agent, "h:1");
+    }
+
+    #[test]
+    fn share_needs_a_path() {
+        assert!(Cli::try_parse_from(["p2p", "share"]).is_err());
+    }
+}

@@ -1,0 +1,530 @@
+//! Each `p2p` command as one function over the agent's control API. They
+//! turn arguments into requests, views into output, and statuses into
+//! `Error`s that say what to do.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use p2p_proto::agent::v1 as agent;
+use p2p_proto::agent::v1::agent_control_client::AgentControlClient;
+use p2p_proto::auth::v1 as auth;
+use p2p_proto::index::v1 as index;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use crate::cli::{Command, LoginArgs, PasswordArgs, UsersCommand};
+use crate::error::{Error, Subject, explain};
+use crate::progress::Progress;
+use crate::view::{self, DownloadEvent, FileRow, PeerRow, SharedFile, StatusView, UserRow};
+
+/// How output is written: JSON documents for scripts or text for people.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// One JSON document per command (JSON lines for `get`).
+    pub json: bool,
+    /// Draw progress bars on stderr (a terminal, and not `--json`).
+    pub bars: bool,
+}
+
+impl Output {
+    fn json<T: Serialize>(&self, value: &T) {
+        // Serialising our own plain structs cannot fail.
+        let text = serde_json::to_string(value).unwrap_or_default();
+        println!("{text}");
+    }
+}
+
+/// A connected control client plus what error messages need to know.
+pub struct Session {
+    client: AgentControlClient<Channel>,
+    addr: String,
+    out: Output,
+}
+
+/// Connects to the agent eagerly, so "agent not running" is told apart from
+/// errors the agent itself reports.
+pub async fn connect(addr: &str, out: Output) -> Result<Session, Error> {
+    let unreachable = |detail: String| Error::AgentUnreachable {
+        addr: addr.to_string(),
+        detail,
+    };
+    let endpoint = p2p_services::client::endpoint(addr).map_err(|e| unreachable(e.to_string()))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| unreachable(source_chain(&e)))?;
+    let client = AgentControlClient::new(channel)
+        .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES);
+    Ok(Session {
+        client,
+        addr: addr.to_string(),
+        out,
+    })
+}
+
+/// The innermost cause of a transport error, which is the useful part
+/// ("Connection refused") rather than "transport error".
+fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        message = inner.to_string();
+        source = inner.source();
+    }
+    message
+}
+
+/// Runs one command.
+pub async fn run(session: &mut Session, command: Command) -> Result<(), Error> {
+    match command {
+        Command::Login(args) => login(session, args).await,
+        Command::Logout => logout(session).await,
+        Command::Ls { filter } => ls(session, filter.unwrap_or_default()).await,
+        Command::Share { paths } => share(session, paths).await,
+        Command::Get {
+            file,
+            output,
+            force,
+        } => get(session, file, output, force).await,
+        Command::Cancel { file } => cancel(session, file).await,
+        Command::Rm { file, network } => rm(session, file, network).await,
+        Command::Peers { all } => peers(session, all).await,
+        Command::Status => status(session).await,
+        Command::Users(UsersCommand::Add {
+            name,
+            admin,
+            password,
+        }) => users_add(session, name, admin, password).await,
+        Command::Users(UsersCommand::Ls) => users_ls(session).await,
+        Command::Users(UsersCommand::Rm { name }) => users_rm(session, name).await,
+    }
+}
+
+#[derive(Serialize)]
+struct Done<'a> {
+    ok: bool,
+    message: &'a str,
+}
+
+fn done(out: Output, message: &str) {
+    if out.json {
+        out.json(&Done { ok: true, message });
+    } else {
+        println!("{message}");
+    }
+}
+
+async fn login(session: &mut Session, args: LoginArgs) -> Result<(), Error> {
+    let username = match args.user {
+        Some(user) => user,
+        None => prompt_line("username")?,
+    };
+    let password = read_password(&args.password, "password")?;
+    let response = session
+        .client
+        .login(agent::LoginRequest {
+            username: username.clone(),
+            password,
+        })
+        .await
+        .map_err(|s| explain(s, Subject::Login))?
+        .into_inner();
+    let user = response.user.map(UserRow::from_proto);
+    if session.out.json {
+        #[derive(Serialize)]
+        struct LoggedIn {
+            user: Option<UserRow>,
+            peer_id: String,
+        }
+        session.out.json(&LoggedIn {
+            user,
+            peer_id: response.peer_id,
+        });
+    } else {
+        let role = user.map_or("user", |u| u.role);
+        println!("logged in as {username} ({role}) on {}", session.addr);
+    }
+    Ok(())
+}
+
+async fn logout(session: &mut Session) -> Result<(), Error> {
+    session
+        .client
+        .logout(agent::LogoutRequest {})
+        .await
+        .map_err(|s| explain(s, Subject::General))?;
+    done(session.out, "logged out; files stay on disk");
+    Ok(())
+}
+
+async fn ls(session: &mut Session, filter: String) -> Result<(), Error> {
+    let response = session
+        .client
+        .list_files(agent::ListFilesRequest {
+            name_contains: filter.clone(),
+        })
+        .await
+        .map_err(|s| explain(s, Subject::General))?
+        .into_inner();
+    let rows: Vec<FileRow> = response
+        .files
+        .into_iter()
+        .map(FileRow::from_proto)
+        .collect();
+    if session.out.json {
+        #[derive(Serialize)]
+        struct Files {
+            files: Vec<FileRow>,
+        }
+        session.out.json(&Files { files: rows });
+    } else if rows.is_empty() && filter.is_empty() {
+        println!("no files in the network yet: share one with `p2p share PATH`");
+    } else if rows.is_empty() {
+        println!("no file name contains {filter:?}");
+    } else {
+        print!("{}", view::files_table(&rows));
+    }
+    Ok(())
+}
+
+async fn share(session: &mut Session, paths: Vec<PathBuf>) -> Result<(), Error> {
+    let mut shared = Vec::new();
+    for path in paths {
+        let absolute = absolute(&path)?;
+        let shown = absolute.display().to_string();
+        let mut stream = session
+            .client
+            .share(agent::ShareRequest {
+                path: shown.clone(),
+                name: String::new(),
+                mime_type: String::new(),
+            })
+            .await
+            .map_err(|s| explain(s, Subject::Path(&shown)))?
+            .into_inner();
+        let progress = Progress::hashing(session.out.bars, &shown);
+        let mut result = None;
+        loop {
+            let message = stream
+                .message()
+                .await
+                .map_err(|s| explain(s, Subject::Path(&shown)))?;
+            let Some(message) = message else { break };
+            progress.update(message.hashed_bytes, message.total_bytes, None);
+            if let Some(file) = message.file {
+                result = Some(SharedFile::from_proto(
+                    shown.clone(),
+                    file,
+                    message.already_published,
+                ));
+            }
+        }
+        progress.finish();
+        let Some(file) = result else {
+            return Err(Error::Agent {
+                code: tonic::Code::Unknown,
+                message: format!(
+                    "sharing {shown} ended without the published file: see the agent's log"
+                ),
+            });
+        };
+        if !session.out.json {
+            println!("{}", file.line());
+        }
+        shared.push(file);
+    }
+    if session.out.json {
+        #[derive(Serialize)]
+        struct Shared {
+            shared: Vec<SharedFile>,
+        }
+        session.out.json(&Shared { shared });
+    }
+    Ok(())
+}
+
+async fn get(
+    session: &mut Session,
+    file: String,
+    output: Option<PathBuf>,
+    force: bool,
+) -> Result<(), Error> {
+    let destination = match output {
+        Some(path) => absolute(&path)?.display().to_string(),
+        None => String::new(),
+    };
+    let mut stream = session
+        .client
+        .download(agent::DownloadRequest {
+            file: file.clone(),
+            destination,
+            force,
+        })
+        .await
+        .map_err(|s| explain(s, Subject::Download(&file)))?
+        .into_inner();
+    let progress = Progress::downloading(session.out.bars, &file);
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    loop {
+        let message = tokio::select! {
+            message = stream.message() => message.map_err(|s| explain(s, Subject::Download(&file)))?,
+            _ = &mut interrupt => {
+                progress.finish();
+                eprintln!(
+                    "detached: the agent keeps downloading {file}; `p2p ls` shows progress, `p2p cancel {file}` stops it"
+                );
+                return Err(Error::DownloadInterrupted(file));
+            }
+        };
+        let Some(message) = message else { break };
+        let event = DownloadEvent::from_proto(message);
+        progress.update(
+            event.have_bytes,
+            event.total_bytes,
+            Some(event.bar_message()),
+        );
+        if session.out.json {
+            session.out.json(&event);
+        }
+        if event.is_done() {
+            progress.finish();
+            if !session.out.json {
+                println!("{}", event.final_path);
+            }
+            return Ok(());
+        }
+    }
+    progress.finish();
+    Err(Error::DownloadInterrupted(file))
+}
+
+/// `Cancel` takes an id or prefix; a name typed by the user is turned into
+/// the id of the matching running download here.
+async fn cancel(session: &mut Session, file: String) -> Result<(), Error> {
+    let listed = session
+        .client
+        .list_files(agent::ListFilesRequest {
+            name_contains: file.clone(),
+        })
+        .await
+        .map_err(|s| explain(s, Subject::File(&file)))?
+        .into_inner();
+    let id = listed
+        .files
+        .into_iter()
+        .filter_map(|f| f.file)
+        .find(|f| f.name == file)
+        .map_or_else(|| file.clone(), |f| f.file_id);
+    session
+        .client
+        .cancel(agent::CancelRequest { file: id })
+        .await
+        .map_err(|s| explain(s, Subject::File(&file)))?;
+    done(
+        session.out,
+        &format!("cancelled {file}; verified chunks are kept, `p2p get {file}` resumes"),
+    );
+    Ok(())
+}
+
+async fn rm(session: &mut Session, file: String, network: bool) -> Result<(), Error> {
+    session
+        .client
+        .remove(agent::RemoveRequest {
+            file: file.clone(),
+            network,
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::PermissionDenied => Error::PermissionDenied(format!(
+                "only the owner of {file} or an admin can remove it from the network ({})",
+                s.message()
+            )),
+            _ => explain(s, Subject::File(&file)),
+        })?;
+    let message = if network {
+        format!("removed {file} from the network and from this agent")
+    } else {
+        format!("removed {file} from this agent; other peers keep their copies")
+    };
+    done(session.out, &message);
+    Ok(())
+}
+
+async fn peers(session: &mut Session, all: bool) -> Result<(), Error> {
+    let response = session
+        .client
+        .list_peers(index::ListPeersRequest {
+            include_offline: all,
+        })
+        .await
+        .map_err(|s| explain(s, Subject::General))?
+        .into_inner();
+    let rows: Vec<PeerRow> = response
+        .peers
+        .into_iter()
+        .map(PeerRow::from_proto)
+        .collect();
+    if session.out.json {
+        #[derive(Serialize)]
+        struct Peers {
+            peers: Vec<PeerRow>,
+        }
+        session.out.json(&Peers { peers: rows });
+    } else if rows.is_empty() {
+        println!("no peers online (`p2p peers --all` includes offline ones)");
+    } else {
+        print!("{}", view::peers_table(&rows, p2p_services::time::now_ms()));
+    }
+    Ok(())
+}
+
+async fn status(session: &mut Session) -> Result<(), Error> {
+    let response = session
+        .client
+        .status(agent::StatusRequest {})
+        .await
+        .map_err(|s| explain(s, Subject::General))?
+        .into_inner();
+    let view = StatusView::from_proto(session.addr.clone(), response);
+    if session.out.json {
+        session.out.json(&view);
+    } else {
+        print!("{}", view.text());
+    }
+    Ok(())
+}
+
+async fn users_add(
+    session: &mut Session,
+    name: String,
+    admin: bool,
+    password: PasswordArgs,
+) -> Result<(), Error> {
+    let password = read_password(&password, &format!("password for {name}"))?;
+    let role = if admin {
+        auth::Role::Admin
+    } else {
+        auth::Role::User
+    };
+    let user = session
+        .client
+        .create_user(auth::CreateUserRequest {
+            username: name.clone(),
+            password,
+            role: role as i32,
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::AlreadyExists => Error::Invalid(format!("user {name} already exists")),
+            tonic::Code::PermissionDenied => admins_only(),
+            _ => explain(s, Subject::User(&name)),
+        })?
+        .into_inner();
+    let user = UserRow::from_proto(user);
+    if session.out.json {
+        session.out.json(&user);
+    } else {
+        println!("created {} ({})", user.username, user.role);
+    }
+    Ok(())
+}
+
+async fn users_ls(session: &mut Session) -> Result<(), Error> {
+    let response = session
+        .client
+        .list_users(auth::ListUsersRequest {})
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::PermissionDenied => admins_only(),
+            _ => explain(s, Subject::General),
+        })?
+        .into_inner();
+    let rows: Vec<UserRow> = response
+        .users
+        .into_iter()
+        .map(UserRow::from_proto)
+        .collect();
+    if session.out.json {
+        #[derive(Serialize)]
+        struct Users {
+            users: Vec<UserRow>,
+        }
+        session.out.json(&Users { users: rows });
+    } else {
+        print!("{}", view::users_table(&rows));
+    }
+    Ok(())
+}
+
+async fn users_rm(session: &mut Session, name: String) -> Result<(), Error> {
+    session
+        .client
+        .delete_user(auth::DeleteUserRequest {
+            user_id: String::new(),
+            username: name.clone(),
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::PermissionDenied => admins_only(),
+            _ => explain(s, Subject::User(&name)),
+        })?;
+    done(session.out, &format!("deleted {name}"));
+    Ok(())
+}
+
+fn admins_only() -> Error {
+    Error::PermissionDenied(
+        "only admins can manage accounts: `p2p login` as an admin first".to_string(),
+    )
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, Error> {
+    std::path::absolute(path).map_err(|source| Error::Path {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The password from stdin, the environment or a no-echo prompt, in that
+/// order of preference.
+fn read_password(args: &PasswordArgs, prompt: &str) -> Result<String, Error> {
+    let what = "password";
+    if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|source| Error::Input { what, source })?;
+        let password = line.trim_end_matches(['\r', '\n']).to_string();
+        if password.is_empty() {
+            return Err(Error::NoPassword);
+        }
+        return Ok(password);
+    }
+    if let Some(password) = &args.password {
+        return Ok(password.clone());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::NoPassword);
+    }
+    let password = rpassword::prompt_password(format!("{prompt}: "))
+        .map_err(|source| Error::Input { what, source })?;
+    if password.is_empty() {
+        return Err(Error::NoPassword);
+    }
+    Ok(password)
+}
+
+fn prompt_line(what: &'static str) -> Result<String, Error> {
+    let mut stderr = std::io::stderr();
+    let _ = write!(stderr, "{what}: ");
+    let _ = stderr.flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|source| Error::Input { what, source })?;
+    Ok(line.trim().to_string())
+}
