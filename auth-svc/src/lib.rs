@@ -1,1 +1,87 @@
-//! auth-svc (being written).
+//! auth-svc: accounts, logins and tokens for the P2P File Transfer network.
+//!
+//! The only service that knows passwords (Argon2id, [`password`]). It signs
+//! short-lived access tokens with an Ed25519 key kept in its database
+//! ([`tokens`]), hands out rotating refresh tokens stored only as hashes,
+//! and publishes its public keys so every other service verifies tokens
+//! locally. [`authority`] holds the rules, [`api`] the gRPC glue, [`store`]
+//! all SQL, [`throttle`] the login limits.
+//!
+//! [`run`] serves until the shutdown future resolves; tests call it with a
+//! listener on `127.0.0.1:0`:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use clap::Parser;
+//! let config = auth_svc::Config::try_parse_from([
+//!     "auth-svc", "--database-url", "sqlite://auth.db", "--admin-password", "change-me-now",
+//!     "--metrics-listen", "",
+//! ])?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! auth_svc::run(config, listener, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod account;
+pub mod api;
+pub mod authority;
+pub mod config;
+pub mod error;
+pub mod password;
+pub mod store;
+pub mod throttle;
+pub mod tokens;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use p2p_proto::auth::v1::account_service_server::AccountServiceServer;
+use p2p_proto::auth::v1::auth_service_server::AuthServiceServer;
+use p2p_services::auth::RequireAuth;
+use p2p_services::metrics;
+use p2p_services::serve::GrpcServer;
+use tokio::net::TcpListener;
+
+pub use crate::config::{Command, Config};
+pub use crate::error::Error;
+
+/// Opens the database (bootstrapping keys and the first admin), then serves
+/// `AuthService` and `AccountService` (plus health and reflection) on
+/// `listener` and metrics on `--metrics-listen`, until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let authority = Arc::new(authority::Authority::start(&config).await?);
+    let verifier = authority.verifier();
+
+    // The metrics endpoint stops when the gRPC server's shutdown fires (the
+    // sender is dropped), and is aborted at the latest when its handle drops
+    // at the end of this function.
+    let (stop_metrics, mut metrics_stopped) = tokio::sync::watch::channel(());
+    let _metrics = metrics::spawn(&config.metrics_listen, async move {
+        let _ = metrics_stopped.changed().await;
+    })
+    .await?;
+
+    let auth = RequireAuth::new(
+        AuthServiceServer::new(api::AuthApi::new(Arc::clone(&authority))),
+        verifier.clone(),
+    )
+    .with_public(api::PUBLIC_METHODS);
+    let accounts = RequireAuth::new(
+        AccountServiceServer::new(api::AccountApi::new(Arc::clone(&authority))),
+        verifier,
+    );
+    let served = GrpcServer::new()
+        .add_service(auth)
+        .add_service(accounts)
+        .serve(listener, async move {
+            shutdown.await;
+            drop(stop_metrics);
+        })
+        .await;
+    authority.close().await;
+    Ok(served?)
+}

@@ -1,0 +1,496 @@
+//! The authority: what auth-svc does, independent of gRPC. Logins with
+//! throttling, token issue and rotation, and the account rules (who may do
+//! what, the last admin). The gRPC handlers in [`crate::api`] only convert
+//! messages and call these methods.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use p2p_services::auth::{Claims, PublicKey, Role, TokenVerifier};
+use p2p_services::metrics::{self, Counter, Gauge};
+use p2p_services::time::now_ms;
+
+use crate::account::{self, Account};
+use crate::config::Config;
+use crate::error::Error;
+use crate::password;
+use crate::store::{NewRefreshToken, Store, StoredKey};
+use crate::throttle::{self, AddressThrottle};
+use crate::tokens::{self, AccessToken, KeyPair, Signer};
+
+/// A successful login or refresh.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The signed access token.
+    pub access: AccessToken,
+    /// The opaque refresh token (only its hash is stored).
+    pub refresh_token: String,
+    /// Refresh token expiry, Unix milliseconds.
+    pub refresh_expires_at_ms: i64,
+    /// Whose session it is.
+    pub account: Account,
+}
+
+/// How an account is named in a request.
+#[derive(Debug, Clone)]
+pub enum AccountRef {
+    /// By stable id.
+    Id(String),
+    /// By username.
+    Username(String),
+}
+
+/// Login and account counters.
+#[derive(Clone)]
+struct Metrics {
+    logins_succeeded: Counter,
+    logins_failed: Counter,
+    logins_throttled: Counter,
+    users: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    fn new() -> Self {
+        const LOGINS: &str = "p2p_auth_logins_total";
+        const HELP: &str = "Login attempts by result.";
+        Self {
+            logins_succeeded: metrics::counter(LOGINS, HELP, &[("result", "succeeded")]),
+            logins_failed: metrics::counter(LOGINS, HELP, &[("result", "failed")]),
+            logins_throttled: metrics::counter(LOGINS, HELP, &[("result", "throttled")]),
+            users: metrics::gauge("p2p_auth_users", "Accounts that exist.", &[]),
+        }
+    }
+}
+
+/// auth-svc's state and rules. Shared by both gRPC services.
+#[derive(Debug)]
+pub struct Authority {
+    store: Store,
+    signer: Signer,
+    public_keys: Vec<PublicKey>,
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+    min_password_length: usize,
+    addresses: AddressThrottle,
+    metrics: Metrics,
+}
+
+impl Authority {
+    /// Opens the database, loads (or on first start creates) the signing
+    /// key, and creates the admin when there are no accounts yet.
+    pub async fn start(config: &Config) -> Result<Self, Error> {
+        config.validate()?;
+        let store = Store::open(&config.database_url).await?;
+        let keys = load_or_create_keys(&store).await?;
+        let newest = keys
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::Internal("no signing key after creating one".into()))?;
+        let public_keys = keys.iter().map(KeyPair::public).collect();
+        let authority = Self {
+            store,
+            signer: Signer::new(newest)?,
+            public_keys,
+            access_ttl: config.access_token_ttl,
+            refresh_ttl: config.refresh_token_ttl,
+            min_password_length: config.min_password_length,
+            addresses: AddressThrottle::default(),
+            metrics: Metrics::new(),
+        };
+        authority
+            .bootstrap_admin(&config.admin_user, config.admin_password.clone())
+            .await?;
+        authority.update_user_gauge().await;
+        Ok(authority)
+    }
+
+    /// Closes the database pool.
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+
+    /// A verifier that accepts exactly the tokens this authority signs.
+    pub fn verifier(&self) -> TokenVerifier {
+        TokenVerifier::with_keys(self.public_keys.clone())
+    }
+
+    /// The public keys, for `GetSigningKeys`.
+    pub fn public_keys(&self) -> &[PublicKey] {
+        &self.public_keys
+    }
+
+    async fn bootstrap_admin(&self, username: &str, password: Option<String>) -> Result<(), Error> {
+        if self.store.count_accounts().await? > 0 {
+            return Ok(());
+        }
+        let (password, generated) = match password {
+            Some(p) => (p, false),
+            None => (password::generate(), true),
+        };
+        let admin = Account {
+            id: uuid::Uuid::new_v4().to_string(),
+            username: username.to_string(),
+            role: Role::Admin,
+            disabled: false,
+            created_at_ms: now_ms(),
+        };
+        let hash = password::hash(password.clone()).await?;
+        if self.store.create_first_account(&admin, &hash).await? {
+            if generated {
+                // The one place a password reaches the log, on purpose: the
+                // operator has no other way to learn it.
+                tracing::warn!(
+                    username,
+                    password = %password,
+                    "created the first admin with a generated password; it is shown only once, \
+                     change it with AccountService/ChangePassword"
+                );
+            } else {
+                tracing::info!(username, "created the first admin");
+            }
+        }
+        Ok(())
+    }
+
+    async fn update_user_gauge(&self) {
+        match self.store.count_accounts().await {
+            Ok(n) => self.metrics.users.set(n),
+            Err(err) => tracing::warn!(%err, "cannot count accounts for the users gauge"),
+        }
+    }
+
+    // --- sessions ---
+
+    /// Checks a username and password and starts a session. Unknown users
+    /// and wrong passwords fail alike, in the same time; too many attempts
+    /// for the username or from `client` are refused for a while.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Session, Error> {
+        let result = self.check_login(username, password, client).await;
+        match &result {
+            Ok(_) => self.metrics.logins_succeeded.inc(),
+            Err(Error::Throttled { .. }) => self.metrics.logins_throttled.inc(),
+            Err(_) => self.metrics.logins_failed.inc(),
+        }
+        let account = result?;
+        self.new_session(account).await
+    }
+
+    async fn check_login(
+        &self,
+        username: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Account, Error> {
+        let now = now_ms();
+        if let Some(addr) = client
+            && let Err(retry_after_secs) = self.addresses.begin(addr, now)
+        {
+            tracing::info!(%addr, "login refused: too many attempts from this address");
+            return Err(Error::Throttled { retry_after_secs });
+        }
+        if account::validate_username(username).is_err() {
+            // Nothing to look up or count per name; still a failure for the address.
+            return Err(Error::BadCredentials);
+        }
+        let window = self
+            .store
+            .count_login_attempt(username, now, throttle::WINDOW)
+            .await?;
+        if let Some(retry_after_secs) = throttle::refusal(
+            window,
+            throttle::MAX_ACCOUNT_FAILURES,
+            throttle::WINDOW,
+            now,
+        ) {
+            tracing::info!(
+                username,
+                "login refused: too many attempts for this username"
+            );
+            return Err(Error::Throttled { retry_after_secs });
+        }
+        let credentials = self.store.credentials_of(username).await?;
+        let (account, hash) = match credentials {
+            Some((account, hash)) => (Some(account), Some(hash)),
+            None => (None, None),
+        };
+        let password_ok = password.len() <= account::MAX_PASSWORD_BYTES
+            && password::verify(hash, password.to_string()).await?;
+        let account = match account {
+            Some(account) if password_ok => account,
+            _ => {
+                tracing::info!(username, client = ?client, "login failed");
+                return Err(Error::BadCredentials);
+            }
+        };
+        if account.disabled {
+            return Err(Error::AccountUnusable(account.username));
+        }
+        self.store.clear_login_attempts(username).await?;
+        if let Some(addr) = client {
+            self.addresses.succeeded(addr);
+        }
+        tracing::info!(username, "logged in");
+        Ok(account)
+    }
+
+    fn new_tokens(&self, now: i64) -> (String, NewRefreshToken) {
+        let refresh = tokens::new_refresh_token();
+        let record = NewRefreshToken {
+            token_hash: tokens::refresh_token_hash(&refresh),
+            access_jti: uuid::Uuid::new_v4().to_string(),
+            created_at_ms: now,
+            expires_at_ms: now + self.refresh_ttl.as_millis() as i64,
+        };
+        (refresh, record)
+    }
+
+    fn session(
+        &self,
+        account: Account,
+        refresh: String,
+        record: &NewRefreshToken,
+    ) -> Result<Session, Error> {
+        let access = self.signer.issue(
+            &account.id,
+            &account.username,
+            account.role,
+            &record.access_jti,
+            record.created_at_ms,
+            self.access_ttl,
+        )?;
+        Ok(Session {
+            access,
+            refresh_token: refresh,
+            refresh_expires_at_ms: record.expires_at_ms,
+            account,
+        })
+    }
+
+    async fn new_session(&self, account: Account) -> Result<Session, Error> {
+        let (refresh, record) = self.new_tokens(now_ms());
+        self.store.start_session(&account.id, &record).await?;
+        self.session(account, refresh, &record)
+    }
+
+    /// Exchanges a refresh token for a new pair; the old one stops working.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Session, Error> {
+        if refresh_token.trim().is_empty() {
+            return Err(Error::InvalidArgument(
+                "refresh_token is empty: send the refresh token from Login".into(),
+            ));
+        }
+        let (refresh, record) = self.new_tokens(now_ms());
+        let account = self
+            .store
+            .rotate_session(&tokens::refresh_token_hash(refresh_token), &record)
+            .await?;
+        self.session(account, refresh, &record)
+    }
+
+    /// Revokes the session of a refresh token. Idempotent.
+    pub async fn logout(&self, refresh_token: &str) -> Result<(), Error> {
+        if refresh_token.trim().is_empty() {
+            return Err(Error::InvalidArgument(
+                "refresh_token is empty: send the refresh token to revoke".into(),
+            ));
+        }
+        self.store
+            .end_session(&tokens::refresh_token_hash(refresh_token), now_ms())
+            .await
+    }
+
+    /// The caller's account as it is now; fails if it was disabled or
+    /// deleted since the token was issued.
+    pub async fn who_am_i(&self, claims: &Claims) -> Result<Account, Error> {
+        match self.store.account_by_id(&claims.sub).await? {
+            Some(account) if !account.disabled => Ok(account),
+            _ => Err(Error::AccountUnusable(claims.name.clone())),
+        }
+    }
+
+    // --- account administration ---
+
+    /// The caller, who must currently be an enabled admin: the role in the
+    /// token may be up to one access-token lifetime old.
+    async fn require_admin(&self, claims: &Claims) -> Result<Account, Error> {
+        let caller = self.who_am_i(claims).await?;
+        if caller.role != Role::Admin {
+            return Err(Error::PermissionDenied(
+                "this needs the admin role; ask an administrator".into(),
+            ));
+        }
+        Ok(caller)
+    }
+
+    async fn find(&self, which: &AccountRef) -> Result<Account, Error> {
+        let found = match which {
+            AccountRef::Id(id) => self.store.account_by_id(id).await?,
+            AccountRef::Username(name) => self.store.account_by_username(name).await?,
+        };
+        found.ok_or_else(|| {
+            Error::UserNotFound(match which {
+                AccountRef::Id(id) => format!("id {id:?}"),
+                AccountRef::Username(name) => format!("{name:?}"),
+            })
+        })
+    }
+
+    /// Creates an account (admin only).
+    pub async fn create_user(
+        &self,
+        caller: &Claims,
+        username: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<Account, Error> {
+        let admin = self.require_admin(caller).await?;
+        account::validate_username(username).map_err(Error::InvalidUsername)?;
+        account::validate_password(password, self.min_password_length)
+            .map_err(Error::WeakPassword)?;
+        let hash = password::hash(password.to_string()).await?;
+        let account = Account {
+            id: uuid::Uuid::new_v4().to_string(),
+            username: username.to_string(),
+            role,
+            disabled: false,
+            created_at_ms: now_ms(),
+        };
+        let created = self.store.create_account(&account, &hash).await?;
+        tracing::info!(by = %admin.username, username, role = role.as_str(), "created account");
+        self.update_user_gauge().await;
+        Ok(created)
+    }
+
+    /// Every account (admin only).
+    pub async fn list_users(&self, caller: &Claims) -> Result<Vec<Account>, Error> {
+        self.require_admin(caller).await?;
+        self.store.list_accounts().await
+    }
+
+    /// Deletes an account and its sessions (admin only; not the last admin).
+    pub async fn delete_user(&self, caller: &Claims, which: &AccountRef) -> Result<(), Error> {
+        let admin = self.require_admin(caller).await?;
+        let target = self.find(which).await?;
+        self.store.delete_account(&target.id).await?;
+        tracing::info!(by = %admin.username, username = %target.username, "deleted account");
+        self.update_user_gauge().await;
+        Ok(())
+    }
+
+    /// Changes a password. Anyone may change their own with the old
+    /// password; admins may reset anyone's. Other sessions are revoked.
+    pub async fn change_password(
+        &self,
+        caller: &Claims,
+        username: Option<&str>,
+        old_password: &str,
+        new_password: &str,
+    ) -> Result<(), Error> {
+        let me = self.who_am_i(caller).await?;
+        let own = username.is_none_or(|name| name == me.username);
+        account::validate_password(new_password, self.min_password_length)
+            .map_err(Error::WeakPassword)?;
+        let target = if own {
+            let hash = self
+                .store
+                .credentials_of(&me.username)
+                .await?
+                .map(|(_, hash)| hash);
+            if old_password.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "old_password is required to change your own password".into(),
+                ));
+            }
+            if !password::verify(hash, old_password.to_string()).await? {
+                return Err(Error::PermissionDenied("old password is wrong".into()));
+            }
+            me
+        } else {
+            if me.role != Role::Admin {
+                return Err(Error::PermissionDenied(
+                    "only an admin may change another account's password".into(),
+                ));
+            }
+            self.find(&AccountRef::Username(
+                username.unwrap_or_default().to_string(),
+            ))
+            .await?
+        };
+        let hash = password::hash(new_password.to_string()).await?;
+        let keep = own.then_some(caller.jti.as_str());
+        self.store
+            .set_password(&target.id, &hash, keep, now_ms())
+            .await?;
+        tracing::info!(by = %caller.name, username = %target.username, "changed password");
+        Ok(())
+    }
+
+    /// Changes an account's role (admin only; never demotes the last admin).
+    pub async fn set_role(
+        &self,
+        caller: &Claims,
+        username: &str,
+        role: Role,
+    ) -> Result<Account, Error> {
+        let admin = self.require_admin(caller).await?;
+        let target = self
+            .find(&AccountRef::Username(username.to_string()))
+            .await?;
+        let updated = self.store.set_role(&target.id, role).await?;
+        tracing::info!(by = %admin.username, username, role = role.as_str(), "changed role");
+        Ok(updated)
+    }
+
+    /// Disables or re-enables an account (admin only; never the last
+    /// enabled admin). Disabling revokes its sessions at once.
+    pub async fn set_disabled(
+        &self,
+        caller: &Claims,
+        username: &str,
+        disabled: bool,
+    ) -> Result<Account, Error> {
+        let admin = self.require_admin(caller).await?;
+        let target = self
+            .find(&AccountRef::Username(username.to_string()))
+            .await?;
+        let updated = self
+            .store
+            .set_disabled(&target.id, disabled, now_ms())
+            .await?;
+        tracing::info!(by = %admin.username, username, disabled, "changed account state");
+        Ok(updated)
+    }
+}
+
+/// Loads every signing key, newest first, creating one on first start.
+async fn load_or_create_keys(store: &Store) -> Result<Vec<KeyPair>, Error> {
+    let mut stored = store.signing_keys().await?;
+    if stored.is_empty() {
+        let key = KeyPair::generate();
+        store
+            .add_signing_key(&StoredKey {
+                kid: key.kid.clone(),
+                private_key_der: key.to_der()?,
+                created_at_ms: now_ms(),
+            })
+            .await?;
+        tracing::info!(kid = %key.kid, "generated a new token signing key");
+        // Read back: a concurrently starting replica may have stored its own.
+        stored = store.signing_keys().await?;
+    }
+    stored
+        .iter()
+        .map(|key| KeyPair::from_der(&key.kid, &key.private_key_der))
+        .collect()
+}

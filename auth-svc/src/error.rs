@@ -1,0 +1,122 @@
+//! auth-svc's one error type and its one mapping to gRPC status codes.
+
+use p2p_services::db::DbError;
+use p2p_services::serve::{BindError, ServeError};
+use tonic::Status;
+
+/// Everything that can go wrong in auth-svc, in domain terms.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag has a value auth-svc cannot use.
+    #[error("invalid {flag}: {message}")]
+    Config {
+        /// The flag, e.g. `--access-token-ttl`.
+        flag: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A listen address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    OpenDatabase(#[from] DbError),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The gRPC server failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The metrics endpoint failed.
+    #[error("metrics endpoint failed: {0}")]
+    Metrics(String),
+    /// Unknown user or wrong password; deliberately the same error.
+    #[error("wrong username or password")]
+    BadCredentials,
+    /// Too many failed logins for the account or the client address.
+    #[error("too many failed logins; try again in {retry_after_secs} s")]
+    Throttled {
+        /// Seconds until the window ends.
+        retry_after_secs: u64,
+    },
+    /// The username breaks the naming rules.
+    #[error("invalid username: {0}")]
+    InvalidUsername(String),
+    /// The new password breaks the strength rules.
+    #[error("{0}")]
+    WeakPassword(String),
+    /// Some other request field is unusable.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The username is taken.
+    #[error("user {0:?} already exists; pick another username")]
+    UserExists(String),
+    /// No account by that name or id.
+    #[error("no such user: {0}")]
+    UserNotFound(String),
+    /// The change would leave no enabled admin.
+    #[error("{0:?} is the last enabled admin; make another admin first")]
+    LastAdmin(String),
+    /// A refresh token cannot be used.
+    #[error("{0}")]
+    Refresh(RefreshRejection),
+    /// The account behind a valid token is disabled or gone.
+    #[error("account {0:?} is disabled or deleted; ask an administrator")]
+    AccountUnusable(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A bug or a broken invariant; details go to the log, not the client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why a refresh token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshRejection {
+    /// Never issued (or already deleted with its account).
+    #[error("unknown refresh token: log in again")]
+    Unknown,
+    /// Past its expiry.
+    #[error("refresh token expired: log in again")]
+    Expired,
+    /// Revoked by logout, a password change, or an administrator.
+    #[error("refresh token revoked: log in again")]
+    Revoked,
+    /// Already exchanged once: treated as stolen.
+    #[error(
+        "refresh token was already used; every session of this login is now revoked as a precaution: log in again"
+    )]
+    Reused,
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let message = err.to_string();
+        match err {
+            Error::BadCredentials | Error::Refresh(_) | Error::AccountUnusable(_) => {
+                Status::unauthenticated(message)
+            }
+            Error::Throttled { .. } => Status::resource_exhausted(message),
+            Error::InvalidUsername(_) | Error::WeakPassword(_) | Error::InvalidArgument(_) => {
+                Status::invalid_argument(message)
+            }
+            Error::UserExists(_) => Status::already_exists(message),
+            Error::UserNotFound(_) => Status::not_found(message),
+            Error::LastAdmin(_) => Status::failed_precondition(message),
+            Error::PermissionDenied(_) => Status::permission_denied(message),
+            Error::Database(_) | Error::OpenDatabase(_) => {
+                tracing::error!(error = %message, "database failure");
+                Status::unavailable("auth-svc cannot reach its database; try again shortly")
+            }
+            Error::Config { .. }
+            | Error::Bind(_)
+            | Error::Serve(_)
+            | Error::Metrics(_)
+            | Error::Internal(_) => {
+                tracing::error!(error = %message, "internal failure");
+                Status::internal("auth-svc hit an internal error; the server log has details")
+            }
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The `auth-svc` binary: parse the config, start logging, bind, and hand
+//! over to [`auth_svc::run`] until SIGINT/SIGTERM. `auth-svc healthcheck`
+//! probes a running server instead (for container health checks).
+
+use std::process::ExitCode;
+
+use auth_svc::{Command, Config};
+use clap::Parser;
+use p2p_services::{health, serve, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    if let Some(Command::Healthcheck { addr }) = &config.command {
+        let addr = addr.clone().unwrap_or_else(|| config.probe_addr());
+        return match health::probe(&addr, "").await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(problem) => {
+                eprintln!("auth-svc unhealthy: {problem}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    telemetry::init(config.telemetry.log_format);
+    let listener = match serve::bind(&config.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match auth_svc::run(config, listener, shutdown::signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("auth-svc stopped: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,628 @@
+//! Every SQL statement auth-svc runs, behind methods named for what they
+//! mean. The same query text runs on SQLite and PostgreSQL through sqlx's
+//! `Any` driver (`$N` placeholders, BIGINT times in Unix milliseconds).
+//!
+//! **Architecture Invariant:** no other module of auth-svc writes SQL.
+//!
+//! Changes that could remove the last enabled admin (delete, demote,
+//! disable) first update the single `admin_guard` row: that makes the
+//! transaction a writer from its first statement on SQLite, and takes a row
+//! lock on PostgreSQL, so two such changes never both see "another admin is
+//! left" and both go ahead.
+
+use std::time::Duration;
+
+use p2p_services::auth::Role;
+use p2p_services::db::{self, Database, Migrations};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyPool, Row, Transaction};
+
+use crate::account::Account;
+use crate::error::{Error, RefreshRejection};
+use crate::throttle::FailureWindow;
+
+/// A stored signing key.
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    /// Key id.
+    pub kid: String,
+    /// PKCS#8 DER of the private key.
+    pub private_key_der: Vec<u8>,
+    /// When it was made, Unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// A refresh token about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    /// BLAKE3 hex of the token.
+    pub token_hash: String,
+    /// `jti` of the access token issued with it.
+    pub access_jti: String,
+    /// Creation time, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Expiry, Unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+/// The change an administrator makes to an account.
+#[derive(Debug, Clone, Copy)]
+enum AdminChange {
+    Delete,
+    SetRole(Role),
+    SetDisabled(bool),
+}
+
+impl AdminChange {
+    /// Whether applying the change to `target` takes away an enabled admin.
+    fn removes_enabled_admin(self, target: &Account) -> bool {
+        let enabled_admin = target.role == Role::Admin && !target.disabled;
+        enabled_admin
+            && match self {
+                AdminChange::Delete => true,
+                AdminChange::SetRole(role) => role != Role::Admin,
+                AdminChange::SetDisabled(disabled) => disabled,
+            }
+    }
+}
+
+const ACCOUNT_COLUMNS: &str = "id, username, role, disabled, created_at_ms";
+
+fn account_from_row(row: &AnyRow) -> Result<Account, Error> {
+    let role: String = row.try_get("role")?;
+    Ok(Account {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        role: Role::parse(&role)
+            .ok_or_else(|| Error::Internal(format!("account has unknown role {role:?}")))?,
+        disabled: row.try_get("disabled")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+/// auth-svc's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Opens (creating a SQLite file if missing) and migrates the database.
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        let Database { pool, .. } = db::connect(
+            url,
+            &Migrations {
+                sqlite: sqlx::migrate!("migrations/sqlite"),
+                postgres: sqlx::migrate!("migrations/postgres"),
+            },
+        )
+        .await?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // --- signing keys ---
+
+    /// Every signing key, newest first.
+    pub async fn signing_keys(&self) -> Result<Vec<StoredKey>, Error> {
+        let rows = sqlx::query(
+            "SELECT kid, private_key_der, created_at_ms FROM signing_keys \
+             ORDER BY created_at_ms DESC, kid DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredKey {
+                    kid: row.try_get("kid")?,
+                    private_key_der: row.try_get("private_key_der")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a new signing key.
+    pub async fn add_signing_key(&self, key: &StoredKey) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, private_key_der, created_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (kid) DO NOTHING",
+        )
+        .bind(&key.kid)
+        .bind(&key.private_key_der)
+        .bind(key.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // --- accounts ---
+
+    /// Number of accounts.
+    pub async fn count_accounts(&self) -> Result<i64, Error> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM users")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Creates an account; `UserExists` when the username is taken. One
+    /// statement, so nothing is ever half-created.
+    pub async fn create_account(
+        &self,
+        account: &Account,
+        password_hash: &str,
+    ) -> Result<Account, Error> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO users (id, username, password_hash, role, disabled, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (username) DO NOTHING \
+             RETURNING {ACCOUNT_COLUMNS}"
+        ))
+        .bind(&account.id)
+        .bind(&account.username)
+        .bind(password_hash)
+        .bind(account.role.as_str())
+        .bind(account.disabled)
+        .bind(account.created_at_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => account_from_row(&row),
+            None => Err(Error::UserExists(account.username.clone())),
+        }
+    }
+
+    /// Creates `account` only if there are no accounts at all (first
+    /// start). Returns whether it was created.
+    pub async fn create_first_account(
+        &self,
+        account: &Account,
+        password_hash: &str,
+    ) -> Result<bool, Error> {
+        let result = sqlx::query(
+            "INSERT INTO users (id, username, password_hash, role, disabled, created_at_ms) \
+             SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM users) \
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(&account.id)
+        .bind(&account.username)
+        .bind(password_hash)
+        .bind(account.role.as_str())
+        .bind(account.disabled)
+        .bind(account.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// The account named `username` and its password hash, if any.
+    pub async fn credentials_of(&self, username: &str) -> Result<Option<(Account, String)>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS}, password_hash FROM users WHERE username = $1"
+        ))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok((account_from_row(&row)?, row.try_get("password_hash")?)))
+            .transpose()
+    }
+
+    /// The account with id `id`, if any.
+    pub async fn account_by_id(&self, id: &str) -> Result<Option<Account>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM users WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    /// The account named `username`, if any.
+    pub async fn account_by_username(&self, username: &str) -> Result<Option<Account>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM users WHERE username = $1"
+        ))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    /// Every account, by username.
+    pub async fn list_accounts(&self) -> Result<Vec<Account>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM users ORDER BY username"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(account_from_row).collect()
+    }
+
+    /// Deletes an account and its refresh tokens, unless it is the last
+    /// enabled admin.
+    pub async fn delete_account(&self, id: &str) -> Result<(), Error> {
+        let mut tx = self.guarded_transaction().await?;
+        let target = Self::target(&mut tx, id, AdminChange::Delete).await?;
+        sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1")
+            .bind(&target.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(&target.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Changes an account's role, unless that demotes the last enabled admin.
+    pub async fn set_role(&self, id: &str, role: Role) -> Result<Account, Error> {
+        let mut tx = self.guarded_transaction().await?;
+        let target = Self::target(&mut tx, id, AdminChange::SetRole(role)).await?;
+        sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
+            .bind(role.as_str())
+            .bind(&target.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Account { role, ..target })
+    }
+
+    /// Disables or re-enables an account, unless that disables the last
+    /// enabled admin. Disabling revokes every refresh token at once.
+    pub async fn set_disabled(
+        &self,
+        id: &str,
+        disabled: bool,
+        now_ms: i64,
+    ) -> Result<Account, Error> {
+        let mut tx = self.guarded_transaction().await?;
+        let target = Self::target(&mut tx, id, AdminChange::SetDisabled(disabled)).await?;
+        sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
+            .bind(disabled)
+            .bind(&target.id)
+            .execute(&mut *tx)
+            .await?;
+        if disabled {
+            sqlx::query(
+                "UPDATE refresh_tokens SET revoked_at_ms = $1 \
+                 WHERE user_id = $2 AND revoked_at_ms IS NULL",
+            )
+            .bind(now_ms)
+            .bind(&target.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Account { disabled, ..target })
+    }
+
+    /// Replaces an account's password hash and revokes its refresh tokens,
+    /// except the session whose latest access token has id `keep_jti` (the
+    /// caller's own session when users change their own password).
+    pub async fn set_password(
+        &self,
+        id: &str,
+        password_hash: &str,
+        keep_jti: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(password_hash)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::UserNotFound(id.to_string()));
+        }
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at_ms = $1 \
+             WHERE user_id = $2 AND revoked_at_ms IS NULL AND family_id NOT IN \
+             (SELECT family_id FROM refresh_tokens WHERE access_jti = $3)",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .bind(keep_jti.unwrap_or(""))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn guarded_transaction(&self) -> Result<Transaction<'static, Any>, Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE admin_guard SET touched = touched + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    /// Loads the target of an admin change and refuses it when it would
+    /// leave no enabled admin.
+    async fn target(
+        tx: &mut Transaction<'static, Any>,
+        id: &str,
+        change: AdminChange,
+    ) -> Result<Account, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM users WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let target = match row {
+            Some(row) => account_from_row(&row)?,
+            None => return Err(Error::UserNotFound(id.to_string())),
+        };
+        if change.removes_enabled_admin(&target) {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n FROM users \
+                 WHERE role = 'admin' AND disabled = $1 AND id <> $2",
+            )
+            .bind(false)
+            .bind(&target.id)
+            .fetch_one(&mut **tx)
+            .await?;
+            let others: i64 = row.try_get("n")?;
+            if others == 0 {
+                return Err(Error::LastAdmin(target.username));
+            }
+        }
+        Ok(target)
+    }
+
+    // --- refresh tokens ---
+
+    /// Stores the first refresh token of a new login (a new family).
+    pub async fn start_session(&self, user_id: &str, token: &NewRefreshToken) -> Result<(), Error> {
+        let family = uuid::Uuid::new_v4().to_string();
+        sqlx::query(
+            "INSERT INTO refresh_tokens \
+             (token_hash, user_id, family_id, access_jti, created_at_ms, expires_at_ms, rotated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&token.token_hash)
+        .bind(user_id)
+        .bind(&family)
+        .bind(&token.access_jti)
+        .bind(token.created_at_ms)
+        .bind(token.expires_at_ms)
+        .bind(false)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Exchanges the refresh token hashed as `old_hash` for `new`, in one
+    /// transaction. A token that was already exchanged revokes its whole
+    /// family (it was stolen, or the client is confused: either way the
+    /// session is no longer trustworthy). Returns the account, which must
+    /// still exist and be enabled.
+    pub async fn rotate_session(
+        &self,
+        old_hash: &str,
+        new: &NewRefreshToken,
+    ) -> Result<Account, Error> {
+        let now_ms = new.created_at_ms;
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at_ms = $1, rotated = $2 \
+             WHERE token_hash = $3 AND revoked_at_ms IS NULL AND expires_at_ms > $1 \
+             RETURNING user_id, family_id",
+        )
+        .bind(now_ms)
+        .bind(true)
+        .bind(old_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(claimed) = claimed else {
+            let rejection = Self::why_unusable(&mut tx, old_hash, now_ms).await?;
+            tx.commit().await?;
+            return Err(Error::Refresh(rejection));
+        };
+        let user_id: String = claimed.try_get("user_id")?;
+        let family: String = claimed.try_get("family_id")?;
+        let row = sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM users WHERE id = $1"
+        ))
+        .bind(&user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let account = match row {
+            Some(row) => account_from_row(&row)?,
+            None => return Err(Error::AccountUnusable(user_id)),
+        };
+        if account.disabled {
+            return Err(Error::AccountUnusable(account.username));
+        }
+        sqlx::query(
+            "INSERT INTO refresh_tokens \
+             (token_hash, user_id, family_id, access_jti, created_at_ms, expires_at_ms, rotated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&new.token_hash)
+        .bind(&account.id)
+        .bind(&family)
+        .bind(&new.access_jti)
+        .bind(new.created_at_ms)
+        .bind(new.expires_at_ms)
+        .bind(false)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(account)
+    }
+
+    /// Why a refresh token could not be claimed; revokes its family on reuse.
+    async fn why_unusable(
+        tx: &mut Transaction<'static, Any>,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<RefreshRejection, Error> {
+        let row = sqlx::query(
+            "SELECT family_id, revoked_at_ms, rotated FROM refresh_tokens WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(RefreshRejection::Unknown);
+        };
+        let rotated: bool = row.try_get("rotated")?;
+        let revoked_at: Option<i64> = row.try_get("revoked_at_ms")?;
+        if rotated {
+            let family: String = row.try_get("family_id")?;
+            sqlx::query(
+                "UPDATE refresh_tokens SET revoked_at_ms = $1 \
+                 WHERE family_id = $2 AND revoked_at_ms IS NULL",
+            )
+            .bind(now_ms)
+            .bind(&family)
+            .execute(&mut **tx)
+            .await?;
+            tracing::warn!(family = %family, "refresh token reused; session family revoked");
+            return Ok(RefreshRejection::Reused);
+        }
+        Ok(if revoked_at.is_some() {
+            RefreshRejection::Revoked
+        } else {
+            RefreshRejection::Expired
+        })
+    }
+
+    /// Revokes the session the refresh token belongs to. Unknown tokens are
+    /// ignored: logout is idempotent.
+    pub async fn end_session(&self, token_hash: &str, now_ms: i64) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at_ms = $1 WHERE revoked_at_ms IS NULL AND family_id = \
+             (SELECT family_id FROM refresh_tokens WHERE token_hash = $2)",
+        )
+        .bind(now_ms)
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // --- login throttling ---
+
+    /// Counts a login attempt for `username` (known or not) and returns the
+    /// window it falls in. Mirrors [`crate::throttle::next_window`] in one
+    /// statement so concurrent attempts are all counted.
+    pub async fn count_login_attempt(
+        &self,
+        username: &str,
+        now_ms: i64,
+        window: Duration,
+    ) -> Result<FailureWindow, Error> {
+        let window_ms = window.as_millis() as i64;
+        let row = sqlx::query(
+            "INSERT INTO login_attempts (username, window_start_ms, attempts) VALUES ($1, $2, 1) \
+             ON CONFLICT (username) DO UPDATE SET \
+             attempts = CASE WHEN login_attempts.window_start_ms + $3 <= $2 \
+                 THEN 1 ELSE login_attempts.attempts + 1 END, \
+             window_start_ms = CASE WHEN login_attempts.window_start_ms + $3 <= $2 \
+                 THEN $2 ELSE login_attempts.window_start_ms END \
+             RETURNING window_start_ms, attempts",
+        )
+        .bind(username)
+        .bind(now_ms)
+        .bind(window_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        let current = FailureWindow {
+            started_ms: row.try_get("window_start_ms")?,
+            attempts: row.try_get("attempts")?,
+        };
+        if current.attempts == 1 {
+            // A new window: a good moment to forget windows long over, so
+            // guessed usernames do not pile up.
+            sqlx::query("DELETE FROM login_attempts WHERE window_start_ms + $1 <= $2")
+                .bind(window_ms)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(current)
+    }
+
+    /// Forgets the attempts of `username` after a successful login.
+    pub async fn clear_login_attempts(&self, username: &str) -> Result<(), Error> {
+        sqlx::query("DELETE FROM login_attempts WHERE username = $1")
+            .bind(username)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(role: Role, disabled: bool) -> Account {
+        Account {
+            id: "u".into(),
+            username: "u".into(),
+            role,
+            disabled,
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn only_changes_that_take_away_an_enabled_admin_are_guarded() {
+        let admin = account(Role::Admin, false);
+        assert!(AdminChange::Delete.removes_enabled_admin(&admin));
+        assert!(AdminChange::SetRole(Role::User).removes_enabled_admin(&admin));
+        assert!(AdminChange::SetDisabled(true).removes_enabled_admin(&admin));
+        assert!(!AdminChange::SetRole(Role::Admin).removes_enabled_admin(&admin));
+        assert!(!AdminChange::SetDisabled(false).removes_enabled_admin(&admin));
+        let user = account(Role::User, false);
+        assert!(!AdminChange::Delete.removes_enabled_admin(&user));
+        let disabled_admin = account(Role::Admin, true);
+        assert!(!AdminChange::Delete.removes_enabled_admin(&disabled_admin));
+    }
+
+    #[tokio::test]
+    async fn login_attempts_count_up_and_reset_after_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&db::testing::sqlite_url(dir.path(), "t.db"))
+            .await
+            .unwrap();
+        let w = Duration::from_secs(60);
+        let first = store.count_login_attempt("bob", 1_000, w).await.unwrap();
+        assert_eq!(
+            first,
+            FailureWindow {
+                started_ms: 1_000,
+                attempts: 1
+            }
+        );
+        let second = store.count_login_attempt("bob", 2_000, w).await.unwrap();
+        assert_eq!(
+            second,
+            FailureWindow {
+                started_ms: 1_000,
+                attempts: 2
+            }
+        );
+        let later = store.count_login_attempt("bob", 61_000, w).await.unwrap();
+        assert_eq!(
+            later,
+            FailureWindow {
+                started_ms: 61_000,
+                attempts: 1
+            }
+        );
+        store.clear_login_attempts("bob").await.unwrap();
+        let fresh = store.count_login_attempt("bob", 62_000, w).await.unwrap();
+        assert_eq!(fresh.attempts, 1);
+    }
+}
