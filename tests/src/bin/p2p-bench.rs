@@ -1,0 +1,658 @@
+//! `p2p-bench`: the benchmarks that prove (or disprove) the point of the
+//! project, printing figures and writing them to `bench-results/`.
+//!
+//! - `swarm`: an emulated LAN (network namespaces, links shaped with `tc`),
+//!   one seeder and N downloaders fetching the same file at once, against a
+//!   central HTTP server on the seeder host in the same run, and against the
+//!   Kurose & Ross lower bounds. Needs root.
+//! - `datapath`: one FetchChunks source to one downloader on loopback,
+//!   against a raw TCP copy of the same bytes between two processes, with
+//!   the peak RSS of both agents.
+//! - `hash`: BLAKE3 throughput on one core and on all cores, and the time
+//!   `p2p share` takes on a large file.
+//!
+//! Build in release mode first: `cargo build --release --workspace --bins`,
+//! then run `target/release/p2p-bench --help`. The binaries it starts are
+//! taken from the directory it runs from.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use p2p_tests::netns::{Host, Lan, LinkShape};
+
+#[derive(Parser)]
+#[command(name = "p2p-bench", about = "Benchmarks for P2P File Transfer; results go to --out as JSON, CSV and SVG.")]
+struct Cli {
+    /// Directory for result files.
+    #[arg(long, default_value = "bench-results", global = true)]
+    out: PathBuf,
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Swarm distribution on an emulated LAN vs HTTP and the theoretical bounds (root).
+    Swarm {
+        /// Downloader counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "4,8,16")]
+        n: Vec<usize>,
+        /// File sizes in MiB, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "64,256")]
+        size_mib: Vec<u64>,
+        /// Link rate of every host, each way, in Mbit/s.
+        #[arg(long, default_value_t = 100)]
+        rate_mbit: u32,
+        /// One-way delay added on every host's link, in ms (needs sch_netem).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Skip the HTTP baseline (it takes N times longer than the swarm).
+        #[arg(long)]
+        no_http: bool,
+        /// Give up on one case after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout_s: u64,
+    },
+    /// FetchChunks on loopback vs raw TCP, with peak RSS.
+    Datapath {
+        /// File size in MiB.
+        #[arg(long, default_value_t = 2048)]
+        size_mib: u64,
+    },
+    /// BLAKE3 throughput and `p2p share` time.
+    Hash {
+        /// File size in MiB.
+        #[arg(long, default_value_t = 2048)]
+        size_mib: u64,
+    },
+    /// (internal) raw TCP sink: accept one connection, count bytes.
+    #[command(hide = true)]
+    TcpSink { listen: String },
+    /// (internal) raw TCP source: send a file to an address.
+    #[command(hide = true)]
+    TcpSource { addr: String, file: PathBuf },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Bench::Swarm { n, size_mib, rate_mbit, delay_ms, no_http, timeout_s } => {
+            std::fs::create_dir_all(&cli.out)?;
+            swarm(&cli.out, &n, &size_mib, rate_mbit, delay_ms, !no_http, Duration::from_secs(timeout_s))
+        }
+        Bench::Datapath { size_mib } => {
+            std::fs::create_dir_all(&cli.out)?;
+            datapath(&cli.out, size_mib)
+        }
+        Bench::Hash { size_mib } => {
+            std::fs::create_dir_all(&cli.out)?;
+            hash(&cli.out, size_mib)
+        }
+        Bench::TcpSink { listen } => tcp_sink(&listen),
+        Bench::TcpSource { addr, file } => tcp_source(&addr, &file),
+    }
+}
+
+/// The directory holding the built binaries (the one this runs from).
+fn bin(name: &str) -> Result<PathBuf> {
+    let dir = std::env::current_exe()?
+        .parent()
+        .context("binary has no directory")?
+        .to_path_buf();
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} not found: run `cargo build --release --workspace --bins` first", path.display());
+    }
+    Ok(path)
+}
+
+/// Writes `size` pseudo-random bytes (BLAKE3 XOF of `seed`) to `path`.
+fn random_file(path: &Path, size: u64, seed: u64) -> Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut xof = blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        xof.fill(&mut buf[..n]);
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn file_hash(path: &Path) -> Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap_rayon(path)?;
+    Ok(hasher.finalize())
+}
+
+/// Peak resident set of a running process, from /proc.
+fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A child process killed when dropped.
+struct Proc(Child, &'static str);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(mut command: Command, what: &'static str, log: &Path) -> Result<Proc> {
+    let log = std::fs::File::create(log)?;
+    command.stdout(Stdio::null()).stderr(log);
+    Ok(Proc(command.spawn().with_context(|| format!("starting {what}"))?, what))
+}
+
+/// Polls `check` every 100 ms until it returns true or `limit` passes.
+fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("timed out after {limit:?} waiting for {what}")
+}
+
+fn json_of(output: &std::process::Output) -> Option<serde_json::Value> {
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines().rev().find_map(|l| serde_json::from_str(l).ok())
+}
+
+/// Finds a numeric field by name anywhere in a JSON document.
+fn find_u64(value: &serde_json::Value, key: &str) -> Option<u64> {
+    match value {
+        serde_json::Value::Object(map) => map
+            .get(key)
+            .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .or_else(|| map.values().find_map(|v| find_u64(v, key))),
+        serde_json::Value::Array(items) => items.iter().find_map(|v| find_u64(v, key)),
+        _ => None,
+    }
+}
+
+const ADMIN_PASSWORD: &str = "bench-admin-password";
+
+/// The control-plane processes of one run: auth-svc and index-svc on one host.
+fn start_services(host: &Host, dir: &Path, procs: &mut Vec<Proc>) -> Result<()> {
+    let mut auth = host.command(bin("auth-svc")?);
+    auth.args(["--listen", "0.0.0.0:50051", "--metrics-listen", ""])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", dir.join("auth.db").display()))
+        .env("P2P_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("RUST_LOG", "warn");
+    procs.push(spawn(auth, "auth-svc", &dir.join("auth.log"))?);
+    let mut index = host.command(bin("index-svc")?);
+    index
+        .args(["--listen", "0.0.0.0:50052", "--metrics-listen", ""])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", dir.join("index.db").display()))
+        .arg("--auth-url")
+        .arg(format!("http://{}", host.socket(50051)))
+        .env("RUST_LOG", "warn");
+    procs.push(spawn(index, "index-svc", &dir.join("index.log"))?);
+    for (binary, listen) in [("auth-svc", "0.0.0.0:50051"), ("index-svc", "0.0.0.0:50052")] {
+        let path = bin(binary)?;
+        wait_until(Duration::from_secs(30), binary, || {
+            host.command(&path)
+                .args(["--listen", listen, "healthcheck"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })?;
+    }
+    Ok(())
+}
+
+/// Starts an agent on `host`, logged in as the admin, and waits until it is
+/// registered with the index.
+fn start_agent(host: &Host, services: &Host, dir: &Path, name: &str) -> Result<Proc> {
+    let data = dir.join(name);
+    std::fs::create_dir_all(&data)?;
+    let mut agent = host.command(bin("peer-agent")?);
+    agent
+        .args(["--listen", "0.0.0.0:50053", "--control", "127.0.0.1:50054", "--metrics-listen", ""])
+        .arg("--advertise")
+        .arg(host.socket(50053))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--index-url")
+        .arg(format!("http://{}", services.socket(50052)))
+        .arg("--auth-url")
+        .arg(format!("http://{}", services.socket(50051)))
+        .env("P2P_USER", "admin")
+        .env("P2P_PASSWORD", ADMIN_PASSWORD)
+        .env("RUST_LOG", "warn");
+    let proc = spawn(agent, "peer-agent", &dir.join(format!("{name}.log")))?;
+    let p2p = bin("p2p")?;
+    wait_until(Duration::from_secs(60), &format!("agent {name} to register"), || {
+        host.command(&p2p)
+            .args(["--json", "status"])
+            .output()
+            .ok()
+            .and_then(|o| json_of(&o))
+            .and_then(|v| v.get("peer_id").or_else(|| v.get("peerId")).cloned())
+            .and_then(|v| v.as_str().map(|s| !s.is_empty()))
+            .unwrap_or(false)
+    })?;
+    Ok(proc)
+}
+
+struct SwarmCase {
+    n: usize,
+    size_bytes: u64,
+    ours_s: f64,
+    http_s: Option<f64>,
+    cs_bound_s: f64,
+    p2p_bound_s: f64,
+    seeder_upload_multiple: f64,
+    per_host_s: Vec<f64>,
+}
+
+#[allow(clippy::too_many_lines)]
+fn swarm_case(n: usize, size_mib: u64, shape: LinkShape, http: bool, timeout: Duration) -> Result<SwarmCase> {
+    let size = size_mib << 20;
+    let rate_bps = f64::from(shape.rate_mbit.unwrap_or(100)) * 1e6 / 8.0;
+    let f = size as f64;
+    let cs_bound_s = (n as f64 * f / rate_bps).max(f / rate_bps);
+    let p2p_bound_s = (f / rate_bps).max(n as f64 * f / (rate_bps + n as f64 * rate_bps));
+
+    let dir = tempfile::tempdir()?;
+    let lan = Lan::create(n + 2, shape)?;
+    let services = lan.host(0).clone();
+    let seeder = lan.host(1).clone();
+    let mut procs = Vec::new();
+    start_services(&services, dir.path(), &mut procs)?;
+    let p2p = bin("p2p")?;
+    let seed_agent = start_agent(&seeder, &services, dir.path(), "seeder")?;
+    let mut agents = Vec::new();
+    for i in 0..n {
+        agents.push(start_agent(lan.host(i + 2), &services, dir.path(), &format!("peer{i}"))?);
+    }
+    let source = dir.path().join("seeder").join("payload.bin");
+    random_file(&source, size, size_mib ^ n as u64)?;
+    let want = file_hash(&source)?;
+    let shared = seeder.command(&p2p).args(["--json", "share"]).arg(&source).output()?;
+    if !shared.status.success() {
+        bail!("share failed: {}", String::from_utf8_lossy(&shared.stderr));
+    }
+
+    let started = Instant::now();
+    let mut gets = Vec::new();
+    for i in 0..n {
+        let out = dir.path().join(format!("peer{i}")).join("payload-copy.bin");
+        let child = lan
+            .host(i + 2)
+            .command(&p2p)
+            .args(["--json", "get", "payload.bin", "-o"])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        gets.push((Proc(child, "p2p get"), out, None::<f64>));
+    }
+    let deadline = started + timeout;
+    while gets.iter().any(|g| g.2.is_none()) {
+        if Instant::now() > deadline {
+            bail!("swarm case N={n} F={size_mib}MiB timed out");
+        }
+        for (proc, _, done) in gets.iter_mut().filter(|g| g.2.is_none()) {
+            if let Some(status) = proc.0.try_wait()? {
+                if !status.success() {
+                    let mut err = String::new();
+                    if let Some(mut e) = proc.0.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    bail!("a download failed: {err}");
+                }
+                *done = Some(started.elapsed().as_secs_f64());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let per_host_s: Vec<f64> = gets.iter().filter_map(|g| g.2).collect();
+    let ours_s = per_host_s.iter().cloned().fold(0.0, f64::max);
+    for (_, out, _) in &gets {
+        if file_hash(out)? != want {
+            bail!("{} does not match the source", out.display());
+        }
+    }
+    let status = seeder.command(&p2p).args(["--json", "status"]).output()?;
+    let uploaded = json_of(&status).and_then(|v| find_u64(&v, "bytes_uploaded").or_else(|| find_u64(&v, "bytesUploaded"))).unwrap_or(0);
+    drop(gets);
+    drop(agents);
+    drop(seed_agent);
+    drop(procs);
+
+    let http_s = if http {
+        let serve_dir = dir.path().join("seeder");
+        let mut server = seeder.command("python3");
+        server.args(["-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory"]).arg(&serve_dir);
+        let _server = spawn(server, "http.server", &dir.path().join("http.log"))?;
+        let url = format!("http://{}/payload.bin", seeder.socket(8080));
+        wait_until(Duration::from_secs(20), "http server", || {
+            lan.host(2)
+                .command("curl")
+                .args(["-sf", "-o", "/dev/null", "-r", "0-0", &url])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })?;
+        let started = Instant::now();
+        let mut curls = Vec::new();
+        for i in 0..n {
+            let out = dir.path().join(format!("peer{i}")).join("payload-http.bin");
+            let child = lan.host(i + 2).command("curl").args(["-sf", "-o"]).arg(&out).arg(&url).spawn()?;
+            curls.push((Proc(child, "curl"), None::<f64>));
+        }
+        while curls.iter().any(|c| c.1.is_none()) {
+            if Instant::now() > started + timeout {
+                bail!("HTTP baseline N={n} timed out");
+            }
+            for (proc, done) in curls.iter_mut().filter(|c| c.1.is_none()) {
+                if let Some(status) = proc.0.try_wait()? {
+                    if !status.success() {
+                        bail!("curl failed: {status}");
+                    }
+                    *done = Some(started.elapsed().as_secs_f64());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(curls.iter().filter_map(|c| c.1).fold(0.0, f64::max))
+    } else {
+        None
+    };
+    Ok(SwarmCase {
+        n,
+        size_bytes: size,
+        ours_s,
+        http_s,
+        cs_bound_s,
+        p2p_bound_s,
+        seeder_upload_multiple: uploaded as f64 / f,
+        per_host_s,
+    })
+}
+
+fn swarm(out: &Path, ns: &[usize], sizes: &[u64], rate_mbit: u32, delay_ms: u64, http: bool, timeout: Duration) -> Result<()> {
+    if let Some(reason) = Lan::unavailable_reason() {
+        bail!("the swarm benchmark needs network namespaces: {reason}");
+    }
+    let shape = LinkShape {
+        rate_mbit: Some(rate_mbit),
+        delay: (delay_ms > 0).then(|| Duration::from_millis(delay_ms)),
+    };
+    let mut cases = Vec::new();
+    println!("{:>3} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}", "N", "F (MiB)", "ours (s)", "HTTP (s)", "P2P bnd", "CS bnd", "ours/P2P", "seeder up");
+    for &size_mib in sizes {
+        for &n in ns {
+            let case = swarm_case(n, size_mib, shape, http, timeout)?;
+            println!(
+                "{:>3} {:>8} {:>9.2} {:>9} {:>9.2} {:>9.2} {:>9.3} {:>9.2}F",
+                case.n,
+                size_mib,
+                case.ours_s,
+                case.http_s.map_or("-".into(), |s| format!("{s:.2}")),
+                case.p2p_bound_s,
+                case.cs_bound_s,
+                case.ours_s / case.p2p_bound_s,
+                case.seeder_upload_multiple
+            );
+            cases.push(case);
+        }
+    }
+    let json: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "n": c.n, "size_bytes": c.size_bytes, "rate_mbit": rate_mbit, "delay_ms": delay_ms,
+                "ours_s": c.ours_s, "http_s": c.http_s, "p2p_bound_s": c.p2p_bound_s,
+                "client_server_bound_s": c.cs_bound_s, "ours_over_p2p_bound": c.ours_s / c.p2p_bound_s,
+                "seeder_uploaded_multiple_of_f": c.seeder_upload_multiple, "per_host_s": c.per_host_s,
+            })
+        })
+        .collect();
+    std::fs::write(out.join("swarm.json"), serde_json::to_string_pretty(&json)?)?;
+    let mut csv = String::from("n,size_mib,ours_s,http_s,p2p_bound_s,client_server_bound_s,ours_over_p2p_bound,seeder_uploaded_multiple_of_f\n");
+    for c in &cases {
+        csv += &format!(
+            "{},{},{:.3},{},{:.3},{:.3},{:.3},{:.3}\n",
+            c.n,
+            c.size_bytes >> 20,
+            c.ours_s,
+            c.http_s.map_or(String::new(), |s| format!("{s:.3}")),
+            c.p2p_bound_s,
+            c.cs_bound_s,
+            c.ours_s / c.p2p_bound_s,
+            c.seeder_upload_multiple
+        );
+    }
+    std::fs::write(out.join("swarm.csv"), csv)?;
+    std::fs::write(out.join("swarm.svg"), swarm_svg(&cases))?;
+    println!("wrote {}/swarm.{{json,csv,svg}}", out.display());
+    Ok(())
+}
+
+/// A grouped bar chart per (N, F): ours, HTTP, P2P bound, client-server bound.
+fn swarm_svg(cases: &[SwarmCase]) -> String {
+    let max = cases
+        .iter()
+        .flat_map(|c| [c.ours_s, c.http_s.unwrap_or(0.0), c.cs_bound_s, c.p2p_bound_s])
+        .fold(1.0, f64::max);
+    let group_w = 130.0;
+    let width = 80.0 + group_w * cases.len() as f64;
+    let height = 360.0;
+    let plot_h = 260.0;
+    let colors = [("ours", "#2b7bb9"), ("HTTP", "#d9534f"), ("P2P bound", "#5cb85c"), ("C-S bound", "#f0ad4e")];
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='10' y='16' font-size='13'>Time to deliver F to all N downloaders (s), log scale</text>\n"
+    );
+    let y = |v: f64| 30.0 + plot_h - plot_h * (v.max(0.1).ln() - 0.1f64.ln()) / (max.ln() - 0.1f64.ln());
+    for (i, c) in cases.iter().enumerate() {
+        let x0 = 60.0 + group_w * i as f64;
+        let values = [Some(c.ours_s), c.http_s, Some(c.p2p_bound_s), Some(c.cs_bound_s)];
+        for (j, v) in values.iter().enumerate() {
+            if let Some(v) = v {
+                let top = y(*v);
+                svg += &format!(
+                    "<rect x='{:.1}' y='{top:.1}' width='24' height='{:.1}' fill='{}'><title>{} {v:.2}s</title></rect>\n",
+                    x0 + 26.0 * j as f64,
+                    30.0 + plot_h - top,
+                    colors[j].1,
+                    colors[j].0
+                );
+            }
+        }
+        svg += &format!(
+            "<text x='{:.1}' y='{:.1}'>N={} F={}MiB</text>\n",
+            x0,
+            30.0 + plot_h + 16.0,
+            c.n,
+            c.size_bytes >> 20
+        );
+    }
+    for (j, (name, color)) in colors.iter().enumerate() {
+        let x = 60.0 + 110.0 * j as f64;
+        svg += &format!("<rect x='{x}' y='{}' width='12' height='12' fill='{color}'/><text x='{}' y='{}'>{name}</text>\n", height - 30.0, x + 16.0, height - 20.0);
+    }
+    svg + "</svg>\n"
+}
+
+fn tcp_sink(listen: &str) -> Result<()> {
+    let listener = TcpListener::bind(listen)?;
+    println!("{}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    let (mut stream, _) = listener.accept()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    let started = Instant::now();
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    println!("{total} {}", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn tcp_source(addr: &str, file: &Path) -> Result<()> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let mut input = std::fs::File::open(file)?;
+    std::io::copy(&mut input, &mut stream)?;
+    Ok(())
+}
+
+fn datapath(out: &Path, size_mib: u64) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let size = size_mib << 20;
+    let source = dir.path().join("payload.bin");
+    random_file(&source, size, 7)?;
+    let me = std::env::current_exe()?;
+
+    // Raw TCP baseline: two processes, kernel loopback, 1 MiB reads.
+    let mut sink = Command::new(&me).args(["tcp-sink", "127.0.0.1:0"]).stdout(Stdio::piped()).spawn()?;
+    let mut sink_out = std::io::BufReader::new(sink.stdout.take().context("sink stdout")?);
+    let mut addr = String::new();
+    std::io::BufRead::read_line(&mut sink_out, &mut addr)?;
+    let started = Instant::now();
+    let status = Command::new(&me).args(["tcp-source", addr.trim()]).arg(&source).status()?;
+    let mut result = String::new();
+    sink_out.read_to_string(&mut result)?;
+    sink.wait()?;
+    let tcp_s = started.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("raw TCP copy failed");
+    }
+    let tcp_bps = size as f64 / tcp_s;
+
+    // FetchChunks: services and two agents on loopback.
+    let mut procs = Vec::new();
+    let local = Host::loopback();
+    start_services(&local, dir.path(), &mut procs)?;
+    let a = start_loopback_agent(dir.path(), "a", 0)?;
+    let b = start_loopback_agent(dir.path(), "b", 1)?;
+    let p2p = bin("p2p")?;
+    let shared = Command::new(&p2p).args(["--agent", "127.0.0.1:50154", "--json", "share"]).arg(&source).output()?;
+    if !shared.status.success() {
+        bail!("share failed: {}", String::from_utf8_lossy(&shared.stderr));
+    }
+    let copy = dir.path().join("copy.bin");
+    let started = Instant::now();
+    let got = Command::new(&p2p)
+        .args(["--agent", "127.0.0.1:50155", "--json", "get", "payload.bin", "-o"])
+        .arg(&copy)
+        .output()?;
+    let ours_s = started.elapsed().as_secs_f64();
+    if !got.status.success() {
+        bail!("download failed: {}", String::from_utf8_lossy(&got.stderr));
+    }
+    if file_hash(&copy)? != file_hash(&source)? {
+        bail!("downloaded copy differs");
+    }
+    let ours_bps = size as f64 / ours_s;
+    let rss_a = peak_rss_bytes(a.0.id()).unwrap_or(0);
+    let rss_b = peak_rss_bytes(b.0.id()).unwrap_or(0);
+    let ratio = ours_bps / tcp_bps;
+    println!("data path, {size_mib} MiB on loopback:");
+    println!("  raw TCP     {:>8.1} MiB/s", tcp_bps / 1048576.0);
+    println!("  FetchChunks {:>8.1} MiB/s  ({:.1}% of raw TCP, includes hashing and the final whole-file check)", ours_bps / 1048576.0, ratio * 100.0);
+    println!("  peak RSS    source agent {:.1} MiB, downloading agent {:.1} MiB", rss_a as f64 / 1048576.0, rss_b as f64 / 1048576.0);
+    let json = serde_json::json!({
+        "size_bytes": size, "raw_tcp_bytes_per_s": tcp_bps, "fetchchunks_bytes_per_s": ours_bps,
+        "ratio": ratio, "source_agent_peak_rss_bytes": rss_a, "downloader_agent_peak_rss_bytes": rss_b,
+    });
+    std::fs::write(out.join("datapath.json"), serde_json::to_string_pretty(&json)?)?;
+    println!("wrote {}/datapath.json", out.display());
+    drop((a, b, procs));
+    Ok(())
+}
+
+fn start_loopback_agent(dir: &Path, name: &str, i: u16) -> Result<Proc> {
+    let data = dir.join(name);
+    std::fs::create_dir_all(&data)?;
+    let mut agent = Command::new(bin("peer-agent")?);
+    agent
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", 50153 + i * 100))
+        .arg("--control")
+        .arg(format!("127.0.0.1:{}", 50154 + i))
+        .args(["--metrics-listen", "", "--index-url", "http://127.0.0.1:50052", "--auth-url", "http://127.0.0.1:50051"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("P2P_USER", "admin")
+        .env("P2P_PASSWORD", ADMIN_PASSWORD)
+        .env("RUST_LOG", "warn");
+    let proc = spawn(agent, "peer-agent", &dir.join(format!("{name}.log")))?;
+    let p2p = bin("p2p")?;
+    let control = format!("127.0.0.1:{}", 50154 + i);
+    wait_until(Duration::from_secs(60), "agent to register", || {
+        Command::new(&p2p)
+            .args(["--agent", &control, "--json", "status"])
+            .output()
+            .ok()
+            .and_then(|o| json_of(&o))
+            .and_then(|v| v.get("peer_id").or_else(|| v.get("peerId")).cloned())
+            .and_then(|v| v.as_str().map(|s| !s.is_empty()))
+            .unwrap_or(false)
+    })?;
+    Ok(proc)
+}
+
+fn hash(out: &Path, size_mib: u64) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let size = size_mib << 20;
+    let source = dir.path().join("payload.bin");
+    random_file(&source, size, 11)?;
+    let data = std::fs::read(&source)?;
+    let started = Instant::now();
+    let one = blake3::hash(&data);
+    let single_bps = size as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_rayon(&data);
+    let all = hasher.finalize();
+    let multi_bps = size as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(one, all);
+    drop(data);
+
+    let mut procs = Vec::new();
+    start_services(&Host::loopback(), dir.path(), &mut procs)?;
+    let agent = start_loopback_agent(dir.path(), "a", 0)?;
+    let started = Instant::now();
+    let shared = Command::new(bin("p2p")?).args(["--agent", "127.0.0.1:50154", "--json", "share"]).arg(&source).output()?;
+    let share_s = started.elapsed().as_secs_f64();
+    if !shared.status.success() {
+        bail!("share failed: {}", String::from_utf8_lossy(&shared.stderr));
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("BLAKE3 on {size_mib} MiB in memory: one core {:.0} MiB/s, {cores} cores {:.0} MiB/s", single_bps / 1048576.0, multi_bps / 1048576.0);
+    println!("`p2p share` of a {size_mib} MiB file (read from disk, hash, publish): {share_s:.2} s ({:.0} MiB/s)", size as f64 / share_s / 1048576.0);
+    let json = serde_json::json!({
+        "size_bytes": size, "cores": cores, "blake3_one_core_bytes_per_s": single_bps,
+        "blake3_all_cores_bytes_per_s": multi_bps, "p2p_share_s": share_s,
+    });
+    std::fs::write(out.join("hash.json"), serde_json::to_string_pretty(&json)?)?;
+    println!("wrote {}/hash.json", out.display());
+    drop((agent, procs));
+    Ok(())
+}

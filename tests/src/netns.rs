@@ -1,0 +1,254 @@
+//! An emulated LAN on one machine: each host is a network namespace with
+//! its own address, joined by a veth pair to a bridge that lives in a
+//! "switch" namespace of its own, so nothing touches the machine's real
+//! network. Links can be shaped with `tc` (token bucket rate each way,
+//! netem delay where the kernel has it), cut and restored.
+//!
+//! Addresses (10.77.0.0/24) exist only inside the namespaces a [`Lan`]
+//! creates; every namespace is deleted when the `Lan` drops. Needs root and
+//! iproute2; [`Lan::unavailable_reason`] says why a test must skip.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// How a host's link is shaped, both directions.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkShape {
+    /// Rate limit in megabits per second each way; `None` leaves it unshaped.
+    pub rate_mbit: Option<u32>,
+    /// One-way delay added on the host's egress (needs sch_netem).
+    pub delay: Option<Duration>,
+}
+
+/// Why a LAN could not be built or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum LanError {
+    /// An `ip`/`tc` command failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A command could not be started at all.
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+static NEXT_LAN: AtomicU32 = AtomicU32::new(0);
+
+fn run(args: &[&str]) -> Result<Output, LanError> {
+    let command = args.join(" ");
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|source| LanError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(LanError::Command {
+            command,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// One emulated machine.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The namespace name.
+    pub netns: String,
+    /// The host's address on the LAN.
+    pub addr: Ipv4Addr,
+    switch_ns: String,
+    switch_port: String,
+}
+
+impl Host {
+    /// This machine itself, as a host at 127.0.0.1: commands run directly.
+    /// It cannot be cut or shaped.
+    pub fn loopback() -> Self {
+        Self {
+            netns: String::new(),
+            addr: Ipv4Addr::LOCALHOST,
+            switch_ns: String::new(),
+            switch_port: String::new(),
+        }
+    }
+
+    /// A command that runs `program` inside this host's namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        if self.netns.is_empty() {
+            return Command::new(program);
+        }
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns]).arg(program);
+        command
+    }
+
+    /// A tokio command that runs `program` inside this host's namespace.
+    pub fn tokio_command(&self, program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+        tokio::process::Command::from(self.command(program))
+    }
+
+    /// Pulls the cable: the host keeps running but reaches nobody.
+    pub fn cut(&self) -> Result<(), LanError> {
+        run(&["ip", "-n", &self.switch_ns, "link", "set", &self.switch_port, "down"]).map(drop)
+    }
+
+    /// Plugs the cable back in.
+    pub fn restore(&self) -> Result<(), LanError> {
+        run(&["ip", "-n", &self.switch_ns, "link", "set", &self.switch_port, "up"]).map(drop)
+    }
+
+    /// Replaces the shaping of this host's link, both directions.
+    pub fn shape(&self, shape: LinkShape) -> Result<(), LanError> {
+        shape_dev(&self.netns, "eth0", shape, true)?;
+        shape_dev(&self.switch_ns, &self.switch_port, shape, false)
+    }
+
+    /// `host:port` on this host.
+    pub fn socket(&self, port: u16) -> String {
+        format!("{}:{port}", self.addr)
+    }
+}
+
+fn shape_dev(netns: &str, dev: &str, shape: LinkShape, with_delay: bool) -> Result<(), LanError> {
+    let _ = run(&["ip", "netns", "exec", netns, "tc", "qdisc", "del", "dev", dev, "root"]);
+    let delay = shape.delay.filter(|_| with_delay);
+    match (shape.rate_mbit, delay) {
+        (None, None) => Ok(()),
+        (Some(rate), None) => {
+            // Burst: at least 10 ms worth of bytes so the bucket does not
+            // starve a fast sender between timer ticks.
+            let burst = (u64::from(rate) * 1_000_000 / 8 / 100).max(64 * 1024);
+            run(&[
+                "ip", "netns", "exec", netns, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
+                "rate", &format!("{rate}mbit"), "burst", &burst.to_string(), "latency", "100ms",
+            ])
+            .map(drop)
+        }
+        (rate, Some(delay)) => {
+            let mut args: Vec<String> = [
+                "ip", "netns", "exec", netns, "tc", "qdisc", "add", "dev", dev, "root", "netem",
+                "delay",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.push(format!("{}us", delay.as_micros()));
+            if let Some(rate) = rate {
+                args.push("rate".into());
+                args.push(format!("{rate}mbit"));
+            }
+            args.push("limit".into());
+            args.push("100000".into());
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&refs).map(drop)
+        }
+    }
+}
+
+/// A set of hosts on one bridge. Deleted on drop.
+#[derive(Debug)]
+pub struct Lan {
+    switch_ns: String,
+    hosts: Vec<Host>,
+}
+
+impl Lan {
+    /// `None` when this process can build LANs, otherwise why not (so a
+    /// test can print the reason and skip).
+    pub fn unavailable_reason() -> Option<String> {
+        let uid = Command::new("id").arg("-u").output().ok()?;
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            return Some("network namespaces need root".into());
+        }
+        match Command::new("ip").args(["netns", "list"]).output() {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => Some(format!(
+                "`ip netns` does not work here: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(err) => Some(format!("iproute2 (`ip`) is not installed: {err}")),
+        }
+    }
+
+    /// Builds `count` hosts (at most 200) with links shaped by `shape`.
+    pub fn create(count: usize, shape: LinkShape) -> Result<Self, LanError> {
+        assert!(count <= 200, "a Lan holds at most 200 hosts");
+        let tag = format!(
+            "p2p{}x{}",
+            std::process::id(),
+            NEXT_LAN.fetch_add(1, Ordering::Relaxed)
+        );
+        let switch_ns = format!("{tag}sw");
+        run(&["ip", "netns", "add", &switch_ns])?;
+        let mut lan = Self {
+            switch_ns: switch_ns.clone(),
+            hosts: Vec::new(),
+        };
+        run(&["ip", "-n", &switch_ns, "link", "add", "br0", "type", "bridge"])?;
+        run(&["ip", "-n", &switch_ns, "link", "set", "br0", "up"])?;
+        for i in 0..count {
+            let netns = format!("{tag}h{i}");
+            run(&["ip", "netns", "add", &netns])?;
+            let addr = Ipv4Addr::new(10, 77, 0, (i + 1) as u8);
+            let port = format!("h{i}");
+            lan.hosts.push(Host {
+                netns: netns.clone(),
+                addr,
+                switch_ns: switch_ns.clone(),
+                switch_port: port.clone(),
+            });
+            run(&[
+                "ip", "-n", &switch_ns, "link", "add", &port, "type", "veth", "peer", "name",
+                "eth0", "netns", &netns,
+            ])?;
+            run(&["ip", "-n", &switch_ns, "link", "set", &port, "master", "br0", "up"])?;
+            run(&["ip", "-n", &netns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            run(&["ip", "-n", &netns, "link", "set", "eth0", "up"])?;
+            run(&["ip", "-n", &netns, "link", "set", "lo", "up"])?;
+            lan.hosts[i].shape(shape)?;
+        }
+        Ok(lan)
+    }
+
+    /// Host `i` (0-based).
+    pub fn host(&self, i: usize) -> &Host {
+        &self.hosts[i]
+    }
+
+    /// Every host.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for host in &self.hosts {
+            // Processes still running inside would keep the namespace's
+            // interfaces; kill them first.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &host.netns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", &host.netns]).status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.switch_ns]).status();
+    }
+}
