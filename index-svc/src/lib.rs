@@ -1,1 +1,276 @@
-//! index-svc (being written).
+//! index-svc: the network's file index. It knows which files exist, which
+//! peers hold which chunks of them, how busy each peer is, and which peers a
+//! downloader should use. It never carries file data.
+//!
+//! Modules: [`store`] (all SQL), [`lease`] (online state from time),
+//! [`selection`] (source scoring), [`events`] (the WatchFiles change log
+//! cursor), [`listing`] (paging and name filter), [`peer`] (peer ids and
+//! load), [`service`] (the gRPC handlers), [`error`].
+//!
+//! [`run`] owns two background pieces besides the server: the housekeeping
+//! task (metric gauges, pruning of old events and reports) and the metrics
+//! endpoint. Both stop when the shutdown future resolves, and `run` waits
+//! for the housekeeping task before returning.
+
+pub mod error;
+pub mod events;
+pub mod lease;
+pub mod listing;
+pub mod peer;
+pub mod selection;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use p2p_proto::index::v1::index_service_server::IndexServiceServer;
+use p2p_services::auth::{RequireAuth, TokenVerifier};
+use p2p_services::client::MAX_MESSAGE_BYTES;
+use p2p_services::metrics;
+use p2p_services::serve::GrpcServer;
+use p2p_services::telemetry::TelemetryArgs;
+use p2p_services::time::now_ms;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::Error;
+use lease::Lease;
+use service::IndexApi;
+use store::Store;
+
+/// How often gauges are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often old events and reports are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Events older than this are pruned; a watcher further behind has long
+/// gone.
+const EVENT_RETENTION: Duration = Duration::from_secs(3600);
+/// Reports older than this are pruned (they stopped counting long before).
+const REPORT_RETENTION: Duration = Duration::from_secs(1800);
+
+/// index-svc's configuration: flags with environment fallbacks.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "index-svc",
+    version,
+    about = "The P2P network's file index and source selection"
+)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "INDEX_LISTEN", default_value = "0.0.0.0:50052")]
+    pub listen: String,
+    /// sqlite://PATH or postgres://USER:PASS@HOST/DB.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://index.db")]
+    pub database_url: String,
+    /// Where auth-svc publishes its token signing keys.
+    #[arg(long, env = "P2P_AUTH_URL", default_value = "http://127.0.0.1:50051")]
+    pub auth_url: String,
+    /// How long a peer stays online after its last heartbeat (e.g. 15s, 1500ms).
+    #[arg(long, env = "INDEX_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// How often agents are told to heartbeat; must be under --lease-ttl.
+    #[arg(long, env = "INDEX_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Address for Prometheus `GET /metrics`; empty disables it.
+    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9102")]
+    pub metrics_listen: String,
+    /// Logging.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    /// Run a one-off command instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-off commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Ask a running index-svc whether it serves (exit 0) or not (exit 1).
+    Healthcheck {
+        /// Server to ask; defaults to --listen with 0.0.0.0 replaced by 127.0.0.1.
+        #[arg(long)]
+        addr: Option<String>,
+    },
+}
+
+/// Parses `15s`, `1500ms`, `2m` or bare seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 15s, 500ms or 2m"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}; use ms, s, m or h"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+impl Config {
+    /// The lease policy, checked: the TTL must allow at least one heartbeat.
+    pub fn lease(&self) -> Result<Lease, Error> {
+        if self.lease_ttl < Duration::from_millis(100) {
+            return Err(Error::Config {
+                flag: "lease-ttl",
+                reason: format!("{:?} is too short; use at least 100ms", self.lease_ttl),
+            });
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.lease_ttl {
+            return Err(Error::Config {
+                flag: "heartbeat-interval",
+                reason: format!(
+                    "{:?} must be above zero and below --lease-ttl ({:?})",
+                    self.heartbeat_interval, self.lease_ttl
+                ),
+            });
+        }
+        Ok(Lease {
+            ttl: self.lease_ttl,
+            heartbeat_interval: self.heartbeat_interval,
+        })
+    }
+
+    /// The address `healthcheck` probes.
+    pub fn probe_addr(&self) -> String {
+        match &self.command {
+            Some(Command::Healthcheck { addr: Some(addr) }) => addr.clone(),
+            _ => self.listen.replace("0.0.0.0", "127.0.0.1"),
+        }
+    }
+}
+
+/// Refreshes the gauges and prunes old rows until `stop` is cancelled.
+async fn housekeeping(store: Store, lease: Lease, stop: CancellationToken) {
+    let peers_online = metrics::gauge(
+        "p2p_index_peers_online",
+        "Peers whose lease has not lapsed.",
+        &[],
+    );
+    let files = metrics::gauge("p2p_index_files", "Files in the index.", &[]);
+    let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = gauges.tick() => {
+                let now = now_ms();
+                match store.count_peers_seen_after(lease.online_after(now)).await {
+                    Ok(n) => peers_online.set(n),
+                    Err(err) => tracing::warn!(%err, "cannot count online peers"),
+                }
+                match store.count_files().await {
+                    Ok(n) => files.set(n),
+                    Err(err) => tracing::warn!(%err, "cannot count files"),
+                }
+            }
+            _ = prune.tick() => {
+                let now = now_ms();
+                let result = store
+                    .prune(
+                        now - EVENT_RETENTION.as_millis() as i64,
+                        now - REPORT_RETENTION.as_millis() as i64,
+                    )
+                    .await;
+                match result {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(rows = n, "pruned old events and reports"),
+                    Err(err) => tracing::warn!(%err, "cannot prune old events and reports"),
+                }
+            }
+        }
+    }
+}
+
+/// Serves IndexService on `listener` until `shutdown` resolves: opens and
+/// migrates the database, warms the signing-key cache (starting anyway when
+/// auth-svc is down: keys are fetched on demand later), and serves every
+/// RPC behind token verification.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let lease = config.lease()?;
+    let store = Store::open(&config.database_url).await?;
+    let verifier = TokenVerifier::remote(&config.auth_url);
+    match verifier.refresh().await {
+        Ok(count) => tracing::info!(count, auth_url = %config.auth_url, "signing keys cached"),
+        Err(err) => {
+            tracing::warn!(%err, "starting without signing keys; they are fetched when the first token arrives")
+        }
+    }
+    let stop = CancellationToken::new();
+    let _metrics = metrics::spawn(&config.metrics_listen, stop.clone().cancelled_owned()).await?;
+    let housekeeper = tokio::spawn(housekeeping(store.clone(), lease, stop.clone()));
+
+    let api = IndexApi::new(store, lease, stop.clone());
+    let server = IndexServiceServer::new(api)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let server_stop = stop.clone();
+    let result = GrpcServer::new()
+        .add_service(RequireAuth::new(server, verifier))
+        .serve(listener, async move {
+            shutdown.await;
+            server_stop.cancel();
+        })
+        .await;
+    stop.cancel();
+    if let Err(err) = housekeeper.await {
+        tracing::warn!(%err, "housekeeping task failed");
+    }
+    result.map_err(Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn heartbeat_must_fit_in_the_lease() {
+        let config = Config::try_parse_from([
+            "index-svc",
+            "--lease-ttl",
+            "2s",
+            "--heartbeat-interval",
+            "3s",
+        ])
+        .expect("flags parse");
+        assert!(matches!(
+            config.lease(),
+            Err(Error::Config {
+                flag: "heartbeat-interval",
+                ..
+            })
+        ));
+        let config = Config::try_parse_from(["index-svc"]).expect("defaults parse");
+        assert_eq!(
+            config.lease().expect("default lease").ttl,
+            Duration::from_secs(15)
+        );
+        assert_eq!(config.probe_addr(), "127.0.0.1:50052");
+    }
+}

@@ -1,0 +1,86 @@
+//! Everything that can go wrong in index-svc, and the one conversion from it
+//! to a gRPC status.
+
+use p2p_services::manifest::{FileId, ManifestError};
+use tonic::Status;
+
+use crate::peer::PeerId;
+
+/// What went wrong, in the index's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag has a value that cannot work.
+    #[error("invalid --{flag}: {reason}")]
+    Config {
+        /// The flag's long name.
+        flag: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Open(#[from] p2p_services::db::DbError),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The gRPC server failed.
+    #[error(transparent)]
+    Serve(#[from] p2p_services::serve::ServeError),
+    /// The metrics endpoint could not listen.
+    #[error(transparent)]
+    Bind(#[from] p2p_services::serve::BindError),
+    /// Stored data does not parse (a bug or a hand-edited database).
+    #[error("corrupt index data: {0}")]
+    Corrupt(String),
+    /// A manifest, name, id or bitfield from the client is invalid.
+    #[error("{0}")]
+    InvalidManifest(#[from] ManifestError),
+    /// Some other request field is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A request asks for more than the limits allow.
+    #[error("{0}")]
+    TooLarge(String),
+    /// No file with this id.
+    #[error("no file {0} in the index (it may have been deleted)")]
+    FileNotFound(FileId),
+    /// No peer with this id.
+    #[error("unknown peer {0}: register the agent again")]
+    PeerNotFound(String),
+    /// The peer belongs to another user.
+    #[error("peer {0} belongs to another user; only its owner may act for it")]
+    NotPeerOwner(PeerId),
+    /// The file belongs to another user and the caller is no admin.
+    #[error("file {0} was published by another user; only its owner or an admin may delete it")]
+    NotFileOwner(FileId),
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let message = err.to_string();
+        match err {
+            Error::InvalidManifest(_) | Error::InvalidArgument(_) => {
+                Status::invalid_argument(message)
+            }
+            Error::TooLarge(_) => Status::resource_exhausted(message),
+            Error::FileNotFound(_) | Error::PeerNotFound(_) => Status::not_found(message),
+            Error::NotPeerOwner(_) | Error::NotFileOwner(_) => Status::permission_denied(message),
+            Error::Database(ref source) => {
+                tracing::error!(error = %source, "query failed");
+                match source {
+                    sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => {
+                        Status::unavailable("the index database is unavailable; retry shortly")
+                    }
+                    _ => Status::internal("the index database failed; see index-svc logs"),
+                }
+            }
+            Error::Corrupt(_) => {
+                tracing::error!(%message, "corrupt data");
+                Status::internal(message)
+            }
+            Error::Config { .. } | Error::Open(_) | Error::Serve(_) | Error::Bind(_) => {
+                Status::internal(message)
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The index-svc binary: parse the config, start logging, bind, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use index_svc::{Command, Config};
+use p2p_services::{health, serve, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    if let Some(Command::Healthcheck { .. }) = &config.command {
+        return match health::probe(&config.probe_addr(), "p2p.index.v1.IndexService").await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("index-svc unhealthy: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    telemetry::init(config.telemetry.log_format);
+    let listener = match serve::bind(&config.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match index_svc::run(config, listener, shutdown::signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}

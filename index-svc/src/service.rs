@@ -1,0 +1,753 @@
+//! The `p2p.index.v1.IndexService` handlers: glue that converts between
+//! the generated messages and the domain types, checks who may do what,
+//! and calls the store and the pure modules. Generated types stop here.
+//!
+//! Every call reaches a handler through `RequireAuth`, so verified claims
+//! are always in the request extensions; no handler reads a header.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use p2p_proto::index::v1 as pb;
+use p2p_proto::index::v1::index_service_server::IndexService;
+use p2p_services::auth::{Claims, claims};
+use p2p_services::manifest::{Bitfield, FileId, wire};
+use p2p_services::metrics;
+use p2p_services::time::now_ms;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::events::{EventCursor, FileEventKind, StoredEvent};
+use crate::lease::Lease;
+use crate::listing::{self, PageCursor};
+use crate::peer::{Holding, PeerId, PeerLoad, PeerRecord};
+use crate::selection::{self, REPORT_WINDOW, Ranked, ReportReason};
+use crate::store::{FileSummary, NewPeer, NewReport, Owner, Store};
+
+/// How often each WatchFiles stream looks for new events.
+pub const WATCH_POLL_INTERVAL: Duration = Duration::from_millis(300);
+/// Most events read per poll.
+const WATCH_BATCH: i64 = 256;
+/// Longest advertised address accepted.
+const MAX_ADDR_BYTES: usize = 255;
+/// Longest agent version string kept.
+const MAX_VERSION_BYTES: usize = 128;
+/// Longest report detail kept.
+const MAX_DETAIL_BYTES: usize = 512;
+
+/// The IndexService implementation: the store, the lease policy, and the
+/// shutdown token that ends WatchFiles streams.
+#[derive(Debug, Clone)]
+pub struct IndexApi {
+    store: Store,
+    lease: Lease,
+    stop: CancellationToken,
+}
+
+impl IndexApi {
+    /// A service over `store`; streams end when `stop` is cancelled.
+    pub fn new(store: Store, lease: Lease, stop: CancellationToken) -> Self {
+        Self { store, lease, stop }
+    }
+}
+
+fn parse_peer(field: &str, text: &str) -> Result<PeerId, Error> {
+    PeerId::parse(text).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{field} {:?} is not a peer id (use the id RegisterPeer returned)",
+            text.chars().take(64).collect::<String>()
+        ))
+    })
+}
+
+fn parse_file(text: &str) -> Result<FileId, Error> {
+    Ok(FileId::parse(text)?)
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// Checks an advertised `host:port`: a non-empty host without spaces or
+/// control characters and a non-zero port.
+fn validate_advertise_addr(addr: &str) -> Result<(), String> {
+    if addr.is_empty() {
+        return Err(
+            "advertise_addr is empty: send the host:port of the agent's PeerService".into(),
+        );
+    }
+    if addr.len() > MAX_ADDR_BYTES {
+        return Err(format!(
+            "advertise_addr is {} bytes; at most {MAX_ADDR_BYTES}",
+            addr.len()
+        ));
+    }
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("advertise_addr {addr:?} is not host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty()
+        || host
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        return Err(format!("advertise_addr {addr:?} has no usable host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("advertise_addr {addr:?} has no valid port")),
+    }
+}
+
+/// Whether the caller may delete a file owned by `owner_id`.
+fn may_delete(owner_id: &str, caller: &Claims) -> bool {
+    caller.sub == owner_id || caller.is_admin()
+}
+
+fn load_from_proto(load: Option<pb::PeerLoad>) -> PeerLoad {
+    let load = load.unwrap_or_default();
+    PeerLoad {
+        active_uploads: load.active_uploads,
+        max_uploads: load.max_uploads,
+        upload_rate_bps: load.upload_rate_bps,
+        max_upload_rate_bps: load.max_upload_rate_bps,
+        uploaded_bytes_last_60s: load.uploaded_bytes_last_60s,
+        free_disk_bytes: load.free_disk_bytes,
+    }
+}
+
+fn load_to_proto(load: &PeerLoad) -> pb::PeerLoad {
+    pb::PeerLoad {
+        active_uploads: load.active_uploads,
+        max_uploads: load.max_uploads,
+        upload_rate_bps: load.upload_rate_bps,
+        max_upload_rate_bps: load.max_upload_rate_bps,
+        uploaded_bytes_last_60s: load.uploaded_bytes_last_60s,
+        free_disk_bytes: load.free_disk_bytes,
+    }
+}
+
+fn file_to_proto(file: FileSummary) -> pb::FileInfo {
+    pb::FileInfo {
+        file_id: file.file_id.to_string(),
+        name: file.name,
+        size_bytes: file.size_bytes,
+        mime_type: file.mime_type,
+        owner_id: file.owner.user_id,
+        owner_name: file.owner.username,
+        added_at_ms: file.added_at_ms,
+        online_holders: file.online_holders,
+        complete_copies: file.complete_copies,
+        chunk_size_bytes: file.chunk_size_bytes,
+        chunk_count: file.chunk_count,
+    }
+}
+
+fn peer_to_proto(peer: PeerRecord, lease: &Lease, now: i64) -> pb::Peer {
+    let state = if lease.is_online(peer.last_seen_ms, now) {
+        pb::PeerState::Online
+    } else {
+        pb::PeerState::Offline
+    };
+    pb::Peer {
+        peer_id: peer.peer_id.to_string(),
+        advertise_addr: peer.advertise_addr,
+        user_id: peer.user_id,
+        username: peer.username,
+        state: state as i32,
+        load: Some(load_to_proto(&peer.load)),
+        last_seen_ms: peer.last_seen_ms,
+        agent_version: peer.agent_version,
+        complete_files: peer.complete_files,
+    }
+}
+
+fn source_to_proto(ranked: Ranked) -> pb::Source {
+    let candidate = ranked.candidate;
+    let (complete, bitfield) = match candidate.holding {
+        Holding::Complete => (true, Vec::new()),
+        Holding::Partial(field) => (false, field.as_bytes().to_vec()),
+    };
+    pb::Source {
+        peer_id: candidate.peer_id.to_string(),
+        address: candidate.address,
+        username: candidate.username,
+        complete,
+        bitfield,
+        load: Some(load_to_proto(&candidate.load)),
+        score: ranked.score,
+        reason: ranked.reason,
+    }
+}
+
+fn report_reason(reason: i32) -> Result<ReportReason, Error> {
+    match pb::ReportReason::try_from(reason) {
+        Ok(pb::ReportReason::Unreachable) => Ok(ReportReason::Unreachable),
+        Ok(pb::ReportReason::Stalled) => Ok(ReportReason::Stalled),
+        Ok(pb::ReportReason::Corrupt) => Ok(ReportReason::Corrupt),
+        _ => Err(Error::InvalidArgument(
+            "reason must be UNREACHABLE, STALLED or CORRUPT".into(),
+        )),
+    }
+}
+
+fn record_choice(ranked: &[Ranked]) {
+    if let Some(best) = ranked.first() {
+        metrics::counter(
+            "p2p_index_source_choices_total",
+            "LocateSources answers by the reason class of the top-ranked source.",
+            &[("reason", best.class.as_str())],
+        )
+        .inc();
+    }
+}
+
+impl IndexApi {
+    async fn register_peer(
+        &self,
+        claims: &Claims,
+        request: pb::RegisterPeerRequest,
+    ) -> Result<pb::RegisterPeerResponse, Error> {
+        let addr = request.advertise_addr.trim().to_string();
+        validate_advertise_addr(&addr).map_err(Error::InvalidArgument)?;
+        let peer = NewPeer {
+            user_id: claims.sub.clone(),
+            username: claims.name.clone(),
+            advertise_addr: addr,
+            agent_version: truncate(request.agent_version, MAX_VERSION_BYTES),
+            load: load_from_proto(request.load),
+        };
+        let peer_id = self.store.register_peer(&peer, now_ms()).await?;
+        tracing::info!(%peer_id, user = %claims.name, addr = %peer.advertise_addr, "peer registered");
+        Ok(pb::RegisterPeerResponse {
+            peer_id: peer_id.to_string(),
+            lease_ttl_ms: self.lease.ttl.as_millis() as u64,
+            heartbeat_interval_ms: self.lease.heartbeat_interval.as_millis() as u64,
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        claims: &Claims,
+        request: pb::HeartbeatRequest,
+    ) -> Result<pb::HeartbeatResponse, Error> {
+        let peer = parse_peer("peer_id", &request.peer_id)?;
+        let load = load_from_proto(request.load);
+        self.store
+            .renew_lease(&peer, &claims.sub, &load, now_ms())
+            .await?;
+        Ok(pb::HeartbeatResponse {
+            lease_ttl_ms: self.lease.ttl.as_millis() as u64,
+        })
+    }
+
+    async fn list_peers(
+        &self,
+        request: pb::ListPeersRequest,
+    ) -> Result<pb::ListPeersResponse, Error> {
+        let now = now_ms();
+        let seen_after = if request.include_offline {
+            i64::MIN
+        } else {
+            self.lease.online_after(now)
+        };
+        let peers = self.store.peers(seen_after).await?;
+        Ok(pb::ListPeersResponse {
+            peers: peers
+                .into_iter()
+                .map(|p| peer_to_proto(p, &self.lease, now))
+                .collect(),
+        })
+    }
+
+    async fn summary(&self, file_id: &FileId) -> Result<FileSummary, Error> {
+        self.store
+            .file_summary(file_id, self.lease.online_after(now_ms()))
+            .await?
+            .ok_or_else(|| Error::FileNotFound(file_id.clone()))
+    }
+
+    async fn publish_file(
+        &self,
+        claims: &Claims,
+        request: pb::PublishFileRequest,
+    ) -> Result<pb::PublishFileResponse, Error> {
+        let manifest = request
+            .manifest
+            .ok_or_else(|| Error::InvalidArgument("manifest is missing".into()))?;
+        let manifest = wire::from_proto(manifest)?;
+        let holder = match request.peer_id.trim() {
+            "" => None,
+            text => {
+                let peer = parse_peer("peer_id", text)?;
+                self.store.check_peer_owner(&peer, &claims.sub).await?;
+                Some(peer)
+            }
+        };
+        let owner = Owner {
+            user_id: claims.sub.clone(),
+            username: claims.name.clone(),
+        };
+        let created = self
+            .store
+            .publish(&manifest, &owner, holder.as_ref(), now_ms())
+            .await?;
+        let file = self.summary(&manifest.file_id()).await?;
+        if created {
+            tracing::info!(file_id = %file.file_id, name = %file.name, owner = %claims.name, "file published");
+        }
+        Ok(pb::PublishFileResponse {
+            file: Some(file_to_proto(file)),
+            created,
+        })
+    }
+
+    async fn list_files(
+        &self,
+        request: pb::ListFilesRequest,
+    ) -> Result<pb::ListFilesResponse, Error> {
+        let limit = listing::page_size(request.page_size).ok_or_else(|| {
+            Error::TooLarge(format!(
+                "page_size {} is over the limit of {}; page through with next_page_token",
+                request.page_size,
+                listing::MAX_PAGE_SIZE
+            ))
+        })?;
+        if request.name_contains.len() > listing::MAX_FILTER_BYTES {
+            return Err(Error::TooLarge(format!(
+                "name_contains is {} bytes; at most {}",
+                request.name_contains.len(),
+                listing::MAX_FILTER_BYTES
+            )));
+        }
+        let cursor = match request.page_token.trim() {
+            "" => None,
+            token => Some(PageCursor::decode(token).ok_or_else(|| {
+                Error::InvalidArgument(
+                    "page_token is not one this index issued; start again without it".into(),
+                )
+            })?),
+        };
+        let mut files = self
+            .store
+            .list_files(
+                &listing::contains_pattern(&request.name_contains),
+                cursor.as_ref(),
+                limit + 1,
+                self.lease.online_after(now_ms()),
+            )
+            .await?;
+        let next_page_token = if files.len() > limit as usize {
+            files.truncate(limit as usize);
+            files
+                .last()
+                .map(|f| {
+                    PageCursor {
+                        added_at_ms: f.added_at_ms,
+                        file_id: f.file_id.to_string(),
+                    }
+                    .encode()
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListFilesResponse {
+            files: files.into_iter().map(file_to_proto).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn get_file(&self, request: pb::GetFileRequest) -> Result<pb::GetFileResponse, Error> {
+        let file_id = parse_file(&request.file_id)?;
+        let file = self.summary(&file_id).await?;
+        let manifest = self
+            .store
+            .manifest(&file_id)
+            .await?
+            .ok_or_else(|| Error::FileNotFound(file_id.clone()))?;
+        Ok(pb::GetFileResponse {
+            file: Some(file_to_proto(file)),
+            manifest: Some(wire::to_proto(&manifest)),
+        })
+    }
+
+    async fn delete_file(
+        &self,
+        claims: &Claims,
+        request: pb::DeleteFileRequest,
+    ) -> Result<pb::DeleteFileResponse, Error> {
+        let file_id = parse_file(&request.file_id)?;
+        let file = self.summary(&file_id).await?;
+        if !may_delete(&file.owner.user_id, claims) {
+            return Err(Error::NotFileOwner(file_id));
+        }
+        if !self.store.delete_file(&file_id, now_ms()).await? {
+            return Err(Error::FileNotFound(file_id));
+        }
+        tracing::info!(%file_id, name = %file.name, by = %claims.name, "file deleted");
+        Ok(pb::DeleteFileResponse {})
+    }
+
+    async fn update_holdings(
+        &self,
+        claims: &Claims,
+        request: pb::UpdateHoldingsRequest,
+    ) -> Result<pb::UpdateHoldingsResponse, Error> {
+        let peer = parse_peer("peer_id", &request.peer_id)?;
+        let file_id = parse_file(&request.file_id)?;
+        self.store.check_peer_owner(&peer, &claims.sub).await?;
+        let chunk_count = self
+            .store
+            .chunk_count(&file_id)
+            .await?
+            .ok_or_else(|| Error::FileNotFound(file_id.clone()))?;
+        let holding = if request.complete {
+            Holding::Complete
+        } else {
+            Holding::from_bitfield(Bitfield::from_bytes(&request.bitfield, chunk_count)?)
+        };
+        self.store
+            .set_holding(&peer, &file_id, &holding, chunk_count, now_ms())
+            .await?;
+        Ok(pb::UpdateHoldingsResponse {})
+    }
+
+    async fn stop_sharing(
+        &self,
+        claims: &Claims,
+        request: pb::StopSharingRequest,
+    ) -> Result<pb::StopSharingResponse, Error> {
+        let peer = parse_peer("peer_id", &request.peer_id)?;
+        let file_id = parse_file(&request.file_id)?;
+        self.store.check_peer_owner(&peer, &claims.sub).await?;
+        self.store.remove_holding(&peer, &file_id, now_ms()).await?;
+        Ok(pb::StopSharingResponse {})
+    }
+
+    async fn locate_sources(
+        &self,
+        request: pb::LocateSourcesRequest,
+    ) -> Result<pb::LocateSourcesResponse, Error> {
+        let file_id = parse_file(&request.file_id)?;
+        let exclude = match request.peer_id.trim() {
+            "" => None,
+            text => Some(parse_peer("peer_id", text)?),
+        };
+        let chunk_count = self
+            .store
+            .chunk_count(&file_id)
+            .await?
+            .ok_or_else(|| Error::FileNotFound(file_id.clone()))?;
+        let wanted = if request.wanted.is_empty() {
+            None
+        } else {
+            Some(Bitfield::from_bytes(&request.wanted, chunk_count)?)
+        };
+        let now = now_ms();
+        let candidates = self
+            .store
+            .candidate_sources(
+                &file_id,
+                chunk_count,
+                exclude.as_ref(),
+                self.lease.online_after(now),
+                now,
+                now - REPORT_WINDOW.as_millis() as i64,
+            )
+            .await?;
+        let ranked = selection::rank(
+            candidates,
+            wanted.as_ref(),
+            selection::effective_limit(request.limit),
+            &mut rand::thread_rng(),
+        );
+        record_choice(&ranked);
+        Ok(pb::LocateSourcesResponse {
+            sources: ranked.into_iter().map(source_to_proto).collect(),
+            chunk_count,
+        })
+    }
+
+    async fn report_source(
+        &self,
+        claims: &Claims,
+        request: pb::ReportSourceRequest,
+    ) -> Result<pb::ReportSourceResponse, Error> {
+        let reporter = parse_peer("peer_id", &request.peer_id)?;
+        let source = parse_peer("source_peer_id", &request.source_peer_id)?;
+        let file_id = parse_file(&request.file_id)?;
+        let reason = report_reason(request.reason)?;
+        self.store.check_peer_owner(&reporter, &claims.sub).await?;
+        if !self.store.peer_exists(&source).await? {
+            return Err(Error::PeerNotFound(source.to_string()));
+        }
+        let report = NewReport {
+            reporter,
+            source,
+            file_id,
+            reason,
+            detail: truncate(request.detail, MAX_DETAIL_BYTES),
+        };
+        self.store.record_report(&report, now_ms()).await?;
+        metrics::counter(
+            "p2p_index_source_reports_total",
+            "Bad-source reports received, by reason.",
+            &[("reason", reason.as_str())],
+        )
+        .inc();
+        tracing::info!(source = %report.source, reporter = %report.reporter, file_id = %report.file_id,
+            reason = reason.as_str(), detail = %report.detail, "source reported");
+        Ok(pb::ReportSourceResponse {})
+    }
+
+    /// The message for one logged event, or `None` when the file it names
+    /// is gone and the event no longer says anything useful.
+    async fn event_message(&self, event: &StoredEvent) -> Result<Option<pb::FileEvent>, Error> {
+        let kind = match event.kind {
+            FileEventKind::Published => pb::FileEventKind::Published,
+            FileEventKind::Deleted => pb::FileEventKind::Deleted,
+            FileEventKind::HoldersChanged => pb::FileEventKind::HoldersChanged,
+        };
+        let file = if event.kind == FileEventKind::Deleted {
+            Some(pb::FileInfo {
+                file_id: event.file_id.clone(),
+                name: event.name.clone(),
+                ..Default::default()
+            })
+        } else {
+            let Ok(file_id) = FileId::parse(&event.file_id) else {
+                return Ok(None);
+            };
+            match self
+                .store
+                .file_summary(&file_id, self.lease.online_after(now_ms()))
+                .await?
+            {
+                Some(summary) => Some(file_to_proto(summary)),
+                None => return Ok(None),
+            }
+        };
+        Ok(Some(pb::FileEvent {
+            kind: kind as i32,
+            file_id: event.file_id.clone(),
+            file,
+            at_ms: event.at_ms,
+        }))
+    }
+
+    /// A stream of file events after the current end of the log. It polls
+    /// the log every [`WATCH_POLL_INTERVAL`], holds at most one batch, and
+    /// ends when the client goes away (the stream is dropped) or the server
+    /// shuts down. No task is spawned: the stream is owned by the call.
+    async fn watch_files(&self) -> Result<WatchStream, Error> {
+        struct State {
+            api: IndexApi,
+            cursor: EventCursor,
+            pending: VecDeque<StoredEvent>,
+        }
+        let start = self.store.latest_event_seq().await?;
+        let state = State {
+            api: self.clone(),
+            cursor: EventCursor::starting_after(start),
+            pending: VecDeque::new(),
+        };
+        let stream = futures::stream::unfold(state, |mut state| async move {
+            loop {
+                while let Some(event) = state.pending.pop_front() {
+                    match state.api.event_message(&event).await {
+                        Ok(Some(message)) => return Some((Ok(message), state)),
+                        Ok(None) => {}
+                        Err(err) => tracing::warn!(%err, "cannot describe file event"),
+                    }
+                }
+                tokio::select! {
+                    () = state.api.stop.cancelled() => return None,
+                    () = tokio::time::sleep(WATCH_POLL_INTERVAL) => {}
+                }
+                match state
+                    .api
+                    .store
+                    .events_after(state.cursor.after(), WATCH_BATCH)
+                    .await
+                {
+                    Ok(events) => {
+                        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+                        let fresh = state.cursor.accept(&seqs, Instant::now());
+                        state
+                            .pending
+                            .extend(events.into_iter().filter(|e| fresh.contains(&e.seq)));
+                    }
+                    Err(err) => tracing::warn!(%err, "cannot read file events; retrying"),
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+/// The response stream of WatchFiles.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::FileEvent, Status>> + Send>>;
+
+fn caller<T>(request: &Request<T>) -> Result<Claims, Status> {
+    claims(request).cloned()
+}
+
+fn reply<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl IndexService for IndexApi {
+    async fn register_peer(
+        &self,
+        request: Request<pb::RegisterPeerRequest>,
+    ) -> Result<Response<pb::RegisterPeerResponse>, Status> {
+        let claims = caller(&request)?;
+        reply(self.register_peer(&claims, request.into_inner()).await)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let claims = caller(&request)?;
+        reply(self.heartbeat(&claims, request.into_inner()).await)
+    }
+
+    async fn list_peers(
+        &self,
+        request: Request<pb::ListPeersRequest>,
+    ) -> Result<Response<pb::ListPeersResponse>, Status> {
+        caller(&request)?;
+        reply(self.list_peers(request.into_inner()).await)
+    }
+
+    async fn publish_file(
+        &self,
+        request: Request<pb::PublishFileRequest>,
+    ) -> Result<Response<pb::PublishFileResponse>, Status> {
+        let claims = caller(&request)?;
+        reply(self.publish_file(&claims, request.into_inner()).await)
+    }
+
+    async fn list_files(
+        &self,
+        request: Request<pb::ListFilesRequest>,
+    ) -> Result<Response<pb::ListFilesResponse>, Status> {
+        caller(&request)?;
+        reply(self.list_files(request.into_inner()).await)
+    }
+
+    async fn get_file(
+        &self,
+        request: Request<pb::GetFileRequest>,
+    ) -> Result<Response<pb::GetFileResponse>, Status> {
+        caller(&request)?;
+        reply(self.get_file(request.into_inner()).await)
+    }
+
+    async fn delete_file(
+        &self,
+        request: Request<pb::DeleteFileRequest>,
+    ) -> Result<Response<pb::DeleteFileResponse>, Status> {
+        let claims = caller(&request)?;
+        reply(self.delete_file(&claims, request.into_inner()).await)
+    }
+
+    async fn update_holdings(
+        &self,
+        request: Request<pb::UpdateHoldingsRequest>,
+    ) -> Result<Response<pb::UpdateHoldingsResponse>, Status> {
+        let claims = caller(&request)?;
+        reply(self.update_holdings(&claims, request.into_inner()).await)
+    }
+
+    async fn stop_sharing(
+        &self,
+        request: Request<pb::StopSharingRequest>,
+    ) -> Result<Response<pb::StopSharingResponse>, Status> {
+        let claims = caller(&request)?;
+        reply(self.stop_sharing(&claims, request.into_inner()).await)
+    }
+
+    async fn locate_sources(
+        &self,
+        request: Request<pb::LocateSourcesRequest>,
+    ) -> Result<Response<pb::LocateSourcesResponse>, Status> {
+        caller(&request)?;
+        reply(self.locate_sources(request.into_inner()).await)
+    }
+
+    async fn report_source(
+        &self,
+        request: Request<pb::ReportSourceRequest>,
+    ) -> Result<Response<pb::ReportSourceResponse>, Status> {
+        let claims = caller(&request)?;
+        reply(self.report_source(&claims, request.into_inner()).await)
+    }
+
+    type WatchFilesStream = WatchStream;
+
+    async fn watch_files(
+        &self,
+        request: Request<pb::WatchFilesRequest>,
+    ) -> Result<Response<Self::WatchFilesStream>, Status> {
+        caller(&request)?;
+        reply(self.watch_files().await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2p_services::auth::Role;
+
+    fn claims(sub: &str, role: Role) -> Claims {
+        Claims {
+            iss: String::new(),
+            aud: String::new(),
+            sub: sub.into(),
+            name: sub.into(),
+            role,
+            iat: 0,
+            exp: 0,
+            jti: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_owner_or_admin_may_delete() {
+        assert!(may_delete("alice", &claims("alice", Role::User)));
+        assert!(!may_delete("alice", &claims("bob", Role::User)));
+        assert!(may_delete("alice", &claims("root", Role::Admin)));
+    }
+
+    #[test]
+    fn advertised_addresses_must_be_host_and_port() {
+        assert!(validate_advertise_addr("10.0.0.5:50053").is_ok());
+        assert!(validate_advertise_addr("agent-1.lan:7000").is_ok());
+        assert!(validate_advertise_addr("[::1]:7000").is_ok());
+        assert!(validate_advertise_addr("").is_err());
+        assert!(validate_advertise_addr("host").is_err());
+        assert!(validate_advertise_addr("host:0").is_err());
+        assert!(validate_advertise_addr(":80").is_err());
+        assert!(validate_advertise_addr("a b:80").is_err());
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("héllo".into(), 2), "h");
+        assert_eq!(truncate("abc".into(), 10), "abc");
+    }
+}

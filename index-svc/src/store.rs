@@ -1,0 +1,805 @@
+//! All SQL of index-svc, behind methods named for what they mean.
+//!
+//! The same query text runs on SQLite and PostgreSQL through sqlx's `Any`
+//! driver. Online state is never stored: queries compare `last_seen_ms`
+//! with a cutoff computed from the lease (see [`crate::lease`]), so every
+//! replica agrees. Changes to the file list write their `file_events` row
+//! in the same transaction as the change.
+//!
+//! **Architecture Invariant:** no module but this one writes SQL.
+
+use std::time::Duration;
+
+use p2p_services::db::{self, Backend, Migrations};
+use p2p_services::manifest::{Bitfield, FileId, Manifest};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+use crate::error::Error;
+use crate::events::{FileEventKind, StoredEvent};
+use crate::listing::PageCursor;
+use crate::peer::{Holding, PeerId, PeerLoad, PeerRecord};
+use crate::selection::{Candidate, Report, ReportReason};
+
+/// Most holders considered for one LocateSources call.
+pub const MAX_CANDIDATES: i64 = 1000;
+/// Most peers ListPeers returns.
+pub const MAX_PEERS_LISTED: i64 = 10_000;
+/// Most recent reports read for one LocateSources call.
+const MAX_REPORTS_READ: i64 = 5000;
+
+/// Who published a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The user id (the token's `sub`).
+    pub user_id: String,
+    /// The username at publish time.
+    pub username: String,
+}
+
+/// A file as listed: what it is, who owns it and how available it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSummary {
+    /// Content-derived id.
+    pub file_id: FileId,
+    /// Display name.
+    pub name: String,
+    /// Size.
+    pub size_bytes: u64,
+    /// MIME type.
+    pub mime_type: String,
+    /// Publisher.
+    pub owner: Owner,
+    /// Unix ms of the first publish.
+    pub added_at_ms: i64,
+    /// Online peers holding at least one chunk.
+    pub online_holders: u32,
+    /// Online peers holding every chunk.
+    pub complete_copies: u32,
+    /// Chunk size.
+    pub chunk_size_bytes: u32,
+    /// Number of chunks.
+    pub chunk_count: u32,
+}
+
+/// A peer registering: who runs it, where it listens, and its load.
+#[derive(Debug, Clone)]
+pub struct NewPeer {
+    /// The token's user id.
+    pub user_id: String,
+    /// The token's username.
+    pub username: String,
+    /// `host:port` of its PeerService.
+    pub advertise_addr: String,
+    /// Self-reported version.
+    pub agent_version: String,
+    /// Load at registration.
+    pub load: PeerLoad,
+}
+
+/// A source report to record.
+#[derive(Debug, Clone)]
+pub struct NewReport {
+    /// The peer reporting.
+    pub reporter: PeerId,
+    /// The peer reported.
+    pub source: PeerId,
+    /// The file being fetched.
+    pub file_id: FileId,
+    /// What went wrong.
+    pub reason: ReportReason,
+    /// Free-form detail, already truncated.
+    pub detail: String,
+}
+
+/// The index database. Cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Large counters are stored as BIGINT; clamp what does not fit.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_u32(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
+/// The columns of a [`FileSummary`]; `$1` is the online cutoff.
+macro_rules! summary_select {
+    () => {
+        "SELECT f.file_id, f.name, f.size_bytes, f.mime_type, f.owner_id, f.owner_name, \
+                f.added_at_ms, f.chunk_size_bytes, f.chunk_count, \
+                (SELECT COUNT(*) FROM holdings h JOIN peers p ON p.peer_id = h.peer_id \
+                  WHERE h.file_id = f.file_id AND (h.complete = 1 OR h.chunks_held > 0) \
+                    AND p.last_seen_ms > $1) AS online_holders, \
+                (SELECT COUNT(*) FROM holdings h JOIN peers p ON p.peer_id = h.peer_id \
+                  WHERE h.file_id = f.file_id AND h.complete = 1 \
+                    AND p.last_seen_ms > $1) AS complete_copies \
+         FROM files f "
+    };
+}
+
+/// The load columns of `peers`, aliased `p`.
+macro_rules! load_columns {
+    () => {
+        "p.active_uploads, p.max_uploads, p.upload_rate_bps, p.max_upload_rate_bps, \
+         p.uploaded_bytes_last_60s, p.free_disk_bytes"
+    };
+}
+
+fn summary_from_row(row: &AnyRow) -> Result<FileSummary, Error> {
+    let file_id: String = row.try_get("file_id")?;
+    Ok(FileSummary {
+        file_id: FileId::parse(&file_id).map_err(|e| Error::Corrupt(e.to_string()))?,
+        name: row.try_get("name")?,
+        size_bytes: to_u64(row.try_get("size_bytes")?),
+        mime_type: row.try_get("mime_type")?,
+        owner: Owner {
+            user_id: row.try_get("owner_id")?,
+            username: row.try_get("owner_name")?,
+        },
+        added_at_ms: row.try_get("added_at_ms")?,
+        online_holders: to_u32(row.try_get("online_holders")?),
+        complete_copies: to_u32(row.try_get("complete_copies")?),
+        chunk_size_bytes: to_u32(row.try_get("chunk_size_bytes")?),
+        chunk_count: to_u32(row.try_get("chunk_count")?),
+    })
+}
+
+fn load_from_row(row: &AnyRow) -> Result<PeerLoad, Error> {
+    Ok(PeerLoad {
+        active_uploads: to_u32(row.try_get("active_uploads")?),
+        max_uploads: to_u32(row.try_get("max_uploads")?),
+        upload_rate_bps: to_u64(row.try_get("upload_rate_bps")?),
+        max_upload_rate_bps: to_u64(row.try_get("max_upload_rate_bps")?),
+        uploaded_bytes_last_60s: to_u64(row.try_get("uploaded_bytes_last_60s")?),
+        free_disk_bytes: to_u64(row.try_get("free_disk_bytes")?),
+    })
+}
+
+/// Stored holdings keep an empty bitfield for complete holders.
+fn holding_columns(holding: &Holding, chunk_count: u32) -> (i64, Vec<u8>, i64) {
+    match holding {
+        Holding::Complete => (1, Vec::new(), i64::from(chunk_count)),
+        Holding::Partial(field) => (0, field.as_bytes().to_vec(), i64::from(field.count())),
+    }
+}
+
+/// Whether going from `before` (complete, chunks held) to `after` changes
+/// what holder counts show.
+fn holders_changed(before: Option<(bool, i64)>, after: Option<(bool, i64)>) -> bool {
+    let visible =
+        |h: Option<(bool, i64)>| h.map(|(complete, held)| (complete, complete || held > 0));
+    let (b, a) = (visible(before), visible(after));
+    match (b, a) {
+        (None, None) => false,
+        (None, Some((_, shown))) | (Some((_, shown)), None) => shown,
+        (Some(b), Some(a)) => b != a,
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `url`.
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        let database = db::connect(
+            url,
+            &Migrations {
+                sqlite: sqlx::migrate!("migrations/sqlite"),
+                postgres: sqlx::migrate!("migrations/postgres"),
+            },
+        )
+        .await?;
+        Ok(Self {
+            pool: database.pool,
+            backend: database.backend,
+        })
+    }
+
+    /// Which backend the store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Registers a peer or, when this user already registered this address,
+    /// renews it and returns its existing id (so its holdings survive).
+    pub async fn register_peer(&self, peer: &NewPeer, now_ms: i64) -> Result<PeerId, Error> {
+        let load = &peer.load;
+        let row = sqlx::query(
+            "INSERT INTO peers (peer_id, user_id, username, advertise_addr, agent_version, \
+                 registered_at_ms, last_seen_ms, active_uploads, max_uploads, upload_rate_bps, \
+                 max_upload_rate_bps, uploaded_bytes_last_60s, free_disk_bytes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (user_id, advertise_addr) DO UPDATE SET \
+                 username = excluded.username, agent_version = excluded.agent_version, \
+                 last_seen_ms = excluded.last_seen_ms, \
+                 active_uploads = excluded.active_uploads, max_uploads = excluded.max_uploads, \
+                 upload_rate_bps = excluded.upload_rate_bps, \
+                 max_upload_rate_bps = excluded.max_upload_rate_bps, \
+                 uploaded_bytes_last_60s = excluded.uploaded_bytes_last_60s, \
+                 free_disk_bytes = excluded.free_disk_bytes \
+             RETURNING peer_id",
+        )
+        .bind(PeerId::generate().as_str().to_string())
+        .bind(&peer.user_id)
+        .bind(&peer.username)
+        .bind(&peer.advertise_addr)
+        .bind(&peer.agent_version)
+        .bind(now_ms)
+        .bind(i64::from(load.active_uploads))
+        .bind(i64::from(load.max_uploads))
+        .bind(to_i64(load.upload_rate_bps))
+        .bind(to_i64(load.max_upload_rate_bps))
+        .bind(to_i64(load.uploaded_bytes_last_60s))
+        .bind(to_i64(load.free_disk_bytes))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(PeerId::from_stored(row.try_get("peer_id")?))
+    }
+
+    /// Renews `peer`'s lease and records its load: one single-row UPDATE on
+    /// the hot path. Fails with `PeerNotFound` for unknown peers and
+    /// `NotPeerOwner` when the peer belongs to someone else.
+    pub async fn renew_lease(
+        &self,
+        peer: &PeerId,
+        user_id: &str,
+        load: &PeerLoad,
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        let result = sqlx::query(
+            "UPDATE peers SET last_seen_ms = $1, active_uploads = $2, max_uploads = $3, \
+                 upload_rate_bps = $4, max_upload_rate_bps = $5, uploaded_bytes_last_60s = $6, \
+                 free_disk_bytes = $7 \
+             WHERE peer_id = $8 AND user_id = $9",
+        )
+        .bind(now_ms)
+        .bind(i64::from(load.active_uploads))
+        .bind(i64::from(load.max_uploads))
+        .bind(to_i64(load.upload_rate_bps))
+        .bind(to_i64(load.max_upload_rate_bps))
+        .bind(to_i64(load.uploaded_bytes_last_60s))
+        .bind(to_i64(load.free_disk_bytes))
+        .bind(peer.as_str())
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() > 0 {
+            return Ok(());
+        }
+        self.check_peer_owner(peer, user_id).await
+    }
+
+    /// Ok when `peer` exists and belongs to `user_id`.
+    pub async fn check_peer_owner(&self, peer: &PeerId, user_id: &str) -> Result<(), Error> {
+        let owner: Option<String> = sqlx::query("SELECT user_id FROM peers WHERE peer_id = $1")
+            .bind(peer.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| row.try_get("user_id"))
+            .transpose()?;
+        match owner {
+            None => Err(Error::PeerNotFound(peer.to_string())),
+            Some(owner) if owner == user_id => Ok(()),
+            Some(_) => Err(Error::NotPeerOwner(peer.clone())),
+        }
+    }
+
+    /// Peers last seen after `seen_after_ms` (pass `i64::MIN` for all),
+    /// by user and address.
+    pub async fn peers(&self, seen_after_ms: i64) -> Result<Vec<PeerRecord>, Error> {
+        let rows = sqlx::query(concat!(
+            "SELECT p.peer_id, p.advertise_addr, p.user_id, p.username, p.agent_version, \
+                    p.last_seen_ms, ",
+            load_columns!(),
+            ", (SELECT COUNT(*) FROM holdings h WHERE h.peer_id = p.peer_id AND h.complete = 1) \
+                 AS complete_files \
+             FROM peers p WHERE p.last_seen_ms > $1 \
+             ORDER BY p.username, p.advertise_addr LIMIT $2"
+        ))
+        .bind(seen_after_ms)
+        .bind(MAX_PEERS_LISTED)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PeerRecord {
+                    peer_id: PeerId::from_stored(row.try_get("peer_id")?),
+                    advertise_addr: row.try_get("advertise_addr")?,
+                    user_id: row.try_get("user_id")?,
+                    username: row.try_get("username")?,
+                    agent_version: row.try_get("agent_version")?,
+                    last_seen_ms: row.try_get("last_seen_ms")?,
+                    load: load_from_row(row)?,
+                    complete_files: to_u32(row.try_get("complete_files")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Number of peers last seen after `seen_after_ms`.
+    pub async fn count_peers_seen_after(&self, seen_after_ms: i64) -> Result<i64, Error> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM peers WHERE last_seen_ms > $1")
+            .bind(seen_after_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Number of files in the index.
+    pub async fn count_files(&self) -> Result<i64, Error> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM files")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Publishes a manifest owned by `owner`; `holder` (already checked to
+    /// belong to the owner's user) becomes a complete holder. Returns
+    /// whether the file is new (identical content published before is not).
+    pub async fn publish(
+        &self,
+        manifest: &Manifest,
+        owner: &Owner,
+        holder: Option<&PeerId>,
+        now_ms: i64,
+    ) -> Result<bool, Error> {
+        let file_id = manifest.file_id();
+        let mut tx = self.pool.begin().await?;
+        let created = sqlx::query(
+            "INSERT INTO files (file_id, name, size_bytes, mime_type, chunk_size_bytes, \
+                 chunk_count, chunk_hashes, file_hash, owner_id, owner_name, added_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (file_id) DO NOTHING RETURNING file_id",
+        )
+        .bind(file_id.as_str())
+        .bind(&manifest.name)
+        .bind(to_i64(manifest.size_bytes))
+        .bind(i64::from(manifest.chunk_size_bytes))
+        .bind(i64::from(manifest.chunk_count()))
+        .bind(manifest.chunk_hashes_bytes())
+        .bind(manifest.file_hash.to_vec())
+        .bind(&owner.user_id)
+        .bind(&owner.username)
+        .bind(now_ms)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        let mut changed = false;
+        if let Some(peer) = holder {
+            changed = Self::put_holding(
+                &mut tx,
+                peer,
+                &file_id,
+                &Holding::Complete,
+                manifest.chunk_count(),
+                now_ms,
+            )
+            .await?;
+        }
+        if created {
+            Self::log_event(
+                &mut tx,
+                FileEventKind::Published,
+                &file_id,
+                &manifest.name,
+                now_ms,
+            )
+            .await?;
+        } else if changed {
+            Self::log_event(
+                &mut tx,
+                FileEventKind::HoldersChanged,
+                &file_id,
+                &manifest.name,
+                now_ms,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn put_holding(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        peer: &PeerId,
+        file_id: &FileId,
+        holding: &Holding,
+        chunk_count: u32,
+        now_ms: i64,
+    ) -> Result<bool, Error> {
+        let before = Self::holding_state(tx, peer, file_id).await?;
+        let (complete, bitfield, held) = holding_columns(holding, chunk_count);
+        sqlx::query(
+            "INSERT INTO holdings (file_id, peer_id, complete, bitfield, chunks_held, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (file_id, peer_id) DO UPDATE SET complete = excluded.complete, \
+                 bitfield = excluded.bitfield, chunks_held = excluded.chunks_held, \
+                 updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(file_id.as_str())
+        .bind(peer.as_str())
+        .bind(complete)
+        .bind(bitfield)
+        .bind(held)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+        Ok(holders_changed(before, Some((complete == 1, held))))
+    }
+
+    async fn holding_state(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        peer: &PeerId,
+        file_id: &FileId,
+    ) -> Result<Option<(bool, i64)>, Error> {
+        let row = sqlx::query(
+            "SELECT complete, chunks_held FROM holdings WHERE file_id = $1 AND peer_id = $2",
+        )
+        .bind(file_id.as_str())
+        .bind(peer.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        row.map(|row| -> Result<_, Error> {
+            Ok((
+                row.try_get::<i64, _>("complete")? == 1,
+                row.try_get::<i64, _>("chunks_held")?,
+            ))
+        })
+        .transpose()
+    }
+
+    async fn log_event(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        kind: FileEventKind,
+        file_id: &FileId,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        sqlx::query("INSERT INTO file_events (kind, file_id, name, at_ms) VALUES ($1, $2, $3, $4)")
+            .bind(kind.as_str())
+            .bind(file_id.as_str())
+            .bind(name)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// The file with holder counts as of `online_after_ms`.
+    pub async fn file_summary(
+        &self,
+        file_id: &FileId,
+        online_after_ms: i64,
+    ) -> Result<Option<FileSummary>, Error> {
+        sqlx::query(concat!(summary_select!(), "WHERE f.file_id = $2"))
+            .bind(online_after_ms)
+            .bind(file_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(summary_from_row)
+            .transpose()
+    }
+
+    /// Files whose lowercased name matches `name_pattern` (a `LIKE` pattern
+    /// escaped with `\`), newest first, after `cursor`, at most `limit`.
+    pub async fn list_files(
+        &self,
+        name_pattern: &str,
+        cursor: Option<&PageCursor>,
+        limit: u32,
+        online_after_ms: i64,
+    ) -> Result<Vec<FileSummary>, Error> {
+        let (after_ms, after_id) = match cursor {
+            Some(c) => (c.added_at_ms, c.file_id.as_str()),
+            None => (i64::MAX, ""),
+        };
+        let rows = sqlx::query(concat!(
+            summary_select!(),
+            "WHERE LOWER(f.name) LIKE $2 ESCAPE '\\' \
+               AND (f.added_at_ms < $3 OR (f.added_at_ms = $3 AND f.file_id > $4)) \
+             ORDER BY f.added_at_ms DESC, f.file_id LIMIT $5"
+        ))
+        .bind(online_after_ms)
+        .bind(name_pattern)
+        .bind(after_ms)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(summary_from_row).collect()
+    }
+
+    /// The stored manifest of a file.
+    pub async fn manifest(&self, file_id: &FileId) -> Result<Option<Manifest>, Error> {
+        let Some(row) = sqlx::query(
+            "SELECT name, size_bytes, mime_type, chunk_size_bytes, chunk_hashes, file_hash \
+             FROM files WHERE file_id = $1",
+        )
+        .bind(file_id.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let chunk_size: i64 = row.try_get("chunk_size_bytes")?;
+        let hashes: Vec<u8> = row.try_get("chunk_hashes")?;
+        let file_hash: Vec<u8> = row.try_get("file_hash")?;
+        Manifest::from_parts(
+            row.try_get("name")?,
+            to_u64(row.try_get("size_bytes")?),
+            row.try_get("mime_type")?,
+            to_u32(chunk_size),
+            &hashes,
+            &file_hash,
+        )
+        .map(Some)
+        .map_err(|e| Error::Corrupt(format!("stored manifest of {file_id}: {e}")))
+    }
+
+    /// Chunk count of a file, or `None` when there is no such file.
+    pub async fn chunk_count(&self, file_id: &FileId) -> Result<Option<u32>, Error> {
+        Ok(
+            sqlx::query("SELECT chunk_count FROM files WHERE file_id = $1")
+                .bind(file_id.as_str())
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| row.try_get::<i64, _>("chunk_count"))
+                .transpose()?
+                .map(to_u32),
+        )
+    }
+
+    /// Removes a file, its holdings and its reports. Returns false when
+    /// there was no such file.
+    pub async fn delete_file(&self, file_id: &FileId, now_ms: i64) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query("DELETE FROM files WHERE file_id = $1 RETURNING name")
+            .bind(file_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let name: String = row.try_get("name")?;
+        sqlx::query("DELETE FROM holdings WHERE file_id = $1")
+            .bind(file_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        Self::log_event(&mut tx, FileEventKind::Deleted, file_id, &name, now_ms).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Replaces what `peer` holds of a file (whose chunk count the caller
+    /// validated the holding against).
+    pub async fn set_holding(
+        &self,
+        peer: &PeerId,
+        file_id: &FileId,
+        holding: &Holding,
+        chunk_count: u32,
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        if Self::put_holding(&mut tx, peer, file_id, holding, chunk_count, now_ms).await? {
+            Self::log_event(&mut tx, FileEventKind::HoldersChanged, file_id, "", now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stops offering `peer` for a file. Idempotent.
+    pub async fn remove_holding(
+        &self,
+        peer: &PeerId,
+        file_id: &FileId,
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let before = Self::holding_state(&mut tx, peer, file_id).await?;
+        sqlx::query("DELETE FROM holdings WHERE file_id = $1 AND peer_id = $2")
+            .bind(file_id.as_str())
+            .bind(peer.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if holders_changed(before, None) {
+            Self::log_event(&mut tx, FileEventKind::HoldersChanged, file_id, "", now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Online holders of a file with at least one chunk, except `exclude`,
+    /// with their reports since `reports_since_ms`.
+    pub async fn candidate_sources(
+        &self,
+        file_id: &FileId,
+        chunk_count: u32,
+        exclude: Option<&PeerId>,
+        online_after_ms: i64,
+        now_ms: i64,
+        reports_since_ms: i64,
+    ) -> Result<Vec<Candidate>, Error> {
+        let exclude = exclude.map(PeerId::as_str).unwrap_or("");
+        let rows = sqlx::query(concat!(
+            "SELECT p.peer_id, p.advertise_addr, p.username, h.complete, h.bitfield, ",
+            load_columns!(),
+            " FROM holdings h JOIN peers p ON p.peer_id = h.peer_id \
+             WHERE h.file_id = $1 AND p.last_seen_ms > $2 AND p.peer_id <> $3 \
+               AND (h.complete = 1 OR h.chunks_held > 0) \
+             LIMIT $4"
+        ))
+        .bind(file_id.as_str())
+        .bind(online_after_ms)
+        .bind(exclude)
+        .bind(MAX_CANDIDATES)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut reports = self
+            .reports_against_holders(file_id, reports_since_ms, now_ms)
+            .await?;
+        let mut candidates = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let peer_id = PeerId::from_stored(row.try_get("peer_id")?);
+            let holding = if row.try_get::<i64, _>("complete")? == 1 {
+                Holding::Complete
+            } else {
+                let bytes: Vec<u8> = row.try_get("bitfield")?;
+                match Bitfield::from_bytes(&bytes, chunk_count) {
+                    Ok(field) => Holding::Partial(field),
+                    Err(err) => {
+                        tracing::warn!(%peer_id, %file_id, %err, "skipping unreadable stored bitfield");
+                        continue;
+                    }
+                }
+            };
+            candidates.push(Candidate {
+                reports: reports.remove(&peer_id).unwrap_or_default(),
+                address: row.try_get("advertise_addr")?,
+                username: row.try_get("username")?,
+                load: load_from_row(row)?,
+                holding,
+                peer_id,
+            });
+        }
+        Ok(candidates)
+    }
+
+    async fn reports_against_holders(
+        &self,
+        file_id: &FileId,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<std::collections::HashMap<PeerId, Vec<Report>>, Error> {
+        let rows = sqlx::query(
+            "SELECT r.source_peer_id, r.reporter_peer_id, r.reason, r.reported_at_ms \
+             FROM source_reports r \
+             WHERE r.reported_at_ms > $2 \
+               AND r.source_peer_id IN (SELECT h.peer_id FROM holdings h WHERE h.file_id = $1) \
+             ORDER BY r.reported_at_ms DESC LIMIT $3",
+        )
+        .bind(file_id.as_str())
+        .bind(since_ms)
+        .bind(MAX_REPORTS_READ)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_source: std::collections::HashMap<PeerId, Vec<Report>> = Default::default();
+        for row in &rows {
+            let reason: String = row.try_get("reason")?;
+            let Some(reason) = ReportReason::parse(&reason) else {
+                continue;
+            };
+            let at: i64 = row.try_get("reported_at_ms")?;
+            by_source
+                .entry(PeerId::from_stored(row.try_get("source_peer_id")?))
+                .or_default()
+                .push(Report {
+                    reporter: PeerId::from_stored(row.try_get("reporter_peer_id")?),
+                    reason,
+                    age: Duration::from_millis(to_u64(now_ms - at)),
+                });
+        }
+        Ok(by_source)
+    }
+
+    /// Whether a peer with this id exists.
+    pub async fn peer_exists(&self, peer: &PeerId) -> Result<bool, Error> {
+        Ok(sqlx::query("SELECT 1 AS one FROM peers WHERE peer_id = $1")
+            .bind(peer.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
+    /// Records a report against a source.
+    pub async fn record_report(&self, report: &NewReport, now_ms: i64) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO source_reports (source_peer_id, reporter_peer_id, file_id, reason, \
+                 detail, reported_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(report.source.as_str())
+        .bind(report.reporter.as_str())
+        .bind(report.file_id.as_str())
+        .bind(report.reason.as_str())
+        .bind(&report.detail)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest event's sequence number (0 when the log is empty).
+    pub async fn latest_event_seq(&self) -> Result<i64, Error> {
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM file_events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("seq")?)
+    }
+
+    /// Events after `seq`, oldest first, at most `limit`.
+    pub async fn events_after(&self, seq: i64, limit: i64) -> Result<Vec<StoredEvent>, Error> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, file_id, name, at_ms FROM file_events \
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let kind: String = row.try_get("kind")?;
+            let Some(kind) = FileEventKind::parse(&kind) else {
+                tracing::warn!(%kind, "skipping event of unknown kind");
+                continue;
+            };
+            events.push(StoredEvent {
+                seq: row.try_get("seq")?,
+                kind,
+                file_id: row.try_get("file_id")?,
+                name: row.try_get("name")?,
+                at_ms: row.try_get("at_ms")?,
+            });
+        }
+        Ok(events)
+    }
+
+    /// Drops events and reports older than the given instants.
+    pub async fn prune(&self, events_before_ms: i64, reports_before_ms: i64) -> Result<u64, Error> {
+        let events = sqlx::query("DELETE FROM file_events WHERE at_ms < $1")
+            .bind(events_before_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let reports = sqlx::query("DELETE FROM source_reports WHERE reported_at_ms < $1")
+            .bind(reports_before_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(events + reports)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_counts_change_only_on_visible_transitions() {
+        assert!(holders_changed(None, Some((false, 1))));
+        assert!(!holders_changed(None, Some((false, 0))));
+        assert!(!holders_changed(Some((false, 1)), Some((false, 5))));
+        assert!(holders_changed(Some((false, 5)), Some((true, 8))));
+        assert!(holders_changed(Some((true, 8)), None));
+        assert!(!holders_changed(None, None));
+    }
+}
