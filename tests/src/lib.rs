@@ -219,6 +219,7 @@ impl Process {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
@@ -393,6 +394,9 @@ impl Cluster {
                 ("DATABASE_URL".to_string(), index_db.clone()),
                 ("P2P_AUTH_URL".to_string(), format!("http://{auth_addr}")),
                 ("METRICS_LISTEN".to_string(), String::new()),
+                // Short leases so a killed agent stops being offered quickly.
+                ("INDEX_LEASE_TTL".to_string(), "5s".to_string()),
+                ("INDEX_HEARTBEAT_INTERVAL".to_string(), "1s".to_string()),
             ];
             env.extend(options.index_env.iter().cloned());
             Process {
@@ -507,6 +511,15 @@ impl Cluster {
             ))
             .await
             .unwrap_or_else(|s| panic!("create user {username}: {s}"));
+    }
+
+    /// Creates the user `name` (password [`USER_PASSWORD`]), starts an
+    /// agent named after it and logs it in as that user.
+    pub async fn add_user_agent(&self, name: &str, options: AgentOptions) -> Agent {
+        self.create_user(name, false).await;
+        let agent = self.add_agent(name, options).await;
+        agent.login(name, USER_PASSWORD).await;
+        agent
     }
 
     /// Starts a peer-agent process named `name` (its data dir and log are

@@ -1,0 +1,99 @@
+//! The five steps end to end across real processes: share on one agent,
+//! list and download on others, and partial holders serving while they
+//! still download.
+
+use std::time::Duration;
+
+use p2p_tests::{
+    AgentOptions, Cluster, ClusterOptions, assert_same_content, eventually, random_file,
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_file_is_listed_on_another_agent_and_downloads_byte_for_byte() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let a = cluster
+        .add_user_agent("alice", AgentOptions::default())
+        .await;
+    let b = cluster.add_user_agent("bob", AgentOptions::default()).await;
+    let input = cluster.scratch_dir("input");
+    let original = random_file(&input, 3 * 1024 * 1024 + 17, 1);
+
+    let id = a.share(&original).await;
+
+    let listed = b.p2p_ok(&["ls"]).await;
+    let name = original.file_name().unwrap().to_str().unwrap();
+    assert!(listed.stdout.starts_with("NAME"), "{listed}");
+    assert!(listed.stdout.contains(name), "{listed}");
+    assert!(listed.stdout.contains(&id[..12]), "{listed}");
+    assert!(listed.stdout.contains("alice"), "{listed}");
+    let json = b.p2p_ok(&["--json", "ls", name]).await.json();
+    assert_eq!(json["files"][0]["file_id"], id.as_str());
+    assert_eq!(json["files"][0]["local_state"], "none");
+
+    let out = cluster.scratch_dir("out-b");
+    let downloaded = b.get(name, &out.join("copy.bin")).await;
+    assert_same_content(&original, &downloaded);
+    let view = b.network_file(&id).await.expect("listed after download");
+    assert_eq!(view.local_bytes, view.file.unwrap().size_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partial_holders_serve_while_still_downloading() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    // A slow seeder forces B and C to trade the chunks each got first.
+    let a = cluster
+        .add_user_agent("alice", AgentOptions::default().max_upload_rate("2MiB"))
+        .await;
+    let b = cluster.add_user_agent("bob", AgentOptions::default()).await;
+    let c = cluster
+        .add_user_agent("carol", AgentOptions::default())
+        .await;
+    let input = cluster.scratch_dir("input");
+    let original = random_file(&input, 16 * 1024 * 1024, 2);
+    let id = a.share(&original).await;
+
+    let dest_b = cluster.scratch_dir("out-b").join("copy.bin");
+    let dest_c = cluster.scratch_dir("out-c").join("copy.bin");
+    let (got_b, got_c) = tokio::join!(b.get(&id, &dest_b), c.get(&id, &dest_c),);
+    assert_same_content(&original, &got_b);
+    assert_same_content(&original, &got_c);
+
+    let (sb, sc) = (b.status().await, c.status().await);
+    let (cb, cc) = (
+        sb.counters.unwrap_or_default(),
+        sc.counters.unwrap_or_default(),
+    );
+    assert!(
+        cb.chunks_served_while_downloading + cc.chunks_served_while_downloading > 0,
+        "no chunk was served by a partial holder: B {cb:?}, C {cc:?}"
+    );
+    assert!(
+        cb.chunks_from_partial_sources + cc.chunks_from_partial_sources > 0,
+        "no chunk came from a partial holder: B {cb:?}, C {cc:?}"
+    );
+    assert_eq!(cb.chunks_rejected + cc.chunks_rejected, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_download_is_offered_as_a_source() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let a = cluster
+        .add_user_agent("alice", AgentOptions::default())
+        .await;
+    let b = cluster.add_user_agent("bob", AgentOptions::default()).await;
+    let input = cluster.scratch_dir("input");
+    let original = random_file(&input, 1024 * 1024, 3);
+    let id = a.share(&original).await;
+    b.get(&id, &cluster.scratch_dir("out").join("copy.bin"))
+        .await;
+
+    eventually(
+        Duration::from_secs(15),
+        "two complete copies listed",
+        || async {
+            let file = a.network_file(&id).await?.file?;
+            (file.complete_copies == 2).then_some(())
+        },
+    )
+    .await;
+}
