@@ -464,7 +464,7 @@ impl StatusView {
             ),
             ("rejected chunks", c.chunks_rejected.to_string()),
         ];
-        let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let width = lines.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
         lines
             .iter()
             .map(|(k, v)| format!("{:<width$}  {v}\n", format!("{k}:")))
@@ -593,5 +593,16 @@ mod tests {
         let text = view.text();
         assert!(text.contains("not logged in: run `p2p login`"));
         assert!(text.contains("unreachable"));
+        let value_columns: Vec<usize> = text
+            .lines()
+            .map(|line| {
+                let after = line.find(':').unwrap() + 1;
+                after + line[after..].len() - line[after..].trim_start().len()
+            })
+            .collect();
+        assert!(
+            value_columns.windows(2).all(|w| w[0] == w[1]),
+            "values not aligned:\n{text}"
+        );
     }
 }

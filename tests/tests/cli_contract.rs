@@ -1,0 +1,619 @@
+//! The `p2p` client against a scripted AgentControl server on a real
+//! socket: every command's text and JSON output, and how each gRPC error
+//! becomes a message and an exit code. This pins the client to the
+//! contract independently of the real daemon.
+
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use p2p_proto::agent::v1 as agent;
+use p2p_proto::agent::v1::agent_control_server::{AgentControl, AgentControlServer};
+use p2p_proto::auth::v1 as auth;
+use p2p_proto::index::v1 as index;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+const FILE_ID: &str = "aabbccddeeff00112233445566778899";
+const FILE_NAME: &str = "talk.mp4";
+
+/// A fake agent: logged out until `Login` with password "right"; knows one
+/// file; records the last Download and Share requests.
+#[derive(Default)]
+struct ScriptedAgent {
+    logged_in: AtomicBool,
+    last_download: Mutex<Option<agent::DownloadRequest>>,
+    last_share: Mutex<Option<agent::ShareRequest>>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl ScriptedAgent {
+    fn session(&self) -> Result<(), Status> {
+        if self.logged_in.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(
+                "the agent is not logged in: call Login",
+            ))
+        }
+    }
+
+    fn known(&self, file: &str) -> Result<(), Status> {
+        if file == FILE_NAME || FILE_ID.starts_with(file) && !file.is_empty() {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!("no file {file}")))
+        }
+    }
+}
+
+fn file_info() -> index::FileInfo {
+    index::FileInfo {
+        file_id: FILE_ID.into(),
+        name: FILE_NAME.into(),
+        size_bytes: 4 * 1024 * 1024,
+        mime_type: "video/mp4".into(),
+        owner_id: "u1".into(),
+        owner_name: "alice".into(),
+        added_at_ms: 1_714_572_180_000,
+        online_holders: 3,
+        complete_copies: 2,
+        chunk_size_bytes: 256 * 1024,
+        chunk_count: 16,
+    }
+}
+
+fn user(name: &str, role: auth::Role) -> auth::User {
+    auth::User {
+        id: format!("id-{name}"),
+        username: name.into(),
+        role: role as i32,
+        disabled: false,
+        created_at_ms: 1_714_572_180_000,
+    }
+}
+
+#[tonic::async_trait]
+impl AgentControl for ScriptedAgent {
+    async fn login(
+        &self,
+        request: Request<agent::LoginRequest>,
+    ) -> Result<Response<agent::LoginResponse>, Status> {
+        let request = request.into_inner();
+        if request.password != "right" {
+            return Err(Status::unauthenticated("invalid username or password"));
+        }
+        self.logged_in.store(true, Ordering::SeqCst);
+        Ok(Response::new(agent::LoginResponse {
+            user: Some(user(&request.username, auth::Role::Admin)),
+            peer_id: "peer-1".into(),
+        }))
+    }
+
+    async fn logout(
+        &self,
+        _: Request<agent::LogoutRequest>,
+    ) -> Result<Response<agent::LogoutResponse>, Status> {
+        self.logged_in.store(false, Ordering::SeqCst);
+        Ok(Response::new(agent::LogoutResponse {}))
+    }
+
+    type ShareStream = BoxStream<agent::ShareProgress>;
+
+    async fn share(
+        &self,
+        request: Request<agent::ShareRequest>,
+    ) -> Result<Response<Self::ShareStream>, Status> {
+        self.session()?;
+        let request = request.into_inner();
+        if request.path.ends_with("missing.bin") {
+            return Err(Status::not_found(format!(
+                "{} does not exist",
+                request.path
+            )));
+        }
+        *self.last_share.lock().unwrap() = Some(request);
+        let total = 4 * 1024 * 1024;
+        let messages = vec![
+            Ok(agent::ShareProgress {
+                hashed_bytes: total / 2,
+                total_bytes: total,
+                ..Default::default()
+            }),
+            Ok(agent::ShareProgress {
+                hashed_bytes: total,
+                total_bytes: total,
+                file: Some(file_info()),
+                already_published: false,
+            }),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
+    async fn list_files(
+        &self,
+        request: Request<agent::ListFilesRequest>,
+    ) -> Result<Response<agent::ListFilesResponse>, Status> {
+        self.session()?;
+        let filter = request.into_inner().name_contains.to_lowercase();
+        let files = if FILE_NAME.contains(&filter) {
+            vec![agent::NetworkFile {
+                file: Some(file_info()),
+                local_state: agent::LocalState::Partial as i32,
+                local_bytes: 1024 * 1024,
+                local_path: String::new(),
+            }]
+        } else {
+            vec![]
+        };
+        Ok(Response::new(agent::ListFilesResponse { files }))
+    }
+
+    type DownloadStream = BoxStream<agent::DownloadProgress>;
+
+    async fn download(
+        &self,
+        request: Request<agent::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        self.session()?;
+        let request = request.into_inner();
+        self.known(&request.file)?;
+        if !request.force && std::path::Path::new(&request.destination).exists() {
+            return Err(Status::already_exists(format!(
+                "{} already exists",
+                request.destination
+            )));
+        }
+        let final_path = request.destination.clone();
+        *self.last_download.lock().unwrap() = Some(request);
+        let total = file_info().size_bytes;
+        let event = |stage: agent::DownloadStage, have: u64| agent::DownloadProgress {
+            stage: stage as i32,
+            file_id: FILE_ID.into(),
+            name: FILE_NAME.into(),
+            total_bytes: total,
+            have_bytes: have,
+            rate_bps: 1024 * 1024,
+            sources_in_use: 2,
+            eta_ms: 2000,
+            final_path: String::new(),
+            resumed_chunks: 3,
+        };
+        let mut done = event(agent::DownloadStage::Done, total);
+        done.final_path = final_path;
+        let messages = vec![
+            Ok(event(agent::DownloadStage::Locating, 0)),
+            Ok(event(agent::DownloadStage::Downloading, total / 2)),
+            Ok(event(agent::DownloadStage::Verifying, total)),
+            Ok(done),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<agent::CancelRequest>,
+    ) -> Result<Response<agent::CancelResponse>, Status> {
+        self.session()?;
+        let file = request.into_inner().file;
+        if file != FILE_ID {
+            return Err(Status::not_found(format!("no running download {file}")));
+        }
+        Ok(Response::new(agent::CancelResponse {}))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<agent::RemoveRequest>,
+    ) -> Result<Response<agent::RemoveResponse>, Status> {
+        self.session()?;
+        let request = request.into_inner();
+        self.known(&request.file)?;
+        if request.network {
+            return Err(Status::permission_denied(
+                "only the owner or an admin may delete a file",
+            ));
+        }
+        Ok(Response::new(agent::RemoveResponse {}))
+    }
+
+    async fn status(
+        &self,
+        _: Request<agent::StatusRequest>,
+    ) -> Result<Response<agent::StatusResponse>, Status> {
+        let logged_in = self.logged_in.load(Ordering::SeqCst);
+        Ok(Response::new(agent::StatusResponse {
+            logged_in,
+            user: logged_in.then(|| user("alice", auth::Role::User)),
+            peer_id: "peer-1".into(),
+            advertise_addr: "127.0.0.1:50053".into(),
+            index_url: "http://127.0.0.1:50052".into(),
+            auth_url: "http://127.0.0.1:50051".into(),
+            data_dir: "/var/lib/p2p".into(),
+            index_reachable: true,
+            load: Some(index::PeerLoad {
+                max_uploads: 8,
+                max_upload_rate_bps: 2 * 1024 * 1024,
+                ..Default::default()
+            }),
+            active_downloads: 1,
+            counters: Some(agent::TransferCounters {
+                chunks_rejected: 2,
+                chunks_from_partial_sources: 5,
+                ..Default::default()
+            }),
+            shared_files: 4,
+        }))
+    }
+
+    async fn list_peers(
+        &self,
+        _: Request<index::ListPeersRequest>,
+    ) -> Result<Response<index::ListPeersResponse>, Status> {
+        self.session()?;
+        Ok(Response::new(index::ListPeersResponse {
+            peers: vec![index::Peer {
+                peer_id: "peer-0123456789abcdef".into(),
+                advertise_addr: "10.0.0.7:50053".into(),
+                user_id: "u2".into(),
+                username: "bob".into(),
+                state: index::PeerState::Online as i32,
+                load: Some(index::PeerLoad {
+                    active_uploads: 1,
+                    max_uploads: 8,
+                    ..Default::default()
+                }),
+                last_seen_ms: p2p_services::time::now_ms() - 2_000,
+                agent_version: "0.1.0".into(),
+                complete_files: 1,
+            }],
+        }))
+    }
+
+    async fn create_user(
+        &self,
+        request: Request<auth::CreateUserRequest>,
+    ) -> Result<Response<auth::User>, Status> {
+        self.session()?;
+        let request = request.into_inner();
+        if request.username == "taken" {
+            return Err(Status::already_exists("username taken"));
+        }
+        Ok(Response::new(user(&request.username, request.role())))
+    }
+
+    async fn list_users(
+        &self,
+        _: Request<auth::ListUsersRequest>,
+    ) -> Result<Response<auth::ListUsersResponse>, Status> {
+        self.session()?;
+        Ok(Response::new(auth::ListUsersResponse {
+            users: vec![
+                user("admin", auth::Role::Admin),
+                user("bob", auth::Role::User),
+            ],
+        }))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<auth::DeleteUserRequest>,
+    ) -> Result<Response<auth::DeleteUserResponse>, Status> {
+        self.session()?;
+        match request.into_inner().username.as_str() {
+            "admin" => Err(Status::failed_precondition(
+                "the last admin cannot be deleted",
+            )),
+            "bob" => Ok(Response::new(auth::DeleteUserResponse {})),
+            other => Err(Status::not_found(format!("no user {other}"))),
+        }
+    }
+}
+
+/// The scripted agent served on 127.0.0.1:0 until dropped.
+struct Fake {
+    addr: String,
+    agent: std::sync::Arc<ScriptedAgent>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    dir: tempfile::TempDir,
+}
+
+impl Fake {
+    async fn start(logged_in: bool) -> Fake {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let agent = std::sync::Arc::new(ScriptedAgent::default());
+        agent.logged_in.store(logged_in, Ordering::SeqCst);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = p2p_services::serve::GrpcServer::new()
+            .add_service(AgentControlServer::from_arc(agent.clone()));
+        // Owned by the test's runtime; ends when `_stop` drops.
+        tokio::spawn(server.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Fake {
+            addr,
+            agent,
+            _stop: stop,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn p2p(&self, args: &[&str], stdin: Option<&str>) -> p2p_tests::CliOutput {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new(p2p_tests::binary("p2p"))
+            .env_clear()
+            .env("P2P_AGENT", &self.addr)
+            .env("TZ", "UTC")
+            .current_dir(self.dir.path())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(input) = stdin {
+            pipe.write_all(input.as_bytes()).await.unwrap();
+        }
+        drop(pipe);
+        let output =
+            tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+                .await
+                .expect("p2p finished in time")
+                .unwrap();
+        p2p_tests::CliOutput {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn login_reads_the_password_from_stdin_and_reports_the_user() {
+    let fake = Fake::start(false).await;
+    let out = fake
+        .p2p(&["login", "alice", "--password-stdin"], Some("right\n"))
+        .await;
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout.starts_with("logged in as alice (admin)"),
+        "{out}"
+    );
+
+    let out = fake
+        .p2p(
+            &["--json", "login", "alice", "--password-stdin"],
+            Some("right\n"),
+        )
+        .await;
+    assert_eq!(out.json()["peer_id"], "peer-1", "{out}");
+}
+
+#[tokio::test]
+async fn wrong_password_exits_4_with_a_clear_message() {
+    let fake = Fake::start(false).await;
+    let out = fake
+        .p2p(&["login", "alice", "--password-stdin"], Some("wrong\n"))
+        .await;
+    assert_eq!(out.code, Some(4), "{out}");
+    assert!(
+        out.stderr
+            .contains("login failed: wrong username or password"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn login_without_a_password_source_says_how_to_give_one() {
+    let fake = Fake::start(false).await;
+    let out = fake.p2p(&["login", "alice"], None).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("--password-stdin"), "{out}");
+}
+
+#[tokio::test]
+async fn logged_out_agent_makes_every_command_say_to_log_in() {
+    let fake = Fake::start(false).await;
+    for args in [
+        &["ls"][..],
+        &["peers"],
+        &["get", FILE_NAME],
+        &["rm", FILE_NAME],
+        &["users", "ls"],
+    ] {
+        let out = fake.p2p(args, None).await;
+        assert_eq!(out.code, Some(4), "{args:?}: {out}");
+        assert!(
+            out.stderr.contains("not logged in: run `p2p login`"),
+            "{args:?}: {out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ls_prints_the_table_and_json() {
+    let fake = Fake::start(true).await;
+    let out = fake.p2p(&["ls"], None).await;
+    assert!(out.success(), "{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        [
+            "NAME", "SIZE", "TYPE", "OWNER", "ADDED", "HOLDERS", "LOCAL", "ID"
+        ]
+    );
+    let row = lines[1];
+    for cell in [
+        FILE_NAME,
+        "4.0 MiB",
+        "video/mp4",
+        "alice",
+        "2024-05-01 14:03",
+        "3/2",
+        "25%",
+        "aabbccddeeff",
+    ] {
+        assert!(row.contains(cell), "{cell} missing from {row:?}");
+    }
+    assert!(!row.contains(FILE_ID), "the full id should be shortened");
+
+    let json = fake.p2p(&["--json", "ls"], None).await.json();
+    assert_eq!(json["files"][0]["file_id"], FILE_ID);
+    assert_eq!(json["files"][0]["local_bytes"], 1024 * 1024);
+
+    let none = fake.p2p(&["ls", "nothing-like-this"], None).await;
+    assert!(none.stdout.contains("no file name contains"), "{none}");
+}
+
+#[tokio::test]
+async fn share_sends_an_absolute_path_and_prints_the_id() {
+    let fake = Fake::start(true).await;
+    let out = fake.p2p(&["share", "talk.mp4"], None).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains(FILE_ID), "{out}");
+    let sent = fake.agent.last_share.lock().unwrap().clone().unwrap();
+    let expected = fake.dir.path().join("talk.mp4");
+    assert_eq!(sent.path, expected.to_str().unwrap());
+
+    let json = fake
+        .p2p(&["--json", "share", "talk.mp4"], None)
+        .await
+        .json();
+    assert_eq!(json["shared"][0]["file_id"], FILE_ID);
+
+    let missing = fake.p2p(&["share", "missing.bin"], None).await;
+    assert_eq!(missing.code, Some(5), "{missing}");
+    assert!(missing.stderr.contains("cannot share"), "{missing}");
+}
+
+#[tokio::test]
+async fn get_streams_json_lines_and_prints_the_final_path() {
+    let fake = Fake::start(true).await;
+    let out = fake.p2p(&["get", FILE_NAME, "-o", "out.mp4"], None).await;
+    assert!(out.success(), "{out}");
+    let expected = fake.dir.path().join("out.mp4");
+    assert_eq!(out.stdout.trim(), expected.to_str().unwrap());
+    let sent = fake.agent.last_download.lock().unwrap().clone().unwrap();
+    assert_eq!(sent.destination, expected.to_str().unwrap());
+    assert!(!sent.force);
+
+    let out = fake.p2p(&["--json", "get", FILE_NAME], None).await;
+    let lines = out.json_lines();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines[..3].iter().all(|l| l["event"] == "progress"));
+    assert_eq!(lines[1]["stage"], "downloading");
+    assert_eq!(lines[1]["sources_in_use"], 2);
+    assert_eq!(lines[3]["event"], "done");
+    assert_eq!(lines[3]["resumed_chunks"], 3);
+}
+
+#[tokio::test]
+async fn get_refuses_an_existing_destination_unless_forced() {
+    let fake = Fake::start(true).await;
+    std::fs::write(fake.dir.path().join("out.mp4"), b"keep").unwrap();
+    let out = fake.p2p(&["get", FILE_NAME, "-o", "out.mp4"], None).await;
+    assert_eq!(out.code, Some(7), "{out}");
+    assert!(out.stderr.contains("pass --force"), "{out}");
+    let out = fake
+        .p2p(&["get", FILE_NAME, "-o", "out.mp4", "--force"], None)
+        .await;
+    assert!(out.success(), "{out}");
+}
+
+#[tokio::test]
+async fn unknown_file_exits_5_and_says_to_run_ls() {
+    let fake = Fake::start(true).await;
+    for args in [
+        &["get", "nope.iso"][..],
+        &["rm", "nope.iso"],
+        &["cancel", "nope.iso"],
+    ] {
+        let out = fake.p2p(args, None).await;
+        assert_eq!(out.code, Some(5), "{args:?}: {out}");
+        assert!(
+            out.stderr.contains("no file named nope.iso: run `p2p ls`"),
+            "{args:?}: {out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cancel_by_name_sends_the_file_id() {
+    let fake = Fake::start(true).await;
+    let out = fake.p2p(&["cancel", FILE_NAME], None).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("verified chunks are kept"), "{out}");
+}
+
+#[tokio::test]
+async fn network_removal_refused_names_the_rule() {
+    let fake = Fake::start(true).await;
+    let out = fake.p2p(&["rm", FILE_NAME, "--network"], None).await;
+    assert_eq!(out.code, Some(6), "{out}");
+    assert!(
+        out.stderr
+            .contains("only the owner of talk.mp4 or an admin"),
+        "{out}"
+    );
+    let out = fake.p2p(&["--json", "rm", FILE_NAME], None).await;
+    assert_eq!(out.json()["ok"], true, "{out}");
+}
+
+#[tokio::test]
+async fn peers_and_status_render_for_people_and_scripts() {
+    let fake = Fake::start(true).await;
+    let peers = fake.p2p(&["peers"], None).await;
+    assert!(peers.success(), "{peers}");
+    assert!(peers.stdout.starts_with("PEER"), "{peers}");
+    assert!(peers.stdout.contains("10.0.0.7:50053"), "{peers}");
+    assert!(peers.stdout.contains("1/8"), "{peers}");
+    assert!(peers.stdout.contains("ago"), "{peers}");
+
+    let status = fake.p2p(&["status"], None).await;
+    assert!(
+        status.stdout.contains("logged in as alice (user)"),
+        "{status}"
+    );
+    assert!(status.stdout.contains("limit 2.0 MiB/s"), "{status}");
+    let json = fake.p2p(&["--json", "status"], None).await.json();
+    assert_eq!(json["counters"]["chunks_from_partial_sources"], 5);
+    assert_eq!(json["counters"]["chunks_rejected"], 2);
+}
+
+#[tokio::test]
+async fn users_commands_map_agent_errors() {
+    let fake = Fake::start(true).await;
+    let out = fake
+        .p2p(
+            &["users", "add", "carol", "--admin", "--password-stdin"],
+            Some("pw-pw-pw-pw\n"),
+        )
+        .await;
+    assert!(out.stdout.contains("created carol (admin)"), "{out}");
+    let taken = fake
+        .p2p(
+            &["users", "add", "taken", "--password-stdin"],
+            Some("pw-pw-pw-pw\n"),
+        )
+        .await;
+    assert!(
+        taken.stderr.contains("user taken already exists"),
+        "{taken}"
+    );
+    let ls = fake.p2p(&["users", "ls"], None).await;
+    assert!(ls.stdout.starts_with("USER"), "{ls}");
+    assert!(ls.stdout.contains("bob"), "{ls}");
+    let last = fake.p2p(&["users", "rm", "admin"], None).await;
+    assert_eq!(last.code, Some(1), "{last}");
+    assert!(
+        last.stderr.contains("the last admin cannot be deleted"),
+        "{last}"
+    );
+    let missing = fake.p2p(&["users", "rm", "zed"], None).await;
+    assert_eq!(missing.code, Some(5), "{missing}");
+    assert!(missing.stderr.contains("no user named zed"), "{missing}");
+}
