@@ -66,6 +66,12 @@ impl AdminChange {
     }
 }
 
+/// A boolean column value. Flags are BIGINT 0/1 on both backends because
+/// the `Any` driver cannot decode SQLite `BOOLEAN` columns.
+fn flag(value: bool) -> i64 {
+    i64::from(value)
+}
+
 const ACCOUNT_COLUMNS: &str = "id, username, role, disabled, created_at_ms";
 
 fn account_from_row(row: &AnyRow) -> Result<Account, Error> {
@@ -75,7 +81,7 @@ fn account_from_row(row: &AnyRow) -> Result<Account, Error> {
         username: row.try_get("username")?,
         role: Role::parse(&role)
             .ok_or_else(|| Error::Internal(format!("account has unknown role {role:?}")))?,
-        disabled: row.try_get("disabled")?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
         created_at_ms: row.try_get("created_at_ms")?,
     })
 }
@@ -166,7 +172,7 @@ impl Store {
         .bind(&account.username)
         .bind(password_hash)
         .bind(account.role.as_str())
-        .bind(account.disabled)
+        .bind(flag(account.disabled))
         .bind(account.created_at_ms)
         .fetch_optional(&self.pool)
         .await?;
@@ -192,7 +198,7 @@ impl Store {
         .bind(&account.username)
         .bind(password_hash)
         .bind(account.role.as_str())
-        .bind(account.disabled)
+        .bind(flag(account.disabled))
         .bind(account.created_at_ms)
         .execute(&self.pool)
         .await?;
@@ -284,7 +290,7 @@ impl Store {
         let mut tx = self.guarded_transaction().await?;
         let target = Self::target(&mut tx, id, AdminChange::SetDisabled(disabled)).await?;
         sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
-            .bind(disabled)
+            .bind(flag(disabled))
             .bind(&target.id)
             .execute(&mut *tx)
             .await?;
@@ -365,7 +371,7 @@ impl Store {
                 "SELECT COUNT(*) AS n FROM users \
                  WHERE role = 'admin' AND disabled = $1 AND id <> $2",
             )
-            .bind(false)
+            .bind(flag(false))
             .bind(&target.id)
             .fetch_one(&mut **tx)
             .await?;
@@ -393,7 +399,7 @@ impl Store {
         .bind(&token.access_jti)
         .bind(token.created_at_ms)
         .bind(token.expires_at_ms)
-        .bind(false)
+        .bind(flag(false))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -417,7 +423,7 @@ impl Store {
              RETURNING user_id, family_id",
         )
         .bind(now_ms)
-        .bind(true)
+        .bind(flag(true))
         .bind(old_hash)
         .fetch_optional(&mut *tx)
         .await?;
@@ -452,7 +458,7 @@ impl Store {
         .bind(&new.access_jti)
         .bind(new.created_at_ms)
         .bind(new.expires_at_ms)
-        .bind(false)
+        .bind(flag(false))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -474,7 +480,7 @@ impl Store {
         let Some(row) = row else {
             return Ok(RefreshRejection::Unknown);
         };
-        let rotated: bool = row.try_get("rotated")?;
+        let rotated = row.try_get::<i64, _>("rotated")? != 0;
         let revoked_at: Option<i64> = row.try_get("revoked_at_ms")?;
         if rotated {
             let family: String = row.try_get("family_id")?;

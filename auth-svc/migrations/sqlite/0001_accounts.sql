@@ -4,7 +4,7 @@ CREATE TABLE users (
     username      TEXT NOT NULL UNIQUE,
     password_hash TEXT NOT NULL,
     role          TEXT NOT NULL CHECK (role IN ('user', 'admin')),
-    disabled      BOOLEAN NOT NULL DEFAULT FALSE,
+    disabled      BIGINT NOT NULL DEFAULT 0, -- 0 or 1: sqlx Any cannot decode SQLite booleans
     created_at_ms BIGINT NOT NULL
 );
 
@@ -25,7 +25,7 @@ CREATE TABLE refresh_tokens (
     created_at_ms BIGINT NOT NULL,
     expires_at_ms BIGINT NOT NULL,
     revoked_at_ms BIGINT,
-    rotated       BOOLEAN NOT NULL DEFAULT FALSE
+    rotated       BIGINT NOT NULL DEFAULT 0 -- 0 or 1
 );
 CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);
 CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);

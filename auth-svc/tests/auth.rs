@@ -1,0 +1,787 @@
+//! auth-svc through the network: a real server on 127.0.0.1:0, the
+//! generated clients, every case once on SQLite and once on PostgreSQL.
+
+#[macro_use]
+mod support;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use p2p_proto::auth::v1::{
+    ChangePasswordRequest, CreateUserRequest, DeleteUserRequest, GetSigningKeysRequest,
+    ListUsersRequest, LogoutRequest, RefreshRequest, Role as PbRole, SetDisabledRequest,
+    SetRoleRequest, User, WhoAmIRequest,
+};
+use p2p_services::auth::{AUDIENCE, Claims, ISSUER, Role, TokenVerifier};
+use p2p_services::client::with_bearer;
+use p2p_services::time::now_ms;
+use tonic::{Code, Status};
+
+use auth_svc::store::Store;
+use auth_svc::tokens::{KeyPair, Signer};
+use support::{ADMIN, ADMIN_PASSWORD, TestDb, TestServer, assert_status};
+
+on_both_backends!(
+    admin_bootstrap_creates_an_admin_who_can_log_in,
+    created_user_logs_in_and_sees_itself,
+    refresh_rotates_and_reuse_revokes_the_whole_login,
+    logout_revokes_the_refresh_token_and_is_idempotent,
+    user_calling_account_service_is_denied,
+    calls_without_a_token_are_unauthenticated,
+    token_signed_by_another_key_is_rejected,
+    expired_token_is_rejected,
+    alg_none_token_is_rejected,
+    wrong_audience_or_issuer_is_rejected,
+    restart_keeps_users_keys_and_sessions,
+    disabled_user_cannot_refresh_log_in_or_ask_who_it_is,
+    deleted_user_sessions_stop_working,
+    weak_duplicate_and_bad_usernames_are_rejected_and_nothing_is_created,
+    unknown_user_and_wrong_password_fail_alike,
+    repeated_failures_throttle_one_account_but_not_another,
+    last_admin_cannot_be_deleted_demoted_or_disabled,
+    changing_own_password_keeps_this_session_and_revokes_others,
+    other_services_verify_tokens_with_the_published_keys,
+);
+
+const ALICE_PASSWORD: &str = "alice-password";
+
+async fn create_user(server: &TestServer, admin: &str, username: &str, password: &str) -> User {
+    server
+        .accounts()
+        .create_user(with_bearer(
+            CreateUserRequest {
+                username: username.into(),
+                password: password.into(),
+                role: PbRole::Unspecified as i32,
+            },
+            admin,
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("create {username}: {s:?}"))
+        .into_inner()
+}
+
+async fn who_am_i(server: &TestServer, access: &str) -> Result<User, Status> {
+    server
+        .auth()
+        .who_am_i(with_bearer(WhoAmIRequest {}, access))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn refresh(
+    server: &TestServer,
+    token: &str,
+) -> Result<p2p_proto::auth::v1::TokenPair, Status> {
+    server
+        .auth()
+        .refresh(RefreshRequest {
+            refresh_token: token.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A signer holding the server's real private key, read from its database,
+/// to mint tokens the server would sign except for one deliberate flaw.
+async fn server_signer(db: &TestDb) -> Signer {
+    let store = Store::open(&db.url).await.expect("open store");
+    let keys = store.signing_keys().await.expect("keys");
+    store.close().await;
+    let newest = keys.first().expect("a signing key exists");
+    Signer::new(KeyPair::from_der(&newest.kid, &newest.private_key_der).expect("key")).unwrap()
+}
+
+fn claims_for(user: &User, exp: i64) -> Claims {
+    Claims {
+        iss: ISSUER.into(),
+        aud: AUDIENCE.into(),
+        sub: user.id.clone(),
+        name: user.username.clone(),
+        role: Role::Admin,
+        iat: now_ms() / 1000,
+        exp,
+        jti: "test".into(),
+    }
+}
+
+async fn admin_bootstrap_creates_an_admin_who_can_log_in(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let pair = server.login(ADMIN, ADMIN_PASSWORD).await;
+    let user = pair.user.expect("token pair names the user");
+    assert_eq!(user.username, ADMIN);
+    assert_eq!(user.role, PbRole::Admin as i32);
+    assert!(pair.access_expires_at_ms > now_ms());
+    assert!(pair.refresh_expires_at_ms > pair.access_expires_at_ms);
+    let me = who_am_i(&server, &pair.access_token).await.unwrap();
+    assert_eq!(me.id, user.id);
+    let users = server
+        .accounts()
+        .list_users(with_bearer(ListUsersRequest {}, &pair.access_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert_eq!(users.len(), 1);
+    server.stop().await;
+}
+
+async fn created_user_logs_in_and_sees_itself(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    let created = create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    assert_eq!(created.role, PbRole::User as i32, "role defaults to user");
+    assert!(!created.disabled);
+    let pair = server.login("alice", ALICE_PASSWORD).await;
+    let me = who_am_i(&server, &pair.access_token).await.unwrap();
+    assert_eq!(me.username, "alice");
+    assert_eq!(me.id, created.id);
+    server.stop().await;
+}
+
+async fn refresh_rotates_and_reuse_revokes_the_whole_login(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let first = server.login(ADMIN, ADMIN_PASSWORD).await;
+    let second = refresh(&server, &first.refresh_token).await.unwrap();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert_ne!(second.access_token, first.access_token);
+    who_am_i(&server, &second.access_token).await.unwrap();
+
+    assert_status(
+        refresh(&server, &first.refresh_token).await,
+        Code::Unauthenticated,
+        "already used",
+    );
+    // The reuse revoked the family, so the thief's or the owner's newer
+    // token is dead too.
+    assert_status(
+        refresh(&server, &second.refresh_token).await,
+        Code::Unauthenticated,
+        "revoked",
+    );
+    // Another login is unaffected.
+    let other = server.login(ADMIN, ADMIN_PASSWORD).await;
+    refresh(&server, &other.refresh_token).await.unwrap();
+    assert_status(
+        refresh(&server, "not-a-token").await,
+        Code::Unauthenticated,
+        "unknown refresh token",
+    );
+    assert_status(refresh(&server, "").await, Code::InvalidArgument, "empty");
+    server.stop().await;
+}
+
+async fn logout_revokes_the_refresh_token_and_is_idempotent(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let pair = server.login(ADMIN, ADMIN_PASSWORD).await;
+    let logout = LogoutRequest {
+        refresh_token: pair.refresh_token.clone(),
+    };
+    server.auth().logout(logout.clone()).await.unwrap();
+    assert_status(
+        refresh(&server, &pair.refresh_token).await,
+        Code::Unauthenticated,
+        "revoked",
+    );
+    server.auth().logout(logout).await.unwrap();
+    server
+        .auth()
+        .logout(LogoutRequest {
+            refresh_token: "never-issued".into(),
+        })
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+async fn user_calling_account_service_is_denied(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    let alice = server.login("alice", ALICE_PASSWORD).await.access_token;
+    let mut accounts = server.accounts();
+    assert_status(
+        accounts
+            .create_user(with_bearer(
+                CreateUserRequest {
+                    username: "mallory".into(),
+                    password: "mallory-password".into(),
+                    role: PbRole::Admin as i32,
+                },
+                &alice,
+            ))
+            .await,
+        Code::PermissionDenied,
+        "admin role",
+    );
+    assert_status(
+        accounts
+            .list_users(with_bearer(ListUsersRequest {}, &alice))
+            .await,
+        Code::PermissionDenied,
+        "admin role",
+    );
+    assert_status(
+        accounts
+            .set_role(with_bearer(
+                SetRoleRequest {
+                    username: "alice".into(),
+                    role: PbRole::Admin as i32,
+                },
+                &alice,
+            ))
+            .await,
+        Code::PermissionDenied,
+        "admin role",
+    );
+    assert_status(
+        accounts
+            .change_password(with_bearer(
+                ChangePasswordRequest {
+                    username: ADMIN.into(),
+                    old_password: String::new(),
+                    new_password: "taken-over-now".into(),
+                },
+                &alice,
+            ))
+            .await,
+        Code::PermissionDenied,
+        "only an admin",
+    );
+    server.login(ADMIN, ADMIN_PASSWORD).await;
+    server.stop().await;
+}
+
+async fn calls_without_a_token_are_unauthenticated(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    assert_status(
+        server.auth().who_am_i(WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+        "missing access token",
+    );
+    assert_status(
+        server.accounts().list_users(ListUsersRequest {}).await,
+        Code::Unauthenticated,
+        "missing access token",
+    );
+    assert_status(
+        who_am_i(&server, "garbage").await,
+        Code::Unauthenticated,
+        "invalid access token",
+    );
+    server.stop().await;
+}
+
+async fn token_signed_by_another_key_is_rejected(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let pair = server.login(ADMIN, ADMIN_PASSWORD).await;
+    let admin = pair.user.expect("user");
+    let exp = now_ms() / 1000 + 600;
+
+    // A stranger's key under a kid nobody published.
+    let stranger = Signer::new(KeyPair::generate()).unwrap();
+    let forged = stranger.sign(&claims_for(&admin, exp)).unwrap();
+    assert_status(
+        who_am_i(&server, &forged).await,
+        Code::Unauthenticated,
+        "unknown key",
+    );
+
+    // A stranger's key claiming the server's kid: the signature fails.
+    let real_kid = server_signer(&db).await.kid().to_string();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(real_kid);
+    let der = KeyPair::generate().to_der().unwrap();
+    let forged = jsonwebtoken::encode(
+        &header,
+        &claims_for(&admin, exp),
+        &jsonwebtoken::EncodingKey::from_ed_der(&der),
+    )
+    .unwrap();
+    assert_status(
+        who_am_i(&server, &forged).await,
+        Code::Unauthenticated,
+        "invalid access token",
+    );
+    server.stop().await;
+}
+
+async fn expired_token_is_rejected(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server
+        .login(ADMIN, ADMIN_PASSWORD)
+        .await
+        .user
+        .expect("user");
+    let signer = server_signer(&db).await;
+    // Well past the verifier's leeway.
+    let expired = signer
+        .sign(&claims_for(&admin, now_ms() / 1000 - 300))
+        .unwrap();
+    assert_status(
+        who_am_i(&server, &expired).await,
+        Code::Unauthenticated,
+        "expired",
+    );
+    let fresh = signer
+        .sign(&claims_for(&admin, now_ms() / 1000 + 300))
+        .unwrap();
+    who_am_i(&server, &fresh).await.unwrap();
+    server.stop().await;
+}
+
+async fn alg_none_token_is_rejected(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server
+        .login(ADMIN, ADMIN_PASSWORD)
+        .await
+        .user
+        .expect("user");
+    let kid = server_signer(&db).await.kid().to_string();
+    let header = serde_json::json!({ "alg": "none", "typ": "JWT", "kid": kid });
+    let claims = claims_for(&admin, now_ms() / 1000 + 600);
+    let unsigned = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(serde_json::to_string(&claims).unwrap())
+    );
+    assert_status(
+        who_am_i(&server, &unsigned).await,
+        Code::Unauthenticated,
+        "invalid access token",
+    );
+    // Also with HS256 (the classic key-confusion attempt).
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"public key bytes"),
+    )
+    .unwrap();
+    assert_status(
+        who_am_i(&server, &hs).await,
+        Code::Unauthenticated,
+        "not accepted",
+    );
+    server.stop().await;
+}
+
+async fn wrong_audience_or_issuer_is_rejected(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server
+        .login(ADMIN, ADMIN_PASSWORD)
+        .await
+        .user
+        .expect("user");
+    let signer = server_signer(&db).await;
+    let exp = now_ms() / 1000 + 600;
+    let wrong_aud = Claims {
+        aud: "some-other-system".into(),
+        ..claims_for(&admin, exp)
+    };
+    assert_status(
+        who_am_i(&server, &signer.sign(&wrong_aud).unwrap()).await,
+        Code::Unauthenticated,
+        "invalid access token",
+    );
+    let wrong_iss = Claims {
+        iss: "someone-else".into(),
+        ..claims_for(&admin, exp)
+    };
+    assert_status(
+        who_am_i(&server, &signer.sign(&wrong_iss).unwrap()).await,
+        Code::Unauthenticated,
+        "invalid access token",
+    );
+    server.stop().await;
+}
+
+async fn restart_keeps_users_keys_and_sessions(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    let alice = server.login("alice", ALICE_PASSWORD).await;
+    let keys_before = server
+        .auth()
+        .get_signing_keys(GetSigningKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    server.stop().await;
+
+    // A different admin password on restart must not matter: the admin
+    // exists already.
+    let server = TestServer::start(&db, &["--admin-password", "another-password"]).await;
+    let keys_after = server
+        .auth()
+        .get_signing_keys(GetSigningKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(keys_before, keys_after);
+    let me = who_am_i(&server, &alice.access_token).await.unwrap();
+    assert_eq!(me.username, "alice");
+    refresh(&server, &alice.refresh_token).await.unwrap();
+    server.login("alice", ALICE_PASSWORD).await;
+    server.login(ADMIN, ADMIN_PASSWORD).await;
+    server.stop().await;
+}
+
+async fn disabled_user_cannot_refresh_log_in_or_ask_who_it_is(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    let alice = server.login("alice", ALICE_PASSWORD).await;
+    let set_disabled = |disabled| {
+        with_bearer(
+            SetDisabledRequest {
+                username: "alice".into(),
+                disabled,
+            },
+            &admin,
+        )
+    };
+    let updated = server
+        .accounts()
+        .set_disabled(set_disabled(true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(updated.disabled);
+    assert_status(
+        refresh(&server, &alice.refresh_token).await,
+        Code::Unauthenticated,
+        "log in again",
+    );
+    assert_status(
+        who_am_i(&server, &alice.access_token).await,
+        Code::Unauthenticated,
+        "disabled or deleted",
+    );
+    assert_status(
+        server.try_login("alice", ALICE_PASSWORD).await,
+        Code::Unauthenticated,
+        "disabled",
+    );
+    server
+        .accounts()
+        .set_disabled(set_disabled(false))
+        .await
+        .unwrap();
+    server.login("alice", ALICE_PASSWORD).await;
+    server.stop().await;
+}
+
+async fn deleted_user_sessions_stop_working(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    let created = create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    let alice = server.login("alice", ALICE_PASSWORD).await;
+    server
+        .accounts()
+        .delete_user(with_bearer(
+            DeleteUserRequest {
+                user_id: created.id,
+                username: String::new(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    assert_status(
+        refresh(&server, &alice.refresh_token).await,
+        Code::Unauthenticated,
+        "log in again",
+    );
+    assert_status(
+        who_am_i(&server, &alice.access_token).await,
+        Code::Unauthenticated,
+        "disabled or deleted",
+    );
+    assert_status(
+        server.try_login("alice", ALICE_PASSWORD).await,
+        Code::Unauthenticated,
+        "wrong username or password",
+    );
+    assert_status(
+        server
+            .accounts()
+            .delete_user(with_bearer(
+                DeleteUserRequest {
+                    user_id: String::new(),
+                    username: "alice".into(),
+                },
+                &admin,
+            ))
+            .await,
+        Code::NotFound,
+        "no such user",
+    );
+    server.stop().await;
+}
+
+async fn weak_duplicate_and_bad_usernames_are_rejected_and_nothing_is_created(db: TestDb) {
+    let server = TestServer::start(&db, &["--min-password-length", "10"]).await;
+    let admin = server.admin_token().await;
+    let create = |username: &str, password: &str| {
+        with_bearer(
+            CreateUserRequest {
+                username: username.into(),
+                password: password.into(),
+                role: PbRole::User as i32,
+            },
+            &admin,
+        )
+    };
+    let mut accounts = server.accounts();
+    assert_status(
+        accounts.create_user(create("alice", "short")).await,
+        Code::InvalidArgument,
+        "at least 10 characters",
+    );
+    let too_long = "x".repeat(65);
+    for bad in ["", too_long.as_str(), "bell\u{7}", "has space", "slash/y"] {
+        assert_status(
+            accounts
+                .create_user(create(bad, "long-enough-password"))
+                .await,
+            Code::InvalidArgument,
+            "username",
+        );
+    }
+    assert_status(
+        accounts
+            .create_user(create(ADMIN, "long-enough-password"))
+            .await,
+        Code::AlreadyExists,
+        "already exists",
+    );
+    let users = accounts
+        .list_users(with_bearer(ListUsersRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert_eq!(users.len(), 1, "only the admin exists: {users:?}");
+    assert_status(
+        server.try_login("alice", "short").await,
+        Code::Unauthenticated,
+        "wrong username or password",
+    );
+    server.stop().await;
+}
+
+async fn unknown_user_and_wrong_password_fail_alike(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let unknown = server
+        .try_login("nobody", "whatever-password")
+        .await
+        .unwrap_err();
+    let wrong = server
+        .try_login(ADMIN, "whatever-password")
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    assert_eq!(unknown.code(), wrong.code());
+    assert_eq!(unknown.message(), wrong.message());
+    server.stop().await;
+}
+
+async fn repeated_failures_throttle_one_account_but_not_another(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    create_user(&server, &admin, "bob", "bob-password").await;
+    for _ in 0..auth_svc::throttle::MAX_ACCOUNT_FAILURES {
+        assert_status(
+            server.try_login("alice", "guess-guess").await,
+            Code::Unauthenticated,
+            "wrong username or password",
+        );
+    }
+    // Even the right password is refused now, with a time to wait.
+    let refused = server.try_login("alice", ALICE_PASSWORD).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .starts_with("too many failed logins; try again in ")
+            && refused.message().ends_with(" s"),
+        "{}",
+        refused.message()
+    );
+    // Unknown usernames are throttled the same way (nothing to learn).
+    for _ in 0..auth_svc::throttle::MAX_ACCOUNT_FAILURES {
+        let _ = server.try_login("ghost", "guess-guess").await;
+    }
+    assert_status(
+        server.try_login("ghost", "guess-guess").await,
+        Code::ResourceExhausted,
+        "too many failed logins",
+    );
+    // Bob, from the same address, is unaffected.
+    server.login("bob", "bob-password").await;
+    server.stop().await;
+}
+
+async fn last_admin_cannot_be_deleted_demoted_or_disabled(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    let mut accounts = server.accounts();
+    assert_status(
+        accounts
+            .delete_user(with_bearer(
+                DeleteUserRequest {
+                    user_id: String::new(),
+                    username: ADMIN.into(),
+                },
+                &admin,
+            ))
+            .await,
+        Code::FailedPrecondition,
+        "last enabled admin",
+    );
+    let demote = |username: &str| {
+        with_bearer(
+            SetRoleRequest {
+                username: username.into(),
+                role: PbRole::User as i32,
+            },
+            &admin,
+        )
+    };
+    assert_status(
+        accounts.set_role(demote(ADMIN)).await,
+        Code::FailedPrecondition,
+        "last enabled admin",
+    );
+    assert_status(
+        accounts
+            .set_disabled(with_bearer(
+                SetDisabledRequest {
+                    username: ADMIN.into(),
+                    disabled: true,
+                },
+                &admin,
+            ))
+            .await,
+        Code::FailedPrecondition,
+        "last enabled admin",
+    );
+    // With a second admin, the first may step down.
+    create_user(&server, &admin, "carol", "carol-password").await;
+    let promoted = accounts
+        .set_role(with_bearer(
+            SetRoleRequest {
+                username: "carol".into(),
+                role: PbRole::Admin as i32,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(promoted.role, PbRole::Admin as i32);
+    let demoted = accounts.set_role(demote(ADMIN)).await.unwrap().into_inner();
+    assert_eq!(demoted.role, PbRole::User as i32);
+    // The demoted admin's unexpired token no longer carries admin rights.
+    assert_status(
+        accounts
+            .list_users(with_bearer(ListUsersRequest {}, &admin))
+            .await,
+        Code::PermissionDenied,
+        "admin role",
+    );
+    server.stop().await;
+}
+
+async fn changing_own_password_keeps_this_session_and_revokes_others(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    let here = server.login("alice", ALICE_PASSWORD).await;
+    let elsewhere = server.login("alice", ALICE_PASSWORD).await;
+    let change = |old: &str, new: &str| {
+        with_bearer(
+            ChangePasswordRequest {
+                username: String::new(),
+                old_password: old.into(),
+                new_password: new.into(),
+            },
+            &here.access_token,
+        )
+    };
+    let mut accounts = server.accounts();
+    assert_status(
+        accounts
+            .change_password(change("not-the-password", "brand-new-password"))
+            .await,
+        Code::PermissionDenied,
+        "old password is wrong",
+    );
+    assert_status(
+        accounts
+            .change_password(change(ALICE_PASSWORD, "tiny"))
+            .await,
+        Code::InvalidArgument,
+        "at least 8",
+    );
+    accounts
+        .change_password(change(ALICE_PASSWORD, "brand-new-password"))
+        .await
+        .unwrap();
+    assert_status(
+        refresh(&server, &elsewhere.refresh_token).await,
+        Code::Unauthenticated,
+        "revoked",
+    );
+    refresh(&server, &here.refresh_token).await.unwrap();
+    assert_status(
+        server.try_login("alice", ALICE_PASSWORD).await,
+        Code::Unauthenticated,
+        "wrong username or password",
+    );
+    server.login("alice", "brand-new-password").await;
+
+    // An admin resets someone else's password without the old one.
+    accounts
+        .change_password(with_bearer(
+            ChangePasswordRequest {
+                username: "alice".into(),
+                old_password: String::new(),
+                new_password: "reset-by-admin".into(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    server.login("alice", "reset-by-admin").await;
+    server.stop().await;
+}
+
+async fn other_services_verify_tokens_with_the_published_keys(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let keys = server
+        .auth()
+        .get_signing_keys(GetSigningKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(keys.issuer, ISSUER);
+    assert_eq!(keys.audience, AUDIENCE);
+    assert_eq!(keys.keys.len(), 1);
+    assert_eq!(keys.keys[0].alg, "EdDSA");
+
+    let pair = server.login(ADMIN, ADMIN_PASSWORD).await;
+    let verifier = TokenVerifier::remote(&server.url());
+    let claims = verifier.verify(&pair.access_token).await.unwrap();
+    assert_eq!(claims.name, ADMIN);
+    assert_eq!(claims.role, Role::Admin);
+    assert_eq!(claims.sub, pair.user.expect("user").id);
+    assert_eq!(
+        claims.exp * 1000,
+        pair.access_expires_at_ms,
+        "the advertised expiry is the token's"
+    );
+    server.stop().await;
+}
