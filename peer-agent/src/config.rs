@@ -1,0 +1,204 @@
+//! The agent's configuration: one clap struct, every flag with an
+//! environment fallback, validated once at start-up by [`Config::validate`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use p2p_services::telemetry::TelemetryArgs;
+
+use crate::error::Error;
+
+/// Everything `peer-agent` is told at start-up.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "peer-agent",
+    version,
+    about = "The P2P File Transfer agent: shares files, serves chunks to other agents and downloads from the swarm."
+)]
+pub struct Config {
+    /// Address the PeerService (FetchChunks) listens on.
+    #[arg(long, env = "PEER_LISTEN", default_value = "0.0.0.0:50053")]
+    pub listen: String,
+    /// `host:port` other agents reach the PeerService at. Default: the
+    /// listen address, with 127.0.0.1 when it listens on 0.0.0.0.
+    #[arg(long, env = "PEER_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Address of the local control API (AgentControl). Must be loopback
+    /// unless --allow-remote-control.
+    #[arg(long, env = "AGENT_CONTROL", default_value = "127.0.0.1:50054")]
+    pub control: String,
+    /// Accept a non-loopback --control address. The control API needs no
+    /// token: anyone who reaches it acts as the logged-in user.
+    #[arg(long, env = "AGENT_ALLOW_REMOTE_CONTROL")]
+    pub allow_remote_control: bool,
+    /// Directory for the agent's database and partial downloads.
+    #[arg(long, env = "P2P_DATA_DIR", default_value = "./p2p-data")]
+    pub data_dir: PathBuf,
+    /// Where downloads land when no destination is given. Default:
+    /// <data-dir>/downloads.
+    #[arg(long, env = "P2P_DOWNLOADS_DIR")]
+    pub downloads_dir: Option<PathBuf>,
+    /// The index service.
+    #[arg(long, env = "P2P_INDEX_URL", default_value = "http://127.0.0.1:50052")]
+    pub index_url: String,
+    /// The auth service.
+    #[arg(long, env = "P2P_AUTH_URL", default_value = "http://127.0.0.1:50051")]
+    pub auth_url: String,
+    /// Log in as this user at start (unattended agents).
+    #[arg(long, env = "P2P_USER")]
+    pub user: Option<String>,
+    /// Password for --user.
+    #[arg(long, env = "P2P_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Upload limit shared by all streams, in bytes per second: a number
+    /// with an optional unit (10MiB, 500KB, 100Mbit). 0 means unlimited.
+    #[arg(long, env = "P2P_MAX_UPLOAD_RATE", default_value = "0", value_parser = parse_rate)]
+    pub max_upload_rate: u64,
+    /// Most FetchChunks streams served at once (0 means unlimited).
+    #[arg(long, env = "P2P_MAX_UPLOADS", default_value_t = 8)]
+    pub max_uploads: u32,
+    /// Address for Prometheus metrics (GET /metrics); empty disables.
+    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9103")]
+    pub metrics_listen: String,
+    /// Fault injection for tests: flip a byte in every chunk served, so
+    /// downloaders must detect and report this agent. Never use it in
+    /// production.
+    #[arg(long, env = "P2P_CORRUPT_UPLOADS", hide = true)]
+    pub corrupt_uploads: bool,
+    /// Telemetry.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    /// Run a subcommand instead of the agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the binary does besides running the agent.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Probe the control API's health and exit 0 (serving) or 1.
+    Healthcheck,
+}
+
+impl Config {
+    /// Where downloads land by default.
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.downloads_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("downloads"))
+    }
+
+    /// The advertised address: the flag, or the bound peer address with
+    /// 127.0.0.1 standing in for an unspecified IP.
+    pub fn advertise_for(&self, bound: SocketAddr) -> String {
+        match &self.advertise {
+            Some(addr) if !addr.trim().is_empty() => addr.trim().to_string(),
+            _ if bound.ip().is_unspecified() => format!("127.0.0.1:{}", bound.port()),
+            _ => bound.to_string(),
+        }
+    }
+
+    /// Refuses a control listener reachable from other machines unless
+    /// explicitly allowed.
+    pub fn check_control_addr(&self, bound: SocketAddr) -> Result<(), Error> {
+        if bound.ip().is_loopback() || self.allow_remote_control {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "--control {} is not a loopback address; the control API has no authentication, \
+                 so use 127.0.0.1 or pass --allow-remote-control if you really mean it",
+                self.control
+            )))
+        }
+    }
+}
+
+/// Parses a humane byte rate: `0`, `1048576`, `10MiB`, `500KB`, `100Mbit`,
+/// `1.5GB/s`. Decimal units (KB, MB, GB) are powers of 1000, binary ones
+/// (KiB, MiB, GiB) powers of 1024; `bit` units are divided by 8.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let raw = text.trim();
+    let lower = raw.to_ascii_lowercase();
+    let lower = lower
+        .strip_suffix("/s")
+        .or_else(|| lower.strip_suffix("ps"))
+        .unwrap_or(&lower);
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a rate: use a number like 0, 10MiB or 100Mbit"))?;
+    let multiplier: f64 = match unit.trim() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "bit" => 1.0 / 8.0,
+        "kbit" => 1e3 / 8.0,
+        "mbit" => 1e6 / 8.0,
+        "gbit" => 1e9 / 8.0,
+        other => {
+            return Err(format!(
+                "unknown rate unit {other:?} in {raw:?}: use B, KB, MB, GB, KiB, MiB, GiB, Kbit, Mbit or Gbit"
+            ));
+        }
+    };
+    Ok((number * multiplier).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn humane_rates_parse_to_bytes_per_second() {
+        assert_eq!(parse_rate("0"), Ok(0));
+        assert_eq!(parse_rate("1048576"), Ok(1 << 20));
+        assert_eq!(parse_rate("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_rate("500KB"), Ok(500_000));
+        assert_eq!(parse_rate("100Mbit"), Ok(12_500_000));
+        assert_eq!(parse_rate("1.5GB/s"), Ok(1_500_000_000));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn control_must_be_loopback_unless_allowed() {
+        let config = Config::try_parse_from(["peer-agent", "--control", "0.0.0.0:1"]).unwrap();
+        assert!(
+            config
+                .check_control_addr("0.0.0.0:1".parse().unwrap())
+                .is_err()
+        );
+        assert!(
+            config
+                .check_control_addr("127.0.0.1:1".parse().unwrap())
+                .is_ok()
+        );
+        let allowed = Config::try_parse_from(["peer-agent", "--allow-remote-control"]).unwrap();
+        assert!(
+            allowed
+                .check_control_addr("0.0.0.0:1".parse().unwrap())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn advertise_defaults_to_loopback_for_wildcard_listen() {
+        let config = Config::try_parse_from(["peer-agent"]).unwrap();
+        assert_eq!(
+            config.advertise_for("0.0.0.0:4000".parse().unwrap()),
+            "127.0.0.1:4000"
+        );
+        assert_eq!(
+            config.advertise_for("10.0.0.5:4000".parse().unwrap()),
+            "10.0.0.5:4000"
+        );
+    }
+}

@@ -1,0 +1,909 @@
+//! The download engine: fetches a file from the swarm, several sources in
+//! parallel, and puts the verified file in place.
+//!
+//! Ownership: [`Downloads`] owns one coordinator task per running download
+//! (in a `TaskTracker`, each with a cancellation token that is a child of
+//! the agent's shutdown token); each coordinator owns its source workers in
+//! a `JoinSet`, so cancelling or finishing a download aborts its workers.
+//!
+//! A coordinator locates sources (again every few seconds, and at once when
+//! it runs out), starts a worker per source, reports and bans sources that
+//! fail, publishes progress on a `watch` channel (any number of `Download`
+//! streams may watch; the download goes on when they drop), and announces
+//! our growing bitfield to the index so others can fetch from us while we
+//! download. A worker keeps [`PIPELINE_DEPTH`] FetchChunks calls of a few
+//! chunks each in flight, verifies every chunk against the manifest, writes
+//! it at its offset and persists it as verified. When every chunk is in, the
+//! whole file is hashed, flushed and renamed into place.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use p2p_proto::index::v1 as index_pb;
+use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
+use p2p_proto::peer::v1::{ChunkRange, FetchChunksRequest};
+use p2p_services::client::{MAX_MESSAGE_BYTES, with_bearer};
+use p2p_services::manifest::{Bitfield, FileId, Manifest};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::disk::PartFile;
+use crate::error::Error;
+use crate::holdings::{Holding, Holdings, held_bytes};
+use crate::picker::{Picker, SourceKey, to_ranges};
+use crate::rate::RateMeter;
+use crate::session::Session;
+use crate::stats::{RATE_WINDOW_SECS, Stats};
+
+/// FetchChunks calls each source has in flight at once.
+pub const PIPELINE_DEPTH: usize = 2;
+/// Chunks per FetchChunks call: small, so work moves to faster sources.
+const MIN_BATCH: usize = 2;
+const MAX_BATCH: usize = 4;
+/// No data from a source for this long: it is stalled.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often sources are located again while downloading.
+const RELOCATE_EVERY: Duration = Duration::from_secs(3);
+/// Locating again after running out of sources, at first.
+const RELOCATE_SOON: Duration = Duration::from_millis(300);
+/// Give up when no usable source was found for this long.
+const NO_SOURCE_GIVE_UP: Duration = Duration::from_secs(60);
+/// Most sources used at once.
+const MAX_SOURCES: usize = 8;
+/// How long a failed source is left out of this download.
+const BAN_FAILED: Duration = Duration::from_secs(60);
+/// How long a busy source is left alone.
+const BAN_BUSY: Duration = Duration::from_secs(2);
+/// How often the growing bitfield is announced.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+/// How often progress is published.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Where a download is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Finding sources.
+    Locating,
+    /// Fetching chunks.
+    Downloading,
+    /// Checking the whole file.
+    Verifying,
+    /// In place.
+    Done,
+    /// Stopped with an error (see [`Progress::failure`]).
+    Failed,
+}
+
+/// A snapshot of one download, published to every watcher.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Where it is.
+    pub stage: Stage,
+    /// Which file.
+    pub file_id: FileId,
+    /// Its name.
+    pub name: String,
+    /// Its size.
+    pub total_bytes: u64,
+    /// Verified bytes so far, including resumed chunks.
+    pub have_bytes: u64,
+    /// Bytes per second over the last few seconds.
+    pub rate_bps: u64,
+    /// Sources currently in use.
+    pub sources_in_use: u32,
+    /// Estimated time left, when known.
+    pub eta: Option<Duration>,
+    /// The final path, once done.
+    pub final_path: Option<PathBuf>,
+    /// Chunks already verified when this run started.
+    pub resumed_chunks: u32,
+    /// Why it failed, when [`Stage::Failed`].
+    pub failure: Option<Status>,
+}
+
+impl Progress {
+    /// Whether the download is over (done or failed).
+    pub fn is_final(&self) -> bool {
+        matches!(self.stage, Stage::Done | Stage::Failed)
+    }
+}
+
+/// What downloads need from the rest of the agent.
+#[derive(Debug)]
+pub struct DownloadContext {
+    /// Tokens, peer id, index calls.
+    pub session: Arc<Session>,
+    /// What we hold.
+    pub holdings: Arc<Holdings>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Where `.part` files live: `<data-dir>/partial`.
+    pub partial_dir: PathBuf,
+    /// Cancelled when the agent stops.
+    pub shutdown: CancellationToken,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl DownloadContext {
+    /// The context of an agent's downloads.
+    pub fn new(
+        session: Arc<Session>,
+        holdings: Arc<Holdings>,
+        stats: Arc<Stats>,
+        partial_dir: PathBuf,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            session,
+            holdings,
+            stats,
+            partial_dir,
+            shutdown,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One channel per source address, reused across calls and downloads.
+    fn peer_client(&self, address: &str) -> Result<PeerServiceClient<Channel>, Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let channel = match channels.get(address) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = p2p_services::client::channel(address).map_err(|e| {
+                    Error::InvalidArgument(format!("source address {address:?} is unusable: {e}"))
+                })?;
+                channels.insert(address.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(PeerServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+}
+
+struct Running {
+    progress: watch::Receiver<Progress>,
+    cancel: CancellationToken,
+}
+
+/// Every running download, by file.
+pub struct Downloads {
+    ctx: Arc<DownloadContext>,
+    running: Mutex<HashMap<FileId, Running>>,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Downloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downloads")
+            .field("running", &self.running_count())
+            .finish()
+    }
+}
+
+impl Downloads {
+    /// No download running yet.
+    pub fn new(ctx: Arc<DownloadContext>) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            running: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of running downloads.
+    pub fn running_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The progress of a running download of `file`.
+    pub fn progress(&self, file: &FileId) -> Option<Progress> {
+        self.lock().get(file).map(|r| r.progress.borrow().clone())
+    }
+
+    /// Starts downloading `manifest` to `destination`, or attaches to the
+    /// running download of the same file.
+    pub fn start(
+        self: &Arc<Self>,
+        manifest: Manifest,
+        destination: PathBuf,
+    ) -> watch::Receiver<Progress> {
+        let file_id = manifest.file_id();
+        let mut running = self.lock();
+        if let Some(existing) = running.get(&file_id) {
+            return existing.progress.clone();
+        }
+        let (tx, rx) = watch::channel(Progress {
+            stage: Stage::Locating,
+            file_id: file_id.clone(),
+            name: manifest.name.clone(),
+            total_bytes: manifest.size_bytes,
+            have_bytes: 0,
+            rate_bps: 0,
+            sources_in_use: 0,
+            eta: None,
+            final_path: None,
+            resumed_chunks: 0,
+            failure: None,
+        });
+        let cancel = self.ctx.shutdown.child_token();
+        running.insert(
+            file_id.clone(),
+            Running {
+                progress: rx.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        drop(running);
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let result =
+                run_download(&this.ctx, Arc::new(manifest), destination, &tx, cancel).await;
+            this.lock().remove(&file_id);
+            tx.send_modify(|p| match result {
+                Ok(path) => {
+                    p.stage = Stage::Done;
+                    p.have_bytes = p.total_bytes;
+                    p.final_path = Some(path);
+                    p.eta = None;
+                }
+                Err(err) => {
+                    tracing::warn!(file = %p.file_id, %err, "download stopped");
+                    p.stage = Stage::Failed;
+                    p.failure = Some(Status::from(err));
+                }
+            });
+        });
+        rx
+    }
+
+    /// Stops the running download of `file`; false when none runs.
+    pub fn cancel(&self, file: &FileId) -> bool {
+        match self.lock().get(file) {
+            Some(running) => {
+                running.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancels every download and waits for their tasks to end.
+    pub async fn shutdown(&self) {
+        for running in self.lock().values() {
+            running.cancel.cancel();
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Runs one download to the end; returns the final path.
+async fn run_download(
+    ctx: &Arc<DownloadContext>,
+    manifest: Arc<Manifest>,
+    destination: PathBuf,
+    progress: &watch::Sender<Progress>,
+    cancel: CancellationToken,
+) -> Result<PathBuf, Error> {
+    let file_id = manifest.file_id();
+    let part_path = ctx.partial_dir.join(format!("{file_id}.part"));
+    let holding = ctx
+        .holdings
+        .start_partial((*manifest).clone(), &part_path, &destination)
+        .await?;
+    if holding.is_complete() {
+        let held_at = holding.snapshot().path;
+        if held_at != destination {
+            let (from, to) = (held_at.clone(), destination.clone());
+            tokio::task::spawn_blocking(move || crate::disk::copy_then_rename(&from, &to))
+                .await
+                .map_err(|e| Error::io("copy task failed", std::io::Error::other(e)))??;
+        }
+        return Ok(destination);
+    }
+    let state = holding.snapshot();
+    let (part, existed) = PartFile::open(state.path.clone(), manifest.size_bytes).await?;
+    if !existed && state.bitfield.count() > 0 {
+        tracing::warn!(file = %file_id, "partial file vanished; starting over");
+        ctx.holdings.reset_partial(&holding).await?;
+    }
+    let have = holding.snapshot().bitfield;
+    let resumed_chunks = have.count();
+    let have_bytes = held_bytes(&manifest, &have);
+    progress.send_modify(|p| {
+        p.resumed_chunks = resumed_chunks;
+        p.have_bytes = have_bytes;
+    });
+    let shared = Arc::new(Shared {
+        picker: Mutex::new(Picker::new(have, rand::random())),
+        work_changed: Notify::new(),
+        complete: Notify::new(),
+        have_bytes: AtomicU64::new(have_bytes),
+        meter: RateMeter::new(),
+        ctx: ctx.clone(),
+        holding: holding.clone(),
+        manifest: manifest.clone(),
+        part: part.clone(),
+    });
+    if !shared.is_complete() {
+        progress.send_modify(|p| p.stage = Stage::Downloading);
+        Swarm::new(shared.clone()).run(progress, &cancel).await?;
+    }
+    progress.send_modify(|p| {
+        p.stage = Stage::Verifying;
+        p.have_bytes = p.total_bytes;
+        p.sources_in_use = 0;
+    });
+    if let Err(err) = crate::disk::finalize(part, manifest.file_hash, destination.clone()).await {
+        if matches!(err, Error::Corrupt(_)) {
+            ctx.holdings.reset_partial(&holding).await?;
+        }
+        return Err(err);
+    }
+    ctx.holdings.finish_download(&holding, &destination).await?;
+    if let Some(peer_id) = ctx.session.peer_id() {
+        let full = Bitfield::full(manifest.chunk_count());
+        if let Err(err) = ctx
+            .session
+            .announce(&peer_id, file_id.as_str(), &full, true)
+            .await
+        {
+            tracing::warn!(file = %file_id, %err, "cannot announce the finished download; the heartbeat will");
+        }
+    }
+    tracing::info!(file = %file_id, path = %destination.display(), "download complete");
+    Ok(destination)
+}
+
+/// State shared by a download's coordinator and its workers.
+struct Shared {
+    picker: Mutex<Picker>,
+    work_changed: Notify,
+    complete: Notify,
+    have_bytes: AtomicU64,
+    meter: RateMeter,
+    ctx: Arc<DownloadContext>,
+    holding: Arc<Holding>,
+    manifest: Arc<Manifest>,
+    part: PartFile,
+}
+
+impl Shared {
+    fn picker(&self) -> std::sync::MutexGuard<'_, Picker> {
+        self.picker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_complete(&self) -> bool {
+        self.picker().is_complete()
+    }
+}
+
+/// How a source worker ended.
+#[derive(Debug)]
+enum WorkerEnd {
+    /// Nothing left that this source can give.
+    NoWork,
+    /// The source is at its upload cap.
+    Busy,
+    /// The source failed; report it unless `reason` is None.
+    Failed {
+        reason: Option<index_pb::ReportReason>,
+        detail: String,
+    },
+    /// Our side failed (disk full, database): the download stops.
+    Fatal(Error),
+}
+
+struct SourceSlot {
+    peer_id: String,
+}
+
+/// The coordinator of one download's sources.
+struct Swarm {
+    shared: Arc<Shared>,
+    workers: JoinSet<(SourceKey, WorkerEnd)>,
+    active: HashMap<String, SourceKey>,
+    slots: HashMap<SourceKey, SourceSlot>,
+    banned: HashMap<String, Instant>,
+    next_key: SourceKey,
+    last_source_seen: Instant,
+    last_announced: Option<(Instant, u32)>,
+}
+
+impl Swarm {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            workers: JoinSet::new(),
+            active: HashMap::new(),
+            slots: HashMap::new(),
+            banned: HashMap::new(),
+            next_key: 1,
+            last_source_seen: Instant::now(),
+            last_announced: None,
+        }
+    }
+
+    async fn run(
+        mut self,
+        progress: &watch::Sender<Progress>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Error> {
+        let mut next_locate = tokio::time::Instant::now();
+        let mut relocate_delay = RELOCATE_SOON;
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.shared.is_complete() {
+                self.announce().await;
+                return Ok(());
+            }
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    self.announce().await;
+                    return Err(if self.shared.ctx.shutdown.is_cancelled() {
+                        Error::ShuttingDown
+                    } else {
+                        Error::Cancelled
+                    });
+                }
+                () = self.shared.complete.notified() => {}
+                Some(joined) = self.workers.join_next() => {
+                    let Ok((key, end)) = joined else { continue };
+                    self.worker_ended(key, end).await?;
+                    if self.active.is_empty() {
+                        next_locate = next_locate.min(tokio::time::Instant::now() + relocate_delay);
+                    }
+                }
+                () = tokio::time::sleep_until(next_locate) => {
+                    self.locate().await;
+                    if self.active.is_empty() {
+                        if self.last_source_seen.elapsed() > NO_SOURCE_GIVE_UP {
+                            self.announce().await;
+                            return Err(Error::NoSources(format!(
+                                "no online peer has offered the missing chunks for {} s; verified chunks are kept, try again later",
+                                NO_SOURCE_GIVE_UP.as_secs()
+                            )));
+                        }
+                        next_locate = tokio::time::Instant::now() + relocate_delay;
+                        relocate_delay = (relocate_delay * 2).min(RELOCATE_EVERY);
+                    } else {
+                        self.last_source_seen = Instant::now();
+                        relocate_delay = RELOCATE_SOON;
+                        next_locate = tokio::time::Instant::now() + RELOCATE_EVERY;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.publish(progress);
+                    self.maybe_announce().await;
+                }
+            }
+        }
+    }
+
+    fn publish(&self, progress: &watch::Sender<Progress>) {
+        let have_bytes = self.shared.have_bytes.load(Ordering::Relaxed);
+        let rate_bps = self.shared.meter.rate_bps(RATE_WINDOW_SECS);
+        progress.send_modify(|p| {
+            p.have_bytes = have_bytes;
+            p.rate_bps = rate_bps;
+            p.sources_in_use = self.active.len() as u32;
+            p.eta = (rate_bps > 0).then(|| {
+                Duration::from_secs_f64(
+                    p.total_bytes.saturating_sub(have_bytes) as f64 / rate_bps as f64,
+                )
+            });
+        });
+    }
+
+    /// Announces the bitfield when it grew: at once for the first new chunk,
+    /// then at most every [`ANNOUNCE_EVERY`].
+    async fn maybe_announce(&mut self) {
+        let count = self.shared.picker().have().count();
+        let due = match self.last_announced {
+            None => count > 0,
+            Some((at, announced)) => count != announced && at.elapsed() >= ANNOUNCE_EVERY,
+        };
+        if due {
+            self.announce().await;
+        }
+    }
+
+    async fn announce(&mut self) {
+        let Some(peer_id) = self.shared.ctx.session.peer_id() else {
+            return;
+        };
+        let have = self.shared.picker().have().clone();
+        if have.count() == 0 {
+            return;
+        }
+        self.last_announced = Some((Instant::now(), have.count()));
+        let file_id = self.shared.holding.file_id.as_str();
+        if let Err(err) = self
+            .shared
+            .ctx
+            .session
+            .announce(&peer_id, file_id, &have, false)
+            .await
+        {
+            tracing::debug!(%err, "cannot announce partial holdings");
+        }
+    }
+
+    async fn locate(&mut self) {
+        let ctx = &self.shared.ctx;
+        let own = ctx.session.peer_id().unwrap_or_default();
+        let wanted = self.shared.picker().wanted();
+        let request = index_pb::LocateSourcesRequest {
+            file_id: self.shared.holding.file_id.to_string(),
+            peer_id: own.clone(),
+            wanted: wanted.as_bytes().to_vec(),
+            limit: 16,
+        };
+        let response = match ctx
+            .session
+            .call_index(|mut c, t| async move { c.locate_sources(with_bearer(request, &t)).await })
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::warn!(%err, "cannot locate sources; keeping the current ones");
+                return;
+            }
+        };
+        let chunks = self.shared.manifest.chunk_count();
+        let now = Instant::now();
+        self.banned.retain(|_, until| *until > now);
+        for source in response.sources {
+            if source.peer_id == own || self.banned.contains_key(&source.peer_id) {
+                continue;
+            }
+            let holds = if source.complete {
+                Bitfield::full(chunks)
+            } else {
+                match Bitfield::from_bytes(&source.bitfield, chunks) {
+                    Ok(field) => field,
+                    Err(err) => {
+                        tracing::debug!(peer = %source.peer_id, %err, "ignoring a source with a bad bitfield");
+                        continue;
+                    }
+                }
+            };
+            if let Some(&key) = self.active.get(&source.peer_id) {
+                self.shared.picker().upsert_source(key, holds);
+                self.shared.work_changed.notify_waiters();
+                continue;
+            }
+            if self.active.len() >= MAX_SOURCES {
+                continue;
+            }
+            let client = match ctx.peer_client(&source.address) {
+                Ok(client) => client,
+                Err(err) => {
+                    tracing::debug!(peer = %source.peer_id, %err, "ignoring a source");
+                    continue;
+                }
+            };
+            let key = self.next_key;
+            self.next_key += 1;
+            self.shared.picker().upsert_source(key, holds);
+            self.active.insert(source.peer_id.clone(), key);
+            self.slots.insert(
+                key,
+                SourceSlot {
+                    peer_id: source.peer_id.clone(),
+                },
+            );
+            tracing::debug!(peer = %source.peer_id, address = %source.address, complete = source.complete, "using source");
+            let worker = Worker {
+                key,
+                shared: self.shared.clone(),
+                client,
+                complete: source.complete,
+            };
+            self.workers.spawn(async move { (key, worker.run().await) });
+        }
+    }
+
+    async fn worker_ended(&mut self, key: SourceKey, end: WorkerEnd) -> Result<(), Error> {
+        self.shared.picker().remove_source(key);
+        self.shared.work_changed.notify_waiters();
+        let Some(slot) = self.slots.remove(&key) else {
+            return Ok(());
+        };
+        self.active.remove(&slot.peer_id);
+        match end {
+            WorkerEnd::NoWork => {}
+            WorkerEnd::Busy => {
+                tracing::debug!(peer = %slot.peer_id, "source busy; trying others");
+                self.banned.insert(slot.peer_id, Instant::now() + BAN_BUSY);
+            }
+            WorkerEnd::Failed { reason, detail } => {
+                tracing::warn!(peer = %slot.peer_id, %detail, "dropping a source");
+                self.banned
+                    .insert(slot.peer_id.clone(), Instant::now() + BAN_FAILED);
+                if let Some(reason) = reason {
+                    self.report(&slot, reason, detail).await;
+                }
+            }
+            WorkerEnd::Fatal(err) => return Err(err),
+        }
+        Ok(())
+    }
+
+    async fn report(&self, slot: &SourceSlot, reason: index_pb::ReportReason, detail: String) {
+        let session = &self.shared.ctx.session;
+        let request = index_pb::ReportSourceRequest {
+            peer_id: session.peer_id().unwrap_or_default(),
+            source_peer_id: slot.peer_id.clone(),
+            file_id: self.shared.holding.file_id.to_string(),
+            reason: reason as i32,
+            detail,
+        };
+        if let Err(err) = session
+            .call_index(|mut c, t| async move { c.report_source(with_bearer(request, &t)).await })
+            .await
+        {
+            tracing::debug!(%err, "cannot report a source");
+        }
+    }
+}
+
+/// Fetches from one source until it has nothing more to give or fails.
+struct Worker {
+    key: SourceKey,
+    shared: Arc<Shared>,
+    client: PeerServiceClient<Channel>,
+    complete: bool,
+}
+
+impl Worker {
+    async fn run(self) -> WorkerEnd {
+        let mut in_flight = FuturesUnordered::new();
+        let mut batch = MIN_BATCH;
+        loop {
+            while in_flight.len() < PIPELINE_DEPTH {
+                let chunks = self.shared.picker().pick(self.key, batch);
+                if chunks.is_empty() {
+                    break;
+                }
+                in_flight.push(self.fetch(chunks));
+            }
+            if in_flight.is_empty() {
+                if self.shared.is_complete() {
+                    return WorkerEnd::NoWork;
+                }
+                let changed = self.shared.work_changed.notified();
+                tokio::pin!(changed);
+                // Chunks may have been released between the pick and here.
+                changed.as_mut().enable();
+                if self.shared.picker().has_source(self.key) {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
+                    continue;
+                }
+                return WorkerEnd::NoWork;
+            }
+            match in_flight.next().await {
+                Some(Ok(elapsed)) => {
+                    batch = if elapsed < Duration::from_millis(500) {
+                        MAX_BATCH
+                    } else {
+                        MIN_BATCH
+                    };
+                }
+                Some(Err(end)) => return end,
+                None => {}
+            }
+        }
+    }
+
+    /// One FetchChunks call for `chunks`; returns how long it took.
+    async fn fetch(&self, chunks: Vec<u32>) -> Result<Duration, WorkerEnd> {
+        let started = Instant::now();
+        let result = self.fetch_inner(&chunks).await;
+        if result.is_err() {
+            let mut picker = self.shared.picker();
+            for &i in &chunks {
+                picker.release(self.key, i);
+            }
+        }
+        result.map(|()| started.elapsed())
+    }
+
+    async fn fetch_inner(&self, chunks: &[u32]) -> Result<(), WorkerEnd> {
+        let shared = &self.shared;
+        let token = shared
+            .ctx
+            .session
+            .access_token()
+            .await
+            .map_err(|e| WorkerEnd::Failed {
+                reason: None,
+                detail: e.to_string(),
+            })?;
+        let request = FetchChunksRequest {
+            file_id: shared.holding.file_id.to_string(),
+            ranges: to_ranges(chunks)
+                .into_iter()
+                .map(|(start, count)| ChunkRange { start, count })
+                .collect(),
+        };
+        let mut client = self.client.clone();
+        let response = tokio::time::timeout(
+            STALL_TIMEOUT,
+            client.fetch_chunks(with_bearer(request, &token)),
+        )
+        .await
+        .map_err(|_| stalled())?
+        .map_err(classify)?;
+        let mut stream = response.into_inner();
+        for &index in chunks {
+            let chunk = tokio::time::timeout(STALL_TIMEOUT, stream.message())
+                .await
+                .map_err(|_| stalled())?
+                .map_err(classify)?
+                .ok_or_else(|| WorkerEnd::Failed {
+                    reason: Some(index_pb::ReportReason::Unreachable),
+                    detail: format!("stream ended before chunk {index}"),
+                })?;
+            if chunk.index != index || !shared.manifest.chunk_matches(index, &chunk.data) {
+                shared.ctx.stats.chunk_rejected();
+                return Err(WorkerEnd::Failed {
+                    reason: Some(index_pb::ReportReason::Corrupt),
+                    detail: format!(
+                        "asked for chunk {index}, got chunk {} of {} bytes that does not match the manifest",
+                        chunk.index,
+                        chunk.data.len()
+                    ),
+                });
+            }
+            let len = chunk.data.len() as u64;
+            shared
+                .part
+                .write_at(shared.manifest.chunk_offset(index), chunk.data)
+                .await
+                .map_err(WorkerEnd::Fatal)?;
+            let newly = shared.picker().received(index);
+            if newly {
+                shared
+                    .ctx
+                    .holdings
+                    .mark_verified(&shared.holding, index)
+                    .await
+                    .map_err(WorkerEnd::Fatal)?;
+                shared.have_bytes.fetch_add(len, Ordering::Relaxed);
+                shared.meter.record(len);
+                shared.ctx.stats.chunk_downloaded(len, !self.complete);
+                if shared.is_complete() {
+                    shared.complete.notify_one();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn stalled() -> WorkerEnd {
+    WorkerEnd::Failed {
+        reason: Some(index_pb::ReportReason::Stalled),
+        detail: format!("no data for {} s", STALL_TIMEOUT.as_secs()),
+    }
+}
+
+fn classify(status: Status) -> WorkerEnd {
+    match status.code() {
+        Code::ResourceExhausted => WorkerEnd::Busy,
+        // Stale holdings at the index, or our token: not the source's fault.
+        Code::NotFound | Code::Unauthenticated | Code::OutOfRange => WorkerEnd::Failed {
+            reason: None,
+            detail: status.message().to_string(),
+        },
+        _ => WorkerEnd::Failed {
+            reason: Some(index_pb::ReportReason::Unreachable),
+            detail: format!("{:?}: {}", status.code(), status.message()),
+        },
+    }
+}
+
+/// Where a download goes: `requested` as given (an absolute path, or an
+/// existing directory to put `name` in), or `name` in the downloads dir.
+/// A bare name or a relative path stays inside the downloads dir; an
+/// existing file is refused unless `force`.
+pub fn resolve_destination(
+    downloads_dir: &Path,
+    requested: &str,
+    name: &str,
+    force: bool,
+) -> Result<PathBuf, Error> {
+    p2p_services::manifest::validate_name(name)?;
+    let requested = requested.trim();
+    let path = if requested.is_empty() {
+        downloads_dir.join(name)
+    } else {
+        let given = Path::new(requested);
+        if given.is_absolute() {
+            given.to_path_buf()
+        } else {
+            let escapes = given.components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+            if escapes {
+                return Err(Error::InvalidArgument(format!(
+                    "destination {requested:?} would leave the downloads directory; give an absolute path or a plain name"
+                )));
+            }
+            downloads_dir.join(given)
+        }
+    };
+    let path = if path.is_dir() { path.join(name) } else { path };
+    if path.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "destination {} is a directory",
+            path.display()
+        )));
+    }
+    if path.exists() && !force {
+        return Err(Error::DestinationExists(path));
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_defaults_to_the_downloads_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = resolve_destination(dir.path(), "", "a.txt", false).unwrap();
+        assert_eq!(dest, dir.path().join("a.txt"));
+    }
+
+    #[test]
+    fn names_that_escape_the_downloads_dir_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            resolve_destination(dir.path(), "../x", "a.txt", false),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(resolve_destination(dir.path(), "", "../a", false).is_err());
+        assert_eq!(
+            resolve_destination(dir.path(), "sub/b.txt", "a.txt", false).unwrap(),
+            dir.path().join("sub/b.txt")
+        );
+    }
+
+    #[test]
+    fn existing_destination_is_refused_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), b"x").unwrap();
+        assert!(matches!(
+            resolve_destination(dir.path(), "", "a.txt", false),
+            Err(Error::DestinationExists(_))
+        ));
+        assert!(resolve_destination(dir.path(), "", "a.txt", true).is_ok());
+        let abs = dir.path().to_string_lossy().into_owned();
+        assert!(matches!(
+            resolve_destination(dir.path(), &abs, "a.txt", false),
+            Err(Error::DestinationExists(_))
+        ));
+    }
+}

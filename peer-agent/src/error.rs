@@ -1,0 +1,154 @@
+//! The agent's one error type and its one conversion to `tonic::Status`.
+//! Messages name what went wrong and what to do about it.
+
+use std::path::PathBuf;
+
+use tonic::{Code, Status};
+
+/// Everything that can go wrong in the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag or setting is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] p2p_services::serve::BindError),
+    /// A gRPC server failed.
+    #[error(transparent)]
+    Serve(#[from] p2p_services::serve::ServeError),
+    /// The agent's database could not be opened.
+    #[error(transparent)]
+    Db(#[from] p2p_services::db::DbError),
+    /// A query on the agent's database failed.
+    #[error("agent database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the agent was doing, naming the path.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No session: the user must log in.
+    #[error("not logged in: run `p2p login`")]
+    NotLoggedIn,
+    /// The index cannot be reached.
+    #[error(
+        "index service unreachable ({0}); check that index-svc runs and --index-url points at it"
+    )]
+    IndexUnavailable(String),
+    /// The auth service cannot be reached.
+    #[error("auth service unreachable ({0}); check that auth-svc runs and --auth-url points at it")]
+    AuthUnavailable(String),
+    /// Another service answered with an error, passed on as it came.
+    #[error("{service}: {}", status.message())]
+    Remote {
+        /// Which service.
+        service: &'static str,
+        /// What it said.
+        status: Status,
+    },
+    /// Something asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A name or prefix matches several files.
+    #[error("{0}")]
+    Ambiguous(String),
+    /// The request is unusable as given.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A manifest, name or bitfield was refused.
+    #[error(transparent)]
+    Manifest(#[from] p2p_services::manifest::ManifestError),
+    /// The destination exists and `force` was not given.
+    #[error("{} already exists; pass --force to replace it", .0.display())]
+    DestinationExists(PathBuf),
+    /// The download was cancelled.
+    #[error("download cancelled; verified chunks are kept, download again to resume")]
+    Cancelled,
+    /// No source could be found or used for a while.
+    #[error("{0}")]
+    NoSources(String),
+    /// All chunks verified but the whole file does not match.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The agent is stopping.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// An I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Classifies a status from the index: transport failures mean the
+    /// index is down, anything else is its answer.
+    pub fn from_index(status: Status) -> Self {
+        if is_transport_failure(&status) {
+            Self::IndexUnavailable(status.message().to_string())
+        } else {
+            Self::Remote {
+                service: "index",
+                status,
+            }
+        }
+    }
+
+    /// Like [`Error::from_index`] for auth-svc.
+    pub fn from_auth(status: Status) -> Self {
+        if is_transport_failure(&status) {
+            Self::AuthUnavailable(status.message().to_string())
+        } else {
+            Self::Remote {
+                service: "auth",
+                status,
+            }
+        }
+    }
+}
+
+/// Whether a status means the server could not be reached at all.
+pub fn is_transport_failure(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let message = err.to_string();
+        match err {
+            Error::NotLoggedIn => Status::failed_precondition(message),
+            Error::IndexUnavailable(_) | Error::AuthUnavailable(_) | Error::ShuttingDown => {
+                Status::unavailable(message)
+            }
+            Error::Remote { status, .. } => Status::new(status.code(), message),
+            Error::NotFound(_) => Status::not_found(message),
+            Error::Ambiguous(_) | Error::InvalidArgument(_) | Error::Manifest(_) => {
+                Status::invalid_argument(message)
+            }
+            Error::DestinationExists(_) => Status::already_exists(message),
+            Error::Cancelled => Status::cancelled(message),
+            Error::NoSources(_) => Status::unavailable(message),
+            Error::Corrupt(_) => Status::data_loss(message),
+            Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Status::not_found(message)
+            }
+            Error::Io { ref source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                Status::permission_denied(message)
+            }
+            Error::Io { .. } => Status::internal(message),
+            Error::Config(_) | Error::Bind(_) | Error::Serve(_) | Error::Db(_) | Error::Sql(_) => {
+                Status::internal(message)
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The in-memory view of what this agent holds, written through to the
+//! [`Store`]. The chunk server consults it on every request and the download
+//! engine marks chunks in it as they are verified, so a partial holder
+//! serves its chunks while it still downloads.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use p2p_services::manifest::{Bitfield, FileId, Manifest};
+
+use crate::error::Error;
+use crate::store::{Kind, LocalFile, Store};
+
+/// One file the agent holds, complete or not.
+#[derive(Debug)]
+pub struct Holding {
+    /// The file's id.
+    pub file_id: FileId,
+    /// The file's manifest.
+    pub manifest: Arc<Manifest>,
+    state: Mutex<HoldingState>,
+}
+
+/// The changing part of a [`Holding`].
+#[derive(Debug, Clone)]
+pub struct HoldingState {
+    /// Where chunks are read from.
+    pub path: PathBuf,
+    /// Where a partial goes once complete.
+    pub destination: Option<PathBuf>,
+    /// How the file is held.
+    pub kind: Kind,
+    /// Verified chunks.
+    pub bitfield: Bitfield,
+}
+
+impl Holding {
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> HoldingState {
+        self.lock().clone()
+    }
+
+    /// Whether chunk `index` is held and where the file is.
+    pub fn chunk_source(&self, index: u32) -> Option<PathBuf> {
+        let state = self.lock();
+        state.bitfield.get(index).then(|| state.path.clone())
+    }
+
+    /// Whether every chunk is held.
+    pub fn is_complete(&self) -> bool {
+        self.lock().kind != Kind::Partial
+    }
+
+    /// Bytes of verified chunks.
+    pub fn held_bytes(&self) -> u64 {
+        held_bytes(&self.manifest, &self.lock().bitfield)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HoldingState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self) -> LocalFile {
+        let state = self.lock();
+        LocalFile {
+            manifest: (*self.manifest).clone(),
+            path: state.path.clone(),
+            destination: state.destination.clone(),
+            kind: state.kind,
+            bitfield: state.bitfield.clone(),
+        }
+    }
+}
+
+/// Total length of the chunks marked in `bitfield`.
+pub fn held_bytes(manifest: &Manifest, bitfield: &Bitfield) -> u64 {
+    bitfield
+        .held()
+        .filter_map(|i| manifest.chunk_len(i))
+        .map(u64::from)
+        .sum()
+}
+
+/// Every holding, by file id.
+#[derive(Debug)]
+pub struct Holdings {
+    store: Store,
+    map: RwLock<HashMap<FileId, Arc<Holding>>>,
+}
+
+impl Holdings {
+    /// Loads what the store remembers.
+    pub async fn load(store: Store) -> Result<Self, Error> {
+        let mut map = HashMap::new();
+        for file in store.all().await? {
+            let file_id = file.manifest.file_id();
+            map.insert(file_id.clone(), Arc::new(holding_of(file)));
+        }
+        Ok(Self {
+            store,
+            map: RwLock::new(map),
+        })
+    }
+
+    /// The holding of `file`, if any.
+    pub fn get(&self, file: &FileId) -> Option<Arc<Holding>> {
+        self.read().get(file).cloned()
+    }
+
+    /// Every holding.
+    pub fn all(&self) -> Vec<Arc<Holding>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Records a file shared in place from `path`.
+    pub async fn add_shared(&self, manifest: Manifest, path: &Path) -> Result<Arc<Holding>, Error> {
+        let file = LocalFile {
+            bitfield: Bitfield::full(manifest.chunk_count()),
+            manifest,
+            path: path.to_path_buf(),
+            destination: None,
+            kind: Kind::Shared,
+        };
+        self.insert(file).await
+    }
+
+    /// The partial holding for a download into `part_path`: the existing
+    /// one (with its verified chunks) or a new, empty one.
+    pub async fn start_partial(
+        &self,
+        manifest: Manifest,
+        part_path: &Path,
+        destination: &Path,
+    ) -> Result<Arc<Holding>, Error> {
+        if let Some(existing) = self.get(&manifest.file_id()) {
+            let changed = {
+                let mut state = existing.lock();
+                let changed = state.destination.as_deref() != Some(destination);
+                state.destination = Some(destination.to_path_buf());
+                changed
+            };
+            if changed {
+                self.store.save(&existing.record()).await?;
+            }
+            return Ok(existing);
+        }
+        let file = LocalFile {
+            bitfield: Bitfield::empty(manifest.chunk_count()),
+            manifest,
+            path: part_path.to_path_buf(),
+            destination: Some(destination.to_path_buf()),
+            kind: Kind::Partial,
+        };
+        self.insert(file).await
+    }
+
+    /// Marks a verified chunk (already written) and persists it, so a
+    /// restarted agent does not fetch it again.
+    pub async fn mark_verified(&self, holding: &Holding, index: u32) -> Result<(), Error> {
+        let bitfield = {
+            let mut state = holding.lock();
+            if state.bitfield.get(index) {
+                return Ok(());
+            }
+            state.bitfield.set(index);
+            state.bitfield.clone()
+        };
+        self.store
+            .save_verified_chunks(&holding.file_id, &bitfield)
+            .await
+    }
+
+    /// Forgets every verified chunk of a partial (its data turned out bad
+    /// or its file vanished).
+    pub async fn reset_partial(&self, holding: &Holding) -> Result<(), Error> {
+        let bitfield = {
+            let mut state = holding.lock();
+            state.bitfield = Bitfield::empty(holding.manifest.chunk_count());
+            state.bitfield.clone()
+        };
+        self.store
+            .save_verified_chunks(&holding.file_id, &bitfield)
+            .await
+    }
+
+    /// Turns a finished partial into a downloaded file served from `path`.
+    pub async fn finish_download(&self, holding: &Holding, path: &Path) -> Result<(), Error> {
+        {
+            let mut state = holding.lock();
+            state.path = path.to_path_buf();
+            state.destination = None;
+            state.kind = Kind::Downloaded;
+            state.bitfield = Bitfield::full(holding.manifest.chunk_count());
+        }
+        self.store.save(&holding.record()).await
+    }
+
+    /// Forgets a holding; returns it so the caller can delete our files.
+    pub async fn remove(&self, file: &FileId) -> Result<Option<Arc<Holding>>, Error> {
+        let removed = self
+            .map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(file);
+        self.store.forget(file).await?;
+        Ok(removed)
+    }
+
+    async fn insert(&self, file: LocalFile) -> Result<Arc<Holding>, Error> {
+        self.store.save(&file).await?;
+        let file_id = file.manifest.file_id();
+        let holding = Arc::new(holding_of(file));
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(file_id, holding.clone());
+        Ok(holding)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<FileId, Arc<Holding>>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn holding_of(file: LocalFile) -> Holding {
+    Holding {
+        file_id: file.manifest.file_id(),
+        manifest: Arc::new(file.manifest),
+        state: Mutex::new(HoldingState {
+            path: file.path,
+            destination: file.destination,
+            kind: file.kind,
+            bitfield: file.bitfield,
+        }),
+    }
+}

@@ -1,0 +1,286 @@
+//! Which chunk to ask which source for next: pure logic, no I/O.
+//!
+//! Rarest first among the chunks a source holds (ties broken by a per-download
+//! rotation of the index, so concurrent downloaders spread out while runs
+//! stay contiguous for batching); a chunk is asked of one source at a time
+//! until every missing chunk is in flight, then the endgame lets a second
+//! source duplicate the outstanding ones so one slow source cannot hold up
+//! the end. Faster sources come back for work sooner and so get more of it.
+
+use std::collections::HashMap;
+
+use p2p_services::manifest::Bitfield;
+
+/// Identifies a source within one download.
+pub type SourceKey = u64;
+
+/// Most sources fetching the same chunk at once during the endgame.
+const MAX_DUPLICATES: usize = 2;
+
+/// The piece picker of one download.
+#[derive(Debug)]
+pub struct Picker {
+    have: Bitfield,
+    sources: HashMap<SourceKey, Bitfield>,
+    availability: Vec<u32>,
+    in_flight: HashMap<u32, Vec<SourceKey>>,
+    rotation: u32,
+}
+
+impl Picker {
+    /// A picker for a file of which `have` is already verified. `rotation`
+    /// (any number, e.g. random) decides where ties start.
+    pub fn new(have: Bitfield, rotation: u32) -> Self {
+        let len = have.len();
+        Self {
+            availability: vec![0; len as usize],
+            rotation: if len == 0 { 0 } else { rotation % len },
+            have,
+            sources: HashMap::new(),
+            in_flight: HashMap::new(),
+        }
+    }
+
+    /// Adds a source or replaces what it holds.
+    pub fn upsert_source(&mut self, key: SourceKey, holds: Bitfield) {
+        if holds.len() != self.have.len() {
+            return;
+        }
+        if let Some(old) = self.sources.remove(&key) {
+            for i in old.held() {
+                self.availability[i as usize] -= 1;
+            }
+        }
+        for i in holds.held() {
+            self.availability[i as usize] += 1;
+        }
+        self.sources.insert(key, holds);
+    }
+
+    /// Forgets a source and releases the chunks it was fetching.
+    pub fn remove_source(&mut self, key: SourceKey) {
+        if let Some(old) = self.sources.remove(&key) {
+            for i in old.held() {
+                self.availability[i as usize] -= 1;
+            }
+        }
+        self.in_flight.retain(|_, fetchers| {
+            fetchers.retain(|k| *k != key);
+            !fetchers.is_empty()
+        });
+    }
+
+    /// Whether `key` is a known source.
+    pub fn has_source(&self, key: SourceKey) -> bool {
+        self.sources.contains_key(&key)
+    }
+
+    /// Up to `max` chunks for source `key` to fetch next, marked in flight.
+    pub fn pick(&mut self, key: SourceKey, max: usize) -> Vec<u32> {
+        let Some(holds) = self.sources.get(&key) else {
+            return Vec::new();
+        };
+        let len = self.have.len();
+        let order = |i: u32| {
+            (
+                self.availability[i as usize],
+                (i + len - self.rotation) % len.max(1),
+            )
+        };
+        let mut fresh: Vec<u32> = self
+            .have
+            .missing()
+            .filter(|&i| holds.get(i) && !self.in_flight.contains_key(&i))
+            .collect();
+        let picked = if !fresh.is_empty() {
+            take_smallest(&mut fresh, max, order)
+        } else if self.all_missing_in_flight() {
+            let mut dup: Vec<u32> = self
+                .in_flight
+                .iter()
+                .filter(|(i, fetchers)| {
+                    holds.get(**i) && fetchers.len() < MAX_DUPLICATES && !fetchers.contains(&key)
+                })
+                .map(|(i, _)| *i)
+                .collect();
+            take_smallest(&mut dup, max, order)
+        } else {
+            Vec::new()
+        };
+        for &i in &picked {
+            self.in_flight.entry(i).or_default().push(key);
+        }
+        picked
+    }
+
+    fn all_missing_in_flight(&self) -> bool {
+        self.have.missing().all(|i| self.in_flight.contains_key(&i))
+    }
+
+    /// Records a verified chunk. Returns false when it was already held
+    /// (a duplicate from the endgame).
+    pub fn received(&mut self, index: u32) -> bool {
+        self.in_flight.remove(&index);
+        if self.have.get(index) {
+            return false;
+        }
+        self.have.set(index);
+        true
+    }
+
+    /// Gives back a chunk `key` was asked for but did not deliver.
+    pub fn release(&mut self, key: SourceKey, index: u32) {
+        if let Some(fetchers) = self.in_flight.get_mut(&index) {
+            fetchers.retain(|k| *k != key);
+            if fetchers.is_empty() {
+                self.in_flight.remove(&index);
+            }
+        }
+    }
+
+    /// Whether every chunk is verified.
+    pub fn is_complete(&self) -> bool {
+        self.have.is_complete()
+    }
+
+    /// The verified chunks.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// The chunks still needed, as a bitfield (for LocateSources).
+    pub fn wanted(&self) -> Bitfield {
+        let mut wanted = Bitfield::empty(self.have.len());
+        for i in self.have.missing() {
+            wanted.set(i);
+        }
+        wanted
+    }
+
+    /// Whether any known source holds a chunk still needed.
+    pub fn any_source_useful(&self) -> bool {
+        self.have
+            .missing()
+            .any(|i| self.availability[i as usize] > 0)
+    }
+}
+
+fn take_smallest<K: Ord>(items: &mut Vec<u32>, max: usize, key: impl Fn(u32) -> K) -> Vec<u32> {
+    if max == 0 || items.is_empty() {
+        return Vec::new();
+    }
+    if items.len() > max {
+        items.select_nth_unstable_by_key(max - 1, |&i| key(i));
+        items.truncate(max);
+    }
+    items.sort_by_key(|&i| key(i));
+    std::mem::take(items)
+}
+
+/// Groups chunk indexes into runs of consecutive ones, as `(start, count)`.
+pub fn to_ranges(indexes: &[u32]) -> Vec<(u32, u32)> {
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for &i in indexes {
+        match ranges.last_mut() {
+            Some((start, count)) if *start + *count == i => *count += 1,
+            _ => ranges.push((i, 1)),
+        }
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(len: u32, held: &[u32]) -> Bitfield {
+        let mut f = Bitfield::empty(len);
+        for &i in held {
+            f.set(i);
+        }
+        f
+    }
+
+    #[test]
+    fn rarest_chunks_are_picked_first() {
+        let mut picker = Picker::new(Bitfield::empty(6), 0);
+        picker.upsert_source(1, Bitfield::full(6));
+        picker.upsert_source(2, field(6, &[0, 1, 2, 3]));
+        // Chunks 4 and 5 are held only by source 1: they go first.
+        assert_eq!(picker.pick(1, 2), vec![4, 5]);
+        assert_eq!(picker.pick(1, 2), vec![0, 1]);
+        assert_eq!(picker.pick(2, 4), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_source_is_only_given_chunks_it_holds() {
+        let mut picker = Picker::new(Bitfield::empty(4), 0);
+        picker.upsert_source(1, field(4, &[1, 3]));
+        assert_eq!(picker.pick(1, 4), vec![1, 3]);
+        assert!(picker.pick(1, 4).is_empty());
+        assert!(picker.pick(99, 4).is_empty());
+    }
+
+    #[test]
+    fn chunks_already_held_are_never_picked() {
+        let mut picker = Picker::new(field(4, &[0, 2]), 0);
+        picker.upsert_source(1, Bitfield::full(4));
+        assert_eq!(picker.pick(1, 10), vec![1, 3]);
+        assert!(picker.received(1));
+        assert!(picker.received(3));
+        assert!(picker.is_complete());
+    }
+
+    #[test]
+    fn endgame_duplicates_outstanding_chunks_on_another_source() {
+        let mut picker = Picker::new(Bitfield::empty(3), 0);
+        picker.upsert_source(1, Bitfield::full(3));
+        picker.upsert_source(2, Bitfield::full(3));
+        assert_eq!(picker.pick(1, 2), vec![0, 1]);
+        assert_eq!(picker.pick(2, 2), vec![2]);
+        // Everything is in flight: source 2 may duplicate source 1's chunks,
+        // but not its own, and never a third time.
+        assert_eq!(picker.pick(2, 5), vec![0, 1]);
+        assert!(picker.pick(2, 5).is_empty());
+        picker.upsert_source(3, Bitfield::full(3));
+        assert_eq!(picker.pick(3, 5), vec![2], "chunk 2 has only one fetcher");
+        assert!(picker.received(0));
+        assert!(!picker.received(0), "the duplicate is not counted twice");
+    }
+
+    #[test]
+    fn chunks_of_a_failed_source_go_back_to_the_pool() {
+        let mut picker = Picker::new(Bitfield::empty(4), 0);
+        picker.upsert_source(1, Bitfield::full(4));
+        picker.upsert_source(2, Bitfield::full(4));
+        assert_eq!(picker.pick(1, 4), vec![0, 1, 2, 3]);
+        picker.remove_source(1);
+        assert_eq!(picker.pick(2, 4), vec![0, 1, 2, 3]);
+        picker.release(2, 3);
+        picker.upsert_source(3, Bitfield::full(4));
+        assert_eq!(picker.pick(3, 4), vec![3]);
+    }
+
+    #[test]
+    fn rotation_spreads_downloaders_over_the_file() {
+        let mut picker = Picker::new(Bitfield::empty(8), 5);
+        picker.upsert_source(1, Bitfield::full(8));
+        assert_eq!(picker.pick(1, 4), vec![5, 6, 7, 0]);
+    }
+
+    #[test]
+    fn wanted_is_the_complement_of_have() {
+        let picker = Picker::new(field(10, &[0, 9]), 0);
+        assert_eq!(
+            picker.wanted().held().collect::<Vec<_>>(),
+            (1..9).collect::<Vec<_>>()
+        );
+        assert!(!picker.any_source_useful());
+    }
+
+    #[test]
+    fn consecutive_indexes_become_ranges() {
+        assert_eq!(to_ranges(&[1, 2, 3, 7, 8, 0]), vec![(1, 3), (7, 2), (0, 1)]);
+        assert!(to_ranges(&[]).is_empty());
+    }
+}

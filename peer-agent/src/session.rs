@@ -1,0 +1,511 @@
+//! The user's session, held by the agent: tokens from auth-svc (kept in
+//! memory only, refreshed before they expire), the peer id the index gave
+//! us, and the heartbeat loop that keeps our lease and load current.
+//!
+//! The heartbeat loop is a task owned by [`Session`] (aborted on logout
+//! and when the session is dropped) that also watches the shutdown token.
+//! It tolerates auth-svc being down while the access token is valid, and
+//! the index being down (backing off, `index_reachable` false); when the
+//! index answers again, or forgets us, it registers again and re-announces
+//! every holding.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use p2p_proto::auth::v1 as auth_pb;
+use p2p_proto::auth::v1::account_service_client::AccountServiceClient;
+use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
+use p2p_proto::index::v1 as index_pb;
+use p2p_proto::index::v1::index_service_client::IndexServiceClient;
+use p2p_services::client::{MAX_MESSAGE_BYTES, with_bearer};
+use p2p_services::time::now_ms;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::error::{Error, is_transport_failure};
+use crate::stats::{RATE_WINDOW_SECS, Stats};
+use crate::store::Kind;
+use crate::upload::Uploads;
+
+/// Deadline of one call to the index or auth-svc.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Heartbeat interval until the index says otherwise.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Retry delays while the index or auth-svc is down.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+struct Tokens {
+    access: String,
+    access_expires_at_ms: i64,
+    obtained_at_ms: i64,
+    refresh: String,
+    user: auth_pb::User,
+}
+
+impl Tokens {
+    fn from_pair(pair: auth_pb::TokenPair) -> Self {
+        Self {
+            access: pair.access_token,
+            access_expires_at_ms: pair.access_expires_at_ms,
+            obtained_at_ms: now_ms(),
+            refresh: pair.refresh_token,
+            user: pair.user.unwrap_or_default(),
+        }
+    }
+
+    /// Refresh once three quarters of the token's life is gone.
+    fn wants_refresh(&self, now: i64) -> bool {
+        let life = (self.access_expires_at_ms - self.obtained_at_ms).max(0);
+        now >= self.obtained_at_ms + life * 3 / 4
+    }
+
+    fn still_valid(&self, now: i64) -> bool {
+        now + 1_000 < self.access_expires_at_ms
+    }
+}
+
+/// Addresses the session talks to and announces.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// auth-svc URL.
+    pub auth_url: String,
+    /// index-svc URL.
+    pub index_url: String,
+    /// Where other agents reach our PeerService.
+    pub advertise_addr: String,
+    /// For the free-disk figure.
+    pub data_dir: PathBuf,
+}
+
+/// The agent's session with auth-svc and the index.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    auth: Channel,
+    index: Channel,
+    tokens: RwLock<Option<Tokens>>,
+    peer_id: RwLock<Option<String>>,
+    index_reachable: AtomicBool,
+    refresh_lock: tokio::sync::Mutex<()>,
+    heartbeat: Mutex<Option<JoinHandle<()>>>,
+    uploads: Arc<Uploads>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stop_heartbeat();
+    }
+}
+
+impl Session {
+    /// A logged-out session.
+    pub fn new(
+        config: SessionConfig,
+        uploads: Arc<Uploads>,
+        stats: Arc<Stats>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, Error> {
+        let channel = |url: &str, flag: &str| {
+            p2p_services::client::channel(url)
+                .map_err(|e| Error::Config(format!("{flag} {url:?} is not a usable URL: {e}")))
+        };
+        Ok(Self {
+            auth: channel(&config.auth_url, "--auth-url")?,
+            index: channel(&config.index_url, "--index-url")?,
+            config,
+            tokens: RwLock::new(None),
+            peer_id: RwLock::new(None),
+            index_reachable: AtomicBool::new(false),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            heartbeat: Mutex::new(None),
+            uploads,
+            stats,
+            shutdown,
+        })
+    }
+
+    /// The addresses this session uses.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The logged-in user, if any.
+    pub fn user(&self) -> Option<auth_pb::User> {
+        self.read_tokens().as_ref().map(|t| t.user.clone())
+    }
+
+    /// Our peer id at the index, once registered.
+    pub fn peer_id(&self) -> Option<String> {
+        self.peer_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether the last call to the index got through.
+    pub fn index_reachable(&self) -> bool {
+        self.index_reachable.load(Ordering::Relaxed)
+    }
+
+    fn read_tokens(&self) -> std::sync::RwLockReadGuard<'_, Option<Tokens>> {
+        self.tokens.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_tokens(&self, tokens: Option<Tokens>) {
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
+    }
+
+    fn set_peer_id(&self, peer_id: Option<String>) {
+        *self.peer_id.write().unwrap_or_else(|e| e.into_inner()) = peer_id;
+    }
+
+    /// Logs in, registers with the index (if it answers) and starts the
+    /// heartbeat. Returns the user and our peer id (empty while the index
+    /// is unreachable; the heartbeat keeps trying).
+    pub async fn login(
+        self: &Arc<Self>,
+        username: &str,
+        password: &str,
+    ) -> Result<(auth_pb::User, String), Error> {
+        let mut client = AuthServiceClient::new(self.auth.clone());
+        let pair = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.login(auth_pb::LoginRequest {
+                username: username.to_string(),
+                password: password.to_string(),
+            }),
+        )
+        .await
+        .map_err(|_| Error::AuthUnavailable("login timed out".into()))?
+        .map_err(Error::from_auth)?
+        .into_inner();
+        self.stop_heartbeat();
+        let tokens = Tokens::from_pair(pair);
+        let user = tokens.user.clone();
+        self.set_tokens(Some(tokens));
+        self.set_peer_id(None);
+        if let Err(err) = self.register().await {
+            tracing::warn!(%err, "cannot register with the index yet; will keep trying");
+        }
+        self.start_heartbeat();
+        tracing::info!(user = %user.username, peer_id = ?self.peer_id(), "logged in");
+        Ok((user, self.peer_id().unwrap_or_default()))
+    }
+
+    /// Stops heartbeating, revokes the refresh token (best effort) and
+    /// forgets the session.
+    pub async fn logout(&self) {
+        self.stop_heartbeat();
+        let tokens = self
+            .tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.set_peer_id(None);
+        if let Some(tokens) = tokens {
+            let mut client = AuthServiceClient::new(self.auth.clone());
+            let revoke = client.logout(auth_pb::LogoutRequest {
+                refresh_token: tokens.refresh,
+            });
+            if let Err(err) = tokio::time::timeout(CALL_TIMEOUT, revoke)
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("timed out")))
+            {
+                tracing::warn!(error = %err.message(), "could not revoke the session at auth-svc");
+            }
+        }
+    }
+
+    /// Stops the heartbeat task, if running.
+    pub fn stop_heartbeat(&self) {
+        if let Some(task) = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+
+    fn start_heartbeat(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = heartbeat_loop(weak) => {}
+            }
+        });
+        if let Some(old) = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    /// A current access token, refreshed when due. While auth-svc is down a
+    /// still-valid token is used as is.
+    pub async fn access_token(&self) -> Result<String, Error> {
+        let tokens = self.read_tokens().clone().ok_or(Error::NotLoggedIn)?;
+        let now = now_ms();
+        if !tokens.wants_refresh(now) {
+            return Ok(tokens.access);
+        }
+        let _guard = self.refresh_lock.lock().await;
+        let current = self.read_tokens().clone().ok_or(Error::NotLoggedIn)?;
+        if current.refresh != tokens.refresh {
+            return Ok(current.access);
+        }
+        let mut client = AuthServiceClient::new(self.auth.clone());
+        let refreshed = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.refresh(auth_pb::RefreshRequest {
+                refresh_token: current.refresh.clone(),
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded("refresh timed out")));
+        match refreshed {
+            Ok(pair) => {
+                let fresh = Tokens::from_pair(pair.into_inner());
+                let access = fresh.access.clone();
+                self.set_tokens(Some(fresh));
+                Ok(access)
+            }
+            Err(status) if current.still_valid(now_ms()) => {
+                tracing::warn!(error = %status.message(), "cannot refresh the access token; using it until it expires");
+                Ok(current.access)
+            }
+            Err(status) if status.code() == Code::Unauthenticated => {
+                tracing::warn!(error = %status.message(), "session ended by auth-svc");
+                self.set_tokens(None);
+                Err(Error::NotLoggedIn)
+            }
+            Err(status) => Err(Error::from_auth(status)),
+        }
+    }
+
+    /// A client for the index with our message limits.
+    pub fn index_client(&self) -> IndexServiceClient<Channel> {
+        IndexServiceClient::new(self.index.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Calls the index with a current token, a deadline, and reachability
+    /// bookkeeping. `call` gets a client and the token.
+    pub async fn call_index<R, F, Fut>(&self, call: F) -> Result<R, Error>
+    where
+        F: FnOnce(IndexServiceClient<Channel>, String) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let token = self.access_token().await?;
+        let result = tokio::time::timeout(CALL_TIMEOUT, call(self.index_client(), token))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(
+                    "the index did not answer in time",
+                ))
+            });
+        match result {
+            Ok(response) => {
+                self.index_reachable.store(true, Ordering::Relaxed);
+                Ok(response.into_inner())
+            }
+            Err(status) => {
+                if is_transport_failure(&status) {
+                    self.index_reachable.store(false, Ordering::Relaxed);
+                } else {
+                    self.index_reachable.store(true, Ordering::Relaxed);
+                }
+                Err(Error::from_index(status))
+            }
+        }
+    }
+
+    /// Calls auth-svc's AccountService with a current token.
+    pub async fn call_accounts<R, F, Fut>(&self, call: F) -> Result<R, Error>
+    where
+        F: FnOnce(AccountServiceClient<Channel>, String) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let token = self.access_token().await?;
+        tokio::time::timeout(
+            CALL_TIMEOUT,
+            call(AccountServiceClient::new(self.auth.clone()), token),
+        )
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded("auth-svc did not answer in time")))
+        .map(tonic::Response::into_inner)
+        .map_err(Error::from_auth)
+    }
+
+    /// Our current load, as reported to the index.
+    pub fn load(&self) -> index_pb::PeerLoad {
+        let stats = &self.stats;
+        index_pb::PeerLoad {
+            active_uploads: stats.active_uploads.load(Ordering::Relaxed),
+            max_uploads: self.uploads.max_uploads,
+            upload_rate_bps: stats.upload_meter.rate_bps(RATE_WINDOW_SECS),
+            max_upload_rate_bps: self.uploads.bucket.rate_bps(),
+            uploaded_bytes_last_60s: stats.upload_meter.total_over(60),
+            free_disk_bytes: crate::disk::free_disk_bytes(&self.config.data_dir),
+        }
+    }
+
+    /// Registers (again) with the index and re-announces every holding.
+    /// Returns the heartbeat interval the index asks for.
+    async fn register(&self) -> Result<Duration, Error> {
+        let request = index_pb::RegisterPeerRequest {
+            advertise_addr: self.config.advertise_addr.clone(),
+            load: Some(self.load()),
+            agent_version: concat!("peer-agent ", env!("CARGO_PKG_VERSION")).to_string(),
+        };
+        let response = self
+            .call_index(|mut c, t| async move { c.register_peer(with_bearer(request, &t)).await })
+            .await?;
+        tracing::info!(peer_id = %response.peer_id, "registered with the index");
+        self.set_peer_id(Some(response.peer_id.clone()));
+        self.announce_all(&response.peer_id).await;
+        let interval = Duration::from_millis(response.heartbeat_interval_ms);
+        Ok(if interval.is_zero() {
+            DEFAULT_HEARTBEAT
+        } else {
+            interval.clamp(Duration::from_millis(200), Duration::from_secs(60))
+        })
+    }
+
+    async fn heartbeat(&self, peer_id: &str) -> Result<(), Error> {
+        let request = index_pb::HeartbeatRequest {
+            peer_id: peer_id.to_string(),
+            load: Some(self.load()),
+        };
+        self.call_index(|mut c, t| async move { c.heartbeat(with_bearer(request, &t)).await })
+            .await
+            .map(|_| ())
+    }
+
+    /// Tells the index what we hold of every file (after registering, since
+    /// the index may have forgotten us).
+    async fn announce_all(&self, peer_id: &str) {
+        for holding in self.uploads.holdings.all() {
+            let state = holding.snapshot();
+            if state.kind == Kind::Partial && state.bitfield.count() == 0 {
+                continue;
+            }
+            let result = self
+                .announce(
+                    peer_id,
+                    holding.file_id.as_str(),
+                    &state.bitfield,
+                    state.kind != Kind::Partial,
+                )
+                .await;
+            match result {
+                Err(Error::Remote { status, .. })
+                    if status.code() == Code::NotFound && state.kind == Kind::Shared =>
+                {
+                    let manifest = p2p_services::manifest::wire::to_proto(&holding.manifest);
+                    let request = index_pb::PublishFileRequest {
+                        manifest: Some(manifest),
+                        peer_id: peer_id.to_string(),
+                    };
+                    if let Err(err) = self
+                        .call_index(|mut c, t| async move {
+                            c.publish_file(with_bearer(request, &t)).await
+                        })
+                        .await
+                    {
+                        tracing::warn!(file = %holding.file_id, %err, "cannot republish a shared file");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(file = %holding.file_id, %err, "cannot announce a holding")
+                }
+                Ok(()) => {}
+            }
+        }
+    }
+
+    /// Tells the index which chunks of `file_id` we hold.
+    pub async fn announce(
+        &self,
+        peer_id: &str,
+        file_id: &str,
+        bitfield: &p2p_services::manifest::Bitfield,
+        complete: bool,
+    ) -> Result<(), Error> {
+        let request = index_pb::UpdateHoldingsRequest {
+            peer_id: peer_id.to_string(),
+            file_id: file_id.to_string(),
+            bitfield: if complete {
+                Vec::new()
+            } else {
+                bitfield.as_bytes().to_vec()
+            },
+            complete,
+        };
+        self.call_index(|mut c, t| async move { c.update_holdings(with_bearer(request, &t)).await })
+            .await
+            .map(|_| ())
+    }
+}
+
+async fn heartbeat_loop(session: std::sync::Weak<Session>) {
+    let mut interval = DEFAULT_HEARTBEAT;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let Some(this) = session.upgrade() else {
+            return;
+        };
+        let outcome = match this.peer_id() {
+            None => this.register().await.map(|i| interval = i),
+            Some(peer_id) => {
+                let was_reachable = this.index_reachable();
+                match this.heartbeat(&peer_id).await {
+                    Ok(()) if !was_reachable => {
+                        tracing::info!("the index is back; registering again");
+                        this.register().await.map(|i| interval = i)
+                    }
+                    Err(Error::Remote { status, .. }) if status.code() == Code::NotFound => {
+                        tracing::info!("the index forgot this agent; registering again");
+                        this.set_peer_id(None);
+                        this.register().await.map(|i| interval = i)
+                    }
+                    other => other,
+                }
+            }
+        };
+        let delay = match outcome {
+            Ok(()) => {
+                backoff = BACKOFF_MIN;
+                interval
+            }
+            Err(Error::NotLoggedIn) => {
+                tracing::warn!("session ended; heartbeat stops (log in again)");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(%err, retry_in = ?backoff, "heartbeat failed");
+                let delay = backoff;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                delay
+            }
+        };
+        drop(this);
+        tokio::time::sleep(delay).await;
+    }
+}

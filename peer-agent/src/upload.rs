@@ -1,0 +1,265 @@
+//! The chunk server: `p2p.peer.v1.PeerService/FetchChunks`.
+//!
+//! The token is checked by `RequireAuth` before a call gets here. A stream
+//! reads a chunk from disk only when tonic pulls the next message, that is
+//! when HTTP/2 flow control has room for it, so at most about one chunk per
+//! stream is in memory and a caller that goes away stops the reads at once.
+//! Every chunk first draws its length from the token bucket shared by all
+//! streams; a semaphore caps concurrent streams.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use p2p_proto::peer::v1::peer_service_server::PeerService;
+use p2p_proto::peer::v1::{Chunk, FetchChunksRequest};
+use p2p_services::manifest::FileId;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::holdings::{Holding, Holdings};
+use crate::rate::TokenBucket;
+use crate::stats::{ActiveUpload, Stats};
+
+/// Most chunks one FetchChunks request may ask for.
+pub const MAX_CHUNKS_PER_REQUEST: u64 = 1024;
+
+/// What the chunk server needs; shared with the session for load reports.
+#[derive(Debug)]
+pub struct Uploads {
+    /// What this agent holds.
+    pub holdings: Arc<Holdings>,
+    /// The upload rate limit shared by every stream.
+    pub bucket: TokenBucket,
+    /// The configured cap on concurrent streams (0: unlimited).
+    pub max_uploads: u32,
+    slots: Option<Arc<Semaphore>>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Fault injection: corrupt every chunk served.
+    corrupt: bool,
+    shutdown: CancellationToken,
+}
+
+impl Uploads {
+    /// The upload side of an agent.
+    pub fn new(
+        holdings: Arc<Holdings>,
+        max_upload_rate_bps: u64,
+        max_uploads: u32,
+        stats: Arc<Stats>,
+        corrupt: bool,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            holdings,
+            bucket: TokenBucket::new(max_upload_rate_bps),
+            max_uploads,
+            slots: (max_uploads > 0).then(|| Arc::new(Semaphore::new(max_uploads as usize))),
+            stats,
+            corrupt,
+            shutdown,
+        }
+    }
+}
+
+/// The chunk indexes a request asks for, in request order, checked against
+/// the file's chunk count.
+pub fn requested_chunks(ranges: &[(u32, u32)], chunk_count: u32) -> Result<Vec<u32>, RangeError> {
+    let total: u64 = ranges.iter().map(|&(_, count)| u64::from(count)).sum();
+    if total == 0 {
+        return Err(RangeError::Empty);
+    }
+    if total > MAX_CHUNKS_PER_REQUEST {
+        return Err(RangeError::TooMany(total));
+    }
+    let mut indexes = Vec::with_capacity(total as usize);
+    for &(start, count) in ranges {
+        let end = u64::from(start) + u64::from(count);
+        if end > u64::from(chunk_count) {
+            return Err(RangeError::PastEnd {
+                end: end - 1,
+                chunk_count,
+            });
+        }
+        indexes.extend(start..start + count);
+    }
+    Ok(indexes)
+}
+
+/// Why a request's ranges were refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    /// No chunk asked for.
+    #[error("the request asks for no chunks")]
+    Empty,
+    /// More than [`MAX_CHUNKS_PER_REQUEST`].
+    #[error("the request asks for {0} chunks; at most 1024 per request")]
+    TooMany(u64),
+    /// A chunk index past the end of the file.
+    #[error("chunk {end} is past the end of the file ({chunk_count} chunks)")]
+    PastEnd {
+        /// The largest index asked for.
+        end: u64,
+        /// The file's chunk count.
+        chunk_count: u32,
+    },
+}
+
+/// The PeerService implementation.
+#[derive(Debug, Clone)]
+pub struct ChunkServer {
+    uploads: Arc<Uploads>,
+}
+
+impl ChunkServer {
+    /// Serves what `uploads` holds.
+    pub fn new(uploads: Arc<Uploads>) -> Self {
+        Self { uploads }
+    }
+}
+
+struct StreamState {
+    uploads: Arc<Uploads>,
+    holding: Arc<Holding>,
+    indexes: std::vec::IntoIter<u32>,
+    _permit: Option<OwnedSemaphorePermit>,
+    _active: ActiveUpload,
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PeerService for ChunkServer {
+    type FetchChunksStream = ChunkStream;
+
+    async fn fetch_chunks(
+        &self,
+        request: Request<FetchChunksRequest>,
+    ) -> Result<Response<Self::FetchChunksStream>, Status> {
+        let request = request.into_inner();
+        let file_id =
+            FileId::parse(&request.file_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let holding =
+            self.uploads.holdings.get(&file_id).ok_or_else(|| {
+                Status::not_found(format!("this agent does not hold file {file_id}"))
+            })?;
+        let ranges: Vec<(u32, u32)> = request.ranges.iter().map(|r| (r.start, r.count)).collect();
+        let indexes =
+            requested_chunks(&ranges, holding.manifest.chunk_count()).map_err(|e| match e {
+                RangeError::PastEnd { .. } => Status::out_of_range(e.to_string()),
+                _ => Status::invalid_argument(e.to_string()),
+            })?;
+        if let Some(missing) = indexes.iter().find(|&&i| holding.chunk_source(i).is_none()) {
+            return Err(Status::not_found(format!(
+                "this agent does not hold chunk {missing} of file {file_id}"
+            )));
+        }
+        let permit = match &self.uploads.slots {
+            Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "agent is serving its maximum of {} uploads; try another source",
+                    self.uploads.max_uploads
+                ))
+            })?),
+            None => None,
+        };
+        let state = StreamState {
+            _active: ActiveUpload::start(self.uploads.stats.clone()),
+            uploads: self.uploads.clone(),
+            holding,
+            indexes: indexes.into_iter(),
+            _permit: permit,
+        };
+        let stream = futures::stream::unfold(Some(state), |state| async move {
+            let mut state = state?;
+            let index = state.indexes.next()?;
+            let shutdown = state.uploads.shutdown.clone();
+            let item = tokio::select! {
+                () = shutdown.cancelled() => Err(Status::unavailable("the agent is shutting down; try another source")),
+                item = next_chunk(&state, index) => item,
+            };
+            let keep_going = item.is_ok();
+            Some((item, keep_going.then_some(state)))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+async fn next_chunk(state: &StreamState, index: u32) -> Result<Chunk, Status> {
+    let holding = &state.holding;
+    let (Some(path), Some(len)) = (
+        holding.chunk_source(index),
+        holding.manifest.chunk_len(index),
+    ) else {
+        return Err(Status::not_found(format!(
+            "this agent no longer holds chunk {index} of file {}",
+            holding.file_id
+        )));
+    };
+    state.uploads.bucket.take(u64::from(len)).await;
+    let data = crate::disk::read_chunk(path, holding.manifest.chunk_offset(index), len)
+        .await
+        .map_err(|e| {
+            tracing::warn!(file = %holding.file_id, index, error = %e, "cannot read a chunk to serve");
+            Status::unavailable(format!("this agent cannot read chunk {index}: {e}"))
+        })?;
+    let data = if state.uploads.corrupt {
+        corrupt(data)
+    } else {
+        data
+    };
+    state
+        .uploads
+        .stats
+        .chunk_served(u64::from(len), !holding.is_complete());
+    Ok(Chunk { index, data })
+}
+
+fn corrupt(data: Bytes) -> Bytes {
+    let mut bad = BytesMut::from(&data[..]);
+    if let Some(first) = bad.first_mut() {
+        *first ^= 0xff;
+    }
+    bad.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_expand_in_request_order() {
+        assert_eq!(requested_chunks(&[(5, 2), (1, 1)], 10), Ok(vec![5, 6, 1]));
+    }
+
+    #[test]
+    fn ranges_past_the_end_are_out_of_range() {
+        assert_eq!(
+            requested_chunks(&[(8, 3)], 10),
+            Err(RangeError::PastEnd {
+                end: 10,
+                chunk_count: 10
+            })
+        );
+        assert!(matches!(
+            requested_chunks(&[(u32::MAX, 2)], 10),
+            Err(RangeError::PastEnd { .. })
+        ));
+    }
+
+    #[test]
+    fn requests_are_capped_at_1024_chunks() {
+        assert_eq!(
+            requested_chunks(&[(0, 1025)], 5000),
+            Err(RangeError::TooMany(1025))
+        );
+        assert_eq!(
+            requested_chunks(&[(0, 1024)], 5000).map(|v| v.len()),
+            Ok(1024)
+        );
+        assert_eq!(requested_chunks(&[], 5), Err(RangeError::Empty));
+    }
+}
