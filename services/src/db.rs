@@ -6,6 +6,8 @@
 //! migration directory per backend because DDL differs (types, identity
 //! columns), while the queries themselves stay portable: `$N` placeholders,
 //! `BIGINT` integers, times as Unix milliseconds, `ON CONFLICT` upserts.
+//! Flags are stored as `BIGINT` 0/1: the `Any` driver binds `bool` but
+//! cannot decode SQLite's `BOOLEAN` back.
 
 use std::str::FromStr;
 use std::time::Duration;
