@@ -26,7 +26,10 @@ use clap::{Parser, Subcommand};
 use p2p_tests::netns::{Host, Lan, LinkShape};
 
 #[derive(Parser)]
-#[command(name = "p2p-bench", about = "Benchmarks for P2P File Transfer; results go to --out as JSON, CSV and SVG.")]
+#[command(
+    name = "p2p-bench",
+    about = "Benchmarks for P2P File Transfer; results go to --out as JSON, CSV and SVG."
+)]
 struct Cli {
     /// Directory for result files.
     #[arg(long, default_value = "bench-results", global = true)]
@@ -81,9 +84,24 @@ enum Bench {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Bench::Swarm { n, size_mib, rate_mbit, delay_ms, no_http, timeout_s } => {
+        Bench::Swarm {
+            n,
+            size_mib,
+            rate_mbit,
+            delay_ms,
+            no_http,
+            timeout_s,
+        } => {
             std::fs::create_dir_all(&cli.out)?;
-            swarm(&cli.out, &n, &size_mib, rate_mbit, delay_ms, !no_http, Duration::from_secs(timeout_s))
+            swarm(
+                &cli.out,
+                &n,
+                &size_mib,
+                rate_mbit,
+                delay_ms,
+                !no_http,
+                Duration::from_secs(timeout_s),
+            )
         }
         Bench::Datapath { size_mib } => {
             std::fs::create_dir_all(&cli.out)?;
@@ -106,7 +124,10 @@ fn bin(name: &str) -> Result<PathBuf> {
         .to_path_buf();
     let path = dir.join(name);
     if !path.exists() {
-        bail!("{} not found: run `cargo build --release --workspace --bins` first", path.display());
+        bail!(
+            "{} not found: run `cargo build --release --workspace --bins` first",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -114,7 +135,9 @@ fn bin(name: &str) -> Result<PathBuf> {
 /// Writes `size` pseudo-random bytes (BLAKE3 XOF of `seed`) to `path`.
 fn random_file(path: &Path, size: u64, seed: u64) -> Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    let mut xof = blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof();
+    let mut xof = blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof();
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
@@ -142,7 +165,7 @@ fn peak_rss_bytes(pid: u32) -> Option<u64> {
 }
 
 /// A child process killed when dropped.
-struct Proc(Child, &'static str);
+struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -154,7 +177,11 @@ impl Drop for Proc {
 fn spawn(mut command: Command, what: &'static str, log: &Path) -> Result<Proc> {
     let log = std::fs::File::create(log)?;
     command.stdout(Stdio::null()).stderr(log);
-    Ok(Proc(command.spawn().with_context(|| format!("starting {what}"))?, what))
+    Ok(Proc(
+        command
+            .spawn()
+            .with_context(|| format!("starting {what}"))?,
+    ))
 }
 
 /// Polls `check` every 100 ms until it returns true or `limit` passes.
@@ -171,7 +198,9 @@ fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> R
 
 fn json_of(output: &std::process::Output) -> Option<serde_json::Value> {
     let text = String::from_utf8_lossy(&output.stdout);
-    text.lines().rev().find_map(|l| serde_json::from_str(l).ok())
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
 }
 
 /// Finds a numeric field by name anywhere in a JSON document.
@@ -179,7 +208,10 @@ fn find_u64(value: &serde_json::Value, key: &str) -> Option<u64> {
     match value {
         serde_json::Value::Object(map) => map
             .get(key)
-            .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
             .or_else(|| map.values().find_map(|v| find_u64(v, key))),
         serde_json::Value::Array(items) => items.iter().find_map(|v| find_u64(v, key)),
         _ => None,
@@ -206,7 +238,10 @@ fn start_services(host: &Host, dir: &Path, procs: &mut Vec<Proc>) -> Result<()> 
         .arg(format!("http://{}", host.socket(50051)))
         .env("RUST_LOG", "warn");
     procs.push(spawn(index, "index-svc", &dir.join("index.log"))?);
-    for (binary, listen) in [("auth-svc", "0.0.0.0:50051"), ("index-svc", "0.0.0.0:50052")] {
+    for (binary, listen) in [
+        ("auth-svc", "0.0.0.0:50051"),
+        ("index-svc", "0.0.0.0:50052"),
+    ] {
         let path = bin(binary)?;
         wait_until(Duration::from_secs(30), binary, || {
             host.command(&path)
@@ -227,7 +262,14 @@ fn start_agent(host: &Host, services: &Host, dir: &Path, name: &str) -> Result<P
     std::fs::create_dir_all(&data)?;
     let mut agent = host.command(bin("peer-agent")?);
     agent
-        .args(["--listen", "0.0.0.0:50053", "--control", "127.0.0.1:50054", "--metrics-listen", ""])
+        .args([
+            "--listen",
+            "0.0.0.0:50053",
+            "--control",
+            "127.0.0.1:50054",
+            "--metrics-listen",
+            "",
+        ])
         .arg("--advertise")
         .arg(host.socket(50053))
         .arg("--data-dir")
@@ -241,16 +283,20 @@ fn start_agent(host: &Host, services: &Host, dir: &Path, name: &str) -> Result<P
         .env("RUST_LOG", "warn");
     let proc = spawn(agent, "peer-agent", &dir.join(format!("{name}.log")))?;
     let p2p = bin("p2p")?;
-    wait_until(Duration::from_secs(60), &format!("agent {name} to register"), || {
-        host.command(&p2p)
-            .args(["--json", "status"])
-            .output()
-            .ok()
-            .and_then(|o| json_of(&o))
-            .and_then(|v| v.get("peer_id").or_else(|| v.get("peerId")).cloned())
-            .and_then(|v| v.as_str().map(|s| !s.is_empty()))
-            .unwrap_or(false)
-    })?;
+    wait_until(
+        Duration::from_secs(60),
+        &format!("agent {name} to register"),
+        || {
+            host.command(&p2p)
+                .args(["--json", "status"])
+                .output()
+                .ok()
+                .and_then(|o| json_of(&o))
+                .and_then(|v| v.get("peer_id").or_else(|| v.get("peerId")).cloned())
+                .and_then(|v| v.as_str().map(|s| !s.is_empty()))
+                .unwrap_or(false)
+        },
+    )?;
     Ok(proc)
 }
 
@@ -266,7 +312,13 @@ struct SwarmCase {
 }
 
 #[allow(clippy::too_many_lines)]
-fn swarm_case(n: usize, size_mib: u64, shape: LinkShape, http: bool, timeout: Duration) -> Result<SwarmCase> {
+fn swarm_case(
+    n: usize,
+    size_mib: u64,
+    shape: LinkShape,
+    http: bool,
+    timeout: Duration,
+) -> Result<SwarmCase> {
     let size = size_mib << 20;
     let rate_bps = f64::from(shape.rate_mbit.unwrap_or(100)) * 1e6 / 8.0;
     let f = size as f64;
@@ -283,12 +335,21 @@ fn swarm_case(n: usize, size_mib: u64, shape: LinkShape, http: bool, timeout: Du
     let seed_agent = start_agent(&seeder, &services, dir.path(), "seeder")?;
     let mut agents = Vec::new();
     for i in 0..n {
-        agents.push(start_agent(lan.host(i + 2), &services, dir.path(), &format!("peer{i}"))?);
+        agents.push(start_agent(
+            lan.host(i + 2),
+            &services,
+            dir.path(),
+            &format!("peer{i}"),
+        )?);
     }
     let source = dir.path().join("seeder").join("payload.bin");
     random_file(&source, size, size_mib ^ n as u64)?;
     let want = file_hash(&source)?;
-    let shared = seeder.command(&p2p).args(["--json", "share"]).arg(&source).output()?;
+    let shared = seeder
+        .command(&p2p)
+        .args(["--json", "share"])
+        .arg(&source)
+        .output()?;
     if !shared.status.success() {
         bail!("share failed: {}", String::from_utf8_lossy(&shared.stderr));
     }
@@ -305,7 +366,7 @@ fn swarm_case(n: usize, size_mib: u64, shape: LinkShape, http: bool, timeout: Du
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
-        gets.push((Proc(child, "p2p get"), out, None::<f64>));
+        gets.push((Proc(child), out, None::<f64>));
     }
     let deadline = started + timeout;
     while gets.iter().any(|g| g.2.is_none()) {
@@ -334,7 +395,9 @@ fn swarm_case(n: usize, size_mib: u64, shape: LinkShape, http: bool, timeout: Du
         }
     }
     let status = seeder.command(&p2p).args(["--json", "status"]).output()?;
-    let uploaded = json_of(&status).and_then(|v| find_u64(&v, "bytes_uploaded").or_else(|| find_u64(&v, "bytesUploaded"))).unwrap_or(0);
+    let uploaded = json_of(&status)
+        .and_then(|v| find_u64(&v, "bytes_uploaded").or_else(|| find_u64(&v, "bytesUploaded")))
+        .unwrap_or(0);
     drop(gets);
     drop(agents);
     drop(seed_agent);
@@ -343,7 +406,16 @@ fn swarm_case(n: usize, size_mib: u64, shape: LinkShape, http: bool, timeout: Du
     let http_s = if http {
         let serve_dir = dir.path().join("seeder");
         let mut server = seeder.command("python3");
-        server.args(["-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory"]).arg(&serve_dir);
+        server
+            .args([
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+            ])
+            .arg(&serve_dir);
         let _server = spawn(server, "http.server", &dir.path().join("http.log"))?;
         let url = format!("http://{}/payload.bin", seeder.socket(8080));
         wait_until(Duration::from_secs(20), "http server", || {
@@ -358,8 +430,14 @@ fn swarm_case(n: usize, size_mib: u64, shape: LinkShape, http: bool, timeout: Du
         let mut curls = Vec::new();
         for i in 0..n {
             let out = dir.path().join(format!("peer{i}")).join("payload-http.bin");
-            let child = lan.host(i + 2).command("curl").args(["-sf", "-o"]).arg(&out).arg(&url).spawn()?;
-            curls.push((Proc(child, "curl"), None::<f64>));
+            let child = lan
+                .host(i + 2)
+                .command("curl")
+                .args(["-sf", "-o"])
+                .arg(&out)
+                .arg(&url)
+                .spawn()?;
+            curls.push((Proc(child), None::<f64>));
         }
         while curls.iter().any(|c| c.1.is_none()) {
             if Instant::now() > started + timeout {
@@ -391,7 +469,15 @@ fn swarm_case(n: usize, size_mib: u64, shape: LinkShape, http: bool, timeout: Du
     })
 }
 
-fn swarm(out: &Path, ns: &[usize], sizes: &[u64], rate_mbit: u32, delay_ms: u64, http: bool, timeout: Duration) -> Result<()> {
+fn swarm(
+    out: &Path,
+    ns: &[usize],
+    sizes: &[u64],
+    rate_mbit: u32,
+    delay_ms: u64,
+    http: bool,
+    timeout: Duration,
+) -> Result<()> {
     if let Some(reason) = Lan::unavailable_reason() {
         bail!("the swarm benchmark needs network namespaces: {reason}");
     }
@@ -400,7 +486,10 @@ fn swarm(out: &Path, ns: &[usize], sizes: &[u64], rate_mbit: u32, delay_ms: u64,
         delay: (delay_ms > 0).then(|| Duration::from_millis(delay_ms)),
     };
     let mut cases = Vec::new();
-    println!("{:>3} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}", "N", "F (MiB)", "ours (s)", "HTTP (s)", "P2P bnd", "CS bnd", "ours/P2P", "seeder up");
+    println!(
+        "{:>3} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "N", "F (MiB)", "ours (s)", "HTTP (s)", "P2P bnd", "CS bnd", "ours/P2P", "seeder up"
+    );
     for &size_mib in sizes {
         for &n in ns {
             let case = swarm_case(n, size_mib, shape, http, timeout)?;
@@ -430,7 +519,9 @@ fn swarm(out: &Path, ns: &[usize], sizes: &[u64], rate_mbit: u32, delay_ms: u64,
         })
         .collect();
     std::fs::write(out.join("swarm.json"), serde_json::to_string_pretty(&json)?)?;
-    let mut csv = String::from("n,size_mib,ours_s,http_s,p2p_bound_s,client_server_bound_s,ours_over_p2p_bound,seeder_uploaded_multiple_of_f\n");
+    let mut csv = String::from(
+        "n,size_mib,ours_s,http_s,p2p_bound_s,client_server_bound_s,ours_over_p2p_bound,seeder_uploaded_multiple_of_f\n",
+    );
     for c in &cases {
         csv += &format!(
             "{},{},{:.3},{},{:.3},{:.3},{:.3},{:.3}\n",
@@ -454,20 +545,39 @@ fn swarm(out: &Path, ns: &[usize], sizes: &[u64], rate_mbit: u32, delay_ms: u64,
 fn swarm_svg(cases: &[SwarmCase]) -> String {
     let max = cases
         .iter()
-        .flat_map(|c| [c.ours_s, c.http_s.unwrap_or(0.0), c.cs_bound_s, c.p2p_bound_s])
+        .flat_map(|c| {
+            [
+                c.ours_s,
+                c.http_s.unwrap_or(0.0),
+                c.cs_bound_s,
+                c.p2p_bound_s,
+            ]
+        })
         .fold(1.0, f64::max);
     let group_w = 130.0;
     let width = 80.0 + group_w * cases.len() as f64;
     let height = 360.0;
     let plot_h = 260.0;
-    let colors = [("ours", "#2b7bb9"), ("HTTP", "#d9534f"), ("P2P bound", "#5cb85c"), ("C-S bound", "#f0ad4e")];
+    let colors = [
+        ("ours", "#2b7bb9"),
+        ("HTTP", "#d9534f"),
+        ("P2P bound", "#5cb85c"),
+        ("C-S bound", "#f0ad4e"),
+    ];
     let mut svg = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='10' y='16' font-size='13'>Time to deliver F to all N downloaders (s), log scale</text>\n"
     );
-    let y = |v: f64| 30.0 + plot_h - plot_h * (v.max(0.1).ln() - 0.1f64.ln()) / (max.ln() - 0.1f64.ln());
+    let y = |v: f64| {
+        30.0 + plot_h - plot_h * (v.max(0.1).ln() - 0.1f64.ln()) / (max.ln() - 0.1f64.ln())
+    };
     for (i, c) in cases.iter().enumerate() {
         let x0 = 60.0 + group_w * i as f64;
-        let values = [Some(c.ours_s), c.http_s, Some(c.p2p_bound_s), Some(c.cs_bound_s)];
+        let values = [
+            Some(c.ours_s),
+            c.http_s,
+            Some(c.p2p_bound_s),
+            Some(c.cs_bound_s),
+        ];
         for (j, v) in values.iter().enumerate() {
             if let Some(v) = v {
                 let top = y(*v);
@@ -490,7 +600,12 @@ fn swarm_svg(cases: &[SwarmCase]) -> String {
     }
     for (j, (name, color)) in colors.iter().enumerate() {
         let x = 60.0 + 110.0 * j as f64;
-        svg += &format!("<rect x='{x}' y='{}' width='12' height='12' fill='{color}'/><text x='{}' y='{}'>{name}</text>\n", height - 30.0, x + 16.0, height - 20.0);
+        svg += &format!(
+            "<rect x='{x}' y='{}' width='12' height='12' fill='{color}'/><text x='{}' y='{}'>{name}</text>\n",
+            height - 30.0,
+            x + 16.0,
+            height - 20.0
+        );
     }
     svg + "</svg>\n"
 }
@@ -530,12 +645,18 @@ fn datapath(out: &Path, size_mib: u64) -> Result<()> {
     let me = std::env::current_exe()?;
 
     // Raw TCP baseline: two processes, kernel loopback, 1 MiB reads.
-    let mut sink = Command::new(&me).args(["tcp-sink", "127.0.0.1:0"]).stdout(Stdio::piped()).spawn()?;
+    let mut sink = Command::new(&me)
+        .args(["tcp-sink", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()?;
     let mut sink_out = std::io::BufReader::new(sink.stdout.take().context("sink stdout")?);
     let mut addr = String::new();
     std::io::BufRead::read_line(&mut sink_out, &mut addr)?;
     let started = Instant::now();
-    let status = Command::new(&me).args(["tcp-source", addr.trim()]).arg(&source).status()?;
+    let status = Command::new(&me)
+        .args(["tcp-source", addr.trim()])
+        .arg(&source)
+        .status()?;
     let mut result = String::new();
     sink_out.read_to_string(&mut result)?;
     sink.wait()?;
@@ -552,14 +673,24 @@ fn datapath(out: &Path, size_mib: u64) -> Result<()> {
     let a = start_loopback_agent(dir.path(), "a", 0)?;
     let b = start_loopback_agent(dir.path(), "b", 1)?;
     let p2p = bin("p2p")?;
-    let shared = Command::new(&p2p).args(["--agent", "127.0.0.1:50154", "--json", "share"]).arg(&source).output()?;
+    let shared = Command::new(&p2p)
+        .args(["--agent", "127.0.0.1:50154", "--json", "share"])
+        .arg(&source)
+        .output()?;
     if !shared.status.success() {
         bail!("share failed: {}", String::from_utf8_lossy(&shared.stderr));
     }
     let copy = dir.path().join("copy.bin");
     let started = Instant::now();
     let got = Command::new(&p2p)
-        .args(["--agent", "127.0.0.1:50155", "--json", "get", "payload.bin", "-o"])
+        .args([
+            "--agent",
+            "127.0.0.1:50155",
+            "--json",
+            "get",
+            "payload.bin",
+            "-o",
+        ])
         .arg(&copy)
         .output()?;
     let ours_s = started.elapsed().as_secs_f64();
@@ -575,13 +706,24 @@ fn datapath(out: &Path, size_mib: u64) -> Result<()> {
     let ratio = ours_bps / tcp_bps;
     println!("data path, {size_mib} MiB on loopback:");
     println!("  raw TCP     {:>8.1} MiB/s", tcp_bps / 1048576.0);
-    println!("  FetchChunks {:>8.1} MiB/s  ({:.1}% of raw TCP, includes hashing and the final whole-file check)", ours_bps / 1048576.0, ratio * 100.0);
-    println!("  peak RSS    source agent {:.1} MiB, downloading agent {:.1} MiB", rss_a as f64 / 1048576.0, rss_b as f64 / 1048576.0);
+    println!(
+        "  FetchChunks {:>8.1} MiB/s  ({:.1}% of raw TCP, includes hashing and the final whole-file check)",
+        ours_bps / 1048576.0,
+        ratio * 100.0
+    );
+    println!(
+        "  peak RSS    source agent {:.1} MiB, downloading agent {:.1} MiB",
+        rss_a as f64 / 1048576.0,
+        rss_b as f64 / 1048576.0
+    );
     let json = serde_json::json!({
         "size_bytes": size, "raw_tcp_bytes_per_s": tcp_bps, "fetchchunks_bytes_per_s": ours_bps,
         "ratio": ratio, "source_agent_peak_rss_bytes": rss_a, "downloader_agent_peak_rss_bytes": rss_b,
     });
-    std::fs::write(out.join("datapath.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        out.join("datapath.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     println!("wrote {}/datapath.json", out.display());
     drop((a, b, procs));
     Ok(())
@@ -596,7 +738,14 @@ fn start_loopback_agent(dir: &Path, name: &str, i: u16) -> Result<Proc> {
         .arg(format!("127.0.0.1:{}", 50153 + i * 100))
         .arg("--control")
         .arg(format!("127.0.0.1:{}", 50154 + i))
-        .args(["--metrics-listen", "", "--index-url", "http://127.0.0.1:50052", "--auth-url", "http://127.0.0.1:50051"])
+        .args([
+            "--metrics-listen",
+            "",
+            "--index-url",
+            "http://127.0.0.1:50052",
+            "--auth-url",
+            "http://127.0.0.1:50051",
+        ])
         .arg("--data-dir")
         .arg(&data)
         .env("P2P_USER", "admin")
@@ -639,14 +788,24 @@ fn hash(out: &Path, size_mib: u64) -> Result<()> {
     start_services(&Host::loopback(), dir.path(), &mut procs)?;
     let agent = start_loopback_agent(dir.path(), "a", 0)?;
     let started = Instant::now();
-    let shared = Command::new(bin("p2p")?).args(["--agent", "127.0.0.1:50154", "--json", "share"]).arg(&source).output()?;
+    let shared = Command::new(bin("p2p")?)
+        .args(["--agent", "127.0.0.1:50154", "--json", "share"])
+        .arg(&source)
+        .output()?;
     let share_s = started.elapsed().as_secs_f64();
     if !shared.status.success() {
         bail!("share failed: {}", String::from_utf8_lossy(&shared.stderr));
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("BLAKE3 on {size_mib} MiB in memory: one core {:.0} MiB/s, {cores} cores {:.0} MiB/s", single_bps / 1048576.0, multi_bps / 1048576.0);
-    println!("`p2p share` of a {size_mib} MiB file (read from disk, hash, publish): {share_s:.2} s ({:.0} MiB/s)", size as f64 / share_s / 1048576.0);
+    println!(
+        "BLAKE3 on {size_mib} MiB in memory: one core {:.0} MiB/s, {cores} cores {:.0} MiB/s",
+        single_bps / 1048576.0,
+        multi_bps / 1048576.0
+    );
+    println!(
+        "`p2p share` of a {size_mib} MiB file (read from disk, hash, publish): {share_s:.2} s ({:.0} MiB/s)",
+        size as f64 / share_s / 1048576.0
+    );
     let json = serde_json::json!({
         "size_bytes": size, "cores": cores, "blake3_one_core_bytes_per_s": single_bps,
         "blake3_all_cores_bytes_per_s": multi_bps, "p2p_share_s": share_s,
