@@ -362,6 +362,7 @@ impl Store {
         .bind(file_id.as_str())
         .bind(&manifest.name)
         .bind(to_i64(manifest.size_bytes))
+        .bind(&manifest.mime_type)
         .bind(i64::from(manifest.chunk_size_bytes))
         .bind(i64::from(manifest.chunk_count()))
         .bind(manifest.chunk_hashes_bytes())
