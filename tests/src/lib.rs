@@ -49,20 +49,31 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(180);
 /// Lines of each log printed when a test fails.
 const LOG_TAIL_LINES: usize = 60;
 
-/// The path of a workspace binary built next to the test executable.
+/// Environment variable naming a directory to take the binaries from
+/// instead of the target dir (for example a release build).
+pub const BIN_DIR_ENV: &str = "P2P_TEST_BIN_DIR";
+
+/// The path of a workspace binary: in `P2P_TEST_BIN_DIR` when set, else
+/// built next to the test executable.
 ///
 /// # Panics
 /// When the binary was not built, with the command that builds it.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    // target/debug/deps/<test>-<hash> → target/debug
-    let mut dir = exe
-        .parent()
-        .expect("test executable directory")
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
+    let dir = match std::env::var_os(BIN_DIR_ENV) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => {
+            let exe = std::env::current_exe().expect("the test executable has a path");
+            // target/debug/deps/<test>-<hash> → target/debug
+            let mut dir = exe
+                .parent()
+                .expect("test executable directory")
+                .to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.is_file(),
