@@ -250,10 +250,12 @@ impl Downloads {
         );
         drop(running);
         let this = self.clone();
+        crate::stats::active_downloads_gauge().inc();
         self.tasks.spawn(async move {
             let result =
                 run_download(&this.ctx, Arc::new(manifest), destination, &tx, cancel).await;
             this.lock().remove(&file_id);
+            crate::stats::active_downloads_gauge().dec();
             tx.send_modify(|p| match result {
                 Ok(path) => {
                     p.stage = Stage::Done;

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use p2p_services::metrics;
+
 use crate::rate::RateMeter;
 
 /// Process-lifetime counters. All methods are cheap and lock-free except
@@ -39,6 +41,18 @@ pub const RATE_WINDOW_SECS: u64 = 5;
 impl Stats {
     /// Counts one chunk sent.
     pub fn chunk_served(&self, bytes: u64, while_downloading: bool) {
+        metrics::counter(
+            "p2p_agent_uploaded_bytes_total",
+            "Bytes of chunks sent to other agents.",
+            &[],
+        )
+        .inc_by(bytes);
+        metrics::counter(
+            "p2p_agent_chunks_served_total",
+            "Chunks sent to other agents.",
+            &[],
+        )
+        .inc();
         self.bytes_uploaded.fetch_add(bytes, Ordering::Relaxed);
         self.chunks_served.fetch_add(1, Ordering::Relaxed);
         if while_downloading {
@@ -50,6 +64,12 @@ impl Stats {
 
     /// Counts one verified chunk received.
     pub fn chunk_downloaded(&self, bytes: u64, from_partial: bool) {
+        metrics::counter(
+            "p2p_agent_downloaded_bytes_total",
+            "Verified bytes received from other agents.",
+            &[],
+        )
+        .inc_by(bytes);
         self.bytes_downloaded.fetch_add(bytes, Ordering::Relaxed);
         self.chunks_downloaded.fetch_add(1, Ordering::Relaxed);
         if from_partial {
@@ -61,6 +81,12 @@ impl Stats {
 
     /// Counts one chunk that failed verification.
     pub fn chunk_rejected(&self) {
+        metrics::counter(
+            "p2p_agent_chunks_rejected_total",
+            "Chunks received whose hash, index or length did not match the manifest.",
+            &[],
+        )
+        .inc();
         self.chunks_rejected.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -78,6 +104,7 @@ impl ActiveUpload {
     /// Counts an upload in.
     pub fn start(stats: Arc<Stats>) -> Self {
         stats.active_uploads.fetch_add(1, Ordering::Relaxed);
+        active_uploads_gauge().inc();
         Self(stats)
     }
 }
@@ -85,5 +112,19 @@ impl ActiveUpload {
 impl Drop for ActiveUpload {
     fn drop(&mut self) {
         self.0.active_uploads.fetch_sub(1, Ordering::Relaxed);
+        active_uploads_gauge().dec();
     }
+}
+
+fn active_uploads_gauge() -> metrics::Gauge {
+    metrics::gauge(
+        "p2p_agent_active_uploads",
+        "FetchChunks streams being served.",
+        &[],
+    )
+}
+
+/// The process-wide gauge of running downloads.
+pub fn active_downloads_gauge() -> metrics::Gauge {
+    metrics::gauge("p2p_agent_active_downloads", "Downloads running.", &[])
 }
