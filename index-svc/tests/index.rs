@@ -1,0 +1,871 @@
+//! index-svc against a real auth-svc, over real sockets, on SQLite and on
+//! PostgreSQL (each test runs once per backend; the PostgreSQL run is
+//! skipped when `P2P_TEST_POSTGRES_URL` is unset).
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use p2p_proto::index::v1 as pb;
+use p2p_services::manifest::Bitfield;
+use support::{Cluster, Db, Index, busy, eventually, idle, manifest};
+use tonic::Code;
+
+suite!(
+    publish_is_idempotent_and_makes_the_publisher_a_holder,
+    list_filters_by_name_and_pages,
+    bad_manifests_are_invalid_argument,
+    unknown_file_is_not_found,
+    delete_by_non_owner_is_denied_and_admin_may_delete,
+    missing_or_bad_token_is_unauthenticated,
+    peers_act_only_for_their_owner_and_keep_their_id,
+    busy_peer_drops_below_idle_peer,
+    lease_expiry_removes_a_source_and_heartbeat_restores_it,
+    partial_holders_are_offered_only_for_chunks_they_have,
+    bad_reports_push_a_source_down,
+    index_keeps_everything_across_restart,
+    two_replicas_on_one_database_agree,
+    watch_files_delivers_publish_and_delete,
+);
+
+async fn publish_is_idempotent_and_makes_the_publisher_a_holder(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let mut index = Index::new(&server, &bob);
+    let peer = index.register("10.0.0.1:7000", idle()).await;
+
+    let first = index
+        .publish(manifest("Holiday.mp4", 1, 4), &peer)
+        .await
+        .expect("publish");
+    assert!(first.created);
+    let file = first.file.expect("file info");
+    assert_eq!(file.file_id.len(), 64);
+    assert_eq!(file.name, "Holiday.mp4");
+    assert_eq!(file.owner_id, bob.id);
+    assert_eq!(file.owner_name, "bob");
+    assert_eq!(file.chunk_count, 4);
+    assert_eq!(file.chunk_size_bytes, support::CHUNK);
+    assert_eq!((file.online_holders, file.complete_copies), (1, 1));
+    assert!(file.added_at_ms > 0);
+
+    let again = index
+        .publish(manifest("Other name.mp4", 1, 4), "")
+        .await
+        .expect("republish");
+    assert!(!again.created, "identical content is not published twice");
+    let again = again.file.expect("file info");
+    assert_eq!(again.file_id, file.file_id);
+    assert_eq!(
+        again.name, "Holiday.mp4",
+        "the first publish names the file"
+    );
+
+    let got = index
+        .client
+        .get_file(index.req(pb::GetFileRequest {
+            file_id: file.file_id.clone(),
+        }))
+        .await
+        .expect("get file")
+        .into_inner();
+    let m = got.manifest.expect("manifest");
+    let sent = manifest("Holiday.mp4", 1, 4);
+    assert_eq!(m.chunk_hashes, sent.chunk_hashes);
+    assert_eq!(m.file_hash, sent.file_hash);
+    assert_eq!(m.file_id, file.file_id);
+    assert_eq!(index.list("", 0, "").await.expect("list").files.len(), 1);
+}
+
+async fn list_filters_by_name_and_pages(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let mut index = Index::new(&server, &bob);
+    for (i, name) in [
+        "Report-2024.pdf",
+        "report-2025.pdf",
+        "REPORT final.pdf",
+        "notes.txt",
+        "50%_off.txt",
+    ]
+    .iter()
+    .enumerate()
+    {
+        index
+            .publish(manifest(name, 100 + i as u64, 1), "")
+            .await
+            .expect("publish");
+    }
+    let names = |files: &[pb::FileInfo]| {
+        files
+            .iter()
+            .map(|f| f.name.clone())
+            .collect::<BTreeSet<_>>()
+    };
+
+    let reports = index.list("rePort", 0, "").await.expect("filter");
+    assert_eq!(reports.files.len(), 3, "{:?}", names(&reports.files));
+    assert!(reports.next_page_token.is_empty());
+    let literal = index
+        .list("%_", 0, "")
+        .await
+        .expect("wildcards are literal");
+    assert_eq!(
+        names(&literal.files),
+        BTreeSet::from(["50%_off.txt".to_string()])
+    );
+
+    let mut seen = BTreeSet::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = index.list("", 2, &token).await.expect("page");
+        assert!(page.files.len() <= 2);
+        seen.extend(names(&page.files));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        assert!(pages < 10, "paging terminates");
+    }
+    assert_eq!((seen.len(), pages), (5, 3));
+
+    let too_big = index.list("", 1001, "").await.expect_err("page too large");
+    assert_eq!(too_big.code(), Code::ResourceExhausted);
+    let bad_token = index.list("", 2, "garbage").await.expect_err("bad token");
+    assert_eq!(bad_token.code(), Code::InvalidArgument);
+}
+
+async fn bad_manifests_are_invalid_argument(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let mut index = Index::new(&server, &bob);
+    let good = manifest("ok.bin", 7, 3);
+    let mut cases = Vec::new();
+    let mut m = good.clone();
+    m.size_bytes += u64::from(support::CHUNK);
+    cases.push(("chunk count mismatch", m));
+    let mut m = good.clone();
+    m.chunk_size_bytes = 1000;
+    cases.push(("chunk size not a power of two", m));
+    let mut m = good.clone();
+    m.chunk_size_bytes = 1 << 30;
+    cases.push(("chunk size too large", m));
+    let mut m = good.clone();
+    m.file_hash.pop();
+    cases.push(("short file hash", m));
+    let mut m = good.clone();
+    m.chunk_hashes.pop();
+    cases.push(("ragged chunk hashes", m));
+    for name in ["", "a/b", "..", "..\\x", "bell\u{7}", &"n".repeat(256)] {
+        let mut m = good.clone();
+        m.name = name.to_string();
+        cases.push(("bad name", m));
+    }
+    for (what, m) in cases {
+        let err = index.publish(m, "").await.expect_err(what);
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{what}: {}",
+            err.message()
+        );
+    }
+    let missing = index
+        .client
+        .publish_file(index.req(pb::PublishFileRequest::default()))
+        .await
+        .expect_err("no manifest");
+    assert_eq!(missing.code(), Code::InvalidArgument);
+    assert!(index.list("", 0, "").await.expect("list").files.is_empty());
+}
+
+async fn unknown_file_is_not_found(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let mut index = Index::new(&server, &bob);
+    let unknown = "ab".repeat(32);
+    let get = index
+        .client
+        .get_file(index.req(pb::GetFileRequest {
+            file_id: unknown.clone(),
+        }))
+        .await
+        .expect_err("unknown file");
+    assert_eq!(get.code(), Code::NotFound);
+    let locate = index
+        .locate(&unknown, "", Vec::new())
+        .await
+        .expect_err("unknown file");
+    assert_eq!(locate.code(), Code::NotFound);
+    let delete = index
+        .client
+        .delete_file(index.req(pb::DeleteFileRequest { file_id: unknown }))
+        .await
+        .expect_err("unknown file");
+    assert_eq!(delete.code(), Code::NotFound);
+    let malformed = index
+        .client
+        .get_file(index.req(pb::GetFileRequest {
+            file_id: "../etc/passwd".into(),
+        }))
+        .await
+        .expect_err("malformed id");
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+}
+
+async fn delete_by_non_owner_is_denied_and_admin_may_delete(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let carol = cluster.user("carol").await;
+    let admin = cluster.admin().await;
+    let mut as_bob = Index::new(&server, &bob);
+    let mut as_carol = Index::new(&server, &carol);
+    let as_admin = Index::new(&server, &admin);
+    let peer = as_bob.register("10.0.0.2:7000", idle()).await;
+
+    let mut ids = Vec::new();
+    for seed in [1, 2] {
+        let file = as_bob
+            .publish(manifest("mine.bin", seed, 2), &peer)
+            .await
+            .expect("publish");
+        ids.push(file.file.expect("file").file_id);
+    }
+    let denied = as_carol
+        .client
+        .delete_file(as_carol.req(pb::DeleteFileRequest {
+            file_id: ids[0].clone(),
+        }))
+        .await
+        .expect_err("carol may not delete bob's file");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    as_bob
+        .client
+        .delete_file(as_bob.req(pb::DeleteFileRequest {
+            file_id: ids[0].clone(),
+        }))
+        .await
+        .expect("owner deletes");
+    as_admin
+        .client
+        .clone()
+        .delete_file(as_admin.req(pb::DeleteFileRequest {
+            file_id: ids[1].clone(),
+        }))
+        .await
+        .expect("admin deletes");
+    for id in &ids {
+        let gone = as_bob
+            .client
+            .get_file(as_bob.req(pb::GetFileRequest {
+                file_id: id.clone(),
+            }))
+            .await
+            .expect_err("deleted");
+        assert_eq!(gone.code(), Code::NotFound);
+    }
+    let peers = as_bob
+        .client
+        .list_peers(as_bob.req(pb::ListPeersRequest {
+            include_offline: true,
+        }))
+        .await
+        .expect("list peers")
+        .into_inner()
+        .peers;
+    assert_eq!(peers[0].complete_files, 0, "holdings go with the file");
+}
+
+async fn missing_or_bad_token_is_unauthenticated(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let mut client = p2p_proto::index::v1::index_service_client::IndexServiceClient::new(
+        p2p_services::client::channel(&server.addr).expect("channel"),
+    );
+    let none = client
+        .list_files(pb::ListFilesRequest::default())
+        .await
+        .expect_err("no token");
+    assert_eq!(none.code(), Code::Unauthenticated);
+    let bad = client
+        .list_files(p2p_services::client::with_bearer(
+            pb::ListFilesRequest::default(),
+            "not.a.token",
+        ))
+        .await
+        .expect_err("bad token");
+    assert_eq!(bad.code(), Code::Unauthenticated);
+    let bob = cluster.user("bob").await;
+    let mut forged = bob.token.clone();
+    forged.pop();
+    forged.push(if bob.token.ends_with('A') { 'B' } else { 'A' });
+    let forged = client
+        .list_files(p2p_services::client::with_bearer(
+            pb::ListFilesRequest::default(),
+            &forged,
+        ))
+        .await
+        .expect_err("forged signature");
+    assert_eq!(forged.code(), Code::Unauthenticated);
+    client
+        .list_files(p2p_services::client::with_bearer(
+            pb::ListFilesRequest::default(),
+            &bob.token,
+        ))
+        .await
+        .expect("a real token works");
+}
+
+async fn peers_act_only_for_their_owner_and_keep_their_id(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let carol = cluster.user("carol").await;
+    let mut as_bob = Index::new(&server, &bob);
+    let mut as_carol = Index::new(&server, &carol);
+    let peer = as_bob.register("10.0.0.3:7000", idle()).await;
+    assert_eq!(
+        as_bob.register("10.0.0.3:7000", busy()).await,
+        peer,
+        "same user and address"
+    );
+    assert_ne!(
+        as_carol.register("10.0.0.3:7000", idle()).await,
+        peer,
+        "another user's agent"
+    );
+
+    let err = as_carol
+        .heartbeat(&peer, idle())
+        .await
+        .expect_err("not carol's peer");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let unknown = uuid_like();
+    let err = as_bob
+        .heartbeat(&unknown, idle())
+        .await
+        .expect_err("unknown peer");
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "agents re-register on NOT_FOUND"
+    );
+    as_bob
+        .heartbeat(&peer, idle())
+        .await
+        .expect("owner heartbeats");
+
+    let file = as_bob
+        .publish(manifest("f.bin", 9, 2), "")
+        .await
+        .expect("publish");
+    let file_id = file.file.expect("file").file_id;
+    let err = as_carol
+        .update_holdings(&peer, &file_id, Vec::new(), true)
+        .await
+        .expect_err("not carol's peer");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = as_carol
+        .publish(manifest("g.bin", 10, 2), &peer)
+        .await
+        .expect_err("not carol's peer");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let bad_addr = as_bob
+        .client
+        .register_peer(as_bob.req(pb::RegisterPeerRequest {
+            advertise_addr: "no port".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("bad address");
+    assert_eq!(bad_addr.code(), Code::InvalidArgument);
+
+    let peers = as_bob
+        .client
+        .list_peers(as_bob.req(pb::ListPeersRequest {
+            include_offline: false,
+        }))
+        .await
+        .expect("list peers")
+        .into_inner()
+        .peers;
+    let mine = peers
+        .iter()
+        .find(|p| p.peer_id == peer)
+        .expect("bob's peer listed");
+    assert_eq!(mine.username, "bob");
+    assert_eq!(mine.user_id, bob.id);
+    assert_eq!(mine.state, pb::PeerState::Online as i32);
+    assert_eq!(mine.agent_version, "test");
+    assert_eq!(mine.load, Some(idle()));
+}
+
+fn uuid_like() -> String {
+    "00000000-0000-4000-8000-000000000000".to_string()
+}
+
+async fn busy_peer_drops_below_idle_peer(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let mut index = Index::new(&server, &bob);
+    let a = index.register("10.0.1.1:7000", idle()).await;
+    let b = index.register("10.0.1.2:7000", busy()).await;
+    let downloader = index.register("10.0.1.3:7000", idle()).await;
+    let file = index
+        .publish(manifest("movie.mkv", 20, 8), &a)
+        .await
+        .expect("publish");
+    let file_id = file.file.expect("file").file_id;
+    index
+        .update_holdings(&b, &file_id, Vec::new(), true)
+        .await
+        .expect("b holds");
+
+    let sources = index
+        .locate(&file_id, &downloader, Vec::new())
+        .await
+        .expect("locate");
+    let order: Vec<&str> = sources.iter().map(|s| s.peer_id.as_str()).collect();
+    assert_eq!(order, [a.as_str(), b.as_str()], "idle a first");
+    assert!(sources.iter().all(|s| s.complete && s.bitfield.is_empty()));
+    assert!(sources.iter().all(|s| (0.0..=1.0).contains(&s.score)));
+    assert!(
+        sources[1].reason.contains("8/8 upload slots busy"),
+        "{}",
+        sources[1].reason
+    );
+    assert_eq!(sources[0].address, "10.0.1.1:7000");
+    assert_eq!(sources[0].load, Some(idle()));
+
+    index.heartbeat(&a, busy()).await.expect("a gets busy");
+    index.heartbeat(&b, idle()).await.expect("b goes idle");
+    let sources = index
+        .locate(&file_id, &downloader, Vec::new())
+        .await
+        .expect("locate");
+    let order: Vec<&str> = sources.iter().map(|s| s.peer_id.as_str()).collect();
+    assert_eq!(order, [b.as_str(), a.as_str()], "ranking follows load");
+
+    let from_a = index
+        .locate(&file_id, &a, Vec::new())
+        .await
+        .expect("locate");
+    assert!(
+        from_a.iter().all(|s| s.peer_id != a),
+        "the caller is never its own source"
+    );
+}
+
+async fn lease_expiry_removes_a_source_and_heartbeat_restores_it(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster
+        .index(&["--lease-ttl", "1s", "--heartbeat-interval", "300ms"])
+        .await;
+    let bob = cluster.user("bob").await;
+    let mut index = Index::new(&server, &bob);
+    let seed = index.register("10.0.2.1:7000", idle()).await;
+    let file = index
+        .publish(manifest("lease.bin", 30, 2), &seed)
+        .await
+        .expect("publish");
+    let file_id = file.file.expect("file").file_id;
+    assert_eq!(
+        index
+            .locate(&file_id, "", Vec::new())
+            .await
+            .expect("locate")
+            .len(),
+        1
+    );
+
+    let probe = index.clone();
+    eventually("the lapsed seed is no longer offered", || {
+        let mut index = probe.clone();
+        let file_id = file_id.clone();
+        async move {
+            index
+                .locate(&file_id, "", Vec::new())
+                .await
+                .ok()?
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    let peers = index
+        .client
+        .list_peers(index.req(pb::ListPeersRequest {
+            include_offline: true,
+        }))
+        .await
+        .expect("list peers")
+        .into_inner()
+        .peers;
+    assert_eq!(peers[0].state, pb::PeerState::Offline as i32);
+    let online = index
+        .client
+        .list_peers(index.req(pb::ListPeersRequest {
+            include_offline: false,
+        }))
+        .await
+        .expect("list peers")
+        .into_inner()
+        .peers;
+    assert!(online.is_empty());
+    let listed = index.list("lease", 0, "").await.expect("list").files;
+    assert_eq!(
+        (listed[0].online_holders, listed[0].complete_copies),
+        (0, 0)
+    );
+
+    index
+        .heartbeat(&seed, idle())
+        .await
+        .expect("heartbeat after lapse");
+    let sources = index
+        .locate(&file_id, "", Vec::new())
+        .await
+        .expect("locate");
+    assert_eq!(sources.len(), 1, "holdings survive the lapse");
+    assert_eq!(sources[0].peer_id, seed);
+}
+
+async fn partial_holders_are_offered_only_for_chunks_they_have(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let mut index = Index::new(&server, &bob);
+    let partial = index.register("10.0.3.1:7000", idle()).await;
+    let downloader = index.register("10.0.3.2:7000", idle()).await;
+    let file = index
+        .publish(manifest("big.iso", 40, 10), "")
+        .await
+        .expect("publish");
+    let file_id = file.file.expect("file").file_id;
+    let mut held = Bitfield::empty(10);
+    held.set(0);
+    held.set(1);
+    index
+        .update_holdings(&partial, &file_id, held.as_bytes().to_vec(), false)
+        .await
+        .expect("partial holding");
+
+    let mut wanted = Bitfield::empty(10);
+    wanted.set(5);
+    let none = index
+        .locate(&file_id, &downloader, wanted.as_bytes().to_vec())
+        .await
+        .expect("locate");
+    assert!(none.is_empty(), "it has none of the wanted chunks");
+    wanted.set(1);
+    let some = index
+        .locate(&file_id, &downloader, wanted.as_bytes().to_vec())
+        .await
+        .expect("locate");
+    assert_eq!(some.len(), 1);
+    assert!(!some[0].complete);
+    assert_eq!(some[0].bitfield, held.as_bytes());
+    assert!(
+        some[0].reason.starts_with("has 1/2 wanted chunks"),
+        "{}",
+        some[0].reason
+    );
+    assert_eq!(
+        index
+            .locate(&file_id, &downloader, Vec::new())
+            .await
+            .expect("all")
+            .len(),
+        1
+    );
+
+    let info = index.list("big", 0, "").await.expect("list").files;
+    assert_eq!((info[0].online_holders, info[0].complete_copies), (1, 0));
+    let wrong_length = index
+        .update_holdings(&partial, &file_id, vec![0xff], false)
+        .await
+        .expect_err("bitfield of the wrong length");
+    assert_eq!(wrong_length.code(), Code::InvalidArgument);
+    let full = Bitfield::full(10);
+    index
+        .update_holdings(&partial, &file_id, full.as_bytes().to_vec(), false)
+        .await
+        .expect("full bitfield");
+    let info = index.list("big", 0, "").await.expect("list").files;
+    assert_eq!(
+        info[0].complete_copies, 1,
+        "a full bitfield counts as complete"
+    );
+
+    index
+        .client
+        .stop_sharing(index.req(pb::StopSharingRequest {
+            peer_id: partial.clone(),
+            file_id: file_id.clone(),
+        }))
+        .await
+        .expect("stop sharing");
+    assert!(
+        index
+            .locate(&file_id, &downloader, Vec::new())
+            .await
+            .expect("locate")
+            .is_empty()
+    );
+}
+
+async fn bad_reports_push_a_source_down(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let carol = cluster.user("carol").await;
+    let mut index = Index::new(&server, &bob);
+    let mut as_carol = Index::new(&server, &carol);
+    let a = index.register("10.0.4.1:7000", idle()).await;
+    let mut slightly_busy = idle();
+    slightly_busy.active_uploads = 2;
+    let b = index.register("10.0.4.2:7000", slightly_busy).await;
+    let downloader = as_carol.register("10.0.4.3:7000", idle()).await;
+    let file = index
+        .publish(manifest("r.bin", 50, 4), &a)
+        .await
+        .expect("publish");
+    let file_id = file.file.expect("file").file_id;
+    index
+        .update_holdings(&b, &file_id, Vec::new(), true)
+        .await
+        .expect("b holds");
+    let first = as_carol
+        .locate(&file_id, &downloader, Vec::new())
+        .await
+        .expect("locate");
+    assert_eq!(first[0].peer_id, a, "idle a first before any report");
+
+    for reason in [pb::ReportReason::Corrupt, pb::ReportReason::Unreachable] {
+        as_carol
+            .client
+            .report_source(as_carol.req(pb::ReportSourceRequest {
+                peer_id: downloader.clone(),
+                source_peer_id: a.clone(),
+                file_id: file_id.clone(),
+                reason: reason as i32,
+                detail: "chunk 3 hash mismatch".into(),
+            }))
+            .await
+            .expect("report");
+    }
+    let after = as_carol
+        .locate(&file_id, &downloader, Vec::new())
+        .await
+        .expect("locate");
+    assert_eq!(after[0].peer_id, b, "the reported source drops");
+    assert!(
+        after[1].reason.contains("2 bad reports"),
+        "{}",
+        after[1].reason
+    );
+
+    let forged = index
+        .client
+        .report_source(index.req(pb::ReportSourceRequest {
+            peer_id: downloader.clone(),
+            source_peer_id: b.clone(),
+            file_id: file_id.clone(),
+            reason: pb::ReportReason::Stalled as i32,
+            detail: String::new(),
+        }))
+        .await
+        .expect_err("bob cannot report as carol's peer");
+    assert_eq!(forged.code(), Code::PermissionDenied);
+    let no_reason = as_carol
+        .client
+        .report_source(as_carol.req(pb::ReportSourceRequest {
+            peer_id: downloader.clone(),
+            source_peer_id: b.clone(),
+            file_id,
+            reason: 0,
+            detail: String::new(),
+        }))
+        .await
+        .expect_err("reason required");
+    assert_eq!(no_reason.code(), Code::InvalidArgument);
+}
+
+async fn index_keeps_everything_across_restart(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let bob = cluster.user("bob").await;
+    let server = cluster.index(&[]).await;
+    let mut index = Index::new(&server, &bob);
+    let peer = index.register("10.0.5.1:7000", idle()).await;
+    let file = index
+        .publish(manifest("keep.bin", 60, 3), &peer)
+        .await
+        .expect("publish");
+    let file_id = file.file.expect("file").file_id;
+    server.stop().await;
+
+    let server = cluster.index(&[]).await;
+    let mut index = Index::new(&server, &bob);
+    let got = index
+        .client
+        .get_file(index.req(pb::GetFileRequest {
+            file_id: file_id.clone(),
+        }))
+        .await
+        .expect("file survives restart")
+        .into_inner();
+    assert_eq!(got.file.expect("file").name, "keep.bin");
+    assert_eq!(
+        index.register("10.0.5.1:7000", idle()).await,
+        peer,
+        "peer id survives"
+    );
+    let sources = index
+        .locate(&file_id, "", Vec::new())
+        .await
+        .expect("locate");
+    assert_eq!(sources.len(), 1, "holdings survive");
+    index
+        .heartbeat(&peer, idle())
+        .await
+        .expect("heartbeat to the new process");
+}
+
+async fn two_replicas_on_one_database_agree(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let bob = cluster.user("bob").await;
+    let one = cluster.index(&[]).await;
+    let two = cluster.index(&[]).await;
+    let mut via_one = Index::new(&one, &bob);
+    let mut via_two = Index::new(&two, &bob);
+    let a = via_one.register("10.0.6.1:7000", idle()).await;
+    let b = via_two.register("10.0.6.2:7000", busy()).await;
+    let file = via_one
+        .publish(manifest("shared.bin", 70, 4), &a)
+        .await
+        .expect("publish");
+    let file_id = file.file.expect("file").file_id;
+    via_two
+        .update_holdings(&b, &file_id, Vec::new(), true)
+        .await
+        .expect("b holds");
+
+    let list_one = via_one.list("", 0, "").await.expect("list").files;
+    let list_two = via_two.list("", 0, "").await.expect("list").files;
+    assert_eq!(list_one, list_two);
+    assert_eq!(list_one[0].complete_copies, 2);
+    let ids = |s: Vec<pb::Source>| s.into_iter().map(|s| s.peer_id).collect::<Vec<_>>();
+    let from_one = ids(via_one
+        .locate(&file_id, "", Vec::new())
+        .await
+        .expect("locate"));
+    let from_two = ids(via_two
+        .locate(&file_id, "", Vec::new())
+        .await
+        .expect("locate"));
+    assert_eq!(from_one, vec![a.clone(), b.clone()]);
+    assert_eq!(from_one, from_two);
+    via_two
+        .heartbeat(&a, busy())
+        .await
+        .expect("heartbeat via the other replica");
+    via_one
+        .heartbeat(&b, idle())
+        .await
+        .expect("heartbeat via the other replica");
+    let from_one = ids(via_one
+        .locate(&file_id, "", Vec::new())
+        .await
+        .expect("locate"));
+    let from_two = ids(via_two
+        .locate(&file_id, "", Vec::new())
+        .await
+        .expect("locate"));
+    assert_eq!(from_one, vec![b, a]);
+    assert_eq!(from_one, from_two);
+}
+
+async fn next_event(events: &mut tonic::Streaming<pb::FileEvent>) -> pb::FileEvent {
+    tokio::time::timeout(support::WAIT, events.message())
+        .await
+        .expect("an event arrives in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+async fn watch_files_delivers_publish_and_delete(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let bob = cluster.user("bob").await;
+    let writer = cluster.index(&[]).await;
+    let watcher = cluster.index(&[]).await;
+    let mut via_writer = Index::new(&writer, &bob);
+    let mut via_watcher = Index::new(&watcher, &bob);
+    let mut events = via_watcher
+        .client
+        .watch_files(via_watcher.req(pb::WatchFilesRequest {}))
+        .await
+        .expect("watch")
+        .into_inner();
+    let peer = via_writer.register("10.0.7.1:7000", idle()).await;
+    let file = via_writer
+        .publish(manifest("live.bin", 80, 2), &peer)
+        .await
+        .expect("publish");
+    let file_id = file.file.expect("file").file_id;
+    let published = next_event(&mut events).await;
+    assert_eq!(published.kind, pb::FileEventKind::Published as i32);
+    assert_eq!(published.file_id, file_id);
+    let info = published.file.expect("file info");
+    assert_eq!(info.name, "live.bin");
+    assert_eq!(info.complete_copies, 1);
+    assert!(published.at_ms > 0);
+
+    via_writer
+        .client
+        .delete_file(via_writer.req(pb::DeleteFileRequest {
+            file_id: file_id.clone(),
+        }))
+        .await
+        .expect("delete");
+    let deleted = next_event(&mut events).await;
+    assert_eq!(deleted.kind, pb::FileEventKind::Deleted as i32);
+    assert_eq!(deleted.file_id, file_id);
+    assert_eq!(deleted.file.expect("id and name").name, "live.bin");
+}
