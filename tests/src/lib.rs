@@ -17,6 +17,9 @@
 //! 127.0.0.1:0 and releasing the port just before the process binds it; a
 //! process that loses that race is started once more on fresh ports.
 
+pub mod audit;
+pub mod hostile;
+pub mod multihost;
 pub mod netns;
 
 use std::future::Future;

@@ -1,0 +1,332 @@
+//! A misbehaving PeerService for tests: a tonic server on loopback that is
+//! registered at the index as a peer of a real user and claims to hold a
+//! file completely, then answers FetchChunks with wrong bytes, short
+//! chunks, chunks for indexes nobody asked for, or a stream that never
+//! ends.
+//!
+//! Ownership: a [`HostilePeer`] owns its server task and its heartbeat task
+//! in a `JoinSet`; both are aborted when it drops (the server is also told
+//! to shut down first), so a test leaves nothing running.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::Stream;
+use p2p_proto::index::v1::index_service_client::IndexServiceClient;
+use p2p_proto::index::v1::{
+    GetFileRequest, HeartbeatRequest, RegisterPeerRequest, UpdateHoldingsRequest,
+};
+use p2p_proto::peer::v1::peer_service_server::{PeerService, PeerServiceServer};
+use p2p_proto::peer::v1::{Chunk, FetchChunksRequest};
+use p2p_services::client::with_bearer;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// How the peer lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// The chunk asked for, full length, every byte flipped.
+    WrongBytes,
+    /// The chunk asked for, cut to half its length.
+    ShortChunks,
+    /// A genuine chunk, but the one after the one asked for.
+    WrongIndexes,
+    /// The chunks asked for, then the last one again, forever.
+    Endless,
+}
+
+/// What the hostile peer saw and did, for assertions.
+#[derive(Debug, Default)]
+pub struct HostileStats {
+    /// FetchChunks calls received.
+    pub requests: AtomicU64,
+    /// Chunk messages produced.
+    pub chunks_sent: AtomicU64,
+    /// Streams not yet dropped by the server (the caller went away or the
+    /// stream ended).
+    pub open_streams: AtomicI64,
+}
+
+impl HostileStats {
+    /// FetchChunks calls received so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Streams still open.
+    pub fn open_streams(&self) -> i64 {
+        self.open_streams.load(Ordering::Relaxed)
+    }
+
+    /// Chunk messages produced so far.
+    pub fn chunks_sent(&self) -> u64 {
+        self.chunks_sent.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct HostileService {
+    misbehaviour: Misbehaviour,
+    content: Arc<Vec<u8>>,
+    chunk_size: usize,
+    stats: Arc<HostileStats>,
+}
+
+impl HostileService {
+    fn chunk_count(&self) -> u32 {
+        self.content.len().div_ceil(self.chunk_size) as u32
+    }
+
+    fn genuine(&self, index: u32) -> Vec<u8> {
+        let start = (index as usize * self.chunk_size).min(self.content.len());
+        let end = (start + self.chunk_size).min(self.content.len());
+        self.content[start..end].to_vec()
+    }
+
+    /// The lie told for the chunk asked for.
+    fn answer(&self, index: u32) -> Chunk {
+        match self.misbehaviour {
+            Misbehaviour::WrongBytes => Chunk {
+                index,
+                data: self.genuine(index).into_iter().map(|b| b ^ 0x5a).collect(),
+            },
+            Misbehaviour::ShortChunks => {
+                let mut data = self.genuine(index);
+                data.truncate(data.len() / 2);
+                Chunk {
+                    index,
+                    data: data.into(),
+                }
+            }
+            Misbehaviour::WrongIndexes => {
+                let other = (index + 1) % self.chunk_count();
+                Chunk {
+                    index: other,
+                    data: self.genuine(other).into(),
+                }
+            }
+            Misbehaviour::Endless => Chunk {
+                index,
+                data: self.genuine(index).into(),
+            },
+        }
+    }
+}
+
+/// Decrements the open-stream count when the server drops a stream.
+struct OpenStream(Arc<HostileStats>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PeerService for HostileService {
+    type FetchChunksStream = ChunkStream;
+
+    async fn fetch_chunks(
+        &self,
+        request: Request<FetchChunksRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let count = self.chunk_count();
+        let asked: Vec<u32> = request
+            .into_inner()
+            .ranges
+            .iter()
+            .flat_map(|r| r.start..r.start.saturating_add(r.count.min(1024)))
+            .filter(|&i| i < count)
+            .take(1024)
+            .collect();
+        let Some(&last) = asked.last() else {
+            return Err(Status::invalid_argument("no chunks asked for"));
+        };
+        self.stats.open_streams.fetch_add(1, Ordering::Relaxed);
+        let guard = OpenStream(self.stats.clone());
+        let service = self.clone();
+        let stream = futures::stream::unfold((0usize, guard), move |(n, guard)| {
+            let service = service.clone();
+            let asked = asked.clone();
+            async move {
+                let index = match asked.get(n) {
+                    Some(&index) => index,
+                    None if service.misbehaviour == Misbehaviour::Endless => last,
+                    None => return None,
+                };
+                service.stats.chunks_sent.fetch_add(1, Ordering::Relaxed);
+                Some((Ok(service.answer(index)), (n + 1, guard)))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// A hostile peer registered at the index as a complete holder of one file.
+pub struct HostilePeer {
+    addr: SocketAddr,
+    peer_id: String,
+    stats: Arc<HostileStats>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _tasks: JoinSet<()>,
+}
+
+impl HostilePeer {
+    /// Serves `content` (the genuine bytes of `file_id`) the way
+    /// `misbehaviour` says, registers at the index with `token` (a real
+    /// user's access token), claims to hold the whole file, and heartbeats
+    /// every second until dropped.
+    ///
+    /// # Panics
+    /// When the index refuses the registration or the claim.
+    pub async fn start(
+        misbehaviour: Misbehaviour,
+        content: Vec<u8>,
+        mut index: IndexServiceClient<Channel>,
+        token: &str,
+        file_id: &str,
+    ) -> HostilePeer {
+        let manifest = index
+            .get_file(with_bearer(
+                GetFileRequest {
+                    file_id: file_id.into(),
+                },
+                token,
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("get file {file_id}: {s}"))
+            .into_inner()
+            .manifest
+            .expect("GetFile carries the manifest");
+        let stats = Arc::new(HostileStats::default());
+        let service = HostileService {
+            misbehaviour,
+            content: Arc::new(content),
+            chunk_size: manifest.chunk_size_bytes as usize,
+            stats: stats.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the hostile peer");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let server = p2p_services::serve::GrpcServer::new()
+                .add_service(PeerServiceServer::new(service))
+                .serve(listener, async {
+                    let _ = stopped.await;
+                });
+            if let Err(err) = server.await {
+                eprintln!("hostile peer server failed: {err}");
+            }
+        });
+
+        let peer_id = index
+            .register_peer(with_bearer(
+                RegisterPeerRequest {
+                    advertise_addr: addr.to_string(),
+                    load: None,
+                    agent_version: format!("hostile {misbehaviour:?}"),
+                },
+                token,
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("register the hostile peer: {s}"))
+            .into_inner()
+            .peer_id;
+        index
+            .update_holdings(with_bearer(
+                UpdateHoldingsRequest {
+                    peer_id: peer_id.clone(),
+                    file_id: file_id.into(),
+                    bitfield: Vec::new(),
+                    complete: true,
+                },
+                token,
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("claim the file for the hostile peer: {s}"));
+
+        let (token, id) = (token.to_string(), peer_id.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let request = HeartbeatRequest {
+                    peer_id: id.clone(),
+                    load: None,
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    index.heartbeat(with_bearer(request, &token)),
+                )
+                .await;
+            }
+        });
+        HostilePeer {
+            addr,
+            peer_id,
+            stats,
+            stop: Some(stop),
+            _tasks: tasks,
+        }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its peer id at the index.
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    /// What it saw and did.
+    pub fn stats(&self) -> &HostileStats {
+        &self.stats
+    }
+}
+
+impl Drop for HostilePeer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The pid of a loopback [`crate::Agent`]'s process, found by its data dir
+/// in the environment of the running processes (the agent is started with
+/// `P2P_DATA_DIR` set to a dir no other process uses).
+pub fn agent_pid(agent: &crate::Agent) -> Option<u32> {
+    let needle = format!("P2P_DATA_DIR={}", agent.data_dir().display());
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == needle.as_bytes()))
+        })
+}
+
+/// A process's resident memory now (`VmRSS`) and at its peak (`VmHWM`),
+/// in bytes.
+pub fn memory_bytes(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}

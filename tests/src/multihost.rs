@@ -1,0 +1,646 @@
+//! Real processes on the hosts of an emulated LAN ([`crate::netns`]):
+//! auth-svc and index-svc on host 0, one peer-agent per other host, the
+//! `p2p` CLI run inside an agent's namespace against its loopback control
+//! port, and gRPC channels from the test process into any namespace.
+//!
+//! The test process itself stays in the machine's own namespace, where the
+//! LAN's addresses do not exist. [`channel_in`] reaches a namespace by
+//! opening each TCP connection on a short-lived thread that first moves
+//! into that namespace (`setns`); the socket stays there once made, so the
+//! rest of the connection runs on the test's tokio runtime as usual.
+//!
+//! Ownership: a [`MultiHost`] owns the temp dir, the LAN and the two service
+//! processes; each [`HostAgent`] owns its process. Processes are killed
+//! (SIGKILL, which also ends a SIGSTOPped one) and reaped on drop, before
+//! the LAN's namespaces are deleted; a panicking test prints the tail of
+//! every log.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use p2p_proto::agent::v1::agent_control_client::AgentControlClient;
+use p2p_proto::agent::v1::{ListFilesRequest, NetworkFile, StatusRequest, StatusResponse};
+use p2p_proto::auth::v1::account_service_client::AccountServiceClient;
+use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
+use p2p_proto::auth::v1::{CreateUserRequest, LoginRequest, Role};
+use p2p_proto::index::v1::index_service_client::IndexServiceClient;
+use p2p_proto::index::v1::{ListPeersRequest, Peer, PeerState};
+use tonic::transport::{Channel, Uri};
+
+use crate::netns::{Host, Lan, LanError, LinkShape};
+use crate::{ADMIN_PASSWORD, ADMIN_USER, CliOutput, USER_PASSWORD, binary};
+
+/// auth-svc's port on the services host.
+pub const AUTH_PORT: u16 = 50051;
+/// index-svc's port on the services host.
+pub const INDEX_PORT: u16 = 50052;
+/// Every agent's PeerService port on its own host.
+pub const PEER_PORT: u16 = 50053;
+/// Every agent's control port, on its host's loopback.
+pub const CONTROL_PORT: u16 = 50054;
+
+/// How long a process may take to become healthy (debug builds hash the
+/// admin password with Argon2 at start).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upper bound on one `p2p` invocation.
+const CLI_TIMEOUT: Duration = Duration::from_secs(120);
+/// Upper bound on one TCP connect into a namespace.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lines of each log printed when a test fails.
+const LOG_TAIL_LINES: usize = 40;
+
+/// Why a test cannot run on an emulated LAN, or `None` when it can. Under
+/// `CI=true` (where the tests run as root) an unavailable LAN is a failure,
+/// not a skip.
+///
+/// # Panics
+/// Under `CI=true` when no LAN can be built.
+pub fn skip_reason() -> Option<String> {
+    let reason = Lan::unavailable_reason()?;
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(!ci, "multi-host tests must run in CI, but: {reason}");
+    Some(reason)
+}
+
+/// A lazy gRPC channel to `addr` (`ip:port`) as seen from inside `host`'s
+/// namespace: `127.0.0.1` is that host's loopback.
+pub fn channel_in(host: &Host, addr: &str) -> Channel {
+    let netns = host.netns.clone();
+    let connector = tower::service_fn(move |uri: Uri| {
+        let netns = netns.clone();
+        async move {
+            let authority = uri
+                .authority()
+                .ok_or_else(|| std::io::Error::other(format!("no host:port in {uri}")))?;
+            let addr: SocketAddr = authority.as_str().parse().map_err(|e| {
+                std::io::Error::other(format!("{authority} is not an ip:port: {e}"))
+            })?;
+            connect_in(netns, addr).await.map(TokioIo::new)
+        }
+    });
+    p2p_services::client::endpoint(addr)
+        .expect("a valid ip:port")
+        .connect_with_connector_lazy(connector)
+}
+
+/// Opens a TCP connection from inside `netns` (the machine's own namespace
+/// when empty).
+async fn connect_in(netns: String, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    if netns.is_empty() {
+        return tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::other(format!("connect to {addr} timed out")))?;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A fresh thread each time: setns changes the calling thread for good.
+    std::thread::Builder::new()
+        .name("netns-connect".into())
+        .spawn(move || {
+            let result = (|| {
+                let ns = std::fs::File::open(format!("/run/netns/{netns}"))?;
+                rustix::thread::move_into_link_name_space(
+                    ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
+                let stream = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+                stream.set_nodelay(true)?;
+                stream.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(stream)
+            })();
+            let _ = tx.send(result);
+        })?;
+    let stream = rx
+        .await
+        .map_err(|_| std::io::Error::other("the netns connect thread died"))??;
+    tokio::net::TcpStream::from_std(stream)
+}
+
+/// Whether the gRPC server behind `channel` reports SERVING.
+async fn healthy(channel: Channel) -> bool {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let check = client.check(tonic_health::pb::HealthCheckRequest::default());
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), check).await,
+        Ok(Ok(response)) if response.get_ref().status == 1
+    )
+}
+
+/// One process started inside a host's namespace, restartable with the
+/// same arguments, killed on drop.
+pub struct HostProcess {
+    name: String,
+    host: Host,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    /// `ip:port` probed for health, as seen from inside the host.
+    health_addr: String,
+    child: Option<Child>,
+}
+
+impl HostProcess {
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("open {}: {e}", self.log.display()))?;
+        let _ = writeln!(log, "===== starting {} =====", self.name);
+        let stderr = log.try_clone().map_err(|e| e.to_string())?;
+        // `ip netns exec` execs the program, so the child's pid is the
+        // program's own (SIGSTOP and /proc reach the real process).
+        let child = self
+            .host
+            .command(&self.program)
+            .args(&self.args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Spawns the process and waits until it reports healthy.
+    async fn start(&mut self) -> Result<(), String> {
+        self.spawn()?;
+        let channel = channel_in(&self.host, &self.health_addr);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(format!(
+                    "{} exited during start-up with {status}\n{}",
+                    self.name,
+                    self.log_tail()
+                ));
+            }
+            if healthy(channel.clone()).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} not healthy at {} after {START_TIMEOUT:?}\n{}",
+                    self.name,
+                    self.health_addr,
+                    self.log_tail()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL and reap; a no-op when not running.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let child = self.child.as_ref().expect("the process is running");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a live pid");
+        rustix::process::kill_process(pid, signal)
+            .unwrap_or_else(|e| panic!("signal {signal:?} to {}: {e}", self.name));
+    }
+
+    fn log_tail(&self) -> String {
+        let Ok(file) = std::fs::File::open(&self.log) else {
+            return format!("(no log at {})", self.log.display());
+        };
+        let lines: Vec<String> = std::io::BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- last lines of {} ({}) -----\n{}\n----- end of {} -----",
+                self.name,
+                self.log.display(),
+                self.log_tail(),
+                self.name
+            );
+        }
+    }
+}
+
+/// auth-svc and index-svc on host 0 of an emulated LAN whose other hosts
+/// are free for agents.
+pub struct MultiHost {
+    auth: HostProcess,
+    index: HostProcess,
+    // Declared after the processes: they die before the LAN goes, and the
+    // LAN goes before the files.
+    lan: Lan,
+    dir: tempfile::TempDir,
+}
+
+impl MultiHost {
+    /// Builds a LAN of `hosts` hosts (host 0 for the services) with every
+    /// link shaped by `shape`, and starts auth-svc and index-svc (with
+    /// `index_args` added, for example a short `--lease-ttl`).
+    ///
+    /// # Panics
+    /// When the LAN cannot be built or a service does not come up.
+    pub async fn start(hosts: usize, shape: LinkShape, index_args: &[&str]) -> MultiHost {
+        let dir = tempfile::Builder::new()
+            .prefix("p2p-multihost-")
+            .tempdir()
+            .expect("create the temp dir");
+        let lan = Lan::create(hosts, shape).unwrap_or_else(|e| panic!("build the LAN: {e}"));
+        let services = lan.host(0).clone();
+        let sqlite = |name: &str| p2p_services::db::testing::sqlite_url(dir.path(), name);
+        let mut auth = HostProcess {
+            name: "auth-svc".into(),
+            host: services.clone(),
+            program: binary("auth-svc"),
+            args: [
+                "--listen",
+                &format!("0.0.0.0:{AUTH_PORT}"),
+                "--metrics-listen",
+                "",
+                "--database-url",
+                &sqlite("auth.db"),
+                "--admin-user",
+                ADMIN_USER,
+            ]
+            .map(String::from)
+            .to_vec(),
+            log: dir.path().join("auth-svc.log"),
+            health_addr: services.socket(AUTH_PORT),
+            child: None,
+        };
+        auth.args
+            .extend(["--admin-password".into(), ADMIN_PASSWORD.into()]);
+        auth.start().await.unwrap_or_else(|e| panic!("{e}"));
+        let mut args: Vec<String> = [
+            "--listen",
+            &format!("0.0.0.0:{INDEX_PORT}"),
+            "--metrics-listen",
+            "",
+            "--database-url",
+            &sqlite("index.db"),
+            "--auth-url",
+            &format!("http://{}", services.socket(AUTH_PORT)),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(index_args.iter().map(|a| a.to_string()));
+        let mut index = HostProcess {
+            name: "index-svc".into(),
+            host: services.clone(),
+            program: binary("index-svc"),
+            args,
+            log: dir.path().join("index-svc.log"),
+            health_addr: services.socket(INDEX_PORT),
+            child: None,
+        };
+        index.start().await.unwrap_or_else(|e| panic!("{e}"));
+        MultiHost {
+            auth,
+            index,
+            lan,
+            dir,
+        }
+    }
+
+    /// The LAN (host 0 runs the services).
+    pub fn lan(&self) -> &Lan {
+        &self.lan
+    }
+
+    /// A fresh directory in the temp dir, for test input and output files.
+    pub fn scratch_dir(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir_all(&path).expect("create scratch dir");
+        path
+    }
+
+    /// A client of index-svc, connected from the services host.
+    pub fn index_client(&self) -> IndexServiceClient<Channel> {
+        IndexServiceClient::new(channel_in(&self.index.host, &self.index.health_addr))
+            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
+    }
+
+    fn auth_channel(&self) -> Channel {
+        channel_in(&self.auth.host, &self.auth.health_addr)
+    }
+
+    /// An access token for `username`, straight from auth-svc.
+    pub async fn access_token(&self, username: &str, password: &str) -> String {
+        AuthServiceClient::new(self.auth_channel())
+            .login(LoginRequest {
+                username: username.into(),
+                password: password.into(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("login as {username}: {s}"))
+            .into_inner()
+            .access_token
+    }
+
+    /// Creates the user `name` with [`USER_PASSWORD`].
+    pub async fn create_user(&self, name: &str) {
+        let token = self.access_token(ADMIN_USER, ADMIN_PASSWORD).await;
+        AccountServiceClient::new(self.auth_channel())
+            .create_user(p2p_services::client::with_bearer(
+                CreateUserRequest {
+                    username: name.into(),
+                    password: USER_PASSWORD.into(),
+                    role: Role::User as i32,
+                },
+                &token,
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("create user {name}: {s}"));
+    }
+
+    /// Creates user `name`, starts an agent for it on host `host` (with
+    /// `extra_args` such as `--max-upload-rate`), logs it in through the
+    /// CLI and waits until the index lists it online.
+    pub async fn add_user_agent(&self, host: usize, name: &str, extra_args: &[&str]) -> HostAgent {
+        self.create_user(name).await;
+        let host = self.lan.host(host).clone();
+        let data_dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&data_dir).expect("create agent data dir");
+        let services = self.lan.host(0);
+        let mut args: Vec<String> = [
+            "--listen",
+            &format!("0.0.0.0:{PEER_PORT}"),
+            "--advertise",
+            &host.socket(PEER_PORT),
+            "--control",
+            &format!("127.0.0.1:{CONTROL_PORT}"),
+            "--metrics-listen",
+            "",
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--index-url",
+            &format!("http://{}", services.socket(INDEX_PORT)),
+            "--auth-url",
+            &format!("http://{}", services.socket(AUTH_PORT)),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let mut process = HostProcess {
+            name: format!("peer-agent {name}"),
+            host: host.clone(),
+            program: binary("peer-agent"),
+            args,
+            log: self.dir.path().join(format!("{name}.log")),
+            health_addr: format!("127.0.0.1:{CONTROL_PORT}"),
+            child: None,
+        };
+        process.start().await.unwrap_or_else(|e| panic!("{e}"));
+        let agent = HostAgent {
+            name: name.to_string(),
+            host,
+            data_dir,
+            process,
+        };
+        agent.login(name, USER_PASSWORD).await;
+        let peer_id = agent.status().await.peer_id;
+        assert!(!peer_id.is_empty(), "{name} did not register at login");
+        agent
+    }
+
+    /// Kills index-svc (SIGKILL), as in an outage.
+    pub fn stop_index(&mut self) {
+        self.index.kill();
+    }
+
+    /// Starts index-svc again with the same address and database.
+    pub async fn start_index(&mut self) {
+        self.index.start().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// The index's view of the peer with `peer_id` (offline ones included).
+    pub async fn peer(&self, token: &str, peer_id: &str) -> Option<Peer> {
+        self.index_client()
+            .list_peers(p2p_services::client::with_bearer(
+                ListPeersRequest {
+                    include_offline: true,
+                },
+                token,
+            ))
+            .await
+            .ok()?
+            .into_inner()
+            .peers
+            .into_iter()
+            .find(|p| p.peer_id == peer_id)
+    }
+
+    /// Whether the index lists `peer_id` as online.
+    pub async fn is_online(&self, token: &str, peer_id: &str) -> Option<bool> {
+        self.peer(token, peer_id)
+            .await
+            .map(|p| p.state == PeerState::Online as i32)
+    }
+}
+
+/// A peer-agent on its own host of the LAN, killed on drop.
+pub struct HostAgent {
+    name: String,
+    host: Host,
+    data_dir: PathBuf,
+    process: HostProcess,
+}
+
+impl HostAgent {
+    /// The agent's name in this test (also its user).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The host it runs on.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Its data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A client of its control API, connected from inside its host.
+    pub fn control(&self) -> AgentControlClient<Channel> {
+        AgentControlClient::new(channel_in(&self.host, &self.process.health_addr))
+            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
+    }
+
+    /// Its Status.
+    pub async fn status(&self) -> StatusResponse {
+        self.control()
+            .status(StatusRequest {})
+            .await
+            .unwrap_or_else(|s| panic!("status of {}: {s}", self.name))
+            .into_inner()
+    }
+
+    /// Its view of one network file.
+    pub async fn network_file(&self, file_id: &str) -> Option<NetworkFile> {
+        self.control()
+            .list_files(ListFilesRequest::default())
+            .await
+            .ok()?
+            .into_inner()
+            .files
+            .into_iter()
+            .find(|f| f.file.as_ref().is_some_and(|i| i.file_id == file_id))
+    }
+
+    /// `p2p ARGS` inside the agent's host, aimed at its loopback control
+    /// port.
+    pub fn p2p_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = self.host.tokio_command(binary("p2p"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("P2P_AGENT", &self.process.health_addr)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs `p2p ARGS`, with `stdin` piped in when given.
+    pub async fn p2p_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> CliOutput {
+        use tokio::io::AsyncWriteExt;
+        let mut command = self.p2p_command(args);
+        if stdin.is_some() {
+            command.stdin(Stdio::piped());
+        }
+        let mut child = command.spawn().expect("spawn p2p");
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes()).await.expect("write stdin");
+        }
+        let output = tokio::time::timeout(CLI_TIMEOUT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("p2p {args:?} on {} ran over {CLI_TIMEOUT:?}", self.name))
+            .expect("wait for p2p");
+        CliOutput {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Runs `p2p ARGS`.
+    pub async fn p2p(&self, args: &[&str]) -> CliOutput {
+        self.p2p_with_stdin(args, None).await
+    }
+
+    /// Runs `p2p ARGS` and panics (with its output) unless it succeeds.
+    pub async fn p2p_ok(&self, args: &[&str]) -> CliOutput {
+        let output = self.p2p(args).await;
+        assert!(output.success(), "p2p {args:?} on {}: {output}", self.name);
+        output
+    }
+
+    /// `p2p login NAME --password-stdin`.
+    pub async fn login(&self, username: &str, password: &str) {
+        let output = self
+            .p2p_with_stdin(
+                &["login", username, "--password-stdin"],
+                Some(&format!("{password}\n")),
+            )
+            .await;
+        assert!(output.success(), "login on {}: {output}", self.name);
+    }
+
+    /// `p2p --json share PATH`; returns the file id.
+    pub async fn share(&self, path: &Path) -> String {
+        let output = self
+            .p2p_ok(&["--json", "share", path.to_str().expect("utf-8 path")])
+            .await;
+        let json = output.json();
+        json["shared"][0]["file_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no file id in {json}"))
+            .to_string()
+    }
+
+    /// `p2p --json get FILE -o DEST`; returns the final path.
+    pub async fn get(&self, file: &str, dest: &Path) -> PathBuf {
+        let output = self
+            .p2p_ok(&["--json", "get", file, "-o", dest.to_str().expect("utf-8")])
+            .await;
+        let done = output.json();
+        assert_eq!(done["event"], "done", "get did not finish: {output}");
+        PathBuf::from(done["final_path"].as_str().expect("final_path"))
+    }
+
+    /// Whether the process is alive (a stopped process is).
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// The process id (stable across [`HostAgent::pause`]/[`HostAgent::resume`]).
+    pub fn pid(&self) -> u32 {
+        self.process.child.as_ref().expect("running").id()
+    }
+
+    /// SIGSTOP: the machine went to sleep.
+    pub fn pause(&self) {
+        self.process.signal(rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT: the machine woke up.
+    pub fn resume(&self) {
+        self.process.signal(rustix::process::Signal::CONT);
+    }
+}
+
+/// Cuts `host`'s link, panicking with the reason on failure.
+pub fn cut(host: &Host) {
+    host.cut()
+        .unwrap_or_else(|e: LanError| panic!("cut {}: {e}", host.netns));
+}
+
+/// Restores `host`'s link, panicking with the reason on failure.
+pub fn restore(host: &Host) {
+    host.restore()
+        .unwrap_or_else(|e: LanError| panic!("restore {}: {e}", host.netns));
+}
+
+/// A link shape of `rate_mbit` each way, no delay (netem is not available
+/// everywhere).
+pub fn rate(rate_mbit: u32) -> LinkShape {
+    LinkShape {
+        rate_mbit: Some(rate_mbit),
+        delay: None,
+    }
+}

@@ -1,0 +1,327 @@
+//! Hostile and broken peers on loopback: a registered peer that lies about
+//! its data (wrong bytes, short chunks, chunks nobody asked for, a stream
+//! that never ends), a caller that opens FetchChunks streams and never
+//! reads them, and a caller whose token comes from another deployment.
+//! None of them may corrupt a file, pin unbounded memory or block
+//! well-behaved peers; every test ends with the "nothing lost" audit.
+
+use std::time::{Duration, Instant};
+
+use p2p_proto::index::v1::{ListFilesRequest, LocateSourcesRequest};
+use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
+use p2p_proto::peer::v1::{ChunkRange, FetchChunksRequest};
+use p2p_services::client::with_bearer;
+use p2p_tests::audit::{HonestAgent, assert_nothing_lost};
+use p2p_tests::hostile::{HostilePeer, Misbehaviour, agent_pid, memory_bytes};
+use p2p_tests::{
+    ADMIN_PASSWORD, ADMIN_USER, AgentOptions, Cluster, ClusterOptions, USER_PASSWORD,
+    assert_same_content, eventually, random_file,
+};
+use tonic::Code;
+
+/// Size of the files the lying-peer tests download.
+const FILE_BYTES: usize = 4 * 1024 * 1024;
+/// The honest source's upload limit: slow enough that the downloader asks
+/// the hostile peer too.
+const HONEST_RATE: &str = "4MiB";
+/// Bound on any one download in these tests.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The index's one-line reason for ranking `peer_id` as a source of
+/// `file_id`, when it offers it at all.
+async fn index_reason(
+    cluster: &Cluster,
+    token: &str,
+    file_id: &str,
+    peer_id: &str,
+) -> Option<String> {
+    cluster
+        .index_client()
+        .locate_sources(with_bearer(
+            LocateSourcesRequest {
+                file_id: file_id.into(),
+                limit: 64,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .ok()?
+        .into_inner()
+        .sources
+        .into_iter()
+        .find(|s| s.peer_id == peer_id)
+        .map(|s| s.reason)
+}
+
+/// One honest complete source (alice), one hostile source claiming the same
+/// file (registered as mallory), one downloader (bob): the download must
+/// finish byte for byte, and a liar must be rejected and reported.
+async fn download_survives(misbehaviour: Misbehaviour, seed: u64) {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let alice = cluster
+        .add_user_agent(
+            "alice",
+            AgentOptions::default().max_upload_rate(HONEST_RATE),
+        )
+        .await;
+    let bob = cluster.add_user_agent("bob", AgentOptions::default()).await;
+    cluster.create_user("mallory", false).await;
+    let original = random_file(&cluster.scratch_dir("input"), FILE_BYTES, seed);
+    let id = alice.share(&original).await;
+    let mallory = cluster.access_token("mallory", USER_PASSWORD).await;
+    let hostile = HostilePeer::start(
+        misbehaviour,
+        std::fs::read(&original).expect("read the original"),
+        cluster.index_client(),
+        &mallory,
+        &id,
+    )
+    .await;
+
+    let dest = cluster.scratch_dir("out").join("copy.bin");
+    let got = tokio::time::timeout(DOWNLOAD_TIMEOUT, bob.get(&id, &dest))
+        .await
+        .unwrap_or_else(|_| panic!("the download hung with a {misbehaviour:?} peer"));
+    assert_same_content(&original, &got);
+    eprintln!(
+        "{misbehaviour:?} peer: {} requests, {} chunks sent",
+        hostile.stats().requests(),
+        hostile.stats().chunks_sent()
+    );
+    assert!(
+        hostile.stats().requests() > 0,
+        "the hostile peer was never asked, so the test proves nothing"
+    );
+
+    if misbehaviour == Misbehaviour::Endless {
+        // Correct data, but the stream never ends: the downloader takes what
+        // it asked for and hangs up, so the server drops every stream.
+        eventually(
+            Duration::from_secs(15),
+            "the downloader to hang up on every never-ending stream",
+            || async { (hostile.stats().open_streams() == 0).then_some(()) },
+        )
+        .await;
+    } else {
+        let counters = bob.status().await.counters.unwrap_or_default();
+        assert!(
+            counters.chunks_rejected > 0,
+            "no chunk from the {misbehaviour:?} peer was rejected: {counters:?}"
+        );
+        let token = cluster.access_token("bob", USER_PASSWORD).await;
+        eventually(
+            Duration::from_secs(15),
+            "the index to record a bad report against the hostile peer",
+            || async {
+                let reason = index_reason(&cluster, &token, &id, hostile.peer_id()).await?;
+                reason.contains("bad report").then_some(())
+            },
+        )
+        .await;
+    }
+
+    let token = cluster.access_token("bob", USER_PASSWORD).await;
+    let honest = [HonestAgent::of(&alice).await, HonestAgent::of(&bob).await];
+    assert_nothing_lost(cluster.index_client(), &token, &[id], &honest).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_bytes_are_rejected_reported_and_the_file_is_correct() {
+    download_survives(Misbehaviour::WrongBytes, 61).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn short_chunks_are_rejected_reported_and_the_file_is_correct() {
+    download_survives(Misbehaviour::ShortChunks, 62).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunks_for_unrequested_indexes_are_rejected_and_reported() {
+    download_survives(Misbehaviour::WrongIndexes, 63).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_never_ending_chunk_stream_is_cut_off_and_the_file_is_correct() {
+    download_survives(Misbehaviour::Endless, 64).await;
+}
+
+/// Streams a caller may open and never read.
+const UNREAD_STREAMS: usize = 32;
+/// The agent's cap on concurrent uploads in this test.
+const MAX_UPLOADS: u32 = 8;
+/// How much an agent's resident memory may grow while every slot is held by
+/// a caller that never reads (eight streams each asking for a whole 64 MiB file could pin several times this).
+const MEMORY_GROWTH_LIMIT: u64 = 96 * 1024 * 1024;
+/// How long unread streams are held while memory is watched.
+const HOLD: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickly() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let options = AgentOptions {
+        max_uploads: Some(MAX_UPLOADS),
+        ..AgentOptions::default()
+    };
+    let alice = cluster.add_user_agent("alice", options).await;
+    let original = random_file(&cluster.scratch_dir("input"), 64 * 1024 * 1024, 65);
+    let id = alice.share(&original).await;
+    let info = alice
+        .network_file(&id)
+        .await
+        .and_then(|f| f.file)
+        .expect("shared file listed");
+    let pid = agent_pid(&alice).expect("find alice's process");
+    let (baseline, _) = memory_bytes(pid).expect("read alice's memory");
+    cluster.create_user("bob", false).await;
+    let token = cluster.access_token("bob", USER_PASSWORD).await;
+    let everything = FetchChunksRequest {
+        file_id: id.clone(),
+        ranges: vec![ChunkRange {
+            start: 0,
+            count: info.chunk_count.min(1024),
+        }],
+    };
+
+    // Each unread stream on its own connection, as separate attackers
+    // would; the response (headers) arrives, the body is never read.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..UNREAD_STREAMS {
+        let channel = p2p_services::client::channel(alice.peer_addr()).unwrap();
+        let mut client = PeerServiceClient::new(channel)
+            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES);
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.fetch_chunks(with_bearer(everything.clone(), &token)),
+        )
+        .await
+        .expect("the agent answered a FetchChunks call within 5 s");
+        match answer {
+            Ok(stream) => held.push(stream.into_inner()),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(started.elapsed() < Duration::from_secs(2));
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        held.len() <= MAX_UPLOADS as usize,
+        "{} streams admitted over a cap of {MAX_UPLOADS}",
+        held.len()
+    );
+    assert_eq!(held.len() + refused, UNREAD_STREAMS);
+
+    // Watch memory while the streams sit unread.
+    let deadline = Instant::now() + HOLD;
+    let mut peak = baseline;
+    while Instant::now() < deadline {
+        let (rss, _) = memory_bytes(pid).expect("alice is alive");
+        peak = peak.max(rss);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "{} unread streams held, {refused} refused; alice's RSS {} MiB before, peak {} MiB",
+        held.len(),
+        baseline >> 20,
+        peak >> 20
+    );
+    assert!(
+        peak < baseline + MEMORY_GROWTH_LIMIT,
+        "alice's memory grew from {} MiB to {} MiB with unread streams",
+        baseline >> 20,
+        peak >> 20
+    );
+
+    // A well-behaved caller is served or turned away at once, never hung.
+    let mut polite =
+        PeerServiceClient::new(p2p_services::client::channel(alice.peer_addr()).unwrap())
+            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES);
+    let two = FetchChunksRequest {
+        file_id: id.clone(),
+        ranges: vec![ChunkRange { start: 0, count: 2 }],
+    };
+    let started = Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        polite.fetch_chunks(with_bearer(two, &token)),
+    )
+    .await
+    .expect("a well-behaved caller waited over 5 s for an answer");
+    match answer {
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            for _ in 0..2 {
+                let chunk = tokio::time::timeout(Duration::from_secs(5), stream.message())
+                    .await
+                    .expect("an admitted stream stalled")
+                    .expect("chunk")
+                    .expect("stream ended early");
+                assert!(!chunk.data.is_empty());
+            }
+        }
+        Err(status) => {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "refusal took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+
+    // Once the attackers go, their slots come back: a real download works.
+    drop(held);
+    let carol = cluster
+        .add_user_agent("carol", AgentOptions::default())
+        .await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(90),
+        carol.get(&id, &cluster.scratch_dir("out").join("copy.bin")),
+    )
+    .await
+    .expect("download after the attack");
+    assert_same_content(&original, &got);
+
+    let honest = [HonestAgent::of(&alice).await, HonestAgent::of(&carol).await];
+    assert_nothing_lost(cluster.index_client(), &token, &[id], &honest).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_from_another_deployment_is_unauthenticated() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let alice = cluster
+        .add_user_agent("alice", AgentOptions::default())
+        .await;
+    let original = random_file(&cluster.scratch_dir("input"), 512 * 1024, 66);
+    let id = alice.share(&original).await;
+    // Another deployment: its own auth-svc with its own signing key, and an
+    // admin with the very same name and password.
+    let other = Cluster::start(ClusterOptions::default()).await;
+    let foreign = other.access_token(ADMIN_USER, ADMIN_PASSWORD).await;
+
+    let mut peer =
+        PeerServiceClient::new(p2p_services::client::channel(alice.peer_addr()).unwrap());
+    let fetch = FetchChunksRequest {
+        file_id: id.clone(),
+        ranges: vec![ChunkRange { start: 0, count: 1 }],
+    };
+    let refused = peer
+        .fetch_chunks(with_bearer(fetch, &foreign))
+        .await
+        .expect_err("an agent served chunks to a foreign token");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    let refused = cluster
+        .index_client()
+        .list_files(with_bearer(ListFilesRequest::default(), &foreign))
+        .await
+        .expect_err("the index answered a foreign token");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    let token = cluster.access_token(ADMIN_USER, ADMIN_PASSWORD).await;
+    let honest = [HonestAgent::of(&alice).await];
+    assert_nothing_lost(cluster.index_client(), &token, &[id], &honest).await;
+}
