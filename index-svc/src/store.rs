@@ -203,6 +203,17 @@ impl Store {
         })
     }
 
+    /// Begins a transaction that will write. On SQLite it takes the write
+    /// lock up front (`BEGIN IMMEDIATE`): a deferred transaction that reads
+    /// and then writes fails at once with "database is locked" when another
+    /// writer committed in between, without waiting on the busy timeout.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, Error> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Which backend the store runs on.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -352,7 +363,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool, Error> {
         let file_id = manifest.file_id();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let created = sqlx::query(
             "INSERT INTO files (file_id, name, size_bytes, mime_type, chunk_size_bytes, \
                  chunk_count, chunk_hashes, file_hash, owner_id, owner_name, added_at_ms) \
@@ -562,7 +573,7 @@ impl Store {
     /// Removes a file, its holdings and its reports. Returns false when
     /// there was no such file.
     pub async fn delete_file(&self, file_id: &FileId, now_ms: i64) -> Result<bool, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let Some(row) = sqlx::query("DELETE FROM files WHERE file_id = $1 RETURNING name")
             .bind(file_id.as_str())
             .fetch_optional(&mut *tx)
@@ -590,7 +601,7 @@ impl Store {
         chunk_count: u32,
         now_ms: i64,
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if Self::put_holding(&mut tx, peer, file_id, holding, chunk_count, now_ms).await? {
             Self::log_event(&mut tx, FileEventKind::HoldersChanged, file_id, "", now_ms).await?;
         }
@@ -605,7 +616,7 @@ impl Store {
         file_id: &FileId,
         now_ms: i64,
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = Self::holding_state(&mut tx, peer, file_id).await?;
         sqlx::query("DELETE FROM holdings WHERE file_id = $1 AND peer_id = $2")
             .bind(file_id.as_str())
