@@ -60,6 +60,9 @@ enum Bench {
         /// Give up on one case after this many seconds.
         #[arg(long, default_value_t = 900)]
         timeout_s: u64,
+        /// Base name of the result files (`<name>.json`, `.csv`, `.svg`).
+        #[arg(long, default_value = "swarm")]
+        name: String,
     },
     /// FetchChunks on loopback vs raw TCP, with peak RSS.
     Datapath {
@@ -91,10 +94,11 @@ fn main() -> Result<()> {
             delay_ms,
             no_http,
             timeout_s,
+            name,
         } => {
             std::fs::create_dir_all(&cli.out)?;
             swarm(
-                &cli.out,
+                &cli.out.join(name),
                 &n,
                 &size_mib,
                 rate_mbit,
@@ -162,6 +166,42 @@ fn peak_rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// CPU time (user + system) a running process has used so far, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is the
+    // first, utime the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / CLOCK_TICKS_PER_SECOND)
+}
+
+/// USER_HZ: 100 on every Linux architecture we run on (`getconf CLK_TCK`).
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// Busy and total jiffies of the whole machine, from the first line of
+/// /proc/stat, to turn into a utilisation over an interval.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = values.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th values.
+    let idle = values.get(3)? + values.get(4)?;
+    Some((total - idle, total))
+}
+
+/// Share of all cores busy between two [`machine_jiffies`] readings.
+fn utilisation(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = (before?, after?);
+    (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64)
 }
 
 /// A child process killed when dropped.
@@ -300,6 +340,41 @@ fn start_agent(host: &Host, services: &Host, dir: &Path, name: &str) -> Result<P
     Ok(proc)
 }
 
+/// What one agent did during a swarm case.
+#[derive(serde::Serialize)]
+struct AgentRecord {
+    name: String,
+    /// Seconds from the start until its `p2p get` returned (None: seeder).
+    done_s: Option<f64>,
+    bytes_uploaded: u64,
+    bytes_downloaded: u64,
+    chunks_from_partial_sources: u64,
+    peak_rss_bytes: u64,
+    cpu_s: f64,
+}
+
+impl AgentRecord {
+    /// Reads the counters of the agent on `host` and its process figures.
+    fn collect(host: &Host, proc: &Proc, name: &str, done_s: Option<f64>) -> Result<Self> {
+        let status = host
+            .command(bin("p2p")?)
+            .args(["--json", "status"])
+            .output()?;
+        let json = json_of(&status).unwrap_or_default();
+        let field = |key: &str| find_u64(&json, key).unwrap_or(0);
+        let pid = proc.0.id();
+        Ok(Self {
+            name: name.to_string(),
+            done_s,
+            bytes_uploaded: field("bytes_uploaded"),
+            bytes_downloaded: field("bytes_downloaded"),
+            chunks_from_partial_sources: field("chunks_from_partial_sources"),
+            peak_rss_bytes: peak_rss_bytes(pid).unwrap_or(0),
+            cpu_s: cpu_seconds(pid).unwrap_or(0.0),
+        })
+    }
+}
+
 struct SwarmCase {
     n: usize,
     size_bytes: u64,
@@ -308,6 +383,15 @@ struct SwarmCase {
     cs_bound_s: f64,
     p2p_bound_s: f64,
     seeder_upload_multiple: f64,
+    /// Everything every agent uploaded, over the N·F the downloaders needed:
+    /// 1.0 means no byte crossed the network twice.
+    upload_over_needed: f64,
+    /// Share of both cores busy while the swarm ran.
+    cpu_busy_swarm: Option<f64>,
+    /// Share of both cores busy while the HTTP baseline ran.
+    cpu_busy_http: Option<f64>,
+    max_agent_rss_bytes: u64,
+    agents: Vec<AgentRecord>,
     per_host_s: Vec<f64>,
 }
 
@@ -354,6 +438,7 @@ fn swarm_case(
         bail!("share failed: {}", String::from_utf8_lossy(&shared.stderr));
     }
 
+    let cpu_before = machine_jiffies();
     let started = Instant::now();
     let mut gets = Vec::new();
     for i in 0..n {
@@ -387,22 +472,32 @@ fn swarm_case(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let cpu_busy_swarm = utilisation(cpu_before, machine_jiffies());
     let per_host_s: Vec<f64> = gets.iter().filter_map(|g| g.2).collect();
     let ours_s = per_host_s.iter().cloned().fold(0.0, f64::max);
+    let mut records = vec![AgentRecord::collect(&seeder, &seed_agent, "seeder", None)?];
+    for (i, agent) in agents.iter().enumerate() {
+        records.push(AgentRecord::collect(
+            lan.host(i + 2),
+            agent,
+            &format!("peer{i}"),
+            Some(per_host_s[i]),
+        )?);
+    }
     for (_, out, _) in &gets {
         if file_hash(out)? != want {
             bail!("{} does not match the source", out.display());
         }
     }
-    let status = seeder.command(&p2p).args(["--json", "status"]).output()?;
-    let uploaded = json_of(&status)
-        .and_then(|v| find_u64(&v, "bytes_uploaded").or_else(|| find_u64(&v, "bytesUploaded")))
-        .unwrap_or(0);
+    let uploaded = records[0].bytes_uploaded;
+    let all_uploaded: u64 = records.iter().map(|r| r.bytes_uploaded).sum();
+    let max_agent_rss_bytes = records.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0);
     drop(gets);
     drop(agents);
     drop(seed_agent);
     drop(procs);
 
+    let mut cpu_busy_http = None;
     let http_s = if http {
         let serve_dir = dir.path().join("seeder");
         let mut server = seeder.command("python3");
@@ -426,6 +521,7 @@ fn swarm_case(
                 .map(|s| s.success())
                 .unwrap_or(false)
         })?;
+        let cpu_before = machine_jiffies();
         let started = Instant::now();
         let mut curls = Vec::new();
         for i in 0..n {
@@ -453,6 +549,7 @@ fn swarm_case(
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        cpu_busy_http = utilisation(cpu_before, machine_jiffies());
         Some(curls.iter().filter_map(|c| c.1).fold(0.0, f64::max))
     } else {
         None
@@ -465,12 +562,18 @@ fn swarm_case(
         cs_bound_s,
         p2p_bound_s,
         seeder_upload_multiple: uploaded as f64 / f,
+        upload_over_needed: all_uploaded as f64 / (n as f64 * f),
+        cpu_busy_swarm,
+        cpu_busy_http,
+        max_agent_rss_bytes,
+        agents: records,
         per_host_s,
     })
 }
 
+/// Runs every (F, N) case; writes `<base>.json`, `<base>.csv`, `<base>.svg`.
 fn swarm(
-    out: &Path,
+    base: &Path,
     ns: &[usize],
     sizes: &[u64],
     rate_mbit: u32,
@@ -481,20 +584,35 @@ fn swarm(
     if let Some(reason) = Lan::unavailable_reason() {
         bail!("the swarm benchmark needs network namespaces: {reason}");
     }
+    if delay_ms > 0 && !netem_available() {
+        bail!(
+            "--delay-ms needs the sch_netem qdisc, which this kernel does not have (`modprobe sch_netem` fails); run without --delay-ms"
+        );
+    }
     let shape = LinkShape {
         rate_mbit: Some(rate_mbit),
         delay: (delay_ms > 0).then(|| Duration::from_millis(delay_ms)),
     };
     let mut cases = Vec::new();
     println!(
-        "{:>3} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "N", "F (MiB)", "ours (s)", "HTTP (s)", "P2P bnd", "CS bnd", "ours/P2P", "seeder up"
+        "{:>3} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7} {:>8}",
+        "N",
+        "F (MiB)",
+        "ours (s)",
+        "HTTP (s)",
+        "P2P bnd",
+        "CS bnd",
+        "ours/P2P",
+        "seeder up",
+        "all up",
+        "CPU",
+        "RSS max"
     );
     for &size_mib in sizes {
         for &n in ns {
             let case = swarm_case(n, size_mib, shape, http, timeout)?;
             println!(
-                "{:>3} {:>8} {:>9.2} {:>9} {:>9.2} {:>9.2} {:>9.3} {:>9.2}F",
+                "{:>3} {:>8} {:>9.2} {:>9} {:>9.2} {:>9.2} {:>9.3} {:>9.2}F {:>8.3}x {:>6.0}% {:>5.0}MiB",
                 case.n,
                 size_mib,
                 case.ours_s,
@@ -502,7 +620,10 @@ fn swarm(
                 case.p2p_bound_s,
                 case.cs_bound_s,
                 case.ours_s / case.p2p_bound_s,
-                case.seeder_upload_multiple
+                case.seeder_upload_multiple,
+                case.upload_over_needed,
+                case.cpu_busy_swarm.unwrap_or(0.0) * 100.0,
+                case.max_agent_rss_bytes as f64 / 1048576.0,
             );
             cases.push(case);
         }
@@ -514,35 +635,55 @@ fn swarm(
                 "n": c.n, "size_bytes": c.size_bytes, "rate_mbit": rate_mbit, "delay_ms": delay_ms,
                 "ours_s": c.ours_s, "http_s": c.http_s, "p2p_bound_s": c.p2p_bound_s,
                 "client_server_bound_s": c.cs_bound_s, "ours_over_p2p_bound": c.ours_s / c.p2p_bound_s,
-                "seeder_uploaded_multiple_of_f": c.seeder_upload_multiple, "per_host_s": c.per_host_s,
+                "seeder_uploaded_multiple_of_f": c.seeder_upload_multiple,
+                "all_uploaded_over_n_f": c.upload_over_needed,
+                "cpu_busy_swarm": c.cpu_busy_swarm, "cpu_busy_http": c.cpu_busy_http,
+                "max_agent_peak_rss_bytes": c.max_agent_rss_bytes,
+                "per_host_s": c.per_host_s, "agents": c.agents,
             })
         })
         .collect();
-    std::fs::write(out.join("swarm.json"), serde_json::to_string_pretty(&json)?)?;
+    let path = |ext: &str| base.with_extension(ext);
+    std::fs::write(path("json"), serde_json::to_string_pretty(&json)?)?;
     let mut csv = String::from(
-        "n,size_mib,ours_s,http_s,p2p_bound_s,client_server_bound_s,ours_over_p2p_bound,seeder_uploaded_multiple_of_f\n",
+        "n,size_mib,rate_mbit,ours_s,http_s,p2p_bound_s,client_server_bound_s,ours_over_p2p_bound,seeder_uploaded_multiple_of_f,all_uploaded_over_n_f,cpu_busy_swarm,cpu_busy_http,max_agent_peak_rss_mib\n",
     );
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
     for c in &cases {
         csv += &format!(
-            "{},{},{:.3},{},{:.3},{:.3},{:.3},{:.3}\n",
+            "{},{},{},{:.3},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{:.1}\n",
             c.n,
             c.size_bytes >> 20,
+            rate_mbit,
             c.ours_s,
-            c.http_s.map_or(String::new(), |s| format!("{s:.3}")),
+            opt(c.http_s),
             c.p2p_bound_s,
             c.cs_bound_s,
             c.ours_s / c.p2p_bound_s,
-            c.seeder_upload_multiple
+            c.seeder_upload_multiple,
+            c.upload_over_needed,
+            opt(c.cpu_busy_swarm),
+            opt(c.cpu_busy_http),
+            c.max_agent_rss_bytes as f64 / 1048576.0,
         );
     }
-    std::fs::write(out.join("swarm.csv"), csv)?;
-    std::fs::write(out.join("swarm.svg"), swarm_svg(&cases))?;
-    println!("wrote {}/swarm.{{json,csv,svg}}", out.display());
+    std::fs::write(path("csv"), csv)?;
+    std::fs::write(path("svg"), swarm_svg(&cases, rate_mbit))?;
+    println!("wrote {}.{{json,csv,svg}}", base.display());
     Ok(())
 }
 
+/// Whether `tc` can use netem here (it cannot on kernels built without it).
+fn netem_available() -> bool {
+    Command::new("modprobe")
+        .args(["-q", "sch_netem"])
+        .status()
+        .is_ok_and(|s| s.success())
+        || std::path::Path::new("/sys/module/sch_netem").exists()
+}
+
 /// A grouped bar chart per (N, F): ours, HTTP, P2P bound, client-server bound.
-fn swarm_svg(cases: &[SwarmCase]) -> String {
+fn swarm_svg(cases: &[SwarmCase], rate_mbit: u32) -> String {
     let max = cases
         .iter()
         .flat_map(|c| {
@@ -565,7 +706,7 @@ fn swarm_svg(cases: &[SwarmCase]) -> String {
         ("C-S bound", "#f0ad4e"),
     ];
     let mut svg = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='10' y='16' font-size='13'>Time to deliver F to all N downloaders (s), log scale</text>\n"
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='10' y='16' font-size='13'>Time to deliver F to all N downloaders (s, log scale), {rate_mbit} Mbit/s links</text>\n"
     );
     let y = |v: f64| {
         30.0 + plot_h - plot_h * (v.max(0.1).ln() - 0.1f64.ln()) / (max.ln() - 0.1f64.ln())
@@ -591,11 +732,14 @@ fn swarm_svg(cases: &[SwarmCase]) -> String {
             }
         }
         svg += &format!(
-            "<text x='{:.1}' y='{:.1}'>N={} F={}MiB</text>\n",
+            "<text x='{:.1}' y='{:.1}'>N={} F={}MiB</text>\n<text x='{:.1}' y='{:.1}'>{:.2}x bound</text>\n",
             x0,
             30.0 + plot_h + 16.0,
             c.n,
-            c.size_bytes >> 20
+            c.size_bytes >> 20,
+            x0,
+            30.0 + plot_h + 30.0,
+            c.ours_s / c.p2p_bound_s
         );
     }
     for (j, (name, color)) in colors.iter().enumerate() {
