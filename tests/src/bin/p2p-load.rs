@@ -794,8 +794,8 @@ fn print_table(
             println!(
                 "{:<16} {:>9} {:>8} {:>9.1} {:>9.2} {:>9.2} {:>9.2}",
                 rpc,
-                r["ok"],
-                r["errors"],
+                r["ok"].as_u64().unwrap_or(0),
+                r["errors"].as_u64().unwrap_or(0),
                 r["per_second"].as_f64().unwrap_or(0.0),
                 r["p50_ms"].as_f64().unwrap_or(0.0),
                 r["p99_ms"].as_f64().unwrap_or(0.0),
