@@ -17,7 +17,7 @@ RUSTFLAGS="-C target-feature=+crt-static" \
 OUT=target/$TARGET/release
 
 for bin in auth-svc index-svc peer-agent p2p; do
-  if ldd "$OUT/$bin" >/dev/null 2>&1; then
+  if ! ldd "$OUT/$bin" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; then
     echo "error: $OUT/$bin is dynamically linked; the scratch images need static binaries" >&2
     exit 1
   fi
@@ -41,4 +41,4 @@ build_image index-svc index-svc
 build_image peer-agent peer-agent p2p
 
 echo "images:"
-docker image ls --format '  {{.Repository}}:{{.Tag}}  {{.Size}}' | grep "^  p2p/" | sort
+docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^p2p/' | sort | sed 's/^/  /'
