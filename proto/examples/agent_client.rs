@@ -23,7 +23,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let status = client.status(StatusRequest {}).await?.into_inner();
     let user = status.user.map(|u| u.username).unwrap_or_default();
-    println!("agent {agent}: logged in: {} {user}, peer {}", status.logged_in, status.peer_id);
+    println!(
+        "agent {agent}: logged in: {} {user}, peer {}",
+        status.logged_in, status.peer_id
+    );
 
     let files = client
         .list_files(ListFilesRequest::default())
