@@ -122,11 +122,18 @@ for target in $TARGETS; do
 done
 
 if [ "${FUZZ_MERGE:-}" = 1 ] && [ "$failed" -eq 0 ]; then
+    # Minimise committed + new inputs into a fresh directory (only inputs
+    # that add coverage survive), keep the hand-written seeds, and replace.
     for target in $TARGETS; do
-        mkdir -p "$FUZZ_DIR/corpus/$target"
-        "$bin_dir/$target" -merge=1 "$FUZZ_DIR/corpus/$target" "$work/corpus/$target" \
+        committed="$FUZZ_DIR/corpus/$target"
+        merged="$work/merged/$target"
+        mkdir -p "$committed" "$merged"
+        "$bin_dir/$target" -merge=1 "$merged" "$committed" "$work/corpus/$target" \
             >"$work/$target.merge.log" 2>&1
-        echo "fuzz: merged $target: $(ls "$FUZZ_DIR/corpus/$target" | wc -l) inputs"
+        cp "$committed"/seed-* "$merged/" 2>/dev/null || true
+        rm -rf "$committed"
+        cp -R "$merged" "$committed"
+        echo "fuzz: merged $target: $(find "$committed" -type f | wc -l) inputs"
     done
 fi
 
