@@ -24,6 +24,8 @@ pub mod store;
 use std::future::Future;
 use std::time::Duration;
 
+use p2p_services::config::parse_duration;
+
 use clap::{Parser, Subcommand};
 use p2p_proto::index::v1::index_service_server::IndexServiceServer;
 use p2p_services::auth::{RequireAuth, TokenVerifier};
@@ -93,30 +95,6 @@ pub enum Command {
         #[arg(long)]
         addr: Option<String>,
     },
-}
-
-/// Parses `15s`, `1500ms`, `2m` or bare seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 15s, 500ms or 2m"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}; use ms, s, m or h"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 impl Config {
@@ -238,16 +216,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5 fortnights").is_err());
-    }
 
     #[test]
     fn heartbeat_must_fit_in_the_lease() {

@@ -8,6 +8,7 @@
 //!   chosen by the URL scheme.
 //! - [`auth`]: access-token claims, verification with cached signing keys,
 //!   and the tower wrapper that puts verified claims in request extensions.
+//! - [`config`]: value parsers shared by every binary's flags (durations).
 //! - [`client`]: channels to other services and the bearer header.
 //! - [`manifest`]: file ids, chunk geometry, bitfields, names and manifest
 //!   validation shared by index-svc and peer-agent.
@@ -17,6 +18,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod config;
 pub mod db;
 pub mod health;
 pub mod manifest;
