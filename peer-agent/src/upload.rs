@@ -1,11 +1,14 @@
 //! The chunk server: `p2p.peer.v1.PeerService/FetchChunks`.
 //!
-//! The token is checked by `RequireAuth` before a call gets here. A stream
-//! reads a chunk from disk only when tonic pulls the next message, that is
-//! when HTTP/2 flow control has room for it, so at most about one chunk per
-//! stream is in memory and a caller that goes away stops the reads at once.
-//! Every chunk first draws its length from the token bucket shared by all
-//! streams; a semaphore caps concurrent streams.
+//! The token is checked by `RequireAuth` before a call gets here. Each
+//! stream has one producer task, owned by the response stream (aborted when
+//! tonic drops it, i.e. when the caller goes away), that reads a chunk from
+//! disk and hands it over through a channel of capacity one: at most two
+//! chunks per stream are in memory. A caller that keeps the stream open but
+//! stops reading would otherwise hold an upload slot forever, so a producer
+//! that cannot hand a chunk over within [`STALLED_READER`] gives up and
+//! frees its slot. Every chunk first draws its length from the token bucket
+//! shared by all streams; a semaphore caps concurrent streams.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,6 +28,10 @@ use crate::stats::{ActiveUpload, Stats};
 
 /// Most chunks one FetchChunks request may ask for.
 pub const MAX_CHUNKS_PER_REQUEST: u64 = 1024;
+
+/// How long a stream may go without the caller taking the next chunk before
+/// the agent ends it and frees its upload slot.
+pub const STALLED_READER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the chunk server needs; shared with the session for load reports.
 #[derive(Debug)]
@@ -173,18 +180,66 @@ impl PeerService for ChunkServer {
             indexes: indexes.into_iter(),
             _permit: permit,
         };
-        let stream = futures::stream::unfold(Some(state), |state| async move {
-            let mut state = state?;
-            let index = state.indexes.next()?;
-            let shutdown = state.uploads.shutdown.clone();
-            let item = tokio::select! {
-                () = shutdown.cancelled() => Err(Status::unavailable("the agent is shutting down; try another source")),
-                item = next_chunk(&state, index) => item,
-            };
-            let keep_going = item.is_ok();
-            Some((item, keep_going.then_some(state)))
-        });
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let producer = tokio::spawn(produce(state, tx));
+        let stream = OwnedStream {
+            chunks: tokio_stream::wrappers::ReceiverStream::new(rx),
+            _producer: AbortOnDrop(producer),
+        };
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Reads the requested chunks one by one and hands each to the response
+/// stream; ends on the first error, when the caller is gone, when it stops
+/// reading for [`STALLED_READER`], or on shutdown. Dropping `state` frees
+/// the upload slot.
+async fn produce(mut state: StreamState, tx: tokio::sync::mpsc::Sender<Result<Chunk, Status>>) {
+    while let Some(index) = state.indexes.next() {
+        let shutdown = state.uploads.shutdown.clone();
+        let item = tokio::select! {
+            () = shutdown.cancelled() => Err(Status::unavailable("the agent is shutting down; try another source")),
+            item = next_chunk(&state, index) => item,
+        };
+        let failed = item.is_err();
+        match tx.send_timeout(item, STALLED_READER).await {
+            Ok(()) if !failed => {}
+            Ok(()) => return,
+            Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+                tracing::info!(
+                    file = %state.holding.file_id,
+                    "caller stopped reading a FetchChunks stream; freeing its upload slot"
+                );
+                return;
+            }
+            Err(tokio::sync::mpsc::error::SendTimeoutError::Closed(_)) => return,
+        }
+    }
+}
+
+/// Aborts a task when dropped, so a producer never outlives its stream.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The response stream: the chunks, and ownership of their producer.
+struct OwnedStream {
+    chunks: tokio_stream::wrappers::ReceiverStream<Result<Chunk, Status>>,
+    _producer: AbortOnDrop,
+}
+
+impl Stream for OwnedStream {
+    type Item = Result<Chunk, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        Pin::new(&mut self.chunks).poll_next(cx)
     }
 }
 
