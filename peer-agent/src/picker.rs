@@ -1,11 +1,18 @@
 //! Which chunk to ask which source for next: pure logic, no I/O.
 //!
-//! Rarest first among the chunks a source holds (ties broken by a per-download
-//! rotation of the index, so concurrent downloaders spread out while runs
-//! stay contiguous for batching); a chunk is asked of one source at a time
-//! until every missing chunk is in flight, then the endgame lets a second
-//! source duplicate the outstanding ones so one slow source cannot hold up
-//! the end. Faster sources come back for work sooner and so get more of it.
+//! Rarest first among the chunks a source holds, ties broken by a
+//! per-download pseudo-random order of the indexes; a chunk is asked of one
+//! source at a time until every missing chunk is in flight, then the endgame
+//! lets a second source duplicate the outstanding ones so one slow source
+//! cannot hold up the end. Faster sources come back for work sooner and so
+//! get more of it.
+//!
+//! Why random ties and not a rotated sequential walk: concurrent
+//! downloaders that walk the file in order from different starting points
+//! catch up with each other, and from then on ask the seeder for the same
+//! chunks at the same moment (each sees the other's frontier as "held by the
+//! seeder only" until the next announcement). A random order makes such
+//! collisions rare, so the seeder sends each chunk about once.
 
 use std::collections::HashMap;
 
@@ -24,17 +31,17 @@ pub struct Picker {
     sources: HashMap<SourceKey, Bitfield>,
     availability: Vec<u32>,
     in_flight: HashMap<u32, Vec<SourceKey>>,
-    rotation: u32,
+    seed: u32,
 }
 
 impl Picker {
-    /// A picker for a file of which `have` is already verified. `rotation`
-    /// (any number, e.g. random) decides where ties start.
-    pub fn new(have: Bitfield, rotation: u32) -> Self {
+    /// A picker for a file of which `have` is already verified. `seed`
+    /// (any number, e.g. random) decides the order among equally rare chunks.
+    pub fn new(have: Bitfield, seed: u32) -> Self {
         let len = have.len();
         Self {
             availability: vec![0; len as usize],
-            rotation: if len == 0 { 0 } else { rotation % len },
+            seed,
             have,
             sources: HashMap::new(),
             in_flight: HashMap::new(),
@@ -80,13 +87,8 @@ impl Picker {
         let Some(holds) = self.sources.get(&key) else {
             return Vec::new();
         };
-        let len = self.have.len();
-        let order = |i: u32| {
-            (
-                self.availability[i as usize],
-                (i + len - self.rotation) % len.max(1),
-            )
-        };
+        let seed = self.seed;
+        let order = |i: u32| (self.availability[i as usize], tie_order(i, seed));
         let mut fresh: Vec<u32> = self
             .have
             .missing()
@@ -165,6 +167,17 @@ impl Picker {
     }
 }
 
+/// A per-seed pseudo-random permutation key for chunk `index`: a bijective
+/// 32-bit mix (the finaliser of MurmurHash3), so ties never tie again.
+fn tie_order(index: u32, seed: u32) -> u32 {
+    let mut x = index ^ seed;
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x85eb_ca6b);
+    x ^= x >> 13;
+    x = x.wrapping_mul(0xc2b2_ae35);
+    x ^ (x >> 16)
+}
+
 fn take_smallest<K: Ord>(items: &mut Vec<u32>, max: usize, key: impl Fn(u32) -> K) -> Vec<u32> {
     if max == 0 || items.is_empty() {
         return Vec::new();
@@ -201,22 +214,30 @@ mod tests {
         f
     }
 
+    fn sorted(mut v: Vec<u32>) -> Vec<u32> {
+        v.sort_unstable();
+        v
+    }
+
     #[test]
     fn rarest_chunks_are_picked_first() {
         let mut picker = Picker::new(Bitfield::empty(6), 0);
         picker.upsert_source(1, Bitfield::full(6));
         picker.upsert_source(2, field(6, &[0, 1, 2, 3]));
         // Chunks 4 and 5 are held only by source 1: they go first.
-        assert_eq!(picker.pick(1, 2), vec![4, 5]);
-        assert_eq!(picker.pick(1, 2), vec![0, 1]);
-        assert_eq!(picker.pick(2, 4), vec![2, 3]);
+        assert_eq!(sorted(picker.pick(1, 2)), vec![4, 5]);
+        let second = picker.pick(1, 2);
+        assert_eq!(second.len(), 2);
+        let mut rest = picker.pick(2, 4);
+        rest.extend(second);
+        assert_eq!(sorted(rest), vec![0, 1, 2, 3]);
     }
 
     #[test]
     fn a_source_is_only_given_chunks_it_holds() {
         let mut picker = Picker::new(Bitfield::empty(4), 0);
         picker.upsert_source(1, field(4, &[1, 3]));
-        assert_eq!(picker.pick(1, 4), vec![1, 3]);
+        assert_eq!(sorted(picker.pick(1, 4)), vec![1, 3]);
         assert!(picker.pick(1, 4).is_empty());
         assert!(picker.pick(99, 4).is_empty());
     }
@@ -225,7 +246,7 @@ mod tests {
     fn chunks_already_held_are_never_picked() {
         let mut picker = Picker::new(field(4, &[0, 2]), 0);
         picker.upsert_source(1, Bitfield::full(4));
-        assert_eq!(picker.pick(1, 10), vec![1, 3]);
+        assert_eq!(sorted(picker.pick(1, 10)), vec![1, 3]);
         assert!(picker.received(1));
         assert!(picker.received(3));
         assert!(picker.is_complete());
@@ -236,16 +257,20 @@ mod tests {
         let mut picker = Picker::new(Bitfield::empty(3), 0);
         picker.upsert_source(1, Bitfield::full(3));
         picker.upsert_source(2, Bitfield::full(3));
-        assert_eq!(picker.pick(1, 2), vec![0, 1]);
-        assert_eq!(picker.pick(2, 2), vec![2]);
+        let first = picker.pick(1, 2);
+        let second = picker.pick(2, 2);
+        assert_eq!(second.len(), 1);
         // Everything is in flight: source 2 may duplicate source 1's chunks,
         // but not its own, and never a third time.
-        assert_eq!(picker.pick(2, 5), vec![0, 1]);
+        assert_eq!(sorted(picker.pick(2, 5)), sorted(first.clone()));
         assert!(picker.pick(2, 5).is_empty());
         picker.upsert_source(3, Bitfield::full(3));
-        assert_eq!(picker.pick(3, 5), vec![2], "chunk 2 has only one fetcher");
-        assert!(picker.received(0));
-        assert!(!picker.received(0), "the duplicate is not counted twice");
+        assert_eq!(picker.pick(3, 5), second, "only that chunk has one fetcher");
+        assert!(picker.received(first[0]));
+        assert!(
+            !picker.received(first[0]),
+            "the duplicate is not counted twice"
+        );
     }
 
     #[test]
@@ -253,19 +278,32 @@ mod tests {
         let mut picker = Picker::new(Bitfield::empty(4), 0);
         picker.upsert_source(1, Bitfield::full(4));
         picker.upsert_source(2, Bitfield::full(4));
-        assert_eq!(picker.pick(1, 4), vec![0, 1, 2, 3]);
+        assert_eq!(sorted(picker.pick(1, 4)), vec![0, 1, 2, 3]);
         picker.remove_source(1);
-        assert_eq!(picker.pick(2, 4), vec![0, 1, 2, 3]);
+        assert_eq!(sorted(picker.pick(2, 4)), vec![0, 1, 2, 3]);
         picker.release(2, 3);
         picker.upsert_source(3, Bitfield::full(4));
         assert_eq!(picker.pick(3, 4), vec![3]);
     }
 
     #[test]
-    fn rotation_spreads_downloaders_over_the_file() {
-        let mut picker = Picker::new(Bitfield::empty(8), 5);
-        picker.upsert_source(1, Bitfield::full(8));
-        assert_eq!(picker.pick(1, 4), vec![5, 6, 7, 0]);
+    fn downloaders_with_different_seeds_start_in_different_places() {
+        let firsts: std::collections::HashSet<Vec<u32>> = (0..8)
+            .map(|seed| {
+                let mut picker = Picker::new(Bitfield::empty(1024), seed);
+                picker.upsert_source(1, Bitfield::full(1024));
+                picker.pick(1, 4)
+            })
+            .collect();
+        assert_eq!(firsts.len(), 8, "eight seeds, eight different first picks");
+    }
+
+    #[test]
+    fn tie_order_is_a_permutation() {
+        let mut keys: Vec<u32> = (0..4096).map(|i| tie_order(i, 12345)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), 4096);
     }
 
     #[test]
