@@ -11,9 +11,10 @@
 //! fail, publishes progress on a `watch` channel (any number of `Download`
 //! streams may watch; the download goes on when they drop), and announces
 //! our growing bitfield to the index so others can fetch from us while we
-//! download. A worker keeps [`PIPELINE_DEPTH`] FetchChunks calls of a few
-//! chunks each in flight, verifies every chunk against the manifest, writes
-//! it at its offset and persists it as verified. When every chunk is in, the
+//! download. A worker keeps up to [`PIPELINE_DEPTH`] FetchChunks calls in
+//! flight, sized by how fast the source delivers ([`Pace`]), verifies every
+//! chunk against the manifest, writes it at its offset and persists it as
+//! verified. When every chunk is in, the
 //! whole file is hashed, flushed and renamed into place.
 
 use std::collections::HashMap;
@@ -44,29 +45,39 @@ use crate::rate::RateMeter;
 use crate::session::Session;
 use crate::stats::{RATE_WINDOW_SECS, Stats};
 
-/// FetchChunks calls each source has in flight at once.
+/// Most FetchChunks calls one source has in flight at once.
 pub const PIPELINE_DEPTH: usize = 2;
-/// Chunks per FetchChunks call: small, so work moves to faster sources.
-const MIN_BATCH: usize = 2;
-const MAX_BATCH: usize = 4;
+/// Most chunks per FetchChunks call.
+const MAX_BATCH: usize = 8;
+/// How long one FetchChunks call should take. Calls are sized so that each
+/// source has only about this much of its data claimed ahead: a fast source
+/// gets big batches two deep, a slow or shared one (a seeder serving many
+/// downloaders) one chunk at a time, so chunks are not promised to it long
+/// before it can send them, while others could have fetched them elsewhere.
+const REQUEST_TARGET: Duration = Duration::from_millis(100);
 /// No data from a source for this long: it is stalled.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often sources are located again while downloading.
-const RELOCATE_EVERY: Duration = Duration::from_secs(3);
+/// How often sources are located again while downloading: this is how
+/// quickly chunks that other downloaders just got become fetchable from them.
+const RELOCATE_EVERY: Duration = Duration::from_millis(250);
 /// Locating again after running out of sources, at first.
 const RELOCATE_SOON: Duration = Duration::from_millis(300);
 /// Give up when no usable source was found for this long.
 const NO_SOURCE_GIVE_UP: Duration = Duration::from_secs(60);
-/// Most sources used at once.
-const MAX_SOURCES: usize = 8;
+/// Most sources used at once. Generous on purpose: a chunk held by a peer we
+/// do not use looks "held by the seeder only" to the picker, so we would ask
+/// the seeder for it again. One idle HTTP/2 connection per source is cheap.
+const MAX_SOURCES: usize = 32;
 /// How long a failed source is left out of this download.
 const BAN_FAILED: Duration = Duration::from_secs(60);
 /// How long a busy source is left alone.
 const BAN_BUSY: Duration = Duration::from_secs(2);
-/// How often the growing bitfield is announced.
-const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+/// How often the growing bitfield is announced (checked every
+/// [`PROGRESS_EVERY`]): with [`RELOCATE_EVERY`], how stale others' view of
+/// us gets.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(100);
 /// How often progress is published.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// Where a download is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -555,7 +566,7 @@ impl Swarm {
             file_id: self.shared.holding.file_id.to_string(),
             peer_id: own.clone(),
             wanted: wanted.as_bytes().to_vec(),
-            limit: 16,
+            limit: MAX_SOURCES as u32,
         };
         let response = match ctx
             .session
@@ -677,10 +688,10 @@ struct Worker {
 impl Worker {
     async fn run(self) -> WorkerEnd {
         let mut in_flight = FuturesUnordered::new();
-        let mut batch = MIN_BATCH;
+        let mut pace = Pace::default();
         loop {
-            while in_flight.len() < PIPELINE_DEPTH {
-                let chunks = self.shared.picker().pick(self.key, batch);
+            while in_flight.len() < pace.depth {
+                let chunks = self.shared.picker().pick(self.key, pace.batch);
                 if chunks.is_empty() {
                     break;
                 }
@@ -701,13 +712,7 @@ impl Worker {
                 return WorkerEnd::NoWork;
             }
             match in_flight.next().await {
-                Some(Ok(elapsed)) => {
-                    batch = if elapsed < Duration::from_millis(500) {
-                        MAX_BATCH
-                    } else {
-                        MIN_BATCH
-                    };
-                }
+                Some(Ok(elapsed)) => pace.observe(elapsed),
                 Some(Err(end)) => return end,
                 None => {}
             }
@@ -800,6 +805,39 @@ impl Worker {
     }
 }
 
+/// How much one source is asked for at a time: `depth` calls of `batch`
+/// chunks, adjusted after every call so a call takes about
+/// [`REQUEST_TARGET`]. Starts at one chunk, one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pace {
+    depth: usize,
+    batch: usize,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self { depth: 1, batch: 1 }
+    }
+}
+
+impl Pace {
+    /// Adjusts after a call that took `elapsed`: quick calls double the
+    /// batch (and allow a second call in flight, to hide the round trip);
+    /// slow ones halve it, and a slow single chunk drops to one call.
+    fn observe(&mut self, elapsed: Duration) {
+        if elapsed < REQUEST_TARGET / 2 {
+            self.depth = PIPELINE_DEPTH;
+            self.batch = (self.batch * 2).min(MAX_BATCH);
+        } else if elapsed > REQUEST_TARGET {
+            if self.batch > 1 {
+                self.batch /= 2;
+            } else {
+                self.depth = 1;
+            }
+        }
+    }
+}
+
 fn stalled() -> WorkerEnd {
     WorkerEnd::Failed {
         reason: Some(index_pb::ReportReason::Stalled),
@@ -871,6 +909,49 @@ pub fn resolve_destination(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fast_source_gets_big_batches_two_deep() {
+        let mut pace = Pace::default();
+        for _ in 0..10 {
+            pace.observe(Duration::from_millis(5));
+        }
+        assert_eq!(
+            pace,
+            Pace {
+                depth: PIPELINE_DEPTH,
+                batch: MAX_BATCH
+            }
+        );
+    }
+
+    #[test]
+    fn a_slow_source_gets_one_chunk_at_a_time() {
+        let mut pace = Pace {
+            depth: PIPELINE_DEPTH,
+            batch: MAX_BATCH,
+        };
+        for _ in 0..10 {
+            pace.observe(Duration::from_millis(400));
+        }
+        assert_eq!(pace, Pace::default());
+    }
+
+    #[test]
+    fn a_call_near_the_target_keeps_the_pace() {
+        let mut pace = Pace {
+            depth: PIPELINE_DEPTH,
+            batch: 2,
+        };
+        pace.observe(REQUEST_TARGET * 3 / 4);
+        assert_eq!(
+            pace,
+            Pace {
+                depth: PIPELINE_DEPTH,
+                batch: 2
+            }
+        );
+    }
 
     #[test]
     fn destination_defaults_to_the_downloads_dir() {
