@@ -78,7 +78,12 @@ enum Bench {
     },
     /// (internal) raw TCP sink: accept one connection, count bytes.
     #[command(hide = true)]
-    TcpSink { listen: String },
+    TcpSink {
+        listen: String,
+        /// Write what arrives to this file (then fsync) instead of dropping it.
+        #[arg(long)]
+        to_file: Option<PathBuf>,
+    },
     /// (internal) raw TCP source: send a file to an address.
     #[command(hide = true)]
     TcpSource { addr: String, file: PathBuf },
@@ -115,7 +120,7 @@ fn main() -> Result<()> {
             std::fs::create_dir_all(&cli.out)?;
             hash(&cli.out, size_mib)
         }
-        Bench::TcpSink { listen } => tcp_sink(&listen),
+        Bench::TcpSink { listen, to_file } => tcp_sink(&listen, to_file.as_deref()),
         Bench::TcpSource { addr, file } => tcp_source(&addr, &file),
     }
 }
@@ -388,6 +393,8 @@ struct SwarmCase {
     upload_over_needed: f64,
     /// Share of both cores busy while the swarm ran.
     cpu_busy_swarm: Option<f64>,
+    /// CPU seconds index-svc used during the case (auth-svc is negligible).
+    index_cpu_s: f64,
     /// Share of both cores busy while the HTTP baseline ran.
     cpu_busy_http: Option<f64>,
     max_agent_rss_bytes: u64,
@@ -473,6 +480,10 @@ fn swarm_case(
         std::thread::sleep(Duration::from_millis(20));
     }
     let cpu_busy_swarm = utilisation(cpu_before, machine_jiffies());
+    let index_cpu_s = procs
+        .get(1)
+        .and_then(|p| cpu_seconds(p.0.id()))
+        .unwrap_or(0.0);
     let per_host_s: Vec<f64> = gets.iter().filter_map(|g| g.2).collect();
     let ours_s = per_host_s.iter().cloned().fold(0.0, f64::max);
     let mut records = vec![AgentRecord::collect(&seeder, &seed_agent, "seeder", None)?];
@@ -564,6 +575,7 @@ fn swarm_case(
         seeder_upload_multiple: uploaded as f64 / f,
         upload_over_needed: all_uploaded as f64 / (n as f64 * f),
         cpu_busy_swarm,
+        index_cpu_s,
         cpu_busy_http,
         max_agent_rss_bytes,
         agents: records,
@@ -638,6 +650,8 @@ fn swarm(
                 "seeder_uploaded_multiple_of_f": c.seeder_upload_multiple,
                 "all_uploaded_over_n_f": c.upload_over_needed,
                 "cpu_busy_swarm": c.cpu_busy_swarm, "cpu_busy_http": c.cpu_busy_http,
+                "index_svc_cpu_s": c.index_cpu_s,
+                "agents_cpu_s": c.agents.iter().map(|a| a.cpu_s).sum::<f64>(),
                 "max_agent_peak_rss_bytes": c.max_agent_rss_bytes,
                 "per_host_s": c.per_host_s, "agents": c.agents,
             })
@@ -754,11 +768,12 @@ fn swarm_svg(cases: &[SwarmCase], rate_mbit: u32) -> String {
     svg + "</svg>\n"
 }
 
-fn tcp_sink(listen: &str) -> Result<()> {
+fn tcp_sink(listen: &str, to_file: Option<&Path>) -> Result<()> {
     let listener = TcpListener::bind(listen)?;
     println!("{}", listener.local_addr()?);
     std::io::stdout().flush()?;
     let (mut stream, _) = listener.accept()?;
+    let mut out = to_file.map(std::fs::File::create).transpose()?;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     let started = Instant::now();
@@ -767,7 +782,13 @@ fn tcp_sink(listen: &str) -> Result<()> {
         if n == 0 {
             break;
         }
+        if let Some(out) = out.as_mut() {
+            out.write_all(&buf[..n])?;
+        }
         total += n as u64;
+    }
+    if let Some(out) = out {
+        out.sync_all()?;
     }
     println!("{total} {}", started.elapsed().as_secs_f64());
     Ok(())
@@ -788,27 +809,14 @@ fn datapath(out: &Path, size_mib: u64) -> Result<()> {
     random_file(&source, size, 7)?;
     let me = std::env::current_exe()?;
 
-    // Raw TCP baseline: two processes, kernel loopback, 1 MiB reads.
-    let mut sink = Command::new(&me)
-        .args(["tcp-sink", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut sink_out = std::io::BufReader::new(sink.stdout.take().context("sink stdout")?);
-    let mut addr = String::new();
-    std::io::BufRead::read_line(&mut sink_out, &mut addr)?;
-    let started = Instant::now();
-    let status = Command::new(&me)
-        .args(["tcp-source", addr.trim()])
-        .arg(&source)
-        .status()?;
-    let mut result = String::new();
-    sink_out.read_to_string(&mut result)?;
-    sink.wait()?;
-    let tcp_s = started.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("raw TCP copy failed");
-    }
+    // Raw TCP baselines: two processes, kernel loopback, 1 MiB reads; once
+    // dropping the bytes, once writing them to a file and fsyncing it (what
+    // a download has to do as well).
+    let tcp_s = raw_tcp_copy(&me, &source, None)?;
     let tcp_bps = size as f64 / tcp_s;
+    let tcp_disk_s = raw_tcp_copy(&me, &source, Some(&dir.path().join("tcp-copy.bin")))?;
+    let tcp_disk_bps = size as f64 / tcp_disk_s;
+    let _ = std::fs::remove_file(dir.path().join("tcp-copy.bin"));
 
     // FetchChunks: services and two agents on loopback.
     let mut procs = Vec::new();
@@ -826,7 +834,7 @@ fn datapath(out: &Path, size_mib: u64) -> Result<()> {
     }
     let copy = dir.path().join("copy.bin");
     let started = Instant::now();
-    let got = Command::new(&p2p)
+    let mut get = Command::new(&p2p)
         .args([
             "--agent",
             "127.0.0.1:50155",
@@ -836,11 +844,27 @@ fn datapath(out: &Path, size_mib: u64) -> Result<()> {
             "-o",
         ])
         .arg(&copy)
-        .output()?;
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // When the last chunk was in: the agent's progress stream sends each
+    // state when the next one begins, so the last `downloading` line leaves
+    // as verification starts. The rest is the whole-file hash, fsync and
+    // rename.
+    let mut chunks_in_s = None;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(
+        get.stdout.take().context("get stdout")?,
+    )) {
+        if line?.contains("\"downloading\"") {
+            chunks_in_s = Some(started.elapsed().as_secs_f64());
+        }
+    }
+    let got = get.wait_with_output()?;
     let ours_s = started.elapsed().as_secs_f64();
     if !got.status.success() {
         bail!("download failed: {}", String::from_utf8_lossy(&got.stderr));
     }
+    let chunks_in_s = chunks_in_s.unwrap_or(ours_s);
     if file_hash(&copy)? != file_hash(&source)? {
         bail!("downloaded copy differs");
     }
@@ -848,13 +872,35 @@ fn datapath(out: &Path, size_mib: u64) -> Result<()> {
     let rss_a = peak_rss_bytes(a.0.id()).unwrap_or(0);
     let rss_b = peak_rss_bytes(b.0.id()).unwrap_or(0);
     let ratio = ours_bps / tcp_bps;
+    let transfer_bps = size as f64 / chunks_in_s;
+    let (cpu_a, cpu_b) = (
+        cpu_seconds(a.0.id()).unwrap_or(0.0),
+        cpu_seconds(b.0.id()).unwrap_or(0.0),
+    );
     println!("data path, {size_mib} MiB on loopback:");
     println!("  raw TCP     {:>8.1} MiB/s", tcp_bps / 1048576.0);
+    println!(
+        "  raw TCP to a file + fsync {:>8.1} MiB/s",
+        tcp_disk_bps / 1048576.0
+    );
     println!(
         "  FetchChunks {:>8.1} MiB/s  ({:.1}% of raw TCP, includes hashing and the final whole-file check)",
         ours_bps / 1048576.0,
         ratio * 100.0
     );
+    println!(
+        "  chunks only {:>8.1} MiB/s  ({:.1}% of raw TCP: until the last chunk was verified and written, {:.2} s of {:.2} s)",
+        transfer_bps / 1048576.0,
+        transfer_bps / tcp_bps * 100.0,
+        chunks_in_s,
+        ours_s
+    );
+    println!(
+        "  vs raw TCP to a file: {:.1}% (whole download), {:.1}% (chunks only)",
+        ours_bps / tcp_disk_bps * 100.0,
+        transfer_bps / tcp_disk_bps * 100.0
+    );
+    println!("  CPU time    source agent {cpu_a:.2} s, downloading agent {cpu_b:.2} s");
     println!(
         "  peak RSS    source agent {:.1} MiB, downloading agent {:.1} MiB",
         rss_a as f64 / 1048576.0,
@@ -863,6 +909,10 @@ fn datapath(out: &Path, size_mib: u64) -> Result<()> {
     let json = serde_json::json!({
         "size_bytes": size, "raw_tcp_bytes_per_s": tcp_bps, "fetchchunks_bytes_per_s": ours_bps,
         "ratio": ratio, "source_agent_peak_rss_bytes": rss_a, "downloader_agent_peak_rss_bytes": rss_b,
+        "raw_tcp_s": tcp_s, "raw_tcp_to_file_s": tcp_disk_s, "raw_tcp_to_file_bytes_per_s": tcp_disk_bps,
+        "ratio_to_raw_tcp_to_file": ours_bps / tcp_disk_bps, "fetchchunks_s": ours_s, "last_chunk_in_s": chunks_in_s,
+        "chunks_only_bytes_per_s": transfer_bps, "chunks_only_ratio": transfer_bps / tcp_bps,
+        "source_agent_cpu_s": cpu_a, "downloader_agent_cpu_s": cpu_b,
     });
     std::fs::write(
         out.join("datapath.json"),
@@ -871,6 +921,31 @@ fn datapath(out: &Path, size_mib: u64) -> Result<()> {
     println!("wrote {}/datapath.json", out.display());
     drop((a, b, procs));
     Ok(())
+}
+
+/// Seconds one raw TCP copy of `source` takes between two processes.
+fn raw_tcp_copy(me: &Path, source: &Path, to_file: Option<&Path>) -> Result<f64> {
+    let mut sink = Command::new(me);
+    sink.args(["tcp-sink", "127.0.0.1:0"]);
+    if let Some(path) = to_file {
+        sink.arg("--to-file").arg(path);
+    }
+    let mut sink = sink.stdout(Stdio::piped()).spawn()?;
+    let mut sink_out = std::io::BufReader::new(sink.stdout.take().context("sink stdout")?);
+    let mut addr = String::new();
+    std::io::BufRead::read_line(&mut sink_out, &mut addr)?;
+    let started = Instant::now();
+    let status = Command::new(me)
+        .args(["tcp-source", addr.trim()])
+        .arg(source)
+        .status()?;
+    let mut result = String::new();
+    sink_out.read_to_string(&mut result)?;
+    sink.wait()?;
+    if !status.success() {
+        bail!("raw TCP copy failed");
+    }
+    Ok(started.elapsed().as_secs_f64())
 }
 
 fn start_loopback_agent(dir: &Path, name: &str, i: u16) -> Result<Proc> {
