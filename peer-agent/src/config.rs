@@ -58,6 +58,10 @@ pub struct Config {
     /// Most FetchChunks streams served at once (0 means unlimited).
     #[arg(long, env = "P2P_MAX_UPLOADS", default_value_t = 8)]
     pub max_uploads: u32,
+    /// End an upload stream whose caller has not taken a chunk for this long
+    /// (e.g. 30s, 2m), freeing its slot for other downloaders.
+    #[arg(long, env = "P2P_UPLOAD_STALL_TIMEOUT", default_value = "30s", value_parser = p2p_services::config::parse_duration)]
+    pub upload_stall_timeout: std::time::Duration,
     /// Address for Prometheus metrics (GET /metrics); empty disables.
     #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9103")]
     pub metrics_listen: String,

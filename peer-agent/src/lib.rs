@@ -89,6 +89,7 @@ pub async fn run(
         holdings.clone(),
         config.max_upload_rate,
         config.max_uploads,
+        config.upload_stall_timeout,
         stats.clone(),
         config.corrupt_uploads,
         stop.clone(),

@@ -6,7 +6,8 @@
 //! disk and hands it over through a channel of capacity one: at most two
 //! chunks per stream are in memory. A caller that keeps the stream open but
 //! stops reading would otherwise hold an upload slot forever, so a producer
-//! that cannot hand a chunk over within [`STALLED_READER`] gives up and
+//! that cannot hand a chunk over within the stall timeout
+//! (`--upload-stall-timeout`) gives up and
 //! frees its slot. Every chunk first draws its length from the token bucket
 //! shared by all streams; a semaphore caps concurrent streams.
 
@@ -29,10 +30,6 @@ use crate::stats::{ActiveUpload, Stats};
 /// Most chunks one FetchChunks request may ask for.
 pub const MAX_CHUNKS_PER_REQUEST: u64 = 1024;
 
-/// How long a stream may go without the caller taking the next chunk before
-/// the agent ends it and frees its upload slot.
-pub const STALLED_READER: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// What the chunk server needs; shared with the session for load reports.
 #[derive(Debug)]
 pub struct Uploads {
@@ -42,6 +39,8 @@ pub struct Uploads {
     pub bucket: TokenBucket,
     /// The configured cap on concurrent streams (0: unlimited).
     pub max_uploads: u32,
+    /// How long a stream may wait for its caller to take the next chunk.
+    pub stall_timeout: std::time::Duration,
     slots: Option<Arc<Semaphore>>,
     /// Counters.
     pub stats: Arc<Stats>,
@@ -56,6 +55,7 @@ impl Uploads {
         holdings: Arc<Holdings>,
         max_upload_rate_bps: u64,
         max_uploads: u32,
+        stall_timeout: std::time::Duration,
         stats: Arc<Stats>,
         corrupt: bool,
         shutdown: CancellationToken,
@@ -64,6 +64,7 @@ impl Uploads {
             holdings,
             bucket: TokenBucket::new(max_upload_rate_bps),
             max_uploads,
+            stall_timeout,
             slots: (max_uploads > 0).then(|| Arc::new(Semaphore::new(max_uploads as usize))),
             stats,
             corrupt,
@@ -192,7 +193,7 @@ impl PeerService for ChunkServer {
 
 /// Reads the requested chunks one by one and hands each to the response
 /// stream; ends on the first error, when the caller is gone, when it stops
-/// reading for [`STALLED_READER`], or on shutdown. Dropping `state` frees
+/// reading for the stall timeout, or on shutdown. Dropping `state` frees
 /// the upload slot.
 async fn produce(mut state: StreamState, tx: tokio::sync::mpsc::Sender<Result<Chunk, Status>>) {
     while let Some(index) = state.indexes.next() {
@@ -202,7 +203,7 @@ async fn produce(mut state: StreamState, tx: tokio::sync::mpsc::Sender<Result<Ch
             item = next_chunk(&state, index) => item,
         };
         let failed = item.is_err();
-        match tx.send_timeout(item, STALLED_READER).await {
+        match tx.send_timeout(item, state.uploads.stall_timeout).await {
             Ok(()) if !failed => {}
             Ok(()) => return,
             Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {

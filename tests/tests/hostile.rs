@@ -155,12 +155,16 @@ const MAX_UPLOADS: u32 = 8;
 const MEMORY_GROWTH_LIMIT: u64 = 96 * 1024 * 1024;
 /// How long unread streams are held while memory is watched.
 const HOLD: Duration = Duration::from_secs(3);
+/// The agent's `--upload-stall-timeout` in that test: after it, a stream
+/// nobody reads is ended and its slot freed.
+const STALL_TIMEOUT: &str = "4s";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickly() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
     let options = AgentOptions {
         max_uploads: Some(MAX_UPLOADS),
+        env: vec![("P2P_UPLOAD_STALL_TIMEOUT".into(), STALL_TIMEOUT.into())],
         ..AgentOptions::default()
     };
     let alice = cluster.add_user_agent("alice", options).await;
@@ -272,7 +276,33 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
         }
     }
 
-    // Once the attackers go, their slots come back: a real download works.
+    // Callers that never read do not keep their slots: while they still
+    // hold their streams open, the agent ends them after the stall timeout
+    // and serves others again.
+    let one = FetchChunksRequest {
+        file_id: id.clone(),
+        ranges: vec![ChunkRange { start: 0, count: 1 }],
+    };
+    eventually(
+        Duration::from_secs(30),
+        "a slot held by an unread stream to be freed",
+        || {
+            let one = one.clone();
+            let token = token.clone();
+            let addr = alice.peer_addr().to_string();
+            async move {
+                let mut client = PeerServiceClient::new(p2p_services::client::channel(&addr).ok()?)
+                    .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES);
+                let mut stream = client
+                    .fetch_chunks(with_bearer(one, &token))
+                    .await
+                    .ok()?
+                    .into_inner();
+                stream.message().await.ok()?.map(|_| ())
+            }
+        },
+    )
+    .await;
     drop(held);
     let carol = cluster
         .add_user_agent("carol", AgentOptions::default())
