@@ -88,6 +88,13 @@ pub enum ManifestError {
     /// Name contains a control character.
     #[error("file name {0:?} contains control characters")]
     NameHasControl(String),
+    /// Name contains an invisible formatting character (bidi override,
+    /// zero-width space, ...) that could disguise it.
+    #[error("file name {0:?} contains invisible formatting characters that could disguise it")]
+    NameHasInvisible(String),
+    /// Name starts or ends with white space.
+    #[error("file name {0:?} starts or ends with spaces; trim them")]
+    NameHasOuterSpace(String),
     /// Chunk size out of bounds or not a power of two.
     #[error("chunk size {0} bytes is not a power of two between 64 KiB and 64 MiB")]
     BadChunkSize(u32),
@@ -135,8 +142,18 @@ pub enum ManifestError {
     BitfieldPastEnd,
 }
 
+/// Unicode format characters that change how text is shown without being
+/// seen: bidi embeddings, overrides and isolates, zero-width characters,
+/// the soft hyphen, the byte-order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
 /// Checks a display name: non-empty, at most 255 bytes, no path
-/// separators, no `..`, no control characters.
+/// separators, no `..`, no control or invisible formatting characters, no
+/// leading or trailing white space.
 pub fn validate_name(name: &str) -> Result<(), ManifestError> {
     if name.trim().is_empty() {
         return Err(ManifestError::EmptyName);
