@@ -172,6 +172,14 @@ pub fn validate_name(name: &str) -> Result<(), ManifestError> {
             name.escape_debug().to_string(),
         ));
     }
+    if name.chars().any(is_invisible_format) {
+        return Err(ManifestError::NameHasInvisible(
+            name.escape_unicode().to_string(),
+        ));
+    }
+    if name.trim() != name {
+        return Err(ManifestError::NameHasOuterSpace(name.to_string()));
+    }
     Ok(())
 }
 
@@ -500,6 +508,18 @@ mod tests {
         assert!(matches!(
             validate_name("x\u{7}y"),
             Err(ManifestError::NameHasControl(_))
+        ));
+        assert!(matches!(
+            validate_name("\u{202e}fdp.exe"),
+            Err(ManifestError::NameHasInvisible(_))
+        ));
+        assert!(matches!(
+            validate_name("a\u{200b}b"),
+            Err(ManifestError::NameHasInvisible(_))
+        ));
+        assert!(matches!(
+            validate_name(" a.txt"),
+            Err(ManifestError::NameHasOuterSpace(_))
         ));
         assert!(matches!(
             validate_name(&"n".repeat(256)),
