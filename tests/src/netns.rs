@@ -105,12 +105,30 @@ impl Host {
 
     /// Pulls the cable: the host keeps running but reaches nobody.
     pub fn cut(&self) -> Result<(), LanError> {
-        run(&["ip", "-n", &self.switch_ns, "link", "set", &self.switch_port, "down"]).map(drop)
+        run(&[
+            "ip",
+            "-n",
+            &self.switch_ns,
+            "link",
+            "set",
+            &self.switch_port,
+            "down",
+        ])
+        .map(drop)
     }
 
     /// Plugs the cable back in.
     pub fn restore(&self) -> Result<(), LanError> {
-        run(&["ip", "-n", &self.switch_ns, "link", "set", &self.switch_port, "up"]).map(drop)
+        run(&[
+            "ip",
+            "-n",
+            &self.switch_ns,
+            "link",
+            "set",
+            &self.switch_port,
+            "up",
+        ])
+        .map(drop)
     }
 
     /// Replaces the shaping of this host's link, both directions.
@@ -126,7 +144,9 @@ impl Host {
 }
 
 fn shape_dev(netns: &str, dev: &str, shape: LinkShape, with_delay: bool) -> Result<(), LanError> {
-    let _ = run(&["ip", "netns", "exec", netns, "tc", "qdisc", "del", "dev", dev, "root"]);
+    let _ = run(&[
+        "ip", "netns", "exec", netns, "tc", "qdisc", "del", "dev", dev, "root",
+    ]);
     let delay = shape.delay.filter(|_| with_delay);
     match (shape.rate_mbit, delay) {
         (None, None) => Ok(()),
@@ -135,8 +155,23 @@ fn shape_dev(netns: &str, dev: &str, shape: LinkShape, with_delay: bool) -> Resu
             // starve a fast sender between timer ticks.
             let burst = (u64::from(rate) * 1_000_000 / 8 / 100).max(64 * 1024);
             run(&[
-                "ip", "netns", "exec", netns, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
-                "rate", &format!("{rate}mbit"), "burst", &burst.to_string(), "latency", "100ms",
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                dev,
+                "root",
+                "tbf",
+                "rate",
+                &format!("{rate}mbit"),
+                "burst",
+                &burst.to_string(),
+                "latency",
+                "100ms",
             ])
             .map(drop)
         }
@@ -200,7 +235,9 @@ impl Lan {
             switch_ns: switch_ns.clone(),
             hosts: Vec::new(),
         };
-        run(&["ip", "-n", &switch_ns, "link", "add", "br0", "type", "bridge"])?;
+        run(&[
+            "ip", "-n", &switch_ns, "link", "add", "br0", "type", "bridge",
+        ])?;
         run(&["ip", "-n", &switch_ns, "link", "set", "br0", "up"])?;
         for i in 0..count {
             let netns = format!("{tag}h{i}");
@@ -217,8 +254,19 @@ impl Lan {
                 "ip", "-n", &switch_ns, "link", "add", &port, "type", "veth", "peer", "name",
                 "eth0", "netns", &netns,
             ])?;
-            run(&["ip", "-n", &switch_ns, "link", "set", &port, "master", "br0", "up"])?;
-            run(&["ip", "-n", &netns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            run(&[
+                "ip", "-n", &switch_ns, "link", "set", &port, "master", "br0", "up",
+            ])?;
+            run(&[
+                "ip",
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
             run(&["ip", "-n", &netns, "link", "set", "eth0", "up"])?;
             run(&["ip", "-n", &netns, "link", "set", "lo", "up"])?;
             lan.hosts[i].shape(shape)?;
@@ -242,13 +290,20 @@ impl Drop for Lan {
         for host in &self.hosts {
             // Processes still running inside would keep the namespace's
             // interfaces; kill them first.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", &host.netns]).output() {
+            if let Ok(out) = Command::new("ip")
+                .args(["netns", "pids", &host.netns])
+                .output()
+            {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                     let _ = Command::new("kill").args(["-9", pid]).status();
                 }
             }
-            let _ = Command::new("ip").args(["netns", "del", &host.netns]).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &host.netns])
+                .status();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.switch_ns]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.switch_ns])
+            .status();
     }
 }
