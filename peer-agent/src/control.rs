@@ -428,9 +428,24 @@ impl AgentControl for Control {
                 self.downloads.start(manifest, destination)
             }
         };
-        let stream = futures::stream::unfold((rx, false), |(mut rx, finished)| async move {
-            if finished {
-                return None;
+        // Each state is sent as soon as it is seen; the stream then waits
+        // for the next change, so the client never lags one step behind.
+        let stream = futures::stream::unfold((rx, Phase::First), |(mut rx, phase)| async move {
+            match phase {
+                Phase::Finished => return None,
+                Phase::First => {}
+                Phase::Running => {
+                    if rx.changed().await.is_err() {
+                        // The download task ended; its last state is in the channel.
+                        let last = rx.borrow().clone();
+                        let item = match last.failure {
+                            Some(status) => Err(status),
+                            None if last.is_final() => Ok(progress_message(&last)),
+                            None => Err(Status::aborted("the download stopped unexpectedly")),
+                        };
+                        return Some((item, (rx, Phase::Finished)));
+                    }
+                }
             }
             let current = rx.borrow_and_update().clone();
             if current.is_final() {
@@ -438,20 +453,9 @@ impl AgentControl for Control {
                     Some(status) => Err(status),
                     None => Ok(progress_message(&current)),
                 };
-                return Some((item, (rx, true)));
+                return Some((item, (rx, Phase::Finished)));
             }
-            let item = Ok(progress_message(&current));
-            if rx.changed().await.is_err() {
-                // The download task ended; its last state is in the channel.
-                let last = rx.borrow().clone();
-                let item = match last.failure {
-                    Some(status) => Err(status),
-                    None if last.is_final() => Ok(progress_message(&last)),
-                    None => Err(Status::aborted("the download stopped unexpectedly")),
-                };
-                return Some((item, (rx, true)));
-            }
-            Some((item, (rx, false)))
+            Some((Ok(progress_message(&current)), (rx, Phase::Running)))
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -610,4 +614,13 @@ async fn wait_until_stopped(downloads: &Downloads, file: &FileId) {
     while downloads.progress(file).is_some() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Where a `Download` progress stream is: about to send the first state,
+/// waiting for the next change, or done.
+#[derive(Clone, Copy)]
+enum Phase {
+    First,
+    Running,
+    Finished,
 }
