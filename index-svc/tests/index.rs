@@ -735,7 +735,7 @@ async fn index_keeps_everything_across_restart(db: Db) {
         .await
         .expect("publish");
     let file_id = file.file.expect("file").file_id;
-    server.stop().await;
+    server.stop(support::WAIT).await.expect("index-svc stops");
 
     let server = cluster.index(&[]).await;
     let mut index = Index::new(&server, &bob);

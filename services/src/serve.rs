@@ -152,3 +152,75 @@ pub struct BindError {
     #[source]
     pub source: std::io::Error,
 }
+
+/// Servers run in-process by tests and benchmarks: each in a task owned by
+/// its handle, on an ephemeral loopback port, stopped when the handle drops.
+pub mod testing {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    /// Binds `127.0.0.1:0` and returns the listener with its address.
+    pub async fn ephemeral_listener() -> std::io::Result<(TcpListener, String)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        Ok((listener, addr))
+    }
+
+    /// A server running in a task; dropping the handle signals shutdown.
+    pub struct SpawnedServer {
+        /// Where it listens.
+        pub addr: String,
+        stop: Option<oneshot::Sender<()>>,
+        task: Option<JoinHandle<()>>,
+    }
+
+    impl SpawnedServer {
+        /// Runs `run(shutdown)` in a task; `shutdown` resolves when the
+        /// handle is stopped or dropped.
+        pub fn spawn<F>(
+            addr: String,
+            run: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
+        ) -> Self
+        where
+            F: Future<Output = ()> + Send + 'static,
+        {
+            let (stop, stopped) = oneshot::channel::<()>();
+            let shutdown = Box::pin(async move {
+                let _ = stopped.await;
+            });
+            Self {
+                addr,
+                stop: Some(stop),
+                task: Some(tokio::spawn(run(shutdown))),
+            }
+        }
+
+        /// Signals shutdown and waits up to `wait` for the server to
+        /// return. Errs when it does not stop in time or its task panicked.
+        pub async fn stop(mut self, wait: Duration) -> Result<(), String> {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            match self.task.take() {
+                Some(task) => match tokio::time::timeout(wait, task).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(err)) => Err(format!("server task failed: {err}")),
+                    Err(_) => Err(format!("server did not stop within {wait:?}")),
+                },
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl Drop for SpawnedServer {
+        fn drop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+}

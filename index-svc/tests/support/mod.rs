@@ -20,8 +20,6 @@ use p2p_proto::index::v1 as pb;
 use p2p_proto::index::v1::index_service_client::IndexServiceClient;
 use p2p_services::client::{channel, with_bearer};
 use p2p_services::db::testing;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 /// How long any single wait in a test may take.
@@ -38,41 +36,12 @@ pub enum Db {
 }
 
 /// A server running in a task; dropping it signals shutdown.
-pub struct Server {
-    pub addr: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    /// Signals shutdown and waits (bounded) for the server to return.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task)
-                .await
-                .expect("server stops within the wait")
-                .expect("server task does not panic");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
+pub use p2p_services::serve::testing::SpawnedServer as Server;
 
 async fn listener() -> (tokio::net::TcpListener, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    p2p_services::serve::testing::ephemeral_listener()
         .await
-        .expect("bind an ephemeral port");
-    let addr = listener.local_addr().expect("local addr").to_string();
-    (listener, addr)
+        .expect("bind an ephemeral port")
 }
 
 /// The auth-svc every test in the binary shares, with its users logged
@@ -236,21 +205,11 @@ impl Cluster {
         args.extend_from_slice(extra);
         let config = index_svc::Config::try_parse_from(args).expect("index-svc flags");
         let (listener, addr) = listener().await;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            if let Err(err) = index_svc::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            {
+        let server = Server::spawn(addr, |shutdown| async move {
+            if let Err(err) = index_svc::run(config, listener, shutdown).await {
                 panic!("index-svc failed: {err}");
             }
         });
-        let server = Server {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        };
         // Waiting until it serves also means its migrations are done, so
         // replicas started one after another never race to create tables.
         eventually("index-svc serves", || async {

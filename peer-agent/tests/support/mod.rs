@@ -18,8 +18,6 @@ use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
 use p2p_proto::index::v1 as index_pb;
 use p2p_services::client::channel;
 use rand::{Rng, SeedableRng};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 /// How long any single wait in a test may take.
@@ -28,57 +26,12 @@ pub const WAIT: Duration = Duration::from_secs(30);
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 
 /// A server running in a task; dropping it signals shutdown.
-pub struct Server {
-    pub addr: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    fn spawn<F>(addr: String, run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let (stop, stopped) = oneshot::channel();
-        Self {
-            addr,
-            stop: Some(stop),
-            task: Some(tokio::spawn(run(stopped))),
-        }
-    }
-
-    /// Signals shutdown and waits (bounded) for the server to return.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task)
-                .await
-                .expect("server stops within the wait")
-                .expect("server task does not panic");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
+pub use p2p_services::serve::testing::SpawnedServer as Server;
 
 async fn listener() -> (tokio::net::TcpListener, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    p2p_services::serve::testing::ephemeral_listener()
         .await
-        .expect("bind an ephemeral port");
-    let addr = listener.local_addr().expect("local addr").to_string();
-    (listener, addr)
-}
-
-async fn shutdown_of(stopped: oneshot::Receiver<()>) {
-    let _ = stopped.await;
+        .expect("bind an ephemeral port")
 }
 
 /// auth-svc and index-svc, with a temp dir for everything.
@@ -121,8 +74,8 @@ impl Cluster {
             "",
         ])
         .expect("auth flags");
-        let auth = Server::spawn(auth_addr.clone(), |stopped| async move {
-            auth_svc::run(auth_config, auth_listener, shutdown_of(stopped))
+        let auth = Server::spawn(auth_addr.clone(), |shutdown| async move {
+            auth_svc::run(auth_config, auth_listener, shutdown)
                 .await
                 .expect("auth-svc runs");
         });
@@ -141,8 +94,8 @@ impl Cluster {
             "",
         ])
         .expect("index flags");
-        let index = Server::spawn(index_addr.clone(), |stopped| async move {
-            index_svc::run(index_config, index_listener, shutdown_of(stopped))
+        let index = Server::spawn(index_addr.clone(), |shutdown| async move {
+            index_svc::run(index_config, index_listener, shutdown)
                 .await
                 .expect("index-svc runs");
         });
@@ -175,15 +128,10 @@ impl Cluster {
             args.push("--corrupt-uploads".into());
         }
         let config = peer_agent::Config::try_parse_from(args).expect("agent flags");
-        let server = Server::spawn(peer_addr.clone(), |stopped| async move {
-            peer_agent::run(
-                config,
-                peer_listener,
-                control_listener,
-                shutdown_of(stopped),
-            )
-            .await
-            .expect("agent runs");
+        let server = Server::spawn(peer_addr.clone(), |shutdown| async move {
+            peer_agent::run(config, peer_listener, control_listener, shutdown)
+                .await
+                .expect("agent runs");
         });
         let control = AgentControlClient::new(channel(&control_addr).expect("control channel"));
         Agent {
