@@ -40,7 +40,7 @@ use tonic::{Code, Status};
 use crate::disk::PartFile;
 use crate::error::Error;
 use crate::holdings::{Holding, Holdings, held_bytes};
-use crate::picker::{Picker, SourceKey, to_ranges};
+use crate::picker::{Picker, SourceKey, Stripe, to_ranges};
 use crate::rate::RateMeter;
 use crate::session::Session;
 use crate::stats::{RATE_WINDOW_SECS, Stats};
@@ -582,6 +582,14 @@ impl Swarm {
         let chunks = self.shared.manifest.chunk_count();
         let now = Instant::now();
         self.banned.retain(|_, until| *until > now);
+        let downloading = response
+            .sources
+            .iter()
+            .filter(|s| !s.complete)
+            .map(|s| s.peer_id.as_str());
+        self.shared
+            .picker()
+            .set_stripe(Stripe::among(&own, downloading));
         for source in response.sources {
             if source.peer_id == own || self.banned.contains_key(&source.peer_id) {
                 continue;

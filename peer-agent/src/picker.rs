@@ -13,6 +13,12 @@
 //! chunks at the same moment (each sees the other's frontier as "held by the
 //! seeder only" until the next announcement). A random order makes such
 //! collisions rare, so the seeder sends each chunk about once.
+//!
+//! Stripes make them rarer still: the downloaders that can see each other
+//! as partial holders sort their peer ids, and each prefers, among equally
+//! rare chunks, those of its own stripe (a fixed hash of the index modulo
+//! the number of downloaders). Two downloaders then ask a shared source for
+//! the same chunk only when one has exhausted its stripe.
 
 use std::collections::HashMap;
 
@@ -32,7 +38,47 @@ pub struct Picker {
     availability: Vec<u32>,
     in_flight: HashMap<u32, Vec<SourceKey>>,
     seed: u32,
+    stripe: Stripe,
 }
+
+/// This downloader's share of the file among `count` concurrent downloaders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stripe {
+    /// This downloader's position, `0..count`.
+    pub position: u32,
+    /// How many downloaders share the file right now (1: no striping).
+    pub count: u32,
+}
+
+impl Stripe {
+    /// The stripe of the downloader `own` among `peers` (all of them
+    /// downloading the file, `own` included or not): its rank among the
+    /// sorted ids.
+    pub fn among<'a>(own: &str, peers: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut ids: Vec<&str> = peers.into_iter().filter(|p| *p != own).collect();
+        ids.push(own);
+        ids.sort_unstable();
+        ids.dedup();
+        let position = ids.iter().position(|p| *p == own).unwrap_or(0) as u32;
+        Self {
+            position,
+            count: ids.len() as u32,
+        }
+    }
+
+    /// Whether chunk `index` is outside this stripe (0 inside, 1 outside),
+    /// the same answer on every downloader.
+    fn off(self, index: u32) -> u8 {
+        if self.count <= 1 {
+            0
+        } else {
+            u8::from(tie_order(index, STRIPE_SEED) % self.count != self.position)
+        }
+    }
+}
+
+/// Fixed, so every downloader computes the same stripes.
+const STRIPE_SEED: u32 = 0x5f37_59df;
 
 impl Picker {
     /// A picker for a file of which `have` is already verified. `seed`
@@ -42,6 +88,10 @@ impl Picker {
         Self {
             availability: vec![0; len as usize],
             seed,
+            stripe: Stripe {
+                position: 0,
+                count: 1,
+            },
             have,
             sources: HashMap::new(),
             in_flight: HashMap::new(),
@@ -77,6 +127,11 @@ impl Picker {
         });
     }
 
+    /// Sets this downloader's stripe among the file's current downloaders.
+    pub fn set_stripe(&mut self, stripe: Stripe) {
+        self.stripe = stripe;
+    }
+
     /// Whether `key` is a known source.
     pub fn has_source(&self, key: SourceKey) -> bool {
         self.sources.contains_key(&key)
@@ -88,7 +143,14 @@ impl Picker {
             return Vec::new();
         };
         let seed = self.seed;
-        let order = |i: u32| (self.availability[i as usize], tie_order(i, seed));
+        let stripe = self.stripe;
+        let order = |i: u32| {
+            (
+                self.availability[i as usize],
+                stripe.off(i),
+                tie_order(i, seed),
+            )
+        };
         let mut fresh: Vec<u32> = self
             .have
             .missing()
@@ -296,6 +358,41 @@ mod tests {
             })
             .collect();
         assert_eq!(firsts.len(), 8, "eight seeds, eight different first picks");
+    }
+
+    #[test]
+    fn downloaders_prefer_their_own_stripe_of_equally_rare_chunks() {
+        let seeder = 1;
+        let mut stripes = Vec::new();
+        for own in ["a", "b", "c"] {
+            let stripe = Stripe::among(own, ["a", "b", "c"]);
+            let mut picker = Picker::new(field(300, &[]), 7);
+            picker.set_stripe(stripe);
+            picker.upsert_source(seeder, Bitfield::full(300));
+            let picked = picker.pick(seeder, 20);
+            assert!(
+                picked.iter().all(|&i| stripe.off(i) == 0),
+                "{own}: {picked:?}"
+            );
+            stripes.push(picked);
+        }
+        for (i, a) in stripes.iter().enumerate() {
+            for b in &stripes[i + 1..] {
+                assert!(a.iter().all(|c| !b.contains(c)), "stripes overlap");
+            }
+        }
+    }
+
+    #[test]
+    fn stripe_ranks_the_sorted_ids() {
+        assert_eq!(
+            Stripe::among("b", ["c", "a"]),
+            Stripe {
+                position: 1,
+                count: 3
+            }
+        );
+        assert_eq!(Stripe::among("z", []).count, 1);
     }
 
     #[test]
