@@ -34,18 +34,8 @@ pub struct HonestAgent {
 }
 
 impl HonestAgent {
-    /// The audit's view of a loopback [`crate::Agent`].
-    pub async fn of(agent: &crate::Agent) -> Self {
-        Self {
-            name: agent.name().to_string(),
-            peer_id: agent.status().await.peer_id,
-            data_dir: agent.data_dir().to_path_buf(),
-            control: agent.control(),
-        }
-    }
-
-    /// The audit's view of an agent on an emulated LAN host.
-    pub async fn of_host_agent(agent: &crate::multihost::HostAgent) -> Self {
+    /// The audit's view of an agent, on loopback or on an emulated LAN host.
+    pub async fn of(agent: &impl crate::AgentHandle) -> Self {
         Self {
             name: agent.name().to_string(),
             peer_id: agent.status().await.peer_id,

@@ -308,7 +308,10 @@ impl Drop for HostilePeer {
 /// in the environment of the running processes (the agent is started with
 /// `P2P_DATA_DIR` set to a dir no other process uses).
 pub fn agent_pid(agent: &crate::Agent) -> Option<u32> {
-    let needle = format!("P2P_DATA_DIR={}", agent.data_dir().display());
+    let needle = format!(
+        "P2P_DATA_DIR={}",
+        crate::AgentHandle::data_dir(agent).display()
+    );
     std::fs::read_dir("/proc")
         .ok()?
         .filter_map(Result::ok)

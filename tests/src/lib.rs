@@ -669,54 +669,42 @@ impl std::fmt::Display for CliOutput {
     }
 }
 
-/// A peer-agent process with its own data dir, control API and ports,
-/// killed on drop.
-pub struct Agent {
-    name: String,
-    control_addr: String,
-    peer_addr: String,
-    data_dir: PathBuf,
-    process: Process,
-}
+/// What a test does with an agent, wherever it runs (on loopback,
+/// [`Agent`], or on a host of an emulated LAN, [`multihost::HostAgent`]):
+/// implementors say how to reach its control API and run `p2p` against it;
+/// everything else is written once here.
+// Test support only: the futures are awaited in place, never spawned, so
+// they need no `Send` bound.
+#[allow(async_fn_in_trait)]
+pub trait AgentHandle {
+    /// The agent's name in this test (also its user for `add_user_agent`).
+    fn name(&self) -> &str;
 
-impl Agent {
-    /// The agent's name in this test.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// `host:port` of the control API (what `p2p --agent` takes).
-    pub fn control_addr(&self) -> &str {
-        &self.control_addr
-    }
-
-    /// `host:port` of the PeerService other agents fetch from.
-    pub fn peer_addr(&self) -> &str {
-        &self.peer_addr
-    }
-
-    /// The agent's data dir (kept across [`Agent::restart`]).
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
+    /// The agent's data dir.
+    fn data_dir(&self) -> &Path;
 
     /// A generated client of the agent's control API.
-    pub fn control(&self) -> AgentControlClient<Channel> {
-        AgentControlClient::new(channel(&self.control_addr))
-            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
+    fn control(&self) -> AgentControlClient<Channel>;
+
+    /// A `p2p ARGS` command aimed at this agent, with a clean environment.
+    fn p2p_command(&self, args: &[&str]) -> tokio::process::Command;
+
+    /// Upper bound on one `p2p` invocation against this agent.
+    fn cli_timeout(&self) -> Duration {
+        CLI_TIMEOUT
     }
 
     /// The agent's Status, through the generated client.
-    pub async fn status(&self) -> StatusResponse {
+    async fn status(&self) -> StatusResponse {
         self.control()
             .status(StatusRequest {})
             .await
-            .unwrap_or_else(|s| panic!("status of {}: {s}", self.name))
+            .unwrap_or_else(|s| panic!("status of {}: {s}", self.name()))
             .into_inner()
     }
 
     /// This agent's view of one network file, by id.
-    pub async fn network_file(&self, file_id: &str) -> Option<NetworkFile> {
+    async fn network_file(&self, file_id: &str) -> Option<NetworkFile> {
         self.control()
             .list_files(ListFilesRequest::default())
             .await
@@ -727,29 +715,13 @@ impl Agent {
             .find(|f| f.file.as_ref().is_some_and(|i| i.file_id == file_id))
     }
 
-    /// A `p2p` command aimed at this agent, with a clean environment, for
-    /// tests that need to drive the process themselves.
-    pub fn p2p_command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(binary("p2p"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("P2P_AGENT", &self.control_addr)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        command
-    }
-
     /// Runs `p2p ARGS` against this agent.
-    pub async fn p2p(&self, args: &[&str]) -> CliOutput {
+    async fn p2p(&self, args: &[&str]) -> CliOutput {
         self.p2p_with_stdin(args, None).await
     }
 
     /// Runs `p2p ARGS` with `stdin` piped in (for `--password-stdin`).
-    pub async fn p2p_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> CliOutput {
+    async fn p2p_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> CliOutput {
         use tokio::io::AsyncWriteExt;
         let mut command = self.p2p_command(args);
         if stdin.is_some() {
@@ -762,9 +734,15 @@ impl Agent {
                 .expect("write p2p stdin");
             drop(pipe);
         }
-        let output = tokio::time::timeout(CLI_TIMEOUT, child.wait_with_output())
+        let output = tokio::time::timeout(self.cli_timeout(), child.wait_with_output())
             .await
-            .unwrap_or_else(|_| panic!("p2p {args:?} on {} ran over {CLI_TIMEOUT:?}", self.name))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "p2p {args:?} on {} ran over {:?}",
+                    self.name(),
+                    self.cli_timeout()
+                )
+            })
             .expect("wait for p2p");
         CliOutput {
             code: output.status.code(),
@@ -774,18 +752,18 @@ impl Agent {
     }
 
     /// Runs `p2p ARGS` and panics (with its output) unless it succeeds.
-    pub async fn p2p_ok(&self, args: &[&str]) -> CliOutput {
+    async fn p2p_ok(&self, args: &[&str]) -> CliOutput {
         let output = self.p2p(args).await;
         assert!(
             output.success(),
             "p2p {args:?} on {} failed: {output}",
-            self.name
+            self.name()
         );
         output
     }
 
     /// Logs the agent in through `p2p login --password-stdin`.
-    pub async fn login(&self, username: &str, password: &str) {
+    async fn login(&self, username: &str, password: &str) {
         let output = self
             .p2p_with_stdin(
                 &["login", username, "--password-stdin"],
@@ -795,12 +773,12 @@ impl Agent {
         assert!(
             output.success(),
             "p2p login {username} on {} failed: {output}",
-            self.name
+            self.name()
         );
     }
 
     /// Shares `path` through `p2p --json share` and returns the file id.
-    pub async fn share(&self, path: &Path) -> String {
+    async fn share(&self, path: &Path) -> String {
         let path = path.to_str().expect("utf-8 path");
         let output = self.p2p_ok(&["--json", "share", path]).await;
         let json = output.json();
@@ -812,12 +790,34 @@ impl Agent {
 
     /// Downloads `file` to `dest` through `p2p --json get` and returns the
     /// final path the agent reported.
-    pub async fn get(&self, file: &str, dest: &Path) -> PathBuf {
+    async fn get(&self, file: &str, dest: &Path) -> PathBuf {
         let dest = dest.to_str().expect("utf-8 path");
         let output = self.p2p_ok(&["--json", "get", file, "-o", dest]).await;
         let done = output.json();
         assert_eq!(done["event"], "done", "get did not finish: {output}");
         PathBuf::from(done["final_path"].as_str().expect("final_path"))
+    }
+}
+
+/// A peer-agent process with its own data dir, control API and ports,
+/// killed on drop.
+pub struct Agent {
+    name: String,
+    control_addr: String,
+    peer_addr: String,
+    data_dir: PathBuf,
+    process: Process,
+}
+
+impl Agent {
+    /// `host:port` of the control API (what `p2p --agent` takes).
+    pub fn control_addr(&self) -> &str {
+        &self.control_addr
+    }
+
+    /// `host:port` of the PeerService other agents fetch from.
+    pub fn peer_addr(&self) -> &str {
+        &self.peer_addr
     }
 
     /// Kills the agent with SIGKILL, as in a crash.
@@ -837,6 +837,40 @@ impl Agent {
         if let Err(e) = self.process.start().await {
             panic!("{e}\n{}", self.process.log_tail());
         }
+    }
+}
+
+impl AgentHandle for Agent {
+    /// The agent's data dir (kept across [`Agent::restart`]).
+    fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The agent's name in this test.
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A generated client of the agent's control API.
+    fn control(&self) -> AgentControlClient<Channel> {
+        AgentControlClient::new(channel(&self.control_addr))
+            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
+    }
+
+    /// A `p2p` command aimed at this agent, with a clean environment, for
+    /// tests that need to drive the process themselves.
+    fn p2p_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(binary("p2p"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("P2P_AGENT", &self.control_addr)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
     }
 }
 

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use p2p_proto::agent::v1::agent_control_client::AgentControlClient;
-use p2p_proto::agent::v1::{ListFilesRequest, NetworkFile, StatusRequest, StatusResponse};
 use p2p_proto::auth::v1::account_service_client::AccountServiceClient;
 use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
 use p2p_proto::auth::v1::{CreateUserRequest, LoginRequest, Role};
@@ -33,7 +32,7 @@ use p2p_proto::index::v1::{ListPeersRequest, Peer, PeerState};
 use tonic::transport::{Channel, Uri};
 
 use crate::netns::{Host, Lan, LanError, LinkShape};
-use crate::{ADMIN_PASSWORD, ADMIN_USER, CliOutput, USER_PASSWORD, binary};
+use crate::{ADMIN_PASSWORD, ADMIN_USER, AgentHandle, USER_PASSWORD, binary};
 
 /// auth-svc's port on the services host.
 pub const AUTH_PORT: u16 = 50051;
@@ -478,129 +477,9 @@ pub struct HostAgent {
 }
 
 impl HostAgent {
-    /// The agent's name in this test (also its user).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The host it runs on.
     pub fn host(&self) -> &Host {
         &self.host
-    }
-
-    /// Its data dir.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
-    /// A client of its control API, connected from inside its host.
-    pub fn control(&self) -> AgentControlClient<Channel> {
-        AgentControlClient::new(channel_in(&self.host, &self.process.health_addr))
-            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
-    }
-
-    /// Its Status.
-    pub async fn status(&self) -> StatusResponse {
-        self.control()
-            .status(StatusRequest {})
-            .await
-            .unwrap_or_else(|s| panic!("status of {}: {s}", self.name))
-            .into_inner()
-    }
-
-    /// Its view of one network file.
-    pub async fn network_file(&self, file_id: &str) -> Option<NetworkFile> {
-        self.control()
-            .list_files(ListFilesRequest::default())
-            .await
-            .ok()?
-            .into_inner()
-            .files
-            .into_iter()
-            .find(|f| f.file.as_ref().is_some_and(|i| i.file_id == file_id))
-    }
-
-    /// `p2p ARGS` inside the agent's host, aimed at its loopback control
-    /// port.
-    pub fn p2p_command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut command = self.host.tokio_command(binary("p2p"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("P2P_AGENT", &self.process.health_addr)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        command
-    }
-
-    /// Runs `p2p ARGS`, with `stdin` piped in when given.
-    pub async fn p2p_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> CliOutput {
-        use tokio::io::AsyncWriteExt;
-        let mut command = self.p2p_command(args);
-        if stdin.is_some() {
-            command.stdin(Stdio::piped());
-        }
-        let mut child = command.spawn().expect("spawn p2p");
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(input.as_bytes()).await.expect("write stdin");
-        }
-        let output = tokio::time::timeout(CLI_TIMEOUT, child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("p2p {args:?} on {} ran over {CLI_TIMEOUT:?}", self.name))
-            .expect("wait for p2p");
-        CliOutput {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    /// Runs `p2p ARGS`.
-    pub async fn p2p(&self, args: &[&str]) -> CliOutput {
-        self.p2p_with_stdin(args, None).await
-    }
-
-    /// Runs `p2p ARGS` and panics (with its output) unless it succeeds.
-    pub async fn p2p_ok(&self, args: &[&str]) -> CliOutput {
-        let output = self.p2p(args).await;
-        assert!(output.success(), "p2p {args:?} on {}: {output}", self.name);
-        output
-    }
-
-    /// `p2p login NAME --password-stdin`.
-    pub async fn login(&self, username: &str, password: &str) {
-        let output = self
-            .p2p_with_stdin(
-                &["login", username, "--password-stdin"],
-                Some(&format!("{password}\n")),
-            )
-            .await;
-        assert!(output.success(), "login on {}: {output}", self.name);
-    }
-
-    /// `p2p --json share PATH`; returns the file id.
-    pub async fn share(&self, path: &Path) -> String {
-        let output = self
-            .p2p_ok(&["--json", "share", path.to_str().expect("utf-8 path")])
-            .await;
-        let json = output.json();
-        json["shared"][0]["file_id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no file id in {json}"))
-            .to_string()
-    }
-
-    /// `p2p --json get FILE -o DEST`; returns the final path.
-    pub async fn get(&self, file: &str, dest: &Path) -> PathBuf {
-        let output = self
-            .p2p_ok(&["--json", "get", file, "-o", dest.to_str().expect("utf-8")])
-            .await;
-        let done = output.json();
-        assert_eq!(done["event"], "done", "get did not finish: {output}");
-        PathBuf::from(done["final_path"].as_str().expect("final_path"))
     }
 
     /// Whether the process is alive (a stopped process is).
@@ -621,6 +500,44 @@ impl HostAgent {
     /// SIGCONT: the machine woke up.
     pub fn resume(&self) {
         self.process.signal(rustix::process::Signal::CONT);
+    }
+}
+
+impl AgentHandle for HostAgent {
+    fn cli_timeout(&self) -> Duration {
+        CLI_TIMEOUT
+    }
+
+    /// Its data dir.
+    fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The agent's name in this test (also its user).
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A client of its control API, connected from inside its host.
+    fn control(&self) -> AgentControlClient<Channel> {
+        AgentControlClient::new(channel_in(&self.host, &self.process.health_addr))
+            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
+    }
+
+    /// `p2p ARGS` inside the agent's host, aimed at its loopback control
+    /// port.
+    fn p2p_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = self.host.tokio_command(binary("p2p"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("P2P_AGENT", &self.process.health_addr)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `p2p` client's behaviour a user sees: help, and errors that say what
 //! to do next.
 
+use p2p_tests::AgentHandle as _;
 use p2p_tests::{AgentOptions, Cluster, ClusterOptions, random_file};
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,6 +2,7 @@
 //! lies about its data, a downloader killed with SIGKILL, and auth-svc
 //! going away.
 
+use p2p_tests::AgentHandle as _;
 use std::time::Duration;
 
 use p2p_tests::{

@@ -5,6 +5,7 @@
 //! None of them may corrupt a file, pin unbounded memory or block
 //! well-behaved peers; every test ends with the "nothing lost" audit.
 
+use p2p_tests::AgentHandle as _;
 use std::time::{Duration, Instant};
 
 use p2p_proto::index::v1::{ListFilesRequest, LocateSourcesRequest};

@@ -6,6 +6,7 @@
 //! the reason printed otherwise (never under CI=true). Every test ends with
 //! the "nothing lost" audit.
 
+use p2p_tests::AgentHandle as _;
 use std::time::{Duration, Instant};
 
 use p2p_proto::agent::v1::DownloadRequest;
@@ -67,7 +68,7 @@ async fn offered(mh: &MultiHost, token: &str, file_id: &str, asker: &str, peer_i
 async fn audit(mh: &MultiHost, token: &str, published: &[String], honest: &[&HostAgent]) {
     let mut views = Vec::new();
     for agent in honest {
-        views.push(HonestAgent::of_host_agent(agent).await);
+        views.push(HonestAgent::of(*agent).await);
     }
     assert_nothing_lost(mh.index_client(), token, published, &views).await;
 }

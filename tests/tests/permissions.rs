@@ -1,6 +1,7 @@
 //! Who may remove what: a file leaves the network only at its owner's (or
 //! an admin's) request.
 
+use p2p_tests::AgentHandle as _;
 use std::time::Duration;
 
 use p2p_tests::{AgentOptions, Cluster, ClusterOptions, eventually, random_file};

@@ -2,6 +2,7 @@
 //! Skips, saying why, when no PostgreSQL is configured (CI sets
 //! P2P_TEST_POSTGRES_URL).
 
+use p2p_tests::AgentHandle as _;
 use p2p_tests::{AgentOptions, Cluster, ClusterOptions, assert_same_content, random_file};
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,6 +2,7 @@
 //! list and download on others, and partial holders serving while they
 //! still download.
 
+use p2p_tests::AgentHandle as _;
 use std::time::Duration;
 
 use p2p_tests::{
