@@ -1,6 +1,16 @@
-//! Access-token verification, the one place where a bearer token is parsed.
+//! Token verification, the one place where a bearer token is parsed.
 //!
-//! auth-svc signs access tokens with Ed25519 (`alg: EdDSA`) and names the key
+//! Two kinds of token exist, told apart by their audience:
+//! - **access tokens** ([`AUDIENCE`], [`Claims`]): the control plane. Only
+//!   auth-svc and index-svc accept them, and an agent sends them nowhere
+//!   else.
+//! - **peer tokens** ([`PEER_AUDIENCE`], [`PeerClaims`]): the data path.
+//!   Issued by auth-svc for one source (`peer` claim = its peer id) and
+//!   living [`PEER_TOKEN_TTL`]; only that source's PeerService accepts one,
+//!   so a source that records what a downloader sends it can replay it
+//!   nowhere.
+//!
+//! auth-svc signs both with Ed25519 (`alg: EdDSA`) and names the key
 //! in the `kid` header. Every other service holds a [`TokenVerifier`] that
 //! caches auth-svc's public keys (fetched with `GetSigningKeys`), refetches
 //! them when a token names an unknown `kid` (at most once per
@@ -34,6 +44,11 @@ use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
 pub const ISSUER: &str = "p2p-auth";
 /// The `aud` claim of every access token.
 pub const AUDIENCE: &str = "p2p-network";
+/// The `aud` claim of every peer (data-path) token.
+pub const PEER_AUDIENCE: &str = "p2p-peer";
+/// How long a peer token lives: long enough for a download's calls to one
+/// source to reuse it, short enough that a leaked one is soon worthless.
+pub const PEER_TOKEN_TTL: Duration = Duration::from_secs(120);
 /// Clock skew tolerated on `exp` and `iat`.
 pub const LEEWAY: Duration = Duration::from_secs(30);
 /// Minimum time between two key fetches triggered by unknown `kid`s.
@@ -96,6 +111,46 @@ impl Claims {
     }
 }
 
+/// The claims of a verified peer token: who is downloading, and the one
+/// source the token was issued for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerClaims {
+    /// Issuer, always [`ISSUER`].
+    pub iss: String,
+    /// Audience, always [`PEER_AUDIENCE`].
+    pub aud: String,
+    /// The downloading user's id.
+    pub sub: String,
+    /// The downloading user's name at issue time.
+    pub name: String,
+    /// The peer id of the source this token is good for.
+    pub peer: String,
+    /// Issued at, Unix seconds.
+    pub iat: i64,
+    /// Expires at, Unix seconds.
+    pub exp: i64,
+    /// Unique token id.
+    pub jti: String,
+}
+
+/// This agent's own peer id as the index knows it, shared between the
+/// session (which learns it on registration) and the PeerService guard
+/// (which accepts only peer tokens naming it). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct PeerIdentity(Arc<RwLock<Option<String>>>);
+
+impl PeerIdentity {
+    /// Records our peer id (`None` while unregistered).
+    pub fn set(&self, peer_id: Option<String>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = peer_id;
+    }
+
+    /// Our peer id, once registered.
+    pub fn get(&self) -> Option<String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// Why a token was rejected. Converted to `Unauthenticated` (or
 /// `Unavailable` when the keys cannot be had) in one place.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +170,12 @@ pub enum TokenError {
     /// The token is expired.
     #[error("access token expired: refresh it or log in again")]
     Expired,
+    /// A peer token issued for another source.
+    #[error("this peer token was issued for another peer; ask auth-svc for one naming this peer")]
+    WrongPeer,
+    /// A peer token reached a peer that is not registered yet.
+    #[error("this peer is not registered with the index yet; try again shortly")]
+    NotRegistered,
     /// Signature, algorithm, audience, issuer or format is wrong.
     #[error("invalid access token: {0}")]
     Invalid(String),
@@ -171,6 +232,7 @@ struct Remote {
 struct Inner {
     keys: RwLock<HashMap<String, DecodingKey>>,
     validation: Validation,
+    peer_validation: Validation,
     remote: Option<Remote>,
 }
 
@@ -196,15 +258,19 @@ impl std::fmt::Debug for TokenVerifier {
 
 impl TokenVerifier {
     fn with_remote(remote: Option<Remote>) -> Self {
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[ISSUER]);
-        validation.set_audience(&[AUDIENCE]);
-        validation.leeway = LEEWAY.as_secs();
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let validation_for = |audience: &str| {
+            let mut validation = Validation::new(Algorithm::EdDSA);
+            validation.set_issuer(&[ISSUER]);
+            validation.set_audience(&[audience]);
+            validation.leeway = LEEWAY.as_secs();
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            validation
+        };
         Self {
             inner: Arc::new(Inner {
                 keys: RwLock::new(HashMap::new()),
-                validation,
+                validation: validation_for(AUDIENCE),
+                peer_validation: validation_for(PEER_AUDIENCE),
                 remote,
             }),
         }
@@ -290,8 +356,30 @@ impl TokenVerifier {
         }
     }
 
-    /// Verifies a bare token (no `Bearer ` prefix).
+    /// Verifies a bare access token (no `Bearer ` prefix).
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_as(token, &self.inner.validation).await
+    }
+
+    /// Verifies a bare peer token and that it names `own_peer_id`.
+    pub async fn verify_peer(
+        &self,
+        token: &str,
+        own_peer_id: Option<&str>,
+    ) -> Result<PeerClaims, TokenError> {
+        let claims: PeerClaims = self.verify_as(token, &self.inner.peer_validation).await?;
+        match own_peer_id {
+            None => Err(TokenError::NotRegistered),
+            Some(own) if own == claims.peer => Ok(claims),
+            Some(_) => Err(TokenError::WrongPeer),
+        }
+    }
+
+    async fn verify_as<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        validation: &Validation,
+    ) -> Result<T, TokenError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| TokenError::Invalid(format!("cannot read header: {e}")))?;
         if header.alg != Algorithm::EdDSA {
@@ -301,7 +389,7 @@ impl TokenVerifier {
             )));
         }
         let kid = header.kid.ok_or(TokenError::NoKeyId)?;
-        if let Some(result) = self.verify_with_cached(token, &kid) {
+        if let Some(result) = self.verify_with_cached(token, &kid, validation) {
             return result;
         }
         if self.may_refetch() {
@@ -311,18 +399,23 @@ impl TokenVerifier {
                 }
                 tracing::warn!(%err, "cannot refetch signing keys; using cached ones");
             }
-            if let Some(result) = self.verify_with_cached(token, &kid) {
+            if let Some(result) = self.verify_with_cached(token, &kid, validation) {
                 return result;
             }
         }
         Err(TokenError::UnknownKey(kid))
     }
 
-    fn verify_with_cached(&self, token: &str, kid: &str) -> Option<Result<Claims, TokenError>> {
+    fn verify_with_cached<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        kid: &str,
+        validation: &Validation,
+    ) -> Option<Result<T, TokenError>> {
         let cache = self.inner.keys.read().unwrap_or_else(|e| e.into_inner());
         let key = cache.get(kid)?;
         Some(
-            jsonwebtoken::decode::<Claims>(token, key, &self.inner.validation)
+            jsonwebtoken::decode::<T>(token, key, validation)
                 .map(|data| data.claims)
                 .map_err(|e| match e.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -331,23 +424,28 @@ impl TokenVerifier {
         )
     }
 
-    /// Verifies the value of an `authorization` header.
+    /// Verifies the value of an `authorization` header as an access token.
     pub async fn verify_header(
         &self,
         header: Option<&http::HeaderValue>,
     ) -> Result<Claims, TokenError> {
-        let value = header.ok_or(TokenError::Missing)?;
-        let value = value.to_str().map_err(|_| TokenError::Malformed)?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(TokenError::Malformed)?
-            .trim();
-        if token.is_empty() {
-            return Err(TokenError::Missing);
-        }
-        self.verify(token).await
+        self.verify(bearer(header)?).await
     }
+}
+
+/// The token in an `authorization: Bearer <token>` header.
+fn bearer(header: Option<&http::HeaderValue>) -> Result<&str, TokenError> {
+    let value = header.ok_or(TokenError::Missing)?;
+    let value = value.to_str().map_err(|_| TokenError::Malformed)?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(TokenError::Malformed)?
+        .trim();
+    if token.is_empty() {
+        return Err(TokenError::Missing);
+    }
+    Ok(token)
 }
 
 /// The verified claims of a request that passed [`RequireAuth`].
@@ -356,6 +454,14 @@ pub fn claims<T>(request: &tonic::Request<T>) -> Result<&Claims, Status> {
         .extensions()
         .get::<Claims>()
         .ok_or_else(|| Status::unauthenticated("missing access token: log in first"))
+}
+
+/// The verified peer claims of a request that passed [`RequireAuth::peer`].
+pub fn peer_claims<T>(request: &tonic::Request<T>) -> Result<&PeerClaims, Status> {
+    request
+        .extensions()
+        .get::<PeerClaims>()
+        .ok_or_else(|| Status::unauthenticated("missing peer token"))
 }
 
 /// Like [`claims`], and also requires the admin role.
@@ -370,32 +476,52 @@ pub fn admin_claims<T>(request: &tonic::Request<T>) -> Result<&Claims, Status> {
     }
 }
 
-/// Wraps a tonic service so every call must carry a valid access token,
-/// except the methods listed as public (full paths such as
-/// `/p2p.auth.v1.AuthService/Login`). Verified [`Claims`] land in the
-/// request extensions; a bad token is answered with `Unauthenticated`
-/// without reaching the handler.
+/// Which kind of token a [`RequireAuth`] accepts.
+#[derive(Clone)]
+enum Scope {
+    /// Access tokens, with some methods open to anyone.
+    Access { public: &'static [&'static str] },
+    /// Peer tokens naming this peer.
+    Peer(PeerIdentity),
+}
+
+/// Wraps a tonic service so every call must carry a valid token of one
+/// kind: access tokens ([`RequireAuth::new`], except the methods listed as
+/// public, full paths such as `/p2p.auth.v1.AuthService/Login`), or peer
+/// tokens naming this peer ([`RequireAuth::peer`]). Verified [`Claims`] or
+/// [`PeerClaims`] land in the request extensions; a bad token, or a token
+/// of the other kind, is answered with `Unauthenticated` without reaching
+/// the handler.
 #[derive(Clone)]
 pub struct RequireAuth<S> {
     inner: S,
     verifier: TokenVerifier,
-    public: &'static [&'static str],
+    scope: Scope,
 }
 
 impl<S> RequireAuth<S> {
-    /// Every method of `inner` needs a token.
+    /// Every method of `inner` needs an access token.
     pub fn new(inner: S, verifier: TokenVerifier) -> Self {
         Self {
             inner,
             verifier,
-            public: &[],
+            scope: Scope::Access { public: &[] },
+        }
+    }
+
+    /// Every method of `inner` needs a peer token issued for `identity`.
+    pub fn peer(inner: S, verifier: TokenVerifier, identity: PeerIdentity) -> Self {
+        Self {
+            inner,
+            verifier,
+            scope: Scope::Peer(identity),
         }
     }
 
     /// Methods listed by full path need no token; a token they carry anyway
     /// is verified and its claims passed on when valid.
     pub fn with_public(mut self, public: &'static [&'static str]) -> Self {
-        self.public = public;
+        self.scope = Scope::Access { public };
         self
     }
 }
@@ -425,18 +551,34 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let verifier = self.verifier.clone();
-        let public = self.public.contains(&request.uri().path());
+        let scope = self.scope.clone();
         Box::pin(async move {
             let header = request.headers().get(http::header::AUTHORIZATION).cloned();
-            match verifier.verify_header(header.as_ref()).await {
-                Ok(claims) => {
-                    request.extensions_mut().insert(claims);
+            let verdict = match scope {
+                Scope::Access { public } => {
+                    let public = public.contains(&request.uri().path());
+                    match verifier.verify_header(header.as_ref()).await {
+                        Ok(claims) => {
+                            request.extensions_mut().insert(claims);
+                            Ok(())
+                        }
+                        Err(_) if public => Ok(()),
+                        Err(err) => Err(err),
+                    }
                 }
-                Err(_) if public => {}
-                Err(err) => {
-                    tracing::debug!(path = %request.uri().path(), %err, "rejected call");
-                    return Ok(Status::from(err).into_http());
-                }
+                Scope::Peer(identity) => match bearer(header.as_ref()) {
+                    Ok(token) => verifier
+                        .verify_peer(token, identity.get().as_deref())
+                        .await
+                        .map(|claims| {
+                            request.extensions_mut().insert(claims);
+                        }),
+                    Err(err) => Err(err),
+                },
+            };
+            if let Err(err) = verdict {
+                tracing::debug!(path = %request.uri().path(), %err, "rejected call");
+                return Ok(Status::from(err).into_http());
             }
             inner.call(request).await
         })
