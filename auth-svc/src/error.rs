@@ -27,6 +27,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] p2p_services::tls::TlsError),
     /// The metrics endpoint failed.
     #[error("metrics endpoint failed: {0}")]
     Metrics(String),
@@ -112,6 +115,7 @@ impl From<Error> for Status {
             Error::Config { .. }
             | Error::Bind(_)
             | Error::Serve(_)
+            | Error::Tls(_)
             | Error::Metrics(_)
             | Error::Internal(_) => {
                 tracing::error!(error = %message, "internal failure");

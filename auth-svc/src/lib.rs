@@ -53,6 +53,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    config.tls.warn_if_plaintext("auth-svc");
+    let tls = config.tls.server()?;
     let authority = Arc::new(authority::Authority::start(&config).await?);
     let verifier = authority.verifier();
 
@@ -75,6 +77,7 @@ pub async fn run(
         verifier,
     );
     let served = GrpcServer::new()
+        .tls(tls)
         .add_service(auth)
         .add_service(accounts)
         .serve(listener, async move {

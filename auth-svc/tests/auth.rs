@@ -773,7 +773,7 @@ async fn other_services_verify_tokens_with_the_published_keys(db: TestDb) {
     assert_eq!(keys.keys[0].alg, "EdDSA");
 
     let pair = server.login(ADMIN, ADMIN_PASSWORD).await;
-    let verifier = TokenVerifier::remote(&server.url());
+    let verifier = TokenVerifier::remote(&server.url(), server.tls.clone());
     let claims = verifier.verify(&pair.access_token).await.unwrap();
     assert_eq!(claims.name, ADMIN);
     assert_eq!(claims.role, Role::Admin);

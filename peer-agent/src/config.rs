@@ -39,11 +39,11 @@ pub struct Config {
     /// <data-dir>/downloads.
     #[arg(long, env = "P2P_DOWNLOADS_DIR")]
     pub downloads_dir: Option<PathBuf>,
-    /// The index service.
-    #[arg(long, env = "P2P_INDEX_URL", default_value = "http://127.0.0.1:50052")]
+    /// The index service (`host:port`).
+    #[arg(long, env = "P2P_INDEX_URL", default_value = "127.0.0.1:50052")]
     pub index_url: String,
-    /// The auth service.
-    #[arg(long, env = "P2P_AUTH_URL", default_value = "http://127.0.0.1:50051")]
+    /// The auth service (`host:port`).
+    #[arg(long, env = "P2P_AUTH_URL", default_value = "127.0.0.1:50051")]
     pub auth_url: String,
     /// Log in as this user at start (unattended agents).
     #[arg(long, env = "P2P_USER")]
@@ -70,6 +70,16 @@ pub struct Config {
     /// production.
     #[arg(long, env = "P2P_CORRUPT_UPLOADS", hide = true)]
     pub corrupt_uploads: bool,
+    /// TLS: --tls-cert/--tls-key are this agent's certificate (it must
+    /// name the advertised host), presented by its PeerService; --tls-ca
+    /// verifies auth-svc, index-svc and every source.
+    #[command(flatten)]
+    pub tls: p2p_services::tls::TlsArgs,
+    /// Serve and fetch chunks without TLS while auth-svc and index-svc stay
+    /// on TLS. Only for a trusted LAN where every agent sets it: chunks and
+    /// the short-lived peer tokens then cross in clear.
+    #[arg(long, env = "P2P_PEER_INSECURE_PLAINTEXT")]
+    pub peer_insecure_plaintext: bool,
     /// Telemetry.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -86,6 +96,28 @@ pub enum Command {
 }
 
 impl Config {
+    /// TLS for the data path: the PeerService identity (`None`:
+    /// plaintext) and how sources are verified.
+    pub fn peer_tls(
+        &self,
+    ) -> Result<
+        (
+            Option<p2p_services::tls::ServerTls>,
+            p2p_services::tls::ClientTls,
+        ),
+        Error,
+    > {
+        if self.peer_insecure_plaintext || self.tls.insecure_plaintext {
+            if !self.tls.insecure_plaintext {
+                tracing::warn!(
+                    "--peer-insecure-plaintext: chunks and peer tokens cross the network in clear"
+                );
+            }
+            return Ok((None, p2p_services::tls::ClientTls::Plaintext));
+        }
+        Ok((self.tls.server()?, self.tls.client()?))
+    }
+
     /// Where downloads land by default.
     pub fn downloads_dir(&self) -> PathBuf {
         self.downloads_dir

@@ -169,7 +169,8 @@ impl DownloadContext {
         let channel = match channels.get(address) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = p2p_services::client::channel(address).map_err(|e| {
+                let tls = &self.session.config().peer_tls;
+                let channel = p2p_services::client::channel(address, tls).map_err(|e| {
                     Error::InvalidArgument(format!("source address {address:?} is unusable: {e}"))
                 })?;
                 channels.insert(address.to_string(), channel.clone());
@@ -633,6 +634,7 @@ impl Swarm {
             tracing::debug!(peer = %source.peer_id, address = %source.address, complete = source.complete, "using source");
             let worker = Worker {
                 key,
+                source_peer_id: source.peer_id.clone(),
                 shared: self.shared.clone(),
                 client,
                 complete: source.complete,
@@ -688,6 +690,9 @@ impl Swarm {
 /// Fetches from one source until it has nothing more to give or fails.
 struct Worker {
     key: SourceKey,
+    /// Who the index says answers at the source's address; the peer token
+    /// we send is good for this peer only.
+    source_peer_id: String,
     shared: Arc<Shared>,
     client: PeerServiceClient<Channel>,
     complete: bool,
@@ -745,7 +750,7 @@ impl Worker {
         let token = shared
             .ctx
             .session
-            .access_token()
+            .peer_token(&self.source_peer_id)
             .await
             .map_err(|e| WorkerEnd::Failed {
                 reason: None,

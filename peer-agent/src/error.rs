@@ -152,3 +152,9 @@ impl From<Error> for Status {
         }
     }
 }
+
+impl From<p2p_services::tls::TlsError> for Error {
+    fn from(err: p2p_services::tls::TlsError) -> Self {
+        Error::Config(err.to_string())
+    }
+}

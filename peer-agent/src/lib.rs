@@ -82,6 +82,17 @@ pub async fn run(
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     }
 
+    config.tls.warn_if_plaintext("peer-agent");
+    let control_tls = config.tls.client()?;
+    let (peer_server_tls, peer_tls) = config.peer_tls()?;
+    for (url, flag) in [
+        (&config.auth_url, "--auth-url"),
+        (&config.index_url, "--index-url"),
+    ] {
+        control_tls
+            .url(url)
+            .map_err(|e| Error::Config(format!("{flag}: {e}")))?;
+    }
     let stop = CancellationToken::new();
     let holdings = Arc::new(Holdings::load(Store::open(&data_dir).await?).await?);
     let stats = Arc::new(Stats::default());
@@ -101,6 +112,8 @@ pub async fn run(
         SessionConfig {
             auth_url: config.auth_url.clone(),
             index_url: config.index_url.clone(),
+            control_tls: control_tls.clone(),
+            peer_tls,
             advertise_addr: advertise_addr.clone(),
             data_dir: data_dir.clone(),
         },
@@ -117,7 +130,7 @@ pub async fn run(
     )));
     let _metrics = metrics::spawn(&config.metrics_listen, stop.clone().cancelled_owned()).await?;
 
-    let verifier = TokenVerifier::remote(&config.auth_url);
+    let verifier = TokenVerifier::remote(&config.auth_url, control_tls);
     if let Err(err) = verifier.refresh().await {
         tracing::warn!(%err, "starting without signing keys; they are fetched when the first token arrives");
     }
@@ -147,7 +160,12 @@ pub async fn run(
     tracing::info!(advertise = %advertise_addr, data_dir = %data_dir.display(), "agent starting");
 
     let peer_server = GrpcServer::new()
-        .add_service(RequireAuth::new(peer_service, verifier))
+        .tls(peer_server_tls)
+        .add_service(RequireAuth::peer(
+            peer_service,
+            verifier,
+            session.identity(),
+        ))
         .serve(peer_listener, stop.clone().cancelled_owned());
     let control_server = GrpcServer::new()
         .add_service(control_service)

@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
     let config = Config::parse();
     if let Some(Command::Healthcheck) = config.command {
         let addr = config.control.replace("0.0.0.0", "127.0.0.1");
-        return match health::probe(&addr, "").await {
+        return match health::probe(&addr, "", &p2p_services::tls::ClientTls::Plaintext).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("peer-agent healthcheck: {err}");

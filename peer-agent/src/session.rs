@@ -9,6 +9,7 @@
 //! index answers again, or forgets us, it registers again and re-announces
 //! every holding.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +21,10 @@ use p2p_proto::auth::v1::account_service_client::AccountServiceClient;
 use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
 use p2p_proto::index::v1 as index_pb;
 use p2p_proto::index::v1::index_service_client::IndexServiceClient;
+use p2p_services::auth::PeerIdentity;
 use p2p_services::client::{MAX_MESSAGE_BYTES, with_bearer};
 use p2p_services::time::now_ms;
+use p2p_services::tls::ClientTls;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -31,6 +34,18 @@ use crate::error::{Error, is_transport_failure};
 use crate::stats::{RATE_WINDOW_SECS, Stats};
 use crate::store::Kind;
 use crate::upload::Uploads;
+
+/// A cached peer token is renewed once less than this is left of it.
+const PEER_TOKEN_MARGIN: Duration = Duration::from_secs(30);
+/// Most sources whose peer tokens are cached at once.
+const MAX_CACHED_PEER_TOKENS: usize = 1024;
+
+/// A data-path token for one source.
+#[derive(Debug, Clone)]
+struct PeerToken {
+    token: String,
+    expires_at_ms: i64,
+}
 
 /// Deadline of one call to the index or auth-svc.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,6 +93,10 @@ pub struct SessionConfig {
     pub auth_url: String,
     /// index-svc URL.
     pub index_url: String,
+    /// How auth-svc and index-svc are verified.
+    pub control_tls: ClientTls,
+    /// How sources' PeerServices are verified (the data path).
+    pub peer_tls: ClientTls,
     /// Where other agents reach our PeerService.
     pub advertise_addr: String,
     /// For the free-disk figure.
@@ -91,7 +110,8 @@ pub struct Session {
     auth: Channel,
     index: Channel,
     tokens: RwLock<Option<Tokens>>,
-    peer_id: RwLock<Option<String>>,
+    peer_id: PeerIdentity,
+    peer_tokens: Mutex<HashMap<String, PeerToken>>,
     index_reachable: AtomicBool,
     refresh_lock: tokio::sync::Mutex<()>,
     heartbeat: Mutex<Option<JoinHandle<()>>>,
@@ -115,7 +135,7 @@ impl Session {
         shutdown: CancellationToken,
     ) -> Result<Self, Error> {
         let channel = |url: &str, flag: &str| {
-            p2p_services::client::channel(url)
+            p2p_services::client::channel(url, &config.control_tls)
                 .map_err(|e| Error::Config(format!("{flag} {url:?} is not a usable URL: {e}")))
         };
         Ok(Self {
@@ -123,7 +143,8 @@ impl Session {
             index: channel(&config.index_url, "--index-url")?,
             config,
             tokens: RwLock::new(None),
-            peer_id: RwLock::new(None),
+            peer_id: PeerIdentity::default(),
+            peer_tokens: Mutex::new(HashMap::new()),
             index_reachable: AtomicBool::new(false),
             refresh_lock: tokio::sync::Mutex::new(()),
             heartbeat: Mutex::new(None),
@@ -145,10 +166,13 @@ impl Session {
 
     /// Our peer id at the index, once registered.
     pub fn peer_id(&self) -> Option<String> {
-        self.peer_id
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.peer_id.get()
+    }
+
+    /// Our peer id as the PeerService guard sees it: peer tokens naming
+    /// anything else are refused.
+    pub fn identity(&self) -> PeerIdentity {
+        self.peer_id.clone()
     }
 
     /// Whether the last call to the index got through.
@@ -161,11 +185,61 @@ impl Session {
     }
 
     fn set_tokens(&self, tokens: Option<Tokens>) {
+        self.peer_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
     }
 
     fn set_peer_id(&self, peer_id: Option<String>) {
-        *self.peer_id.write().unwrap_or_else(|e| e.into_inner()) = peer_id;
+        self.peer_id.set(peer_id);
+    }
+
+    /// A token for fetching from `source_peer_id`, and nothing else: our
+    /// access token never goes to a peer. Cached per source and renewed
+    /// when less than [`PEER_TOKEN_MARGIN`] of its life is left.
+    pub async fn peer_token(&self, source_peer_id: &str) -> Result<String, Error> {
+        let now = now_ms();
+        if let Some(cached) = self
+            .peer_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(source_peer_id)
+            && cached.expires_at_ms - now > PEER_TOKEN_MARGIN.as_millis() as i64
+        {
+            return Ok(cached.token.clone());
+        }
+        let access = self.access_token().await?;
+        let mut client = AuthServiceClient::new(self.auth.clone());
+        let issued = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.issue_peer_token(with_bearer(
+                auth_pb::IssuePeerTokenRequest {
+                    source_peer_id: source_peer_id.to_string(),
+                },
+                &access,
+            )),
+        )
+        .await
+        .map_err(|_| Error::AuthUnavailable("auth-svc did not issue a peer token in time".into()))?
+        .map_err(Error::from_auth)?
+        .into_inner();
+        let mut cache = self.peer_tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHED_PEER_TOKENS {
+            cache.retain(|_, t| t.expires_at_ms > now);
+            if cache.len() >= MAX_CACHED_PEER_TOKENS {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            source_peer_id.to_string(),
+            PeerToken {
+                token: issued.token.clone(),
+                expires_at_ms: issued.expires_at_ms,
+            },
+        );
+        Ok(issued.token)
     }
 
     /// Logs in, registers with the index (if it answers) and starts the

@@ -8,6 +8,7 @@ use p2p_proto::agent::v1 as pb;
 use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
 use p2p_proto::peer::v1::{ChunkRange, FetchChunksRequest};
 use p2p_services::client::{channel, with_bearer};
+use p2p_services::tls::ClientTls;
 use support::{AgentOptions, Cluster, eventually};
 use tonic::Code;
 
@@ -241,12 +242,33 @@ async fn fetch_chunks_refuses_bad_requests() {
         .await;
     let (path, _) = cluster.random_file("small.bin", 2 * CHUNK as usize, 5);
     let file = a.share(&path).await;
-    let mut peer = PeerServiceClient::new(channel(&a.peer_addr).expect("peer channel"));
-    let token = cluster.admin_token().await;
+    let mut peer =
+        PeerServiceClient::new(channel(&a.peer_addr, &ClientTls::Plaintext).expect("peer channel"));
+    let a_id = a.status().await.peer_id;
+    let token = cluster.admin_peer_token(&a_id).await;
 
     let no_token = peer.fetch_chunks(fetch(&file.file_id, 0, 1)).await;
     assert_eq!(
         no_token.err().map(|s| s.code()),
+        Some(Code::Unauthenticated)
+    );
+
+    // The data path takes only peer tokens naming this peer: an access
+    // token, or a peer token for another peer, is refused.
+    let access = cluster.admin_token().await;
+    let with_access = peer
+        .fetch_chunks(with_bearer(fetch(&file.file_id, 0, 1), &access))
+        .await;
+    assert_eq!(
+        with_access.err().map(|s| s.code()),
+        Some(Code::Unauthenticated)
+    );
+    let elsewhere = cluster.admin_peer_token("another-peer").await;
+    let with_other = peer
+        .fetch_chunks(with_bearer(fetch(&file.file_id, 0, 1), &elsewhere))
+        .await;
+    assert_eq!(
+        with_other.err().map(|s| s.code()),
         Some(Code::Unauthenticated)
     );
 

@@ -225,6 +225,7 @@ impl PublicKey {
 
 struct Remote {
     auth_url: String,
+    tls: crate::tls::ClientTls,
     last_fetch: Mutex<Option<Instant>>,
     fetch_lock: tokio::sync::Mutex<()>,
 }
@@ -284,9 +285,10 @@ impl TokenVerifier {
     }
 
     /// A verifier that fetches keys from auth-svc at `auth_url` on demand.
-    pub fn remote(auth_url: &str) -> Self {
+    pub fn remote(auth_url: &str, tls: crate::tls::ClientTls) -> Self {
         Self::with_remote(Some(Remote {
             auth_url: auth_url.to_string(),
+            tls,
             last_fetch: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
         }))
@@ -322,7 +324,7 @@ impl TokenVerifier {
         if let Ok(mut last) = remote.last_fetch.lock() {
             *last = Some(Instant::now());
         }
-        let channel = crate::client::channel(&remote.auth_url)
+        let channel = crate::client::channel(&remote.auth_url, &remote.tls)
             .map_err(|e| TokenError::KeysUnavailable(e.to_string()))?;
         let mut client = AuthServiceClient::new(channel);
         let response = tokio::time::timeout(

@@ -2,7 +2,8 @@
 //! `grpc.health.v1` health (each service reported by name, and the whole
 //! server under ""), server reflection (v1 and v1alpha, so every grpcurl
 //! version can `list` and `describe`), HTTP/2 windows sized for bulk chunk
-//! transfer, TCP_NODELAY, and graceful shutdown on the future passed in.
+//! transfer, TCP_NODELAY, TLS (unless the binary was told plaintext), and
+//! graceful shutdown on the future passed in.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,6 +38,7 @@ pub enum ServeError {
 pub struct GrpcServer {
     routes: Routes,
     names: Vec<&'static str>,
+    tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for GrpcServer {
@@ -51,7 +53,15 @@ impl GrpcServer {
         Self {
             routes: Routes::default(),
             names: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// Serves TLS with this identity; `None` serves plaintext h2c (only
+    /// when the operator asked for it, or in an in-process test).
+    pub fn tls(mut self, tls: Option<crate::tls::ServerTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Adds a service; its name is reported as SERVING by health.
@@ -105,7 +115,8 @@ impl GrpcServer {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
-        tracing::info!(%addr, services = ?self.names, "serving gRPC");
+        let tls = self.tls.is_some();
+        tracing::info!(%addr, services = ?self.names, tls, "serving gRPC");
         let names = self.names.clone();
         let shutdown = async move {
             shutdown.await;
@@ -118,7 +129,11 @@ impl GrpcServer {
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
         };
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = &self.tls {
+            builder = builder.tls_config(identity.config())?;
+        }
+        builder
             .layer(crate::metrics::RpcMetricsLayer)
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)

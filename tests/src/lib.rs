@@ -32,8 +32,11 @@ use p2p_proto::agent::v1::agent_control_client::AgentControlClient;
 use p2p_proto::agent::v1::{ListFilesRequest, NetworkFile, StatusRequest, StatusResponse};
 use p2p_proto::auth::v1::account_service_client::AccountServiceClient;
 use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
-use p2p_proto::auth::v1::{CreateUserRequest, LoginRequest, Role};
+use p2p_proto::auth::v1::{CreateUserRequest, IssuePeerTokenRequest, LoginRequest, Role};
 use p2p_proto::index::v1::index_service_client::IndexServiceClient;
+use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
+use p2p_services::tls::ClientTls;
+use p2p_services::tls::issue::{CertDir, Role as CertRole};
 use rand::{RngCore, SeedableRng};
 use tonic::transport::Channel;
 
@@ -212,6 +215,8 @@ struct Process {
     log: PathBuf,
     /// Address probed with grpc.health.v1 to know it is up.
     health_addr: String,
+    /// How the probe verifies it.
+    health_tls: ClientTls,
     child: Option<Child>,
 }
 
@@ -259,7 +264,7 @@ impl Process {
                     self.name
                 ));
             }
-            if p2p_services::health::probe(&self.health_addr, "")
+            if p2p_services::health::probe(&self.health_addr, "", &self.health_tls)
                 .await
                 .is_ok()
             {
@@ -349,6 +354,9 @@ pub struct Cluster {
     index: Process,
     auth_addr: String,
     index_addr: String,
+    /// The cluster's CA and every certificate it issued.
+    certs: CertDir,
+    tls: ClientTls,
     // Declared last so the processes die before their files are removed.
     dir: tempfile::TempDir,
 }
@@ -374,6 +382,16 @@ impl Cluster {
                 index_url,
             } => (auth_url.clone(), index_url.clone()),
         };
+        let loopback: &[&str] = &[];
+        let certs = p2p_services::tls::testing::make(
+            &dir.path().join("tls"),
+            &[
+                ("auth", loopback, CertRole::Server),
+                ("index", loopback, CertRole::Server),
+            ],
+        )
+        .expect("make the cluster's certificates");
+        let tls = p2p_services::tls::testing::client(&certs);
 
         let auth_program = binary("auth-svc");
         let auth_log = dir.path().join("auth-svc.log");
@@ -386,6 +404,7 @@ impl Cluster {
                 ("P2P_ADMIN_PASSWORD".to_string(), ADMIN_PASSWORD.to_string()),
                 ("METRICS_LISTEN".to_string(), String::new()),
             ];
+            env.extend(tls_env(&certs, "auth"));
             env.extend(options.auth_env.iter().cloned());
             Process {
                 name: "auth-svc".into(),
@@ -393,6 +412,7 @@ impl Cluster {
                 env,
                 log: auth_log.clone(),
                 health_addr: addr,
+                health_tls: tls.clone(),
                 child: None,
             }
         })
@@ -406,12 +426,13 @@ impl Cluster {
             let mut env = vec![
                 ("INDEX_LISTEN".to_string(), addr.clone()),
                 ("DATABASE_URL".to_string(), index_db.clone()),
-                ("P2P_AUTH_URL".to_string(), format!("http://{auth_addr}")),
+                ("P2P_AUTH_URL".to_string(), auth_addr.clone()),
                 ("METRICS_LISTEN".to_string(), String::new()),
                 // Short leases so a killed agent stops being offered quickly.
                 ("INDEX_LEASE_TTL".to_string(), "5s".to_string()),
                 ("INDEX_HEARTBEAT_INTERVAL".to_string(), "1s".to_string()),
             ];
+            env.extend(tls_env(&certs, "index"));
             env.extend(options.index_env.iter().cloned());
             Process {
                 name: "index-svc".into(),
@@ -419,6 +440,7 @@ impl Cluster {
                 env,
                 log: index_log.clone(),
                 health_addr: addr,
+                health_tls: tls.clone(),
                 child: None,
             }
         })
@@ -430,8 +452,20 @@ impl Cluster {
             index,
             auth_addr,
             index_addr,
+            certs,
+            tls,
             dir,
         }
+    }
+
+    /// The cluster's CA and certificates.
+    pub fn certs(&self) -> &CertDir {
+        &self.certs
+    }
+
+    /// How clients verify the cluster's services.
+    pub fn tls(&self) -> &ClientTls {
+        &self.tls
     }
 
     /// `host:port` of auth-svc.
@@ -482,18 +516,18 @@ impl Cluster {
 
     /// A client of auth-svc's AuthService.
     pub fn auth_client(&self) -> AuthServiceClient<Channel> {
-        AuthServiceClient::new(channel(&self.auth_addr))
+        AuthServiceClient::new(channel(&self.auth_addr, &self.tls))
     }
 
     /// A client of auth-svc's AccountService.
     pub fn account_client(&self) -> AccountServiceClient<Channel> {
-        AccountServiceClient::new(channel(&self.auth_addr))
+        AccountServiceClient::new(channel(&self.auth_addr, &self.tls))
     }
 
     /// A client of index-svc (calls need a bearer token: see
     /// [`Cluster::access_token`]).
     pub fn index_client(&self) -> IndexServiceClient<Channel> {
-        IndexServiceClient::new(channel(&self.index_addr))
+        IndexServiceClient::new(channel(&self.index_addr, &self.tls))
             .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
     }
 
@@ -508,6 +542,38 @@ impl Cluster {
             .unwrap_or_else(|s| panic!("login as {username}: {s}"))
             .into_inner()
             .access_token
+    }
+
+    /// A peer token for fetching from the agent whose peer id is
+    /// `source_peer_id`, issued to `username`.
+    pub async fn peer_token(&self, username: &str, password: &str, source_peer_id: &str) -> String {
+        let access = self.access_token(username, password).await;
+        self.auth_client()
+            .issue_peer_token(p2p_services::client::with_bearer(
+                IssuePeerTokenRequest {
+                    source_peer_id: source_peer_id.into(),
+                },
+                &access,
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("peer token for {username}: {s}"))
+            .into_inner()
+            .token
+    }
+
+    /// A client of the PeerService at `addr`, verifying its certificate
+    /// against the cluster's CA.
+    pub fn peer_client(&self, addr: &str) -> PeerServiceClient<Channel> {
+        PeerServiceClient::new(channel(addr, &self.tls))
+            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
+    }
+
+    /// A server identity signed by the cluster's CA for 127.0.0.1 (for the
+    /// hostile peers a modified agent would run with a real certificate).
+    pub fn loopback_identity(&self, name: &str) -> p2p_services::tls::ServerTls {
+        issue_agent_cert(&self.certs, name, &["127.0.0.1"]);
+        p2p_services::tls::ServerTls::from_files(&self.certs.cert(name), &self.certs.key(name))
+            .expect("read the certificate just issued")
     }
 
     /// Creates an account (as the admin) with [`USER_PASSWORD`].
@@ -544,6 +610,8 @@ impl Cluster {
         std::fs::create_dir_all(&data_dir).expect("create agent data dir");
         let program = binary("peer-agent");
         let log = self.dir.path().join(format!("{name}.log"));
+        let cert_name = format!("agent-{name}");
+        issue_agent_cert(&self.certs, &cert_name, &["127.0.0.1"]);
         let process = start_with_retry(|| {
             let peer = format!("127.0.0.1:{}", free_port());
             let control = format!("127.0.0.1:{}", free_port());
@@ -552,16 +620,11 @@ impl Cluster {
                 ("PEER_ADVERTISE".to_string(), peer.clone()),
                 ("AGENT_CONTROL".to_string(), control.clone()),
                 ("P2P_DATA_DIR".to_string(), data_dir.display().to_string()),
-                (
-                    "P2P_INDEX_URL".to_string(),
-                    format!("http://{}", self.index_addr),
-                ),
-                (
-                    "P2P_AUTH_URL".to_string(),
-                    format!("http://{}", self.auth_addr),
-                ),
+                ("P2P_INDEX_URL".to_string(), self.index_addr.clone()),
+                ("P2P_AUTH_URL".to_string(), self.auth_addr.clone()),
                 ("METRICS_LISTEN".to_string(), String::new()),
             ];
+            env.extend(tls_env(&self.certs, &cert_name));
             if let Some(rate) = &options.max_upload_rate {
                 env.push(("P2P_MAX_UPLOAD_RATE".into(), rate.clone()));
             }
@@ -578,6 +641,7 @@ impl Cluster {
                 env,
                 log: log.clone(),
                 health_addr: control,
+                health_tls: ClientTls::Plaintext,
                 child: None,
             }
         })
@@ -853,7 +917,7 @@ impl AgentHandle for Agent {
 
     /// A generated client of the agent's control API.
     fn control(&self) -> AgentControlClient<Channel> {
-        AgentControlClient::new(channel(&self.control_addr))
+        AgentControlClient::new(channel(&self.control_addr, &ClientTls::Plaintext))
             .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
     }
 
@@ -875,6 +939,28 @@ impl AgentHandle for Agent {
 }
 
 /// A lazy channel to `addr`.
-fn channel(addr: &str) -> Channel {
-    p2p_services::client::channel(addr).expect("a valid loopback address")
+pub fn channel(addr: &str, tls: &ClientTls) -> Channel {
+    p2p_services::client::channel(addr, tls).expect("a valid loopback address")
+}
+
+/// The environment that points a binary at its certificate `name` in
+/// `certs` and at the CA.
+pub fn tls_env(certs: &CertDir, name: &str) -> Vec<(String, String)> {
+    vec![
+        ("P2P_TLS_CA".into(), certs.ca_cert().display().to_string()),
+        (
+            "P2P_TLS_CERT".into(),
+            certs.cert(name).display().to_string(),
+        ),
+        ("P2P_TLS_KEY".into(), certs.key(name).display().to_string()),
+    ]
+}
+
+/// Issues (or keeps) the agent certificate `name` for `hosts`.
+pub fn issue_agent_cert(certs: &CertDir, name: &str, hosts: &[&str]) {
+    let (ca, _) = certs.ensure_ca().expect("the cluster's CA");
+    let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    certs
+        .ensure_leaf(&ca, name, &hosts, CertRole::Agent, false)
+        .expect("issue an agent certificate");
 }

@@ -15,6 +15,8 @@
 //! the LAN's namespaces are deleted; a panicking test prints the tail of
 //! every log.
 
+use p2p_services::tls::ClientTls;
+use p2p_services::tls::issue::{CertDir, Role as CertRole};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -68,7 +70,7 @@ pub fn skip_reason() -> Option<String> {
 
 /// A lazy gRPC channel to `addr` (`ip:port`) as seen from inside `host`'s
 /// namespace: `127.0.0.1` is that host's loopback.
-pub fn channel_in(host: &Host, addr: &str) -> Channel {
+pub fn channel_in(host: &Host, addr: &str, tls: &ClientTls) -> Channel {
     let netns = host.netns.clone();
     let connector = tower::service_fn(move |uri: Uri| {
         let netns = netns.clone();
@@ -82,7 +84,7 @@ pub fn channel_in(host: &Host, addr: &str) -> Channel {
             connect_in(netns, addr).await.map(TokioIo::new)
         }
     });
-    p2p_services::client::endpoint(addr)
+    p2p_services::client::endpoint(addr, tls)
         .expect("a valid ip:port")
         .connect_with_connector_lazy(connector)
 }
@@ -139,6 +141,8 @@ pub struct HostProcess {
     log: PathBuf,
     /// `ip:port` probed for health, as seen from inside the host.
     health_addr: String,
+    /// How the probe verifies it.
+    health_tls: ClientTls,
     child: Option<Child>,
 }
 
@@ -176,7 +180,7 @@ impl HostProcess {
     /// Spawns the process and waits until it reports healthy.
     async fn start(&mut self) -> Result<(), String> {
         self.spawn()?;
-        let channel = channel_in(&self.host, &self.health_addr);
+        let channel = channel_in(&self.host, &self.health_addr, &self.health_tls);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut()
@@ -257,6 +261,8 @@ impl Drop for HostProcess {
 pub struct MultiHost {
     auth: HostProcess,
     index: HostProcess,
+    certs: CertDir,
+    tls: ClientTls,
     // Declared after the processes: they die before the LAN goes, and the
     // LAN goes before the files.
     lan: Lan,
@@ -278,6 +284,26 @@ impl MultiHost {
         let lan = Lan::create(hosts, shape).unwrap_or_else(|e| panic!("build the LAN: {e}"));
         let services = lan.host(0).clone();
         let sqlite = |name: &str| p2p_services::db::testing::sqlite_url(dir.path(), name);
+        let services_ip = services.addr.to_string();
+        let certs = p2p_services::tls::testing::make(
+            &dir.path().join("tls"),
+            &[
+                ("auth", &[services_ip.as_str()], CertRole::Server),
+                ("index", &[services_ip.as_str()], CertRole::Server),
+            ],
+        )
+        .expect("make the LAN's certificates");
+        let tls = p2p_services::tls::testing::client(&certs);
+        let tls_args = |name: &str| -> Vec<String> {
+            vec![
+                "--tls-ca".into(),
+                certs.ca_cert().display().to_string(),
+                "--tls-cert".into(),
+                certs.cert(name).display().to_string(),
+                "--tls-key".into(),
+                certs.key(name).display().to_string(),
+            ]
+        };
         let mut auth = HostProcess {
             name: "auth-svc".into(),
             host: services.clone(),
@@ -296,10 +322,12 @@ impl MultiHost {
             .to_vec(),
             log: dir.path().join("auth-svc.log"),
             health_addr: services.socket(AUTH_PORT),
+            health_tls: tls.clone(),
             child: None,
         };
         auth.args
             .extend(["--admin-password".into(), ADMIN_PASSWORD.into()]);
+        auth.args.extend(tls_args("auth"));
         auth.start().await.unwrap_or_else(|e| panic!("{e}"));
         let mut args: Vec<String> = [
             "--listen",
@@ -309,10 +337,11 @@ impl MultiHost {
             "--database-url",
             &sqlite("index.db"),
             "--auth-url",
-            &format!("http://{}", services.socket(AUTH_PORT)),
+            &services.socket(AUTH_PORT),
         ]
         .map(String::from)
         .to_vec();
+        args.extend(tls_args("index"));
         args.extend(index_args.iter().map(|a| a.to_string()));
         let mut index = HostProcess {
             name: "index-svc".into(),
@@ -321,12 +350,15 @@ impl MultiHost {
             args,
             log: dir.path().join("index-svc.log"),
             health_addr: services.socket(INDEX_PORT),
+            health_tls: tls.clone(),
             child: None,
         };
         index.start().await.unwrap_or_else(|e| panic!("{e}"));
         MultiHost {
             auth,
             index,
+            certs,
+            tls,
             lan,
             dir,
         }
@@ -346,12 +378,21 @@ impl MultiHost {
 
     /// A client of index-svc, connected from the services host.
     pub fn index_client(&self) -> IndexServiceClient<Channel> {
-        IndexServiceClient::new(channel_in(&self.index.host, &self.index.health_addr))
-            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
+        IndexServiceClient::new(channel_in(
+            &self.index.host,
+            &self.index.health_addr,
+            &self.tls,
+        ))
+        .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
     }
 
     fn auth_channel(&self) -> Channel {
-        channel_in(&self.auth.host, &self.auth.health_addr)
+        channel_in(&self.auth.host, &self.auth.health_addr, &self.tls)
+    }
+
+    /// The LAN's CA and certificates.
+    pub fn certs(&self) -> &CertDir {
+        &self.certs
     }
 
     /// An access token for `username`, straight from auth-svc.
@@ -392,6 +433,8 @@ impl MultiHost {
         let data_dir = self.dir.path().join(name);
         std::fs::create_dir_all(&data_dir).expect("create agent data dir");
         let services = self.lan.host(0);
+        let cert_name = format!("agent-{name}");
+        crate::issue_agent_cert(&self.certs, &cert_name, &[&host.addr.to_string()]);
         let mut args: Vec<String> = [
             "--listen",
             &format!("0.0.0.0:{PEER_PORT}"),
@@ -404,9 +447,15 @@ impl MultiHost {
             "--data-dir",
             &data_dir.display().to_string(),
             "--index-url",
-            &format!("http://{}", services.socket(INDEX_PORT)),
+            &services.socket(INDEX_PORT),
             "--auth-url",
-            &format!("http://{}", services.socket(AUTH_PORT)),
+            &services.socket(AUTH_PORT),
+            "--tls-ca",
+            &self.certs.ca_cert().display().to_string(),
+            "--tls-cert",
+            &self.certs.cert(&cert_name).display().to_string(),
+            "--tls-key",
+            &self.certs.key(&cert_name).display().to_string(),
         ]
         .map(String::from)
         .to_vec();
@@ -418,6 +467,7 @@ impl MultiHost {
             args,
             log: self.dir.path().join(format!("{name}.log")),
             health_addr: format!("127.0.0.1:{CONTROL_PORT}"),
+            health_tls: ClientTls::Plaintext,
             child: None,
         };
         process.start().await.unwrap_or_else(|e| panic!("{e}"));
@@ -520,8 +570,12 @@ impl AgentHandle for HostAgent {
 
     /// A client of its control API, connected from inside its host.
     fn control(&self) -> AgentControlClient<Channel> {
-        AgentControlClient::new(channel_in(&self.host, &self.process.health_addr))
-            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
+        AgentControlClient::new(channel_in(
+            &self.host,
+            &self.process.health_addr,
+            &ClientTls::Plaintext,
+        ))
+        .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
     }
 
     /// `p2p ARGS` inside the agent's host, aimed at its loopback control

@@ -17,6 +17,7 @@ use p2p_proto::auth::v1 as auth_pb;
 use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
 use p2p_proto::index::v1 as index_pb;
 use p2p_services::client::channel;
+use p2p_services::tls::ClientTls;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 
@@ -72,6 +73,9 @@ impl Cluster {
             ADMIN_PASSWORD,
             "--metrics-listen",
             "",
+            // In-process and on loopback; the TLS paths are proven by the
+            // end-to-end tests in tests/.
+            "--insecure-plaintext",
         ])
         .expect("auth flags");
         let auth = Server::spawn(auth_addr.clone(), |shutdown| async move {
@@ -92,6 +96,7 @@ impl Cluster {
             "1s",
             "--metrics-listen",
             "",
+            "--insecure-plaintext",
         ])
         .expect("index flags");
         let index = Server::spawn(index_addr.clone(), |shutdown| async move {
@@ -117,6 +122,7 @@ impl Cluster {
             format!("http://{}", self.auth.addr),
             "--metrics-listen".into(),
             String::new(),
+            "--insecure-plaintext".into(),
         ];
         if let Some(rate) = &options.max_upload_rate {
             args.extend(["--max-upload-rate".into(), rate.clone()]);
@@ -133,7 +139,9 @@ impl Cluster {
                 .await
                 .expect("agent runs");
         });
-        let control = AgentControlClient::new(channel(&control_addr).expect("control channel"));
+        let control = AgentControlClient::new(
+            channel(&control_addr, &ClientTls::Plaintext).expect("control channel"),
+        );
         Agent {
             name: name.to_string(),
             control,
@@ -152,7 +160,9 @@ impl Cluster {
 
     /// An access token for the admin, straight from auth-svc.
     pub async fn admin_token(&self) -> String {
-        let mut auth = AuthServiceClient::new(channel(&self.auth.addr).expect("auth channel"));
+        let mut auth = AuthServiceClient::new(
+            channel(&self.auth.addr, &ClientTls::Plaintext).expect("auth channel"),
+        );
         eventually(|| {
             let mut auth = auth.clone();
             async move {
@@ -174,6 +184,25 @@ impl Cluster {
         .expect("admin login")
         .into_inner()
         .access_token
+    }
+
+    /// A peer token for fetching from the agent whose peer id is
+    /// `source_peer_id`, issued to the admin.
+    pub async fn admin_peer_token(&self, source_peer_id: &str) -> String {
+        let access = self.admin_token().await;
+        AuthServiceClient::new(
+            channel(&self.auth.addr, &ClientTls::Plaintext).expect("auth channel"),
+        )
+        .issue_peer_token(p2p_services::client::with_bearer(
+            auth_pb::IssuePeerTokenRequest {
+                source_peer_id: source_peer_id.into(),
+            },
+            &access,
+        ))
+        .await
+        .expect("issue a peer token")
+        .into_inner()
+        .token
     }
 
     /// Writes `len` pseudo-random bytes (from `seed`) to a file in the temp dir.

@@ -48,7 +48,8 @@ pub async fn connect(addr: &str, out: Output) -> Result<Session, Error> {
         addr: addr.to_string(),
         detail,
     };
-    let endpoint = p2p_services::client::endpoint(addr).map_err(|e| unreachable(e.to_string()))?;
+    let endpoint = p2p_services::client::endpoint(addr, &p2p_services::tls::ClientTls::Plaintext)
+        .map_err(|e| unreachable(e.to_string()))?;
     let channel = endpoint
         .connect()
         .await

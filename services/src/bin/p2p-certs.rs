@@ -1,0 +1,137 @@
+//! `p2p-certs`: the deployment's certificate tooling. Makes a private CA and
+//! issues the certificates auth-svc, index-svc and each agent present.
+//! Idempotent: what exists is kept (unless `--force`), so scripts and
+//! compose can run it on every start.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use p2p_services::tls::issue::{CertDir, Role};
+
+const ABOUT: &str =
+    "Make the deployment's CA and the certificates its services and agents present.";
+
+const AFTER_HELP: &str = "\
+Files in --dir: ca.pem (give it to every binary as --tls-ca), ca-key.pem
+(keep it secret; only this tool reads it), NAME.pem and NAME-key.pem per
+certificate (--tls-cert, --tls-key).
+
+Examples:
+  p2p-certs ca --dir tls
+  p2p-certs server --dir tls --name auth --host auth.lan --host 10.0.0.5
+  p2p-certs agent --dir tls --name alice-laptop --host 10.0.0.23
+
+An agent's certificate must name the host it advertises (PEER_ADVERTISE):
+downloaders check that the peer the index named is the one answering.";
+
+#[derive(Debug, Parser)]
+#[command(name = "p2p-certs", version, about = ABOUT, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make the CA in --dir unless it exists.
+    Ca {
+        /// Where the certificates live.
+        #[arg(long, env = "P2P_TLS_DIR", default_value = "tls")]
+        dir: PathBuf,
+    },
+    /// Issue a server certificate (auth-svc, index-svc), making the CA
+    /// first if there is none.
+    Server(Leaf),
+    /// Issue an agent's certificate (its PeerService), making the CA first
+    /// if there is none.
+    Agent(Leaf),
+}
+
+#[derive(Debug, clap::Args)]
+struct Leaf {
+    /// Where the certificates live.
+    #[arg(long, env = "P2P_TLS_DIR", default_value = "tls")]
+    dir: PathBuf,
+    /// File name of the certificate (NAME.pem, NAME-key.pem).
+    #[arg(long)]
+    name: String,
+    /// A DNS name or IP address clients dial; repeat for several.
+    #[arg(long = "host", required = true)]
+    hosts: Vec<String>,
+    /// Also valid for localhost and 127.0.0.1 (for health checks and local
+    /// runs).
+    #[arg(long)]
+    loopback: bool,
+    /// Issue again even if the files exist.
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("p2p-certs: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), p2p_services::tls::TlsError> {
+    let (leaf, role) = match command {
+        Command::Ca { dir } => {
+            let certs = CertDir::new(dir);
+            let (_, made) = certs.ensure_ca()?;
+            report(made, &certs.ca_cert().display().to_string());
+            return Ok(());
+        }
+        Command::Server(leaf) => (leaf, Role::Server),
+        Command::Agent(leaf) => (leaf, Role::Agent),
+    };
+    if !valid_name(&leaf.name) {
+        return Err(p2p_services::tls::TlsError::Write {
+            path: leaf.dir.join(&leaf.name),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "--name must be letters, digits, '.', '_' or '-'",
+            ),
+        });
+    }
+    let certs = CertDir::new(&leaf.dir);
+    let (ca, made) = certs.ensure_ca()?;
+    if made {
+        report(true, &certs.ca_cert().display().to_string());
+    }
+    let mut hosts = leaf.hosts.clone();
+    if leaf.loopback {
+        hosts.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    }
+    let issued = certs.ensure_leaf(&ca, &leaf.name, &hosts, role, leaf.force)?;
+    report(
+        issued,
+        &format!(
+            "{} for {}",
+            certs.cert(&leaf.name).display(),
+            hosts.join(", ")
+        ),
+    );
+    Ok(())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.starts_with('.')
+}
+
+fn report(made: bool, what: &str) {
+    if made {
+        println!("made {what}");
+    } else {
+        println!("kept {what} (exists; --force to issue again)");
+    }
+}
