@@ -148,6 +148,22 @@ impl AuthService for AuthApi {
             audience: AUDIENCE.to_string(),
         }))
     }
+
+    async fn issue_peer_token(
+        &self,
+        request: Request<pb::IssuePeerTokenRequest>,
+    ) -> Result<Response<pb::PeerToken>, Status> {
+        let caller = claims(&request)?.clone();
+        let message = request.into_inner();
+        let token = self
+            .authority
+            .issue_peer_token(&caller, &message.source_peer_id)
+            .await?;
+        Ok(Response::new(pb::PeerToken {
+            token: token.token,
+            expires_at_ms: token.expires_at_ms,
+        }))
+    }
 }
 
 /// `p2p.auth.v1.AccountService`.
@@ -253,5 +269,14 @@ impl AccountService for AccountApi {
             .set_disabled(&caller, username, message.disabled)
             .await?;
         Ok(Response::new(user_to_proto(account)))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        _request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::SigningKeys>, Status> {
+        Err(Status::unimplemented(
+            "RotateSigningKey is not implemented yet",
+        ))
     }
 }

@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::password;
 use crate::store::{NewRefreshToken, Store, StoredKey};
 use crate::throttle::{self, AddressThrottle};
-use crate::tokens::{self, AccessToken, KeyPair, Signer};
+use crate::tokens::{self, AccessToken, KeyPair, PeerToken, Signer};
 
 /// A successful login or refresh.
 #[derive(Debug, Clone)]
@@ -317,6 +317,24 @@ impl Authority {
             Some(account) if !account.disabled => Ok(account),
             _ => Err(Error::AccountUnusable(claims.name.clone())),
         }
+    }
+
+    /// A peer token for the caller to fetch chunks from `source_peer_id`.
+    /// The caller's account must still exist and be enabled: a peer token
+    /// outlives neither.
+    pub async fn issue_peer_token(
+        &self,
+        caller: &Claims,
+        source_peer_id: &str,
+    ) -> Result<PeerToken, Error> {
+        tokens::validate_peer_id(source_peer_id).map_err(Error::InvalidArgument)?;
+        self.who_am_i(caller).await?;
+        let jti = uuid::Uuid::new_v4().to_string();
+        let token =
+            self.signer
+                .issue_peer(&caller.sub, &caller.name, source_peer_id, &jti, now_ms())?;
+        tracing::debug!(username = %caller.name, peer = source_peer_id, "issued a peer token");
+        Ok(token)
     }
 
     // --- account administration ---

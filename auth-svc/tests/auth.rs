@@ -8,10 +8,12 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use p2p_proto::auth::v1::{
     ChangePasswordRequest, CreateUserRequest, DeleteUserRequest, GetSigningKeysRequest,
-    ListUsersRequest, LogoutRequest, RefreshRequest, Role as PbRole, SetDisabledRequest,
-    SetRoleRequest, User, WhoAmIRequest,
+    IssuePeerTokenRequest, ListUsersRequest, LogoutRequest, PeerToken, RefreshRequest,
+    Role as PbRole, SetDisabledRequest, SetRoleRequest, User, WhoAmIRequest,
 };
-use p2p_services::auth::{AUDIENCE, Claims, ISSUER, Role, TokenVerifier};
+use p2p_services::auth::{
+    AUDIENCE, Claims, ISSUER, PEER_TOKEN_TTL, Role, TokenError, TokenVerifier,
+};
 use p2p_services::client::with_bearer;
 use p2p_services::time::now_ms;
 use tonic::{Code, Status};
@@ -40,6 +42,10 @@ on_both_backends!(
     last_admin_cannot_be_deleted_demoted_or_disabled,
     changing_own_password_keeps_this_session_and_revokes_others,
     other_services_verify_tokens_with_the_published_keys,
+    peer_token_verifies_only_for_the_named_peer,
+    peer_token_is_refused_by_auth_svc_itself,
+    peer_token_needs_an_access_token_and_a_sane_peer_id,
+    disabled_or_deleted_user_gets_no_peer_token,
 );
 
 const ALICE_PASSWORD: &str = "alice-password";
@@ -77,6 +83,23 @@ async fn refresh(
         .refresh(RefreshRequest {
             refresh_token: token.into(),
         })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn issue_peer_token(
+    server: &TestServer,
+    access: &str,
+    peer: &str,
+) -> Result<PeerToken, Status> {
+    server
+        .auth()
+        .issue_peer_token(with_bearer(
+            IssuePeerTokenRequest {
+                source_peer_id: peer.into(),
+            },
+            access,
+        ))
         .await
         .map(|r| r.into_inner())
 }
@@ -782,6 +805,155 @@ async fn other_services_verify_tokens_with_the_published_keys(db: TestDb) {
         claims.exp * 1000,
         pair.access_expires_at_ms,
         "the advertised expiry is the token's"
+    );
+    server.stop().await;
+}
+
+async fn peer_token_verifies_only_for_the_named_peer(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    let alice = create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    let access = server.login("alice", ALICE_PASSWORD).await.access_token;
+    let before_ms = now_ms();
+    let peer = issue_peer_token(&server, &access, "peer-a").await.unwrap();
+    let lifetime_ms = peer.expires_at_ms - before_ms;
+    assert!(
+        lifetime_ms <= PEER_TOKEN_TTL.as_millis() as i64
+            && lifetime_ms > PEER_TOKEN_TTL.as_millis() as i64 - 2_000,
+        "peer token lives {lifetime_ms} ms"
+    );
+
+    let verifier = TokenVerifier::remote(&server.url());
+    let claims = verifier
+        .verify_peer(&peer.token, Some("peer-a"))
+        .await
+        .unwrap();
+    assert_eq!(claims.sub, alice.id);
+    assert_eq!(claims.name, "alice");
+    assert_eq!(claims.peer, "peer-a");
+    assert_eq!(claims.exp * 1000, peer.expires_at_ms);
+    assert!(matches!(
+        verifier.verify_peer(&peer.token, Some("peer-b")).await,
+        Err(TokenError::WrongPeer)
+    ));
+    // An access token is not a peer token, whatever peer checks it.
+    assert!(matches!(
+        verifier.verify_peer(&access, Some("peer-a")).await,
+        Err(TokenError::Invalid(_))
+    ));
+    let again = issue_peer_token(&server, &access, "peer-a").await.unwrap();
+    assert_ne!(again.token, peer.token, "every peer token has its own jti");
+    server.stop().await;
+}
+
+async fn peer_token_is_refused_by_auth_svc_itself(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    let peer = issue_peer_token(&server, &admin, "peer-a")
+        .await
+        .unwrap()
+        .token;
+    assert_status(
+        who_am_i(&server, &peer).await,
+        Code::Unauthenticated,
+        "invalid access token",
+    );
+    assert_status(
+        server
+            .accounts()
+            .create_user(with_bearer(
+                CreateUserRequest {
+                    username: "mallory".into(),
+                    password: "mallory-password".into(),
+                    role: PbRole::Admin as i32,
+                },
+                &peer,
+            ))
+            .await,
+        Code::Unauthenticated,
+        "invalid access token",
+    );
+    assert_status(
+        issue_peer_token(&server, &peer, "peer-b").await,
+        Code::Unauthenticated,
+        "invalid access token",
+    );
+    server.stop().await;
+}
+
+async fn peer_token_needs_an_access_token_and_a_sane_peer_id(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    assert_status(
+        server
+            .auth()
+            .issue_peer_token(IssuePeerTokenRequest {
+                source_peer_id: "peer-a".into(),
+            })
+            .await,
+        Code::Unauthenticated,
+        "missing access token",
+    );
+    let admin = server.admin_token().await;
+    assert_status(
+        issue_peer_token(&server, &admin, "").await,
+        Code::InvalidArgument,
+        "source_peer_id is required",
+    );
+    assert_status(
+        issue_peer_token(&server, &admin, &"p".repeat(129)).await,
+        Code::InvalidArgument,
+        "the limit is 128",
+    );
+    assert_status(
+        issue_peer_token(&server, &admin, "peer\u{7}").await,
+        Code::InvalidArgument,
+        "printable ASCII",
+    );
+    issue_peer_token(&server, &admin, &"p".repeat(128))
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+async fn disabled_or_deleted_user_gets_no_peer_token(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    let created = create_user(&server, &admin, "bob", "bob-password").await;
+    let alice = server.login("alice", ALICE_PASSWORD).await.access_token;
+    let bob = server.login("bob", "bob-password").await.access_token;
+    issue_peer_token(&server, &alice, "peer-a").await.unwrap();
+    server
+        .accounts()
+        .set_disabled(with_bearer(
+            SetDisabledRequest {
+                username: "alice".into(),
+                disabled: true,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    assert_status(
+        issue_peer_token(&server, &alice, "peer-a").await,
+        Code::Unauthenticated,
+        "disabled or deleted",
+    );
+    server
+        .accounts()
+        .delete_user(with_bearer(
+            DeleteUserRequest {
+                user_id: created.id,
+                username: String::new(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    assert_status(
+        issue_peer_token(&server, &bob, "peer-a").await,
+        Code::Unauthenticated,
+        "disabled or deleted",
     );
     server.stop().await;
 }
