@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::password;
 use crate::store::{NewRefreshToken, Store, StoredKey};
-use crate::throttle::{self, AddressThrottle};
+use crate::throttle::{self, AttemptLocks, ClientAddr};
 use crate::tokens::{self, AccessToken, KeyPair, PeerToken, Signer};
 
 /// A successful login or refresh.
@@ -77,7 +77,7 @@ pub struct Authority {
     access_ttl: Duration,
     refresh_ttl: Duration,
     min_password_length: usize,
-    addresses: AddressThrottle,
+    attempts: AttemptLocks,
     metrics: Metrics,
 }
 
@@ -100,7 +100,7 @@ impl Authority {
             access_ttl: config.access_token_ttl,
             refresh_ttl: config.refresh_token_ttl,
             min_password_length: config.min_password_length,
-            addresses: AddressThrottle::default(),
+            attempts: AttemptLocks::default(),
             metrics: Metrics::new(),
         };
         authority
@@ -168,8 +168,9 @@ impl Authority {
     // --- sessions ---
 
     /// Checks a username and password and starts a session. Unknown users
-    /// and wrong passwords fail alike, in the same time; too many attempts
-    /// for the username or from `client` are refused for a while.
+    /// and wrong passwords fail alike, in the same time. Only failures are
+    /// counted, per (username, `client`) and per `client`; while either
+    /// count asks for a wait the attempt is refused (see [`throttle`]).
     pub async fn login(
         &self,
         username: &str,
@@ -192,55 +193,57 @@ impl Authority {
         password: &str,
         client: Option<IpAddr>,
     ) -> Result<Account, Error> {
-        let now = now_ms();
-        if let Some(addr) = client
-            && let Err(retry_after_secs) = self.addresses.begin(addr, now)
-        {
-            tracing::info!(%addr, "login refused: too many attempts from this address");
-            return Err(Error::Throttled { retry_after_secs });
+        let addr = ClientAddr::new(client);
+        // A name no account can have is counted for the address only, and
+        // never reaches the database.
+        let name = account::validate_username(username)
+            .is_ok()
+            .then_some(username);
+        let _turn = self.attempts.turn(name.unwrap_or_default(), &addr).await;
+        let failed = self.store.failed_logins(name, &addr).await?;
+        if let Some((scope, wait)) = throttle::refusal(&failed, username, now_ms()) {
+            let retry_after_secs = throttle::retry_after_secs(wait);
+            tracing::info!(username, %addr, retry_after_secs, "login refused: recent failures");
+            return Err(Error::Throttled {
+                scope,
+                retry_after_secs,
+            });
         }
-        if account::validate_username(username).is_err() {
-            // Nothing to look up or count per name; still a failure for the address.
-            return Err(Error::BadCredentials);
-        }
-        let window = self
-            .store
-            .count_login_attempt(username, now, throttle::WINDOW)
-            .await?;
-        if let Some(retry_after_secs) = throttle::refusal(
-            window,
-            throttle::MAX_ACCOUNT_FAILURES,
-            throttle::WINDOW,
-            now,
-        ) {
-            tracing::info!(
-                username,
-                "login refused: too many attempts for this username"
-            );
-            return Err(Error::Throttled { retry_after_secs });
-        }
-        let credentials = self.store.credentials_of(username).await?;
+        let credentials = match name {
+            Some(name) => self.store.credentials_of(name).await?,
+            None => None,
+        };
         let (account, hash) = match credentials {
             Some((account, hash)) => (Some(account), Some(hash)),
             None => (None, None),
         };
-        let password_ok = password.len() <= account::MAX_PASSWORD_BYTES
+        let password_ok = name.is_some()
+            && password.len() <= account::MAX_PASSWORD_BYTES
             && password::verify(hash, password.to_string()).await?;
         let account = match account {
             Some(account) if password_ok => account,
             _ => {
-                tracing::info!(username, client = ?client, "login failed");
+                let counts = self
+                    .store
+                    .record_failed_login(name, &addr, now_ms())
+                    .await?;
+                tracing::info!(
+                    username,
+                    %addr,
+                    failures = counts.account_from_address.map(|f| f.count),
+                    address_failures = counts.address.map(|f| f.count),
+                    "login failed"
+                );
                 return Err(Error::BadCredentials);
             }
         };
+        // The right password: whatever comes next, this address has no
+        // more guessing to slow down for this account.
+        self.store.clear_failed_logins(username, &addr).await?;
         if account.disabled {
             return Err(Error::AccountUnusable(account.username));
         }
-        self.store.clear_login_attempts(username).await?;
-        if let Some(addr) = client {
-            self.addresses.succeeded(addr);
-        }
-        tracing::info!(username, "logged in");
+        tracing::info!(username, %addr, "logged in");
         Ok(account)
     }
 

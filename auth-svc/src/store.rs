@@ -10,8 +10,6 @@
 //! lock on PostgreSQL, so two such changes never both see "another admin is
 //! left" and both go ahead.
 
-use std::time::Duration;
-
 use p2p_services::auth::Role;
 use p2p_services::db::{self, Database, Migrations};
 use sqlx::any::AnyRow;
@@ -19,7 +17,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::account::Account;
 use crate::error::{Error, RefreshRejection};
-use crate::throttle::FailureWindow;
+use crate::throttle::{ClientAddr, FORGET_AFTER, FailedLogins, Failures};
 
 /// A stored signing key.
 #[derive(Debug, Clone)]
@@ -518,50 +516,126 @@ impl Store {
 
     // --- login throttling ---
 
-    /// Counts a login attempt for `username` (known or not) and returns the
-    /// window it falls in. Mirrors [`crate::throttle::next_window`] in one
-    /// statement so concurrent attempts are all counted.
-    pub async fn count_login_attempt(
+    /// The failure counts that decide a login attempt from `addr`, for
+    /// `username` when it is a name an account could have.
+    pub async fn failed_logins(
         &self,
-        username: &str,
-        now_ms: i64,
-        window: Duration,
-    ) -> Result<FailureWindow, Error> {
-        let window_ms = window.as_millis() as i64;
-        let row = sqlx::query(
-            "INSERT INTO login_attempts (username, window_start_ms, attempts) VALUES ($1, $2, 1) \
-             ON CONFLICT (username) DO UPDATE SET \
-             attempts = CASE WHEN login_attempts.window_start_ms + $3 <= $2 \
-                 THEN 1 ELSE login_attempts.attempts + 1 END, \
-             window_start_ms = CASE WHEN login_attempts.window_start_ms + $3 <= $2 \
-                 THEN $2 ELSE login_attempts.window_start_ms END \
-             RETURNING window_start_ms, attempts",
+        username: Option<&str>,
+        addr: &ClientAddr,
+    ) -> Result<FailedLogins, Error> {
+        let failures = |row: AnyRow| -> Result<Failures, Error> {
+            Ok(Failures {
+                count: row.try_get("failures")?,
+                last_ms: row.try_get("last_failure_ms")?,
+            })
+        };
+        let account_from_address = match username {
+            Some(username) => sqlx::query(
+                "SELECT failures, last_failure_ms FROM login_failures \
+                 WHERE username = $1 AND address = $2",
+            )
+            .bind(username)
+            .bind(addr.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(failures)
+            .transpose()?,
+            None => None,
+        };
+        let address = sqlx::query(
+            "SELECT failures, last_failure_ms FROM address_login_failures WHERE address = $1",
         )
-        .bind(username)
+        .bind(addr.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(failures)
+        .transpose()?;
+        Ok(FailedLogins {
+            account_from_address,
+            address,
+        })
+    }
+
+    /// Records a failed login from `addr` (for `username` too, when it is a
+    /// name an account could have, known or not) and returns the new counts.
+    /// Each count is one statement mirroring [`Failures::next`], so
+    /// concurrent failures on any replica are all counted.
+    pub async fn record_failed_login(
+        &self,
+        username: Option<&str>,
+        addr: &ClientAddr,
+        now_ms: i64,
+    ) -> Result<FailedLogins, Error> {
+        let forget_ms = FORGET_AFTER.as_millis() as i64;
+        let account_from_address = match username {
+            Some(username) => {
+                let row = sqlx::query(
+                    "INSERT INTO login_failures (username, address, failures, last_failure_ms) \
+                     VALUES ($1, $2, 1, $3) ON CONFLICT (username, address) DO UPDATE SET \
+                     failures = CASE WHEN login_failures.last_failure_ms + $4 <= $3 \
+                         THEN 1 ELSE login_failures.failures + 1 END, \
+                     last_failure_ms = $3 \
+                     RETURNING failures, last_failure_ms",
+                )
+                .bind(username)
+                .bind(addr.as_str())
+                .bind(now_ms)
+                .bind(forget_ms)
+                .fetch_one(&self.pool)
+                .await?;
+                Some(Failures {
+                    count: row.try_get("failures")?,
+                    last_ms: row.try_get("last_failure_ms")?,
+                })
+            }
+            None => None,
+        };
+        let row = sqlx::query(
+            "INSERT INTO address_login_failures (address, failures, last_failure_ms) \
+             VALUES ($1, 1, $2) ON CONFLICT (address) DO UPDATE SET \
+             failures = CASE WHEN address_login_failures.last_failure_ms + $3 <= $2 \
+                 THEN 1 ELSE address_login_failures.failures + 1 END, \
+             last_failure_ms = $2 \
+             RETURNING failures, last_failure_ms",
+        )
+        .bind(addr.as_str())
         .bind(now_ms)
-        .bind(window_ms)
+        .bind(forget_ms)
         .fetch_one(&self.pool)
         .await?;
-        let current = FailureWindow {
-            started_ms: row.try_get("window_start_ms")?,
-            attempts: row.try_get("attempts")?,
+        let address = Failures {
+            count: row.try_get("failures")?,
+            last_ms: row.try_get("last_failure_ms")?,
         };
-        if current.attempts == 1 {
-            // A new window: a good moment to forget windows long over, so
-            // guessed usernames do not pile up.
-            sqlx::query("DELETE FROM login_attempts WHERE window_start_ms + $1 <= $2")
-                .bind(window_ms)
+        if address.count == 1 {
+            // A fresh count: a good moment to drop counts nobody needs, so
+            // guessed usernames and passing addresses do not pile up.
+            for table in ["login_failures", "address_login_failures"] {
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE last_failure_ms + $1 <= $2"
+                ))
+                .bind(forget_ms)
                 .bind(now_ms)
                 .execute(&self.pool)
                 .await?;
+            }
         }
-        Ok(current)
+        Ok(FailedLogins {
+            account_from_address,
+            address: Some(address),
+        })
     }
 
-    /// Forgets the attempts of `username` after a successful login.
-    pub async fn clear_login_attempts(&self, username: &str) -> Result<(), Error> {
-        sqlx::query("DELETE FROM login_attempts WHERE username = $1")
+    /// Forgets the failures of `username` from `addr` after it logged in
+    /// from there. The address's own count stays.
+    pub async fn clear_failed_logins(
+        &self,
+        username: &str,
+        addr: &ClientAddr,
+    ) -> Result<(), Error> {
+        sqlx::query("DELETE FROM login_failures WHERE username = $1 AND address = $2")
             .bind(username)
+            .bind(addr.as_str())
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -597,38 +671,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn login_attempts_count_up_and_reset_after_the_window() {
+    async fn failed_logins_count_per_account_and_address_and_clear_per_account() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&db::testing::sqlite_url(dir.path(), "t.db"))
             .await
             .unwrap();
-        let w = Duration::from_secs(60);
-        let first = store.count_login_attempt("bob", 1_000, w).await.unwrap();
+        let here = ClientAddr::new(Some("10.0.0.1".parse().unwrap()));
+        let there = ClientAddr::new(Some("10.0.0.2".parse().unwrap()));
         assert_eq!(
-            first,
-            FailureWindow {
-                started_ms: 1_000,
-                attempts: 1
-            }
+            store.failed_logins(Some("bob"), &here).await.unwrap(),
+            FailedLogins::default()
         );
-        let second = store.count_login_attempt("bob", 2_000, w).await.unwrap();
+        store
+            .record_failed_login(Some("bob"), &here, 1_000)
+            .await
+            .unwrap();
+        let counts = store
+            .record_failed_login(Some("bob"), &here, 2_000)
+            .await
+            .unwrap();
+        let two = Failures {
+            count: 2,
+            last_ms: 2_000,
+        };
+        assert_eq!(counts.account_from_address, Some(two));
+        assert_eq!(counts.address, Some(two));
+        store.record_failed_login(None, &here, 3_000).await.unwrap();
+        let read = store.failed_logins(Some("bob"), &here).await.unwrap();
+        assert_eq!(read.account_from_address, Some(two));
+        assert_eq!(read.address.map(|f| f.count), Some(3));
         assert_eq!(
-            second,
-            FailureWindow {
-                started_ms: 1_000,
-                attempts: 2
-            }
+            store.failed_logins(Some("bob"), &there).await.unwrap(),
+            FailedLogins::default(),
+            "another address starts clean"
         );
-        let later = store.count_login_attempt("bob", 61_000, w).await.unwrap();
+
+        store.clear_failed_logins("bob", &here).await.unwrap();
+        let read = store.failed_logins(Some("bob"), &here).await.unwrap();
+        assert_eq!(read.account_from_address, None);
         assert_eq!(
-            later,
-            FailureWindow {
-                started_ms: 61_000,
-                attempts: 1
-            }
+            read.address.map(|f| f.count),
+            Some(3),
+            "address count stays"
         );
-        store.clear_login_attempts("bob").await.unwrap();
-        let fresh = store.count_login_attempt("bob", 62_000, w).await.unwrap();
-        assert_eq!(fresh.attempts, 1);
+
+        let later = 3_000 + FORGET_AFTER.as_millis() as i64;
+        let fresh = store
+            .record_failed_login(Some("carol"), &there, later)
+            .await
+            .unwrap();
+        assert_eq!(fresh.address.map(|f| f.count), Some(1));
+        assert_eq!(
+            store.failed_logins(Some("bob"), &here).await.unwrap(),
+            FailedLogins::default(),
+            "idle counts are deleted when a fresh count starts"
+        );
     }
 }

@@ -14,13 +14,16 @@ use p2p_proto::auth::v1::{
 use p2p_services::auth::{
     AUDIENCE, Claims, ISSUER, PEER_TOKEN_TTL, Role, TokenError, TokenVerifier,
 };
+use std::time::{Duration, Instant};
+
+use p2p_proto::auth::v1::LoginRequest;
 use p2p_services::client::with_bearer;
 use p2p_services::time::now_ms;
 use tonic::{Code, Status};
 
 use auth_svc::store::Store;
 use auth_svc::tokens::{KeyPair, Signer};
-use support::{ADMIN, ADMIN_PASSWORD, TestDb, TestServer, assert_status};
+use support::{ADMIN, ADMIN_PASSWORD, DEADLINE, TestDb, TestServer, assert_status, retry_after};
 
 on_both_backends!(
     admin_bootstrap_creates_an_admin_who_can_log_in,
@@ -38,7 +41,11 @@ on_both_backends!(
     deleted_user_sessions_stop_working,
     weak_duplicate_and_bad_usernames_are_rejected_and_nothing_is_created,
     unknown_user_and_wrong_password_fail_alike,
-    repeated_failures_throttle_one_account_but_not_another,
+    concurrent_correct_logins_of_one_account_all_succeed,
+    guessing_from_one_host_does_not_lock_out_the_owner_on_another,
+    spraying_many_accounts_from_one_host_is_slowed_for_that_host,
+    repeated_failures_back_off_until_a_success_clears_them,
+    unknown_usernames_are_throttled_like_real_ones,
     last_admin_cannot_be_deleted_demoted_or_disabled,
     changing_own_password_keeps_this_session_and_revokes_others,
     other_services_verify_tokens_with_the_published_keys,
@@ -610,40 +617,206 @@ async fn unknown_user_and_wrong_password_fail_alike(db: TestDb) {
     server.stop().await;
 }
 
-async fn repeated_failures_throttle_one_account_but_not_another(db: TestDb) {
+/// Logs in from `host`, retrying while the answer is "wait" (with the
+/// test deadline), and returns the first answer that is not.
+async fn login_once_admitted(
+    server: &TestServer,
+    host: &str,
+    username: &str,
+    password: &str,
+) -> Result<p2p_proto::auth::v1::TokenPair, Status> {
+    let started = Instant::now();
+    loop {
+        match server.try_login_from(host, username, password).await {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(
+                    started.elapsed() < DEADLINE,
+                    "still throttled after {DEADLINE:?}: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
+async fn concurrent_correct_logins_of_one_account_all_succeed(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    // Someone else's failures change nothing for them either.
+    for _ in 0..6 {
+        let _ = server
+            .try_login_from("127.0.0.9", "alice", "guess-guess")
+            .await;
+    }
+    let mut logins = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let mut auth = server.auth();
+        logins.spawn(async move {
+            auth.login(LoginRequest {
+                username: "alice".into(),
+                password: ALICE_PASSWORD.into(),
+            })
+            .await
+        });
+    }
+    let mut succeeded = 0;
+    while let Some(login) = logins.join_next().await {
+        login
+            .expect("login task")
+            .expect("a correct login succeeds");
+        succeeded += 1;
+    }
+    assert_eq!(succeeded, 12);
+    server.stop().await;
+}
+
+async fn guessing_from_one_host_does_not_lock_out_the_owner_on_another(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    let mut refused = 0;
+    for _ in 0..20 {
+        match server
+            .try_login_from("127.0.0.2", "alice", "guess-guess")
+            .await
+        {
+            Err(s) if s.code() == Code::Unauthenticated => {}
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(s.message().contains("from this address for alice"), "{s:?}");
+                refused += 1;
+            }
+            other => panic!("a guess got {other:?}"),
+        }
+    }
+    assert!(refused > 0, "the guessing host was slowed down");
+    let started = Instant::now();
+    server
+        .try_login_from("127.0.0.3", "alice", ALICE_PASSWORD)
+        .await
+        .expect("the owner on another host gets in");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "and at once ({:?})",
+        started.elapsed()
+    );
+    server.stop().await;
+}
+
+async fn spraying_many_accounts_from_one_host_is_slowed_for_that_host(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    let mut failures = 0;
+    let mut refusal = None;
+    for i in 0..60 {
+        let user = format!("user{i}");
+        match server
+            .try_login_from("127.0.0.4", &user, "guess-guess")
+            .await
+        {
+            Err(s) if s.code() == Code::Unauthenticated => failures += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                refusal = Some(s);
+                break;
+            }
+            other => panic!("a guess got {other:?}"),
+        }
+    }
+    let refusal = refusal.expect("the spraying host is refused at some point");
+    assert!(
+        failures > 20,
+        "20 failures are free ({failures} before refusal)"
+    );
+    assert!(
+        refusal
+            .message()
+            .starts_with("too many failed logins from this address; try again in "),
+        "{refusal:?}"
+    );
+    assert!(retry_after(&refusal) >= 1);
+    server
+        .try_login_from("127.0.0.5", "alice", ALICE_PASSWORD)
+        .await
+        .expect("other hosts are unaffected");
+    server.stop().await;
+}
+
+async fn repeated_failures_back_off_until_a_success_clears_them(db: TestDb) {
+    const HOST: &str = "127.0.0.6";
     let server = TestServer::start(&db, &[]).await;
     let admin = server.admin_token().await;
     create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
     create_user(&server, &admin, "bob", "bob-password").await;
-    for _ in 0..auth_svc::throttle::MAX_ACCOUNT_FAILURES {
+    for _ in 0..4 {
         assert_status(
-            server.try_login("alice", "guess-guess").await,
+            server.try_login_from(HOST, "alice", "guess-guess").await,
             Code::Unauthenticated,
             "wrong username or password",
         );
     }
-    // Even the right password is refused now, with a time to wait.
-    let refused = server.try_login("alice", ALICE_PASSWORD).await.unwrap_err();
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .starts_with("too many failed logins; try again in ")
-            && refused.message().ends_with(" s"),
-        "{}",
-        refused.message()
+    // Even the right password waits now, with a hint how long.
+    let first = server
+        .try_login_from(HOST, "alice", ALICE_PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        first.message(),
+        "too many failed logins from this address for alice; try again in 1 s"
     );
-    // Unknown usernames are throttled the same way (nothing to learn).
-    for _ in 0..auth_svc::throttle::MAX_ACCOUNT_FAILURES {
-        let _ = server.try_login("ghost", "guess-guess").await;
-    }
+    assert_eq!(retry_after(&first), 1);
+    // Another account from the same host is not affected.
+    server
+        .try_login_from(HOST, "bob", "bob-password")
+        .await
+        .expect("bob logs in");
+
+    // Once the wait is over a guess is checked again, and the wait doubles.
     assert_status(
-        server.try_login("ghost", "guess-guess").await,
-        Code::ResourceExhausted,
-        "too many failed logins",
+        login_once_admitted(&server, HOST, "alice", "guess-guess").await,
+        Code::Unauthenticated,
+        "wrong username or password",
     );
-    // Bob, from the same address, is unaffected.
-    server.login("bob", "bob-password").await;
+    let second = server
+        .try_login_from(HOST, "alice", "guess-guess")
+        .await
+        .unwrap_err();
+    assert_eq!(retry_after(&second), 2, "{second:?}");
+
+    // The right password gets in once the wait is over, and clears the count:
+    // the next three failures are free again.
+    login_once_admitted(&server, HOST, "alice", ALICE_PASSWORD)
+        .await
+        .expect("the right password gets in after the wait");
+    for _ in 0..3 {
+        assert_status(
+            server.try_login_from(HOST, "alice", "guess-guess").await,
+            Code::Unauthenticated,
+            "wrong username or password",
+        );
+    }
+    server.stop().await;
+}
+
+async fn unknown_usernames_are_throttled_like_real_ones(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    let mut answers = Vec::new();
+    for (host, name) in [("127.0.0.7", "alice"), ("127.0.0.8", "ghost")] {
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let status = server
+                .try_login_from(host, name, "guess-guess")
+                .await
+                .unwrap_err();
+            seen.push((status.code(), status.message().replace(name, "NAME")));
+        }
+        answers.push(seen);
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0][4].0, Code::ResourceExhausted, "{:?}", answers[0]);
     server.stop().await;
 }
 
