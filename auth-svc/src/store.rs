@@ -28,6 +28,9 @@ pub struct StoredKey {
     pub private_key_der: Vec<u8>,
     /// When it was made, Unix milliseconds.
     pub created_at_ms: i64,
+    /// When a newer key replaced it, Unix milliseconds; `None` while it
+    /// signs.
+    pub retired_at_ms: Option<i64>,
 }
 
 /// A refresh token about to be stored.
@@ -114,7 +117,7 @@ impl Store {
     /// Every signing key, newest first.
     pub async fn signing_keys(&self) -> Result<Vec<StoredKey>, Error> {
         let rows = sqlx::query(
-            "SELECT kid, private_key_der, created_at_ms FROM signing_keys \
+            "SELECT kid, private_key_der, created_at_ms, retired_at_ms FROM signing_keys \
              ORDER BY created_at_ms DESC, kid DESC",
         )
         .fetch_all(&self.pool)
@@ -125,22 +128,58 @@ impl Store {
                     kid: row.try_get("kid")?,
                     private_key_der: row.try_get("private_key_der")?,
                     created_at_ms: row.try_get("created_at_ms")?,
+                    retired_at_ms: row.try_get("retired_at_ms")?,
                 })
             })
             .collect()
     }
 
-    /// Stores a new signing key.
+    /// Stores a signing key (the first one, at start-up).
     pub async fn add_signing_key(&self, key: &StoredKey) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO signing_keys (kid, private_key_der, created_at_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (kid) DO NOTHING",
+            "INSERT INTO signing_keys (kid, private_key_der, created_at_ms, retired_at_ms) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (kid) DO NOTHING",
         )
         .bind(&key.kid)
         .bind(&key.private_key_der)
         .bind(key.created_at_ms)
+        .bind(key.retired_at_ms)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Makes `new` the key that signs: retires every key in use at `now_ms`,
+    /// stores `new`, and deletes the keys retired before
+    /// `forget_retired_before_ms` (no token they signed can still be valid),
+    /// in one transaction. Two rotations racing on PostgreSQL may leave both
+    /// new keys in use; the newer one signs and the other verifies until the
+    /// next rotation, which is harmless.
+    pub async fn rotate_signing_key(
+        &self,
+        new: &StoredKey,
+        now_ms: i64,
+        forget_retired_before_ms: i64,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE signing_keys SET retired_at_ms = $1 WHERE retired_at_ms IS NULL")
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, private_key_der, created_at_ms, retired_at_ms) \
+             VALUES ($1, $2, $3, NULL)",
+        )
+        .bind(&new.kid)
+        .bind(&new.private_key_der)
+        .bind(new.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM signing_keys WHERE retired_at_ms < $1")
+            .bind(forget_retired_before_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -726,5 +765,47 @@ mod tests {
             FailedLogins::default(),
             "idle counts are deleted when a fresh count starts"
         );
+    }
+
+    #[tokio::test]
+    async fn rotation_retires_the_key_in_use_and_forgets_long_retired_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&db::testing::sqlite_url(dir.path(), "t.db"))
+            .await
+            .unwrap();
+        let key = |kid: &str, created_at_ms| StoredKey {
+            kid: kid.into(),
+            private_key_der: vec![1, 2, 3],
+            created_at_ms,
+            retired_at_ms: None,
+        };
+        store.add_signing_key(&key("a", 1_000)).await.unwrap();
+        store
+            .rotate_signing_key(&key("b", 2_000), 2_000, 0)
+            .await
+            .unwrap();
+        store
+            .rotate_signing_key(&key("c", 3_000), 3_000, 0)
+            .await
+            .unwrap();
+        let keys = store.signing_keys().await.unwrap();
+        let seen: Vec<(&str, Option<i64>)> = keys
+            .iter()
+            .map(|k| (k.kid.as_str(), k.retired_at_ms))
+            .collect();
+        assert_eq!(seen, [("c", None), ("b", Some(3_000)), ("a", Some(2_000))]);
+        // Keys retired before 2_500 are gone after the next rotation.
+        store
+            .rotate_signing_key(&key("d", 4_000), 4_000, 2_500)
+            .await
+            .unwrap();
+        let kids: Vec<String> = store
+            .signing_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
+        assert_eq!(kids, ["d", "c", "b"]);
     }
 }

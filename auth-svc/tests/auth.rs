@@ -9,7 +9,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use p2p_proto::auth::v1::{
     ChangePasswordRequest, CreateUserRequest, DeleteUserRequest, GetSigningKeysRequest,
     IssuePeerTokenRequest, ListUsersRequest, LogoutRequest, PeerToken, RefreshRequest,
-    Role as PbRole, SetDisabledRequest, SetRoleRequest, User, WhoAmIRequest,
+    Role as PbRole, RotateSigningKeyRequest, SetDisabledRequest, SetRoleRequest, SigningKeys, User,
+    WhoAmIRequest,
 };
 use p2p_services::auth::{
     AUDIENCE, Claims, ISSUER, PEER_TOKEN_TTL, Role, TokenError, TokenVerifier,
@@ -21,7 +22,7 @@ use p2p_services::client::with_bearer;
 use p2p_services::time::now_ms;
 use tonic::{Code, Status};
 
-use auth_svc::store::Store;
+use auth_svc::store::{Store, StoredKey};
 use auth_svc::tokens::{KeyPair, Signer};
 use support::{ADMIN, ADMIN_PASSWORD, DEADLINE, TestDb, TestServer, assert_status, retry_after};
 
@@ -53,6 +54,10 @@ on_both_backends!(
     peer_token_is_refused_by_auth_svc_itself,
     peer_token_needs_an_access_token_and_a_sane_peer_id,
     disabled_or_deleted_user_gets_no_peer_token,
+    rotation_signs_with_a_new_key_and_old_tokens_keep_verifying,
+    only_admins_rotate_signing_keys,
+    another_replica_signs_with_the_rotated_key_within_seconds,
+    keys_retired_long_ago_stop_verifying_everywhere,
 );
 
 const ALICE_PASSWORD: &str = "alice-password";
@@ -109,6 +114,50 @@ async fn issue_peer_token(
         ))
         .await
         .map(|r| r.into_inner())
+}
+
+async fn rotate(server: &TestServer, access: &str) -> Result<SigningKeys, Status> {
+    server
+        .accounts()
+        .rotate_signing_key(with_bearer(RotateSigningKeyRequest {}, access))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The kids `GetSigningKeys` lists, in its order.
+async fn published_kids(server: &TestServer) -> Vec<String> {
+    let keys = server
+        .auth()
+        .get_signing_keys(GetSigningKeysRequest {})
+        .await
+        .expect("GetSigningKeys")
+        .into_inner();
+    keys.keys.into_iter().map(|k| k.kid).collect()
+}
+
+/// The `kid` header of a token.
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token)
+        .expect("token header")
+        .kid
+        .expect("kid")
+}
+
+/// Polls `condition` until it holds, panicking after the test deadline.
+async fn eventually<F, Fut>(what: &str, mut condition: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{what}: not within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
 }
 
 /// A signer holding the server's real private key, read from its database,
@@ -1128,5 +1177,162 @@ async fn disabled_or_deleted_user_gets_no_peer_token(db: TestDb) {
         Code::Unauthenticated,
         "disabled or deleted",
     );
+    server.stop().await;
+}
+
+async fn rotation_signs_with_a_new_key_and_old_tokens_keep_verifying(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let before = server.login(ADMIN, ADMIN_PASSWORD).await;
+    let old_kid = kid_of(&before.access_token);
+    assert_eq!(published_kids(&server).await, vec![old_kid.clone()]);
+    let early = TokenVerifier::remote(&server.url());
+    early.verify(&before.access_token).await.unwrap();
+
+    let rotated = rotate(&server, &before.access_token).await.unwrap();
+    let kids: Vec<String> = rotated.keys.iter().map(|k| k.kid.clone()).collect();
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    let new_kid = kids[0].clone();
+    assert_ne!(new_kid, old_kid);
+    assert_eq!(kids[1], old_kid, "the old key is still published");
+    assert_eq!(rotated.issuer, ISSUER);
+    assert_eq!(published_kids(&server).await, kids);
+
+    // Tokens signed before keep working, here and elsewhere.
+    who_am_i(&server, &before.access_token).await.unwrap();
+    early.verify(&before.access_token).await.unwrap();
+    let late = TokenVerifier::remote(&server.url());
+    late.verify(&before.access_token).await.unwrap();
+
+    // Everything signed from now on carries the new kid.
+    let after = server.login(ADMIN, ADMIN_PASSWORD).await;
+    assert_eq!(kid_of(&after.access_token), new_kid);
+    late.verify(&after.access_token).await.unwrap();
+    who_am_i(&server, &after.access_token).await.unwrap();
+    let refreshed = refresh(&server, &before.refresh_token).await.unwrap();
+    assert_eq!(kid_of(&refreshed.access_token), new_kid);
+    let peer = issue_peer_token(&server, &before.access_token, "peer-a")
+        .await
+        .unwrap();
+    assert_eq!(kid_of(&peer.token), new_kid);
+    late.verify_peer(&peer.token, Some("peer-a")).await.unwrap();
+
+    // And the rotation survives a restart.
+    server.stop().await;
+    let server = TestServer::start(&db, &[]).await;
+    assert_eq!(published_kids(&server).await, kids);
+    let again = server.login(ADMIN, ADMIN_PASSWORD).await;
+    assert_eq!(kid_of(&again.access_token), new_kid);
+    who_am_i(&server, &before.access_token).await.unwrap();
+    server.stop().await;
+}
+
+async fn only_admins_rotate_signing_keys(db: TestDb) {
+    let server = TestServer::start(&db, &[]).await;
+    let admin = server.admin_token().await;
+    create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
+    let alice = server.login("alice", ALICE_PASSWORD).await.access_token;
+    assert_status(
+        rotate(&server, &alice).await,
+        Code::PermissionDenied,
+        "admin role",
+    );
+    assert_status(
+        server
+            .accounts()
+            .rotate_signing_key(RotateSigningKeyRequest {})
+            .await,
+        Code::Unauthenticated,
+        "missing access token",
+    );
+    let peer = issue_peer_token(&server, &admin, "peer-a")
+        .await
+        .unwrap()
+        .token;
+    assert_status(
+        rotate(&server, &peer).await,
+        Code::Unauthenticated,
+        "invalid access token",
+    );
+    assert_eq!(published_kids(&server).await.len(), 1, "nothing rotated");
+    server.stop().await;
+}
+
+async fn another_replica_signs_with_the_rotated_key_within_seconds(db: TestDb) {
+    let one = TestServer::start(&db, &[]).await;
+    let two = TestServer::start(&db, &[]).await;
+    let admin = one.admin_token().await;
+    let old_kid = kid_of(&admin);
+    assert_eq!(published_kids(&two).await, vec![old_kid.clone()]);
+
+    let rotated = rotate(&one, &admin).await.unwrap();
+    let new_kid = rotated.keys[0].kid.clone();
+    let took = eventually("replica two publishes the new key", || async {
+        published_kids(&two).await.first() == Some(&new_kid)
+    })
+    .await;
+    println!("replica two saw the rotation after {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(published_kids(&two).await, published_kids(&one).await);
+
+    let from_two = two.login(ADMIN, ADMIN_PASSWORD).await.access_token;
+    assert_eq!(
+        kid_of(&from_two),
+        new_kid,
+        "replica two signs with the new key"
+    );
+    let from_one = one.login(ADMIN, ADMIN_PASSWORD).await.access_token;
+    who_am_i(&two, &from_one).await.unwrap();
+    who_am_i(&one, &from_two).await.unwrap();
+    who_am_i(&two, &admin).await.unwrap();
+    one.stop().await;
+    two.stop().await;
+}
+
+async fn keys_retired_long_ago_stop_verifying_everywhere(db: TestDb) {
+    let server = TestServer::start(&db, &["--access-token-ttl", "1m"]).await;
+    let old = server.admin_token().await;
+    let old_kid = kid_of(&old);
+    let verifier = TokenVerifier::remote(&server.url());
+    verifier.verify(&old).await.unwrap();
+    assert_eq!(verifier.cached_keys(), 1);
+
+    // Rotate behind the server's back as if it had happened ten minutes ago,
+    // far beyond the old key's window (1 min access tokens, 2 min peer
+    // tokens, plus slack).
+    let ten_minutes_ago = now_ms() - 600_000;
+    let key = KeyPair::generate();
+    let store = Store::open(&db.url).await.expect("open store");
+    store
+        .rotate_signing_key(
+            &StoredKey {
+                kid: key.kid.clone(),
+                private_key_der: key.to_der().unwrap(),
+                created_at_ms: ten_minutes_ago,
+                retired_at_ms: None,
+            },
+            ten_minutes_ago,
+            0,
+        )
+        .await
+        .expect("rotate");
+    store.close().await;
+
+    eventually("the server stops publishing the old key", || async {
+        published_kids(&server).await == [key.kid.clone()]
+    })
+    .await;
+    assert_status(
+        who_am_i(&server, &old).await,
+        Code::Unauthenticated,
+        "unknown key",
+    );
+    assert_eq!(verifier.refresh().await.unwrap(), 1);
+    assert!(
+        matches!(verifier.verify(&old).await, Err(TokenError::UnknownKey(kid)) if kid == old_kid),
+        "a verifier forgets a key auth-svc no longer publishes"
+    );
+    let new = server.admin_token().await;
+    assert_eq!(kid_of(&new), key.kid);
+    verifier.verify(&new).await.unwrap();
     server.stop().await;
 }
