@@ -294,18 +294,20 @@ impl TokenVerifier {
         }))
     }
 
-    /// Adds keys to the cache (existing kids are replaced).
+    /// Replaces the cached keys with `keys`: a key left out stops
+    /// verifying, so a key auth-svc no longer publishes is forgotten.
     pub fn install(&self, keys: impl IntoIterator<Item = PublicKey>) {
-        let mut cache = self.inner.keys.write().unwrap_or_else(|e| e.into_inner());
+        let mut fresh = HashMap::new();
         for key in keys {
             let x = key.to_base64url();
             match DecodingKey::from_ed_components(&x) {
                 Ok(decoding) => {
-                    cache.insert(key.kid, decoding);
+                    fresh.insert(key.kid, decoding);
                 }
                 Err(err) => tracing::warn!(kid = %key.kid, %err, "ignoring unusable signing key"),
             }
         }
+        *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh;
     }
 
     /// Number of cached keys.
@@ -313,9 +315,11 @@ impl TokenVerifier {
         self.inner.keys.read().map(|k| k.len()).unwrap_or(0)
     }
 
-    /// Fetches auth-svc's keys now (no-op for a fixed key set). Callers may
-    /// do this at start-up to warm the cache; failures are returned and the
-    /// cache is left as it was.
+    /// Fetches auth-svc's keys now and replaces the cache with them (no-op
+    /// for a fixed key set). Callers may do this at start-up to warm the
+    /// cache. Failures, including an answer with no usable key, are
+    /// returned and leave the cache as it was, so verification goes on with
+    /// the cached keys while auth-svc is down or confused.
     pub async fn refresh(&self) -> Result<usize, TokenError> {
         let Some(remote) = &self.inner.remote else {
             return Ok(self.cached_keys());
@@ -343,6 +347,12 @@ impl TokenVerifier {
             }
         }
         let count = keys.len();
+        if count == 0 {
+            return Err(TokenError::KeysUnavailable(format!(
+                "{} published no usable signing key",
+                remote.auth_url
+            )));
+        }
         self.install(keys);
         tracing::debug!(count, "fetched signing keys");
         Ok(count)

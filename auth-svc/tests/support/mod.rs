@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use auth_svc::Config;
@@ -171,6 +171,34 @@ impl TestServer {
         AccountServiceClient::new(self.channel())
     }
 
+    /// An AuthService client whose connections come from `ip`: Linux
+    /// accepts any 127.0.0.0/8 source on loopback, so tests can play
+    /// several hosts.
+    pub fn auth_from(&self, ip: &str) -> AuthServiceClient<Channel> {
+        let ip: IpAddr = ip.parse().expect("test source address");
+        let channel = p2p_services::client::endpoint(&self.addr.to_string())
+            .expect("endpoint")
+            .local_address(Some(ip))
+            .connect_lazy();
+        AuthServiceClient::new(channel)
+    }
+
+    /// Logs in from the source address `ip`.
+    pub async fn try_login_from(
+        &self,
+        ip: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<TokenPair, Status> {
+        self.auth_from(ip)
+            .login(LoginRequest {
+                username: username.into(),
+                password: password.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
     /// Logs in, panicking on failure.
     pub async fn login(&self, username: &str, password: &str) -> TokenPair {
         self.try_login(username, password)
@@ -217,6 +245,18 @@ pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, 
             );
         }
     }
+}
+
+/// The `retry-after` hint (seconds) of a throttled login.
+#[track_caller]
+pub fn retry_after(status: &Status) -> u64 {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    status
+        .metadata()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no retry-after hint in {status:?}"))
 }
 
 /// Runs the listed async test cases (each `async fn(TestDb)`) once on
