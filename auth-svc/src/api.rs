@@ -143,13 +143,6 @@ impl AuthService for AuthApi {
         Ok(Response::new(user_to_proto(account)))
     }
 
-    async fn issue_peer_token(
-        &self,
-        _request: Request<pb::IssuePeerTokenRequest>,
-    ) -> Result<Response<pb::PeerToken>, Status> {
-        Err(Status::unimplemented("peer tokens are not issued yet"))
-    }
-
     async fn get_signing_keys(
         &self,
         _request: Request<pb::GetSigningKeysRequest>,
@@ -264,13 +257,6 @@ impl AccountService for AccountApi {
         let username = required("username", &message.username)?;
         let account = self.authority.set_role(&caller, username, role).await?;
         Ok(Response::new(user_to_proto(account)))
-    }
-
-    async fn rotate_signing_key(
-        &self,
-        _request: Request<pb::RotateSigningKeyRequest>,
-    ) -> Result<Response<pb::SigningKeys>, Status> {
-        Err(Status::unimplemented("key rotation is not available yet"))
     }
 
     async fn set_disabled(

@@ -1045,7 +1045,7 @@ async fn peer_token_verifies_only_for_the_named_peer(db: TestDb) {
         "peer token lives {lifetime_ms} ms"
     );
 
-    let verifier = TokenVerifier::remote(&server.url());
+    let verifier = TokenVerifier::remote(&server.url(), server.tls.clone());
     let claims = verifier
         .verify_peer(&peer.token, Some("peer-a"))
         .await
@@ -1185,7 +1185,7 @@ async fn rotation_signs_with_a_new_key_and_old_tokens_keep_verifying(db: TestDb)
     let before = server.login(ADMIN, ADMIN_PASSWORD).await;
     let old_kid = kid_of(&before.access_token);
     assert_eq!(published_kids(&server).await, vec![old_kid.clone()]);
-    let early = TokenVerifier::remote(&server.url());
+    let early = TokenVerifier::remote(&server.url(), server.tls.clone());
     early.verify(&before.access_token).await.unwrap();
 
     let rotated = rotate(&server, &before.access_token).await.unwrap();
@@ -1200,7 +1200,7 @@ async fn rotation_signs_with_a_new_key_and_old_tokens_keep_verifying(db: TestDb)
     // Tokens signed before keep working, here and elsewhere.
     who_am_i(&server, &before.access_token).await.unwrap();
     early.verify(&before.access_token).await.unwrap();
-    let late = TokenVerifier::remote(&server.url());
+    let late = TokenVerifier::remote(&server.url(), server.tls.clone());
     late.verify(&before.access_token).await.unwrap();
 
     // Everything signed from now on carries the new kid.
@@ -1292,7 +1292,7 @@ async fn keys_retired_long_ago_stop_verifying_everywhere(db: TestDb) {
     let server = TestServer::start(&db, &["--access-token-ttl", "1m"]).await;
     let old = server.admin_token().await;
     let old_kid = kid_of(&old);
-    let verifier = TokenVerifier::remote(&server.url());
+    let verifier = TokenVerifier::remote(&server.url(), server.tls.clone());
     verifier.verify(&old).await.unwrap();
     assert_eq!(verifier.cached_keys(), 1);
 

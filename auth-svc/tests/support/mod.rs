@@ -176,7 +176,7 @@ impl TestServer {
     /// several hosts.
     pub fn auth_from(&self, ip: &str) -> AuthServiceClient<Channel> {
         let ip: IpAddr = ip.parse().expect("test source address");
-        let channel = p2p_services::client::endpoint(&self.addr.to_string())
+        let channel = p2p_services::client::endpoint(&self.addr.to_string(), &self.tls)
             .expect("endpoint")
             .local_address(Some(ip))
             .connect_lazy();
