@@ -51,3 +51,15 @@ pub fn with_bearer<T>(message: T, access_token: &str) -> tonic::Request<T> {
     }
     request
 }
+
+/// Wraps `message` in a FetchChunks-style request carrying a peer token
+/// and the proof made for the source it goes to.
+pub fn with_peer_credentials<T>(message: T, peer_token: &str, proof: &str) -> tonic::Request<T> {
+    let mut request = with_bearer(message, peer_token);
+    if let Ok(value) = MetadataValue::try_from(proof) {
+        request
+            .metadata_mut()
+            .insert(crate::auth::PEER_PROOF_HEADER, value);
+    }
+    request
+}
