@@ -159,7 +159,7 @@ impl AuthService for AuthApi {
         let message = request.into_inner();
         let token = self
             .authority
-            .issue_peer_token(&caller, &message.source_peer_id)
+            .issue_peer_token(&caller, &message.agent_public_key)
             .await?;
         Ok(Response::new(pb::PeerToken {
             token: token.token,

@@ -387,25 +387,29 @@ impl Authority {
         }
     }
 
-    /// A peer token for the caller to fetch chunks from `source_peer_id`.
+    /// A peer token for the caller's agent, bound to `agent_public_key`
+    /// (its `cnf`) and living as long as an access token: the agent proves
+    /// each source call with that key, so one token serves every source.
     /// The caller's account must still exist and be enabled: a peer token
     /// outlives neither.
     pub async fn issue_peer_token(
         &self,
         caller: &Claims,
-        source_peer_id: &str,
+        agent_public_key: &str,
     ) -> Result<PeerToken, Error> {
-        tokens::validate_peer_id(source_peer_id).map_err(Error::InvalidArgument)?;
+        let agent_key =
+            tokens::parse_agent_key(agent_public_key).map_err(Error::InvalidArgument)?;
         self.who_am_i(caller).await?;
         let jti = uuid::Uuid::new_v4().to_string();
         let token = self.keys().await.signer.issue_peer(
             &caller.sub,
             &caller.name,
-            source_peer_id,
+            &agent_key,
             &jti,
             now_ms(),
+            self.access_ttl,
         )?;
-        tracing::debug!(username = %caller.name, peer = source_peer_id, "issued a peer token");
+        tracing::debug!(username = %caller.name, "issued a peer token");
         Ok(token)
     }
 

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use p2p_services::auth::{LEEWAY, PEER_TOKEN_TTL, PublicKey};
+use p2p_services::auth::{LEEWAY, PublicKey};
 
 use crate::error::Error;
 use crate::store::StoredKey;
@@ -29,11 +29,12 @@ pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 pub const KEY_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// How long a retired key keeps verifying: the longest-lived token it can
-/// have signed (an access token of `access_ttl` or a peer token), plus the
-/// verifiers' clock leeway, plus [`KEY_MAX_AGE`] for replicas that signed
-/// with it before they saw the rotation.
+/// have signed (access and peer tokens both live `access_ttl`; refresh
+/// tokens are not signed), plus the verifiers' clock leeway, plus
+/// [`KEY_MAX_AGE`] for replicas that signed with it before they saw the
+/// rotation.
 pub fn verify_window(access_ttl: Duration) -> Duration {
-    access_ttl.max(PEER_TOKEN_TTL) + LEEWAY + KEY_MAX_AGE
+    access_ttl + LEEWAY + KEY_MAX_AGE
 }
 
 /// Whether a key retired at `retired_at_ms` (`None`: still in use) may
@@ -108,8 +109,8 @@ mod tests {
         );
         assert_eq!(
             verify_window(Duration::from_secs(10)),
-            PEER_TOKEN_TTL + slack,
-            "peer tokens may outlive short access tokens"
+            Duration::from_secs(10) + slack,
+            "peer tokens live as long as access tokens, so short ones mean a short window"
         );
         let window = Duration::from_secs(100);
         assert!(still_verifies(None, i64::MAX, window));

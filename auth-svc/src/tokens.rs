@@ -1,18 +1,17 @@
 //! Token material: Ed25519 signing keys (kept in the database as PKCS#8
 //! DER so a restart keeps everyone's sessions), signing access tokens with
-//! the shared [`Claims`] and peer tokens with [`PeerClaims`], and opaque
-//! refresh tokens that are only ever stored as a BLAKE3 hash.
+//! the shared [`Claims`] and peer tokens with [`PeerClaims`] (bound to the
+//! agent key checked by [`parse_agent_key`]), and opaque refresh tokens
+//! that are only ever stored as a BLAKE3 hash.
 
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use p2p_services::auth::{
-    AUDIENCE, Claims, ISSUER, PEER_AUDIENCE, PEER_TOKEN_TTL, PeerClaims, PublicKey, Role,
-};
+use p2p_services::auth::{AUDIENCE, Claims, ISSUER, PEER_AUDIENCE, PeerClaims, PublicKey, Role};
 use rand::RngCore;
 use rand::rngs::OsRng;
 use serde::Serialize;
@@ -155,24 +154,25 @@ impl Signer {
     }
 
     /// Issues a peer token with id `jti`: user `user_id` (`username`) may
-    /// fetch chunks from the source `peer_id`, for [`PEER_TOKEN_TTL`] from
-    /// `now_ms`.
+    /// fetch chunks with proofs signed by `agent_key` (the `cnf` claim),
+    /// for `ttl` from `now_ms`.
     pub fn issue_peer(
         &self,
         user_id: &str,
         username: &str,
-        peer_id: &str,
+        agent_key: &PublicKey,
         jti: &str,
         now_ms: i64,
+        ttl: Duration,
     ) -> Result<PeerToken, Error> {
         let iat = now_ms / 1000;
-        let exp = iat + PEER_TOKEN_TTL.as_secs() as i64;
+        let exp = iat + ttl.as_secs().max(1) as i64;
         let claims = PeerClaims {
             iss: ISSUER.to_string(),
             aud: PEER_AUDIENCE.to_string(),
             sub: user_id.to_string(),
             name: username.to_string(),
-            peer: peer_id.to_string(),
+            cnf: agent_key.to_base64url(),
             iat,
             exp,
             jti: jti.to_string(),
@@ -193,30 +193,29 @@ pub struct PeerToken {
     pub expires_at_ms: i64,
 }
 
-/// Longest source peer id a peer token may name.
-pub const MAX_PEER_ID_CHARS: usize = 128;
-
-/// Checks the peer id a peer token is requested for: 1-128 printable ASCII
-/// characters. Spaces are refused too: the source compares the claim with
-/// its own id byte for byte, so a padded id would only make a useless token.
-pub fn validate_peer_id(peer_id: &str) -> Result<(), String> {
-    if peer_id.is_empty() {
-        return Err(
-            "source_peer_id is required: name the source (its peer id from LocateSources)".into(),
-        );
+/// Checks the `agent_public_key` a peer token is requested for: an
+/// Ed25519 public key, 32 bytes in base64url without padding, that is a
+/// point on the curve and not of small order. A key no agent could sign
+/// with would only make a token that opens nothing, so it is refused here
+/// with a message the caller can act on.
+pub fn parse_agent_key(agent_public_key: &str) -> Result<PublicKey, String> {
+    const WANT: &str = "the agent's Ed25519 public key, 32 bytes, base64url without padding";
+    if agent_public_key.is_empty() {
+        return Err(format!("agent_public_key is required: send {WANT}"));
     }
-    if peer_id.len() > MAX_PEER_ID_CHARS {
-        return Err(format!(
-            "source_peer_id is {} bytes long; the limit is {MAX_PEER_ID_CHARS}",
-            peer_id.len()
-        ));
+    let key = PublicKey::from_base64url("agent_public_key", agent_public_key)
+        .map_err(|e| format!("agent_public_key must be {WANT} ({e})"))?;
+    let bytes: [u8; 32] = key
+        .bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| format!("agent_public_key must be {WANT}"))?;
+    match VerifyingKey::from_bytes(&bytes) {
+        Ok(point) if !point.is_weak() => Ok(key),
+        _ => Err(format!(
+            "agent_public_key is 32 bytes but not a usable Ed25519 public key; send {WANT}"
+        )),
     }
-    if let Some(bad) = peer_id.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(format!(
-            "source_peer_id contains {bad:?}; a peer id is printable ASCII without spaces"
-        ));
-    }
-    Ok(())
 }
 
 /// A new opaque refresh token: 32 random bytes, base64url.
@@ -236,7 +235,7 @@ pub fn refresh_token_hash(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use p2p_services::auth::{TokenError, TokenVerifier};
+    use p2p_services::auth::{AgentKey, PEER_PROOF_TTL, TokenError, TokenVerifier};
 
     #[tokio::test]
     async fn issued_tokens_verify_with_the_published_key() {
@@ -262,29 +261,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn peer_tokens_verify_only_as_peer_tokens_for_their_peer() {
+    async fn peer_tokens_verify_only_with_a_proof_from_their_agent_key() {
         let key = KeyPair::generate();
         let verifier = TokenVerifier::with_keys([key.public()]);
         let signer = Signer::new(key).unwrap();
+        let agent = AgentKey::generate();
+        let cnf = parse_agent_key(&agent.public_base64url()).unwrap();
         let now = p2p_services::time::now_ms();
+        let ttl = Duration::from_secs(900);
         let peer = signer
-            .issue_peer("u1", "alice", "peer-a", "j2", now)
+            .issue_peer("u1", "alice", &cnf, "j2", now, ttl)
             .unwrap();
-        assert_eq!(
-            peer.expires_at_ms,
-            (now / 1000 + PEER_TOKEN_TTL.as_secs() as i64) * 1000
-        );
+        assert_eq!(peer.expires_at_ms, (now / 1000 + 900) * 1000);
+
+        let proof = agent.prove("peer-a", now / 1000, PEER_PROOF_TTL);
         let claims = verifier
-            .verify_peer(&peer.token, Some("peer-a"))
+            .verify_peer(&peer.token, Some(&proof), Some("peer-a"))
             .await
             .unwrap();
         assert_eq!(claims.sub, "u1");
         assert_eq!(claims.name, "alice");
-        assert_eq!(claims.peer, "peer-a");
+        assert_eq!(claims.cnf, agent.public_base64url());
         assert_eq!(claims.jti, "j2");
         assert!(matches!(
-            verifier.verify_peer(&peer.token, Some("peer-b")).await,
+            verifier
+                .verify_peer(&peer.token, Some(&proof), Some("peer-b"))
+                .await,
             Err(TokenError::WrongPeer)
+        ));
+        let forged = AgentKey::generate().prove("peer-a", now / 1000, PEER_PROOF_TTL);
+        assert!(matches!(
+            verifier
+                .verify_peer(&peer.token, Some(&forged), Some("peer-a"))
+                .await,
+            Err(TokenError::Invalid(_))
+        ));
+        assert!(matches!(
+            verifier
+                .verify_peer(&peer.token, None, Some("peer-a"))
+                .await,
+            Err(TokenError::MissingProof)
         ));
         assert!(matches!(
             verifier.verify(&peer.token).await,
@@ -293,17 +309,25 @@ mod tests {
     }
 
     #[test]
-    fn peer_ids_are_short_printable_ascii() {
-        assert!(validate_peer_id("6f1c2a9e-3b0d-4e57-9a43-0c1d2e3f4a5b").is_ok());
-        assert!(validate_peer_id(&"p".repeat(MAX_PEER_ID_CHARS)).is_ok());
-        let empty = validate_peer_id("").unwrap_err();
-        assert!(empty.contains("required"), "{empty}");
-        let long = validate_peer_id(&"p".repeat(MAX_PEER_ID_CHARS + 1)).unwrap_err();
-        assert!(long.contains("limit is 128"), "{long}");
-        for bad in ["has space", "bell\u{7}", "caf\u{e9}", "tab\t"] {
-            let err = validate_peer_id(bad).unwrap_err();
-            assert!(err.contains("printable ASCII"), "{bad:?}: {err}");
-        }
+    fn agent_keys_are_32_byte_ed25519_points_in_base64url() {
+        let agent = AgentKey::generate();
+        let key = parse_agent_key(&agent.public_base64url()).unwrap();
+        assert_eq!(key.to_base64url(), agent.public_base64url());
+
+        let empty = parse_agent_key("").unwrap_err();
+        assert!(empty.contains("agent_public_key is required"), "{empty}");
+        let short = parse_agent_key(&URL_SAFE_NO_PAD.encode([7u8; 31])).unwrap_err();
+        assert!(short.contains("expected 32 bytes, got 31"), "{short}");
+        let long = parse_agent_key(&URL_SAFE_NO_PAD.encode([7u8; 33])).unwrap_err();
+        assert!(long.contains("expected 32 bytes, got 33"), "{long}");
+        let standard = parse_agent_key(&"+/".repeat(21)).unwrap_err();
+        assert!(standard.contains("bad base64url"), "{standard}");
+        // The identity point decodes but is of small order: nobody can
+        // prove with it.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = parse_agent_key(&URL_SAFE_NO_PAD.encode(identity)).unwrap_err();
+        assert!(weak.contains("not a usable Ed25519"), "{weak}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use p2p_proto::auth::v1::{
     WhoAmIRequest,
 };
 use p2p_services::auth::{
-    AUDIENCE, Claims, ISSUER, PEER_TOKEN_TTL, Role, TokenError, TokenVerifier,
+    AUDIENCE, AgentKey, Claims, ISSUER, PEER_PROOF_TTL, Role, TokenError, TokenVerifier,
 };
 use std::time::{Duration, Instant};
 
@@ -50,9 +50,10 @@ on_both_backends!(
     last_admin_cannot_be_deleted_demoted_or_disabled,
     changing_own_password_keeps_this_session_and_revokes_others,
     other_services_verify_tokens_with_the_published_keys,
-    peer_token_verifies_only_for_the_named_peer,
+    peer_token_verifies_only_with_a_proof_from_its_agent_key_for_this_peer,
+    peer_token_lives_as_long_as_an_access_token,
     peer_token_is_refused_by_auth_svc_itself,
-    peer_token_needs_an_access_token_and_a_sane_peer_id,
+    peer_token_needs_an_access_token_and_a_usable_agent_key,
     disabled_or_deleted_user_gets_no_peer_token,
     rotation_signs_with_a_new_key_and_old_tokens_keep_verifying,
     only_admins_rotate_signing_keys,
@@ -99,21 +100,36 @@ async fn refresh(
         .map(|r| r.into_inner())
 }
 
-async fn issue_peer_token(
+/// `IssuePeerToken` for the agent key `agent_public_key` (base64url).
+async fn issue_peer_token_for(
     server: &TestServer,
     access: &str,
-    peer: &str,
+    agent_public_key: &str,
 ) -> Result<PeerToken, Status> {
     server
         .auth()
         .issue_peer_token(with_bearer(
             IssuePeerTokenRequest {
-                source_peer_id: peer.into(),
+                agent_public_key: agent_public_key.into(),
             },
             access,
         ))
         .await
         .map(|r| r.into_inner())
+}
+
+/// `IssuePeerToken` for `agent`'s public key.
+async fn issue_peer_token(
+    server: &TestServer,
+    access: &str,
+    agent: &AgentKey,
+) -> Result<PeerToken, Status> {
+    issue_peer_token_for(server, access, &agent.public_base64url()).await
+}
+
+/// A proof from `agent` for fetching from `source_peer_id`, made now.
+fn proof(agent: &AgentKey, source_peer_id: &str) -> String {
+    agent.prove(source_peer_id, now_ms() / 1000, PEER_PROOF_TTL)
 }
 
 async fn rotate(server: &TestServer, access: &str) -> Result<SigningKeys, Status> {
@@ -1031,47 +1047,98 @@ async fn other_services_verify_tokens_with_the_published_keys(db: TestDb) {
     server.stop().await;
 }
 
-async fn peer_token_verifies_only_for_the_named_peer(db: TestDb) {
+async fn peer_token_verifies_only_with_a_proof_from_its_agent_key_for_this_peer(db: TestDb) {
     let server = TestServer::start(&db, &[]).await;
     let admin = server.admin_token().await;
     let alice = create_user(&server, &admin, "alice", ALICE_PASSWORD).await;
     let access = server.login("alice", ALICE_PASSWORD).await.access_token;
-    let before_ms = now_ms();
-    let peer = issue_peer_token(&server, &access, "peer-a").await.unwrap();
-    let lifetime_ms = peer.expires_at_ms - before_ms;
-    assert!(
-        lifetime_ms <= PEER_TOKEN_TTL.as_millis() as i64
-            && lifetime_ms > PEER_TOKEN_TTL.as_millis() as i64 - 2_000,
-        "peer token lives {lifetime_ms} ms"
-    );
+    let agent = AgentKey::generate();
+    let peer = issue_peer_token(&server, &access, &agent).await.unwrap();
 
     let verifier = TokenVerifier::remote(&server.url(), server.tls.clone());
+    let for_a = proof(&agent, "peer-a");
     let claims = verifier
-        .verify_peer(&peer.token, Some("peer-a"))
+        .verify_peer(&peer.token, Some(&for_a), Some("peer-a"))
         .await
         .unwrap();
     assert_eq!(claims.sub, alice.id);
     assert_eq!(claims.name, "alice");
-    assert_eq!(claims.peer, "peer-a");
+    assert_eq!(claims.cnf, agent.public_base64url());
     assert_eq!(claims.exp * 1000, peer.expires_at_ms);
+
+    // The same token serves every source, each with its own proof.
+    verifier
+        .verify_peer(&peer.token, Some(&proof(&agent, "peer-b")), Some("peer-b"))
+        .await
+        .unwrap();
+    // peer-a cannot replay what it was sent to peer-b ...
     assert!(matches!(
-        verifier.verify_peer(&peer.token, Some("peer-b")).await,
+        verifier
+            .verify_peer(&peer.token, Some(&for_a), Some("peer-b"))
+            .await,
         Err(TokenError::WrongPeer)
     ));
-    // An access token is not a peer token, whatever peer checks it.
+    // ... nor make a proof of its own: only the token's agent key counts.
+    let other = AgentKey::generate();
     assert!(matches!(
-        verifier.verify_peer(&access, Some("peer-a")).await,
+        verifier
+            .verify_peer(&peer.token, Some(&proof(&other, "peer-b")), Some("peer-b"))
+            .await,
         Err(TokenError::Invalid(_))
     ));
-    let again = issue_peer_token(&server, &access, "peer-a").await.unwrap();
+    assert!(matches!(
+        verifier
+            .verify_peer(&peer.token, None, Some("peer-a"))
+            .await,
+        Err(TokenError::MissingProof)
+    ));
+    // An access token is not a peer token, whatever proof comes with it.
+    assert!(matches!(
+        verifier
+            .verify_peer(&access, Some(&for_a), Some("peer-a"))
+            .await,
+        Err(TokenError::Invalid(_))
+    ));
+    assert!(matches!(
+        verifier.verify(&peer.token).await,
+        Err(TokenError::Invalid(_))
+    ));
+    let again = issue_peer_token(&server, &access, &agent).await.unwrap();
     assert_ne!(again.token, peer.token, "every peer token has its own jti");
+    server.stop().await;
+}
+
+async fn peer_token_lives_as_long_as_an_access_token(db: TestDb) {
+    let server = TestServer::start(&db, &["--access-token-ttl", "7m"]).await;
+    let admin = server.admin_token().await;
+    let ttl_ms = Duration::from_secs(7 * 60).as_millis() as i64;
+    let before_ms = now_ms();
+    let peer = issue_peer_token(&server, &admin, &AgentKey::generate())
+        .await
+        .unwrap();
+    let lifetime_ms = peer.expires_at_ms - before_ms;
+    assert!(
+        lifetime_ms <= ttl_ms && lifetime_ms > ttl_ms - 2_000,
+        "peer token lives {lifetime_ms} ms, access tokens {ttl_ms} ms"
+    );
+    let claims: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(peer.token.split('.').nth(1).expect("payload"))
+            .expect("base64url payload"),
+    )
+    .expect("JSON claims");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        7 * 60
+    );
     server.stop().await;
 }
 
 async fn peer_token_is_refused_by_auth_svc_itself(db: TestDb) {
     let server = TestServer::start(&db, &[]).await;
     let admin = server.admin_token().await;
-    let peer = issue_peer_token(&server, &admin, "peer-a")
+    let agent = AgentKey::generate();
+    let peer = issue_peer_token(&server, &admin, &agent)
         .await
         .unwrap()
         .token;
@@ -1096,44 +1163,56 @@ async fn peer_token_is_refused_by_auth_svc_itself(db: TestDb) {
         "invalid access token",
     );
     assert_status(
-        issue_peer_token(&server, &peer, "peer-b").await,
+        issue_peer_token(&server, &peer, &agent).await,
         Code::Unauthenticated,
         "invalid access token",
     );
+    assert_status(
+        rotate(&server, &peer).await,
+        Code::Unauthenticated,
+        "invalid access token",
+    );
+    assert_eq!(published_kids(&server).await.len(), 1, "nothing rotated");
     server.stop().await;
 }
 
-async fn peer_token_needs_an_access_token_and_a_sane_peer_id(db: TestDb) {
+async fn peer_token_needs_an_access_token_and_a_usable_agent_key(db: TestDb) {
     let server = TestServer::start(&db, &[]).await;
+    let agent = AgentKey::generate();
     assert_status(
         server
             .auth()
             .issue_peer_token(IssuePeerTokenRequest {
-                source_peer_id: "peer-a".into(),
+                agent_public_key: agent.public_base64url(),
             })
             .await,
         Code::Unauthenticated,
         "missing access token",
     );
     let admin = server.admin_token().await;
-    assert_status(
-        issue_peer_token(&server, &admin, "").await,
-        Code::InvalidArgument,
-        "source_peer_id is required",
-    );
-    assert_status(
-        issue_peer_token(&server, &admin, &"p".repeat(129)).await,
-        Code::InvalidArgument,
-        "the limit is 128",
-    );
-    assert_status(
-        issue_peer_token(&server, &admin, "peer\u{7}").await,
-        Code::InvalidArgument,
-        "printable ASCII",
-    );
-    issue_peer_token(&server, &admin, &"p".repeat(128))
-        .await
-        .unwrap();
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    for (key, needle) in [
+        (String::new(), "agent_public_key is required"),
+        ("peer-a".to_string(), "agent_public_key must be"),
+        (
+            URL_SAFE_NO_PAD.encode([7u8; 31]),
+            "expected 32 bytes, got 31",
+        ),
+        (
+            URL_SAFE_NO_PAD.encode([7u8; 64]),
+            "expected 32 bytes, got 64",
+        ),
+        ("+/".repeat(21), "bad base64url"),
+        (URL_SAFE_NO_PAD.encode(identity), "not a usable Ed25519"),
+    ] {
+        assert_status(
+            issue_peer_token_for(&server, &admin, &key).await,
+            Code::InvalidArgument,
+            needle,
+        );
+    }
+    issue_peer_token(&server, &admin, &agent).await.unwrap();
     server.stop().await;
 }
 
@@ -1144,7 +1223,8 @@ async fn disabled_or_deleted_user_gets_no_peer_token(db: TestDb) {
     let created = create_user(&server, &admin, "bob", "bob-password").await;
     let alice = server.login("alice", ALICE_PASSWORD).await.access_token;
     let bob = server.login("bob", "bob-password").await.access_token;
-    issue_peer_token(&server, &alice, "peer-a").await.unwrap();
+    let agent = AgentKey::generate();
+    issue_peer_token(&server, &alice, &agent).await.unwrap();
     server
         .accounts()
         .set_disabled(with_bearer(
@@ -1157,7 +1237,7 @@ async fn disabled_or_deleted_user_gets_no_peer_token(db: TestDb) {
         .await
         .unwrap();
     assert_status(
-        issue_peer_token(&server, &alice, "peer-a").await,
+        issue_peer_token(&server, &alice, &agent).await,
         Code::Unauthenticated,
         "disabled or deleted",
     );
@@ -1173,7 +1253,7 @@ async fn disabled_or_deleted_user_gets_no_peer_token(db: TestDb) {
         .await
         .unwrap();
     assert_status(
-        issue_peer_token(&server, &bob, "peer-a").await,
+        issue_peer_token(&server, &bob, &agent).await,
         Code::Unauthenticated,
         "disabled or deleted",
     );
@@ -1185,6 +1265,11 @@ async fn rotation_signs_with_a_new_key_and_old_tokens_keep_verifying(db: TestDb)
     let before = server.login(ADMIN, ADMIN_PASSWORD).await;
     let old_kid = kid_of(&before.access_token);
     assert_eq!(published_kids(&server).await, vec![old_kid.clone()]);
+    let agent = AgentKey::generate();
+    let old_peer = issue_peer_token(&server, &before.access_token, &agent)
+        .await
+        .unwrap();
+    assert_eq!(kid_of(&old_peer.token), old_kid);
     let early = TokenVerifier::remote(&server.url(), server.tls.clone());
     early.verify(&before.access_token).await.unwrap();
 
@@ -1210,11 +1295,28 @@ async fn rotation_signs_with_a_new_key_and_old_tokens_keep_verifying(db: TestDb)
     who_am_i(&server, &after.access_token).await.unwrap();
     let refreshed = refresh(&server, &before.refresh_token).await.unwrap();
     assert_eq!(kid_of(&refreshed.access_token), new_kid);
-    let peer = issue_peer_token(&server, &before.access_token, "peer-a")
+    let peer = issue_peer_token(&server, &before.access_token, &agent)
         .await
         .unwrap();
     assert_eq!(kid_of(&peer.token), new_kid);
-    late.verify_peer(&peer.token, Some("peer-a")).await.unwrap();
+    late.verify_peer(&peer.token, Some(&proof(&agent, "peer-a")), Some("peer-a"))
+        .await
+        .unwrap();
+    early
+        .verify_peer(
+            &old_peer.token,
+            Some(&proof(&agent, "peer-a")),
+            Some("peer-a"),
+        )
+        .await
+        .unwrap();
+    late.verify_peer(
+        &old_peer.token,
+        Some(&proof(&agent, "peer-b")),
+        Some("peer-b"),
+    )
+    .await
+    .unwrap();
 
     // And the rotation survives a restart.
     server.stop().await;
@@ -1223,6 +1325,14 @@ async fn rotation_signs_with_a_new_key_and_old_tokens_keep_verifying(db: TestDb)
     let again = server.login(ADMIN, ADMIN_PASSWORD).await;
     assert_eq!(kid_of(&again.access_token), new_kid);
     who_am_i(&server, &before.access_token).await.unwrap();
+    TokenVerifier::remote(&server.url(), server.tls.clone())
+        .verify_peer(
+            &old_peer.token,
+            Some(&proof(&agent, "peer-a")),
+            Some("peer-a"),
+        )
+        .await
+        .unwrap();
     server.stop().await;
 }
 
@@ -1243,15 +1353,6 @@ async fn only_admins_rotate_signing_keys(db: TestDb) {
             .await,
         Code::Unauthenticated,
         "missing access token",
-    );
-    let peer = issue_peer_token(&server, &admin, "peer-a")
-        .await
-        .unwrap()
-        .token;
-    assert_status(
-        rotate(&server, &peer).await,
-        Code::Unauthenticated,
-        "invalid access token",
     );
     assert_eq!(published_kids(&server).await.len(), 1, "nothing rotated");
     server.stop().await;
@@ -1297,8 +1398,8 @@ async fn keys_retired_long_ago_stop_verifying_everywhere(db: TestDb) {
     assert_eq!(verifier.cached_keys(), 1);
 
     // Rotate behind the server's back as if it had happened ten minutes ago,
-    // far beyond the old key's window (1 min access tokens, 2 min peer
-    // tokens, plus slack).
+    // far beyond the old key's window (1 min access and peer tokens, plus
+    // slack).
     let ten_minutes_ago = now_ms() - 600_000;
     let key = KeyPair::generate();
     let store = Store::open(&db.url).await.expect("open store");
