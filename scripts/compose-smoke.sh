@@ -53,17 +53,19 @@ for svc in auth index peer-a peer-b peer-c; do
 done
 compose ps
 
-echo "--- grpcurl against the running stack"
-grpcurl -plaintext 127.0.0.1:50051 list | tee "$WORK/auth-list" | grep -q p2p.auth.v1.AuthService || fail "auth-svc reflection"
-grpcurl -plaintext 127.0.0.1:50052 list | grep -q p2p.index.v1.IndexService || fail "index-svc reflection"
+echo "--- grpcurl against the running stack (TLS, trusting the stack's CA)"
+docker cp "$(compose ps -q auth)":/tls/ca.pem "$WORK/ca.pem"
+if grpcurl -plaintext -max-time 5 127.0.0.1:50051 list >/dev/null 2>&1; then fail "auth-svc answered plaintext"; fi
+grpcurl -cacert "$WORK/ca.pem" 127.0.0.1:50051 list | tee "$WORK/auth-list" | grep -q p2p.auth.v1.AuthService || fail "auth-svc reflection"
+grpcurl -cacert "$WORK/ca.pem" 127.0.0.1:50052 list | grep -q p2p.index.v1.IndexService || fail "index-svc reflection"
 grpcurl -plaintext 127.0.0.1:50154 list | grep -q p2p.agent.v1.AgentControl || fail "agent reflection"
-ADMIN_TOKEN=$(grpcurl -plaintext -d "{\"username\":\"admin\",\"password\":\"$P2P_ADMIN_PASSWORD\"}" \
+ADMIN_TOKEN=$(grpcurl -cacert "$WORK/ca.pem" -d "{\"username\":\"admin\",\"password\":\"$P2P_ADMIN_PASSWORD\"}" \
   127.0.0.1:50051 p2p.auth.v1.AuthService/Login | python3 -c 'import json,sys; print(json.load(sys.stdin)["accessToken"])')
-grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+grpcurl -cacert "$WORK/ca.pem" -H "authorization: Bearer $ADMIN_TOKEN" \
   -d '{"username":"alice","password":"alice-password-1","role":"ROLE_USER"}' \
   127.0.0.1:50051 p2p.auth.v1.AccountService/CreateUser >/dev/null
-grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" 127.0.0.1:50052 p2p.index.v1.IndexService/ListFiles >/dev/null
-if grpcurl -plaintext -d '{"username":"admin","password":"wrong"}' 127.0.0.1:50051 p2p.auth.v1.AuthService/Login 2>"$WORK/err"; then
+grpcurl -cacert "$WORK/ca.pem" -H "authorization: Bearer $ADMIN_TOKEN" 127.0.0.1:50052 p2p.index.v1.IndexService/ListFiles >/dev/null
+if grpcurl -cacert "$WORK/ca.pem" -d '{"username":"admin","password":"wrong"}' 127.0.0.1:50051 p2p.auth.v1.AuthService/Login 2>"$WORK/err"; then
   fail "a wrong password logged in"
 fi
 grep -q Unauthenticated "$WORK/err" || fail "wrong password did not give Unauthenticated"

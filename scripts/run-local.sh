@@ -37,21 +37,34 @@ wait_for() {
   done
 }
 
+# TLS on every link: a CA for this run and a certificate per process, made
+# once and kept with the state (p2p-certs keeps what exists).
+TLS=$DIR/tls
+"$BIN/p2p-certs" server --dir "$TLS" --name auth --host localhost --host 127.0.0.1 >/dev/null
+"$BIN/p2p-certs" server --dir "$TLS" --name index --host localhost --host 127.0.0.1 >/dev/null
+"$BIN/p2p-certs" agent --dir "$TLS" --name agent-a --host 127.0.0.1 >/dev/null
+"$BIN/p2p-certs" agent --dir "$TLS" --name agent-b --host 127.0.0.1 >/dev/null
+export P2P_TLS_CA=$TLS/ca.pem
+tls_of() { echo "--tls-cert $TLS/$1.pem --tls-key $TLS/$1-key.pem"; }
+
 export RUST_LOG=${RUST_LOG:-info}
-P2P_ADMIN_PASSWORD=$ADMIN_PASSWORD "$BIN/auth-svc" --listen 127.0.0.1:50051 \
+# shellcheck disable=SC2046
+P2P_ADMIN_PASSWORD=$ADMIN_PASSWORD "$BIN/auth-svc" --listen 127.0.0.1:50051 $(tls_of auth) \
   --database-url "sqlite://$DIR/auth.db" --metrics-listen 127.0.0.1:9101 2>"$DIR/auth.log" &
 PIDS+=($!)
 wait_for 30 auth-svc "$BIN/auth-svc" --listen 127.0.0.1:50051 healthcheck
-"$BIN/index-svc" --listen 127.0.0.1:50052 --database-url "sqlite://$DIR/index.db" \
-  --auth-url http://127.0.0.1:50051 --metrics-listen 127.0.0.1:9102 2>"$DIR/index.log" &
+# shellcheck disable=SC2046
+"$BIN/index-svc" --listen 127.0.0.1:50052 --database-url "sqlite://$DIR/index.db" $(tls_of index) \
+  --auth-url 127.0.0.1:50051 --metrics-listen 127.0.0.1:9102 2>"$DIR/index.log" &
 PIDS+=($!)
 wait_for 30 index-svc "$BIN/index-svc" --listen 127.0.0.1:50052 healthcheck
 
 start_agent() {
   local name=$1 peer=$2 control=$3 metrics=$4
+  # shellcheck disable=SC2046
   P2P_USER=admin P2P_PASSWORD=$ADMIN_PASSWORD "$BIN/peer-agent" --listen "127.0.0.1:$peer" \
     --control "127.0.0.1:$control" --data-dir "$DIR/agent-$name" --metrics-listen "127.0.0.1:$metrics" \
-    --index-url http://127.0.0.1:50052 --auth-url http://127.0.0.1:50051 2>"$DIR/agent-$name.log" &
+    $(tls_of "agent-$name") --index-url 127.0.0.1:50052 --auth-url 127.0.0.1:50051 2>"$DIR/agent-$name.log" &
   PIDS+=($!)
 }
 logged_in() { "$BIN/p2p" --agent "$1" --json status | grep -q '"logged_in": *true'; }
@@ -78,7 +91,7 @@ The network is running (state and logs in $DIR):
 Try:
   export PATH=$BIN:\$PATH P2P_AGENT=127.0.0.1:50064
   p2p ls; p2p peers; p2p status; p2p share SOME_FILE; p2p get NAME
-  grpcurl -plaintext 127.0.0.1:50051 list
+  grpcurl -cacert $TLS/ca.pem 127.0.0.1:50051 list
 EOF2
 if $ONCE; then exit 0; fi
 echo "Ctrl-C stops everything."

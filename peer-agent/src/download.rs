@@ -28,7 +28,7 @@ use futures::stream::FuturesUnordered;
 use p2p_proto::index::v1 as index_pb;
 use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
 use p2p_proto::peer::v1::{ChunkRange, FetchChunksRequest};
-use p2p_services::client::{MAX_MESSAGE_BYTES, with_bearer};
+use p2p_services::client::{MAX_MESSAGE_BYTES, with_bearer, with_peer_credentials};
 use p2p_services::manifest::{Bitfield, FileId, Manifest};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -747,10 +747,10 @@ impl Worker {
 
     async fn fetch_inner(&self, chunks: &[u32]) -> Result<(), WorkerEnd> {
         let shared = &self.shared;
-        let token = shared
+        let (token, proof) = shared
             .ctx
             .session
-            .peer_token(&self.source_peer_id)
+            .peer_credentials(&self.source_peer_id)
             .await
             .map_err(|e| WorkerEnd::Failed {
                 reason: None,
@@ -766,7 +766,7 @@ impl Worker {
         let mut client = self.client.clone();
         let response = tokio::time::timeout(
             STALL_TIMEOUT,
-            client.fetch_chunks(with_bearer(request, &token)),
+            client.fetch_chunks(with_peer_credentials(request, &token, &proof)),
         )
         .await
         .map_err(|_| stalled())?

@@ -21,7 +21,7 @@ use p2p_proto::auth::v1::account_service_client::AccountServiceClient;
 use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
 use p2p_proto::index::v1 as index_pb;
 use p2p_proto::index::v1::index_service_client::IndexServiceClient;
-use p2p_services::auth::PeerIdentity;
+use p2p_services::auth::{AgentKey, PEER_PROOF_TTL, PeerIdentity};
 use p2p_services::client::{MAX_MESSAGE_BYTES, with_bearer};
 use p2p_services::time::now_ms;
 use p2p_services::tls::ClientTls;
@@ -35,16 +35,25 @@ use crate::stats::{RATE_WINDOW_SECS, Stats};
 use crate::store::Kind;
 use crate::upload::Uploads;
 
-/// A cached peer token is renewed once less than this is left of it.
-const PEER_TOKEN_MARGIN: Duration = Duration::from_secs(30);
-/// Most sources whose peer tokens are cached at once.
-const MAX_CACHED_PEER_TOKENS: usize = 1024;
+/// How long a proof made for one source is sent again before a new one is
+/// signed (proofs live [`PEER_PROOF_TTL`]).
+const PROOF_REUSE: Duration = Duration::from_secs(60);
+/// Most sources whose proofs are cached at once.
+const MAX_CACHED_PROOFS: usize = 1024;
 
-/// A data-path token for one source.
+/// Our data-path token from auth-svc.
 #[derive(Debug, Clone)]
 struct PeerToken {
     token: String,
     expires_at_ms: i64,
+    obtained_at_ms: i64,
+}
+
+impl PeerToken {
+    fn wants_renewal(&self, now: i64) -> bool {
+        let life = (self.expires_at_ms - self.obtained_at_ms).max(0);
+        now >= self.obtained_at_ms + life * 3 / 4
+    }
 }
 
 /// Deadline of one call to the index or auth-svc.
@@ -111,7 +120,10 @@ pub struct Session {
     index: Channel,
     tokens: RwLock<Option<Tokens>>,
     peer_id: PeerIdentity,
-    peer_tokens: Mutex<HashMap<String, PeerToken>>,
+    agent_key: AgentKey,
+    peer_token: Mutex<Option<PeerToken>>,
+    peer_token_lock: tokio::sync::Mutex<()>,
+    proofs: Mutex<HashMap<String, (String, i64)>>,
     index_reachable: AtomicBool,
     refresh_lock: tokio::sync::Mutex<()>,
     heartbeat: Mutex<Option<JoinHandle<()>>>,
@@ -144,7 +156,10 @@ impl Session {
             config,
             tokens: RwLock::new(None),
             peer_id: PeerIdentity::default(),
-            peer_tokens: Mutex::new(HashMap::new()),
+            agent_key: AgentKey::generate(),
+            peer_token: Mutex::new(None),
+            peer_token_lock: tokio::sync::Mutex::new(()),
+            proofs: Mutex::new(HashMap::new()),
             index_reachable: AtomicBool::new(false),
             refresh_lock: tokio::sync::Mutex::new(()),
             heartbeat: Mutex::new(None),
@@ -185,10 +200,7 @@ impl Session {
     }
 
     fn set_tokens(&self, tokens: Option<Tokens>) {
-        self.peer_tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        *self.peer_token.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
     }
 
@@ -196,50 +208,76 @@ impl Session {
         self.peer_id.set(peer_id);
     }
 
-    /// A token for fetching from `source_peer_id`, and nothing else: our
-    /// access token never goes to a peer. Cached per source and renewed
-    /// when less than [`PEER_TOKEN_MARGIN`] of its life is left.
-    pub async fn peer_token(&self, source_peer_id: &str) -> Result<String, Error> {
+    /// What to send `source_peer_id` on FetchChunks: our peer token and a
+    /// proof for that source alone, signed with our agent key. Our access
+    /// token never goes to a peer. The peer token is renewed once three
+    /// quarters of its life are gone (a valid one is used while auth-svc is
+    /// down); proofs are cached per source for [`PROOF_REUSE`].
+    pub async fn peer_credentials(&self, source_peer_id: &str) -> Result<(String, String), Error> {
+        let token = self.peer_token().await?;
+        let now_secs = now_ms() / 1000;
+        let mut proofs = self.proofs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((proof, made_secs)) = proofs.get(source_peer_id)
+            && now_secs - made_secs < PROOF_REUSE.as_secs() as i64
+        {
+            return Ok((token, proof.clone()));
+        }
+        if proofs.len() >= MAX_CACHED_PROOFS {
+            proofs.clear();
+        }
+        let proof = self
+            .agent_key
+            .prove(source_peer_id, now_secs, PEER_PROOF_TTL);
+        proofs.insert(source_peer_id.to_string(), (proof.clone(), now_secs));
+        Ok((token, proof))
+    }
+
+    /// Our current peer token, from auth-svc when due.
+    async fn peer_token(&self) -> Result<String, Error> {
         let now = now_ms();
-        if let Some(cached) = self
-            .peer_tokens
+        let cached = self
+            .peer_token
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(source_peer_id)
-            && cached.expires_at_ms - now > PEER_TOKEN_MARGIN.as_millis() as i64
+            .clone();
+        if let Some(cached) = &cached
+            && !cached.wants_renewal(now)
         {
             return Ok(cached.token.clone());
         }
+        let _guard = self.peer_token_lock.lock().await;
         let access = self.access_token().await?;
         let mut client = AuthServiceClient::new(self.auth.clone());
         let issued = tokio::time::timeout(
             CALL_TIMEOUT,
             client.issue_peer_token(with_bearer(
                 auth_pb::IssuePeerTokenRequest {
-                    source_peer_id: source_peer_id.to_string(),
+                    agent_public_key: self.agent_key.public_base64url(),
                 },
                 &access,
             )),
         )
         .await
-        .map_err(|_| Error::AuthUnavailable("auth-svc did not issue a peer token in time".into()))?
-        .map_err(Error::from_auth)?
-        .into_inner();
-        let mut cache = self.peer_tokens.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= MAX_CACHED_PEER_TOKENS {
-            cache.retain(|_, t| t.expires_at_ms > now);
-            if cache.len() >= MAX_CACHED_PEER_TOKENS {
-                cache.clear();
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded("auth-svc did not answer in time")));
+        match issued {
+            Ok(issued) => {
+                let issued = issued.into_inner();
+                let fresh = PeerToken {
+                    token: issued.token.clone(),
+                    expires_at_ms: issued.expires_at_ms,
+                    obtained_at_ms: now,
+                };
+                *self.peer_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+                Ok(issued.token)
             }
-        }
-        cache.insert(
-            source_peer_id.to_string(),
-            PeerToken {
-                token: issued.token.clone(),
-                expires_at_ms: issued.expires_at_ms,
+            Err(status) => match cached {
+                Some(cached) if now + 1_000 < cached.expires_at_ms => {
+                    tracing::warn!(error = %status.message(), "cannot renew the peer token; using it until it expires");
+                    Ok(cached.token)
+                }
+                _ => Err(Error::from_auth(status)),
             },
-        );
-        Ok(issued.token)
+        }
     }
 
     /// Logs in, registers with the index (if it answers) and starts the
@@ -269,6 +307,10 @@ impl Session {
         self.set_peer_id(None);
         if let Err(err) = self.register().await {
             tracing::warn!(%err, "cannot register with the index yet; will keep trying");
+        }
+        // Fetched now so downloads keep working if auth-svc goes down later.
+        if let Err(err) = self.peer_token().await {
+            tracing::warn!(%err, "no peer token yet; downloads will ask again");
         }
         self.start_heartbeat();
         tracing::info!(user = %user.username, peer_id = ?self.peer_id(), "logged in");

@@ -55,8 +55,9 @@ pub struct HostileStats {
     /// Streams not yet dropped by the server (the caller went away or the
     /// stream ended).
     pub open_streams: AtomicI64,
-    /// The `authorization` values callers sent, first ones first.
-    pub credentials: std::sync::Mutex<Vec<String>>,
+    /// The `authorization` and peer-proof values callers sent, first ones
+    /// first.
+    pub credentials: std::sync::Mutex<Vec<(String, Option<String>)>>,
 }
 
 impl HostileStats {
@@ -75,13 +76,17 @@ impl HostileStats {
         self.chunks_sent.load(Ordering::Relaxed)
     }
 
-    /// The bearer tokens callers sent so far.
-    pub fn recorded_tokens(&self) -> Vec<String> {
+    /// The bearer tokens callers sent so far, each with the peer proof
+    /// that came with it.
+    pub fn recorded_credentials(&self) -> Vec<(String, Option<String>)> {
         self.credentials
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter_map(|v| v.strip_prefix("Bearer ").map(str::to_string))
+            .filter_map(|(auth, proof)| {
+                auth.strip_prefix("Bearer ")
+                    .map(|t| (t.to_string(), proof.clone()))
+            })
             .collect()
     }
 }
@@ -166,7 +171,12 @@ impl PeerService for HostileService {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             if recorded.len() < MAX_RECORDED_CREDENTIALS {
-                recorded.push(value.to_string());
+                let proof = request
+                    .metadata()
+                    .get(p2p_services::auth::PEER_PROOF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                recorded.push((value.to_string(), proof));
             }
         }
         let count = self.chunk_count();

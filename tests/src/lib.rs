@@ -544,21 +544,32 @@ impl Cluster {
             .access_token
     }
 
-    /// A peer token for fetching from the agent whose peer id is
-    /// `source_peer_id`, issued to `username`.
-    pub async fn peer_token(&self, username: &str, password: &str, source_peer_id: &str) -> String {
+    /// What a downloader logged in as `username` sends the agent whose
+    /// peer id is `source_peer_id`: a peer token for a fresh agent key and
+    /// a proof for that source.
+    pub async fn peer_credentials(
+        &self,
+        username: &str,
+        password: &str,
+        source_peer_id: &str,
+    ) -> PeerCredentials {
         let access = self.access_token(username, password).await;
-        self.auth_client()
+        let key = p2p_services::auth::AgentKey::generate();
+        let token = self
+            .auth_client()
             .issue_peer_token(p2p_services::client::with_bearer(
                 IssuePeerTokenRequest {
-                    source_peer_id: source_peer_id.into(),
+                    agent_public_key: key.public_base64url(),
                 },
                 &access,
             ))
             .await
             .unwrap_or_else(|s| panic!("peer token for {username}: {s}"))
             .into_inner()
-            .token
+            .token;
+        let now = p2p_services::time::now_ms() / 1000;
+        let proof = key.prove(source_peer_id, now, p2p_services::auth::PEER_PROOF_TTL);
+        PeerCredentials { token, proof }
     }
 
     /// A client of the PeerService at `addr`, verifying its certificate
@@ -935,6 +946,22 @@ impl AgentHandle for Agent {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         command
+    }
+}
+
+/// A peer token and a proof for one source, as a downloader sends them.
+#[derive(Debug, Clone)]
+pub struct PeerCredentials {
+    /// The peer token (bearer).
+    pub token: String,
+    /// The proof for the source.
+    pub proof: String,
+}
+
+impl PeerCredentials {
+    /// `message` carrying these credentials.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        p2p_services::client::with_peer_credentials(message, &self.token, &self.proof)
     }
 }
 

@@ -180,7 +180,9 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
     let (baseline, _) = memory_bytes(pid).expect("read alice's memory");
     cluster.create_user("bob", false).await;
     let alice_id = alice.status().await.peer_id;
-    let token = cluster.peer_token("bob", USER_PASSWORD, &alice_id).await;
+    let creds = cluster
+        .peer_credentials("bob", USER_PASSWORD, &alice_id)
+        .await;
     let everything = FetchChunksRequest {
         file_id: id.clone(),
         ranges: vec![ChunkRange {
@@ -198,7 +200,7 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
         let started = Instant::now();
         let answer = tokio::time::timeout(
             Duration::from_secs(5),
-            client.fetch_chunks(with_bearer(everything.clone(), &token)),
+            client.fetch_chunks(creds.request(everything.clone())),
         )
         .await
         .expect("the agent answered a FetchChunks call within 5 s");
@@ -248,7 +250,7 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
     let started = Instant::now();
     let answer = tokio::time::timeout(
         Duration::from_secs(5),
-        polite.fetch_chunks(with_bearer(two, &token)),
+        polite.fetch_chunks(creds.request(two)),
     )
     .await
     .expect("a well-behaved caller waited over 5 s for an answer");
@@ -286,11 +288,11 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
         "a slot held by an unread stream to be freed",
         || {
             let one = one.clone();
-            let token = token.clone();
+            let creds = creds.clone();
             let mut client = cluster.peer_client(alice.peer_addr());
             async move {
                 let mut stream = client
-                    .fetch_chunks(with_bearer(one, &token))
+                    .fetch_chunks(creds.request(one))
                     .await
                     .ok()?
                     .into_inner();
@@ -312,6 +314,7 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
     assert_same_content(&original, &got);
 
     let honest = [HonestAgent::of(&alice).await, HonestAgent::of(&carol).await];
+    let token = cluster.access_token("bob", USER_PASSWORD).await;
     assert_nothing_lost(cluster.index_client(), &token, &[id], &honest).await;
 }
 
@@ -329,7 +332,7 @@ async fn a_token_from_another_deployment_is_unauthenticated() {
     let foreign = other.access_token(ADMIN_USER, ADMIN_PASSWORD).await;
     let alice_id = alice.status().await.peer_id;
     let foreign_peer = other
-        .peer_token(ADMIN_USER, ADMIN_PASSWORD, &alice_id)
+        .peer_credentials(ADMIN_USER, ADMIN_PASSWORD, &alice_id)
         .await;
 
     let mut peer = cluster.peer_client(alice.peer_addr());
@@ -337,9 +340,13 @@ async fn a_token_from_another_deployment_is_unauthenticated() {
         file_id: id.clone(),
         ranges: vec![ChunkRange { start: 0, count: 1 }],
     };
-    for (what, token) in [("access", &foreign), ("peer", &foreign_peer)] {
+    let attempts = [
+        ("access", with_bearer(fetch.clone(), &foreign)),
+        ("peer", foreign_peer.request(fetch.clone())),
+    ];
+    for (what, request) in attempts {
         let refused = peer
-            .fetch_chunks(with_bearer(fetch.clone(), token))
+            .fetch_chunks(request)
             .await
             .expect_err("an agent served chunks to a foreign token");
         assert_eq!(

@@ -186,23 +186,28 @@ impl Cluster {
         .access_token
     }
 
-    /// A peer token for fetching from the agent whose peer id is
-    /// `source_peer_id`, issued to the admin.
-    pub async fn admin_peer_token(&self, source_peer_id: &str) -> String {
+    /// The admin's credentials for fetching from the agent whose peer id
+    /// is `source_peer_id`: a peer token for a fresh agent key and a proof
+    /// for that source.
+    pub async fn admin_peer_credentials(&self, source_peer_id: &str) -> (String, String) {
         let access = self.admin_token().await;
-        AuthServiceClient::new(
+        let key = p2p_services::auth::AgentKey::generate();
+        let token = AuthServiceClient::new(
             channel(&self.auth.addr, &ClientTls::Plaintext).expect("auth channel"),
         )
         .issue_peer_token(p2p_services::client::with_bearer(
             auth_pb::IssuePeerTokenRequest {
-                source_peer_id: source_peer_id.into(),
+                agent_public_key: key.public_base64url(),
             },
             &access,
         ))
         .await
         .expect("issue a peer token")
         .into_inner()
-        .token
+        .token;
+        let now = p2p_services::time::now_ms() / 1000;
+        let proof = key.prove(source_peer_id, now, p2p_services::auth::PEER_PROOF_TTL);
+        (token, proof)
     }
 
     /// Writes `len` pseudo-random bytes (from `seed`) to a file in the temp dir.

@@ -46,6 +46,22 @@ enum Command {
     /// Issue an agent's certificate (its PeerService), making the CA first
     /// if there is none.
     Agent(Leaf),
+    /// Make the CA and several certificates at once, keeping what exists:
+    /// what docker compose runs on every start.
+    Bundle {
+        /// Where the certificates live.
+        #[arg(long, env = "P2P_TLS_DIR", default_value = "tls")]
+        dir: PathBuf,
+        /// A server certificate as NAME:HOST[,HOST...]; repeat.
+        #[arg(long = "server")]
+        servers: Vec<String>,
+        /// An agent certificate as NAME:HOST[,HOST...]; repeat.
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+        /// Also make every certificate valid for localhost and 127.0.0.1.
+        #[arg(long)]
+        loopback: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,15 +105,52 @@ fn run(command: Command) -> Result<(), p2p_services::tls::TlsError> {
         }
         Command::Server(leaf) => (leaf, Role::Server),
         Command::Agent(leaf) => (leaf, Role::Agent),
+        Command::Bundle {
+            dir,
+            servers,
+            agents,
+            loopback,
+        } => {
+            let specs = servers
+                .iter()
+                .map(|s| (s, Role::Server))
+                .chain(agents.iter().map(|s| (s, Role::Agent)));
+            for (spec, role) in specs {
+                let (name, hosts) = spec
+                    .split_once(':')
+                    .ok_or_else(|| invalid(&dir, spec, "expected NAME:HOST[,HOST...]"))?;
+                let leaf = Leaf {
+                    dir: dir.clone(),
+                    name: name.to_string(),
+                    hosts: hosts.split(',').map(str::to_string).collect(),
+                    loopback,
+                    force: false,
+                };
+                issue_leaf(&leaf, role)?;
+            }
+            return Ok(());
+        }
     };
+    issue_leaf(&leaf, role)
+}
+
+fn invalid(dir: &std::path::Path, name: &str, why: &str) -> p2p_services::tls::TlsError {
+    p2p_services::tls::TlsError::Write {
+        path: dir.join(name),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()),
+    }
+}
+
+fn issue_leaf(leaf: &Leaf, role: Role) -> Result<(), p2p_services::tls::TlsError> {
     if !valid_name(&leaf.name) {
-        return Err(p2p_services::tls::TlsError::Write {
-            path: leaf.dir.join(&leaf.name),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "--name must be letters, digits, '.', '_' or '-'",
-            ),
-        });
+        return Err(invalid(
+            &leaf.dir,
+            &leaf.name,
+            "the name must be letters, digits, '.', '_' or '-'",
+        ));
+    }
+    if leaf.hosts.iter().any(|h| h.trim().is_empty()) {
+        return Err(invalid(&leaf.dir, &leaf.name, "a host is empty"));
     }
     let certs = CertDir::new(&leaf.dir);
     let (ca, made) = certs.ensure_ca()?;

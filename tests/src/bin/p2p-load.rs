@@ -549,6 +549,7 @@ struct CallerSeen {
 struct FetchTarget {
     peer_addr: String,
     token: String,
+    proof: String,
     file_id: String,
     chunks: u32,
     /// Bytes received after `window_start`.
@@ -561,6 +562,7 @@ async fn fetch_caller(i: usize, target: Arc<FetchTarget>) -> CallerSeen {
     let FetchTarget {
         ref peer_addr,
         ref token,
+        ref proof,
         ref file_id,
         chunks,
         ref bytes_in_window,
@@ -583,7 +585,7 @@ async fn fetch_caller(i: usize, target: Arc<FetchTarget>) -> CallerSeen {
         let started = Instant::now();
         let call = tokio::select! {
             () = tokio::time::sleep_until(deadline) => break,
-            call = client.fetch_chunks(with_bearer(request, token)) => call,
+            call = client.fetch_chunks(p2p_services::client::with_peer_credentials(request, token, proof)) => call,
         };
         let mut stream = match call {
             Ok(response) => {
@@ -707,12 +709,13 @@ async fn fetch_run(cli: &Cli, dir: &Path, auth: &str, index: &str) -> Result<ser
         .into_inner()
         .peer_id;
     let access = login(auth, "admin", ADMIN_PASSWORD).await?;
-    // Callers present what a real downloader does: a peer token for this
-    // one source.
+    // Callers present what a real downloader does: a peer token for its
+    // own key, and a proof for this one source.
+    let key = p2p_services::auth::AgentKey::generate();
     let token = AuthServiceClient::new(channel(auth)?)
         .issue_peer_token(with_bearer(
             p2p_proto::auth::v1::IssuePeerTokenRequest {
-                source_peer_id: peer_id,
+                agent_public_key: key.public_base64url(),
             },
             &access,
         ))
@@ -720,6 +723,11 @@ async fn fetch_run(cli: &Cli, dir: &Path, auth: &str, index: &str) -> Result<ser
         .context("a peer token for the agent")?
         .into_inner()
         .token;
+    let proof = key.prove(
+        &peer_id,
+        p2p_services::time::now_ms() / 1000,
+        p2p_services::auth::PEER_PROOF_TTL,
+    );
 
     let start = tokio::time::Instant::now();
     let window_start = start + FETCH_WARMUP;
@@ -727,6 +735,7 @@ async fn fetch_run(cli: &Cli, dir: &Path, auth: &str, index: &str) -> Result<ser
     let target = Arc::new(FetchTarget {
         peer_addr: peer.clone(),
         token,
+        proof,
         file_id: info.file_id.clone(),
         chunks: info.chunk_count,
         bytes_in_window: AtomicU64::new(0),
