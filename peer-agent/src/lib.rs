@@ -41,8 +41,8 @@ use p2p_proto::agent::v1::agent_control_server::AgentControlServer;
 use p2p_proto::peer::v1::peer_service_server::PeerServiceServer;
 use p2p_services::auth::{RequireAuth, TokenVerifier};
 use p2p_services::client::MAX_MESSAGE_BYTES;
-use p2p_services::metrics;
 use p2p_services::serve::GrpcServer;
+use p2p_services::{local, metrics};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -57,20 +57,25 @@ use crate::stats::Stats;
 use crate::store::Store;
 use crate::upload::{ChunkServer, Uploads};
 
-/// Runs the agent: the PeerService on `peer_listener` (token required),
-/// AgentControl on `control_listener` (loopback unless allowed), until
-/// `shutdown` resolves. Logs in at start when the config names a user.
+/// Runs the agent until `shutdown` resolves: the PeerService on
+/// `peer_listener` (token required), AgentControl on its private Unix
+/// socket ([`Config::control_socket`], removed again on the way out) and,
+/// when `control_tcp` is given, also there behind the control token
+/// (loopback unless allowed). Logs in at start when the config names a
+/// user, and keeps trying until it succeeds.
 pub async fn run(
     config: Config,
     peer_listener: TcpListener,
-    control_listener: TcpListener,
+    control_tcp: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let local = |l: &TcpListener| {
         l.local_addr()
             .map_err(|e| Error::io("listener has no local address", e))
     };
-    config.check_control_addr(local(&control_listener)?)?;
+    if let Some(listener) = &control_tcp {
+        config.check_control_addr(local(listener)?)?;
+    }
     let advertise_addr = config.advertise_for(local(&peer_listener)?);
     let data_dir = config.data_dir.clone();
     for dir in [
@@ -81,6 +86,12 @@ pub async fn run(
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     }
+
+    let socket = local::bind_private(&config.control_socket()).await?;
+    let control_token = match &control_tcp {
+        Some(_) => Some(local::ControlToken::create(&config.control_token_file())?),
+        None => None,
+    };
 
     let stop = CancellationToken::new();
     let holdings = Arc::new(Holdings::load(Store::open(&data_dir).await?).await?);
@@ -134,7 +145,7 @@ pub async fn run(
     let peer_service = PeerServiceServer::new(ChunkServer::new(uploads))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let control_service = AgentControlServer::new(Control::new(
+    let control = AgentControlServer::new(Control::new(
         session.clone(),
         holdings,
         downloads.clone(),
@@ -149,11 +160,33 @@ pub async fn run(
     let peer_server = GrpcServer::new()
         .add_service(RequireAuth::new(peer_service, verifier))
         .serve(peer_listener, stop.clone().cancelled_owned());
-    let control_server = GrpcServer::new()
-        .add_service(control_service)
-        .serve(control_listener, stop.clone().cancelled_owned());
+    let local::PrivateSocket {
+        listener: socket_listener,
+        file: socket_file,
+    } = socket;
+    tracing::info!(socket = %socket_file.path().display(), "control API on its Unix socket");
+    let socket_server = GrpcServer::new()
+        .add_service(control.clone())
+        .serve_unix(socket_listener, stop.clone().cancelled_owned());
+    let tcp_server = async {
+        match (control_tcp, control_token) {
+            (Some(listener), Some(token)) => {
+                let token_file = config.control_token_file();
+                tracing::info!(token_file = %token_file.display(), "control API also on TCP, token required");
+                GrpcServer::new()
+                    .add_service(local::RequireToken::new(
+                        control,
+                        token,
+                        token_file.display().to_string(),
+                    ))
+                    .serve(listener, stop.clone().cancelled_owned())
+                    .await
+            }
+            _ => Ok(()),
+        }
+    };
     let servers = async {
-        let result = tokio::try_join!(peer_server, control_server);
+        let result = tokio::try_join!(peer_server, socket_server, tcp_server);
         stop.cancel();
         result
     };
@@ -169,6 +202,7 @@ pub async fn run(
         task.abort();
     }
     session.stop_heartbeat();
+    drop(socket_file);
     result?;
     Ok(())
 }

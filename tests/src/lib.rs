@@ -34,6 +34,7 @@ use p2p_proto::auth::v1::account_service_client::AccountServiceClient;
 use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
 use p2p_proto::auth::v1::{CreateUserRequest, LoginRequest, Role};
 use p2p_proto::index::v1::index_service_client::IndexServiceClient;
+use p2p_services::local::Target;
 use rand::{RngCore, SeedableRng};
 use tonic::transport::Channel;
 
@@ -210,7 +211,8 @@ struct Process {
     program: PathBuf,
     env: Vec<(String, String)>,
     log: PathBuf,
-    /// Address probed with grpc.health.v1 to know it is up.
+    /// Address probed with grpc.health.v1 to know it is up: `host:port`
+    /// or a Unix socket path.
     health_addr: String,
     child: Option<Child>,
 }
@@ -259,10 +261,11 @@ impl Process {
                     self.name
                 ));
             }
-            if p2p_services::health::probe(&self.health_addr, "")
-                .await
-                .is_ok()
-            {
+            let healthy = match Target::parse(&self.health_addr) {
+                Target::Unix(path) => p2p_services::local::probe_unix(&path, "").await,
+                Target::Tcp(addr) => p2p_services::health::probe(&addr, "").await,
+            };
+            if healthy.is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -537,20 +540,21 @@ impl Cluster {
     }
 
     /// Starts a peer-agent process named `name` (its data dir and log are
-    /// named after it) and waits until its control API is healthy. The
-    /// agent is not logged in: see [`Agent::login`].
+    /// named after it) and waits until its control API is healthy on its
+    /// Unix socket (`<data dir>/control.sock`; also on TCP with
+    /// [`AgentOptions::tcp_control`]). The agent is not logged in: see
+    /// [`AgentHandle::login`].
     pub async fn add_agent(&self, name: &str, options: AgentOptions) -> Agent {
         let data_dir = self.dir.path().join(name);
         std::fs::create_dir_all(&data_dir).expect("create agent data dir");
+        let control_socket = data_dir.join("control.sock");
         let program = binary("peer-agent");
         let log = self.dir.path().join(format!("{name}.log"));
         let process = start_with_retry(|| {
             let peer = format!("127.0.0.1:{}", free_port());
-            let control = format!("127.0.0.1:{}", free_port());
             let mut env = vec![
                 ("PEER_LISTEN".to_string(), peer.clone()),
                 ("PEER_ADVERTISE".to_string(), peer.clone()),
-                ("AGENT_CONTROL".to_string(), control.clone()),
                 ("P2P_DATA_DIR".to_string(), data_dir.display().to_string()),
                 (
                     "P2P_INDEX_URL".to_string(),
@@ -571,17 +575,26 @@ impl Cluster {
             if options.corrupt_uploads {
                 env.push(("P2P_CORRUPT_UPLOADS".into(), "true".into()));
             }
+            if options.tcp_control {
+                let control = format!("127.0.0.1:{}", free_port());
+                env.push(("AGENT_CONTROL".into(), control));
+            }
             env.extend(options.env.iter().cloned());
             Process {
                 name: format!("peer-agent {name}"),
                 program: program.clone(),
                 env,
                 log: log.clone(),
-                health_addr: control,
+                health_addr: control_socket.display().to_string(),
                 child: None,
             }
         })
         .await;
+        let control_tcp = process
+            .env
+            .iter()
+            .find(|(k, _)| k == "AGENT_CONTROL")
+            .map(|(_, v)| v.clone());
         let peer_addr = process
             .env
             .iter()
@@ -590,7 +603,8 @@ impl Cluster {
             .unwrap_or_default();
         Agent {
             name: name.to_string(),
-            control_addr: process.health_addr.clone(),
+            control_socket,
+            control_tcp,
             peer_addr,
             data_dir,
             process,
@@ -607,6 +621,9 @@ pub struct AgentOptions {
     pub max_uploads: Option<u32>,
     /// Fault injection: serve corrupted chunks (`--corrupt-uploads`).
     pub corrupt_uploads: bool,
+    /// Also serve the control API on a loopback TCP port
+    /// (`--control-listen`, token required).
+    pub tcp_control: bool,
     /// Any other environment for the agent.
     pub env: Vec<(String, String)>,
 }
@@ -615,6 +632,13 @@ impl AgentOptions {
     /// Limits uploads to `rate` (a peer-agent rate such as "1MiB").
     pub fn max_upload_rate(mut self, rate: &str) -> Self {
         self.max_upload_rate = Some(rate.to_string());
+        self
+    }
+
+    /// Also serves the control API on loopback TCP, behind the token (see
+    /// [`Agent::control_tcp_addr`]).
+    pub fn tcp_control(mut self) -> Self {
+        self.tcp_control = true;
         self
     }
 
@@ -803,16 +827,29 @@ pub trait AgentHandle {
 /// killed on drop.
 pub struct Agent {
     name: String,
-    control_addr: String,
+    control_socket: PathBuf,
+    control_tcp: Option<String>,
     peer_addr: String,
     data_dir: PathBuf,
     process: Process,
 }
 
 impl Agent {
-    /// `host:port` of the control API (what `p2p --agent` takes).
-    pub fn control_addr(&self) -> &str {
-        &self.control_addr
+    /// The control API's Unix socket (what `p2p` finds by default through
+    /// `P2P_DATA_DIR`).
+    pub fn control_socket(&self) -> &Path {
+        &self.control_socket
+    }
+
+    /// `host:port` of the TCP control listener, when started with
+    /// [`AgentOptions::tcp_control`].
+    pub fn control_tcp_addr(&self) -> Option<&str> {
+        self.control_tcp.as_deref()
+    }
+
+    /// The file the agent writes its TCP control token to.
+    pub fn control_token_file(&self) -> PathBuf {
+        self.data_dir.join("control.token")
     }
 
     /// `host:port` of the PeerService other agents fetch from.
@@ -851,20 +888,21 @@ impl AgentHandle for Agent {
         &self.name
     }
 
-    /// A generated client of the agent's control API.
+    /// A generated client of the agent's control API, over its socket.
     fn control(&self) -> AgentControlClient<Channel> {
-        AgentControlClient::new(channel(&self.control_addr))
+        AgentControlClient::new(p2p_services::local::unix_channel(&self.control_socket))
             .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
     }
 
     /// A `p2p` command aimed at this agent, with a clean environment, for
-    /// tests that need to drive the process themselves.
+    /// tests that need to drive the process themselves. It finds the agent
+    /// the default way: the socket in `P2P_DATA_DIR`.
     fn p2p_command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(binary("p2p"));
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("P2P_AGENT", &self.control_addr)
+            .env("P2P_DATA_DIR", &self.data_dir)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

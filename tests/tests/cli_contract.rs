@@ -244,6 +244,7 @@ impl AgentControl for ScriptedAgent {
                 ..Default::default()
             }),
             shared_files: 4,
+            login_error: String::new(),
         }))
     }
 
