@@ -167,7 +167,7 @@ async fn spawn(
         .with_context(|| format!("start {name}"))?;
     let mut proc = Proc { child };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while p2p_services::health::probe(health, "").await.is_err() {
+    while probe(health).await.is_err() {
         if let Some(status) = proc.child.try_wait()? {
             bail!("{name} exited at start with {status}");
         }
@@ -616,17 +616,23 @@ fn percentile_ms(values: &mut [u64], p: f64) -> f64 {
     values[((values.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
 }
 
+/// A health probe of `target`: `host:port` or a Unix socket path.
+async fn probe(target: &str) -> Result<(), String> {
+    match p2p_services::local::Target::parse(target) {
+        p2p_services::local::Target::Unix(path) => p2p_services::local::probe_unix(&path, "").await,
+        p2p_services::local::Target::Tcp(addr) => p2p_services::health::probe(&addr, "").await,
+    }
+}
+
 async fn fetch_run(cli: &Cli, dir: &Path, auth: &str, index: &str) -> Result<serde_json::Value> {
     let limit_bps = parse_rate(&cli.max_upload_rate)?;
     let peer = format!("127.0.0.1:{}", free_port()?);
-    let control = format!("127.0.0.1:{}", free_port()?);
     let data_dir = dir.join("agent");
+    let control = data_dir.join("control.sock");
     std::fs::create_dir_all(&data_dir)?;
     let args: Vec<String> = [
         "--listen",
         &peer,
-        "--control",
-        &control,
         "--metrics-listen",
         "",
         "--data-dir",
@@ -647,12 +653,12 @@ async fn fetch_run(cli: &Cli, dir: &Path, auth: &str, index: &str) -> Result<ser
         &args,
         &[("P2P_USER", "admin"), ("P2P_PASSWORD", ADMIN_PASSWORD)],
         &dir.join("peer-agent.log"),
-        &control,
+        &control.display().to_string(),
     )
     .await?;
     let file = dir.join("served.bin");
     write_random(&file, cli.file_mib << 20)?;
-    let mut share = AgentControlClient::new(channel(&control)?)
+    let mut share = AgentControlClient::new(p2p_services::local::unix_channel(&control))
         .share(ShareRequest {
             path: file.display().to_string(),
             ..Default::default()
