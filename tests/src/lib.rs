@@ -286,6 +286,25 @@ impl Process {
         }
     }
 
+    /// SIGTERM, then waits (bounded) for a clean exit; SIGKILL after that.
+    async fn terminate(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
+    }
+
     fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -860,6 +879,12 @@ impl Agent {
     /// Kills the agent with SIGKILL, as in a crash.
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// Stops the agent with SIGTERM, as `docker stop` does, and waits for
+    /// it to exit (SIGKILL if it takes over 20 s).
+    pub async fn terminate(&mut self) {
+        self.process.terminate().await;
     }
 
     /// Whether the process is alive.
