@@ -560,7 +560,7 @@ impl AgentControl for Control {
             active_downloads: self.downloads.running_count() as u32,
             counters: Some(counters),
             shared_files,
-            login_error: String::new(),
+            login_error: self.session.login_error().unwrap_or_default(),
         }))
     }
 

@@ -11,14 +11,15 @@
 //! - [`disk`]: positional chunk I/O, hashing, the final verify-and-rename.
 //! - [`upload`]: the FetchChunks server with its limits; [`rate`]: the token
 //!   bucket and rate meters; [`stats`]: transfer counters.
-//! - [`session`]: login, token refresh, registration and heartbeat.
+//! - [`session`]: login, token refresh, registration and heartbeat;
+//!   [`unattended`]: the `--user` login that retries until it works.
 //! - [`picker`]: the pure piece picker; [`download`]: the swarm download
 //!   engine.
 //! - [`control`]: the AgentControl handlers (glue only).
 //!
-//! [`run`] owns every task it starts: the two gRPC servers, the metrics
-//! endpoint, the session's heartbeat and the downloads all stop when the
-//! shutdown future resolves.
+//! [`run`] owns every task it starts: the gRPC servers, the metrics
+//! endpoint, the session's heartbeat and unattended login, and the
+//! downloads all stop when the shutdown future resolves.
 
 pub mod config;
 pub mod control;
@@ -31,11 +32,11 @@ pub mod rate;
 pub mod session;
 pub mod stats;
 pub mod store;
+pub mod unattended;
 pub mod upload;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use p2p_proto::agent::v1::agent_control_server::AgentControlServer;
 use p2p_proto::peer::v1::peer_service_server::PeerServiceServer;
@@ -132,15 +133,9 @@ pub async fn run(
     if let Err(err) = verifier.refresh().await {
         tracing::warn!(%err, "starting without signing keys; they are fetched when the first token arrives");
     }
-    let auto_login = match (&config.user, &config.password) {
-        (Some(user), Some(password)) => Some(tokio::spawn(login_until_done(
-            session.clone(),
-            user.clone(),
-            password.clone(),
-            stop.clone(),
-        ))),
-        _ => None,
-    };
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        session.login_unattended(user.clone(), password.clone());
+    }
 
     let peer_service = PeerServiceServer::new(ChunkServer::new(uploads))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -198,39 +193,9 @@ pub async fn run(
         downloads.shutdown().await;
     };
     let (result, ()) = tokio::join!(servers, watcher);
-    if let Some(task) = auto_login {
-        task.abort();
-    }
+    session.stop_unattended();
     session.stop_heartbeat();
     drop(socket_file);
     result?;
     Ok(())
-}
-
-/// Logs in with the configured credentials, retrying while auth-svc is
-/// unreachable; gives up on a refused password.
-async fn login_until_done(
-    session: Arc<Session>,
-    user: String,
-    password: String,
-    stop: CancellationToken,
-) {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match session.login(&user, &password).await {
-            Ok(_) => return,
-            Err(Error::AuthUnavailable(reason)) => {
-                tracing::warn!(%reason, retry_in = ?delay, "cannot log in yet");
-            }
-            Err(err) => {
-                tracing::error!(%err, user = %user, "unattended login refused; log in with `p2p login`");
-                return;
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
 }
