@@ -57,7 +57,8 @@ pub struct Config {
     /// The auth service.
     #[arg(long, env = "P2P_AUTH_URL", default_value = "http://127.0.0.1:50051")]
     pub auth_url: String,
-    /// Log in as this user at start (unattended agents).
+    /// Log in as this user at start (unattended agents), retrying with
+    /// backoff until it works; `p2p status` shows why it has not yet.
     #[arg(long, env = "P2P_USER")]
     pub user: Option<String>,
     /// Password for --user.
