@@ -143,21 +143,18 @@ impl GrpcServer {
     where
         F: Future<Output = ()> + Send,
     {
-        let path = listener
-            .local_addr()
-            .map_err(ServeError::LocalAddr)?
-            .as_pathname()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "(unnamed socket)".into());
+        // The listener's own address may be a staging name (see
+        // `local::bind_private`); the caller logs the socket's real path.
+        let names = self.names.clone();
         let (routes, shutdown) = self.with_standard_services(shutdown).await?;
-        tracing::info!(socket = %path, "serving gRPC on a Unix socket");
+        tracing::info!(services = ?names, "serving gRPC on a Unix socket");
         tonic::transport::Server::builder()
             .layer(crate::metrics::RpcMetricsLayer)
             .max_frame_size(Some(1024 * 1024))
             .add_routes(routes)
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
             .await?;
-        tracing::info!(socket = %path, "server stopped");
+        tracing::info!(services = ?names, "Unix socket server stopped");
         Ok(())
     }
 
