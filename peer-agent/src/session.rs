@@ -33,6 +33,7 @@ use tonic::{Code, Status};
 use crate::error::{Error, is_transport_failure};
 use crate::stats::{RATE_WINDOW_SECS, Stats};
 use crate::store::Kind;
+use crate::unattended::Unattended;
 use crate::upload::Uploads;
 
 /// How long a proof made for one source is sent again before a new one is
@@ -127,6 +128,7 @@ pub struct Session {
     index_reachable: AtomicBool,
     refresh_lock: tokio::sync::Mutex<()>,
     heartbeat: Mutex<Option<JoinHandle<()>>>,
+    unattended: Mutex<Option<Unattended>>,
     uploads: Arc<Uploads>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
@@ -134,6 +136,7 @@ pub struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.stop_unattended();
         self.stop_heartbeat();
     }
 }
@@ -163,6 +166,7 @@ impl Session {
             index_reachable: AtomicBool::new(false),
             refresh_lock: tokio::sync::Mutex::new(()),
             heartbeat: Mutex::new(None),
+            unattended: Mutex::new(None),
             uploads,
             stats,
             shutdown,
@@ -280,10 +284,52 @@ impl Session {
         }
     }
 
-    /// Logs in, registers with the index (if it answers) and starts the
+    /// Logs in by hand (this replaces any unattended login still
+    /// retrying), registers with the index (if it answers) and starts the
     /// heartbeat. Returns the user and our peer id (empty while the index
     /// is unreachable; the heartbeat keeps trying).
     pub async fn login(
+        self: &Arc<Self>,
+        username: &str,
+        password: &str,
+    ) -> Result<(auth_pb::User, String), Error> {
+        self.stop_unattended();
+        self.authenticate(username, password).await
+    }
+
+    /// Logs in as `user` in the background, retrying with backoff until it
+    /// works (see [`crate::unattended`]); a manual login or logout stops it.
+    pub fn login_unattended(self: &Arc<Self>, user: String, password: String) {
+        let task = Unattended::start(Arc::downgrade(self), user, password, self.shutdown.clone());
+        *self.unattended.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+    }
+
+    /// Stops the unattended login, if it is still trying.
+    pub fn stop_unattended(&self) {
+        self.unattended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    /// Why the unattended login has not worked yet and when it tries
+    /// again; `None` when logged in or not trying.
+    pub fn login_error(&self) -> Option<String> {
+        if self.read_tokens().is_some() {
+            return None;
+        }
+        let attempts = self
+            .unattended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()?
+            .attempts()?;
+        Some(attempts.describe(tokio::time::Instant::now()))
+    }
+
+    /// The login itself, shared by [`Session::login`] and the unattended
+    /// retries.
+    pub(crate) async fn authenticate(
         self: &Arc<Self>,
         username: &str,
         password: &str,
@@ -320,6 +366,7 @@ impl Session {
     /// Stops heartbeating, revokes the refresh token (best effort) and
     /// forgets the session.
     pub async fn logout(&self) {
+        self.stop_unattended();
         self.stop_heartbeat();
         let tokens = self
             .tokens

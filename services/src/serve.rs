@@ -10,7 +10,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -146,6 +147,77 @@ impl GrpcServer {
             .await?;
         tracing::info!(%addr, "server stopped");
         Ok(())
+    }
+}
+
+impl GrpcServer {
+    /// Serves on a Unix-domain socket (see [`crate::local::bind_private`])
+    /// until `shutdown` resolves, with the same health and reflection as
+    /// [`GrpcServer::serve`]; TCP tuning does not apply.
+    pub async fn serve_unix<F>(self, listener: UnixListener, shutdown: F) -> Result<(), ServeError>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        // The listener's own address may be a staging name (see
+        // `local::bind_private`); the caller logs the socket's real path.
+        let names = self.names.clone();
+        let (routes, shutdown) = self.with_standard_services(shutdown).await?;
+        tracing::info!(services = ?names, "serving gRPC on a Unix socket");
+        tonic::transport::Server::builder()
+            .layer(crate::metrics::RpcMetricsLayer)
+            .max_frame_size(Some(1024 * 1024))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+            .await?;
+        tracing::info!(services = ?names, "Unix socket server stopped");
+        Ok(())
+    }
+
+    /// The application routes plus health (every service SERVING until
+    /// `shutdown`, then NOT_SERVING) and reflection, and the shutdown
+    /// future that flips health.
+    async fn with_standard_services<F>(
+        self,
+        shutdown: F,
+    ) -> Result<(Routes, impl Future<Output = ()> + Send), ServeError>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for name in &self.names {
+            reporter
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let routes = self
+            .routes
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        let names = self.names;
+        let shutdown = async move {
+            shutdown.await;
+            for name in &names {
+                reporter
+                    .set_service_status(*name, ServingStatus::NotServing)
+                    .await;
+            }
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+        };
+        Ok((routes, shutdown))
     }
 }
 

@@ -35,6 +35,7 @@ use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
 use p2p_proto::auth::v1::{CreateUserRequest, IssuePeerTokenRequest, LoginRequest, Role};
 use p2p_proto::index::v1::index_service_client::IndexServiceClient;
 use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
+use p2p_services::local::Target;
 use p2p_services::tls::ClientTls;
 use p2p_services::tls::issue::{CertDir, Role as CertRole};
 use rand::{RngCore, SeedableRng};
@@ -213,7 +214,8 @@ struct Process {
     program: PathBuf,
     env: Vec<(String, String)>,
     log: PathBuf,
-    /// Address probed with grpc.health.v1 to know it is up.
+    /// Address probed with grpc.health.v1 to know it is up: `host:port`
+    /// or a Unix socket path.
     health_addr: String,
     /// How the probe verifies it.
     health_tls: ClientTls,
@@ -264,10 +266,11 @@ impl Process {
                     self.name
                 ));
             }
-            if p2p_services::health::probe(&self.health_addr, "", &self.health_tls)
-                .await
-                .is_ok()
-            {
+            let healthy = match Target::parse(&self.health_addr) {
+                Target::Unix(path) => p2p_services::local::probe_unix(&path, "").await,
+                Target::Tcp(addr) => p2p_services::health::probe(&addr, "", &self.health_tls).await,
+            };
+            if healthy.is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -286,6 +289,25 @@ impl Process {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit; SIGKILL after that.
+    async fn terminate(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
     }
 
     fn is_running(&mut self) -> bool {
@@ -614,22 +636,23 @@ impl Cluster {
     }
 
     /// Starts a peer-agent process named `name` (its data dir and log are
-    /// named after it) and waits until its control API is healthy. The
-    /// agent is not logged in: see [`Agent::login`].
+    /// named after it) and waits until its control API is healthy on its
+    /// Unix socket (`<data dir>/control.sock`; also on TCP with
+    /// [`AgentOptions::tcp_control`]). The agent is not logged in: see
+    /// [`AgentHandle::login`].
     pub async fn add_agent(&self, name: &str, options: AgentOptions) -> Agent {
         let data_dir = self.dir.path().join(name);
         std::fs::create_dir_all(&data_dir).expect("create agent data dir");
+        let control_socket = data_dir.join("control.sock");
         let program = binary("peer-agent");
         let log = self.dir.path().join(format!("{name}.log"));
         let cert_name = format!("agent-{name}");
         issue_agent_cert(&self.certs, &cert_name, &["127.0.0.1"]);
         let process = start_with_retry(|| {
             let peer = format!("127.0.0.1:{}", free_port());
-            let control = format!("127.0.0.1:{}", free_port());
             let mut env = vec![
                 ("PEER_LISTEN".to_string(), peer.clone()),
                 ("PEER_ADVERTISE".to_string(), peer.clone()),
-                ("AGENT_CONTROL".to_string(), control.clone()),
                 ("P2P_DATA_DIR".to_string(), data_dir.display().to_string()),
                 ("P2P_INDEX_URL".to_string(), self.index_addr.clone()),
                 ("P2P_AUTH_URL".to_string(), self.auth_addr.clone()),
@@ -645,18 +668,27 @@ impl Cluster {
             if options.corrupt_uploads {
                 env.push(("P2P_CORRUPT_UPLOADS".into(), "true".into()));
             }
+            if options.tcp_control {
+                let control = format!("127.0.0.1:{}", free_port());
+                env.push(("AGENT_CONTROL".into(), control));
+            }
             env.extend(options.env.iter().cloned());
             Process {
                 name: format!("peer-agent {name}"),
                 program: program.clone(),
                 env,
                 log: log.clone(),
-                health_addr: control,
+                health_addr: control_socket.display().to_string(),
                 health_tls: ClientTls::Plaintext,
                 child: None,
             }
         })
         .await;
+        let control_tcp = process
+            .env
+            .iter()
+            .find(|(k, _)| k == "AGENT_CONTROL")
+            .map(|(_, v)| v.clone());
         let peer_addr = process
             .env
             .iter()
@@ -665,7 +697,8 @@ impl Cluster {
             .unwrap_or_default();
         Agent {
             name: name.to_string(),
-            control_addr: process.health_addr.clone(),
+            control_socket,
+            control_tcp,
             peer_addr,
             data_dir,
             process,
@@ -682,6 +715,9 @@ pub struct AgentOptions {
     pub max_uploads: Option<u32>,
     /// Fault injection: serve corrupted chunks (`--corrupt-uploads`).
     pub corrupt_uploads: bool,
+    /// Also serve the control API on a loopback TCP port
+    /// (`--control-listen`, token required).
+    pub tcp_control: bool,
     /// Any other environment for the agent.
     pub env: Vec<(String, String)>,
 }
@@ -690,6 +726,13 @@ impl AgentOptions {
     /// Limits uploads to `rate` (a peer-agent rate such as "1MiB").
     pub fn max_upload_rate(mut self, rate: &str) -> Self {
         self.max_upload_rate = Some(rate.to_string());
+        self
+    }
+
+    /// Also serves the control API on loopback TCP, behind the token (see
+    /// [`Agent::control_tcp_addr`]).
+    pub fn tcp_control(mut self) -> Self {
+        self.tcp_control = true;
         self
     }
 
@@ -878,16 +921,29 @@ pub trait AgentHandle {
 /// killed on drop.
 pub struct Agent {
     name: String,
-    control_addr: String,
+    control_socket: PathBuf,
+    control_tcp: Option<String>,
     peer_addr: String,
     data_dir: PathBuf,
     process: Process,
 }
 
 impl Agent {
-    /// `host:port` of the control API (what `p2p --agent` takes).
-    pub fn control_addr(&self) -> &str {
-        &self.control_addr
+    /// The control API's Unix socket (what `p2p` finds by default through
+    /// `P2P_DATA_DIR`).
+    pub fn control_socket(&self) -> &Path {
+        &self.control_socket
+    }
+
+    /// `host:port` of the TCP control listener, when started with
+    /// [`AgentOptions::tcp_control`].
+    pub fn control_tcp_addr(&self) -> Option<&str> {
+        self.control_tcp.as_deref()
+    }
+
+    /// The file the agent writes its TCP control token to.
+    pub fn control_token_file(&self) -> PathBuf {
+        self.data_dir.join("control.token")
     }
 
     /// `host:port` of the PeerService other agents fetch from.
@@ -898,6 +954,12 @@ impl Agent {
     /// Kills the agent with SIGKILL, as in a crash.
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// Stops the agent with SIGTERM, as `docker stop` does, and waits for
+    /// it to exit (SIGKILL if it takes over 20 s).
+    pub async fn terminate(&mut self) {
+        self.process.terminate().await;
     }
 
     /// Whether the process is alive.
@@ -926,20 +988,21 @@ impl AgentHandle for Agent {
         &self.name
     }
 
-    /// A generated client of the agent's control API.
+    /// A generated client of the agent's control API, over its socket.
     fn control(&self) -> AgentControlClient<Channel> {
-        AgentControlClient::new(channel(&self.control_addr, &ClientTls::Plaintext))
+        AgentControlClient::new(p2p_services::local::unix_channel(&self.control_socket))
             .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
     }
 
     /// A `p2p` command aimed at this agent, with a clean environment, for
-    /// tests that need to drive the process themselves.
+    /// tests that need to drive the process themselves. It finds the agent
+    /// the default way: the socket in `P2P_DATA_DIR`.
     fn p2p_command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(binary("p2p"));
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("P2P_AGENT", &self.control_addr)
+            .env("P2P_DATA_DIR", &self.data_dir)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,7 +1,8 @@
 //! Real processes on the hosts of an emulated LAN ([`crate::netns`]):
 //! auth-svc and index-svc on host 0, one peer-agent per other host, the
-//! `p2p` CLI run inside an agent's namespace against its loopback control
-//! port, and gRPC channels from the test process into any namespace.
+//! `p2p` CLI run inside an agent's namespace against its control socket
+//! (a file, so reachable from every namespace), and gRPC channels from the
+//! test process into any namespace.
 //!
 //! The test process itself stays in the machine's own namespace, where the
 //! LAN's addresses do not exist. [`channel_in`] reaches a namespace by
@@ -42,8 +43,6 @@ pub const AUTH_PORT: u16 = 50051;
 pub const INDEX_PORT: u16 = 50052;
 /// Every agent's PeerService port on its own host.
 pub const PEER_PORT: u16 = 50053;
-/// Every agent's control port, on its host's loopback.
-pub const CONTROL_PORT: u16 = 50054;
 
 /// How long a process may take to become healthy (debug builds hash the
 /// admin password with Argon2 at start).
@@ -139,7 +138,8 @@ pub struct HostProcess {
     program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
-    /// `ip:port` probed for health, as seen from inside the host.
+    /// `ip:port` probed for health, as seen from inside the host, or a Unix
+    /// socket path.
     health_addr: String,
     /// How the probe verifies it.
     health_tls: ClientTls,
@@ -180,7 +180,12 @@ impl HostProcess {
     /// Spawns the process and waits until it reports healthy.
     async fn start(&mut self) -> Result<(), String> {
         self.spawn()?;
-        let channel = channel_in(&self.host, &self.health_addr, &self.health_tls);
+        let channel = match p2p_services::local::Target::parse(&self.health_addr) {
+            p2p_services::local::Target::Unix(path) => p2p_services::local::unix_channel(&path),
+            p2p_services::local::Target::Tcp(addr) => {
+                channel_in(&self.host, &addr, &self.health_tls)
+            }
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut()
@@ -440,8 +445,6 @@ impl MultiHost {
             &format!("0.0.0.0:{PEER_PORT}"),
             "--advertise",
             &host.socket(PEER_PORT),
-            "--control",
-            &format!("127.0.0.1:{CONTROL_PORT}"),
             "--metrics-listen",
             "",
             "--data-dir",
@@ -466,7 +469,7 @@ impl MultiHost {
             program: binary("peer-agent"),
             args,
             log: self.dir.path().join(format!("{name}.log")),
-            health_addr: format!("127.0.0.1:{CONTROL_PORT}"),
+            health_addr: data_dir.join("control.sock").display().to_string(),
             health_tls: ClientTls::Plaintext,
             child: None,
         };
@@ -568,24 +571,22 @@ impl AgentHandle for HostAgent {
         &self.name
     }
 
-    /// A client of its control API, connected from inside its host.
+    /// A client of its control API, over its socket.
     fn control(&self) -> AgentControlClient<Channel> {
-        AgentControlClient::new(channel_in(
-            &self.host,
-            &self.process.health_addr,
-            &ClientTls::Plaintext,
+        AgentControlClient::new(p2p_services::local::unix_channel(
+            &self.data_dir.join("control.sock"),
         ))
         .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
     }
 
-    /// `p2p ARGS` inside the agent's host, aimed at its loopback control
-    /// port.
+    /// `p2p ARGS` inside the agent's host, finding its socket through
+    /// `P2P_DATA_DIR`.
     fn p2p_command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = self.host.tokio_command(binary("p2p"));
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("P2P_AGENT", &self.process.health_addr)
+            .env("P2P_DATA_DIR", &self.data_dir)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,7 +1,7 @@
 //! Shared setup for peer-agent's integration tests: a real auth-svc and
 //! index-svc, and agents, all in this process on ephemeral loopback ports
 //! with temporary data dirs, driven through the generated AgentControl
-//! client. Every server runs in a task owned by its handle; dropping the
+//! client over each agent's control socket. Every server runs in a task owned by its handle; dropping the
 //! handle signals shutdown, so nothing outlives its test.
 
 #![allow(dead_code)]
@@ -111,7 +111,6 @@ impl Cluster {
     pub async fn agent(&self, name: &str, options: AgentOptions) -> Agent {
         let data_dir = self.dir.path().join(name);
         let (peer_listener, peer_addr) = listener().await;
-        let (control_listener, control_addr) = listener().await;
         let mut args = vec![
             "peer-agent".to_string(),
             "--data-dir".into(),
@@ -135,13 +134,13 @@ impl Cluster {
         }
         let config = peer_agent::Config::try_parse_from(args).expect("agent flags");
         let server = Server::spawn(peer_addr.clone(), |shutdown| async move {
-            peer_agent::run(config, peer_listener, control_listener, shutdown)
+            peer_agent::run(config, peer_listener, None, shutdown)
                 .await
                 .expect("agent runs");
         });
-        let control = AgentControlClient::new(
-            channel(&control_addr, &ClientTls::Plaintext).expect("control channel"),
-        );
+        let socket = data_dir.join("control.sock");
+        eventually(|| async { p2p_services::local::probe_unix(&socket, "").await.ok() }).await;
+        let control = AgentControlClient::new(p2p_services::local::unix_channel(&socket));
         Agent {
             name: name.to_string(),
             control,

@@ -177,7 +177,6 @@ async fn spawn(
     env: &[(&str, &str)],
     log: &Path,
     health: &str,
-    health_tls: &ClientTls,
 ) -> Result<Proc> {
     let log = std::fs::File::create(log)?;
     let child = Command::new(binary(name)?)
@@ -191,10 +190,7 @@ async fn spawn(
         .with_context(|| format!("start {name}"))?;
     let mut proc = Proc { child };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while p2p_services::health::probe(health, "", health_tls)
-        .await
-        .is_err()
-    {
+    while probe(health).await.is_err() {
         if let Some(status) = proc.child.try_wait()? {
             bail!("{name} exited at start with {status}");
         }
@@ -285,11 +281,6 @@ struct AgentCalls {
 /// A channel to a service or agent PeerService (TLS).
 fn channel(addr: &str) -> Result<Channel> {
     Ok(p2p_services::client::channel(addr, tls())?)
-}
-
-/// A channel to the agent's local control API (plaintext loopback).
-fn control_channel(addr: &str) -> Result<Channel> {
-    Ok(p2p_services::client::channel(addr, &ClientTls::Plaintext)?)
 }
 
 async fn login(auth: &str, user: &str, password: &str) -> Result<String> {
@@ -651,17 +642,25 @@ fn percentile_ms(values: &mut [u64], p: f64) -> f64 {
     values[((values.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
 }
 
+/// A health probe of `target`: `host:port` or a Unix socket path.
+async fn probe(target: &str) -> Result<(), String> {
+    match p2p_services::local::Target::parse(target) {
+        p2p_services::local::Target::Unix(path) => p2p_services::local::probe_unix(&path, "").await,
+        p2p_services::local::Target::Tcp(addr) => {
+            p2p_services::health::probe(&addr, "", tls()).await
+        }
+    }
+}
+
 async fn fetch_run(cli: &Cli, dir: &Path, auth: &str, index: &str) -> Result<serde_json::Value> {
     let limit_bps = parse_rate(&cli.max_upload_rate)?;
     let peer = format!("127.0.0.1:{}", free_port()?);
-    let control = format!("127.0.0.1:{}", free_port()?);
     let data_dir = dir.join("agent");
+    let control = data_dir.join("control.sock");
     std::fs::create_dir_all(&data_dir)?;
     let mut args: Vec<String> = [
         "--listen",
         &peer,
-        "--control",
-        &control,
         "--metrics-listen",
         "",
         "--data-dir",
@@ -683,13 +682,12 @@ async fn fetch_run(cli: &Cli, dir: &Path, auth: &str, index: &str) -> Result<ser
         &args,
         &[("P2P_USER", "admin"), ("P2P_PASSWORD", ADMIN_PASSWORD)],
         &dir.join("peer-agent.log"),
-        &control,
-        &ClientTls::Plaintext,
+        &control.display().to_string(),
     )
     .await?;
     let file = dir.join("served.bin");
     write_random(&file, cli.file_mib << 20)?;
-    let mut share = AgentControlClient::new(control_channel(&control)?)
+    let mut share = AgentControlClient::new(p2p_services::local::unix_channel(&control))
         .share(ShareRequest {
             path: file.display().to_string(),
             ..Default::default()
@@ -702,7 +700,7 @@ async fn fetch_run(cli: &Cli, dir: &Path, auth: &str, index: &str) -> Result<ser
         info = progress.file.or(info);
     }
     let info = info.context("the share stream ended without the file")?;
-    let peer_id = AgentControlClient::new(control_channel(&control)?)
+    let peer_id = AgentControlClient::new(p2p_services::local::unix_channel(&control))
         .status(p2p_proto::agent::v1::StatusRequest {})
         .await
         .context("the agent's status")?
@@ -968,7 +966,6 @@ async fn main() -> Result<()> {
         &[("P2P_ADMIN_PASSWORD", ADMIN_PASSWORD)],
         &dir.path().join("auth-svc.log"),
         &auth_addr,
-        tls(),
     )
     .await?;
     let index_addr = format!("127.0.0.1:{}", free_port()?);
@@ -995,7 +992,6 @@ async fn main() -> Result<()> {
         &[],
         &dir.path().join("index-svc.log"),
         &index_addr,
-        tls(),
     )
     .await?;
 
