@@ -57,9 +57,14 @@ compose ps
 echo "--- grpcurl against the running stack (TLS, trusting the stack's CA)"
 docker cp "$(compose ps -q auth)":/tls/ca.pem "$WORK/ca.pem"
 if grpcurl -plaintext -max-time 5 127.0.0.1:50051 list >/dev/null 2>&1; then fail "auth-svc answered plaintext"; fi
-grpcurl -cacert "$WORK/ca.pem" 127.0.0.1:50051 list | tee "$WORK/auth-list" | grep -q p2p.auth.v1.AuthService || fail "auth-svc reflection"
-grpcurl -cacert "$WORK/ca.pem" 127.0.0.1:50052 list | grep -q p2p.index.v1.IndexService || fail "index-svc reflection"
-grpcurl -plaintext 127.0.0.1:50154 list | grep -q p2p.agent.v1.AgentControl || fail "agent reflection"
+grpcurl -cacert "$WORK/ca.pem" 127.0.0.1:50051 list >"$WORK/auth-list" || fail "auth-svc reflection"
+grep -q p2p.auth.v1.AuthService "$WORK/auth-list" || fail "auth-svc reflection lists no AuthService"
+# Output is captured first: with pipefail, `grpcurl | grep -q` fails at
+# random when grep exits before grpcurl has written everything.
+index_list=$(grpcurl -cacert "$WORK/ca.pem" 127.0.0.1:50052 list) || fail "index-svc reflection"
+grep -q p2p.index.v1.IndexService <<<"$index_list" || fail "index-svc reflection lists no IndexService"
+agent_list=$(grpcurl -plaintext 127.0.0.1:50154 list) || fail "agent reflection"
+grep -q p2p.agent.v1.AgentControl <<<"$agent_list" || fail "agent reflection lists no AgentControl"
 if grpcurl -plaintext 127.0.0.1:50154 p2p.agent.v1.AgentControl/Status 2>"$WORK/err"; then
   fail "the agent's TCP control API answered without its control token"
 fi
