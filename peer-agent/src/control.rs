@@ -338,6 +338,20 @@ fn progress_message(p: &Progress) -> pb::DownloadProgress {
     }
 }
 
+/// The last message of one request's stream: its own destination's
+/// outcome, since requests that joined a running download get their own copy.
+fn final_item(p: &Progress, destination: &std::path::Path) -> Result<pb::DownloadProgress, Status> {
+    if let Some(status) = &p.failure {
+        return Err(status.clone());
+    }
+    if let Some((_, status)) = p.failed_copies.iter().find(|(to, _)| to == destination) {
+        return Err(status.clone());
+    }
+    let mut message = progress_message(p);
+    message.final_path = destination.to_string_lossy().into_owned();
+    Ok(message)
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -413,49 +427,43 @@ impl AgentControl for Control {
             return Err(Error::NotLoggedIn.into());
         }
         let file_id = self.resolve_file(&request.file).await?;
-        let rx = match self.downloads.progress(&file_id) {
-            Some(_) => self
-                .downloads
-                .start(self.manifest_of(&file_id).await?, PathBuf::new()),
-            None => {
-                let manifest = self.manifest_of(&file_id).await?;
-                let destination = resolve_destination(
-                    &self.downloads_dir,
-                    &request.destination,
-                    &manifest.name,
-                    request.force,
-                )?;
-                self.downloads.start(manifest, destination)
-            }
-        };
+        let manifest = self.manifest_of(&file_id).await?;
+        let destination = resolve_destination(
+            &self.downloads_dir,
+            &request.destination,
+            &manifest.name,
+            request.force,
+        )?;
+        let rx = self.downloads.start(manifest, destination.clone());
         // Each state is sent as soon as it is seen; the stream then waits
         // for the next change, so the client never lags one step behind.
-        let stream = futures::stream::unfold((rx, Phase::First), |(mut rx, phase)| async move {
-            match phase {
-                Phase::Finished => return None,
-                Phase::First => {}
-                Phase::Running => {
-                    if rx.changed().await.is_err() {
-                        // The download task ended; its last state is in the channel.
-                        let last = rx.borrow().clone();
-                        let item = match last.failure {
-                            Some(status) => Err(status),
-                            None if last.is_final() => Ok(progress_message(&last)),
-                            None => Err(Status::aborted("the download stopped unexpectedly")),
-                        };
-                        return Some((item, (rx, Phase::Finished)));
+        let stream = futures::stream::unfold((rx, Phase::First), move |(mut rx, phase)| {
+            let destination = destination.clone();
+            async move {
+                match phase {
+                    Phase::Finished => return None,
+                    Phase::First => {}
+                    Phase::Running => {
+                        if rx.changed().await.is_err() {
+                            // The download task ended; its last state is in the channel.
+                            let last = rx.borrow().clone();
+                            let item = match last.failure {
+                                Some(_) => final_item(&last, &destination),
+                                None if last.is_final() => final_item(&last, &destination),
+                                None => {
+                                    Err(Status::aborted("the download stopped unexpectedly"))
+                                }
+                            };
+                            return Some((item, (rx, Phase::Finished)));
+                        }
                     }
                 }
+                let current = rx.borrow_and_update().clone();
+                if current.is_final() {
+                    return Some((final_item(&current, &destination), (rx, Phase::Finished)));
+                }
+                Some((Ok(progress_message(&current)), (rx, Phase::Running)))
             }
-            let current = rx.borrow_and_update().clone();
-            if current.is_final() {
-                let item = match current.failure {
-                    Some(status) => Err(status),
-                    None => Ok(progress_message(&current)),
-                };
-                return Some((item, (rx, Phase::Finished)));
-            }
-            Some((Ok(progress_message(&current)), (rx, Phase::Running)))
         });
         Ok(Response::new(Box::pin(stream)))
     }

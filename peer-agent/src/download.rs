@@ -119,6 +119,9 @@ pub struct Progress {
     pub resumed_chunks: u32,
     /// Why it failed, when [`Stage::Failed`].
     pub failure: Option<Status>,
+    /// Destinations of requests that joined this download whose copy
+    /// could not be made, with why; the download itself may still be done.
+    pub failed_copies: Vec<(PathBuf, Status)>,
 }
 
 impl Progress {
@@ -185,6 +188,10 @@ impl DownloadContext {
 struct Running {
     progress: watch::Receiver<Progress>,
     cancel: CancellationToken,
+    destination: PathBuf,
+    /// Destinations of later requests for the same file: each gets its own
+    /// copy of the verified file once the one transfer is done.
+    also_to: Vec<PathBuf>,
 }
 
 /// Every running download, by file.
@@ -227,7 +234,9 @@ impl Downloads {
     }
 
     /// Starts downloading `manifest` to `destination`, or attaches to the
-    /// running download of the same file.
+    /// running download of the same file; then `destination` gets its own
+    /// copy of the file when that download is done, so every request ends
+    /// with the file at the path it asked for.
     pub fn start(
         self: &Arc<Self>,
         manifest: Manifest,
@@ -235,7 +244,10 @@ impl Downloads {
     ) -> watch::Receiver<Progress> {
         let file_id = manifest.file_id();
         let mut running = self.lock();
-        if let Some(existing) = running.get(&file_id) {
+        if let Some(existing) = running.get_mut(&file_id) {
+            if existing.destination != destination && !existing.also_to.contains(&destination) {
+                existing.also_to.push(destination);
+            }
             return existing.progress.clone();
         }
         let (tx, rx) = watch::channel(Progress {
@@ -250,6 +262,7 @@ impl Downloads {
             final_path: None,
             resumed_chunks: 0,
             failure: None,
+            failed_copies: Vec::new(),
         });
         let cancel = self.ctx.shutdown.child_token();
         running.insert(
@@ -257,6 +270,8 @@ impl Downloads {
             Running {
                 progress: rx.clone(),
                 cancel: cancel.clone(),
+                destination: destination.clone(),
+                also_to: Vec::new(),
             },
         );
         drop(running);
@@ -265,8 +280,24 @@ impl Downloads {
         self.tasks.spawn(async move {
             let result =
                 run_download(&this.ctx, Arc::new(manifest), destination, &tx, cancel).await;
-            this.lock().remove(&file_id);
+            // Taken under the same lock that adds to it: a request that comes
+            // later finds no running download and copies the held file itself.
+            let also_to = this
+                .lock()
+                .remove(&file_id)
+                .map(|r| r.also_to)
+                .unwrap_or_default();
+            let mut failed_copies = Vec::new();
+            if let Ok(done) = &result {
+                for to in also_to {
+                    if let Err(err) = copy_held(done.clone(), to.clone()).await {
+                        tracing::warn!(file = %file_id, path = %to.display(), %err, "cannot copy a finished download");
+                        failed_copies.push((to, Status::from(err)));
+                    }
+                }
+            }
             crate::stats::active_downloads_gauge().dec();
+            tx.send_modify(|p| p.failed_copies = failed_copies);
             tx.send_modify(|p| match result {
                 Ok(path) => {
                     p.stage = Stage::Done;
@@ -381,6 +412,13 @@ async fn run_download(
     }
     tracing::info!(file = %file_id, path = %destination.display(), "download complete");
     Ok(destination)
+}
+
+/// Copies a held, complete file to `to` (under a temporary name first).
+async fn copy_held(from: PathBuf, to: PathBuf) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || crate::disk::copy_then_rename(&from, &to))
+        .await
+        .map_err(|e| Error::io("copy task failed", std::io::Error::other(e)))?
 }
 
 /// State shared by a download's coordinator and its workers.
