@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::download::{Downloads, Progress, Stage, resolve_destination};
 use crate::error::Error;
 use crate::holdings::Holdings;
+use crate::integrity::{Fingerprint, compare};
 use crate::session::Session;
 use crate::stats::Stats;
 use crate::store::Kind;
@@ -219,6 +220,8 @@ impl Control {
         };
         let peer_id = self.peer_id()?;
         let total = meta.len();
+        let before = Fingerprint::of(&path)
+            .map_err(|e| Error::io(format!("cannot share {}", path.display()), e))?;
         let hashed = Arc::new(AtomicU64::new(0));
         let cancel = Arc::new(AtomicBool::new(false));
         let hashing = tokio::spawn(crate::disk::hash_into_manifest(
@@ -250,7 +253,15 @@ impl Control {
                 () = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
             }
         };
-        self.holdings.add_shared(manifest.clone(), &path).await?;
+        if compare(&before, Fingerprint::of(&path)).is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "{} changed while it was being hashed; share it again once it is written",
+                path.display()
+            )));
+        }
+        self.holdings
+            .add_shared(manifest.clone(), &path, before)
+            .await?;
         let publish = index_pb::PublishFileRequest {
             manifest: Some(wire::to_proto(&manifest)),
             peer_id,
@@ -274,32 +285,44 @@ impl Control {
         let local = FileId::parse(&file.file_id)
             .ok()
             .and_then(|id| self.local_view(&id));
-        let (local_state, local_bytes, local_path) =
-            local.unwrap_or((pb::LocalState::None, 0, String::new()));
+        let (local_state, local_bytes, local_path, local_problem) =
+            local.unwrap_or((pb::LocalState::None, 0, String::new(), String::new()));
         pb::NetworkFile {
             file: Some(file),
             local_state: local_state as i32,
             local_bytes,
             local_path,
+            local_problem,
         }
     }
 
-    fn local_view(&self, id: &FileId) -> Option<(pb::LocalState, u64, String)> {
+    fn local_view(&self, id: &FileId) -> Option<(pb::LocalState, u64, String, String)> {
         if let Some(progress) = self.downloads.progress(id) {
             return Some((
                 pb::LocalState::Downloading,
                 progress.have_bytes,
                 String::new(),
+                String::new(),
             ));
         }
         let holding = self.holdings.get(id)?;
         let state = holding.snapshot();
+        let path = state.path.to_string_lossy().into_owned();
+        if let Some(problem) = holding.problem() {
+            return Some((pb::LocalState::None, 0, path, problem.to_string()));
+        }
         Some(match state.kind {
-            Kind::Partial => (pb::LocalState::Partial, holding.held_bytes(), String::new()),
+            Kind::Partial => (
+                pb::LocalState::Partial,
+                holding.held_bytes(),
+                String::new(),
+                String::new(),
+            ),
             Kind::Shared | Kind::Downloaded => (
                 pb::LocalState::Complete,
                 holding.manifest.size_bytes,
-                state.path.to_string_lossy().into_owned(),
+                path,
+                String::new(),
             ),
         })
     }
@@ -545,12 +568,23 @@ impl AgentControl for Control {
             chunks_from_partial_sources: Stats::get(&s.chunks_from_partial_sources),
             chunks_served_while_downloading: Stats::get(&s.chunks_served_while_downloading),
         };
-        let shared_files = self
-            .holdings
-            .all()
+        let held = self.holdings.all();
+        let shared_files = held
             .iter()
-            .filter(|h| h.is_complete())
+            .filter(|h| h.is_complete() && h.problem().is_none())
             .count() as u32;
+        let partials: Vec<_> = held.iter().filter(|h| !h.is_complete()).collect();
+        let held_file_problems = held
+            .iter()
+            .filter_map(|h| {
+                Some(pb::HeldFileProblem {
+                    problem: h.problem()?.to_string(),
+                    file_id: h.file_id.to_string(),
+                    name: h.manifest.name.clone(),
+                    path: h.snapshot().path.to_string_lossy().into_owned(),
+                })
+            })
+            .collect();
         Ok(Response::new(pb::StatusResponse {
             logged_in: user.is_some(),
             user,
@@ -564,6 +598,10 @@ impl AgentControl for Control {
             active_downloads: self.downloads.running_count() as u32,
             counters: Some(counters),
             shared_files,
+            partial_bytes: partials.iter().map(|h| h.held_bytes()).sum(),
+            partial_downloads: partials.len() as u32,
+            held_file_problems,
+            free_disk_bytes: crate::disk::free_disk_bytes(&config.data_dir),
             login_error: String::new(),
         }))
     }

@@ -346,19 +346,21 @@ async fn run_download(
 ) -> Result<PathBuf, Error> {
     let file_id = manifest.file_id();
     let part_path = ctx.partial_dir.join(format!("{file_id}.part"));
-    let holding = ctx
+    let mut holding = ctx
         .holdings
         .start_partial((*manifest).clone(), &part_path, &destination)
         .await?;
     if holding.is_complete() {
-        let held_at = holding.snapshot().path;
-        if held_at != destination {
-            let (from, to) = (held_at.clone(), destination.clone());
-            tokio::task::spawn_blocking(move || crate::disk::copy_then_rename(&from, &to))
-                .await
-                .map_err(|e| Error::io("copy task failed", std::io::Error::other(e)))??;
+        if let Some(done) = copy_from_held(ctx, &holding, &destination).await? {
+            return Ok(done);
         }
-        return Ok(destination);
+        // The held copy was deleted, moved or edited: fetch it again.
+        crate::integrity::withdraw(&ctx.session, &ctx.holdings, &holding).await;
+        ctx.holdings.remove(&file_id).await?;
+        holding = ctx
+            .holdings
+            .start_partial((*manifest).clone(), &part_path, &destination)
+            .await?;
     }
     let state = holding.snapshot();
     let (part, existed) = PartFile::open(state.path.clone(), manifest.size_bytes).await?;
@@ -412,6 +414,32 @@ async fn run_download(
     }
     tracing::info!(file = %file_id, path = %destination.display(), "download complete");
     Ok(destination)
+}
+
+/// Puts the complete file we hold at `destination`; `None` when our copy
+/// turned out to be gone or changed, so it must be downloaded again.
+async fn copy_from_held(
+    ctx: &DownloadContext,
+    holding: &Holding,
+    destination: &Path,
+) -> Result<Option<PathBuf>, Error> {
+    if !ctx.holdings.verify(holding) {
+        return Ok(None);
+    }
+    let held_at = holding.snapshot().path;
+    if held_at == destination {
+        return Ok(Some(held_at));
+    }
+    match copy_held(held_at, destination.to_path_buf()).await {
+        Ok(()) if ctx.holdings.verify(holding) => Ok(Some(destination.to_path_buf())),
+        Ok(()) => {
+            // Changed while we copied it: the copy cannot be trusted.
+            let _ = tokio::fs::remove_file(destination).await;
+            Ok(None)
+        }
+        Err(_) if !ctx.holdings.verify(holding) => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 /// Copies a held, complete file to `to` (under a temporary name first).

@@ -7,7 +7,9 @@
 //! Code map:
 //! - [`config`]: the clap `Config`.
 //! - [`store`]: the agent's SQLite database (the only SQL);
-//!   [`holdings`]: the in-memory view of what we hold, written through.
+//!   [`holdings`]: the in-memory view of what we hold, written through;
+//!   [`integrity`]: held files checked against the disk, and withdrawn
+//!   when the user deleted, moved or edited them.
 //! - [`disk`]: positional chunk I/O, hashing, the final verify-and-rename.
 //! - [`upload`]: the FetchChunks server with its limits; [`rate`]: the token
 //!   bucket and rate meters; [`stats`]: transfer counters.
@@ -17,8 +19,8 @@
 //! - [`control`]: the AgentControl handlers (glue only).
 //!
 //! [`run`] owns every task it starts: the two gRPC servers, the metrics
-//! endpoint, the session's heartbeat and the downloads all stop when the
-//! shutdown future resolves.
+//! endpoint, the session's heartbeat, the held-file sweep and the downloads
+//! all stop when the shutdown future resolves.
 
 pub mod config;
 pub mod control;
@@ -26,6 +28,7 @@ pub mod disk;
 pub mod download;
 pub mod error;
 pub mod holdings;
+pub mod integrity;
 pub mod picker;
 pub mod rate;
 pub mod session;
@@ -136,7 +139,7 @@ pub async fn run(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let control_service = AgentControlServer::new(Control::new(
         session.clone(),
-        holdings,
+        holdings.clone(),
         downloads.clone(),
         stats,
         config.downloads_dir(),
@@ -164,7 +167,8 @@ pub async fn run(
         }
         downloads.shutdown().await;
     };
-    let (result, ()) = tokio::join!(servers, watcher);
+    let sweep = integrity::sweep(holdings.clone(), session.clone(), stop.clone());
+    let (result, (), ()) = tokio::join!(servers, watcher, sweep);
     if let Some(task) = auto_login {
         task.abort();
     }
