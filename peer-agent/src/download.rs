@@ -62,8 +62,9 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const RELOCATE_EVERY: Duration = Duration::from_millis(250);
 /// Locating again after running out of sources, at first.
 const RELOCATE_SOON: Duration = Duration::from_millis(300);
-/// Give up when no usable source was found for this long.
-const NO_SOURCE_GIVE_UP: Duration = Duration::from_secs(60);
+/// Give up when, for this long, no chunk arrived and no source that has
+/// not failed this download was there to try.
+pub const NO_SOURCE_GIVE_UP: Duration = Duration::from_secs(60);
 /// Most sources used at once. Generous on purpose: a chunk held by a peer we
 /// do not use looks "held by the seeder only" to the picker, so we would ask
 /// the seeder for it again. One idle HTTP/2 connection per source is cheap.
@@ -499,9 +500,44 @@ struct Swarm {
     active: HashMap<String, SourceKey>,
     slots: HashMap<SourceKey, SourceSlot>,
     banned: HashMap<String, Instant>,
+    /// Sources that failed this download, with the last reason; those that
+    /// cannot read the file or sent rejected chunks are never asked again.
+    failures: HashMap<String, Failure>,
     next_key: SourceKey,
-    last_source_seen: Instant,
+    /// When there was last reason to wait: a chunk arrived, or a source that
+    /// has not failed was started. [`NO_SOURCE_GIVE_UP`] counts from here.
+    last_hope: Instant,
+    last_have_bytes: u64,
     last_announced: Option<(Instant, u32)>,
+}
+
+/// How a source failed this download.
+#[derive(Debug, Clone)]
+struct Failure {
+    detail: String,
+    /// It cannot read the file or sent data that does not match: asking it
+    /// again will not help.
+    hopeless: bool,
+}
+
+/// Why a download with no usable source gives up, naming what the sources
+/// said (pure, for the unit tests).
+fn give_up_message(failures: &HashMap<String, Failure>, missing_chunks: u32) -> String {
+    let secs = NO_SOURCE_GIVE_UP.as_secs();
+    let mut details: Vec<&str> = failures.values().map(|f| f.detail.as_str()).collect();
+    details.sort_unstable();
+    details.dedup();
+    match failures.len() {
+        0 => format!(
+            "no online peer has offered the missing chunks for {secs} s; verified chunks are kept, try again later"
+        ),
+        n => format!(
+            "{n} peer{} listed but none could serve the {missing_chunks} missing chunk{} for {secs} s ({}); the file may have been deleted or changed on them; verified chunks are kept, try again later",
+            if n == 1 { " is" } else { "s are" },
+            if missing_chunks == 1 { "" } else { "s" },
+            details.iter().take(2).copied().collect::<Vec<_>>().join("; ")
+        ),
+    }
 }
 
 impl Swarm {
@@ -512,10 +548,27 @@ impl Swarm {
             active: HashMap::new(),
             slots: HashMap::new(),
             banned: HashMap::new(),
+            failures: HashMap::new(),
             next_key: 1,
-            last_source_seen: Instant::now(),
+            last_hope: Instant::now(),
+            last_have_bytes: 0,
             last_announced: None,
         }
+    }
+
+    /// Gives up when nothing hopeful happened for [`NO_SOURCE_GIVE_UP`].
+    async fn check_give_up(&mut self) -> Result<(), Error> {
+        let have_bytes = self.shared.have_bytes.load(Ordering::Relaxed);
+        if have_bytes != self.last_have_bytes {
+            self.last_have_bytes = have_bytes;
+            self.last_hope = Instant::now();
+        }
+        if self.last_hope.elapsed() <= NO_SOURCE_GIVE_UP {
+            return Ok(());
+        }
+        self.announce().await;
+        let missing = self.shared.picker().wanted().count();
+        Err(Error::NoSources(give_up_message(&self.failures, missing)))
     }
 
     async fn run(
@@ -551,18 +604,11 @@ impl Swarm {
                 }
                 () = tokio::time::sleep_until(next_locate) => {
                     self.locate().await;
+                    self.check_give_up().await?;
                     if self.active.is_empty() {
-                        if self.last_source_seen.elapsed() > NO_SOURCE_GIVE_UP {
-                            self.announce().await;
-                            return Err(Error::NoSources(format!(
-                                "no online peer has offered the missing chunks for {} s; verified chunks are kept, try again later",
-                                NO_SOURCE_GIVE_UP.as_secs()
-                            )));
-                        }
                         next_locate = tokio::time::Instant::now() + relocate_delay;
                         relocate_delay = (relocate_delay * 2).min(RELOCATE_EVERY);
                     } else {
-                        self.last_source_seen = Instant::now();
                         relocate_delay = RELOCATE_SOON;
                         next_locate = tokio::time::Instant::now() + RELOCATE_EVERY;
                     }
@@ -570,6 +616,7 @@ impl Swarm {
                 _ = tick.tick() => {
                     self.publish(progress);
                     self.maybe_announce().await;
+                    self.check_give_up().await?;
                 }
             }
         }
@@ -657,7 +704,10 @@ impl Swarm {
             .picker()
             .set_stripe(Stripe::among(&own, downloading));
         for source in response.sources {
-            if source.peer_id == own || self.banned.contains_key(&source.peer_id) {
+            if source.peer_id == own
+                || self.banned.contains_key(&source.peer_id)
+                || self.failures.get(&source.peer_id).is_some_and(|f| f.hopeless)
+            {
                 continue;
             }
             let holds = if source.complete {
@@ -688,6 +738,10 @@ impl Swarm {
             };
             let key = self.next_key;
             self.next_key += 1;
+            if !self.failures.contains_key(&source.peer_id) && wanted.held().any(|i| holds.get(i))
+            {
+                self.last_hope = Instant::now();
+            }
             self.shared.picker().upsert_source(key, holds);
             self.active.insert(source.peer_id.clone(), key);
             self.slots.insert(
@@ -724,6 +778,17 @@ impl Swarm {
                 tracing::warn!(peer = %slot.peer_id, %detail, "dropping a source");
                 self.banned
                     .insert(slot.peer_id.clone(), Instant::now() + BAN_FAILED);
+                let hopeless = matches!(
+                    reason,
+                    Some(index_pb::ReportReason::CannotRead | index_pb::ReportReason::Corrupt)
+                );
+                self.failures.insert(
+                    slot.peer_id.clone(),
+                    Failure {
+                        detail: detail.clone(),
+                        hopeless,
+                    },
+                );
                 if let Some(reason) = reason {
                     self.report(&slot, reason, detail).await;
                 }
@@ -920,6 +985,16 @@ fn stalled() -> WorkerEnd {
 }
 
 fn classify(status: Status) -> WorkerEnd {
+    // Older agents answer Unavailable "cannot read chunk" for a file that
+    // is gone on their disk.
+    let cannot_read = status.code() == Code::DataLoss
+        || (status.code() == Code::Unavailable && status.message().contains("cannot read chunk"));
+    if cannot_read {
+        return WorkerEnd::Failed {
+            reason: Some(index_pb::ReportReason::CannotRead),
+            detail: status.message().to_string(),
+        };
+    }
     match status.code() {
         Code::ResourceExhausted => WorkerEnd::Busy,
         // Stale holdings at the index, or our token: not the source's fault.
@@ -1025,6 +1100,48 @@ mod tests {
                 batch: 2
             }
         );
+    }
+
+    #[test]
+    fn giving_up_names_what_the_sources_said() {
+        let mut failures = HashMap::new();
+        assert!(give_up_message(&failures, 3).starts_with("no online peer has offered"));
+        for peer in ["a", "b"] {
+            failures.insert(
+                peer.to_string(),
+                Failure {
+                    detail: "this agent cannot read file f".into(),
+                    hopeless: true,
+                },
+            );
+        }
+        assert_eq!(
+            give_up_message(&failures, 1),
+            "2 peers are listed but none could serve the 1 missing chunk for 60 s (this agent cannot read file f); the file may have been deleted or changed on them; verified chunks are kept, try again later"
+        );
+    }
+
+    #[test]
+    fn a_source_that_cannot_read_the_file_is_told_apart() {
+        for status in [
+            Status::data_loss("this agent cannot read file f"),
+            Status::unavailable("this agent cannot read chunk 3: No such file"),
+        ] {
+            assert!(matches!(
+                classify(status),
+                WorkerEnd::Failed {
+                    reason: Some(index_pb::ReportReason::CannotRead),
+                    ..
+                }
+            ));
+        }
+        assert!(matches!(
+            classify(Status::unavailable("connection reset")),
+            WorkerEnd::Failed {
+                reason: Some(index_pb::ReportReason::Unreachable),
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -112,6 +112,47 @@ async fn a_moved_download_is_withdrawn_and_fetched_again_to_a_new_path() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_download_ends_in_time_when_the_only_holders_copy_was_deleted() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let mut a = cluster
+        .add_user_agent("alice", AgentOptions::default())
+        .await;
+    let b = cluster.add_user_agent("bob", AgentOptions::default()).await;
+    let c = cluster
+        .add_user_agent("carol", AgentOptions::default())
+        .await;
+    let original = random_file(&cluster.scratch_dir("input"), 2 * 1024 * 1024, 44);
+    let id = a.share(&original).await;
+    let copy = b.get(&id, &cluster.scratch_dir("out-b").join("b.bin")).await;
+    a.kill();
+    std::fs::remove_file(&copy).unwrap();
+
+    let started = Instant::now();
+    let dest = cluster.scratch_dir("out-c").join("c.bin");
+    let output = tokio::time::timeout(
+        Duration::from_secs(75),
+        c.p2p(&["get", &id, "-o", dest.to_str().unwrap()]),
+    )
+    .await
+    .expect("the download did not end within 75 s");
+    let took = started.elapsed();
+    assert!(!output.success(), "the download cannot succeed: {output}");
+    assert!(took < Duration::from_secs(70), "it took {took:?}");
+    assert!(
+        output.stderr.contains("no online peer") || output.stderr.contains("none could serve"),
+        "the message does not say why: {output}"
+    );
+    assert!(!output.stderr.contains("no file named"), "{output}");
+    assert!(!dest.exists());
+    eventually(
+        Duration::from_secs(15),
+        "the index to report no online holder",
+        || async { (online_holders(&c, &id).await? == 0).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_edited_shared_original_is_no_longer_offered() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
     let a = cluster
