@@ -524,10 +524,13 @@ impl AgentControl for Control {
                 tracing::warn!(file = %file_id, %err, "cannot tell the index we stopped sharing");
             }
         }
-        if let Some(holding) = self.holdings.remove(&file_id).await? {
+        // The bytes go first and the record after, so `rm` frees a full
+        // disk: the database write may need the space the file held.
+        if let Some(holding) = self.holdings.get(&file_id) {
             let state = holding.snapshot();
-            // A shared file is the user's own: it is never deleted.
-            if state.kind != Kind::Shared {
+            // A shared file is the user's own: it is never deleted. Nor is
+            // whatever now sits where a changed download was.
+            if state.kind != Kind::Shared && holding.problem().is_none() {
                 match tokio::fs::remove_file(&state.path).await {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -540,6 +543,7 @@ impl AgentControl for Control {
                     }
                 }
             }
+            self.holdings.remove(&file_id).await?;
         }
         if request.network {
             let delete = index_pb::DeleteFileRequest {

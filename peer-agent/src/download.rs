@@ -364,6 +364,18 @@ async fn run_download(
             .await?;
     }
     let state = holding.snapshot();
+    if let Err(err) = crate::space::check_download(
+        &ctx.partial_dir,
+        &destination,
+        manifest.size_bytes,
+        held_bytes(&manifest, &state.bitfield),
+    ) {
+        if state.bitfield.count() == 0 {
+            // Nothing was kept: leave no empty partial behind.
+            let _ = ctx.holdings.remove(&file_id).await;
+        }
+        return Err(err);
+    }
     let (part, existed) = PartFile::open(state.path.clone(), manifest.size_bytes).await?;
     if !existed && state.bitfield.count() > 0 {
         tracing::warn!(file = %file_id, "partial file vanished; starting over");
@@ -431,6 +443,7 @@ async fn copy_from_held(
     if held_at == destination {
         return Ok(Some(held_at));
     }
+    crate::space::check_copy(destination, holding.manifest.size_bytes)?;
     match copy_held(held_at, destination.to_path_buf()).await {
         Ok(()) if ctx.holdings.verify(holding) => Ok(Some(destination.to_path_buf())),
         Ok(()) => {

@@ -54,6 +54,28 @@ pub enum Error {
     /// Something asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A download or copy would not fit on a filesystem.
+    #[error(
+        "needs {}, {} free on {}{}; free some space or choose another destination with -o",
+        crate::space::human(*.needed_bytes),
+        crate::space::human(*.free_bytes),
+        .mount_point.display(),
+        if *.reserve_bytes > 0 {
+            format!(" ({} more is kept free for the agent's database)", crate::space::human(*.reserve_bytes))
+        } else {
+            String::new()
+        }
+    )]
+    NoSpace {
+        /// Bytes the operation needs there.
+        needed_bytes: u64,
+        /// Bytes that must stay free there besides.
+        reserve_bytes: u64,
+        /// Bytes free there.
+        free_bytes: u64,
+        /// The filesystem's mount point.
+        mount_point: PathBuf,
+    },
     /// A name or prefix matches several files.
     #[error("{0}")]
     Ambiguous(String),
@@ -130,6 +152,7 @@ impl From<Error> for Status {
             }
             Error::Remote { status, .. } => Status::new(status.code(), message),
             Error::NotFound(_) => Status::not_found(message),
+            Error::NoSpace { .. } => Status::failed_precondition(message),
             Error::Ambiguous(_) | Error::InvalidArgument(_) | Error::Manifest(_) => {
                 Status::invalid_argument(message)
             }
@@ -139,6 +162,9 @@ impl From<Error> for Status {
             Error::Corrupt(_) => Status::data_loss(message),
             Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Status::not_found(message)
+            }
+            Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                Status::failed_precondition(message)
             }
             Error::Io { ref source, .. }
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>

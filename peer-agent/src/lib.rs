@@ -10,7 +10,8 @@
 //!   [`holdings`]: the in-memory view of what we hold, written through;
 //!   [`integrity`]: held files checked against the disk, and withdrawn
 //!   when the user deleted, moved or edited them.
-//! - [`disk`]: positional chunk I/O, hashing, the final verify-and-rename.
+//! - [`disk`]: positional chunk I/O, hashing, the final verify-and-rename;
+//!   [`space`]: the free-space check before a download writes anything.
 //! - [`upload`]: the FetchChunks server with its limits; [`rate`]: the token
 //!   bucket and rate meters; [`stats`]: transfer counters.
 //! - [`session`]: login, token refresh, registration and heartbeat.
@@ -32,6 +33,7 @@ pub mod integrity;
 pub mod picker;
 pub mod rate;
 pub mod session;
+pub mod space;
 pub mod stats;
 pub mod store;
 pub mod upload;
