@@ -137,7 +137,7 @@ impl Control {
             by_name
         };
         match matches.as_slice() {
-            [] => Err(Error::NotFound(format!(
+            [] => Err(Error::UnknownFile(format!(
                 "no file named {query:?} or with an id starting with it; run `p2p ls` to see the files"
             ))),
             [(id, _)] => Ok(FileId::parse(id)?),
@@ -164,7 +164,7 @@ impl Control {
         let response = match response {
             Ok(response) => response,
             Err(Error::Remote { status, .. }) if status.code() == tonic::Code::NotFound => {
-                return Err(Error::NotFound(format!(
+                return Err(Error::UnknownFile(format!(
                     "file {file_id} is not in the network; run `p2p ls` to see the files"
                 )));
             }

@@ -54,6 +54,10 @@ pub enum Error {
     /// Something asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// No network file has that name, id or id prefix (unlike
+    /// [`Error::NotFound`], which may name a local path or a download).
+    #[error("{0}")]
+    UnknownFile(String),
     /// A download or copy would not fit on a filesystem.
     #[error(
         "needs {}, {} free on {}{}; free some space or choose another destination with -o",
@@ -137,6 +141,13 @@ impl Error {
     }
 }
 
+/// Metadata key set on a NotFound status when the missing thing is a
+/// network file (not a local path or a running download), so the client
+/// says "no file named …" only then.
+pub const MISSING_KEY: &str = "p2p-missing";
+/// The [`MISSING_KEY`] value for an unknown network file.
+pub const MISSING_NETWORK_FILE: &str = "network-file";
+
 /// Whether a status means the server could not be reached at all.
 pub fn is_transport_failure(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
@@ -152,6 +163,14 @@ impl From<Error> for Status {
             }
             Error::Remote { status, .. } => Status::new(status.code(), message),
             Error::NotFound(_) => Status::not_found(message),
+            Error::UnknownFile(_) => {
+                let mut status = Status::not_found(message);
+                status.metadata_mut().insert(
+                    MISSING_KEY,
+                    tonic::metadata::MetadataValue::from_static(MISSING_NETWORK_FILE),
+                );
+                status
+            }
             Error::NoSpace { .. } => Status::failed_precondition(message),
             Error::Ambiguous(_) | Error::InvalidArgument(_) | Error::Manifest(_) => {
                 Status::invalid_argument(message)

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::cli::{Command, LoginArgs, PasswordArgs, UsersCommand};
-use crate::error::{Error, Subject, explain};
+use crate::error::{Error, Subject, explain, is_broken_connection};
 use crate::progress::Progress;
 use crate::view::{self, DownloadEvent, FileRow, PeerRow, SharedFile, StatusView, UserRow};
 
@@ -268,7 +268,16 @@ async fn get(
     tokio::pin!(interrupt);
     loop {
         let message = tokio::select! {
-            message = stream.message() => message.map_err(|s| explain(s, Subject::Download(&file)))?,
+            message = stream.message() => message.map_err(|s| {
+                progress.finish();
+                let stopping = s.code() == tonic::Code::Unavailable
+                    && s.message().contains("agent is shutting down");
+                if is_broken_connection(&s) || stopping {
+                    Error::AgentStopped { file: file.clone(), detail: s.message().to_string() }
+                } else {
+                    explain(s, Subject::Download(&file))
+                }
+            })?,
             _ = &mut interrupt => {
                 progress.finish();
                 eprintln!(
@@ -277,7 +286,14 @@ async fn get(
                 return Err(Error::DownloadInterrupted(file));
             }
         };
-        let Some(message) = message else { break };
+        let Some(message) = message else {
+            // The stream ended without the last state: the agent went away.
+            progress.finish();
+            return Err(Error::AgentStopped {
+                file,
+                detail: "the progress stream ended".into(),
+            });
+        };
         let event = DownloadEvent::from_proto(message);
         progress.update(
             event.have_bytes,
@@ -295,8 +311,6 @@ async fn get(
             return Ok(());
         }
     }
-    progress.finish();
-    Err(Error::DownloadInterrupted(file))
 }
 
 /// `Cancel` takes an id or prefix; a name typed by the user is turned into
