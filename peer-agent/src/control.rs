@@ -271,6 +271,9 @@ impl Control {
             .call_index(|mut c, t| async move { c.publish_file(with_bearer(publish, &t)).await })
             .await?;
         tracing::info!(file = %manifest.file_id(), path = %path.display(), created = published.created, "sharing");
+        if request.replace {
+            self.replace_changed(&path, &manifest.file_id()).await;
+        }
         let last = pb::ShareProgress {
             hashed_bytes: manifest.size_bytes,
             total_bytes: manifest.size_bytes,
@@ -279,6 +282,40 @@ impl Control {
         };
         let _ = tx.send(Ok(last)).await;
         Ok(())
+    }
+
+    /// Removes, locally and from the network, earlier shares of `path`
+    /// whose content changed on disk (all but `current`). Best effort: the
+    /// new file is shared either way.
+    async fn replace_changed(&self, path: &std::path::Path, current: &FileId) {
+        let old = self.holdings.all().into_iter().filter(|h| {
+            h.file_id != *current
+                && h.snapshot().kind == Kind::Shared
+                && h.snapshot().path == path
+                && !self.holdings.verify(h)
+        });
+        for holding in old.collect::<Vec<_>>() {
+            let file_id = holding.file_id.to_string();
+            if let Some(peer_id) = self.session.peer_id()
+                && let Err(err) = self.session.stop_sharing(&peer_id, &file_id).await
+            {
+                tracing::warn!(file = %file_id, %err, "cannot withdraw the replaced file");
+            }
+            let delete = index_pb::DeleteFileRequest {
+                file_id: file_id.clone(),
+            };
+            if let Err(err) = self
+                .session
+                .call_index(|mut c, t| async move { c.delete_file(with_bearer(delete, &t)).await })
+                .await
+            {
+                tracing::warn!(file = %file_id, %err, "cannot remove the replaced file from the network");
+            }
+            if let Err(err) = self.holdings.remove(&holding.file_id).await {
+                tracing::warn!(file = %file_id, %err, "cannot forget the replaced file");
+            }
+            tracing::info!(old = %file_id, new = %current, path = %path.display(), "replaced a changed share");
+        }
     }
 
     fn network_file(&self, file: index_pb::FileInfo) -> pb::NetworkFile {

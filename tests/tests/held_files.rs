@@ -187,6 +187,22 @@ async fn an_edited_shared_original_is_no_longer_offered() {
         status.stdout.contains("changed since shared: share it again"),
         "the sharer's `p2p status` does not say so: {status}"
     );
+
+    let path = original.to_str().unwrap();
+    let shared = a.p2p_ok(&["--json", "share", "--replace", path]).await;
+    let new_id = shared.json()["shared"][0]["file_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(new_id, id, "the edited content is a new file");
+    eventually(
+        Duration::from_secs(10),
+        "the replaced entry to leave the network's list",
+        || async { a.network_file(&id).await.is_none().then_some(()) },
+    )
+    .await;
+    let got = d.get(&new_id, &cluster.scratch_dir("out-d").join("new.bin")).await;
+    assert_same_content(&original, &got);
 }
 
 /// Overwrites `bytes` at `offset` of `path` without changing its size.

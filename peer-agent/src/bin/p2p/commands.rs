@@ -80,7 +80,7 @@ pub async fn run(session: &mut Session, command: Command) -> Result<(), Error> {
         Command::Login(args) => login(session, args).await,
         Command::Logout => logout(session).await,
         Command::Ls { filter } => ls(session, filter.unwrap_or_default()).await,
-        Command::Share { paths } => share(session, paths).await,
+        Command::Share { paths, replace } => share(session, paths, replace).await,
         Command::Get {
             file,
             output,
@@ -187,7 +187,7 @@ async fn ls(session: &mut Session, filter: String) -> Result<(), Error> {
     Ok(())
 }
 
-async fn share(session: &mut Session, paths: Vec<PathBuf>) -> Result<(), Error> {
+async fn share(session: &mut Session, paths: Vec<PathBuf>, replace: bool) -> Result<(), Error> {
     let mut shared = Vec::new();
     for path in paths {
         let absolute = absolute(&path)?;
@@ -198,6 +198,7 @@ async fn share(session: &mut Session, paths: Vec<PathBuf>) -> Result<(), Error> 
                 path: shown.clone(),
                 name: String::new(),
                 mime_type: String::new(),
+                replace,
             })
             .await
             .map_err(|s| explain(s, Subject::Path(&shown)))?
