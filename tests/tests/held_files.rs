@@ -212,3 +212,20 @@ fn edit_in_place(path: &Path, offset: u64, bytes: &[u8]) {
     file.write_all_at(bytes, offset).unwrap();
     file.sync_all().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sharer_gets_its_own_file_to_another_path_and_keeps_sharing_it() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let a = cluster
+        .add_user_agent("alice", AgentOptions::default())
+        .await;
+    let original = random_file(&cluster.scratch_dir("input"), 1024 * 1024, 46);
+    let id = a.share(&original).await;
+    let copy = a
+        .get(&id, &cluster.scratch_dir("out").join("copy.bin"))
+        .await;
+    assert_same_content(&original, &copy);
+    let file = a.network_file(&id).await.expect("listed");
+    assert!(file.local_problem.is_empty(), "{file:?}");
+    assert_eq!(file.file.map(|f| f.online_holders), Some(1));
+}
