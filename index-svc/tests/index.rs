@@ -763,7 +763,10 @@ async fn a_holding_no_one_can_read_is_withdrawn_until_announced_again(db: Db) {
             .await
             .expect("report");
     }
-    let after_one = as_carol.locate(&file_id, &second, Vec::new()).await.expect("locate");
+    let after_one = as_carol
+        .locate(&file_id, &second, Vec::new())
+        .await
+        .expect("locate");
     assert!(
         sources(after_one).contains(&holder),
         "one reporter alone does not withdraw a holding"
@@ -773,7 +776,10 @@ async fn a_holding_no_one_can_read_is_withdrawn_until_announced_again(db: Db) {
         .report_source(as_carol.req(report(second.clone())))
         .await
         .expect("report");
-    let after_two = as_carol.locate(&file_id, &first, Vec::new()).await.expect("locate");
+    let after_two = as_carol
+        .locate(&file_id, &first, Vec::new())
+        .await
+        .expect("locate");
     assert_eq!(
         sources(after_two),
         BTreeSet::from([seeder.clone()]),
@@ -784,7 +790,10 @@ async fn a_holding_no_one_can_read_is_withdrawn_until_announced_again(db: Db) {
         .update_holdings(&holder, &file_id, Vec::new(), true)
         .await
         .expect("holder announces again");
-    let announced = as_carol.locate(&file_id, &first, Vec::new()).await.expect("locate");
+    let announced = as_carol
+        .locate(&file_id, &first, Vec::new())
+        .await
+        .expect("locate");
     assert!(
         sources(announced).contains(&holder),
         "announcing again makes it a source"

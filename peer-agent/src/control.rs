@@ -510,9 +510,7 @@ impl AgentControl for Control {
                             let item = match last.failure {
                                 Some(_) => final_item(&last, &destination),
                                 None if last.is_final() => final_item(&last, &destination),
-                                None => {
-                                    Err(Status::aborted("the download stopped unexpectedly"))
-                                }
+                                None => Err(Status::aborted("the download stopped unexpectedly")),
                             };
                             return Some((item, (rx, Phase::Finished)));
                         }

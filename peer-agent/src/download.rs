@@ -548,7 +548,12 @@ fn give_up_message(failures: &HashMap<String, Failure>, missing_chunks: u32) -> 
             "{n} peer{} listed but none could serve the {missing_chunks} missing chunk{} for {secs} s ({}); the file may have been deleted or changed on them; verified chunks are kept, try again later",
             if n == 1 { " is" } else { "s are" },
             if missing_chunks == 1 { "" } else { "s" },
-            details.iter().take(2).copied().collect::<Vec<_>>().join("; ")
+            details
+                .iter()
+                .take(2)
+                .copied()
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
     }
 }
@@ -719,7 +724,10 @@ impl Swarm {
         for source in response.sources {
             if source.peer_id == own
                 || self.banned.contains_key(&source.peer_id)
-                || self.failures.get(&source.peer_id).is_some_and(|f| f.hopeless)
+                || self
+                    .failures
+                    .get(&source.peer_id)
+                    .is_some_and(|f| f.hopeless)
             {
                 continue;
             }
@@ -751,8 +759,7 @@ impl Swarm {
             };
             let key = self.next_key;
             self.next_key += 1;
-            if !self.failures.contains_key(&source.peer_id) && wanted.held().any(|i| holds.get(i))
-            {
+            if !self.failures.contains_key(&source.peer_id) && wanted.held().any(|i| holds.get(i)) {
                 self.last_hope = Instant::now();
             }
             self.shared.picker().upsert_source(key, holds);

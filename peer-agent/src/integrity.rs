@@ -117,7 +117,9 @@ pub async fn withdraw(session: &Session, holdings: &Holdings, holding: &Holding)
     );
     holding.mark_withdrawn();
     if let Some(peer_id) = session.peer_id()
-        && let Err(err) = session.stop_sharing(&peer_id, holding.file_id.as_str()).await
+        && let Err(err) = session
+            .stop_sharing(&peer_id, holding.file_id.as_str())
+            .await
     {
         tracing::warn!(file = %holding.file_id, %err, "cannot tell the index; the next registration will");
     }
@@ -149,7 +151,10 @@ mod tests {
         );
 
         std::fs::rename(&path, dir.path().join("g")).unwrap();
-        assert_eq!(compare(&edited, Fingerprint::of(&path)), Some(Problem::Gone));
+        assert_eq!(
+            compare(&edited, Fingerprint::of(&path)),
+            Some(Problem::Gone)
+        );
     }
 
     #[test]
@@ -159,7 +164,10 @@ mod tests {
             mtime_ns: 1,
             inode: 7,
         };
-        let replaced = Fingerprint { inode: 8, ..recorded };
+        let replaced = Fingerprint {
+            inode: 8,
+            ..recorded
+        };
         assert_eq!(compare(&recorded, Ok(replaced)), Some(Problem::Changed));
     }
 }

@@ -180,7 +180,10 @@ mod tests {
         assert_eq!(needs[1].room, dest);
         assert_eq!(needs[1].bytes, 64 << 20);
         let err = check(needs).unwrap_err().to_string();
-        assert_eq!(err, "needs 64.0 MiB, 10.0 MiB free on /fs2; free some space or choose another destination with -o");
+        assert_eq!(
+            err,
+            "needs 64.0 MiB, 10.0 MiB free on /fs2; free some space or choose another destination with -o"
+        );
     }
 
     #[test]

@@ -44,7 +44,9 @@ impl SmallFilesystem {
                 panic!("cannot mount a small filesystem in CI: {reason}")
             }
             Some(reason) => {
-                eprintln!("skipped: cannot mount a small tmpfs ({reason}); run as root to test a full disk");
+                eprintln!(
+                    "skipped: cannot mount a small tmpfs ({reason}); run as root to test a full disk"
+                );
                 None
             }
         }
@@ -103,7 +105,10 @@ async fn a_download_bigger_than_the_free_space_is_refused_before_any_byte_is_wri
     assert!(!dest.exists());
     assert!(part_files(b.data_dir()).is_empty(), "a .part file was made");
     let counters = a.status().await.counters.unwrap_or_default();
-    assert_eq!(counters.bytes_uploaded, 0, "bytes were sent for a refused download");
+    assert_eq!(
+        counters.bytes_uploaded, 0,
+        "bytes were sent for a refused download"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,12 +136,18 @@ async fn a_disk_filled_during_a_download_fails_it_and_rm_frees_the_space() {
         fs.fill("filler.bin")
     });
     assert!(!out.success(), "the disk is full: {out}");
-    assert!(out.stderr.contains("full"), "the message does not say the disk is full: {out}");
+    assert!(
+        out.stderr.contains("full"),
+        "the message does not say the disk is full: {out}"
+    );
     assert!(!dest.exists());
 
     let before = free_bytes(b.data_dir());
     b.p2p_ok(&["rm", &id]).await;
-    assert!(part_files(b.data_dir()).is_empty(), "rm left the .part file");
+    assert!(
+        part_files(b.data_dir()).is_empty(),
+        "rm left the .part file"
+    );
     // At least 1 MiB of chunks was written; the database may take a page.
     let after = free_bytes(b.data_dir());
     assert!(

@@ -18,7 +18,10 @@ async fn the_cli_exits_3_saying_the_agent_stopped_when_it_dies_during_get() {
     let dest = cluster.scratch_dir("out").join("copy.bin");
     let dest_arg = dest.to_str().unwrap().to_string();
 
-    let get = b.p2p_command(&["get", &id, "-o", &dest_arg]).spawn().unwrap();
+    let get = b
+        .p2p_command(&["get", &id, "-o", &dest_arg])
+        .spawn()
+        .unwrap();
     eventually(Duration::from_secs(30), "the download to start", || async {
         let file = b.network_file(&id).await?;
         (file.local_bytes > 0).then_some(())

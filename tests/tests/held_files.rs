@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use p2p_tests::AgentHandle as _;
-use p2p_tests::{AgentOptions, Cluster, ClusterOptions, assert_same_content, eventually, random_file};
+use p2p_tests::{
+    AgentOptions, Cluster, ClusterOptions, assert_same_content, eventually, random_file,
+};
 
 /// Bytes `agent` has uploaded so far.
 async fn uploaded(agent: &impl p2p_tests::AgentHandle) -> u64 {
@@ -123,7 +125,9 @@ async fn a_download_ends_in_time_when_the_only_holders_copy_was_deleted() {
         .await;
     let original = random_file(&cluster.scratch_dir("input"), 2 * 1024 * 1024, 44);
     let id = a.share(&original).await;
-    let copy = b.get(&id, &cluster.scratch_dir("out-b").join("b.bin")).await;
+    let copy = b
+        .get(&id, &cluster.scratch_dir("out-b").join("b.bin"))
+        .await;
     a.kill();
     std::fs::remove_file(&copy).unwrap();
 
@@ -158,7 +162,9 @@ async fn an_edited_shared_original_is_no_longer_offered() {
     let a = cluster
         .add_user_agent("alice", AgentOptions::default())
         .await;
-    let d = cluster.add_user_agent("dave", AgentOptions::default()).await;
+    let d = cluster
+        .add_user_agent("dave", AgentOptions::default())
+        .await;
     let original = random_file(&cluster.scratch_dir("input"), 2 * 1024 * 1024, 45);
     let id = a.share(&original).await;
     edit_in_place(&original, 1024 * 1024, b"edited");
@@ -171,20 +177,21 @@ async fn an_edited_shared_original_is_no_longer_offered() {
     )
     .await
     .expect("the download did not end within 75 s");
-    assert!(
-        !output.success(),
-        "only an edited copy exists: {output}"
-    );
+    assert!(!output.success(), "only an edited copy exists: {output}");
     assert!(started.elapsed() < Duration::from_secs(70));
     assert!(!dest.exists(), "unverified bytes reached the destination");
     let listing = a.p2p_ok(&["ls"]).await;
     assert!(
-        listing.stdout.contains("changed since shared: share it again"),
+        listing
+            .stdout
+            .contains("changed since shared: share it again"),
         "the sharer's `p2p ls` does not say so: {listing}"
     );
     let status = a.p2p_ok(&["status"]).await;
     assert!(
-        status.stdout.contains("changed since shared: share it again"),
+        status
+            .stdout
+            .contains("changed since shared: share it again"),
         "the sharer's `p2p status` does not say so: {status}"
     );
 
@@ -201,7 +208,9 @@ async fn an_edited_shared_original_is_no_longer_offered() {
         || async { a.network_file(&id).await.is_none().then_some(()) },
     )
     .await;
-    let got = d.get(&new_id, &cluster.scratch_dir("out-d").join("new.bin")).await;
+    let got = d
+        .get(&new_id, &cluster.scratch_dir("out-d").join("new.bin"))
+        .await;
     assert_same_content(&original, &got);
 }
 
