@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds statically linked release binaries and the three FROM-scratch
 # images (p2p/auth-svc, p2p/index-svc, p2p/peer-agent; the peer-agent image
-# also carries the `p2p` client), then prints the image sizes.
+# also carries the `p2p` client and the `p2p-certs` tool), then prints the
+# image sizes.
 #
 #   scripts/build-images.sh            # tag :latest
 #   P2P_IMAGE_TAG=dev scripts/build-images.sh
@@ -13,10 +14,10 @@ TARGET=x86_64-unknown-linux-gnu
 echo "building static release binaries (target $TARGET)"
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked --target "$TARGET" \
-  -p auth-svc -p index-svc -p peer-agent --bins
+  -p auth-svc -p index-svc -p peer-agent -p p2p-services --bins
 OUT=target/$TARGET/release
 
-for bin in auth-svc index-svc peer-agent p2p; do
+for bin in auth-svc index-svc peer-agent p2p p2p-certs; do
   if ! ldd "$OUT/$bin" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; then
     echo "error: $OUT/$bin is dynamically linked; the scratch images need static binaries" >&2
     exit 1
@@ -38,7 +39,7 @@ build_image() {
 
 build_image auth-svc auth-svc
 build_image index-svc index-svc
-build_image peer-agent peer-agent p2p
+build_image peer-agent peer-agent p2p p2p-certs
 
 echo "images:"
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^p2p/' | sort | sed 's/^/  /'

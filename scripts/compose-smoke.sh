@@ -2,7 +2,8 @@
 # The compose deployment, tested for real: build the static images, start
 # the stack, create a user with grpcurl, share a file on peer-a, download it
 # on peer-b and peer-c through the `p2p` client inside the containers,
-# compare checksums, stop peer-a in the middle of a larger download and check
+# compare checksums, check the published control port wants the agent's
+# control token, stop peer-a in the middle of a larger download and check
 # it completes from the remaining holder, scrape /metrics, run the Python and
 # Rust stub examples, and tear everything down (always, via trap).
 # Every wait is bounded.
@@ -53,17 +54,28 @@ for svc in auth index peer-a peer-b peer-c; do
 done
 compose ps
 
-echo "--- grpcurl against the running stack"
-grpcurl -plaintext 127.0.0.1:50051 list | tee "$WORK/auth-list" | grep -q p2p.auth.v1.AuthService || fail "auth-svc reflection"
-grpcurl -plaintext 127.0.0.1:50052 list | grep -q p2p.index.v1.IndexService || fail "index-svc reflection"
+echo "--- grpcurl against the running stack (TLS, trusting the stack's CA)"
+docker cp "$(compose ps -q auth)":/tls/ca.pem "$WORK/ca.pem"
+if grpcurl -plaintext -max-time 5 127.0.0.1:50051 list >/dev/null 2>&1; then fail "auth-svc answered plaintext"; fi
+grpcurl -cacert "$WORK/ca.pem" 127.0.0.1:50051 list | tee "$WORK/auth-list" | grep -q p2p.auth.v1.AuthService || fail "auth-svc reflection"
+grpcurl -cacert "$WORK/ca.pem" 127.0.0.1:50052 list | grep -q p2p.index.v1.IndexService || fail "index-svc reflection"
 grpcurl -plaintext 127.0.0.1:50154 list | grep -q p2p.agent.v1.AgentControl || fail "agent reflection"
-ADMIN_TOKEN=$(grpcurl -plaintext -d "{\"username\":\"admin\",\"password\":\"$P2P_ADMIN_PASSWORD\"}" \
+if grpcurl -plaintext 127.0.0.1:50154 p2p.agent.v1.AgentControl/Status 2>"$WORK/err"; then
+  fail "the agent's TCP control API answered without its control token"
+fi
+grep -q Unauthenticated "$WORK/err" || fail "a call without the control token did not give Unauthenticated"
+for svc in peer-a peer-b peer-c; do
+  docker cp "$(cid "$svc"):/data/control.token" "$WORK/$svc.token"
+done
+grpcurl -plaintext -H "authorization: Bearer $(cat "$WORK/peer-a.token")" \
+  127.0.0.1:50154 p2p.agent.v1.AgentControl/Status >/dev/null || fail "the control token was refused"
+ADMIN_TOKEN=$(grpcurl -cacert "$WORK/ca.pem" -d "{\"username\":\"admin\",\"password\":\"$P2P_ADMIN_PASSWORD\"}" \
   127.0.0.1:50051 p2p.auth.v1.AuthService/Login | python3 -c 'import json,sys; print(json.load(sys.stdin)["accessToken"])')
-grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+grpcurl -cacert "$WORK/ca.pem" -H "authorization: Bearer $ADMIN_TOKEN" \
   -d '{"username":"alice","password":"alice-password-1","role":"ROLE_USER"}' \
   127.0.0.1:50051 p2p.auth.v1.AccountService/CreateUser >/dev/null
-grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" 127.0.0.1:50052 p2p.index.v1.IndexService/ListFiles >/dev/null
-if grpcurl -plaintext -d '{"username":"admin","password":"wrong"}' 127.0.0.1:50051 p2p.auth.v1.AuthService/Login 2>"$WORK/err"; then
+grpcurl -cacert "$WORK/ca.pem" -H "authorization: Bearer $ADMIN_TOKEN" 127.0.0.1:50052 p2p.index.v1.IndexService/ListFiles >/dev/null
+if grpcurl -cacert "$WORK/ca.pem" -d '{"username":"admin","password":"wrong"}' 127.0.0.1:50051 p2p.auth.v1.AuthService/Login 2>"$WORK/err"; then
   fail "a wrong password logged in"
 fi
 grep -q Unauthenticated "$WORK/err" || fail "wrong password did not give Unauthenticated"
@@ -123,11 +135,12 @@ wait_for 60 "peer-a to be healthy again" healthy peer-a
 
 if [[ -f examples/python/p2p_example.py ]]; then
   echo "--- Python stub example"
-  python3 examples/python/p2p_example.py --agent 127.0.0.1:50156 --download small.bin --destination /data/small-py.bin
+  python3 examples/python/p2p_example.py --agent 127.0.0.1:50156 --token-file "$WORK/peer-c.token" \
+    --download small.bin --destination /data/small-py.bin
 fi
 if [[ -f proto/examples/agent_client.rs ]]; then
   echo "--- Rust stub example"
-  cargo run -q -p p2p-proto --example agent_client -- --agent 127.0.0.1:50155
+  cargo run -q -p p2p-proto --example agent_client -- --agent 127.0.0.1:50155 --token-file "$WORK/peer-b.token"
 fi
 
 echo "--- image sizes"

@@ -37,35 +37,51 @@ wait_for() {
   done
 }
 
+# TLS on every link: a CA for this run and a certificate per process, made
+# once and kept with the state (p2p-certs keeps what exists).
+TLS=$DIR/tls
+"$BIN/p2p-certs" server --dir "$TLS" --name auth --host localhost --host 127.0.0.1 >/dev/null
+"$BIN/p2p-certs" server --dir "$TLS" --name index --host localhost --host 127.0.0.1 >/dev/null
+"$BIN/p2p-certs" agent --dir "$TLS" --name agent-a --host 127.0.0.1 >/dev/null
+"$BIN/p2p-certs" agent --dir "$TLS" --name agent-b --host 127.0.0.1 >/dev/null
+export P2P_TLS_CA=$TLS/ca.pem
+tls_of() { echo "--tls-cert $TLS/$1.pem --tls-key $TLS/$1-key.pem"; }
+
 export RUST_LOG=${RUST_LOG:-info}
-P2P_ADMIN_PASSWORD=$ADMIN_PASSWORD "$BIN/auth-svc" --listen 127.0.0.1:50051 \
+# shellcheck disable=SC2046
+P2P_ADMIN_PASSWORD=$ADMIN_PASSWORD "$BIN/auth-svc" --listen 127.0.0.1:50051 $(tls_of auth) \
   --database-url "sqlite://$DIR/auth.db" --metrics-listen 127.0.0.1:9101 2>"$DIR/auth.log" &
 PIDS+=($!)
 wait_for 30 auth-svc "$BIN/auth-svc" --listen 127.0.0.1:50051 healthcheck
-"$BIN/index-svc" --listen 127.0.0.1:50052 --database-url "sqlite://$DIR/index.db" \
-  --auth-url http://127.0.0.1:50051 --metrics-listen 127.0.0.1:9102 2>"$DIR/index.log" &
+# shellcheck disable=SC2046
+"$BIN/index-svc" --listen 127.0.0.1:50052 --database-url "sqlite://$DIR/index.db" $(tls_of index) \
+  --auth-url 127.0.0.1:50051 --metrics-listen 127.0.0.1:9102 2>"$DIR/index.log" &
 PIDS+=($!)
 wait_for 30 index-svc "$BIN/index-svc" --listen 127.0.0.1:50052 healthcheck
 
+# Each agent's control API is the Unix socket in its data dir; `p2p` finds
+# it through --data-dir or P2P_DATA_DIR.
 start_agent() {
-  local name=$1 peer=$2 control=$3 metrics=$4
+  local name=$1 peer=$2 metrics=$3
+  # shellcheck disable=SC2046
   P2P_USER=admin P2P_PASSWORD=$ADMIN_PASSWORD "$BIN/peer-agent" --listen "127.0.0.1:$peer" \
-    --control "127.0.0.1:$control" --data-dir "$DIR/agent-$name" --metrics-listen "127.0.0.1:$metrics" \
-    --index-url http://127.0.0.1:50052 --auth-url http://127.0.0.1:50051 2>"$DIR/agent-$name.log" &
+    --data-dir "$DIR/agent-$name" --metrics-listen "127.0.0.1:$metrics" \
+    $(tls_of "agent-$name") --index-url 127.0.0.1:50052 --auth-url 127.0.0.1:50051 2>"$DIR/agent-$name.log" &
   PIDS+=($!)
 }
-logged_in() { "$BIN/p2p" --agent "$1" --json status | grep -q '"logged_in": *true'; }
-start_agent a 50053 50054 9103
-start_agent b 50063 50064 9113
-wait_for 60 "agent A to log in" logged_in 127.0.0.1:50054
-wait_for 60 "agent B to log in" logged_in 127.0.0.1:50064
+p2p_on() { local name=$1; shift; "$BIN/p2p" --data-dir "$DIR/agent-$name" "$@"; }
+logged_in() { p2p_on "$1" --json status | grep -q '"logged_in": *true'; }
+start_agent a 50053 9103
+start_agent b 50063 9113
+wait_for 60 "agent A to log in" logged_in a
+wait_for 60 "agent B to log in" logged_in b
 
 echo
 echo "sharing a 32 MiB demo file on agent A and downloading it on agent B:"
 head -c $((32 * 1024 * 1024)) /dev/urandom > "$DIR/demo.bin"
-"$BIN/p2p" --agent 127.0.0.1:50054 share "$DIR/demo.bin"
-"$BIN/p2p" --agent 127.0.0.1:50064 ls
-"$BIN/p2p" --agent 127.0.0.1:50064 get demo.bin -o "$DIR/demo-copy.bin" --force
+p2p_on a share "$DIR/demo.bin"
+p2p_on b ls
+p2p_on b get demo.bin -o "$DIR/demo-copy.bin" --force
 cmp "$DIR/demo.bin" "$DIR/demo-copy.bin"
 echo "agent B's copy is byte-for-byte identical."
 
@@ -74,11 +90,12 @@ cat <<EOF2
 The network is running (state and logs in $DIR):
   auth-svc   127.0.0.1:50051   admin password: $ADMIN_PASSWORD
   index-svc  127.0.0.1:50052
-  agent A    control 127.0.0.1:50054   agent B    control 127.0.0.1:50064
+  agent A    control $DIR/agent-a/control.sock
+  agent B    control $DIR/agent-b/control.sock
 Try:
-  export PATH=$BIN:\$PATH P2P_AGENT=127.0.0.1:50064
+  export PATH=$BIN:\$PATH P2P_DATA_DIR=$DIR/agent-b
   p2p ls; p2p peers; p2p status; p2p share SOME_FILE; p2p get NAME
-  grpcurl -plaintext 127.0.0.1:50051 list
+  grpcurl -cacert $TLS/ca.pem 127.0.0.1:50051 list
 EOF2
 if $ONCE; then exit 0; fi
 echo "Ctrl-C stops everything."

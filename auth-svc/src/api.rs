@@ -9,7 +9,7 @@ use std::sync::Arc;
 use p2p_proto::auth::v1 as pb;
 use p2p_proto::auth::v1::account_service_server::AccountService;
 use p2p_proto::auth::v1::auth_service_server::AuthService;
-use p2p_services::auth::{AUDIENCE, ISSUER, Role, claims};
+use p2p_services::auth::{AUDIENCE, ISSUER, PublicKey, Role, claims};
 use tonic::{Request, Response, Status};
 
 use crate::account::Account;
@@ -60,6 +60,21 @@ fn session_to_proto(session: Session) -> pb::TokenPair {
         refresh_token: session.refresh_token,
         refresh_expires_at_ms: session.refresh_expires_at_ms,
         user: Some(user_to_proto(session.account)),
+    }
+}
+
+fn signing_keys_to_proto(keys: Vec<PublicKey>) -> pb::SigningKeys {
+    pb::SigningKeys {
+        keys: keys
+            .iter()
+            .map(|key| pb::SigningKey {
+                kid: key.kid.clone(),
+                alg: "EdDSA".to_string(),
+                public_key: key.to_base64url(),
+            })
+            .collect(),
+        issuer: ISSUER.to_string(),
+        audience: AUDIENCE.to_string(),
     }
 }
 
@@ -128,31 +143,27 @@ impl AuthService for AuthApi {
         Ok(Response::new(user_to_proto(account)))
     }
 
-    async fn issue_peer_token(
-        &self,
-        _request: Request<pb::IssuePeerTokenRequest>,
-    ) -> Result<Response<pb::PeerToken>, Status> {
-        Err(Status::unimplemented("peer tokens are not issued yet"))
-    }
-
     async fn get_signing_keys(
         &self,
         _request: Request<pb::GetSigningKeysRequest>,
     ) -> Result<Response<pb::SigningKeys>, Status> {
-        let keys = self
+        let keys = self.authority.public_keys().await;
+        Ok(Response::new(signing_keys_to_proto(keys)))
+    }
+
+    async fn issue_peer_token(
+        &self,
+        request: Request<pb::IssuePeerTokenRequest>,
+    ) -> Result<Response<pb::PeerToken>, Status> {
+        let caller = claims(&request)?.clone();
+        let message = request.into_inner();
+        let token = self
             .authority
-            .public_keys()
-            .iter()
-            .map(|key| pb::SigningKey {
-                kid: key.kid.clone(),
-                alg: "EdDSA".to_string(),
-                public_key: key.to_base64url(),
-            })
-            .collect();
-        Ok(Response::new(pb::SigningKeys {
-            keys,
-            issuer: ISSUER.to_string(),
-            audience: AUDIENCE.to_string(),
+            .issue_peer_token(&caller, &message.agent_public_key)
+            .await?;
+        Ok(Response::new(pb::PeerToken {
+            token: token.token,
+            expires_at_ms: token.expires_at_ms,
         }))
     }
 }
@@ -248,13 +259,6 @@ impl AccountService for AccountApi {
         Ok(Response::new(user_to_proto(account)))
     }
 
-    async fn rotate_signing_key(
-        &self,
-        _request: Request<pb::RotateSigningKeyRequest>,
-    ) -> Result<Response<pb::SigningKeys>, Status> {
-        Err(Status::unimplemented("key rotation is not available yet"))
-    }
-
     async fn set_disabled(
         &self,
         request: Request<pb::SetDisabledRequest>,
@@ -267,5 +271,13 @@ impl AccountService for AccountApi {
             .set_disabled(&caller, username, message.disabled)
             .await?;
         Ok(Response::new(user_to_proto(account)))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::SigningKeys>, Status> {
+        let keys = self.authority.rotate_signing_key(claims(&request)?).await?;
+        Ok(Response::new(signing_keys_to_proto(keys)))
     }
 }

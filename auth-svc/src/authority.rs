@@ -4,6 +4,7 @@
 //! messages and call these methods.
 
 use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use p2p_services::auth::{Claims, PublicKey, Role, TokenVerifier};
@@ -13,10 +14,11 @@ use p2p_services::time::now_ms;
 use crate::account::{self, Account};
 use crate::config::Config;
 use crate::error::Error;
+use crate::keyring::{self, KEY_MAX_AGE, KeyRing};
 use crate::password;
 use crate::store::{NewRefreshToken, Store, StoredKey};
-use crate::throttle::{self, AddressThrottle};
-use crate::tokens::{self, AccessToken, KeyPair, Signer};
+use crate::throttle::{self, AttemptLocks, ClientAddr};
+use crate::tokens::{self, AccessToken, KeyPair, PeerToken, Signer};
 
 /// A successful login or refresh.
 #[derive(Debug, Clone)]
@@ -72,12 +74,15 @@ impl Metrics {
 #[derive(Debug)]
 pub struct Authority {
     store: Store,
-    signer: Signer,
-    public_keys: Vec<PublicKey>,
+    keys: RwLock<Arc<KeyRing>>,
+    /// Held while the key ring reloads, so concurrent reloads do not pile up.
+    reloading: tokio::sync::Mutex<()>,
+    verifier: TokenVerifier,
+    verify_window: Duration,
     access_ttl: Duration,
     refresh_ttl: Duration,
     min_password_length: usize,
-    addresses: AddressThrottle,
+    attempts: AttemptLocks,
     metrics: Metrics,
 }
 
@@ -87,20 +92,20 @@ impl Authority {
     pub async fn start(config: &Config) -> Result<Self, Error> {
         config.validate()?;
         let store = Store::open(&config.database_url).await?;
-        let keys = load_or_create_keys(&store).await?;
-        let newest = keys
-            .first()
-            .cloned()
-            .ok_or_else(|| Error::Internal("no signing key after creating one".into()))?;
-        let public_keys = keys.iter().map(KeyPair::public).collect();
+        let verify_window = keyring::verify_window(config.access_token_ttl);
+        let stored = load_or_create_keys(&store).await?;
+        let ring = KeyRing::from_stored(&stored, now_ms(), verify_window)?;
+        let verifier = TokenVerifier::with_keys(ring.published.clone());
         let authority = Self {
             store,
-            signer: Signer::new(newest)?,
-            public_keys,
+            keys: RwLock::new(Arc::new(ring)),
+            reloading: tokio::sync::Mutex::new(()),
+            verifier,
+            verify_window,
             access_ttl: config.access_token_ttl,
             refresh_ttl: config.refresh_token_ttl,
             min_password_length: config.min_password_length,
-            addresses: AddressThrottle::default(),
+            attempts: AttemptLocks::default(),
             metrics: Metrics::new(),
         };
         authority
@@ -115,14 +120,73 @@ impl Authority {
         self.store.close().await;
     }
 
-    /// A verifier that accepts exactly the tokens this authority signs.
+    /// A verifier that accepts exactly the tokens this authority's keys
+    /// verify. Clones share the key cache, which every reload replaces.
     pub fn verifier(&self) -> TokenVerifier {
-        TokenVerifier::with_keys(self.public_keys.clone())
+        self.verifier.clone()
     }
 
-    /// The public keys, for `GetSigningKeys`.
-    pub fn public_keys(&self) -> &[PublicKey] {
-        &self.public_keys
+    /// The public keys, for `GetSigningKeys`: the key that signs and every
+    /// retired key whose tokens may still be valid.
+    pub async fn public_keys(&self) -> Vec<PublicKey> {
+        self.keys().await.published.clone()
+    }
+
+    fn current_keys(&self) -> Arc<KeyRing> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The key ring to sign with, reloaded first when it is older than
+    /// [`KEY_MAX_AGE`] (the periodic reload is failing or late).
+    async fn keys(&self) -> Arc<KeyRing> {
+        if self.current_keys().older_than(KEY_MAX_AGE)
+            && let Err(err) = self.reload_keys(KEY_MAX_AGE).await
+        {
+            tracing::warn!(%err, "cannot reload signing keys; using the ones loaded");
+        }
+        self.current_keys()
+    }
+
+    /// Reloads the key ring from the database unless it was loaded less
+    /// than `max_age` ago (`Duration::ZERO` always reloads), so rotations
+    /// made by any replica take effect here, and installs the published
+    /// keys in this authority's verifier before the new key signs.
+    pub async fn reload_keys(&self, max_age: Duration) -> Result<(), Error> {
+        let _reloading = self.reloading.lock().await;
+        let before = self.current_keys();
+        if !before.older_than(max_age) {
+            return Ok(());
+        }
+        let stored = self.store.signing_keys().await?;
+        let ring = KeyRing::from_stored(&stored, now_ms(), self.verify_window)?;
+        if ring.signer.kid() != before.signer.kid() {
+            tracing::info!(kid = ring.signer.kid(), "signing with a new key");
+        }
+        self.verifier.install(ring.published.clone());
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+        Ok(())
+    }
+
+    /// Makes a new signing key that signs from now on (admin only). The
+    /// old one keeps verifying for [`keyring::verify_window`]. Returns the
+    /// keys now published.
+    pub async fn rotate_signing_key(&self, caller: &Claims) -> Result<Vec<PublicKey>, Error> {
+        let admin = self.require_admin(caller).await?;
+        let key = KeyPair::generate();
+        let now = now_ms();
+        let stored = StoredKey {
+            kid: key.kid.clone(),
+            private_key_der: key.to_der()?,
+            created_at_ms: now,
+            retired_at_ms: None,
+        };
+        let forget_before_ms = now - self.verify_window.as_millis() as i64;
+        self.store
+            .rotate_signing_key(&stored, now, forget_before_ms)
+            .await?;
+        self.reload_keys(Duration::ZERO).await?;
+        tracing::info!(by = %admin.username, kid = %key.kid, "rotated the token signing key");
+        Ok(self.current_keys().published.clone())
     }
 
     async fn bootstrap_admin(&self, username: &str, password: Option<String>) -> Result<(), Error> {
@@ -168,8 +232,9 @@ impl Authority {
     // --- sessions ---
 
     /// Checks a username and password and starts a session. Unknown users
-    /// and wrong passwords fail alike, in the same time; too many attempts
-    /// for the username or from `client` are refused for a while.
+    /// and wrong passwords fail alike, in the same time. Only failures are
+    /// counted, per (username, `client`) and per `client`; while either
+    /// count asks for a wait the attempt is refused (see [`throttle`]).
     pub async fn login(
         &self,
         username: &str,
@@ -192,55 +257,57 @@ impl Authority {
         password: &str,
         client: Option<IpAddr>,
     ) -> Result<Account, Error> {
-        let now = now_ms();
-        if let Some(addr) = client
-            && let Err(retry_after_secs) = self.addresses.begin(addr, now)
-        {
-            tracing::info!(%addr, "login refused: too many attempts from this address");
-            return Err(Error::Throttled { retry_after_secs });
+        let addr = ClientAddr::new(client);
+        // A name no account can have is counted for the address only, and
+        // never reaches the database.
+        let name = account::validate_username(username)
+            .is_ok()
+            .then_some(username);
+        let _turn = self.attempts.turn(name.unwrap_or_default(), &addr).await;
+        let failed = self.store.failed_logins(name, &addr).await?;
+        if let Some((scope, wait)) = throttle::refusal(&failed, username, now_ms()) {
+            let retry_after_secs = throttle::retry_after_secs(wait);
+            tracing::info!(username, %addr, retry_after_secs, "login refused: recent failures");
+            return Err(Error::Throttled {
+                scope,
+                retry_after_secs,
+            });
         }
-        if account::validate_username(username).is_err() {
-            // Nothing to look up or count per name; still a failure for the address.
-            return Err(Error::BadCredentials);
-        }
-        let window = self
-            .store
-            .count_login_attempt(username, now, throttle::WINDOW)
-            .await?;
-        if let Some(retry_after_secs) = throttle::refusal(
-            window,
-            throttle::MAX_ACCOUNT_FAILURES,
-            throttle::WINDOW,
-            now,
-        ) {
-            tracing::info!(
-                username,
-                "login refused: too many attempts for this username"
-            );
-            return Err(Error::Throttled { retry_after_secs });
-        }
-        let credentials = self.store.credentials_of(username).await?;
+        let credentials = match name {
+            Some(name) => self.store.credentials_of(name).await?,
+            None => None,
+        };
         let (account, hash) = match credentials {
             Some((account, hash)) => (Some(account), Some(hash)),
             None => (None, None),
         };
-        let password_ok = password.len() <= account::MAX_PASSWORD_BYTES
+        let password_ok = name.is_some()
+            && password.len() <= account::MAX_PASSWORD_BYTES
             && password::verify(hash, password.to_string()).await?;
         let account = match account {
             Some(account) if password_ok => account,
             _ => {
-                tracing::info!(username, client = ?client, "login failed");
+                let counts = self
+                    .store
+                    .record_failed_login(name, &addr, now_ms())
+                    .await?;
+                tracing::info!(
+                    username,
+                    %addr,
+                    failures = counts.account_from_address.map(|f| f.count),
+                    address_failures = counts.address.map(|f| f.count),
+                    "login failed"
+                );
                 return Err(Error::BadCredentials);
             }
         };
+        // The right password: whatever comes next, this address has no
+        // more guessing to slow down for this account.
+        self.store.clear_failed_logins(username, &addr).await?;
         if account.disabled {
             return Err(Error::AccountUnusable(account.username));
         }
-        self.store.clear_login_attempts(username).await?;
-        if let Some(addr) = client {
-            self.addresses.succeeded(addr);
-        }
-        tracing::info!(username, "logged in");
+        tracing::info!(username, %addr, "logged in");
         Ok(account)
     }
 
@@ -257,11 +324,12 @@ impl Authority {
 
     fn session(
         &self,
+        signer: &Signer,
         account: Account,
         refresh: String,
         record: &NewRefreshToken,
     ) -> Result<Session, Error> {
-        let access = self.signer.issue(
+        let access = signer.issue(
             &account.id,
             &account.username,
             account.role,
@@ -280,7 +348,7 @@ impl Authority {
     async fn new_session(&self, account: Account) -> Result<Session, Error> {
         let (refresh, record) = self.new_tokens(now_ms());
         self.store.start_session(&account.id, &record).await?;
-        self.session(account, refresh, &record)
+        self.session(&self.keys().await.signer, account, refresh, &record)
     }
 
     /// Exchanges a refresh token for a new pair; the old one stops working.
@@ -295,7 +363,7 @@ impl Authority {
             .store
             .rotate_session(&tokens::refresh_token_hash(refresh_token), &record)
             .await?;
-        self.session(account, refresh, &record)
+        self.session(&self.keys().await.signer, account, refresh, &record)
     }
 
     /// Revokes the session of a refresh token. Idempotent.
@@ -317,6 +385,32 @@ impl Authority {
             Some(account) if !account.disabled => Ok(account),
             _ => Err(Error::AccountUnusable(claims.name.clone())),
         }
+    }
+
+    /// A peer token for the caller's agent, bound to `agent_public_key`
+    /// (its `cnf`) and living as long as an access token: the agent proves
+    /// each source call with that key, so one token serves every source.
+    /// The caller's account must still exist and be enabled: a peer token
+    /// outlives neither.
+    pub async fn issue_peer_token(
+        &self,
+        caller: &Claims,
+        agent_public_key: &str,
+    ) -> Result<PeerToken, Error> {
+        let agent_key =
+            tokens::parse_agent_key(agent_public_key).map_err(Error::InvalidArgument)?;
+        self.who_am_i(caller).await?;
+        let jti = uuid::Uuid::new_v4().to_string();
+        let token = self.keys().await.signer.issue_peer(
+            &caller.sub,
+            &caller.name,
+            &agent_key,
+            &jti,
+            now_ms(),
+            self.access_ttl,
+        )?;
+        tracing::debug!(username = %caller.name, "issued a peer token");
+        Ok(token)
     }
 
     // --- account administration ---
@@ -473,24 +567,23 @@ impl Authority {
     }
 }
 
-/// Loads every signing key, newest first, creating one on first start.
-async fn load_or_create_keys(store: &Store) -> Result<Vec<KeyPair>, Error> {
-    let mut stored = store.signing_keys().await?;
-    if stored.is_empty() {
-        let key = KeyPair::generate();
-        store
-            .add_signing_key(&StoredKey {
-                kid: key.kid.clone(),
-                private_key_der: key.to_der()?,
-                created_at_ms: now_ms(),
-            })
-            .await?;
-        tracing::info!(kid = %key.kid, "generated a new token signing key");
-        // Read back: a concurrently starting replica may have stored its own.
-        stored = store.signing_keys().await?;
+/// Loads every signing key, newest first, creating one when none is in use
+/// (on first start).
+async fn load_or_create_keys(store: &Store) -> Result<Vec<StoredKey>, Error> {
+    let stored = store.signing_keys().await?;
+    if keyring::signing_key(&stored).is_some() {
+        return Ok(stored);
     }
-    stored
-        .iter()
-        .map(|key| KeyPair::from_der(&key.kid, &key.private_key_der))
-        .collect()
+    let key = KeyPair::generate();
+    store
+        .add_signing_key(&StoredKey {
+            kid: key.kid.clone(),
+            private_key_der: key.to_der()?,
+            created_at_ms: now_ms(),
+            retired_at_ms: None,
+        })
+        .await?;
+    tracing::info!(kid = %key.kid, "generated a new token signing key");
+    // Read back: a concurrently starting replica may have stored its own.
+    store.signing_keys().await
 }

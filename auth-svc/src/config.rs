@@ -55,6 +55,10 @@ pub struct Config {
     #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9101")]
     pub metrics_listen: String,
 
+    /// TLS flags (auth-svc serves TLS; `--tls-ca` is used by `healthcheck`).
+    #[command(flatten)]
+    pub tls: p2p_services::tls::TlsArgs,
+
     /// Logging flags.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,

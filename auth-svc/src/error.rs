@@ -3,6 +3,9 @@
 use p2p_services::db::DbError;
 use p2p_services::serve::{BindError, ServeError};
 use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+use crate::throttle::ThrottleScope;
 
 /// Everything that can go wrong in auth-svc, in domain terms.
 #[derive(Debug, thiserror::Error)]
@@ -27,16 +30,22 @@ pub enum Error {
     /// The gRPC server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] p2p_services::tls::TlsError),
     /// The metrics endpoint failed.
     #[error("metrics endpoint failed: {0}")]
     Metrics(String),
     /// Unknown user or wrong password; deliberately the same error.
     #[error("wrong username or password")]
     BadCredentials,
-    /// Too many failed logins for the account or the client address.
-    #[error("too many failed logins; try again in {retry_after_secs} s")]
+    /// Too many recent failed logins for the account from the client's
+    /// address, or from that address altogether.
+    #[error("too many failed logins {scope}; try again in {retry_after_secs} s")]
     Throttled {
-        /// Seconds until the window ends.
+        /// Which count refused the attempt.
+        scope: ThrottleScope,
+        /// Seconds until an attempt is accepted again.
         retry_after_secs: u64,
     },
     /// The username breaks the naming rules.
@@ -90,6 +99,10 @@ pub enum RefreshRejection {
     Reused,
 }
 
+/// Metadata key of a throttled login's answer: whole seconds to wait
+/// before the next attempt is accepted.
+pub const RETRY_AFTER: &str = "retry-after";
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let message = err.to_string();
@@ -97,7 +110,15 @@ impl From<Error> for Status {
             Error::BadCredentials | Error::Refresh(_) | Error::AccountUnusable(_) => {
                 Status::unauthenticated(message)
             }
-            Error::Throttled { .. } => Status::resource_exhausted(message),
+            Error::Throttled {
+                retry_after_secs, ..
+            } => {
+                let mut status = Status::resource_exhausted(message);
+                status
+                    .metadata_mut()
+                    .insert(RETRY_AFTER, MetadataValue::from(retry_after_secs));
+                status
+            }
             Error::InvalidUsername(_) | Error::WeakPassword(_) | Error::InvalidArgument(_) => {
                 Status::invalid_argument(message)
             }
@@ -112,6 +133,7 @@ impl From<Error> for Status {
             Error::Config { .. }
             | Error::Bind(_)
             | Error::Serve(_)
+            | Error::Tls(_)
             | Error::Metrics(_)
             | Error::Internal(_) => {
                 tracing::error!(error = %message, "internal failure");

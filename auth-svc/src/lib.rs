@@ -5,7 +5,8 @@
 //! ([`tokens`]), hands out rotating refresh tokens stored only as hashes,
 //! and publishes its public keys so every other service verifies tokens
 //! locally. [`authority`] holds the rules, [`api`] the gRPC glue, [`store`]
-//! all SQL, [`throttle`] the login limits.
+//! all SQL, [`throttle`] the login limits, [`keyring`] which keys sign and
+//! verify.
 //!
 //! [`run`] serves until the shutdown future resolves; tests call it with a
 //! listener on `127.0.0.1:0`:
@@ -27,6 +28,7 @@ pub mod api;
 pub mod authority;
 pub mod config;
 pub mod error;
+pub mod keyring;
 pub mod password;
 pub mod store;
 pub mod throttle;
@@ -41,29 +43,41 @@ use p2p_services::auth::RequireAuth;
 use p2p_services::metrics;
 use p2p_services::serve::GrpcServer;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 pub use crate::config::{Command, Config};
 pub use crate::error::Error;
 
 /// Opens the database (bootstrapping keys and the first admin), then serves
 /// `AuthService` and `AccountService` (plus health and reflection) on
-/// `listener` and metrics on `--metrics-listen`, until `shutdown` resolves.
+/// `listener` and metrics on `--metrics-listen`, and reloads the signing
+/// keys every [`keyring::KEY_RELOAD_INTERVAL`], until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    config.tls.warn_if_plaintext("auth-svc");
+    let tls = config.tls.server()?;
     let authority = Arc::new(authority::Authority::start(&config).await?);
     let verifier = authority.verifier();
 
-    // The metrics endpoint stops when the gRPC server's shutdown fires (the
-    // sender is dropped), and is aborted at the latest when its handle drops
-    // at the end of this function.
-    let (stop_metrics, mut metrics_stopped) = tokio::sync::watch::channel(());
+    // The metrics endpoint and the key reloader stop when the gRPC server's
+    // shutdown fires (the sender is dropped). The metrics task is aborted at
+    // the latest when its handle drops at the end of this function; the
+    // reloader belongs to `background`, shut down before the pool closes.
+    let (stop_background, background_stopped) = tokio::sync::watch::channel(());
+    let mut metrics_stopped = background_stopped.clone();
     let _metrics = metrics::spawn(&config.metrics_listen, async move {
         let _ = metrics_stopped.changed().await;
     })
     .await?;
+    let mut background = JoinSet::new();
+    background.spawn(reload_keys_until_stopped(
+        Arc::clone(&authority),
+        background_stopped,
+    ));
 
     let auth = RequireAuth::new(
         AuthServiceServer::new(api::AuthApi::new(Arc::clone(&authority))),
@@ -75,13 +89,36 @@ pub async fn run(
         verifier,
     );
     let served = GrpcServer::new()
+        .tls(tls)
         .add_service(auth)
         .add_service(accounts)
         .serve(listener, async move {
             shutdown.await;
-            drop(stop_metrics);
+            drop(stop_background);
         })
         .await;
+    background.shutdown().await;
     authority.close().await;
     Ok(served?)
+}
+
+/// Reloads the signing keys every [`keyring::KEY_RELOAD_INTERVAL`], so this
+/// replica signs with, and accepts tokens of, a key another replica made,
+/// until `stopped` fires.
+async fn reload_keys_until_stopped(
+    authority: Arc<authority::Authority>,
+    mut stopped: watch::Receiver<()>,
+) {
+    let mut ticks = tokio::time::interval(keyring::KEY_RELOAD_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = ticks.tick() => {
+                if let Err(err) = authority.reload_keys(std::time::Duration::ZERO).await {
+                    tracing::warn!(%err, "cannot reload signing keys; using the ones loaded");
+                }
+            }
+        }
+    }
 }

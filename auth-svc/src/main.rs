@@ -13,7 +13,14 @@ async fn main() -> ExitCode {
     let config = Config::parse();
     if let Some(Command::Healthcheck { addr }) = &config.command {
         let addr = addr.clone().unwrap_or_else(|| config.probe_addr());
-        return match health::probe(&addr, "").await {
+        let tls = match config.tls.client() {
+            Ok(tls) => tls,
+            Err(err) => {
+                eprintln!("auth-svc healthcheck: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match health::probe(&addr, "", &tls).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(problem) => {
                 eprintln!("auth-svc unhealthy: {problem}");

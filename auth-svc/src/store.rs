@@ -10,8 +10,6 @@
 //! lock on PostgreSQL, so two such changes never both see "another admin is
 //! left" and both go ahead.
 
-use std::time::Duration;
-
 use p2p_services::auth::Role;
 use p2p_services::db::{self, Database, Migrations};
 use sqlx::any::AnyRow;
@@ -19,7 +17,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::account::Account;
 use crate::error::{Error, RefreshRejection};
-use crate::throttle::FailureWindow;
+use crate::throttle::{ClientAddr, FORGET_AFTER, FailedLogins, Failures};
 
 /// A stored signing key.
 #[derive(Debug, Clone)]
@@ -30,6 +28,9 @@ pub struct StoredKey {
     pub private_key_der: Vec<u8>,
     /// When it was made, Unix milliseconds.
     pub created_at_ms: i64,
+    /// When a newer key replaced it, Unix milliseconds; `None` while it
+    /// signs.
+    pub retired_at_ms: Option<i64>,
 }
 
 /// A refresh token about to be stored.
@@ -116,7 +117,7 @@ impl Store {
     /// Every signing key, newest first.
     pub async fn signing_keys(&self) -> Result<Vec<StoredKey>, Error> {
         let rows = sqlx::query(
-            "SELECT kid, private_key_der, created_at_ms FROM signing_keys \
+            "SELECT kid, private_key_der, created_at_ms, retired_at_ms FROM signing_keys \
              ORDER BY created_at_ms DESC, kid DESC",
         )
         .fetch_all(&self.pool)
@@ -127,22 +128,58 @@ impl Store {
                     kid: row.try_get("kid")?,
                     private_key_der: row.try_get("private_key_der")?,
                     created_at_ms: row.try_get("created_at_ms")?,
+                    retired_at_ms: row.try_get("retired_at_ms")?,
                 })
             })
             .collect()
     }
 
-    /// Stores a new signing key.
+    /// Stores a signing key (the first one, at start-up).
     pub async fn add_signing_key(&self, key: &StoredKey) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO signing_keys (kid, private_key_der, created_at_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (kid) DO NOTHING",
+            "INSERT INTO signing_keys (kid, private_key_der, created_at_ms, retired_at_ms) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (kid) DO NOTHING",
         )
         .bind(&key.kid)
         .bind(&key.private_key_der)
         .bind(key.created_at_ms)
+        .bind(key.retired_at_ms)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Makes `new` the key that signs: retires every key in use at `now_ms`,
+    /// stores `new`, and deletes the keys retired before
+    /// `forget_retired_before_ms` (no token they signed can still be valid),
+    /// in one transaction. Two rotations racing on PostgreSQL may leave both
+    /// new keys in use; the newer one signs and the other verifies until the
+    /// next rotation, which is harmless.
+    pub async fn rotate_signing_key(
+        &self,
+        new: &StoredKey,
+        now_ms: i64,
+        forget_retired_before_ms: i64,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE signing_keys SET retired_at_ms = $1 WHERE retired_at_ms IS NULL")
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, private_key_der, created_at_ms, retired_at_ms) \
+             VALUES ($1, $2, $3, NULL)",
+        )
+        .bind(&new.kid)
+        .bind(&new.private_key_der)
+        .bind(new.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM signing_keys WHERE retired_at_ms < $1")
+            .bind(forget_retired_before_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -518,50 +555,126 @@ impl Store {
 
     // --- login throttling ---
 
-    /// Counts a login attempt for `username` (known or not) and returns the
-    /// window it falls in. Mirrors [`crate::throttle::next_window`] in one
-    /// statement so concurrent attempts are all counted.
-    pub async fn count_login_attempt(
+    /// The failure counts that decide a login attempt from `addr`, for
+    /// `username` when it is a name an account could have.
+    pub async fn failed_logins(
         &self,
-        username: &str,
-        now_ms: i64,
-        window: Duration,
-    ) -> Result<FailureWindow, Error> {
-        let window_ms = window.as_millis() as i64;
-        let row = sqlx::query(
-            "INSERT INTO login_attempts (username, window_start_ms, attempts) VALUES ($1, $2, 1) \
-             ON CONFLICT (username) DO UPDATE SET \
-             attempts = CASE WHEN login_attempts.window_start_ms + $3 <= $2 \
-                 THEN 1 ELSE login_attempts.attempts + 1 END, \
-             window_start_ms = CASE WHEN login_attempts.window_start_ms + $3 <= $2 \
-                 THEN $2 ELSE login_attempts.window_start_ms END \
-             RETURNING window_start_ms, attempts",
+        username: Option<&str>,
+        addr: &ClientAddr,
+    ) -> Result<FailedLogins, Error> {
+        let failures = |row: AnyRow| -> Result<Failures, Error> {
+            Ok(Failures {
+                count: row.try_get("failures")?,
+                last_ms: row.try_get("last_failure_ms")?,
+            })
+        };
+        let account_from_address = match username {
+            Some(username) => sqlx::query(
+                "SELECT failures, last_failure_ms FROM login_failures \
+                 WHERE username = $1 AND address = $2",
+            )
+            .bind(username)
+            .bind(addr.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(failures)
+            .transpose()?,
+            None => None,
+        };
+        let address = sqlx::query(
+            "SELECT failures, last_failure_ms FROM address_login_failures WHERE address = $1",
         )
-        .bind(username)
+        .bind(addr.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(failures)
+        .transpose()?;
+        Ok(FailedLogins {
+            account_from_address,
+            address,
+        })
+    }
+
+    /// Records a failed login from `addr` (for `username` too, when it is a
+    /// name an account could have, known or not) and returns the new counts.
+    /// Each count is one statement mirroring [`Failures::next`], so
+    /// concurrent failures on any replica are all counted.
+    pub async fn record_failed_login(
+        &self,
+        username: Option<&str>,
+        addr: &ClientAddr,
+        now_ms: i64,
+    ) -> Result<FailedLogins, Error> {
+        let forget_ms = FORGET_AFTER.as_millis() as i64;
+        let account_from_address = match username {
+            Some(username) => {
+                let row = sqlx::query(
+                    "INSERT INTO login_failures (username, address, failures, last_failure_ms) \
+                     VALUES ($1, $2, 1, $3) ON CONFLICT (username, address) DO UPDATE SET \
+                     failures = CASE WHEN login_failures.last_failure_ms + $4 <= $3 \
+                         THEN 1 ELSE login_failures.failures + 1 END, \
+                     last_failure_ms = $3 \
+                     RETURNING failures, last_failure_ms",
+                )
+                .bind(username)
+                .bind(addr.as_str())
+                .bind(now_ms)
+                .bind(forget_ms)
+                .fetch_one(&self.pool)
+                .await?;
+                Some(Failures {
+                    count: row.try_get("failures")?,
+                    last_ms: row.try_get("last_failure_ms")?,
+                })
+            }
+            None => None,
+        };
+        let row = sqlx::query(
+            "INSERT INTO address_login_failures (address, failures, last_failure_ms) \
+             VALUES ($1, 1, $2) ON CONFLICT (address) DO UPDATE SET \
+             failures = CASE WHEN address_login_failures.last_failure_ms + $3 <= $2 \
+                 THEN 1 ELSE address_login_failures.failures + 1 END, \
+             last_failure_ms = $2 \
+             RETURNING failures, last_failure_ms",
+        )
+        .bind(addr.as_str())
         .bind(now_ms)
-        .bind(window_ms)
+        .bind(forget_ms)
         .fetch_one(&self.pool)
         .await?;
-        let current = FailureWindow {
-            started_ms: row.try_get("window_start_ms")?,
-            attempts: row.try_get("attempts")?,
+        let address = Failures {
+            count: row.try_get("failures")?,
+            last_ms: row.try_get("last_failure_ms")?,
         };
-        if current.attempts == 1 {
-            // A new window: a good moment to forget windows long over, so
-            // guessed usernames do not pile up.
-            sqlx::query("DELETE FROM login_attempts WHERE window_start_ms + $1 <= $2")
-                .bind(window_ms)
+        if address.count == 1 {
+            // A fresh count: a good moment to drop counts nobody needs, so
+            // guessed usernames and passing addresses do not pile up.
+            for table in ["login_failures", "address_login_failures"] {
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE last_failure_ms + $1 <= $2"
+                ))
+                .bind(forget_ms)
                 .bind(now_ms)
                 .execute(&self.pool)
                 .await?;
+            }
         }
-        Ok(current)
+        Ok(FailedLogins {
+            account_from_address,
+            address: Some(address),
+        })
     }
 
-    /// Forgets the attempts of `username` after a successful login.
-    pub async fn clear_login_attempts(&self, username: &str) -> Result<(), Error> {
-        sqlx::query("DELETE FROM login_attempts WHERE username = $1")
+    /// Forgets the failures of `username` from `addr` after it logged in
+    /// from there. The address's own count stays.
+    pub async fn clear_failed_logins(
+        &self,
+        username: &str,
+        addr: &ClientAddr,
+    ) -> Result<(), Error> {
+        sqlx::query("DELETE FROM login_failures WHERE username = $1 AND address = $2")
             .bind(username)
+            .bind(addr.as_str())
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -597,38 +710,102 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn login_attempts_count_up_and_reset_after_the_window() {
+    async fn failed_logins_count_per_account_and_address_and_clear_per_account() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&db::testing::sqlite_url(dir.path(), "t.db"))
             .await
             .unwrap();
-        let w = Duration::from_secs(60);
-        let first = store.count_login_attempt("bob", 1_000, w).await.unwrap();
+        let here = ClientAddr::new(Some("10.0.0.1".parse().unwrap()));
+        let there = ClientAddr::new(Some("10.0.0.2".parse().unwrap()));
         assert_eq!(
-            first,
-            FailureWindow {
-                started_ms: 1_000,
-                attempts: 1
-            }
+            store.failed_logins(Some("bob"), &here).await.unwrap(),
+            FailedLogins::default()
         );
-        let second = store.count_login_attempt("bob", 2_000, w).await.unwrap();
+        store
+            .record_failed_login(Some("bob"), &here, 1_000)
+            .await
+            .unwrap();
+        let counts = store
+            .record_failed_login(Some("bob"), &here, 2_000)
+            .await
+            .unwrap();
+        let two = Failures {
+            count: 2,
+            last_ms: 2_000,
+        };
+        assert_eq!(counts.account_from_address, Some(two));
+        assert_eq!(counts.address, Some(two));
+        store.record_failed_login(None, &here, 3_000).await.unwrap();
+        let read = store.failed_logins(Some("bob"), &here).await.unwrap();
+        assert_eq!(read.account_from_address, Some(two));
+        assert_eq!(read.address.map(|f| f.count), Some(3));
         assert_eq!(
-            second,
-            FailureWindow {
-                started_ms: 1_000,
-                attempts: 2
-            }
+            store.failed_logins(Some("bob"), &there).await.unwrap(),
+            FailedLogins::default(),
+            "another address starts clean"
         );
-        let later = store.count_login_attempt("bob", 61_000, w).await.unwrap();
+
+        store.clear_failed_logins("bob", &here).await.unwrap();
+        let read = store.failed_logins(Some("bob"), &here).await.unwrap();
+        assert_eq!(read.account_from_address, None);
         assert_eq!(
-            later,
-            FailureWindow {
-                started_ms: 61_000,
-                attempts: 1
-            }
+            read.address.map(|f| f.count),
+            Some(3),
+            "address count stays"
         );
-        store.clear_login_attempts("bob").await.unwrap();
-        let fresh = store.count_login_attempt("bob", 62_000, w).await.unwrap();
-        assert_eq!(fresh.attempts, 1);
+
+        let later = 3_000 + FORGET_AFTER.as_millis() as i64;
+        let fresh = store
+            .record_failed_login(Some("carol"), &there, later)
+            .await
+            .unwrap();
+        assert_eq!(fresh.address.map(|f| f.count), Some(1));
+        assert_eq!(
+            store.failed_logins(Some("bob"), &here).await.unwrap(),
+            FailedLogins::default(),
+            "idle counts are deleted when a fresh count starts"
+        );
+    }
+
+    #[tokio::test]
+    async fn rotation_retires_the_key_in_use_and_forgets_long_retired_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&db::testing::sqlite_url(dir.path(), "t.db"))
+            .await
+            .unwrap();
+        let key = |kid: &str, created_at_ms| StoredKey {
+            kid: kid.into(),
+            private_key_der: vec![1, 2, 3],
+            created_at_ms,
+            retired_at_ms: None,
+        };
+        store.add_signing_key(&key("a", 1_000)).await.unwrap();
+        store
+            .rotate_signing_key(&key("b", 2_000), 2_000, 0)
+            .await
+            .unwrap();
+        store
+            .rotate_signing_key(&key("c", 3_000), 3_000, 0)
+            .await
+            .unwrap();
+        let keys = store.signing_keys().await.unwrap();
+        let seen: Vec<(&str, Option<i64>)> = keys
+            .iter()
+            .map(|k| (k.kid.as_str(), k.retired_at_ms))
+            .collect();
+        assert_eq!(seen, [("c", None), ("b", Some(3_000)), ("a", Some(2_000))]);
+        // Keys retired before 2_500 are gone after the next rotation.
+        store
+            .rotate_signing_key(&key("d", 4_000), 4_000, 2_500)
+            .await
+            .unwrap();
+        let kids: Vec<String> = store
+            .signing_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
+        assert_eq!(kids, ["d", "c", "b"]);
     }
 }

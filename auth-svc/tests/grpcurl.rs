@@ -60,15 +60,39 @@ async fn grpcurl_lists_describes_and_logs_in() {
     let db = TestDb::sqlite();
     let server = TestServer::start(&db, &[]).await;
     let addr = server.addr.to_string();
+    let ca = server.certs.ca_cert().display().to_string();
     let args = |rest: &[&str]| -> Vec<String> {
         let mut all = vec![
-            "-plaintext".to_string(),
+            "-cacert".to_string(),
+            ca.clone(),
             "-max-time".to_string(),
             "20".to_string(),
         ];
         all.extend(rest.iter().map(|s| s.to_string()));
         all
     };
+
+    // TLS is not optional: a plaintext client gets nowhere, and neither
+    // does one that trusts only the system's CAs.
+    let plaintext = grpcurl(
+        ["-plaintext", "-max-time", "10", &addr, "list"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert!(!plaintext.status.success(), "{}", text(&plaintext));
+    let untrusted = grpcurl(
+        ["-max-time", "10", &addr, "list"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert!(!untrusted.status.success(), "{}", text(&untrusted));
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("certificate"),
+        "{}",
+        text(&untrusted)
+    );
 
     let list = grpcurl(args(&[&addr, "list"])).await;
     assert!(list.status.success(), "{}", text(&list));

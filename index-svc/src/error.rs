@@ -50,6 +50,12 @@ pub enum Error {
     /// The peer belongs to another user.
     #[error("peer {0} belongs to another user; only its owner may act for it")]
     NotPeerOwner(PeerId),
+    /// The advertised address is not the caller's own, nor allowed.
+    #[error("{0}")]
+    AdvertiseRefused(String),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] p2p_services::tls::TlsError),
     /// The file belongs to another user and the caller is no admin.
     #[error("file {0} was published by another user; only its owner or an admin may delete it")]
     NotFileOwner(FileId),
@@ -64,7 +70,9 @@ impl From<Error> for Status {
             }
             Error::TooLarge(_) => Status::resource_exhausted(message),
             Error::FileNotFound(_) | Error::PeerNotFound(_) => Status::not_found(message),
-            Error::NotPeerOwner(_) | Error::NotFileOwner(_) => Status::permission_denied(message),
+            Error::NotPeerOwner(_) | Error::NotFileOwner(_) | Error::AdvertiseRefused(_) => {
+                Status::permission_denied(message)
+            }
             Error::Database(ref source) => {
                 tracing::error!(error = %source, "query failed");
                 match source {
@@ -78,9 +86,11 @@ impl From<Error> for Status {
                 tracing::error!(%message, "corrupt data");
                 Status::internal(message)
             }
-            Error::Config { .. } | Error::Open(_) | Error::Serve(_) | Error::Bind(_) => {
-                Status::internal(message)
-            }
+            Error::Config { .. }
+            | Error::Open(_)
+            | Error::Serve(_)
+            | Error::Bind(_)
+            | Error::Tls(_) => Status::internal(message),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! endpoint. Both stop when the shutdown future resolves, and `run` waits
 //! for the housekeeping task before returning.
 
+pub mod advertise;
 pub mod error;
 pub mod events;
 pub mod lease;
@@ -66,9 +67,15 @@ pub struct Config {
     /// sqlite://PATH or postgres://USER:PASS@HOST/DB.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://index.db")]
     pub database_url: String,
-    /// Where auth-svc publishes its token signing keys.
-    #[arg(long, env = "P2P_AUTH_URL", default_value = "http://127.0.0.1:50051")]
+    /// Where auth-svc publishes its token signing keys (`host:port`).
+    #[arg(long, env = "P2P_AUTH_URL", default_value = "127.0.0.1:50051")]
     pub auth_url: String,
+    /// Networks (comma-separated CIDRs) whose addresses agents may
+    /// advertise although they call from another address (NAT, container
+    /// gateways). By default an agent may advertise only its own source
+    /// address.
+    #[arg(long, env = "INDEX_ALLOW_ADVERTISE_NETWORKS", default_value = "", value_parser = advertise::parse_networks)]
+    pub allow_advertise_networks: advertise::AdvertisePolicy,
     /// How long a peer stays online after its last heartbeat (e.g. 15s, 1500ms).
     #[arg(long, env = "INDEX_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
@@ -78,6 +85,10 @@ pub struct Config {
     /// Address for Prometheus `GET /metrics`; empty disables it.
     #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9102")]
     pub metrics_listen: String,
+    /// TLS: index-svc serves with --tls-cert/--tls-key and verifies
+    /// auth-svc against --tls-ca.
+    #[command(flatten)]
+    pub tls: p2p_services::tls::TlsArgs,
     /// Logging.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -182,8 +193,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let lease = config.lease()?;
+    config.tls.warn_if_plaintext("index-svc");
+    let server_tls = config.tls.server()?;
+    let client_tls = config.tls.client()?;
+    client_tls.url(&config.auth_url)?;
     let store = Store::open(&config.database_url).await?;
-    let verifier = TokenVerifier::remote(&config.auth_url);
+    let verifier = TokenVerifier::remote(&config.auth_url, client_tls);
     match verifier.refresh().await {
         Ok(count) => tracing::info!(count, auth_url = %config.auth_url, "signing keys cached"),
         Err(err) => {
@@ -194,12 +209,18 @@ pub async fn run(
     let _metrics = metrics::spawn(&config.metrics_listen, stop.clone().cancelled_owned()).await?;
     let housekeeper = tokio::spawn(housekeeping(store.clone(), lease, stop.clone()));
 
-    let api = IndexApi::new(store, lease, stop.clone());
+    let api = IndexApi::new(
+        store,
+        lease,
+        config.allow_advertise_networks.clone(),
+        stop.clone(),
+    );
     let server = IndexServiceServer::new(api)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server_stop = stop.clone();
     let result = GrpcServer::new()
+        .tls(server_tls)
         .add_service(RequireAuth::new(server, verifier))
         .serve(listener, async move {
             shutdown.await;

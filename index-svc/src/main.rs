@@ -10,7 +10,14 @@ use p2p_services::{health, serve, shutdown, telemetry};
 async fn main() -> ExitCode {
     let config = Config::parse();
     if let Some(Command::Healthcheck { .. }) = &config.command {
-        return match health::probe(&config.probe_addr(), "p2p.index.v1.IndexService").await {
+        let tls = match config.tls.client() {
+            Ok(tls) => tls,
+            Err(err) => {
+                eprintln!("index-svc healthcheck: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match health::probe(&config.probe_addr(), "p2p.index.v1.IndexService", &tls).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("index-svc unhealthy: {err}");

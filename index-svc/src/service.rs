@@ -19,6 +19,7 @@ use p2p_services::time::now_ms;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::advertise::{self, AdvertisePolicy};
 use crate::error::Error;
 use crate::events::{EventCursor, FileEventKind, StoredEvent};
 use crate::lease::Lease;
@@ -44,13 +45,24 @@ const MAX_DETAIL_BYTES: usize = 512;
 pub struct IndexApi {
     store: Store,
     lease: Lease,
+    advertise: AdvertisePolicy,
     stop: CancellationToken,
 }
 
 impl IndexApi {
     /// A service over `store`; streams end when `stop` is cancelled.
-    pub fn new(store: Store, lease: Lease, stop: CancellationToken) -> Self {
-        Self { store, lease, stop }
+    pub fn new(
+        store: Store,
+        lease: Lease,
+        advertise: AdvertisePolicy,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            lease,
+            advertise,
+            stop,
+        }
     }
 }
 
@@ -80,35 +92,6 @@ fn truncate(mut text: String, max: usize) -> String {
 
 /// Checks an advertised `host:port`: a non-empty host without spaces or
 /// control characters and a non-zero port.
-fn validate_advertise_addr(addr: &str) -> Result<(), String> {
-    if addr.is_empty() {
-        return Err(
-            "advertise_addr is empty: send the host:port of the agent's PeerService".into(),
-        );
-    }
-    if addr.len() > MAX_ADDR_BYTES {
-        return Err(format!(
-            "advertise_addr is {} bytes; at most {MAX_ADDR_BYTES}",
-            addr.len()
-        ));
-    }
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| format!("advertise_addr {addr:?} is not host:port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty()
-        || host
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
-    {
-        return Err(format!("advertise_addr {addr:?} has no usable host"));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
-        _ => Err(format!("advertise_addr {addr:?} has no valid port")),
-    }
-}
-
 /// Whether the caller may delete a file owned by `owner_id`.
 fn may_delete(owner_id: &str, caller: &Claims) -> bool {
     caller.sub == owner_id || caller.is_admin()
@@ -217,10 +200,16 @@ impl IndexApi {
     async fn register_peer(
         &self,
         claims: &Claims,
+        caller: Option<std::net::IpAddr>,
         request: pb::RegisterPeerRequest,
     ) -> Result<pb::RegisterPeerResponse, Error> {
         let addr = request.advertise_addr.trim().to_string();
-        validate_advertise_addr(&addr).map_err(Error::InvalidArgument)?;
+        let (host, port) =
+            advertise::split(&addr, MAX_ADDR_BYTES).map_err(Error::InvalidArgument)?;
+        self.advertise
+            .check(&addr, host, port, caller)
+            .await
+            .map_err(Error::AdvertiseRefused)?;
         let peer = NewPeer {
             user_id: claims.sub.clone(),
             username: claims.name.clone(),
@@ -629,7 +618,11 @@ impl IndexService for IndexApi {
         request: Request<pb::RegisterPeerRequest>,
     ) -> Result<Response<pb::RegisterPeerResponse>, Status> {
         let claims = caller(&request)?;
-        reply(self.register_peer(&claims, request.into_inner()).await)
+        let from = request.remote_addr().map(|a| a.ip());
+        reply(
+            self.register_peer(&claims, from, request.into_inner())
+                .await,
+        )
     }
 
     async fn heartbeat(
@@ -746,18 +739,6 @@ mod tests {
         assert!(may_delete("alice", &claims("alice", Role::User)));
         assert!(!may_delete("alice", &claims("bob", Role::User)));
         assert!(may_delete("alice", &claims("root", Role::Admin)));
-    }
-
-    #[test]
-    fn advertised_addresses_must_be_host_and_port() {
-        assert!(validate_advertise_addr("10.0.0.5:50053").is_ok());
-        assert!(validate_advertise_addr("agent-1.lan:7000").is_ok());
-        assert!(validate_advertise_addr("[::1]:7000").is_ok());
-        assert!(validate_advertise_addr("").is_err());
-        assert!(validate_advertise_addr("host").is_err());
-        assert!(validate_advertise_addr("host:0").is_err());
-        assert!(validate_advertise_addr(":80").is_err());
-        assert!(validate_advertise_addr("a b:80").is_err());
     }
 
     #[test]

@@ -27,6 +27,7 @@ suite!(
     index_keeps_everything_across_restart,
     two_replicas_on_one_database_agree,
     watch_files_delivers_publish_and_delete,
+    an_advertised_address_must_be_the_callers_own_unless_allowed,
 );
 
 async fn publish_is_idempotent_and_makes_the_publisher_a_holder(db: Db) {
@@ -301,7 +302,8 @@ async fn missing_or_bad_token_is_unauthenticated(db: Db) {
     };
     let server = cluster.index(&[]).await;
     let mut client = p2p_proto::index::v1::index_service_client::IndexServiceClient::new(
-        p2p_services::client::channel(&server.addr).expect("channel"),
+        p2p_services::client::channel(&server.addr, &p2p_services::tls::ClientTls::Plaintext)
+            .expect("channel"),
     );
     let none = client
         .list_files(pb::ListFilesRequest::default())
@@ -946,4 +948,56 @@ async fn watch_files_delivers_publish_and_delete(db: Db) {
     assert_eq!(deleted.kind, pb::FileEventKind::Deleted as i32);
     assert_eq!(deleted.file_id, file_id);
     assert_eq!(deleted.file.expect("id and name").name, "live.bin");
+}
+
+async fn an_advertised_address_must_be_the_callers_own_unless_allowed(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let bob = cluster.user("bob").await;
+    let strict = cluster.index(&["--allow-advertise-networks", ""]).await;
+    let mut as_bob = Index::new(&strict, &bob);
+    let refused = as_bob
+        .client
+        .register_peer(as_bob.req(pb::RegisterPeerRequest {
+            advertise_addr: "10.9.9.9:22".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("another host's address");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("127.0.0.1"),
+        "the refusal names the address seen: {}",
+        refused.message()
+    );
+    let named = as_bob
+        .client
+        .register_peer(as_bob.req(pb::RegisterPeerRequest {
+            advertise_addr: "localhost:7000".into(),
+            ..Default::default()
+        }))
+        .await;
+    assert!(named.is_ok(), "a name resolving to the caller: {named:?}");
+    as_bob.register("127.0.0.1:7000", idle()).await;
+
+    let allowing = cluster
+        .index(&["--allow-advertise-networks", "10.9.0.0/16"])
+        .await;
+    let mut as_bob = Index::new(&allowing, &bob);
+    as_bob.register("10.9.9.9:7000", idle()).await;
+    let refused = as_bob
+        .client
+        .register_peer(as_bob.req(pb::RegisterPeerRequest {
+            advertise_addr: "10.8.0.1:7000".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("outside the allowed network");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused.message().contains("10.9.0.0/16"),
+        "{}",
+        refused.message()
+    );
 }

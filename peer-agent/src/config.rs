@@ -9,6 +9,11 @@ use p2p_services::telemetry::TelemetryArgs;
 
 use crate::error::Error;
 
+/// The control socket's name in the data dir.
+pub const CONTROL_SOCKET_FILE: &str = "control.sock";
+/// The TCP control token's name in the data dir.
+pub const CONTROL_TOKEN_FILE: &str = "control.token";
+
 /// Everything `peer-agent` is told at start-up.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -24,12 +29,19 @@ pub struct Config {
     /// listen address, with 127.0.0.1 when it listens on 0.0.0.0.
     #[arg(long, env = "PEER_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Address of the local control API (AgentControl). Must be loopback
-    /// unless --allow-remote-control.
-    #[arg(long, env = "AGENT_CONTROL", default_value = "127.0.0.1:50054")]
-    pub control: String,
-    /// Accept a non-loopback --control address. The control API needs no
-    /// token: anyone who reaches it acts as the logged-in user.
+    /// Unix socket of the local control API (AgentControl), created with
+    /// mode 0600 so only this agent's user can use it. Default:
+    /// <data-dir>/control.sock.
+    #[arg(long, env = "AGENT_CONTROL_SOCKET")]
+    pub control_socket: Option<PathBuf>,
+    /// Also serve the control API on this TCP address (e.g.
+    /// 127.0.0.1:50054). Every call must carry the token the agent writes to
+    /// <data-dir>/control.token. Must be loopback unless
+    /// --allow-remote-control.
+    #[arg(long, visible_alias = "control", env = "AGENT_CONTROL")]
+    pub control_listen: Option<String>,
+    /// Accept a non-loopback --control-listen address. Calls still need the
+    /// control token, but anyone who obtains it acts as the logged-in user.
     #[arg(long, env = "AGENT_ALLOW_REMOTE_CONTROL")]
     pub allow_remote_control: bool,
     /// Directory for the agent's database and partial downloads.
@@ -39,13 +51,14 @@ pub struct Config {
     /// <data-dir>/downloads.
     #[arg(long, env = "P2P_DOWNLOADS_DIR")]
     pub downloads_dir: Option<PathBuf>,
-    /// The index service.
-    #[arg(long, env = "P2P_INDEX_URL", default_value = "http://127.0.0.1:50052")]
+    /// The index service (`host:port`).
+    #[arg(long, env = "P2P_INDEX_URL", default_value = "127.0.0.1:50052")]
     pub index_url: String,
-    /// The auth service.
-    #[arg(long, env = "P2P_AUTH_URL", default_value = "http://127.0.0.1:50051")]
+    /// The auth service (`host:port`).
+    #[arg(long, env = "P2P_AUTH_URL", default_value = "127.0.0.1:50051")]
     pub auth_url: String,
-    /// Log in as this user at start (unattended agents).
+    /// Log in as this user at start (unattended agents), retrying with
+    /// backoff until it works; `p2p status` shows why it has not yet.
     #[arg(long, env = "P2P_USER")]
     pub user: Option<String>,
     /// Password for --user.
@@ -70,6 +83,16 @@ pub struct Config {
     /// production.
     #[arg(long, env = "P2P_CORRUPT_UPLOADS", hide = true)]
     pub corrupt_uploads: bool,
+    /// TLS: --tls-cert/--tls-key are this agent's certificate (it must
+    /// name the advertised host), presented by its PeerService; --tls-ca
+    /// verifies auth-svc, index-svc and every source.
+    #[command(flatten)]
+    pub tls: p2p_services::tls::TlsArgs,
+    /// Serve and fetch chunks without TLS while auth-svc and index-svc stay
+    /// on TLS. Only for a trusted LAN where every agent sets it: chunks and
+    /// the short-lived peer tokens then cross in clear.
+    #[arg(long, env = "P2P_PEER_INSECURE_PLAINTEXT")]
+    pub peer_insecure_plaintext: bool,
     /// Telemetry.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -86,6 +109,28 @@ pub enum Command {
 }
 
 impl Config {
+    /// TLS for the data path: the PeerService identity (`None`:
+    /// plaintext) and how sources are verified.
+    pub fn peer_tls(
+        &self,
+    ) -> Result<
+        (
+            Option<p2p_services::tls::ServerTls>,
+            p2p_services::tls::ClientTls,
+        ),
+        Error,
+    > {
+        if self.peer_insecure_plaintext || self.tls.insecure_plaintext {
+            if !self.tls.insecure_plaintext {
+                tracing::warn!(
+                    "--peer-insecure-plaintext: chunks and peer tokens cross the network in clear"
+                );
+            }
+            return Ok((None, p2p_services::tls::ClientTls::Plaintext));
+        }
+        Ok((self.tls.server()?, self.tls.client()?))
+    }
+
     /// Where downloads land by default.
     pub fn downloads_dir(&self) -> PathBuf {
         self.downloads_dir
@@ -103,6 +148,27 @@ impl Config {
         }
     }
 
+    /// The control API's Unix socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(CONTROL_SOCKET_FILE))
+    }
+
+    /// Where the token for the TCP control listener is written.
+    pub fn control_token_file(&self) -> PathBuf {
+        self.data_dir.join(CONTROL_TOKEN_FILE)
+    }
+
+    /// The TCP control address, if one is asked for (an empty value means
+    /// none).
+    pub fn control_listen(&self) -> Option<&str> {
+        self.control_listen
+            .as_deref()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+    }
+
     /// Refuses a control listener reachable from other machines unless
     /// explicitly allowed.
     pub fn check_control_addr(&self, bound: SocketAddr) -> Result<(), Error> {
@@ -110,9 +176,9 @@ impl Config {
             Ok(())
         } else {
             Err(Error::Config(format!(
-                "--control {} is not a loopback address; the control API has no authentication, \
-                 so use 127.0.0.1 or pass --allow-remote-control if you really mean it",
-                self.control
+                "--control-listen {bound} is not a loopback address; anyone on the network who \
+                 obtains the control token would act as this agent's user, so use 127.0.0.1 or \
+                 pass --allow-remote-control if you really mean it"
             )))
         }
     }
@@ -174,7 +240,8 @@ mod tests {
 
     #[test]
     fn control_must_be_loopback_unless_allowed() {
-        let config = Config::try_parse_from(["peer-agent", "--control", "0.0.0.0:1"]).unwrap();
+        let config =
+            Config::try_parse_from(["peer-agent", "--control-listen", "0.0.0.0:1"]).unwrap();
         assert!(
             config
                 .check_control_addr("0.0.0.0:1".parse().unwrap())
@@ -191,6 +258,22 @@ mod tests {
                 .check_control_addr("0.0.0.0:1".parse().unwrap())
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn control_socket_and_token_default_to_the_data_dir() {
+        let config = Config::try_parse_from(["peer-agent", "--data-dir", "/srv/p2p"]).unwrap();
+        assert_eq!(
+            config.control_socket(),
+            PathBuf::from("/srv/p2p/control.sock")
+        );
+        assert_eq!(
+            config.control_token_file(),
+            PathBuf::from("/srv/p2p/control.token")
+        );
+        assert_eq!(config.control_listen(), None);
+        let tcp = Config::try_parse_from(["peer-agent", "--control", "127.0.0.1:9"]).unwrap();
+        assert_eq!(tcp.control_listen(), Some("127.0.0.1:9"));
     }
 
     #[test]

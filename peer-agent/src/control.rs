@@ -1,7 +1,11 @@
 //! The local control API, `p2p.agent.v1.AgentControl`: glue between the
-//! generated messages and the session, holdings and download engine. It
-//! needs no token (it listens on loopback); the agent's session is the
-//! user's identity towards the network.
+//! generated messages and the session, holdings and download engine.
+//!
+//! Whoever can call it acts as the agent's logged-in user, so it trusts
+//! only callers who could open its Unix socket (mode 0600: the agent's own
+//! user) or, on the optional TCP listener, who present the token from the
+//! 0600 token file; `p2p_services::local` enforces both before a handler
+//! runs, so handlers here check no caller identity.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -641,7 +645,7 @@ impl AgentControl for Control {
             partial_downloads: partials.len() as u32,
             held_file_problems,
             free_disk_bytes: crate::disk::free_disk_bytes(&config.data_dir),
-            login_error: String::new(),
+            login_error: self.session.login_error().unwrap_or_default(),
         }))
     }
 

@@ -28,7 +28,7 @@ use futures::stream::FuturesUnordered;
 use p2p_proto::index::v1 as index_pb;
 use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
 use p2p_proto::peer::v1::{ChunkRange, FetchChunksRequest};
-use p2p_services::client::{MAX_MESSAGE_BYTES, with_bearer};
+use p2p_services::client::{MAX_MESSAGE_BYTES, with_bearer, with_peer_credentials};
 use p2p_services::manifest::{Bitfield, FileId, Manifest};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -173,7 +173,8 @@ impl DownloadContext {
         let channel = match channels.get(address) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = p2p_services::client::channel(address).map_err(|e| {
+                let tls = &self.session.config().peer_tls;
+                let channel = p2p_services::client::channel(address, tls).map_err(|e| {
                     Error::InvalidArgument(format!("source address {address:?} is unusable: {e}"))
                 })?;
                 channels.insert(address.to_string(), channel.clone());
@@ -773,6 +774,7 @@ impl Swarm {
             tracing::debug!(peer = %source.peer_id, address = %source.address, complete = source.complete, "using source");
             let worker = Worker {
                 key,
+                source_peer_id: source.peer_id.clone(),
                 shared: self.shared.clone(),
                 client,
                 complete: source.complete,
@@ -839,6 +841,9 @@ impl Swarm {
 /// Fetches from one source until it has nothing more to give or fails.
 struct Worker {
     key: SourceKey,
+    /// Who the index says answers at the source's address; the peer token
+    /// we send is good for this peer only.
+    source_peer_id: String,
     shared: Arc<Shared>,
     client: PeerServiceClient<Channel>,
     complete: bool,
@@ -893,10 +898,10 @@ impl Worker {
 
     async fn fetch_inner(&self, chunks: &[u32]) -> Result<(), WorkerEnd> {
         let shared = &self.shared;
-        let token = shared
+        let (token, proof) = shared
             .ctx
             .session
-            .access_token()
+            .peer_credentials(&self.source_peer_id)
             .await
             .map_err(|e| WorkerEnd::Failed {
                 reason: None,
@@ -912,7 +917,7 @@ impl Worker {
         let mut client = self.client.clone();
         let response = tokio::time::timeout(
             STALL_TIMEOUT,
-            client.fetch_chunks(with_bearer(request, &token)),
+            client.fetch_chunks(with_peer_credentials(request, &token, &proof)),
         )
         .await
         .map_err(|_| stalled())?

@@ -14,6 +14,9 @@ pub enum Error {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] p2p_services::serve::BindError),
+    /// The control socket or token file could not be made.
+    #[error("control API: {0}")]
+    Local(#[from] p2p_services::local::LocalError),
     /// A gRPC server failed.
     #[error(transparent)]
     Serve(#[from] p2p_services::serve::ServeError),
@@ -191,9 +194,18 @@ impl From<Error> for Status {
                 Status::permission_denied(message)
             }
             Error::Io { .. } => Status::internal(message),
-            Error::Config(_) | Error::Bind(_) | Error::Serve(_) | Error::Db(_) | Error::Sql(_) => {
-                Status::internal(message)
-            }
+            Error::Config(_)
+            | Error::Bind(_)
+            | Error::Local(_)
+            | Error::Serve(_)
+            | Error::Db(_)
+            | Error::Sql(_) => Status::internal(message),
         }
+    }
+}
+
+impl From<p2p_services::tls::TlsError> for Error {
+    fn from(err: p2p_services::tls::TlsError) -> Self {
+        Error::Config(err.to_string())
     }
 }

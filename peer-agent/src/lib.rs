@@ -14,14 +14,15 @@
 //!   [`space`]: the free-space check before a download writes anything.
 //! - [`upload`]: the FetchChunks server with its limits; [`rate`]: the token
 //!   bucket and rate meters; [`stats`]: transfer counters.
-//! - [`session`]: login, token refresh, registration and heartbeat.
+//! - [`session`]: login, token refresh, registration and heartbeat;
+//!   [`unattended`]: the `--user` login that retries until it works.
 //! - [`picker`]: the pure piece picker; [`download`]: the swarm download
 //!   engine.
 //! - [`control`]: the AgentControl handlers (glue only).
 //!
-//! [`run`] owns every task it starts: the two gRPC servers, the metrics
-//! endpoint, the session's heartbeat, the held-file sweep and the downloads
-//! all stop when the shutdown future resolves.
+//! [`run`] owns every task it starts: the gRPC servers, the metrics
+//! endpoint, the session's heartbeat and unattended login, the held-file
+//! sweep and the downloads all stop when the shutdown future resolves.
 
 pub mod config;
 pub mod control;
@@ -36,18 +37,18 @@ pub mod session;
 pub mod space;
 pub mod stats;
 pub mod store;
+pub mod unattended;
 pub mod upload;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use p2p_proto::agent::v1::agent_control_server::AgentControlServer;
 use p2p_proto::peer::v1::peer_service_server::PeerServiceServer;
 use p2p_services::auth::{RequireAuth, TokenVerifier};
 use p2p_services::client::MAX_MESSAGE_BYTES;
-use p2p_services::metrics;
 use p2p_services::serve::GrpcServer;
+use p2p_services::{local, metrics};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -62,20 +63,25 @@ use crate::stats::Stats;
 use crate::store::Store;
 use crate::upload::{ChunkServer, Uploads};
 
-/// Runs the agent: the PeerService on `peer_listener` (token required),
-/// AgentControl on `control_listener` (loopback unless allowed), until
-/// `shutdown` resolves. Logs in at start when the config names a user.
+/// Runs the agent until `shutdown` resolves: the PeerService on
+/// `peer_listener` (token required), AgentControl on its private Unix
+/// socket ([`Config::control_socket`], removed again on the way out) and,
+/// when `control_tcp` is given, also there behind the control token
+/// (loopback unless allowed). Logs in at start when the config names a
+/// user, and keeps trying until it succeeds.
 pub async fn run(
     config: Config,
     peer_listener: TcpListener,
-    control_listener: TcpListener,
+    control_tcp: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let local = |l: &TcpListener| {
         l.local_addr()
             .map_err(|e| Error::io("listener has no local address", e))
     };
-    config.check_control_addr(local(&control_listener)?)?;
+    if let Some(listener) = &control_tcp {
+        config.check_control_addr(local(listener)?)?;
+    }
     let advertise_addr = config.advertise_for(local(&peer_listener)?);
     let data_dir = config.data_dir.clone();
     for dir in [
@@ -86,6 +92,23 @@ pub async fn run(
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     }
+
+    config.tls.warn_if_plaintext("peer-agent");
+    let control_tls = config.tls.client()?;
+    let (peer_server_tls, peer_tls) = config.peer_tls()?;
+    for (url, flag) in [
+        (&config.auth_url, "--auth-url"),
+        (&config.index_url, "--index-url"),
+    ] {
+        control_tls
+            .url(url)
+            .map_err(|e| Error::Config(format!("{flag}: {e}")))?;
+    }
+    let socket = local::bind_private(&config.control_socket()).await?;
+    let control_token = match &control_tcp {
+        Some(_) => Some(local::ControlToken::create(&config.control_token_file())?),
+        None => None,
+    };
 
     let stop = CancellationToken::new();
     let holdings = Arc::new(Holdings::load(Store::open(&data_dir).await?).await?);
@@ -106,6 +129,8 @@ pub async fn run(
         SessionConfig {
             auth_url: config.auth_url.clone(),
             index_url: config.index_url.clone(),
+            control_tls: control_tls.clone(),
+            peer_tls,
             advertise_addr: advertise_addr.clone(),
             data_dir: data_dir.clone(),
         },
@@ -122,24 +147,18 @@ pub async fn run(
     )));
     let _metrics = metrics::spawn(&config.metrics_listen, stop.clone().cancelled_owned()).await?;
 
-    let verifier = TokenVerifier::remote(&config.auth_url);
+    let verifier = TokenVerifier::remote(&config.auth_url, control_tls);
     if let Err(err) = verifier.refresh().await {
         tracing::warn!(%err, "starting without signing keys; they are fetched when the first token arrives");
     }
-    let auto_login = match (&config.user, &config.password) {
-        (Some(user), Some(password)) => Some(tokio::spawn(login_until_done(
-            session.clone(),
-            user.clone(),
-            password.clone(),
-            stop.clone(),
-        ))),
-        _ => None,
-    };
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        session.login_unattended(user.clone(), password.clone());
+    }
 
     let peer_service = PeerServiceServer::new(ChunkServer::new(uploads))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let control_service = AgentControlServer::new(Control::new(
+    let control = AgentControlServer::new(Control::new(
         session.clone(),
         holdings.clone(),
         downloads.clone(),
@@ -152,13 +171,40 @@ pub async fn run(
     tracing::info!(advertise = %advertise_addr, data_dir = %data_dir.display(), "agent starting");
 
     let peer_server = GrpcServer::new()
-        .add_service(RequireAuth::new(peer_service, verifier))
+        .tls(peer_server_tls)
+        .add_service(RequireAuth::peer(
+            peer_service,
+            verifier,
+            session.identity(),
+        ))
         .serve(peer_listener, stop.clone().cancelled_owned());
-    let control_server = GrpcServer::new()
-        .add_service(control_service)
-        .serve(control_listener, stop.clone().cancelled_owned());
+    let local::PrivateSocket {
+        listener: socket_listener,
+        file: socket_file,
+    } = socket;
+    tracing::info!(socket = %socket_file.path().display(), "control API on its Unix socket");
+    let socket_server = GrpcServer::new()
+        .add_service(control.clone())
+        .serve_unix(socket_listener, stop.clone().cancelled_owned());
+    let tcp_server = async {
+        match (control_tcp, control_token) {
+            (Some(listener), Some(token)) => {
+                let token_file = config.control_token_file();
+                tracing::info!(token_file = %token_file.display(), "control API also on TCP, token required");
+                GrpcServer::new()
+                    .add_service(local::RequireToken::new(
+                        control,
+                        token,
+                        token_file.display().to_string(),
+                    ))
+                    .serve(listener, stop.clone().cancelled_owned())
+                    .await
+            }
+            _ => Ok(()),
+        }
+    };
     let servers = async {
-        let result = tokio::try_join!(peer_server, control_server);
+        let result = tokio::try_join!(peer_server, socket_server, tcp_server);
         stop.cancel();
         result
     };
@@ -171,38 +217,9 @@ pub async fn run(
     };
     let sweep = integrity::sweep(holdings.clone(), session.clone(), stop.clone());
     let (result, (), ()) = tokio::join!(servers, watcher, sweep);
-    if let Some(task) = auto_login {
-        task.abort();
-    }
+    session.stop_unattended();
     session.stop_heartbeat();
+    drop(socket_file);
     result?;
     Ok(())
-}
-
-/// Logs in with the configured credentials, retrying while auth-svc is
-/// unreachable; gives up on a refused password.
-async fn login_until_done(
-    session: Arc<Session>,
-    user: String,
-    password: String,
-    stop: CancellationToken,
-) {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match session.login(&user, &password).await {
-            Ok(_) => return,
-            Err(Error::AuthUnavailable(reason)) => {
-                tracing::warn!(%reason, retry_in = ?delay, "cannot log in yet");
-            }
-            Err(err) => {
-                tracing::error!(%err, user = %user, "unattended login refused; log in with `p2p login`");
-                return;
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
 }

@@ -1,18 +1,17 @@
-//! The `peer-agent` binary: parse the config, start telemetry, bind both
-//! listeners and run the agent until SIGINT/SIGTERM.
+//! The `peer-agent` binary: parse the config, start telemetry, bind the
+//! TCP listeners and run the agent until SIGINT/SIGTERM.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use p2p_services::{health, serve, shutdown, telemetry};
+use p2p_services::{local, serve, shutdown, telemetry};
 use peer_agent::{Command, Config};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
     if let Some(Command::Healthcheck) = config.command {
-        let addr = config.control.replace("0.0.0.0", "127.0.0.1");
-        return match health::probe(&addr, "").await {
+        return match local::probe_unix(&config.control_socket(), "").await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("peer-agent healthcheck: {err}");
@@ -23,7 +22,10 @@ async fn main() -> ExitCode {
     telemetry::init(config.telemetry.log_format);
     let listeners = async {
         let peer = serve::bind(&config.listen).await?;
-        let control = serve::bind(&config.control).await?;
+        let control = match config.control_listen() {
+            Some(addr) => Some(serve::bind(addr).await?),
+            None => None,
+        };
         Ok::<_, serve::BindError>((peer, control))
     };
     let (peer, control) = match listeners.await {

@@ -9,6 +9,7 @@
 //! index answers again, or forgets us, it registers again and re-announces
 //! every holding.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +21,10 @@ use p2p_proto::auth::v1::account_service_client::AccountServiceClient;
 use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
 use p2p_proto::index::v1 as index_pb;
 use p2p_proto::index::v1::index_service_client::IndexServiceClient;
+use p2p_services::auth::{AgentKey, PEER_PROOF_TTL, PeerIdentity};
 use p2p_services::client::{MAX_MESSAGE_BYTES, with_bearer};
 use p2p_services::time::now_ms;
+use p2p_services::tls::ClientTls;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -30,7 +33,29 @@ use tonic::{Code, Status};
 use crate::error::{Error, is_transport_failure};
 use crate::stats::{RATE_WINDOW_SECS, Stats};
 use crate::store::Kind;
+use crate::unattended::Unattended;
 use crate::upload::Uploads;
+
+/// How long a proof made for one source is sent again before a new one is
+/// signed (proofs live [`PEER_PROOF_TTL`]).
+const PROOF_REUSE: Duration = Duration::from_secs(60);
+/// Most sources whose proofs are cached at once.
+const MAX_CACHED_PROOFS: usize = 1024;
+
+/// Our data-path token from auth-svc.
+#[derive(Debug, Clone)]
+struct PeerToken {
+    token: String,
+    expires_at_ms: i64,
+    obtained_at_ms: i64,
+}
+
+impl PeerToken {
+    fn wants_renewal(&self, now: i64) -> bool {
+        let life = (self.expires_at_ms - self.obtained_at_ms).max(0);
+        now >= self.obtained_at_ms + life * 3 / 4
+    }
+}
 
 /// Deadline of one call to the index or auth-svc.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,6 +103,10 @@ pub struct SessionConfig {
     pub auth_url: String,
     /// index-svc URL.
     pub index_url: String,
+    /// How auth-svc and index-svc are verified.
+    pub control_tls: ClientTls,
+    /// How sources' PeerServices are verified (the data path).
+    pub peer_tls: ClientTls,
     /// Where other agents reach our PeerService.
     pub advertise_addr: String,
     /// For the free-disk figure.
@@ -91,10 +120,15 @@ pub struct Session {
     auth: Channel,
     index: Channel,
     tokens: RwLock<Option<Tokens>>,
-    peer_id: RwLock<Option<String>>,
+    peer_id: PeerIdentity,
+    agent_key: AgentKey,
+    peer_token: Mutex<Option<PeerToken>>,
+    peer_token_lock: tokio::sync::Mutex<()>,
+    proofs: Mutex<HashMap<String, (String, i64)>>,
     index_reachable: AtomicBool,
     refresh_lock: tokio::sync::Mutex<()>,
     heartbeat: Mutex<Option<JoinHandle<()>>>,
+    unattended: Mutex<Option<Unattended>>,
     uploads: Arc<Uploads>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
@@ -102,6 +136,7 @@ pub struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.stop_unattended();
         self.stop_heartbeat();
     }
 }
@@ -115,7 +150,7 @@ impl Session {
         shutdown: CancellationToken,
     ) -> Result<Self, Error> {
         let channel = |url: &str, flag: &str| {
-            p2p_services::client::channel(url)
+            p2p_services::client::channel(url, &config.control_tls)
                 .map_err(|e| Error::Config(format!("{flag} {url:?} is not a usable URL: {e}")))
         };
         Ok(Self {
@@ -123,10 +158,15 @@ impl Session {
             index: channel(&config.index_url, "--index-url")?,
             config,
             tokens: RwLock::new(None),
-            peer_id: RwLock::new(None),
+            peer_id: PeerIdentity::default(),
+            agent_key: AgentKey::generate(),
+            peer_token: Mutex::new(None),
+            peer_token_lock: tokio::sync::Mutex::new(()),
+            proofs: Mutex::new(HashMap::new()),
             index_reachable: AtomicBool::new(false),
             refresh_lock: tokio::sync::Mutex::new(()),
             heartbeat: Mutex::new(None),
+            unattended: Mutex::new(None),
             uploads,
             stats,
             shutdown,
@@ -145,10 +185,13 @@ impl Session {
 
     /// Our peer id at the index, once registered.
     pub fn peer_id(&self) -> Option<String> {
-        self.peer_id
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.peer_id.get()
+    }
+
+    /// Our peer id as the PeerService guard sees it: peer tokens naming
+    /// anything else are refused.
+    pub fn identity(&self) -> PeerIdentity {
+        self.peer_id.clone()
     }
 
     /// Whether the last call to the index got through.
@@ -161,17 +204,132 @@ impl Session {
     }
 
     fn set_tokens(&self, tokens: Option<Tokens>) {
+        *self.peer_token.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
     }
 
     fn set_peer_id(&self, peer_id: Option<String>) {
-        *self.peer_id.write().unwrap_or_else(|e| e.into_inner()) = peer_id;
+        self.peer_id.set(peer_id);
     }
 
-    /// Logs in, registers with the index (if it answers) and starts the
+    /// What to send `source_peer_id` on FetchChunks: our peer token and a
+    /// proof for that source alone, signed with our agent key. Our access
+    /// token never goes to a peer. The peer token is renewed once three
+    /// quarters of its life are gone (a valid one is used while auth-svc is
+    /// down); proofs are cached per source for [`PROOF_REUSE`].
+    pub async fn peer_credentials(&self, source_peer_id: &str) -> Result<(String, String), Error> {
+        let token = self.peer_token().await?;
+        let now_secs = now_ms() / 1000;
+        let mut proofs = self.proofs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((proof, made_secs)) = proofs.get(source_peer_id)
+            && now_secs - made_secs < PROOF_REUSE.as_secs() as i64
+        {
+            return Ok((token, proof.clone()));
+        }
+        if proofs.len() >= MAX_CACHED_PROOFS {
+            proofs.clear();
+        }
+        let proof = self
+            .agent_key
+            .prove(source_peer_id, now_secs, PEER_PROOF_TTL);
+        proofs.insert(source_peer_id.to_string(), (proof.clone(), now_secs));
+        Ok((token, proof))
+    }
+
+    /// Our current peer token, from auth-svc when due.
+    async fn peer_token(&self) -> Result<String, Error> {
+        let now = now_ms();
+        let cached = self
+            .peer_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(cached) = &cached
+            && !cached.wants_renewal(now)
+        {
+            return Ok(cached.token.clone());
+        }
+        let _guard = self.peer_token_lock.lock().await;
+        let access = self.access_token().await?;
+        let mut client = AuthServiceClient::new(self.auth.clone());
+        let issued = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.issue_peer_token(with_bearer(
+                auth_pb::IssuePeerTokenRequest {
+                    agent_public_key: self.agent_key.public_base64url(),
+                },
+                &access,
+            )),
+        )
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded("auth-svc did not answer in time")));
+        match issued {
+            Ok(issued) => {
+                let issued = issued.into_inner();
+                let fresh = PeerToken {
+                    token: issued.token.clone(),
+                    expires_at_ms: issued.expires_at_ms,
+                    obtained_at_ms: now,
+                };
+                *self.peer_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+                Ok(issued.token)
+            }
+            Err(status) => match cached {
+                Some(cached) if now + 1_000 < cached.expires_at_ms => {
+                    tracing::warn!(error = %status.message(), "cannot renew the peer token; using it until it expires");
+                    Ok(cached.token)
+                }
+                _ => Err(Error::from_auth(status)),
+            },
+        }
+    }
+
+    /// Logs in by hand (this replaces any unattended login still
+    /// retrying), registers with the index (if it answers) and starts the
     /// heartbeat. Returns the user and our peer id (empty while the index
     /// is unreachable; the heartbeat keeps trying).
     pub async fn login(
+        self: &Arc<Self>,
+        username: &str,
+        password: &str,
+    ) -> Result<(auth_pb::User, String), Error> {
+        self.stop_unattended();
+        self.authenticate(username, password).await
+    }
+
+    /// Logs in as `user` in the background, retrying with backoff until it
+    /// works (see [`crate::unattended`]); a manual login or logout stops it.
+    pub fn login_unattended(self: &Arc<Self>, user: String, password: String) {
+        let task = Unattended::start(Arc::downgrade(self), user, password, self.shutdown.clone());
+        *self.unattended.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+    }
+
+    /// Stops the unattended login, if it is still trying.
+    pub fn stop_unattended(&self) {
+        self.unattended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    /// Why the unattended login has not worked yet and when it tries
+    /// again; `None` when logged in or not trying.
+    pub fn login_error(&self) -> Option<String> {
+        if self.read_tokens().is_some() {
+            return None;
+        }
+        let attempts = self
+            .unattended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()?
+            .attempts()?;
+        Some(attempts.describe(tokio::time::Instant::now()))
+    }
+
+    /// The login itself, shared by [`Session::login`] and the unattended
+    /// retries.
+    pub(crate) async fn authenticate(
         self: &Arc<Self>,
         username: &str,
         password: &str,
@@ -196,6 +354,10 @@ impl Session {
         if let Err(err) = self.register().await {
             tracing::warn!(%err, "cannot register with the index yet; will keep trying");
         }
+        // Fetched now so downloads keep working if auth-svc goes down later.
+        if let Err(err) = self.peer_token().await {
+            tracing::warn!(%err, "no peer token yet; downloads will ask again");
+        }
         self.start_heartbeat();
         tracing::info!(user = %user.username, peer_id = ?self.peer_id(), "logged in");
         Ok((user, self.peer_id().unwrap_or_default()))
@@ -204,6 +366,7 @@ impl Session {
     /// Stops heartbeating, revokes the refresh token (best effort) and
     /// forgets the session.
     pub async fn logout(&self) {
+        self.stop_unattended();
         self.stop_heartbeat();
         let tokens = self
             .tokens

@@ -7,7 +7,8 @@ mod support;
 use p2p_proto::agent::v1 as pb;
 use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
 use p2p_proto::peer::v1::{ChunkRange, FetchChunksRequest};
-use p2p_services::client::{channel, with_bearer};
+use p2p_services::client::{channel, with_bearer, with_peer_credentials};
+use p2p_services::tls::ClientTls;
 use support::{AgentOptions, Cluster, eventually};
 use tonic::Code;
 
@@ -241,8 +242,10 @@ async fn fetch_chunks_refuses_bad_requests() {
         .await;
     let (path, _) = cluster.random_file("small.bin", 2 * CHUNK as usize, 5);
     let file = a.share(&path).await;
-    let mut peer = PeerServiceClient::new(channel(&a.peer_addr).expect("peer channel"));
-    let token = cluster.admin_token().await;
+    let mut peer =
+        PeerServiceClient::new(channel(&a.peer_addr, &ClientTls::Plaintext).expect("peer channel"));
+    let a_id = a.status().await.peer_id;
+    let (token, proof) = cluster.admin_peer_credentials(&a_id).await;
 
     let no_token = peer.fetch_chunks(fetch(&file.file_id, 0, 1)).await;
     assert_eq!(
@@ -250,28 +253,78 @@ async fn fetch_chunks_refuses_bad_requests() {
         Some(Code::Unauthenticated)
     );
 
+    // The data path takes only peer tokens naming this peer: an access
+    // token, or a peer token for another peer, is refused.
+    let access = cluster.admin_token().await;
+    let with_access = peer
+        .fetch_chunks(with_bearer(fetch(&file.file_id, 0, 1), &access))
+        .await;
+    assert_eq!(
+        with_access.err().map(|s| s.code()),
+        Some(Code::Unauthenticated)
+    );
+    let (other_token, elsewhere) = cluster.admin_peer_credentials("another-peer").await;
+    let with_other = peer
+        .fetch_chunks(with_peer_credentials(
+            fetch(&file.file_id, 0, 1),
+            &other_token,
+            &elsewhere,
+        ))
+        .await;
+    assert_eq!(
+        with_other.err().map(|s| s.code()),
+        Some(Code::Unauthenticated)
+    );
+    let without_proof = peer
+        .fetch_chunks(with_bearer(fetch(&file.file_id, 0, 1), &token))
+        .await;
+    assert_eq!(
+        without_proof.err().map(|s| s.code()),
+        Some(Code::Unauthenticated)
+    );
+
     let past_end = peer
-        .fetch_chunks(with_bearer(fetch(&file.file_id, 1, 2), &token))
+        .fetch_chunks(with_peer_credentials(
+            fetch(&file.file_id, 1, 2),
+            &token,
+            &proof,
+        ))
         .await;
     assert_eq!(past_end.err().map(|s| s.code()), Some(Code::OutOfRange));
 
     let unknown = peer
-        .fetch_chunks(with_bearer(fetch(&"0".repeat(64), 0, 1), &token))
+        .fetch_chunks(with_peer_credentials(
+            fetch(&"0".repeat(64), 0, 1),
+            &token,
+            &proof,
+        ))
         .await;
     assert_eq!(unknown.err().map(|s| s.code()), Some(Code::NotFound));
 
     let too_many = peer
-        .fetch_chunks(with_bearer(fetch(&file.file_id, 0, 1025), &token))
+        .fetch_chunks(with_peer_credentials(
+            fetch(&file.file_id, 0, 1025),
+            &token,
+            &proof,
+        ))
         .await;
     assert!(too_many.is_err());
 
     // One slow stream holds the only upload slot; a second is turned away.
     let _first = peer
-        .fetch_chunks(with_bearer(fetch(&file.file_id, 0, 2), &token))
+        .fetch_chunks(with_peer_credentials(
+            fetch(&file.file_id, 0, 2),
+            &token,
+            &proof,
+        ))
         .await
         .expect("first stream is accepted");
     let second = peer
-        .fetch_chunks(with_bearer(fetch(&file.file_id, 0, 1), &token))
+        .fetch_chunks(with_peer_credentials(
+            fetch(&file.file_id, 0, 1),
+            &token,
+            &proof,
+        ))
         .await;
     let status = second.expect_err("second stream is refused");
     assert_eq!(status.code(), Code::ResourceExhausted);

@@ -5,10 +5,17 @@
 //!   auth-svc and index-svc accept them, and an agent sends them nowhere
 //!   else.
 //! - **peer tokens** ([`PEER_AUDIENCE`], [`PeerClaims`]): the data path.
-//!   Issued by auth-svc for one source (`peer` claim = its peer id) and
-//!   living [`PEER_TOKEN_TTL`]; only that source's PeerService accepts one,
-//!   so a source that records what a downloader sends it can replay it
-//!   nowhere.
+//!   auth-svc issues one to an agent for the agent's own Ed25519 key (the
+//!   `cnf` claim), living as long as an access token. Alone it opens
+//!   nothing: every FetchChunks call also carries a **peer proof**
+//!   ([`PEER_PROOF_HEADER`], [`ProofClaims`]) that the agent signs with that
+//!   key for one source (`peer` = the source's peer id), living at most
+//!   [`PEER_PROOF_TTL`]. A PeerService accepts the pair only when the proof
+//!   names itself, so a source that records what a downloader sends it can
+//!   replay it nowhere: not to auth-svc or index-svc (wrong audience), not
+//!   to another peer (the proof names the recorder), and it cannot make a
+//!   new proof without the downloader's private key. Because the agent signs
+//!   proofs itself, downloads need auth-svc only to renew the peer token.
 //!
 //! auth-svc signs both with Ed25519 (`alg: EdDSA`) and names the key
 //! in the `kid` header. Every other service holds a [`TokenVerifier`] that
@@ -46,9 +53,13 @@ pub const ISSUER: &str = "p2p-auth";
 pub const AUDIENCE: &str = "p2p-network";
 /// The `aud` claim of every peer (data-path) token.
 pub const PEER_AUDIENCE: &str = "p2p-peer";
-/// How long a peer token lives: long enough for a download's calls to one
-/// source to reuse it, short enough that a leaked one is soon worthless.
-pub const PEER_TOKEN_TTL: Duration = Duration::from_secs(120);
+/// The `aud` claim of every peer proof.
+pub const PEER_PROOF_AUDIENCE: &str = "p2p-peer-proof";
+/// The metadata key that carries the peer proof beside `authorization`.
+pub const PEER_PROOF_HEADER: &str = "x-p2p-peer-proof";
+/// Longest a peer proof may live (`exp - iat`): a downloader reuses one for
+/// a source for a while, and a leaked one is soon worthless.
+pub const PEER_PROOF_TTL: Duration = Duration::from_secs(120);
 /// Clock skew tolerated on `exp` and `iat`.
 pub const LEEWAY: Duration = Duration::from_secs(30);
 /// Minimum time between two key fetches triggered by unknown `kid`s.
@@ -111,8 +122,8 @@ impl Claims {
     }
 }
 
-/// The claims of a verified peer token: who is downloading, and the one
-/// source the token was issued for.
+/// The claims of a verified peer token: who is downloading, and the key
+/// their agent proves each call with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerClaims {
     /// Issuer, always [`ISSUER`].
@@ -123,14 +134,95 @@ pub struct PeerClaims {
     pub sub: String,
     /// The downloading user's name at issue time.
     pub name: String,
-    /// The peer id of the source this token is good for.
-    pub peer: String,
+    /// The agent's Ed25519 public key, base64url without padding.
+    pub cnf: String,
     /// Issued at, Unix seconds.
     pub iat: i64,
     /// Expires at, Unix seconds.
     pub exp: i64,
     /// Unique token id.
     pub jti: String,
+}
+
+/// The claims of a peer proof, signed by the downloading agent's own key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofClaims {
+    /// Audience, always [`PEER_PROOF_AUDIENCE`].
+    pub aud: String,
+    /// The peer id of the one source this proof is for.
+    pub peer: String,
+    /// Issued at, Unix seconds.
+    pub iat: i64,
+    /// Expires at, Unix seconds; at most [`PEER_PROOF_TTL`] after `iat`.
+    pub exp: i64,
+    /// Unique proof id.
+    pub jti: String,
+}
+
+/// An agent's data-path key: its public half goes into the peer token
+/// auth-svc issues, its private half signs a proof per source. Generated at
+/// start, kept in memory only.
+pub struct AgentKey {
+    public: PublicKey,
+    encoding: jsonwebtoken::EncodingKey,
+}
+
+impl std::fmt::Debug for AgentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentKey")
+            .field("public", &self.public.to_base64url())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let der = signing
+            .to_pkcs8_der()
+            .expect("an Ed25519 key always encodes as PKCS#8");
+        Self {
+            public: PublicKey {
+                kid: String::new(),
+                bytes: signing.verifying_key().to_bytes().to_vec(),
+            },
+            encoding: jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes()),
+        }
+    }
+
+    /// The public key as the `cnf` claim carries it.
+    pub fn public_base64url(&self) -> String {
+        self.public.to_base64url()
+    }
+
+    /// A proof for fetching from `source_peer_id`, valid `ttl` (capped at
+    /// [`PEER_PROOF_TTL`]) from `now_secs`.
+    pub fn prove(&self, source_peer_id: &str, now_secs: i64, ttl: Duration) -> String {
+        let ttl = ttl.min(PEER_PROOF_TTL).as_secs() as i64;
+        let claims = ProofClaims {
+            aud: PEER_PROOF_AUDIENCE.to_string(),
+            peer: source_peer_id.to_string(),
+            iat: now_secs,
+            exp: now_secs + ttl,
+            jti: uuid_like(),
+        };
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::EdDSA),
+            &claims,
+            &self.encoding,
+        )
+        .expect("signing with an in-memory Ed25519 key cannot fail")
+    }
+}
+
+/// 128 random bits as hex, for `jti`.
+fn uuid_like() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
 }
 
 /// This agent's own peer id as the index knows it, shared between the
@@ -170,8 +262,11 @@ pub enum TokenError {
     /// The token is expired.
     #[error("access token expired: refresh it or log in again")]
     Expired,
-    /// A peer token issued for another source.
-    #[error("this peer token was issued for another peer; ask auth-svc for one naming this peer")]
+    /// A peer token without the proof that must accompany it.
+    #[error("missing peer proof: send `x-p2p-peer-proof` signed with the key of the peer token")]
+    MissingProof,
+    /// The proof names another source.
+    #[error("this peer proof was made for another peer")]
     WrongPeer,
     /// A peer token reached a peer that is not registered yet.
     #[error("this peer is not registered with the index yet; try again shortly")]
@@ -225,6 +320,7 @@ impl PublicKey {
 
 struct Remote {
     auth_url: String,
+    tls: crate::tls::ClientTls,
     last_fetch: Mutex<Option<Instant>>,
     fetch_lock: tokio::sync::Mutex<()>,
 }
@@ -284,26 +380,29 @@ impl TokenVerifier {
     }
 
     /// A verifier that fetches keys from auth-svc at `auth_url` on demand.
-    pub fn remote(auth_url: &str) -> Self {
+    pub fn remote(auth_url: &str, tls: crate::tls::ClientTls) -> Self {
         Self::with_remote(Some(Remote {
             auth_url: auth_url.to_string(),
+            tls,
             last_fetch: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
-    /// Adds keys to the cache (existing kids are replaced).
+    /// Replaces the cached keys with `keys`: a key left out stops
+    /// verifying, so a key auth-svc no longer publishes is forgotten.
     pub fn install(&self, keys: impl IntoIterator<Item = PublicKey>) {
-        let mut cache = self.inner.keys.write().unwrap_or_else(|e| e.into_inner());
+        let mut fresh = HashMap::new();
         for key in keys {
             let x = key.to_base64url();
             match DecodingKey::from_ed_components(&x) {
                 Ok(decoding) => {
-                    cache.insert(key.kid, decoding);
+                    fresh.insert(key.kid, decoding);
                 }
                 Err(err) => tracing::warn!(kid = %key.kid, %err, "ignoring unusable signing key"),
             }
         }
+        *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh;
     }
 
     /// Number of cached keys.
@@ -311,9 +410,11 @@ impl TokenVerifier {
         self.inner.keys.read().map(|k| k.len()).unwrap_or(0)
     }
 
-    /// Fetches auth-svc's keys now (no-op for a fixed key set). Callers may
-    /// do this at start-up to warm the cache; failures are returned and the
-    /// cache is left as it was.
+    /// Fetches auth-svc's keys now and replaces the cache with them (no-op
+    /// for a fixed key set). Callers may do this at start-up to warm the
+    /// cache. Failures, including an answer with no usable key, are
+    /// returned and leave the cache as it was, so verification goes on with
+    /// the cached keys while auth-svc is down or confused.
     pub async fn refresh(&self) -> Result<usize, TokenError> {
         let Some(remote) = &self.inner.remote else {
             return Ok(self.cached_keys());
@@ -322,7 +423,7 @@ impl TokenVerifier {
         if let Ok(mut last) = remote.last_fetch.lock() {
             *last = Some(Instant::now());
         }
-        let channel = crate::client::channel(&remote.auth_url)
+        let channel = crate::client::channel(&remote.auth_url, &remote.tls)
             .map_err(|e| TokenError::KeysUnavailable(e.to_string()))?;
         let mut client = AuthServiceClient::new(channel);
         let response = tokio::time::timeout(
@@ -341,6 +442,12 @@ impl TokenVerifier {
             }
         }
         let count = keys.len();
+        if count == 0 {
+            return Err(TokenError::KeysUnavailable(format!(
+                "{} published no usable signing key",
+                remote.auth_url
+            )));
+        }
         self.install(keys);
         tracing::debug!(count, "fetched signing keys");
         Ok(count)
@@ -361,16 +468,40 @@ impl TokenVerifier {
         self.verify_as(token, &self.inner.validation).await
     }
 
-    /// Verifies a bare peer token and that it names `own_peer_id`.
+    /// Verifies a bare peer token and the proof beside it: the token is
+    /// auth-svc's, the proof is signed with the token's `cnf` key, lives at
+    /// most [`PEER_PROOF_TTL`], and names `own_peer_id`.
     pub async fn verify_peer(
         &self,
         token: &str,
+        proof: Option<&str>,
         own_peer_id: Option<&str>,
     ) -> Result<PeerClaims, TokenError> {
         let claims: PeerClaims = self.verify_as(token, &self.inner.peer_validation).await?;
+        let proof = proof.ok_or(TokenError::MissingProof)?;
+        let key = PublicKey::from_base64url("cnf", &claims.cnf).map_err(TokenError::Invalid)?;
+        let key = DecodingKey::from_ed_components(&key.to_base64url())
+            .map_err(|e| TokenError::Invalid(format!("unusable cnf key: {e}")))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&[PEER_PROOF_AUDIENCE]);
+        validation.leeway = LEEWAY.as_secs();
+        validation.set_required_spec_claims(&["exp", "aud"]);
+        let proven = jsonwebtoken::decode::<ProofClaims>(proof, &key, &validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid(format!("peer proof: {e}")),
+            })?
+            .claims;
+        if proven.exp - proven.iat > PEER_PROOF_TTL.as_secs() as i64 {
+            return Err(TokenError::Invalid(format!(
+                "peer proof lives {} s; at most {} s",
+                proven.exp - proven.iat,
+                PEER_PROOF_TTL.as_secs()
+            )));
+        }
         match own_peer_id {
             None => Err(TokenError::NotRegistered),
-            Some(own) if own == claims.peer => Ok(claims),
+            Some(own) if own == proven.peer => Ok(claims),
             Some(_) => Err(TokenError::WrongPeer),
         }
     }
@@ -568,7 +699,14 @@ where
                 }
                 Scope::Peer(identity) => match bearer(header.as_ref()) {
                     Ok(token) => verifier
-                        .verify_peer(token, identity.get().as_deref())
+                        .verify_peer(
+                            token,
+                            request
+                                .headers()
+                                .get(PEER_PROOF_HEADER)
+                                .and_then(|v| v.to_str().ok()),
+                            identity.get().as_deref(),
+                        )
                         .await
                         .map(|claims| {
                             request.extensions_mut().insert(claims);

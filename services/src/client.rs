@@ -1,9 +1,12 @@
 //! Channels from one service to another, and the bearer header they carry.
+//! Every channel is TLS unless the caller's [`ClientTls`] says plaintext.
 
 use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::{ClientTls, TlsError};
 
 /// HTTP/2 flow-control windows for every channel and server: large enough
 /// that one stream can fill a LAN link with multi-megabyte chunks in flight.
@@ -14,25 +17,23 @@ pub const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
 /// plus framing, or a 100 GiB file's manifest.
 pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
 
-/// Turns `host:port` or `http://host:port` into an endpoint URL.
-pub fn normalize_url(addr: &str) -> String {
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
-/// A lazily connecting channel to `addr` (`host:port` or a URL) with the
-/// project's HTTP/2 settings. The first RPC connects; a down server surfaces
-/// as `Unavailable` on that RPC, never at construction.
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(endpoint(addr)?.connect_lazy())
+/// A lazily connecting channel to `addr` (`host:port`, or a URL whose
+/// scheme agrees with `tls`) with the project's HTTP/2 settings. With TLS
+/// the server's certificate must be signed by the deployment's CA and name
+/// the dialled host or IP address. The first RPC connects; a down server
+/// surfaces as `Unavailable` on that RPC, never at construction.
+pub fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, TlsError> {
+    Ok(endpoint(addr, tls)?.connect_lazy())
 }
 
 /// The endpoint behind [`channel`], for callers that want to connect eagerly.
-pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(normalize_url(addr))?
+pub fn endpoint(addr: &str, tls: &ClientTls) -> Result<Endpoint, TlsError> {
+    let endpoint = Endpoint::from_shared(tls.url(addr)?)?;
+    let endpoint = match tls.config() {
+        Some(config) => endpoint.tls_config(config)?,
+        None => endpoint,
+    };
+    Ok(endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
@@ -47,6 +48,18 @@ pub fn with_bearer<T>(message: T, access_token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Ok(value) = MetadataValue::try_from(format!("Bearer {access_token}")) {
         request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// Wraps `message` in a FetchChunks-style request carrying a peer token
+/// and the proof made for the source it goes to.
+pub fn with_peer_credentials<T>(message: T, peer_token: &str, proof: &str) -> tonic::Request<T> {
+    let mut request = with_bearer(message, peer_token);
+    if let Ok(value) = MetadataValue::try_from(proof) {
+        request
+            .metadata_mut()
+            .insert(crate::auth::PEER_PROOF_HEADER, value);
     }
     request
 }

@@ -9,8 +9,8 @@ use tonic_health::pb::health_client::HealthClient;
 
 /// Asks the server at `addr` whether `service` (empty: the whole server) is
 /// serving. Returns a message fit for a person on failure.
-pub async fn probe(addr: &str, service: &str) -> Result<(), String> {
-    let endpoint = crate::client::endpoint(addr)
+pub async fn probe(addr: &str, service: &str, tls: &crate::tls::ClientTls) -> Result<(), String> {
+    let endpoint = crate::client::endpoint(addr, tls)
         .map_err(|e| format!("bad address {addr}: {e}"))?
         .timeout(Duration::from_secs(3));
     let channel = endpoint

@@ -15,15 +15,19 @@
 //! - [`metrics`]: the Prometheus registry, the RPC metrics layer and the
 //!   `/metrics` endpoint.
 //! - [`health`]: the `healthcheck` probe binaries expose for containers.
+//! - [`local`]: APIs for this machine only: private Unix sockets, and the
+//!   file token that guards a TCP listener.
 
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod db;
 pub mod health;
+pub mod local;
 pub mod manifest;
 pub mod metrics;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
+pub mod tls;

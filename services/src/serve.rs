@@ -2,14 +2,16 @@
 //! `grpc.health.v1` health (each service reported by name, and the whole
 //! server under ""), server reflection (v1 and v1alpha, so every grpcurl
 //! version can `list` and `describe`), HTTP/2 windows sized for bulk chunk
-//! transfer, TCP_NODELAY, and graceful shutdown on the future passed in.
+//! transfer, TCP_NODELAY, TLS (unless the binary was told plaintext), and
+//! graceful shutdown on the future passed in.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -37,6 +39,7 @@ pub enum ServeError {
 pub struct GrpcServer {
     routes: Routes,
     names: Vec<&'static str>,
+    tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for GrpcServer {
@@ -51,7 +54,15 @@ impl GrpcServer {
         Self {
             routes: Routes::default(),
             names: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// Serves TLS with this identity; `None` serves plaintext h2c (only
+    /// when the operator asked for it, or in an in-process test).
+    pub fn tls(mut self, tls: Option<crate::tls::ServerTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Adds a service; its name is reported as SERVING by health.
@@ -105,7 +116,8 @@ impl GrpcServer {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
-        tracing::info!(%addr, services = ?self.names, "serving gRPC");
+        let tls = self.tls.is_some();
+        tracing::info!(%addr, services = ?self.names, tls, "serving gRPC");
         let names = self.names.clone();
         let shutdown = async move {
             shutdown.await;
@@ -118,7 +130,11 @@ impl GrpcServer {
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
         };
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = &self.tls {
+            builder = builder.tls_config(identity.config())?;
+        }
+        builder
             .layer(crate::metrics::RpcMetricsLayer)
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
@@ -131,6 +147,77 @@ impl GrpcServer {
             .await?;
         tracing::info!(%addr, "server stopped");
         Ok(())
+    }
+}
+
+impl GrpcServer {
+    /// Serves on a Unix-domain socket (see [`crate::local::bind_private`])
+    /// until `shutdown` resolves, with the same health and reflection as
+    /// [`GrpcServer::serve`]; TCP tuning does not apply.
+    pub async fn serve_unix<F>(self, listener: UnixListener, shutdown: F) -> Result<(), ServeError>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        // The listener's own address may be a staging name (see
+        // `local::bind_private`); the caller logs the socket's real path.
+        let names = self.names.clone();
+        let (routes, shutdown) = self.with_standard_services(shutdown).await?;
+        tracing::info!(services = ?names, "serving gRPC on a Unix socket");
+        tonic::transport::Server::builder()
+            .layer(crate::metrics::RpcMetricsLayer)
+            .max_frame_size(Some(1024 * 1024))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+            .await?;
+        tracing::info!(services = ?names, "Unix socket server stopped");
+        Ok(())
+    }
+
+    /// The application routes plus health (every service SERVING until
+    /// `shutdown`, then NOT_SERVING) and reflection, and the shutdown
+    /// future that flips health.
+    async fn with_standard_services<F>(
+        self,
+        shutdown: F,
+    ) -> Result<(Routes, impl Future<Output = ()> + Send), ServeError>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for name in &self.names {
+            reporter
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let routes = self
+            .routes
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        let names = self.names;
+        let shutdown = async move {
+            shutdown.await;
+            for name in &names {
+                reporter
+                    .set_service_status(*name, ServingStatus::NotServing)
+                    .await;
+            }
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+        };
+        Ok((routes, shutdown))
     }
 }
 

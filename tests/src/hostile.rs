@@ -37,7 +37,13 @@ pub enum Misbehaviour {
     WrongIndexes,
     /// The chunks asked for, then the last one again, forever.
     Endless,
+    /// Genuine chunks: a rogue that only records the credentials its
+    /// callers present.
+    Honest,
 }
+
+/// Most credentials a hostile peer keeps.
+const MAX_RECORDED_CREDENTIALS: usize = 64;
 
 /// What the hostile peer saw and did, for assertions.
 #[derive(Debug, Default)]
@@ -49,6 +55,9 @@ pub struct HostileStats {
     /// Streams not yet dropped by the server (the caller went away or the
     /// stream ended).
     pub open_streams: AtomicI64,
+    /// The `authorization` and peer-proof values callers sent, first ones
+    /// first.
+    pub credentials: std::sync::Mutex<Vec<(String, Option<String>)>>,
 }
 
 impl HostileStats {
@@ -65,6 +74,20 @@ impl HostileStats {
     /// Chunk messages produced so far.
     pub fn chunks_sent(&self) -> u64 {
         self.chunks_sent.load(Ordering::Relaxed)
+    }
+
+    /// The bearer tokens callers sent so far, each with the peer proof
+    /// that came with it.
+    pub fn recorded_credentials(&self) -> Vec<(String, Option<String>)> {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|(auth, proof)| {
+                auth.strip_prefix("Bearer ")
+                    .map(|t| (t.to_string(), proof.clone()))
+            })
+            .collect()
     }
 }
 
@@ -109,7 +132,7 @@ impl HostileService {
                     data: self.genuine(other).into(),
                 }
             }
-            Misbehaviour::Endless => Chunk {
+            Misbehaviour::Endless | Misbehaviour::Honest => Chunk {
                 index,
                 data: self.genuine(index).into(),
             },
@@ -137,6 +160,25 @@ impl PeerService for HostileService {
         request: Request<FetchChunksRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(value) = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+        {
+            let mut recorded = self
+                .stats
+                .credentials
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if recorded.len() < MAX_RECORDED_CREDENTIALS {
+                let proof = request
+                    .metadata()
+                    .get(p2p_services::auth::PEER_PROOF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                recorded.push((value.to_string(), proof));
+            }
+        }
         let count = self.chunk_count();
         let asked: Vec<u32> = request
             .into_inner()
@@ -192,6 +234,7 @@ impl HostilePeer {
         mut index: IndexServiceClient<Channel>,
         token: &str,
         file_id: &str,
+        tls: Option<p2p_services::tls::ServerTls>,
     ) -> HostilePeer {
         let manifest = index
             .get_file(with_bearer(
@@ -220,6 +263,7 @@ impl HostilePeer {
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             let server = p2p_services::serve::GrpcServer::new()
+                .tls(tls)
                 .add_service(PeerServiceServer::new(service))
                 .serve(listener, async {
                     let _ = stopped.await;

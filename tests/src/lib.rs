@@ -32,8 +32,12 @@ use p2p_proto::agent::v1::agent_control_client::AgentControlClient;
 use p2p_proto::agent::v1::{ListFilesRequest, NetworkFile, StatusRequest, StatusResponse};
 use p2p_proto::auth::v1::account_service_client::AccountServiceClient;
 use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
-use p2p_proto::auth::v1::{CreateUserRequest, LoginRequest, Role};
+use p2p_proto::auth::v1::{CreateUserRequest, IssuePeerTokenRequest, LoginRequest, Role};
 use p2p_proto::index::v1::index_service_client::IndexServiceClient;
+use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
+use p2p_services::local::Target;
+use p2p_services::tls::ClientTls;
+use p2p_services::tls::issue::{CertDir, Role as CertRole};
 use rand::{RngCore, SeedableRng};
 use tonic::transport::Channel;
 
@@ -210,8 +214,11 @@ struct Process {
     program: PathBuf,
     env: Vec<(String, String)>,
     log: PathBuf,
-    /// Address probed with grpc.health.v1 to know it is up.
+    /// Address probed with grpc.health.v1 to know it is up: `host:port`
+    /// or a Unix socket path.
     health_addr: String,
+    /// How the probe verifies it.
+    health_tls: ClientTls,
     child: Option<Child>,
 }
 
@@ -259,10 +266,11 @@ impl Process {
                     self.name
                 ));
             }
-            if p2p_services::health::probe(&self.health_addr, "")
-                .await
-                .is_ok()
-            {
+            let healthy = match Target::parse(&self.health_addr) {
+                Target::Unix(path) => p2p_services::local::probe_unix(&path, "").await,
+                Target::Tcp(addr) => p2p_services::health::probe(&addr, "", &self.health_tls).await,
+            };
+            if healthy.is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -281,6 +289,25 @@ impl Process {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit; SIGKILL after that.
+    async fn terminate(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
     }
 
     fn is_running(&mut self) -> bool {
@@ -349,6 +376,9 @@ pub struct Cluster {
     index: Process,
     auth_addr: String,
     index_addr: String,
+    /// The cluster's CA and every certificate it issued.
+    certs: CertDir,
+    tls: ClientTls,
     // Declared last so the processes die before their files are removed.
     dir: tempfile::TempDir,
 }
@@ -374,6 +404,16 @@ impl Cluster {
                 index_url,
             } => (auth_url.clone(), index_url.clone()),
         };
+        let loopback: &[&str] = &[];
+        let certs = p2p_services::tls::testing::make(
+            &dir.path().join("tls"),
+            &[
+                ("auth", loopback, CertRole::Server),
+                ("index", loopback, CertRole::Server),
+            ],
+        )
+        .expect("make the cluster's certificates");
+        let tls = p2p_services::tls::testing::client(&certs);
 
         let auth_program = binary("auth-svc");
         let auth_log = dir.path().join("auth-svc.log");
@@ -386,6 +426,7 @@ impl Cluster {
                 ("P2P_ADMIN_PASSWORD".to_string(), ADMIN_PASSWORD.to_string()),
                 ("METRICS_LISTEN".to_string(), String::new()),
             ];
+            env.extend(tls_env(&certs, "auth"));
             env.extend(options.auth_env.iter().cloned());
             Process {
                 name: "auth-svc".into(),
@@ -393,6 +434,7 @@ impl Cluster {
                 env,
                 log: auth_log.clone(),
                 health_addr: addr,
+                health_tls: tls.clone(),
                 child: None,
             }
         })
@@ -406,12 +448,13 @@ impl Cluster {
             let mut env = vec![
                 ("INDEX_LISTEN".to_string(), addr.clone()),
                 ("DATABASE_URL".to_string(), index_db.clone()),
-                ("P2P_AUTH_URL".to_string(), format!("http://{auth_addr}")),
+                ("P2P_AUTH_URL".to_string(), auth_addr.clone()),
                 ("METRICS_LISTEN".to_string(), String::new()),
                 // Short leases so a killed agent stops being offered quickly.
                 ("INDEX_LEASE_TTL".to_string(), "5s".to_string()),
                 ("INDEX_HEARTBEAT_INTERVAL".to_string(), "1s".to_string()),
             ];
+            env.extend(tls_env(&certs, "index"));
             env.extend(options.index_env.iter().cloned());
             Process {
                 name: "index-svc".into(),
@@ -419,6 +462,7 @@ impl Cluster {
                 env,
                 log: index_log.clone(),
                 health_addr: addr,
+                health_tls: tls.clone(),
                 child: None,
             }
         })
@@ -430,8 +474,20 @@ impl Cluster {
             index,
             auth_addr,
             index_addr,
+            certs,
+            tls,
             dir,
         }
+    }
+
+    /// The cluster's CA and certificates.
+    pub fn certs(&self) -> &CertDir {
+        &self.certs
+    }
+
+    /// How clients verify the cluster's services.
+    pub fn tls(&self) -> &ClientTls {
+        &self.tls
     }
 
     /// `host:port` of auth-svc.
@@ -491,18 +547,18 @@ impl Cluster {
 
     /// A client of auth-svc's AuthService.
     pub fn auth_client(&self) -> AuthServiceClient<Channel> {
-        AuthServiceClient::new(channel(&self.auth_addr))
+        AuthServiceClient::new(channel(&self.auth_addr, &self.tls))
     }
 
     /// A client of auth-svc's AccountService.
     pub fn account_client(&self) -> AccountServiceClient<Channel> {
-        AccountServiceClient::new(channel(&self.auth_addr))
+        AccountServiceClient::new(channel(&self.auth_addr, &self.tls))
     }
 
     /// A client of index-svc (calls need a bearer token: see
     /// [`Cluster::access_token`]).
     pub fn index_client(&self) -> IndexServiceClient<Channel> {
-        IndexServiceClient::new(channel(&self.index_addr))
+        IndexServiceClient::new(channel(&self.index_addr, &self.tls))
             .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
     }
 
@@ -517,6 +573,49 @@ impl Cluster {
             .unwrap_or_else(|s| panic!("login as {username}: {s}"))
             .into_inner()
             .access_token
+    }
+
+    /// What a downloader logged in as `username` sends the agent whose
+    /// peer id is `source_peer_id`: a peer token for a fresh agent key and
+    /// a proof for that source.
+    pub async fn peer_credentials(
+        &self,
+        username: &str,
+        password: &str,
+        source_peer_id: &str,
+    ) -> PeerCredentials {
+        let access = self.access_token(username, password).await;
+        let key = p2p_services::auth::AgentKey::generate();
+        let token = self
+            .auth_client()
+            .issue_peer_token(p2p_services::client::with_bearer(
+                IssuePeerTokenRequest {
+                    agent_public_key: key.public_base64url(),
+                },
+                &access,
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("peer token for {username}: {s}"))
+            .into_inner()
+            .token;
+        let now = p2p_services::time::now_ms() / 1000;
+        let proof = key.prove(source_peer_id, now, p2p_services::auth::PEER_PROOF_TTL);
+        PeerCredentials { token, proof }
+    }
+
+    /// A client of the PeerService at `addr`, verifying its certificate
+    /// against the cluster's CA.
+    pub fn peer_client(&self, addr: &str) -> PeerServiceClient<Channel> {
+        PeerServiceClient::new(channel(addr, &self.tls))
+            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
+    }
+
+    /// A server identity signed by the cluster's CA for 127.0.0.1 (for the
+    /// hostile peers a modified agent would run with a real certificate).
+    pub fn loopback_identity(&self, name: &str) -> p2p_services::tls::ServerTls {
+        issue_agent_cert(&self.certs, name, &["127.0.0.1"]);
+        p2p_services::tls::ServerTls::from_files(&self.certs.cert(name), &self.certs.key(name))
+            .expect("read the certificate just issued")
     }
 
     /// Creates an account (as the admin) with [`USER_PASSWORD`].
@@ -546,31 +645,29 @@ impl Cluster {
     }
 
     /// Starts a peer-agent process named `name` (its data dir and log are
-    /// named after it) and waits until its control API is healthy. The
-    /// agent is not logged in: see [`Agent::login`].
+    /// named after it) and waits until its control API is healthy on its
+    /// Unix socket (`<data dir>/control.sock`; also on TCP with
+    /// [`AgentOptions::tcp_control`]). The agent is not logged in: see
+    /// [`AgentHandle::login`].
     pub async fn add_agent(&self, name: &str, options: AgentOptions) -> Agent {
         let data_dir = self.dir.path().join(name);
         std::fs::create_dir_all(&data_dir).expect("create agent data dir");
+        let control_socket = data_dir.join("control.sock");
         let program = binary("peer-agent");
         let log = self.dir.path().join(format!("{name}.log"));
+        let cert_name = format!("agent-{name}");
+        issue_agent_cert(&self.certs, &cert_name, &["127.0.0.1"]);
         let process = start_with_retry(|| {
             let peer = format!("127.0.0.1:{}", free_port());
-            let control = format!("127.0.0.1:{}", free_port());
             let mut env = vec![
                 ("PEER_LISTEN".to_string(), peer.clone()),
                 ("PEER_ADVERTISE".to_string(), peer.clone()),
-                ("AGENT_CONTROL".to_string(), control.clone()),
                 ("P2P_DATA_DIR".to_string(), data_dir.display().to_string()),
-                (
-                    "P2P_INDEX_URL".to_string(),
-                    format!("http://{}", self.index_addr),
-                ),
-                (
-                    "P2P_AUTH_URL".to_string(),
-                    format!("http://{}", self.auth_addr),
-                ),
+                ("P2P_INDEX_URL".to_string(), self.index_addr.clone()),
+                ("P2P_AUTH_URL".to_string(), self.auth_addr.clone()),
                 ("METRICS_LISTEN".to_string(), String::new()),
             ];
+            env.extend(tls_env(&self.certs, &cert_name));
             if let Some(rate) = &options.max_upload_rate {
                 env.push(("P2P_MAX_UPLOAD_RATE".into(), rate.clone()));
             }
@@ -580,17 +677,27 @@ impl Cluster {
             if options.corrupt_uploads {
                 env.push(("P2P_CORRUPT_UPLOADS".into(), "true".into()));
             }
+            if options.tcp_control {
+                let control = format!("127.0.0.1:{}", free_port());
+                env.push(("AGENT_CONTROL".into(), control));
+            }
             env.extend(options.env.iter().cloned());
             Process {
                 name: format!("peer-agent {name}"),
                 program: program.clone(),
                 env,
                 log: log.clone(),
-                health_addr: control,
+                health_addr: control_socket.display().to_string(),
+                health_tls: ClientTls::Plaintext,
                 child: None,
             }
         })
         .await;
+        let control_tcp = process
+            .env
+            .iter()
+            .find(|(k, _)| k == "AGENT_CONTROL")
+            .map(|(_, v)| v.clone());
         let peer_addr = process
             .env
             .iter()
@@ -599,7 +706,8 @@ impl Cluster {
             .unwrap_or_default();
         Agent {
             name: name.to_string(),
-            control_addr: process.health_addr.clone(),
+            control_socket,
+            control_tcp,
             peer_addr,
             data_dir,
             process,
@@ -616,6 +724,9 @@ pub struct AgentOptions {
     pub max_uploads: Option<u32>,
     /// Fault injection: serve corrupted chunks (`--corrupt-uploads`).
     pub corrupt_uploads: bool,
+    /// Also serve the control API on a loopback TCP port
+    /// (`--control-listen`, token required).
+    pub tcp_control: bool,
     /// Any other environment for the agent.
     pub env: Vec<(String, String)>,
 }
@@ -624,6 +735,13 @@ impl AgentOptions {
     /// Limits uploads to `rate` (a peer-agent rate such as "1MiB").
     pub fn max_upload_rate(mut self, rate: &str) -> Self {
         self.max_upload_rate = Some(rate.to_string());
+        self
+    }
+
+    /// Also serves the control API on loopback TCP, behind the token (see
+    /// [`Agent::control_tcp_addr`]).
+    pub fn tcp_control(mut self) -> Self {
+        self.tcp_control = true;
         self
     }
 
@@ -812,16 +930,29 @@ pub trait AgentHandle {
 /// killed on drop.
 pub struct Agent {
     name: String,
-    control_addr: String,
+    control_socket: PathBuf,
+    control_tcp: Option<String>,
     peer_addr: String,
     data_dir: PathBuf,
     process: Process,
 }
 
 impl Agent {
-    /// `host:port` of the control API (what `p2p --agent` takes).
-    pub fn control_addr(&self) -> &str {
-        &self.control_addr
+    /// The control API's Unix socket (what `p2p` finds by default through
+    /// `P2P_DATA_DIR`).
+    pub fn control_socket(&self) -> &Path {
+        &self.control_socket
+    }
+
+    /// `host:port` of the TCP control listener, when started with
+    /// [`AgentOptions::tcp_control`].
+    pub fn control_tcp_addr(&self) -> Option<&str> {
+        self.control_tcp.as_deref()
+    }
+
+    /// The file the agent writes its TCP control token to.
+    pub fn control_token_file(&self) -> PathBuf {
+        self.data_dir.join("control.token")
     }
 
     /// `host:port` of the PeerService other agents fetch from.
@@ -832,6 +963,12 @@ impl Agent {
     /// Kills the agent with SIGKILL, as in a crash.
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// Stops the agent with SIGTERM, as `docker stop` does, and waits for
+    /// it to exit (SIGKILL if it takes over 20 s).
+    pub async fn terminate(&mut self) {
+        self.process.terminate().await;
     }
 
     /// Whether the process is alive.
@@ -860,20 +997,21 @@ impl AgentHandle for Agent {
         &self.name
     }
 
-    /// A generated client of the agent's control API.
+    /// A generated client of the agent's control API, over its socket.
     fn control(&self) -> AgentControlClient<Channel> {
-        AgentControlClient::new(channel(&self.control_addr))
+        AgentControlClient::new(p2p_services::local::unix_channel(&self.control_socket))
             .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
     }
 
     /// A `p2p` command aimed at this agent, with a clean environment, for
-    /// tests that need to drive the process themselves.
+    /// tests that need to drive the process themselves. It finds the agent
+    /// the default way: the socket in `P2P_DATA_DIR`.
     fn p2p_command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(binary("p2p"));
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("P2P_AGENT", &self.control_addr)
+            .env("P2P_DATA_DIR", &self.data_dir)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -883,7 +1021,45 @@ impl AgentHandle for Agent {
     }
 }
 
+/// A peer token and a proof for one source, as a downloader sends them.
+#[derive(Debug, Clone)]
+pub struct PeerCredentials {
+    /// The peer token (bearer).
+    pub token: String,
+    /// The proof for the source.
+    pub proof: String,
+}
+
+impl PeerCredentials {
+    /// `message` carrying these credentials.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        p2p_services::client::with_peer_credentials(message, &self.token, &self.proof)
+    }
+}
+
 /// A lazy channel to `addr`.
-fn channel(addr: &str) -> Channel {
-    p2p_services::client::channel(addr).expect("a valid loopback address")
+pub fn channel(addr: &str, tls: &ClientTls) -> Channel {
+    p2p_services::client::channel(addr, tls).expect("a valid loopback address")
+}
+
+/// The environment that points a binary at its certificate `name` in
+/// `certs` and at the CA.
+pub fn tls_env(certs: &CertDir, name: &str) -> Vec<(String, String)> {
+    vec![
+        ("P2P_TLS_CA".into(), certs.ca_cert().display().to_string()),
+        (
+            "P2P_TLS_CERT".into(),
+            certs.cert(name).display().to_string(),
+        ),
+        ("P2P_TLS_KEY".into(), certs.key(name).display().to_string()),
+    ]
+}
+
+/// Issues (or keeps) the agent certificate `name` for `hosts`.
+pub fn issue_agent_cert(certs: &CertDir, name: &str, hosts: &[&str]) {
+    let (ca, _) = certs.ensure_ca().expect("the cluster's CA");
+    let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    certs
+        .ensure_leaf(&ca, name, &hosts, CertRole::Agent, false)
+        .expect("issue an agent certificate");
 }

@@ -1,7 +1,8 @@
 //! Real processes on the hosts of an emulated LAN ([`crate::netns`]):
 //! auth-svc and index-svc on host 0, one peer-agent per other host, the
-//! `p2p` CLI run inside an agent's namespace against its loopback control
-//! port, and gRPC channels from the test process into any namespace.
+//! `p2p` CLI run inside an agent's namespace against its control socket
+//! (a file, so reachable from every namespace), and gRPC channels from the
+//! test process into any namespace.
 //!
 //! The test process itself stays in the machine's own namespace, where the
 //! LAN's addresses do not exist. [`channel_in`] reaches a namespace by
@@ -15,6 +16,8 @@
 //! the LAN's namespaces are deleted; a panicking test prints the tail of
 //! every log.
 
+use p2p_services::tls::ClientTls;
+use p2p_services::tls::issue::{CertDir, Role as CertRole};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -40,8 +43,6 @@ pub const AUTH_PORT: u16 = 50051;
 pub const INDEX_PORT: u16 = 50052;
 /// Every agent's PeerService port on its own host.
 pub const PEER_PORT: u16 = 50053;
-/// Every agent's control port, on its host's loopback.
-pub const CONTROL_PORT: u16 = 50054;
 
 /// How long a process may take to become healthy (debug builds hash the
 /// admin password with Argon2 at start).
@@ -68,7 +69,7 @@ pub fn skip_reason() -> Option<String> {
 
 /// A lazy gRPC channel to `addr` (`ip:port`) as seen from inside `host`'s
 /// namespace: `127.0.0.1` is that host's loopback.
-pub fn channel_in(host: &Host, addr: &str) -> Channel {
+pub fn channel_in(host: &Host, addr: &str, tls: &ClientTls) -> Channel {
     let netns = host.netns.clone();
     let connector = tower::service_fn(move |uri: Uri| {
         let netns = netns.clone();
@@ -82,7 +83,7 @@ pub fn channel_in(host: &Host, addr: &str) -> Channel {
             connect_in(netns, addr).await.map(TokioIo::new)
         }
     });
-    p2p_services::client::endpoint(addr)
+    p2p_services::client::endpoint(addr, tls)
         .expect("a valid ip:port")
         .connect_with_connector_lazy(connector)
 }
@@ -137,8 +138,11 @@ pub struct HostProcess {
     program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
-    /// `ip:port` probed for health, as seen from inside the host.
+    /// `ip:port` probed for health, as seen from inside the host, or a Unix
+    /// socket path.
     health_addr: String,
+    /// How the probe verifies it.
+    health_tls: ClientTls,
     child: Option<Child>,
 }
 
@@ -176,7 +180,12 @@ impl HostProcess {
     /// Spawns the process and waits until it reports healthy.
     async fn start(&mut self) -> Result<(), String> {
         self.spawn()?;
-        let channel = channel_in(&self.host, &self.health_addr);
+        let channel = match p2p_services::local::Target::parse(&self.health_addr) {
+            p2p_services::local::Target::Unix(path) => p2p_services::local::unix_channel(&path),
+            p2p_services::local::Target::Tcp(addr) => {
+                channel_in(&self.host, &addr, &self.health_tls)
+            }
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut()
@@ -257,6 +266,8 @@ impl Drop for HostProcess {
 pub struct MultiHost {
     auth: HostProcess,
     index: HostProcess,
+    certs: CertDir,
+    tls: ClientTls,
     // Declared after the processes: they die before the LAN goes, and the
     // LAN goes before the files.
     lan: Lan,
@@ -278,6 +289,26 @@ impl MultiHost {
         let lan = Lan::create(hosts, shape).unwrap_or_else(|e| panic!("build the LAN: {e}"));
         let services = lan.host(0).clone();
         let sqlite = |name: &str| p2p_services::db::testing::sqlite_url(dir.path(), name);
+        let services_ip = services.addr.to_string();
+        let certs = p2p_services::tls::testing::make(
+            &dir.path().join("tls"),
+            &[
+                ("auth", &[services_ip.as_str()], CertRole::Server),
+                ("index", &[services_ip.as_str()], CertRole::Server),
+            ],
+        )
+        .expect("make the LAN's certificates");
+        let tls = p2p_services::tls::testing::client(&certs);
+        let tls_args = |name: &str| -> Vec<String> {
+            vec![
+                "--tls-ca".into(),
+                certs.ca_cert().display().to_string(),
+                "--tls-cert".into(),
+                certs.cert(name).display().to_string(),
+                "--tls-key".into(),
+                certs.key(name).display().to_string(),
+            ]
+        };
         let mut auth = HostProcess {
             name: "auth-svc".into(),
             host: services.clone(),
@@ -296,10 +327,12 @@ impl MultiHost {
             .to_vec(),
             log: dir.path().join("auth-svc.log"),
             health_addr: services.socket(AUTH_PORT),
+            health_tls: tls.clone(),
             child: None,
         };
         auth.args
             .extend(["--admin-password".into(), ADMIN_PASSWORD.into()]);
+        auth.args.extend(tls_args("auth"));
         auth.start().await.unwrap_or_else(|e| panic!("{e}"));
         let mut args: Vec<String> = [
             "--listen",
@@ -309,10 +342,11 @@ impl MultiHost {
             "--database-url",
             &sqlite("index.db"),
             "--auth-url",
-            &format!("http://{}", services.socket(AUTH_PORT)),
+            &services.socket(AUTH_PORT),
         ]
         .map(String::from)
         .to_vec();
+        args.extend(tls_args("index"));
         args.extend(index_args.iter().map(|a| a.to_string()));
         let mut index = HostProcess {
             name: "index-svc".into(),
@@ -321,12 +355,15 @@ impl MultiHost {
             args,
             log: dir.path().join("index-svc.log"),
             health_addr: services.socket(INDEX_PORT),
+            health_tls: tls.clone(),
             child: None,
         };
         index.start().await.unwrap_or_else(|e| panic!("{e}"));
         MultiHost {
             auth,
             index,
+            certs,
+            tls,
             lan,
             dir,
         }
@@ -346,12 +383,21 @@ impl MultiHost {
 
     /// A client of index-svc, connected from the services host.
     pub fn index_client(&self) -> IndexServiceClient<Channel> {
-        IndexServiceClient::new(channel_in(&self.index.host, &self.index.health_addr))
-            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
+        IndexServiceClient::new(channel_in(
+            &self.index.host,
+            &self.index.health_addr,
+            &self.tls,
+        ))
+        .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
     }
 
     fn auth_channel(&self) -> Channel {
-        channel_in(&self.auth.host, &self.auth.health_addr)
+        channel_in(&self.auth.host, &self.auth.health_addr, &self.tls)
+    }
+
+    /// The LAN's CA and certificates.
+    pub fn certs(&self) -> &CertDir {
+        &self.certs
     }
 
     /// An access token for `username`, straight from auth-svc.
@@ -392,21 +438,27 @@ impl MultiHost {
         let data_dir = self.dir.path().join(name);
         std::fs::create_dir_all(&data_dir).expect("create agent data dir");
         let services = self.lan.host(0);
+        let cert_name = format!("agent-{name}");
+        crate::issue_agent_cert(&self.certs, &cert_name, &[&host.addr.to_string()]);
         let mut args: Vec<String> = [
             "--listen",
             &format!("0.0.0.0:{PEER_PORT}"),
             "--advertise",
             &host.socket(PEER_PORT),
-            "--control",
-            &format!("127.0.0.1:{CONTROL_PORT}"),
             "--metrics-listen",
             "",
             "--data-dir",
             &data_dir.display().to_string(),
             "--index-url",
-            &format!("http://{}", services.socket(INDEX_PORT)),
+            &services.socket(INDEX_PORT),
             "--auth-url",
-            &format!("http://{}", services.socket(AUTH_PORT)),
+            &services.socket(AUTH_PORT),
+            "--tls-ca",
+            &self.certs.ca_cert().display().to_string(),
+            "--tls-cert",
+            &self.certs.cert(&cert_name).display().to_string(),
+            "--tls-key",
+            &self.certs.key(&cert_name).display().to_string(),
         ]
         .map(String::from)
         .to_vec();
@@ -417,7 +469,8 @@ impl MultiHost {
             program: binary("peer-agent"),
             args,
             log: self.dir.path().join(format!("{name}.log")),
-            health_addr: format!("127.0.0.1:{CONTROL_PORT}"),
+            health_addr: data_dir.join("control.sock").display().to_string(),
+            health_tls: ClientTls::Plaintext,
             child: None,
         };
         process.start().await.unwrap_or_else(|e| panic!("{e}"));
@@ -518,20 +571,22 @@ impl AgentHandle for HostAgent {
         &self.name
     }
 
-    /// A client of its control API, connected from inside its host.
+    /// A client of its control API, over its socket.
     fn control(&self) -> AgentControlClient<Channel> {
-        AgentControlClient::new(channel_in(&self.host, &self.process.health_addr))
-            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
+        AgentControlClient::new(p2p_services::local::unix_channel(
+            &self.data_dir.join("control.sock"),
+        ))
+        .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES)
     }
 
-    /// `p2p ARGS` inside the agent's host, aimed at its loopback control
-    /// port.
+    /// `p2p ARGS` inside the agent's host, finding its socket through
+    /// `P2P_DATA_DIR`.
     fn p2p_command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = self.host.tokio_command(binary("p2p"));
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("P2P_AGENT", &self.process.health_addr)
+            .env("P2P_DATA_DIR", &self.data_dir)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -247,6 +247,7 @@ impl AgentControl for ScriptedAgent {
                 ..Default::default()
             }),
             active_downloads: 1,
+            login_error: String::new(),
             counters: Some(agent::TransferCounters {
                 chunks_rejected: 2,
                 chunks_from_partial_sources: 5,

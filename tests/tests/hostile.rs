@@ -9,7 +9,6 @@ use p2p_tests::AgentHandle as _;
 use std::time::{Duration, Instant};
 
 use p2p_proto::index::v1::{ListFilesRequest, LocateSourcesRequest};
-use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
 use p2p_proto::peer::v1::{ChunkRange, FetchChunksRequest};
 use p2p_services::client::with_bearer;
 use p2p_tests::audit::{HonestAgent, assert_nothing_lost};
@@ -77,6 +76,7 @@ async fn download_survives(misbehaviour: Misbehaviour, seed: u64) {
         cluster.index_client(),
         &mallory,
         &id,
+        Some(cluster.loopback_identity("mallory-rogue")),
     )
     .await;
 
@@ -179,7 +179,10 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
     let pid = agent_pid(&alice).expect("find alice's process");
     let (baseline, _) = memory_bytes(pid).expect("read alice's memory");
     cluster.create_user("bob", false).await;
-    let token = cluster.access_token("bob", USER_PASSWORD).await;
+    let alice_id = alice.status().await.peer_id;
+    let creds = cluster
+        .peer_credentials("bob", USER_PASSWORD, &alice_id)
+        .await;
     let everything = FetchChunksRequest {
         file_id: id.clone(),
         ranges: vec![ChunkRange {
@@ -193,13 +196,11 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..UNREAD_STREAMS {
-        let channel = p2p_services::client::channel(alice.peer_addr()).unwrap();
-        let mut client = PeerServiceClient::new(channel)
-            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES);
+        let mut client = cluster.peer_client(alice.peer_addr());
         let started = Instant::now();
         let answer = tokio::time::timeout(
             Duration::from_secs(5),
-            client.fetch_chunks(with_bearer(everything.clone(), &token)),
+            client.fetch_chunks(creds.request(everything.clone())),
         )
         .await
         .expect("the agent answered a FetchChunks call within 5 s");
@@ -241,9 +242,7 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
     );
 
     // A well-behaved caller is served or turned away at once, never hung.
-    let mut polite =
-        PeerServiceClient::new(p2p_services::client::channel(alice.peer_addr()).unwrap())
-            .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES);
+    let mut polite = cluster.peer_client(alice.peer_addr());
     let two = FetchChunksRequest {
         file_id: id.clone(),
         ranges: vec![ChunkRange { start: 0, count: 2 }],
@@ -251,7 +250,7 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
     let started = Instant::now();
     let answer = tokio::time::timeout(
         Duration::from_secs(5),
-        polite.fetch_chunks(with_bearer(two, &token)),
+        polite.fetch_chunks(creds.request(two)),
     )
     .await
     .expect("a well-behaved caller waited over 5 s for an answer");
@@ -289,13 +288,11 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
         "a slot held by an unread stream to be freed",
         || {
             let one = one.clone();
-            let token = token.clone();
-            let addr = alice.peer_addr().to_string();
+            let creds = creds.clone();
+            let mut client = cluster.peer_client(alice.peer_addr());
             async move {
-                let mut client = PeerServiceClient::new(p2p_services::client::channel(&addr).ok()?)
-                    .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES);
                 let mut stream = client
-                    .fetch_chunks(with_bearer(one, &token))
+                    .fetch_chunks(creds.request(one))
                     .await
                     .ok()?
                     .into_inner();
@@ -317,6 +314,7 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
     assert_same_content(&original, &got);
 
     let honest = [HonestAgent::of(&alice).await, HonestAgent::of(&carol).await];
+    let token = cluster.access_token("bob", USER_PASSWORD).await;
     assert_nothing_lost(cluster.index_client(), &token, &[id], &honest).await;
 }
 
@@ -332,18 +330,31 @@ async fn a_token_from_another_deployment_is_unauthenticated() {
     // admin with the very same name and password.
     let other = Cluster::start(ClusterOptions::default()).await;
     let foreign = other.access_token(ADMIN_USER, ADMIN_PASSWORD).await;
+    let alice_id = alice.status().await.peer_id;
+    let foreign_peer = other
+        .peer_credentials(ADMIN_USER, ADMIN_PASSWORD, &alice_id)
+        .await;
 
-    let mut peer =
-        PeerServiceClient::new(p2p_services::client::channel(alice.peer_addr()).unwrap());
+    let mut peer = cluster.peer_client(alice.peer_addr());
     let fetch = FetchChunksRequest {
         file_id: id.clone(),
         ranges: vec![ChunkRange { start: 0, count: 1 }],
     };
-    let refused = peer
-        .fetch_chunks(with_bearer(fetch, &foreign))
-        .await
-        .expect_err("an agent served chunks to a foreign token");
-    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let attempts = [
+        ("access", with_bearer(fetch.clone(), &foreign)),
+        ("peer", foreign_peer.request(fetch.clone())),
+    ];
+    for (what, request) in attempts {
+        let refused = peer
+            .fetch_chunks(request)
+            .await
+            .expect_err("an agent served chunks to a foreign token");
+        assert_eq!(
+            refused.code(),
+            Code::Unauthenticated,
+            "foreign {what} token: {refused:?}"
+        );
+    }
 
     let refused = cluster
         .index_client()

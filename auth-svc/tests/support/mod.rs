@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use auth_svc::Config;
@@ -58,6 +58,11 @@ impl TestDb {
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The server's throwaway CA and certificate (auth-svc serves TLS).
+    pub certs: p2p_services::tls::issue::CertDir,
+    /// How clients verify it.
+    pub tls: p2p_services::tls::ClientTls,
+    _certs_dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), auth_svc::Error>>>,
 }
@@ -68,12 +73,25 @@ impl TestServer {
     pub async fn start(db: &TestDb, extra: &[&str]) -> Self {
         // Server logs show up in failing tests' output (RUST_LOG filters).
         p2p_services::telemetry::init(p2p_services::telemetry::LogFormat::Text);
+        let certs_dir = tempfile::tempdir().expect("certs dir");
+        let certs = p2p_services::tls::testing::make(
+            certs_dir.path(),
+            &[("auth", &[], p2p_services::tls::issue::Role::Server)],
+        )
+        .expect("make certificates");
+        let tls = p2p_services::tls::testing::client(&certs);
+        let cert = certs.cert("auth").display().to_string();
+        let key = certs.key("auth").display().to_string();
         let mut args = vec![
             "auth-svc",
             "--database-url",
             &db.url,
             "--metrics-listen",
             "",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
         ];
         if !extra.contains(&"--admin-password") {
             args.extend_from_slice(&["--admin-password", ADMIN_PASSWORD]);
@@ -88,6 +106,9 @@ impl TestServer {
         }));
         let server = Self {
             addr,
+            certs,
+            tls,
+            _certs_dir: certs_dir,
             stop: Some(stop),
             task: Some(task),
         };
@@ -103,7 +124,7 @@ impl TestServer {
             {
                 panic!("auth-svc exited during start-up");
             }
-            if p2p_services::health::probe(&self.addr.to_string(), "")
+            if p2p_services::health::probe(&self.addr.to_string(), "", &self.tls)
                 .await
                 .is_ok()
             {
@@ -133,11 +154,11 @@ impl TestServer {
 
     /// `host:port` for clients.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
     }
 
     fn channel(&self) -> Channel {
-        p2p_services::client::channel(&self.addr.to_string()).expect("channel")
+        p2p_services::client::channel(&self.addr.to_string(), &self.tls).expect("channel")
     }
 
     /// An AuthService client.
@@ -148,6 +169,34 @@ impl TestServer {
     /// An AccountService client.
     pub fn accounts(&self) -> AccountServiceClient<Channel> {
         AccountServiceClient::new(self.channel())
+    }
+
+    /// An AuthService client whose connections come from `ip`: Linux
+    /// accepts any 127.0.0.0/8 source on loopback, so tests can play
+    /// several hosts.
+    pub fn auth_from(&self, ip: &str) -> AuthServiceClient<Channel> {
+        let ip: IpAddr = ip.parse().expect("test source address");
+        let channel = p2p_services::client::endpoint(&self.addr.to_string(), &self.tls)
+            .expect("endpoint")
+            .local_address(Some(ip))
+            .connect_lazy();
+        AuthServiceClient::new(channel)
+    }
+
+    /// Logs in from the source address `ip`.
+    pub async fn try_login_from(
+        &self,
+        ip: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<TokenPair, Status> {
+        self.auth_from(ip)
+            .login(LoginRequest {
+                username: username.into(),
+                password: password.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
     }
 
     /// Logs in, panicking on failure.
@@ -196,6 +245,18 @@ pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, 
             );
         }
     }
+}
+
+/// The `retry-after` hint (seconds) of a throttled login.
+#[track_caller]
+pub fn retry_after(status: &Status) -> u64 {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    status
+        .metadata()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no retry-after hint in {status:?}"))
 }
 
 /// Runs the listed async test cases (each `async fn(TestDb)`) once on

@@ -23,6 +23,7 @@ use p2p_proto::index::v1::index_service_client::IndexServiceClient;
 use p2p_services::client::{channel, with_bearer};
 use p2p_services::db::{Backend, redact};
 use p2p_services::manifest::Bitfield;
+use p2p_services::tls::ClientTls;
 use rand::Rng;
 use rand::seq::SliceRandom;
 use tokio::sync::oneshot;
@@ -107,6 +108,7 @@ async fn start_in_process(
         &auth_db,
         "--admin-password",
         &args.password,
+        "--insecure-plaintext",
         "--metrics-listen",
         "",
     ])?;
@@ -135,6 +137,7 @@ async fn start_in_process(
         "10m",
         "--heartbeat-interval",
         "5s",
+        "--insecure-plaintext",
         "--metrics-listen",
         "",
     ])?;
@@ -165,7 +168,7 @@ async fn start_in_process(
 async fn wait_serving(addr: &str, service: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match p2p_services::health::probe(addr, service).await {
+        match p2p_services::health::probe(addr, service, &ClientTls::Plaintext).await {
             Ok(()) => return Ok(()),
             Err(err) if Instant::now() > deadline => {
                 bail!("{service} at {addr} never served: {err}")
@@ -464,7 +467,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    let mut auth = AuthServiceClient::new(channel(&auth_addr)?);
+    let mut auth = AuthServiceClient::new(channel(&auth_addr, &ClientTls::Plaintext)?);
     let token = auth
         .login(LoginRequest {
             username: args.username.clone(),
@@ -474,7 +477,7 @@ async fn main() -> anyhow::Result<()> {
         .context("logging in")?
         .into_inner()
         .access_token;
-    let client = IndexServiceClient::new(channel(&index_addr)?);
+    let client = IndexServiceClient::new(channel(&index_addr, &ClientTls::Plaintext)?);
 
     println!(
         "index-bench: {backend}, {} peers, {} files x {} holders, {} workers",

@@ -20,6 +20,7 @@ use p2p_proto::index::v1 as pb;
 use p2p_proto::index::v1::index_service_client::IndexServiceClient;
 use p2p_services::client::{channel, with_bearer};
 use p2p_services::db::testing;
+use p2p_services::tls::ClientTls;
 use tonic::transport::Channel;
 
 /// How long any single wait in a test may take.
@@ -79,6 +80,7 @@ fn start_shared_auth() -> SharedAuth {
                     ADMIN_PASSWORD,
                     "--metrics-listen",
                     "",
+                    "--insecure-plaintext",
                 ])
                 .expect("auth-svc flags");
                 let (listener, addr) = listener().await;
@@ -106,7 +108,7 @@ fn start_shared_auth() -> SharedAuth {
 /// Logs in, retrying while auth-svc is still starting.
 async fn login(addr: &str, username: &str, password: &str) -> User {
     let pair = eventually("auth-svc accepts a login", || async move {
-        let mut client = AuthServiceClient::new(channel(addr).ok()?);
+        let mut client = AuthServiceClient::new(channel(addr, &ClientTls::Plaintext).ok()?);
         client
             .login(auth_pb::LoginRequest {
                 username: username.to_string(),
@@ -127,7 +129,8 @@ async fn login(addr: &str, username: &str, password: &str) -> User {
 
 /// Creates a plain user through AccountService and logs it in.
 async fn create_user(addr: &str, admin: &User, username: &str) -> User {
-    let mut accounts = AccountServiceClient::new(channel(addr).expect("auth channel"));
+    let mut accounts =
+        AccountServiceClient::new(channel(addr, &ClientTls::Plaintext).expect("auth channel"));
     accounts
         .create_user(with_bearer(
             auth_pb::CreateUserRequest {
@@ -201,7 +204,13 @@ impl Cluster {
             &self.auth.addr,
             "--metrics-listen",
             "",
+            "--insecure-plaintext",
         ];
+        // The tests' peers advertise addresses on a made-up 10.0.0.0/8 LAN
+        // while calling from loopback, as an operator allows for NAT.
+        if !extra.contains(&"--allow-advertise-networks") {
+            args.extend_from_slice(&["--allow-advertise-networks", "10.0.0.0/8"]);
+        }
         args.extend_from_slice(extra);
         let config = index_svc::Config::try_parse_from(args).expect("index-svc flags");
         let (listener, addr) = listener().await;
@@ -213,9 +222,13 @@ impl Cluster {
         // Waiting until it serves also means its migrations are done, so
         // replicas started one after another never race to create tables.
         eventually("index-svc serves", || async {
-            p2p_services::health::probe(&server.addr, "p2p.index.v1.IndexService")
-                .await
-                .ok()
+            p2p_services::health::probe(
+                &server.addr,
+                "p2p.index.v1.IndexService",
+                &ClientTls::Plaintext,
+            )
+            .await
+            .ok()
         })
         .await;
         server
@@ -232,7 +245,9 @@ pub struct Index {
 impl Index {
     pub fn new(server: &Server, user: &User) -> Self {
         Self {
-            client: IndexServiceClient::new(channel(&server.addr).expect("index channel")),
+            client: IndexServiceClient::new(
+                channel(&server.addr, &ClientTls::Plaintext).expect("index channel"),
+            ),
             token: user.token.clone(),
         }
     }

@@ -1,7 +1,7 @@
 //! Shared setup for peer-agent's integration tests: a real auth-svc and
 //! index-svc, and agents, all in this process on ephemeral loopback ports
 //! with temporary data dirs, driven through the generated AgentControl
-//! client. Every server runs in a task owned by its handle; dropping the
+//! client over each agent's control socket. Every server runs in a task owned by its handle; dropping the
 //! handle signals shutdown, so nothing outlives its test.
 
 #![allow(dead_code)]
@@ -17,6 +17,7 @@ use p2p_proto::auth::v1 as auth_pb;
 use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
 use p2p_proto::index::v1 as index_pb;
 use p2p_services::client::channel;
+use p2p_services::tls::ClientTls;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 
@@ -72,6 +73,9 @@ impl Cluster {
             ADMIN_PASSWORD,
             "--metrics-listen",
             "",
+            // In-process and on loopback; the TLS paths are proven by the
+            // end-to-end tests in tests/.
+            "--insecure-plaintext",
         ])
         .expect("auth flags");
         let auth = Server::spawn(auth_addr.clone(), |shutdown| async move {
@@ -92,6 +96,7 @@ impl Cluster {
             "1s",
             "--metrics-listen",
             "",
+            "--insecure-plaintext",
         ])
         .expect("index flags");
         let index = Server::spawn(index_addr.clone(), |shutdown| async move {
@@ -106,7 +111,6 @@ impl Cluster {
     pub async fn agent(&self, name: &str, options: AgentOptions) -> Agent {
         let data_dir = self.dir.path().join(name);
         let (peer_listener, peer_addr) = listener().await;
-        let (control_listener, control_addr) = listener().await;
         let mut args = vec![
             "peer-agent".to_string(),
             "--data-dir".into(),
@@ -117,6 +121,7 @@ impl Cluster {
             format!("http://{}", self.auth.addr),
             "--metrics-listen".into(),
             String::new(),
+            "--insecure-plaintext".into(),
         ];
         if let Some(rate) = &options.max_upload_rate {
             args.extend(["--max-upload-rate".into(), rate.clone()]);
@@ -129,11 +134,13 @@ impl Cluster {
         }
         let config = peer_agent::Config::try_parse_from(args).expect("agent flags");
         let server = Server::spawn(peer_addr.clone(), |shutdown| async move {
-            peer_agent::run(config, peer_listener, control_listener, shutdown)
+            peer_agent::run(config, peer_listener, None, shutdown)
                 .await
                 .expect("agent runs");
         });
-        let control = AgentControlClient::new(channel(&control_addr).expect("control channel"));
+        let socket = data_dir.join("control.sock");
+        eventually(|| async { p2p_services::local::probe_unix(&socket, "").await.ok() }).await;
+        let control = AgentControlClient::new(p2p_services::local::unix_channel(&socket));
         Agent {
             name: name.to_string(),
             control,
@@ -152,7 +159,9 @@ impl Cluster {
 
     /// An access token for the admin, straight from auth-svc.
     pub async fn admin_token(&self) -> String {
-        let mut auth = AuthServiceClient::new(channel(&self.auth.addr).expect("auth channel"));
+        let mut auth = AuthServiceClient::new(
+            channel(&self.auth.addr, &ClientTls::Plaintext).expect("auth channel"),
+        );
         eventually(|| {
             let mut auth = auth.clone();
             async move {
@@ -174,6 +183,30 @@ impl Cluster {
         .expect("admin login")
         .into_inner()
         .access_token
+    }
+
+    /// The admin's credentials for fetching from the agent whose peer id
+    /// is `source_peer_id`: a peer token for a fresh agent key and a proof
+    /// for that source.
+    pub async fn admin_peer_credentials(&self, source_peer_id: &str) -> (String, String) {
+        let access = self.admin_token().await;
+        let key = p2p_services::auth::AgentKey::generate();
+        let token = AuthServiceClient::new(
+            channel(&self.auth.addr, &ClientTls::Plaintext).expect("auth channel"),
+        )
+        .issue_peer_token(p2p_services::client::with_bearer(
+            auth_pb::IssuePeerTokenRequest {
+                agent_public_key: key.public_base64url(),
+            },
+            &access,
+        ))
+        .await
+        .expect("issue a peer token")
+        .into_inner()
+        .token;
+        let now = p2p_services::time::now_ms() / 1000;
+        let proof = key.prove(source_peer_id, now, p2p_services::auth::PEER_PROOF_TTL);
+        (token, proof)
     }
 
     /// Writes `len` pseudo-random bytes (from `seed`) to a file in the temp dir.

@@ -307,14 +307,7 @@ fn start_agent(host: &Host, services: &Host, dir: &Path, name: &str) -> Result<P
     std::fs::create_dir_all(&data)?;
     let mut agent = host.command(bin("peer-agent")?);
     agent
-        .args([
-            "--listen",
-            "0.0.0.0:50053",
-            "--control",
-            "127.0.0.1:50054",
-            "--metrics-listen",
-            "",
-        ])
+        .args(["--listen", "0.0.0.0:50053", "--metrics-listen", ""])
         .arg("--advertise")
         .arg(host.socket(50053))
         .arg("--data-dir")
@@ -333,6 +326,7 @@ fn start_agent(host: &Host, services: &Host, dir: &Path, name: &str) -> Result<P
         &format!("agent {name} to register"),
         || {
             host.command(&p2p)
+                .env("P2P_DATA_DIR", &data)
                 .args(["--json", "status"])
                 .output()
                 .ok()
@@ -360,9 +354,16 @@ struct AgentRecord {
 
 impl AgentRecord {
     /// Reads the counters of the agent on `host` and its process figures.
-    fn collect(host: &Host, proc: &Proc, name: &str, done_s: Option<f64>) -> Result<Self> {
+    fn collect(
+        host: &Host,
+        dir: &Path,
+        proc: &Proc,
+        name: &str,
+        done_s: Option<f64>,
+    ) -> Result<Self> {
         let status = host
             .command(bin("p2p")?)
+            .env("P2P_DATA_DIR", dir.join(name))
             .args(["--json", "status"])
             .output()?;
         let json = json_of(&status).unwrap_or_default();
@@ -438,6 +439,7 @@ fn swarm_case(
     let want = file_hash(&source)?;
     let shared = seeder
         .command(&p2p)
+        .env("P2P_DATA_DIR", dir.path().join("seeder"))
         .args(["--json", "share"])
         .arg(&source)
         .output()?;
@@ -453,6 +455,7 @@ fn swarm_case(
         let child = lan
             .host(i + 2)
             .command(&p2p)
+            .env("P2P_DATA_DIR", dir.path().join(format!("peer{i}")))
             .args(["--json", "get", "payload.bin", "-o"])
             .arg(&out)
             .stdout(Stdio::null())
@@ -486,10 +489,17 @@ fn swarm_case(
         .unwrap_or(0.0);
     let per_host_s: Vec<f64> = gets.iter().filter_map(|g| g.2).collect();
     let ours_s = per_host_s.iter().cloned().fold(0.0, f64::max);
-    let mut records = vec![AgentRecord::collect(&seeder, &seed_agent, "seeder", None)?];
+    let mut records = vec![AgentRecord::collect(
+        &seeder,
+        dir.path(),
+        &seed_agent,
+        "seeder",
+        None,
+    )?];
     for (i, agent) in agents.iter().enumerate() {
         records.push(AgentRecord::collect(
             lan.host(i + 2),
+            dir.path(),
             agent,
             &format!("peer{i}"),
             Some(per_host_s[i]),
@@ -826,7 +836,8 @@ fn datapath(out: &Path, size_mib: u64) -> Result<()> {
     let b = start_loopback_agent(dir.path(), "b", 1)?;
     let p2p = bin("p2p")?;
     let shared = Command::new(&p2p)
-        .args(["--agent", "127.0.0.1:50154", "--json", "share"])
+        .env("P2P_DATA_DIR", dir.path().join("a"))
+        .args(["--json", "share"])
         .arg(&source)
         .output()?;
     if !shared.status.success() {
@@ -835,14 +846,8 @@ fn datapath(out: &Path, size_mib: u64) -> Result<()> {
     let copy = dir.path().join("copy.bin");
     let started = Instant::now();
     let mut get = Command::new(&p2p)
-        .args([
-            "--agent",
-            "127.0.0.1:50155",
-            "--json",
-            "get",
-            "payload.bin",
-            "-o",
-        ])
+        .env("P2P_DATA_DIR", dir.path().join("b"))
+        .args(["--json", "get", "payload.bin", "-o"])
         .arg(&copy)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -955,8 +960,6 @@ fn start_loopback_agent(dir: &Path, name: &str, i: u16) -> Result<Proc> {
     agent
         .arg("--listen")
         .arg(format!("127.0.0.1:{}", 50153 + i * 100))
-        .arg("--control")
-        .arg(format!("127.0.0.1:{}", 50154 + i))
         .args([
             "--metrics-listen",
             "",
@@ -972,10 +975,10 @@ fn start_loopback_agent(dir: &Path, name: &str, i: u16) -> Result<Proc> {
         .env("RUST_LOG", "warn");
     let proc = spawn(agent, "peer-agent", &dir.join(format!("{name}.log")))?;
     let p2p = bin("p2p")?;
-    let control = format!("127.0.0.1:{}", 50154 + i);
     wait_until(Duration::from_secs(60), "agent to register", || {
         Command::new(&p2p)
-            .args(["--agent", &control, "--json", "status"])
+            .env("P2P_DATA_DIR", &data)
+            .args(["--json", "status"])
             .output()
             .ok()
             .and_then(|o| json_of(&o))
@@ -1008,7 +1011,8 @@ fn hash(out: &Path, size_mib: u64) -> Result<()> {
     let agent = start_loopback_agent(dir.path(), "a", 0)?;
     let started = Instant::now();
     let shared = Command::new(bin("p2p")?)
-        .args(["--agent", "127.0.0.1:50154", "--json", "share"])
+        .env("P2P_DATA_DIR", dir.path().join("a"))
+        .args(["--json", "share"])
         .arg(&source)
         .output()?;
     let share_s = started.elapsed().as_secs_f64();

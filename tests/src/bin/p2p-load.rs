@@ -42,6 +42,8 @@ use p2p_proto::index::v1::{
 use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
 use p2p_proto::peer::v1::{ChunkRange, FetchChunksRequest};
 use p2p_services::client::{MAX_MESSAGE_BYTES, with_bearer};
+use p2p_services::tls::ClientTls;
+use p2p_services::tls::issue::{CertDir, Role as CertRole};
 use rand::{Rng, RngCore, SeedableRng};
 use tokio::task::JoinSet;
 use tonic::Code;
@@ -148,6 +150,27 @@ fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The run's CA and certificates (every service and the agent use TLS, as
+/// deployed), and how callers verify them.
+static TLS: std::sync::OnceLock<(CertDir, ClientTls)> = std::sync::OnceLock::new();
+
+fn tls() -> &'static ClientTls {
+    &TLS.get().expect("certificates are made first in main").1
+}
+
+/// The TLS flags of the binary whose certificate is `name`.
+fn tls_args(name: &str) -> Vec<String> {
+    let certs = &TLS.get().expect("certificates are made first in main").0;
+    vec![
+        "--tls-ca".into(),
+        certs.ca_cert().display().to_string(),
+        "--tls-cert".into(),
+        certs.cert(name).display().to_string(),
+        "--tls-key".into(),
+        certs.key(name).display().to_string(),
+    ]
+}
+
 async fn spawn(
     name: &str,
     args: &[String],
@@ -167,7 +190,7 @@ async fn spawn(
         .with_context(|| format!("start {name}"))?;
     let mut proc = Proc { child };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while p2p_services::health::probe(health, "").await.is_err() {
+    while probe(health).await.is_err() {
         if let Some(status) = proc.child.try_wait()? {
             bail!("{name} exited at start with {status}");
         }
@@ -255,8 +278,9 @@ struct AgentCalls {
     update: Calls,
 }
 
+/// A channel to a service or agent PeerService (TLS).
 fn channel(addr: &str) -> Result<Channel> {
-    Ok(p2p_services::client::channel(addr)?)
+    Ok(p2p_services::client::channel(addr, tls())?)
 }
 
 async fn login(auth: &str, user: &str, password: &str) -> Result<String> {
@@ -516,6 +540,7 @@ struct CallerSeen {
 struct FetchTarget {
     peer_addr: String,
     token: String,
+    proof: String,
     file_id: String,
     chunks: u32,
     /// Bytes received after `window_start`.
@@ -528,6 +553,7 @@ async fn fetch_caller(i: usize, target: Arc<FetchTarget>) -> CallerSeen {
     let FetchTarget {
         ref peer_addr,
         ref token,
+        ref proof,
         ref file_id,
         chunks,
         ref bytes_in_window,
@@ -550,7 +576,7 @@ async fn fetch_caller(i: usize, target: Arc<FetchTarget>) -> CallerSeen {
         let started = Instant::now();
         let call = tokio::select! {
             () = tokio::time::sleep_until(deadline) => break,
-            call = client.fetch_chunks(with_bearer(request, token)) => call,
+            call = client.fetch_chunks(p2p_services::client::with_peer_credentials(request, token, proof)) => call,
         };
         let mut stream = match call {
             Ok(response) => {
@@ -616,25 +642,33 @@ fn percentile_ms(values: &mut [u64], p: f64) -> f64 {
     values[((values.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
 }
 
+/// A health probe of `target`: `host:port` or a Unix socket path.
+async fn probe(target: &str) -> Result<(), String> {
+    match p2p_services::local::Target::parse(target) {
+        p2p_services::local::Target::Unix(path) => p2p_services::local::probe_unix(&path, "").await,
+        p2p_services::local::Target::Tcp(addr) => {
+            p2p_services::health::probe(&addr, "", tls()).await
+        }
+    }
+}
+
 async fn fetch_run(cli: &Cli, dir: &Path, auth: &str, index: &str) -> Result<serde_json::Value> {
     let limit_bps = parse_rate(&cli.max_upload_rate)?;
     let peer = format!("127.0.0.1:{}", free_port()?);
-    let control = format!("127.0.0.1:{}", free_port()?);
     let data_dir = dir.join("agent");
+    let control = data_dir.join("control.sock");
     std::fs::create_dir_all(&data_dir)?;
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "--listen",
         &peer,
-        "--control",
-        &control,
         "--metrics-listen",
         "",
         "--data-dir",
         &data_dir.display().to_string(),
         "--index-url",
-        &format!("http://{index}"),
+        index,
         "--auth-url",
-        &format!("http://{auth}"),
+        auth,
         "--max-upload-rate",
         &cli.max_upload_rate,
         "--max-uploads",
@@ -642,17 +676,18 @@ async fn fetch_run(cli: &Cli, dir: &Path, auth: &str, index: &str) -> Result<ser
     ]
     .map(String::from)
     .to_vec();
+    args.extend(tls_args("agent"));
     let agent = spawn(
         "peer-agent",
         &args,
         &[("P2P_USER", "admin"), ("P2P_PASSWORD", ADMIN_PASSWORD)],
         &dir.join("peer-agent.log"),
-        &control,
+        &control.display().to_string(),
     )
     .await?;
     let file = dir.join("served.bin");
     write_random(&file, cli.file_mib << 20)?;
-    let mut share = AgentControlClient::new(channel(&control)?)
+    let mut share = AgentControlClient::new(p2p_services::local::unix_channel(&control))
         .share(ShareRequest {
             path: file.display().to_string(),
             ..Default::default()
@@ -665,7 +700,32 @@ async fn fetch_run(cli: &Cli, dir: &Path, auth: &str, index: &str) -> Result<ser
         info = progress.file.or(info);
     }
     let info = info.context("the share stream ended without the file")?;
-    let token = login(auth, "admin", ADMIN_PASSWORD).await?;
+    let peer_id = AgentControlClient::new(p2p_services::local::unix_channel(&control))
+        .status(p2p_proto::agent::v1::StatusRequest {})
+        .await
+        .context("the agent's status")?
+        .into_inner()
+        .peer_id;
+    let access = login(auth, "admin", ADMIN_PASSWORD).await?;
+    // Callers present what a real downloader does: a peer token for its
+    // own key, and a proof for this one source.
+    let key = p2p_services::auth::AgentKey::generate();
+    let token = AuthServiceClient::new(channel(auth)?)
+        .issue_peer_token(with_bearer(
+            p2p_proto::auth::v1::IssuePeerTokenRequest {
+                agent_public_key: key.public_base64url(),
+            },
+            &access,
+        ))
+        .await
+        .context("a peer token for the agent")?
+        .into_inner()
+        .token;
+    let proof = key.prove(
+        &peer_id,
+        p2p_services::time::now_ms() / 1000,
+        p2p_services::auth::PEER_PROOF_TTL,
+    );
 
     let start = tokio::time::Instant::now();
     let window_start = start + FETCH_WARMUP;
@@ -673,6 +733,7 @@ async fn fetch_run(cli: &Cli, dir: &Path, auth: &str, index: &str) -> Result<ser
     let target = Arc::new(FetchTarget {
         peer_addr: peer.clone(),
         token,
+        proof,
         file_id: info.file_id.clone(),
         chunks: info.chunk_count,
         bytes_in_window: AtomicU64::new(0),
@@ -850,6 +911,16 @@ fn print_table(
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let dir = tempfile::Builder::new().prefix("p2p-load-").tempdir()?;
+    let certs = p2p_services::tls::testing::make(
+        &dir.path().join("tls"),
+        &[
+            ("auth", &[], CertRole::Server),
+            ("index", &[], CertRole::Server),
+            ("agent", &[], CertRole::Agent),
+        ],
+    )?;
+    let client_tls = p2p_services::tls::testing::client(&certs);
+    let _ = TLS.set((certs, client_tls));
     let (backend, auth_db, index_db) = if cli.postgres {
         let auth = p2p_services::db::testing::fresh_postgres_database()
             .await
@@ -878,7 +949,7 @@ async fn main() -> Result<()> {
     };
 
     let auth_addr = format!("127.0.0.1:{}", free_port()?);
-    let auth_args: Vec<String> = [
+    let mut auth_args: Vec<String> = [
         "--listen",
         &auth_addr,
         "--database-url",
@@ -888,6 +959,7 @@ async fn main() -> Result<()> {
     ]
     .map(String::from)
     .to_vec();
+    auth_args.extend(tls_args("auth"));
     let _auth = spawn(
         "auth-svc",
         &auth_args,
@@ -897,13 +969,13 @@ async fn main() -> Result<()> {
     )
     .await?;
     let index_addr = format!("127.0.0.1:{}", free_port()?);
-    let index_args: Vec<String> = [
+    let mut index_args: Vec<String> = [
         "--listen",
         &index_addr,
         "--database-url",
         &index_db,
         "--auth-url",
-        &format!("http://{auth_addr}"),
+        &auth_addr,
         "--metrics-listen",
         "",
         "--lease-ttl",
@@ -913,6 +985,7 @@ async fn main() -> Result<()> {
     ]
     .map(String::from)
     .to_vec();
+    index_args.extend(tls_args("index"));
     let index = spawn(
         "index-svc",
         &index_args,

@@ -4,9 +4,15 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use p2p_services::local::Target;
 
-/// The agent address used when neither `--agent` nor `P2P_AGENT` is given.
-pub const DEFAULT_AGENT: &str = "127.0.0.1:50054";
+/// The agent's data dir when neither `--data-dir` nor `P2P_DATA_DIR` is
+/// given: the same default as `peer-agent --data-dir`.
+pub const DEFAULT_DATA_DIR: &str = "./p2p-data";
+/// The control socket's name in the agent's data dir.
+const SOCKET_FILE: &str = "control.sock";
+/// The TCP control token's name in the agent's data dir.
+const TOKEN_FILE: &str = "control.token";
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -16,7 +22,12 @@ Examples:
   p2p get talk.mp4 -o ~/Downloads download it from the swarm
   p2p --json status | jq .        machine-readable output for scripts
 
-The client talks to the peer-agent running on this machine (or --agent).
+The client talks to the peer-agent running on this machine through the
+agent's Unix socket, <data-dir>/control.sock (data dir from --data-dir or
+P2P_DATA_DIR, as for peer-agent), which only the agent's own user may open.
+--agent names another socket, or a HOST:PORT the agent serves with
+--control-listen; over TCP the agent's control token is read from
+<data-dir>/control.token (or --agent-token-file).
 Exit codes: 0 success, 1 failure, 2 bad usage, 3 agent unreachable,
 4 not logged in, 5 no such file or user, 6 permission denied,
 7 destination exists.";
@@ -34,9 +45,8 @@ Exit codes: 0 success, 1 failure, 2 bad usage, 3 agent unreachable,
     after_help = AFTER_HELP
 )]
 pub struct Cli {
-    /// The agent's control address, `host:port` or `http://host:port`.
-    #[arg(long, global = true, env = "P2P_AGENT", default_value = DEFAULT_AGENT)]
-    pub agent: String,
+    #[command(flatten)]
+    pub agent: AgentArgs,
 
     /// Machine-readable output: one JSON document per command (for `get`,
     /// one JSON object per line: progress events, then the result).
@@ -45,6 +55,44 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where the agent's control API is and how to prove we may use it.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The agent's control API: a Unix socket (`/path/control.sock` or
+    /// `unix:/path`) or `host:port` (TCP, needs the control token).
+    /// Default: <data-dir>/control.sock.
+    #[arg(long, global = true, env = "P2P_AGENT")]
+    pub agent: Option<String>,
+
+    /// The agent's data dir, where its socket and token are found.
+    #[arg(long, global = true, env = "P2P_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// File holding the agent's control token, sent on TCP connections.
+    /// Default: <data-dir>/control.token.
+    #[arg(long, global = true, env = "P2P_AGENT_TOKEN_FILE")]
+    pub agent_token_file: Option<PathBuf>,
+}
+
+impl AgentArgs {
+    /// Where to reach the agent.
+    pub fn target(&self) -> Target {
+        match self.agent.as_deref().map(str::trim) {
+            Some(agent) if !agent.is_empty() => Target::parse(agent),
+            _ => Target::Unix(self.data_dir.join(SOCKET_FILE)),
+        }
+    }
+
+    /// The token file for a TCP agent, and whether the user named it (a
+    /// missing default file just means no token is sent).
+    pub fn token_file(&self) -> (PathBuf, bool) {
+        match &self.agent_token_file {
+            Some(path) => (path.clone(), true),
+            None => (self.data_dir.join(TOKEN_FILE), false),
+        }
+    }
 }
 
 /// What to do.
@@ -244,7 +292,22 @@ mod tests {
     fn json_and_agent_are_accepted_after_the_command() {
         let cli = Cli::try_parse_from(["p2p", "ls", "--json", "--agent", "h:1"]).unwrap();
         assert!(cli.json);
-        assert_eq!(cli.agent, "h:1");
+        assert_eq!(cli.agent.target(), Target::Tcp("h:1".into()));
+    }
+
+    #[test]
+    fn the_agent_is_found_by_its_data_dir_socket_by_default() {
+        let cli = Cli::try_parse_from(["p2p", "status", "--data-dir", "/data"]).unwrap();
+        assert_eq!(
+            cli.agent.target(),
+            Target::Unix("/data/control.sock".into())
+        );
+        assert_eq!(
+            cli.agent.token_file(),
+            (PathBuf::from("/data/control.token"), false)
+        );
+        let cli = Cli::try_parse_from(["p2p", "status", "--agent", "unix:/run/a.sock"]).unwrap();
+        assert_eq!(cli.agent.target(), Target::Unix("/run/a.sock".into()));
     }
 
     #[test]

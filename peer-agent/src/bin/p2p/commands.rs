@@ -9,10 +9,15 @@ use p2p_proto::agent::v1 as agent;
 use p2p_proto::agent::v1::agent_control_client::AgentControlClient;
 use p2p_proto::auth::v1 as auth;
 use p2p_proto::index::v1 as index;
+use p2p_services::local::Target;
 use serde::Serialize;
+use tonic::Status;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::cli::{Command, LoginArgs, PasswordArgs, UsersCommand};
+use crate::cli::{AgentArgs, Command, LoginArgs, PasswordArgs, UsersCommand};
 use crate::error::{Error, Subject, explain, is_broken_connection};
 use crate::progress::Progress;
 use crate::view::{self, DownloadEvent, FileRow, PeerRow, SharedFile, StatusView, UserRow};
@@ -34,32 +39,110 @@ impl Output {
     }
 }
 
+/// The client type every command uses: the control API with the token
+/// added to each call when talking TCP.
+type Client = AgentControlClient<InterceptedService<Channel, ControlToken>>;
+
 /// A connected control client plus what error messages need to know.
 pub struct Session {
-    client: AgentControlClient<Channel>,
+    client: Client,
     addr: String,
     out: Output,
 }
 
-/// Connects to the agent eagerly, so "agent not running" is told apart from
-/// errors the agent itself reports.
-pub async fn connect(addr: &str, out: Output) -> Result<Session, Error> {
-    let unreachable = |detail: String| Error::AgentUnreachable {
-        addr: addr.to_string(),
-        detail,
+/// Adds `authorization: Bearer <control token>` to every call, when there
+/// is a token.
+#[derive(Clone)]
+pub struct ControlToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for ControlToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Connects to the agent eagerly, so "agent not running" (or "not yours")
+/// is told apart from errors the agent itself reports.
+pub async fn connect(agent: &AgentArgs, out: Output) -> Result<Session, Error> {
+    let target = agent.target();
+    let (channel, token) = match &target {
+        Target::Unix(path) => (connect_socket(path).await?, ControlToken(None)),
+        Target::Tcp(addr) => {
+            let unreachable = |detail: String| Error::AgentUnreachable {
+                addr: addr.clone(),
+                detail,
+            };
+            let endpoint =
+                p2p_services::client::endpoint(addr, &p2p_services::tls::ClientTls::Plaintext)
+                    .map_err(|e| unreachable(e.to_string()))?;
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| unreachable(source_chain(&e)))?;
+            (channel, read_token(agent)?)
+        }
     };
-    let endpoint = p2p_services::client::endpoint(addr).map_err(|e| unreachable(e.to_string()))?;
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| unreachable(source_chain(&e)))?;
-    let client = AgentControlClient::new(channel)
+    let client = AgentControlClient::with_interceptor(channel, token)
         .max_decoding_message_size(p2p_services::client::MAX_MESSAGE_BYTES);
     Ok(Session {
         client,
-        addr: addr.to_string(),
+        addr: target.to_string(),
         out,
     })
+}
+
+/// Connects to the agent's Unix socket, naming the socket and what to do
+/// when it is missing, not ours, or dead.
+async fn connect_socket(path: &Path) -> Result<Channel, Error> {
+    let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    p2p_services::local::connect_unix(path)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NoAgentSocket(shown.display().to_string()),
+            std::io::ErrorKind::PermissionDenied => {
+                Error::AgentOfAnotherUser(shown.display().to_string())
+            }
+            _ => Error::AgentUnreachable {
+                addr: shown.display().to_string(),
+                detail: e.to_string(),
+            },
+        })
+}
+
+/// The control token for a TCP agent. A missing default token file means
+/// none is sent (the agent then says which file it wants); a token file the
+/// user named must be readable.
+fn read_token(agent: &AgentArgs) -> Result<ControlToken, Error> {
+    let (path, named) = agent.token_file();
+    let shown = std::path::absolute(&path)
+        .unwrap_or_else(|_| path.clone())
+        .display()
+        .to_string();
+    match p2p_services::local::ControlToken::read(&path) {
+        Ok(token) => {
+            let value =
+                format!("Bearer {}", token.secret())
+                    .parse()
+                    .map_err(|_| Error::AgentToken {
+                        path: shown,
+                        detail: "the token is not valid header text".into(),
+                    })?;
+            Ok(ControlToken(Some(value)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => Ok(ControlToken(None)),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(Error::AgentOfAnotherUser(shown))
+        }
+        Err(e) => Err(Error::AgentToken {
+            path: shown,
+            detail: e.to_string(),
+        }),
+    }
 }
 
 /// The innermost cause of a transport error, which is the useful part

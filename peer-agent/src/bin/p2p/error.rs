@@ -18,6 +18,29 @@ pub enum Error {
         "the agent stopped during the download of {file} ({detail}): start peer-agent again and run the same command; it resumes from the verified chunks"
     )]
     AgentStopped { file: String, detail: String },
+    /// The agent's control socket does not exist.
+    #[error(
+        "cannot reach the agent: there is no control socket at {0}: is peer-agent running with this data dir? \
+         start it with `peer-agent --data-dir DIR`, or point P2P_DATA_DIR (or --agent / P2P_AGENT) at it"
+    )]
+    NoAgentSocket(String),
+    /// The socket or token file is another user's.
+    #[error(
+        "cannot reach the agent: permission denied on {0}: this agent belongs to another user; \
+         run `p2p` as that user, or start your own peer-agent with its own --data-dir"
+    )]
+    AgentOfAnotherUser(String),
+    /// The control token for a TCP agent could not be read.
+    #[error(
+        "cannot read the agent's control token {path}: {detail}; pass --agent-token-file \
+         (P2P_AGENT_TOKEN_FILE) naming the agent's <data-dir>/control.token, or use its Unix socket"
+    )]
+    AgentToken { path: String, detail: String },
+    /// The agent refused the call for want of its control token.
+    #[error(
+        "the agent refused the call: {0}; pass --agent-token-file (P2P_AGENT_TOKEN_FILE) or --data-dir"
+    )]
+    AgentTokenRefused(String),
     /// The agent has no session.
     #[error("not logged in: run `p2p login`")]
     NotLoggedIn,
@@ -81,7 +104,12 @@ impl Error {
     /// The process exit code for this error (see `p2p --help`).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::AgentUnreachable { .. } | Error::AgentStopped { .. } => 3,
+            Error::AgentUnreachable { .. }
+            | Error::AgentStopped { .. }
+            | Error::NoAgentSocket(_)
+            | Error::AgentOfAnotherUser(_)
+            | Error::AgentToken { .. }
+            | Error::AgentTokenRefused(_) => 3,
             Error::NotLoggedIn | Error::BadCredentials => 4,
             Error::NoSuchFile(_) | Error::NoSuchPath { .. } | Error::NoSuchUser(_) => 5,
             Error::PermissionDenied(_) => 6,
@@ -137,6 +165,13 @@ pub fn explain(status: tonic::Status, subject: Subject<'_>) -> Error {
         let m = message.to_ascii_lowercase();
         m.contains("log in") || m.contains("logged") || m.contains("login") || m.contains("session")
     };
+    if status.code() == Code::Unauthenticated
+        && status
+            .metadata()
+            .contains_key(p2p_services::local::TOKEN_REQUIRED_KEY)
+    {
+        return Error::AgentTokenRefused(message);
+    }
     match (status.code(), subject) {
         (Code::Unauthenticated, Subject::Login) => Error::BadCredentials,
         (Code::Unauthenticated, _) => Error::NotLoggedIn,
@@ -247,6 +282,28 @@ mod tests {
         );
         assert!(err.to_string().contains("--force"));
         assert_eq!(err.exit_code(), 7);
+    }
+
+    #[test]
+    fn a_refused_control_token_is_not_a_missing_login() {
+        let mut status = Status::unauthenticated("this API needs its control token");
+        status.metadata_mut().insert(
+            p2p_services::local::TOKEN_REQUIRED_KEY,
+            "/d/control.token".parse().unwrap(),
+        );
+        let err = explain(status, Subject::Login);
+        assert!(matches!(err, Error::AgentTokenRefused(_)), "{err}");
+        assert_eq!(err.exit_code(), 3);
+    }
+
+    #[test]
+    fn another_users_socket_says_so() {
+        let err = Error::AgentOfAnotherUser("/d/control.sock".into());
+        assert!(
+            err.to_string()
+                .contains("this agent belongs to another user")
+        );
+        assert_eq!(err.exit_code(), 3);
     }
 
     #[test]

@@ -349,6 +349,9 @@ pub struct StatusView {
     pub agent: String,
     pub logged_in: bool,
     pub user: Option<UserRow>,
+    /// Why the agent's own (unattended) login has not worked yet and when
+    /// it retries; `None` when it is not trying.
+    pub login_error: Option<String>,
     pub peer_id: String,
     pub advertise_addr: String,
     pub index_url: String,
@@ -388,6 +391,7 @@ impl StatusView {
             agent,
             logged_in: s.logged_in,
             user: s.user.map(UserRow::from_proto),
+            login_error: Some(s.login_error).filter(|e| !e.is_empty()),
             peer_id: s.peer_id,
             advertise_addr: s.advertise_addr,
             index_url: s.index_url,
@@ -431,8 +435,9 @@ impl StatusView {
 
     /// Aligned `key: value` lines for people.
     pub fn text(&self) -> String {
-        let session = match (&self.user, self.logged_in) {
-            (Some(u), true) => format!("logged in as {} ({})", u.username, u.role),
+        let session = match (&self.user, self.logged_in, &self.login_error) {
+            (Some(u), true, _) => format!("logged in as {} ({})", u.username, u.role),
+            (_, _, Some(why)) => format!("not logged in: {why}"),
             _ => "not logged in: run `p2p login`".to_string(),
         };
         let limit = |v: u64| {
@@ -640,8 +645,29 @@ mod tests {
     }
 
     #[test]
+    fn status_text_says_why_the_agents_own_login_fails() {
+        let view = StatusView::from_proto(
+            "/d/control.sock".into(),
+            agent::StatusResponse {
+                login_error: "auth service unreachable; retrying in 4 s".into(),
+                ..Default::default()
+            },
+        );
+        assert!(
+            view.text()
+                .contains("not logged in: auth service unreachable; retrying in 4 s")
+        );
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(
+            json["login_error"],
+            "auth service unreachable; retrying in 4 s"
+        );
+    }
+
+    #[test]
     fn status_text_says_to_log_in_when_logged_out() {
         let view = StatusView::from_proto("127.0.0.1:1".into(), agent::StatusResponse::default());
+        assert_eq!(view.login_error, None);
         let text = view.text();
         assert!(text.contains("not logged in: run `p2p login`"));
         assert!(text.contains("unreachable"));
