@@ -34,6 +34,10 @@ struct Cli {
     /// Directory for result files.
     #[arg(long, default_value = "bench-results", global = true)]
     out: PathBuf,
+    /// TLS on the data path (FetchChunks). Off runs the agents with
+    /// --peer-insecure-plaintext; auth-svc and index-svc keep TLS either way.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    data_path_tls: bool,
     #[command(subcommand)]
     command: Bench,
 }
@@ -89,8 +93,36 @@ enum Bench {
     TcpSource { addr: String, file: PathBuf },
 }
 
+/// Every process of a run speaks TLS as deployed: one CA in a temp dir and
+/// one certificate per host address, made on first use.
+static TLS: std::sync::OnceLock<(tempfile::TempDir, bool)> = std::sync::OnceLock::new();
+
+/// Points `command` at the run's CA and at the certificate for `ip`.
+fn with_tls(command: &mut Command, ip: &str) -> Result<()> {
+    let (dir, data_path_tls) = TLS.get().context("TLS is set up first in main")?;
+    let certs = p2p_services::tls::issue::CertDir::new(dir.path());
+    let (ca, _) = certs.ensure_ca()?;
+    let name = format!("host-{ip}");
+    certs.ensure_leaf(
+        &ca,
+        &name,
+        &[ip.to_string(), "127.0.0.1".into(), "localhost".into()],
+        p2p_services::tls::issue::Role::Agent,
+        false,
+    )?;
+    command
+        .env("P2P_TLS_CA", certs.ca_cert())
+        .env("P2P_TLS_CERT", certs.cert(&name))
+        .env("P2P_TLS_KEY", certs.key(&name));
+    if !data_path_tls {
+        command.env("P2P_PEER_INSECURE_PLAINTEXT", "true");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let _ = TLS.set((tempfile::tempdir()?, cli.data_path_tls));
     match cli.command {
         Bench::Swarm {
             n,
@@ -273,6 +305,7 @@ fn start_services(host: &Host, dir: &Path, procs: &mut Vec<Proc>) -> Result<()> 
         .arg(format!("sqlite://{}", dir.join("auth.db").display()))
         .env("P2P_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("RUST_LOG", "warn");
+    with_tls(&mut auth, &host.addr.to_string())?;
     procs.push(spawn(auth, "auth-svc", &dir.join("auth.log"))?);
     let mut index = host.command(bin("index-svc")?);
     index
@@ -280,8 +313,9 @@ fn start_services(host: &Host, dir: &Path, procs: &mut Vec<Proc>) -> Result<()> 
         .arg("--database-url")
         .arg(format!("sqlite://{}", dir.join("index.db").display()))
         .arg("--auth-url")
-        .arg(format!("http://{}", host.socket(50051)))
+        .arg(host.socket(50051))
         .env("RUST_LOG", "warn");
+    with_tls(&mut index, &host.addr.to_string())?;
     procs.push(spawn(index, "index-svc", &dir.join("index.log"))?);
     for (binary, listen) in [
         ("auth-svc", "0.0.0.0:50051"),
@@ -289,7 +323,11 @@ fn start_services(host: &Host, dir: &Path, procs: &mut Vec<Proc>) -> Result<()> 
     ] {
         let path = bin(binary)?;
         wait_until(Duration::from_secs(30), binary, || {
-            host.command(&path)
+            let mut probe = host.command(&path);
+            if with_tls(&mut probe, &host.addr.to_string()).is_err() {
+                return false;
+            }
+            probe
                 .args(["--listen", listen, "healthcheck"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -313,12 +351,13 @@ fn start_agent(host: &Host, services: &Host, dir: &Path, name: &str) -> Result<P
         .arg("--data-dir")
         .arg(&data)
         .arg("--index-url")
-        .arg(format!("http://{}", services.socket(50052)))
+        .arg(services.socket(50052))
         .arg("--auth-url")
-        .arg(format!("http://{}", services.socket(50051)))
+        .arg(services.socket(50051))
         .env("P2P_USER", "admin")
         .env("P2P_PASSWORD", ADMIN_PASSWORD)
         .env("RUST_LOG", "warn");
+    with_tls(&mut agent, &host.addr.to_string())?;
     let proc = spawn(agent, "peer-agent", &dir.join(format!("{name}.log")))?;
     let p2p = bin("p2p")?;
     wait_until(
@@ -964,15 +1003,16 @@ fn start_loopback_agent(dir: &Path, name: &str, i: u16) -> Result<Proc> {
             "--metrics-listen",
             "",
             "--index-url",
-            "http://127.0.0.1:50052",
+            "127.0.0.1:50052",
             "--auth-url",
-            "http://127.0.0.1:50051",
+            "127.0.0.1:50051",
         ])
         .arg("--data-dir")
         .arg(&data)
         .env("P2P_USER", "admin")
         .env("P2P_PASSWORD", ADMIN_PASSWORD)
         .env("RUST_LOG", "warn");
+    with_tls(&mut agent, "127.0.0.1")?;
     let proc = spawn(agent, "peer-agent", &dir.join(format!("{name}.log")))?;
     let p2p = bin("p2p")?;
     wait_until(Duration::from_secs(60), "agent to register", || {
