@@ -28,6 +28,9 @@ pub const REPORT_WINDOW: Duration = Duration::from_secs(300);
 pub const MAX_REPORTS_PER_REPORTER: usize = 3;
 /// Width of the random jitter added to scores, as a share of the scale.
 pub const JITTER: f64 = 0.02;
+/// Different reporters saying a holder cannot read a file that take the
+/// holding out of `LocateSources` until the holder announces it again.
+pub const CANNOT_READ_REPORTERS: u32 = 2;
 /// Sources returned when the caller does not say.
 pub const DEFAULT_LIMIT: usize = 16;
 /// Most sources one call may return.
@@ -47,6 +50,8 @@ pub enum ReportReason {
     Stalled,
     /// Served a chunk that did not match its hash.
     Corrupt,
+    /// Said it cannot read the file (its copy was deleted or changed).
+    CannotRead,
 }
 
 impl ReportReason {
@@ -56,6 +61,7 @@ impl ReportReason {
             Self::Unreachable => "unreachable",
             Self::Stalled => "stalled",
             Self::Corrupt => "corrupt",
+            Self::CannotRead => "cannot_read",
         }
     }
 
@@ -65,6 +71,7 @@ impl ReportReason {
             "unreachable" => Some(Self::Unreachable),
             "stalled" => Some(Self::Stalled),
             "corrupt" => Some(Self::Corrupt),
+            "cannot_read" => Some(Self::CannotRead),
             _ => None,
         }
     }
@@ -75,7 +82,7 @@ impl ReportReason {
         match self {
             Self::Unreachable => 1.0,
             Self::Stalled => 0.6,
-            Self::Corrupt => 1.5,
+            Self::Corrupt | Self::CannotRead => 1.5,
         }
     }
 }

@@ -178,8 +178,9 @@ fn report_reason(reason: i32) -> Result<ReportReason, Error> {
         Ok(pb::ReportReason::Unreachable) => Ok(ReportReason::Unreachable),
         Ok(pb::ReportReason::Stalled) => Ok(ReportReason::Stalled),
         Ok(pb::ReportReason::Corrupt) => Ok(ReportReason::Corrupt),
+        Ok(pb::ReportReason::CannotRead) => Ok(ReportReason::CannotRead),
         _ => Err(Error::InvalidArgument(
-            "reason must be UNREACHABLE, STALLED or CORRUPT".into(),
+            "reason must be UNREACHABLE, STALLED, CORRUPT or CANNOT_READ".into(),
         )),
     }
 }
@@ -488,7 +489,21 @@ impl IndexApi {
             reason,
             detail: truncate(request.detail, MAX_DETAIL_BYTES),
         };
-        self.store.record_report(&report, now_ms()).await?;
+        let now = now_ms();
+        self.store.record_report(&report, now).await?;
+        if reason == ReportReason::CannotRead {
+            let reporters = self
+                .store
+                .cannot_read_reporters(&report.source, &report.file_id)
+                .await?;
+            if reporters >= selection::CANNOT_READ_REPORTERS {
+                tracing::info!(source = %report.source, file_id = %report.file_id, reporters,
+                    "holder cannot read the file; not offering it until it announces again");
+                self.store
+                    .remove_holding(&report.source, &report.file_id, now)
+                    .await?;
+            }
+        }
         metrics::counter(
             "p2p_index_source_reports_total",
             "Bad-source reports received, by reason.",

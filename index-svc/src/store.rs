@@ -732,6 +732,28 @@ impl Store {
             .is_some())
     }
 
+    /// How many different peers reported, since `source` last announced
+    /// its holding of `file_id`, that it cannot read the file.
+    pub async fn cannot_read_reporters(
+        &self,
+        source: &PeerId,
+        file_id: &FileId,
+    ) -> Result<u32, Error> {
+        let row = sqlx::query(
+            "SELECT COUNT(DISTINCT r.reporter_peer_id) AS reporters \
+             FROM source_reports r JOIN holdings h \
+               ON h.peer_id = r.source_peer_id AND h.file_id = r.file_id \
+             WHERE r.source_peer_id = $1 AND r.file_id = $2 AND r.reason = $3 \
+               AND r.reported_at_ms >= h.updated_at_ms",
+        )
+        .bind(source.as_str())
+        .bind(file_id.as_str())
+        .bind(ReportReason::CannotRead.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(to_u32(row.try_get("reporters")?))
+    }
+
     /// Records a report against a source.
     pub async fn record_report(&self, report: &NewReport, now_ms: i64) -> Result<(), Error> {
         sqlx::query(

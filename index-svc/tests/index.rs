@@ -23,6 +23,7 @@ suite!(
     lease_expiry_removes_a_source_and_heartbeat_restores_it,
     partial_holders_are_offered_only_for_chunks_they_have,
     bad_reports_push_a_source_down,
+    a_holding_no_one_can_read_is_withdrawn_until_announced_again,
     index_keeps_everything_across_restart,
     two_replicas_on_one_database_agree,
     watch_files_delivers_publish_and_delete,
@@ -722,6 +723,83 @@ async fn bad_reports_push_a_source_down(db: Db) {
         .await
         .expect_err("reason required");
     assert_eq!(no_reason.code(), Code::InvalidArgument);
+}
+
+async fn a_holding_no_one_can_read_is_withdrawn_until_announced_again(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let carol = cluster.user("carol").await;
+    let mut index = Index::new(&server, &bob);
+    let mut as_carol = Index::new(&server, &carol);
+    let seeder = index.register("10.0.5.1:7000", idle()).await;
+    let holder = index.register("10.0.5.2:7000", idle()).await;
+    let first = as_carol.register("10.0.5.3:7000", idle()).await;
+    let second = as_carol.register("10.0.5.4:7000", idle()).await;
+    let file = index
+        .publish(manifest("gone.bin", 50, 4), &seeder)
+        .await
+        .expect("publish");
+    let file_id = file.file.expect("file").file_id;
+    index
+        .update_holdings(&holder, &file_id, Vec::new(), true)
+        .await
+        .expect("holder announces");
+    let sources = |list: Vec<pb::Source>| -> BTreeSet<String> {
+        list.into_iter().map(|s| s.peer_id).collect()
+    };
+    let report = |reporter: String| pb::ReportSourceRequest {
+        peer_id: reporter,
+        source_peer_id: holder.clone(),
+        file_id: file_id.clone(),
+        reason: pb::ReportReason::CannotRead as i32,
+        detail: "this agent cannot read file: its copy here was deleted".into(),
+    };
+
+    for _ in 0..3 {
+        as_carol
+            .client
+            .report_source(as_carol.req(report(first.clone())))
+            .await
+            .expect("report");
+    }
+    let after_one = as_carol
+        .locate(&file_id, &second, Vec::new())
+        .await
+        .expect("locate");
+    assert!(
+        sources(after_one).contains(&holder),
+        "one reporter alone does not withdraw a holding"
+    );
+    as_carol
+        .client
+        .report_source(as_carol.req(report(second.clone())))
+        .await
+        .expect("report");
+    let after_two = as_carol
+        .locate(&file_id, &first, Vec::new())
+        .await
+        .expect("locate");
+    assert_eq!(
+        sources(after_two),
+        BTreeSet::from([seeder.clone()]),
+        "two reporters withdraw it"
+    );
+
+    index
+        .update_holdings(&holder, &file_id, Vec::new(), true)
+        .await
+        .expect("holder announces again");
+    let announced = as_carol
+        .locate(&file_id, &first, Vec::new())
+        .await
+        .expect("locate");
+    assert!(
+        sources(announced).contains(&holder),
+        "announcing again makes it a source"
+    );
 }
 
 async fn index_keeps_everything_across_restart(db: Db) {

@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status};
 use crate::download::{Downloads, Progress, Stage, resolve_destination};
 use crate::error::Error;
 use crate::holdings::Holdings;
+use crate::integrity::{Fingerprint, compare};
 use crate::session::Session;
 use crate::stats::Stats;
 use crate::store::Kind;
@@ -140,7 +141,7 @@ impl Control {
             by_name
         };
         match matches.as_slice() {
-            [] => Err(Error::NotFound(format!(
+            [] => Err(Error::UnknownFile(format!(
                 "no file named {query:?} or with an id starting with it; run `p2p ls` to see the files"
             ))),
             [(id, _)] => Ok(FileId::parse(id)?),
@@ -167,7 +168,7 @@ impl Control {
         let response = match response {
             Ok(response) => response,
             Err(Error::Remote { status, .. }) if status.code() == tonic::Code::NotFound => {
-                return Err(Error::NotFound(format!(
+                return Err(Error::UnknownFile(format!(
                     "file {file_id} is not in the network; run `p2p ls` to see the files"
                 )));
             }
@@ -223,6 +224,8 @@ impl Control {
         };
         let peer_id = self.peer_id()?;
         let total = meta.len();
+        let before = Fingerprint::of(&path)
+            .map_err(|e| Error::io(format!("cannot share {}", path.display()), e))?;
         let hashed = Arc::new(AtomicU64::new(0));
         let cancel = Arc::new(AtomicBool::new(false));
         let hashing = tokio::spawn(crate::disk::hash_into_manifest(
@@ -254,7 +257,15 @@ impl Control {
                 () = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
             }
         };
-        self.holdings.add_shared(manifest.clone(), &path).await?;
+        if compare(&before, Fingerprint::of(&path)).is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "{} changed while it was being hashed; share it again once it is written",
+                path.display()
+            )));
+        }
+        self.holdings
+            .add_shared(manifest.clone(), &path, before)
+            .await?;
         let publish = index_pb::PublishFileRequest {
             manifest: Some(wire::to_proto(&manifest)),
             peer_id,
@@ -264,6 +275,9 @@ impl Control {
             .call_index(|mut c, t| async move { c.publish_file(with_bearer(publish, &t)).await })
             .await?;
         tracing::info!(file = %manifest.file_id(), path = %path.display(), created = published.created, "sharing");
+        if request.replace {
+            self.replace_changed(&path, &manifest.file_id()).await;
+        }
         let last = pb::ShareProgress {
             hashed_bytes: manifest.size_bytes,
             total_bytes: manifest.size_bytes,
@@ -274,36 +288,82 @@ impl Control {
         Ok(())
     }
 
+    /// Removes, locally and from the network, earlier shares of `path`
+    /// whose content changed on disk (all but `current`). Best effort: the
+    /// new file is shared either way.
+    async fn replace_changed(&self, path: &std::path::Path, current: &FileId) {
+        let old = self.holdings.all().into_iter().filter(|h| {
+            h.file_id != *current
+                && h.snapshot().kind == Kind::Shared
+                && h.snapshot().path == path
+                && !self.holdings.verify(h)
+        });
+        for holding in old.collect::<Vec<_>>() {
+            let file_id = holding.file_id.to_string();
+            if let Some(peer_id) = self.session.peer_id()
+                && let Err(err) = self.session.stop_sharing(&peer_id, &file_id).await
+            {
+                tracing::warn!(file = %file_id, %err, "cannot withdraw the replaced file");
+            }
+            let delete = index_pb::DeleteFileRequest {
+                file_id: file_id.clone(),
+            };
+            if let Err(err) = self
+                .session
+                .call_index(|mut c, t| async move { c.delete_file(with_bearer(delete, &t)).await })
+                .await
+            {
+                tracing::warn!(file = %file_id, %err, "cannot remove the replaced file from the network");
+            }
+            if let Err(err) = self.holdings.remove(&holding.file_id).await {
+                tracing::warn!(file = %file_id, %err, "cannot forget the replaced file");
+            }
+            tracing::info!(old = %file_id, new = %current, path = %path.display(), "replaced a changed share");
+        }
+    }
+
     fn network_file(&self, file: index_pb::FileInfo) -> pb::NetworkFile {
         let local = FileId::parse(&file.file_id)
             .ok()
             .and_then(|id| self.local_view(&id));
-        let (local_state, local_bytes, local_path) =
-            local.unwrap_or((pb::LocalState::None, 0, String::new()));
+        let (local_state, local_bytes, local_path, local_problem) =
+            local.unwrap_or((pb::LocalState::None, 0, String::new(), String::new()));
         pb::NetworkFile {
             file: Some(file),
             local_state: local_state as i32,
             local_bytes,
             local_path,
+            local_problem,
         }
     }
 
-    fn local_view(&self, id: &FileId) -> Option<(pb::LocalState, u64, String)> {
+    fn local_view(&self, id: &FileId) -> Option<(pb::LocalState, u64, String, String)> {
         if let Some(progress) = self.downloads.progress(id) {
             return Some((
                 pb::LocalState::Downloading,
                 progress.have_bytes,
                 String::new(),
+                String::new(),
             ));
         }
         let holding = self.holdings.get(id)?;
         let state = holding.snapshot();
+        let path = state.path.to_string_lossy().into_owned();
+        if let Some(problem) = holding.problem() {
+            return Some((pb::LocalState::None, 0, path, problem.to_string()));
+        }
         Some(match state.kind {
-            Kind::Partial => (pb::LocalState::Partial, holding.held_bytes(), String::new()),
+            Kind::Partial => (
+                pb::LocalState::Partial,
+                holding.held_bytes(),
+                String::new(),
+                String::new(),
+            ),
             Kind::Shared | Kind::Downloaded => (
                 pb::LocalState::Complete,
                 holding.manifest.size_bytes,
-                state.path.to_string_lossy().into_owned(),
+                path,
+                String::new(),
             ),
         })
     }
@@ -340,6 +400,20 @@ fn progress_message(p: &Progress) -> pb::DownloadProgress {
             .unwrap_or_default(),
         resumed_chunks: p.resumed_chunks,
     }
+}
+
+/// The last message of one request's stream: its own destination's
+/// outcome, since requests that joined a running download get their own copy.
+fn final_item(p: &Progress, destination: &std::path::Path) -> Result<pb::DownloadProgress, Status> {
+    if let Some(status) = &p.failure {
+        return Err(status.clone());
+    }
+    if let Some((_, status)) = p.failed_copies.iter().find(|(to, _)| to == destination) {
+        return Err(status.clone());
+    }
+    let mut message = progress_message(p);
+    message.final_path = destination.to_string_lossy().into_owned();
+    Ok(message)
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -417,49 +491,41 @@ impl AgentControl for Control {
             return Err(Error::NotLoggedIn.into());
         }
         let file_id = self.resolve_file(&request.file).await?;
-        let rx = match self.downloads.progress(&file_id) {
-            Some(_) => self
-                .downloads
-                .start(self.manifest_of(&file_id).await?, PathBuf::new()),
-            None => {
-                let manifest = self.manifest_of(&file_id).await?;
-                let destination = resolve_destination(
-                    &self.downloads_dir,
-                    &request.destination,
-                    &manifest.name,
-                    request.force,
-                )?;
-                self.downloads.start(manifest, destination)
-            }
-        };
+        let manifest = self.manifest_of(&file_id).await?;
+        let destination = resolve_destination(
+            &self.downloads_dir,
+            &request.destination,
+            &manifest.name,
+            request.force,
+        )?;
+        let rx = self.downloads.start(manifest, destination.clone());
         // Each state is sent as soon as it is seen; the stream then waits
         // for the next change, so the client never lags one step behind.
-        let stream = futures::stream::unfold((rx, Phase::First), |(mut rx, phase)| async move {
-            match phase {
-                Phase::Finished => return None,
-                Phase::First => {}
-                Phase::Running => {
-                    if rx.changed().await.is_err() {
-                        // The download task ended; its last state is in the channel.
-                        let last = rx.borrow().clone();
-                        let item = match last.failure {
-                            Some(status) => Err(status),
-                            None if last.is_final() => Ok(progress_message(&last)),
-                            None => Err(Status::aborted("the download stopped unexpectedly")),
-                        };
-                        return Some((item, (rx, Phase::Finished)));
+        let stream = futures::stream::unfold((rx, Phase::First), move |(mut rx, phase)| {
+            let destination = destination.clone();
+            async move {
+                match phase {
+                    Phase::Finished => return None,
+                    Phase::First => {}
+                    Phase::Running => {
+                        if rx.changed().await.is_err() {
+                            // The download task ended; its last state is in the channel.
+                            let last = rx.borrow().clone();
+                            let item = match last.failure {
+                                Some(_) => final_item(&last, &destination),
+                                None if last.is_final() => final_item(&last, &destination),
+                                None => Err(Status::aborted("the download stopped unexpectedly")),
+                            };
+                            return Some((item, (rx, Phase::Finished)));
+                        }
                     }
                 }
+                let current = rx.borrow_and_update().clone();
+                if current.is_final() {
+                    return Some((final_item(&current, &destination), (rx, Phase::Finished)));
+                }
+                Some((Ok(progress_message(&current)), (rx, Phase::Running)))
             }
-            let current = rx.borrow_and_update().clone();
-            if current.is_final() {
-                let item = match current.failure {
-                    Some(status) => Err(status),
-                    None => Ok(progress_message(&current)),
-                };
-                return Some((item, (rx, Phase::Finished)));
-            }
-            Some((Ok(progress_message(&current)), (rx, Phase::Running)))
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -497,10 +563,13 @@ impl AgentControl for Control {
                 tracing::warn!(file = %file_id, %err, "cannot tell the index we stopped sharing");
             }
         }
-        if let Some(holding) = self.holdings.remove(&file_id).await? {
+        // The bytes go first and the record after, so `rm` frees a full
+        // disk: the database write may need the space the file held.
+        if let Some(holding) = self.holdings.get(&file_id) {
             let state = holding.snapshot();
-            // A shared file is the user's own: it is never deleted.
-            if state.kind != Kind::Shared {
+            // A shared file is the user's own: it is never deleted. Nor is
+            // whatever now sits where a changed download was.
+            if state.kind != Kind::Shared && holding.problem().is_none() {
                 match tokio::fs::remove_file(&state.path).await {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -513,6 +582,7 @@ impl AgentControl for Control {
                     }
                 }
             }
+            self.holdings.remove(&file_id).await?;
         }
         if request.network {
             let delete = index_pb::DeleteFileRequest {
@@ -541,12 +611,23 @@ impl AgentControl for Control {
             chunks_from_partial_sources: Stats::get(&s.chunks_from_partial_sources),
             chunks_served_while_downloading: Stats::get(&s.chunks_served_while_downloading),
         };
-        let shared_files = self
-            .holdings
-            .all()
+        let held = self.holdings.all();
+        let shared_files = held
             .iter()
-            .filter(|h| h.is_complete())
+            .filter(|h| h.is_complete() && h.problem().is_none())
             .count() as u32;
+        let partials: Vec<_> = held.iter().filter(|h| !h.is_complete()).collect();
+        let held_file_problems = held
+            .iter()
+            .filter_map(|h| {
+                Some(pb::HeldFileProblem {
+                    problem: h.problem()?.to_string(),
+                    file_id: h.file_id.to_string(),
+                    name: h.manifest.name.clone(),
+                    path: h.snapshot().path.to_string_lossy().into_owned(),
+                })
+            })
+            .collect();
         Ok(Response::new(pb::StatusResponse {
             logged_in: user.is_some(),
             user,
@@ -560,6 +641,10 @@ impl AgentControl for Control {
             active_downloads: self.downloads.running_count() as u32,
             counters: Some(counters),
             shared_files,
+            partial_bytes: partials.iter().map(|h| h.held_bytes()).sum(),
+            partial_downloads: partials.len() as u32,
+            held_file_problems,
+            free_disk_bytes: crate::disk::free_disk_bytes(&config.data_dir),
             login_error: self.session.login_error().unwrap_or_default(),
         }))
     }

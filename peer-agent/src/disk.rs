@@ -83,9 +83,14 @@ impl PartFile {
         let this = self.clone();
         blocking(move || {
             this.file.write_all_at(&data, offset).map_err(|e| {
+                let what = if e.kind() == std::io::ErrorKind::StorageFull {
+                    "the disk is full"
+                } else {
+                    "the write failed"
+                };
                 Error::io(
                     format!(
-                        "cannot write to {} (is the disk full?); the download stopped and keeps its verified chunks",
+                        "cannot write to {} ({what}); the download stopped and keeps its verified chunks: free space (`p2p rm` removes a partial download) and get it again",
                         this.path.display()
                     ),
                     e,
@@ -246,13 +251,20 @@ pub fn copy_then_rename(from: &Path, to: &Path) -> Result<(), Error> {
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(
-            format!(
-                "cannot copy the download to {} (is the disk full?)",
+        let context = match e.kind() {
+            std::io::ErrorKind::StorageFull => format!(
+                "cannot copy {} to {}: the disk is full",
+                from.display(),
                 to.display()
             ),
-            e,
-        )
+            std::io::ErrorKind::NotFound if !from.exists() => format!(
+                "cannot copy {} to {}: the held copy is gone",
+                from.display(),
+                to.display()
+            ),
+            _ => format!("cannot copy {} to {}", from.display(), to.display()),
+        };
+        Error::io(context, e)
     })
 }
 

@@ -62,8 +62,9 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const RELOCATE_EVERY: Duration = Duration::from_millis(250);
 /// Locating again after running out of sources, at first.
 const RELOCATE_SOON: Duration = Duration::from_millis(300);
-/// Give up when no usable source was found for this long.
-const NO_SOURCE_GIVE_UP: Duration = Duration::from_secs(60);
+/// Give up when, for this long, no chunk arrived and no source that has
+/// not failed this download was there to try.
+pub const NO_SOURCE_GIVE_UP: Duration = Duration::from_secs(60);
 /// Most sources used at once. Generous on purpose: a chunk held by a peer we
 /// do not use looks "held by the seeder only" to the picker, so we would ask
 /// the seeder for it again. One idle HTTP/2 connection per source is cheap.
@@ -119,6 +120,9 @@ pub struct Progress {
     pub resumed_chunks: u32,
     /// Why it failed, when [`Stage::Failed`].
     pub failure: Option<Status>,
+    /// Destinations of requests that joined this download whose copy
+    /// could not be made, with why; the download itself may still be done.
+    pub failed_copies: Vec<(PathBuf, Status)>,
 }
 
 impl Progress {
@@ -186,6 +190,10 @@ impl DownloadContext {
 struct Running {
     progress: watch::Receiver<Progress>,
     cancel: CancellationToken,
+    destination: PathBuf,
+    /// Destinations of later requests for the same file: each gets its own
+    /// copy of the verified file once the one transfer is done.
+    also_to: Vec<PathBuf>,
 }
 
 /// Every running download, by file.
@@ -228,7 +236,9 @@ impl Downloads {
     }
 
     /// Starts downloading `manifest` to `destination`, or attaches to the
-    /// running download of the same file.
+    /// running download of the same file; then `destination` gets its own
+    /// copy of the file when that download is done, so every request ends
+    /// with the file at the path it asked for.
     pub fn start(
         self: &Arc<Self>,
         manifest: Manifest,
@@ -236,7 +246,10 @@ impl Downloads {
     ) -> watch::Receiver<Progress> {
         let file_id = manifest.file_id();
         let mut running = self.lock();
-        if let Some(existing) = running.get(&file_id) {
+        if let Some(existing) = running.get_mut(&file_id) {
+            if existing.destination != destination && !existing.also_to.contains(&destination) {
+                existing.also_to.push(destination);
+            }
             return existing.progress.clone();
         }
         let (tx, rx) = watch::channel(Progress {
@@ -251,6 +264,7 @@ impl Downloads {
             final_path: None,
             resumed_chunks: 0,
             failure: None,
+            failed_copies: Vec::new(),
         });
         let cancel = self.ctx.shutdown.child_token();
         running.insert(
@@ -258,6 +272,8 @@ impl Downloads {
             Running {
                 progress: rx.clone(),
                 cancel: cancel.clone(),
+                destination: destination.clone(),
+                also_to: Vec::new(),
             },
         );
         drop(running);
@@ -266,8 +282,24 @@ impl Downloads {
         self.tasks.spawn(async move {
             let result =
                 run_download(&this.ctx, Arc::new(manifest), destination, &tx, cancel).await;
-            this.lock().remove(&file_id);
+            // Taken under the same lock that adds to it: a request that comes
+            // later finds no running download and copies the held file itself.
+            let also_to = this
+                .lock()
+                .remove(&file_id)
+                .map(|r| r.also_to)
+                .unwrap_or_default();
+            let mut failed_copies = Vec::new();
+            if let Ok(done) = &result {
+                for to in also_to {
+                    if let Err(err) = copy_held(done.clone(), to.clone()).await {
+                        tracing::warn!(file = %file_id, path = %to.display(), %err, "cannot copy a finished download");
+                        failed_copies.push((to, Status::from(err)));
+                    }
+                }
+            }
             crate::stats::active_downloads_gauge().dec();
+            tx.send_modify(|p| p.failed_copies = failed_copies);
             tx.send_modify(|p| match result {
                 Ok(path) => {
                     p.stage = Stage::Done;
@@ -316,21 +348,35 @@ async fn run_download(
 ) -> Result<PathBuf, Error> {
     let file_id = manifest.file_id();
     let part_path = ctx.partial_dir.join(format!("{file_id}.part"));
-    let holding = ctx
+    let mut holding = ctx
         .holdings
         .start_partial((*manifest).clone(), &part_path, &destination)
         .await?;
     if holding.is_complete() {
-        let held_at = holding.snapshot().path;
-        if held_at != destination {
-            let (from, to) = (held_at.clone(), destination.clone());
-            tokio::task::spawn_blocking(move || crate::disk::copy_then_rename(&from, &to))
-                .await
-                .map_err(|e| Error::io("copy task failed", std::io::Error::other(e)))??;
+        if let Some(done) = copy_from_held(ctx, &holding, &destination).await? {
+            return Ok(done);
         }
-        return Ok(destination);
+        // The held copy was deleted, moved or edited: fetch it again.
+        crate::integrity::withdraw(&ctx.session, &ctx.holdings, &holding).await;
+        ctx.holdings.remove(&file_id).await?;
+        holding = ctx
+            .holdings
+            .start_partial((*manifest).clone(), &part_path, &destination)
+            .await?;
     }
     let state = holding.snapshot();
+    if let Err(err) = crate::space::check_download(
+        &ctx.partial_dir,
+        &destination,
+        manifest.size_bytes,
+        held_bytes(&manifest, &state.bitfield),
+    ) {
+        if state.bitfield.count() == 0 {
+            // Nothing was kept: leave no empty partial behind.
+            let _ = ctx.holdings.remove(&file_id).await;
+        }
+        return Err(err);
+    }
     let (part, existed) = PartFile::open(state.path.clone(), manifest.size_bytes).await?;
     if !existed && state.bitfield.count() > 0 {
         tracing::warn!(file = %file_id, "partial file vanished; starting over");
@@ -384,6 +430,40 @@ async fn run_download(
     Ok(destination)
 }
 
+/// Puts the complete file we hold at `destination`; `None` when our copy
+/// turned out to be gone or changed, so it must be downloaded again.
+async fn copy_from_held(
+    ctx: &DownloadContext,
+    holding: &Holding,
+    destination: &Path,
+) -> Result<Option<PathBuf>, Error> {
+    if !ctx.holdings.verify(holding) {
+        return Ok(None);
+    }
+    let held_at = holding.snapshot().path;
+    if held_at == destination {
+        return Ok(Some(held_at));
+    }
+    crate::space::check_copy(destination, holding.manifest.size_bytes)?;
+    match copy_held(held_at, destination.to_path_buf()).await {
+        Ok(()) if ctx.holdings.verify(holding) => Ok(Some(destination.to_path_buf())),
+        Ok(()) => {
+            // Changed while we copied it: the copy cannot be trusted.
+            let _ = tokio::fs::remove_file(destination).await;
+            Ok(None)
+        }
+        Err(_) if !ctx.holdings.verify(holding) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Copies a held, complete file to `to` (under a temporary name first).
+async fn copy_held(from: PathBuf, to: PathBuf) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || crate::disk::copy_then_rename(&from, &to))
+        .await
+        .map_err(|e| Error::io("copy task failed", std::io::Error::other(e)))?
+}
+
 /// State shared by a download's coordinator and its workers.
 struct Shared {
     picker: Mutex<Picker>,
@@ -434,9 +514,49 @@ struct Swarm {
     active: HashMap<String, SourceKey>,
     slots: HashMap<SourceKey, SourceSlot>,
     banned: HashMap<String, Instant>,
+    /// Sources that failed this download, with the last reason; those that
+    /// cannot read the file or sent rejected chunks are never asked again.
+    failures: HashMap<String, Failure>,
     next_key: SourceKey,
-    last_source_seen: Instant,
+    /// When there was last reason to wait: a chunk arrived, or a source that
+    /// has not failed was started. [`NO_SOURCE_GIVE_UP`] counts from here.
+    last_hope: Instant,
+    last_have_bytes: u64,
     last_announced: Option<(Instant, u32)>,
+}
+
+/// How a source failed this download.
+#[derive(Debug, Clone)]
+struct Failure {
+    detail: String,
+    /// It cannot read the file or sent data that does not match: asking it
+    /// again will not help.
+    hopeless: bool,
+}
+
+/// Why a download with no usable source gives up, naming what the sources
+/// said (pure, for the unit tests).
+fn give_up_message(failures: &HashMap<String, Failure>, missing_chunks: u32) -> String {
+    let secs = NO_SOURCE_GIVE_UP.as_secs();
+    let mut details: Vec<&str> = failures.values().map(|f| f.detail.as_str()).collect();
+    details.sort_unstable();
+    details.dedup();
+    match failures.len() {
+        0 => format!(
+            "no online peer has offered the missing chunks for {secs} s; verified chunks are kept, try again later"
+        ),
+        n => format!(
+            "{n} peer{} listed but none could serve the {missing_chunks} missing chunk{} for {secs} s ({}); the file may have been deleted or changed on them; verified chunks are kept, try again later",
+            if n == 1 { " is" } else { "s are" },
+            if missing_chunks == 1 { "" } else { "s" },
+            details
+                .iter()
+                .take(2)
+                .copied()
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
 }
 
 impl Swarm {
@@ -447,10 +567,27 @@ impl Swarm {
             active: HashMap::new(),
             slots: HashMap::new(),
             banned: HashMap::new(),
+            failures: HashMap::new(),
             next_key: 1,
-            last_source_seen: Instant::now(),
+            last_hope: Instant::now(),
+            last_have_bytes: 0,
             last_announced: None,
         }
+    }
+
+    /// Gives up when nothing hopeful happened for [`NO_SOURCE_GIVE_UP`].
+    async fn check_give_up(&mut self) -> Result<(), Error> {
+        let have_bytes = self.shared.have_bytes.load(Ordering::Relaxed);
+        if have_bytes != self.last_have_bytes {
+            self.last_have_bytes = have_bytes;
+            self.last_hope = Instant::now();
+        }
+        if self.last_hope.elapsed() <= NO_SOURCE_GIVE_UP {
+            return Ok(());
+        }
+        self.announce().await;
+        let missing = self.shared.picker().wanted().count();
+        Err(Error::NoSources(give_up_message(&self.failures, missing)))
     }
 
     async fn run(
@@ -486,18 +623,11 @@ impl Swarm {
                 }
                 () = tokio::time::sleep_until(next_locate) => {
                     self.locate().await;
+                    self.check_give_up().await?;
                     if self.active.is_empty() {
-                        if self.last_source_seen.elapsed() > NO_SOURCE_GIVE_UP {
-                            self.announce().await;
-                            return Err(Error::NoSources(format!(
-                                "no online peer has offered the missing chunks for {} s; verified chunks are kept, try again later",
-                                NO_SOURCE_GIVE_UP.as_secs()
-                            )));
-                        }
                         next_locate = tokio::time::Instant::now() + relocate_delay;
                         relocate_delay = (relocate_delay * 2).min(RELOCATE_EVERY);
                     } else {
-                        self.last_source_seen = Instant::now();
                         relocate_delay = RELOCATE_SOON;
                         next_locate = tokio::time::Instant::now() + RELOCATE_EVERY;
                     }
@@ -505,6 +635,7 @@ impl Swarm {
                 _ = tick.tick() => {
                     self.publish(progress);
                     self.maybe_announce().await;
+                    self.check_give_up().await?;
                 }
             }
         }
@@ -592,7 +723,13 @@ impl Swarm {
             .picker()
             .set_stripe(Stripe::among(&own, downloading));
         for source in response.sources {
-            if source.peer_id == own || self.banned.contains_key(&source.peer_id) {
+            if source.peer_id == own
+                || self.banned.contains_key(&source.peer_id)
+                || self
+                    .failures
+                    .get(&source.peer_id)
+                    .is_some_and(|f| f.hopeless)
+            {
                 continue;
             }
             let holds = if source.complete {
@@ -623,6 +760,9 @@ impl Swarm {
             };
             let key = self.next_key;
             self.next_key += 1;
+            if !self.failures.contains_key(&source.peer_id) && wanted.held().any(|i| holds.get(i)) {
+                self.last_hope = Instant::now();
+            }
             self.shared.picker().upsert_source(key, holds);
             self.active.insert(source.peer_id.clone(), key);
             self.slots.insert(
@@ -660,6 +800,17 @@ impl Swarm {
                 tracing::warn!(peer = %slot.peer_id, %detail, "dropping a source");
                 self.banned
                     .insert(slot.peer_id.clone(), Instant::now() + BAN_FAILED);
+                let hopeless = matches!(
+                    reason,
+                    Some(index_pb::ReportReason::CannotRead | index_pb::ReportReason::Corrupt)
+                );
+                self.failures.insert(
+                    slot.peer_id.clone(),
+                    Failure {
+                        detail: detail.clone(),
+                        hopeless,
+                    },
+                );
                 if let Some(reason) = reason {
                     self.report(&slot, reason, detail).await;
                 }
@@ -859,6 +1010,16 @@ fn stalled() -> WorkerEnd {
 }
 
 fn classify(status: Status) -> WorkerEnd {
+    // Older agents answer Unavailable "cannot read chunk" for a file that
+    // is gone on their disk.
+    let cannot_read = status.code() == Code::DataLoss
+        || (status.code() == Code::Unavailable && status.message().contains("cannot read chunk"));
+    if cannot_read {
+        return WorkerEnd::Failed {
+            reason: Some(index_pb::ReportReason::CannotRead),
+            detail: status.message().to_string(),
+        };
+    }
     match status.code() {
         Code::ResourceExhausted => WorkerEnd::Busy,
         // Stale holdings at the index, or our token: not the source's fault.
@@ -964,6 +1125,48 @@ mod tests {
                 batch: 2
             }
         );
+    }
+
+    #[test]
+    fn giving_up_names_what_the_sources_said() {
+        let mut failures = HashMap::new();
+        assert!(give_up_message(&failures, 3).starts_with("no online peer has offered"));
+        for peer in ["a", "b"] {
+            failures.insert(
+                peer.to_string(),
+                Failure {
+                    detail: "this agent cannot read file f".into(),
+                    hopeless: true,
+                },
+            );
+        }
+        assert_eq!(
+            give_up_message(&failures, 1),
+            "2 peers are listed but none could serve the 1 missing chunk for 60 s (this agent cannot read file f); the file may have been deleted or changed on them; verified chunks are kept, try again later"
+        );
+    }
+
+    #[test]
+    fn a_source_that_cannot_read_the_file_is_told_apart() {
+        for status in [
+            Status::data_loss("this agent cannot read file f"),
+            Status::unavailable("this agent cannot read chunk 3: No such file"),
+        ] {
+            assert!(matches!(
+                classify(status),
+                WorkerEnd::Failed {
+                    reason: Some(index_pb::ReportReason::CannotRead),
+                    ..
+                }
+            ));
+        }
+        assert!(matches!(
+            classify(Status::unavailable("connection reset")),
+            WorkerEnd::Failed {
+                reason: Some(index_pb::ReportReason::Unreachable),
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -57,6 +57,32 @@ pub enum Error {
     /// Something asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// No network file has that name, id or id prefix (unlike
+    /// [`Error::NotFound`], which may name a local path or a download).
+    #[error("{0}")]
+    UnknownFile(String),
+    /// A download or copy would not fit on a filesystem.
+    #[error(
+        "needs {}, {} free on {}{}; free some space or choose another destination with -o",
+        crate::space::human(*.needed_bytes),
+        crate::space::human(*.free_bytes),
+        .mount_point.display(),
+        if *.reserve_bytes > 0 {
+            format!(" ({} more is kept free for the agent's database)", crate::space::human(*.reserve_bytes))
+        } else {
+            String::new()
+        }
+    )]
+    NoSpace {
+        /// Bytes the operation needs there.
+        needed_bytes: u64,
+        /// Bytes that must stay free there besides.
+        reserve_bytes: u64,
+        /// Bytes free there.
+        free_bytes: u64,
+        /// The filesystem's mount point.
+        mount_point: PathBuf,
+    },
     /// A name or prefix matches several files.
     #[error("{0}")]
     Ambiguous(String),
@@ -118,6 +144,13 @@ impl Error {
     }
 }
 
+/// Metadata key set on a NotFound status when the missing thing is a
+/// network file (not a local path or a running download), so the client
+/// says "no file named …" only then.
+pub const MISSING_KEY: &str = "p2p-missing";
+/// The [`MISSING_KEY`] value for an unknown network file.
+pub const MISSING_NETWORK_FILE: &str = "network-file";
+
 /// Whether a status means the server could not be reached at all.
 pub fn is_transport_failure(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
@@ -133,6 +166,15 @@ impl From<Error> for Status {
             }
             Error::Remote { status, .. } => Status::new(status.code(), message),
             Error::NotFound(_) => Status::not_found(message),
+            Error::UnknownFile(_) => {
+                let mut status = Status::not_found(message);
+                status.metadata_mut().insert(
+                    MISSING_KEY,
+                    tonic::metadata::MetadataValue::from_static(MISSING_NETWORK_FILE),
+                );
+                status
+            }
+            Error::NoSpace { .. } => Status::failed_precondition(message),
             Error::Ambiguous(_) | Error::InvalidArgument(_) | Error::Manifest(_) => {
                 Status::invalid_argument(message)
             }
@@ -142,6 +184,9 @@ impl From<Error> for Status {
             Error::Corrupt(_) => Status::data_loss(message),
             Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Status::not_found(message)
+            }
+            Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                Status::failed_precondition(message)
             }
             Error::Io { ref source, .. }
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>

@@ -1,15 +1,19 @@
 //! The in-memory view of what this agent holds, written through to the
 //! [`Store`]. The chunk server consults it on every request and the download
 //! engine marks chunks in it as they are verified, so a partial holder
-//! serves its chunks while it still downloads.
+//! serves its chunks while it still downloads. A shared or downloaded file
+//! that no longer matches its [`Fingerprint`] is marked with a [`Problem`]
+//! and served no more (see [`crate::integrity`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use p2p_services::manifest::{Bitfield, FileId, Manifest};
+use tokio::sync::Notify;
 
 use crate::error::Error;
+use crate::integrity::{Fingerprint, Problem, compare};
 use crate::store::{Kind, LocalFile, Store};
 
 /// One file the agent holds, complete or not.
@@ -33,6 +37,12 @@ pub struct HoldingState {
     pub kind: Kind,
     /// Verified chunks.
     pub bitfield: Bitfield,
+    /// What the file at `path` looked like when recorded (not for partials).
+    pub fingerprint: Option<Fingerprint>,
+    /// Set once the file on disk no longer matches `fingerprint`.
+    pub problem: Option<Problem>,
+    /// Whether the index was told we no longer hold it.
+    pub withdrawn: bool,
 }
 
 impl Holding {
@@ -41,10 +51,28 @@ impl Holding {
         self.lock().clone()
     }
 
-    /// Whether chunk `index` is held and where the file is.
+    /// Whether chunk `index` is held and where the file is. Nothing is
+    /// held of a file that changed on disk.
     pub fn chunk_source(&self, index: u32) -> Option<PathBuf> {
         let state = self.lock();
-        state.bitfield.get(index).then(|| state.path.clone())
+        (state.problem.is_none() && state.bitfield.get(index)).then(|| state.path.clone())
+    }
+
+    /// What is wrong with the file on disk, in the user's words.
+    pub fn problem(&self) -> Option<&'static str> {
+        let state = self.lock();
+        state.problem.map(|p| p.describe(state.kind))
+    }
+
+    /// Whether the file changed on disk and the index was not told yet.
+    pub fn needs_withdrawing(&self) -> bool {
+        let state = self.lock();
+        state.problem.is_some() && !state.withdrawn
+    }
+
+    /// Notes that the index was told we no longer hold this file.
+    pub fn mark_withdrawn(&self) {
+        self.lock().withdrawn = true;
     }
 
     /// Whether every chunk is held.
@@ -69,6 +97,7 @@ impl Holding {
             destination: state.destination.clone(),
             kind: state.kind,
             bitfield: state.bitfield.clone(),
+            fingerprint: state.fingerprint,
         }
     }
 }
@@ -87,20 +116,57 @@ pub fn held_bytes(manifest: &Manifest, bitfield: &Bitfield) -> u64 {
 pub struct Holdings {
     store: Store,
     map: RwLock<HashMap<FileId, Arc<Holding>>>,
+    problem_found: Notify,
 }
 
 impl Holdings {
     /// Loads what the store remembers.
     pub async fn load(store: Store) -> Result<Self, Error> {
         let mut map = HashMap::new();
-        for file in store.all().await? {
+        for mut file in store.all().await? {
+            if file.kind != Kind::Partial && file.fingerprint.is_none() {
+                // Recorded before fingerprints: trust the file as it is now.
+                file.fingerprint = Fingerprint::of(&file.path).ok();
+                if file.fingerprint.is_some() {
+                    store.save(&file).await?;
+                }
+            }
             let file_id = file.manifest.file_id();
             map.insert(file_id.clone(), Arc::new(holding_of(file)));
         }
         Ok(Self {
             store,
             map: RwLock::new(map),
+            problem_found: Notify::new(),
         })
+    }
+
+    /// Checks a shared or downloaded file against its fingerprint (one
+    /// `stat`); marks it, and wakes the sweep, when it no longer matches.
+    /// Returns whether it can still be served. Partials are not checked:
+    /// their `.part` file is ours and changes as it grows.
+    pub fn verify(&self, holding: &Holding) -> bool {
+        let (path, recorded) = {
+            let state = holding.lock();
+            if state.problem.is_some() {
+                return false;
+            }
+            match (state.kind, state.fingerprint) {
+                (Kind::Partial, _) | (_, None) => return true,
+                (_, Some(recorded)) => (state.path.clone(), recorded),
+            }
+        };
+        let Some(problem) = compare(&recorded, Fingerprint::of(&path)) else {
+            return true;
+        };
+        holding.lock().problem = Some(problem);
+        self.problem_found.notify_one();
+        false
+    }
+
+    /// Resolves when [`Holdings::verify`] finds a problem.
+    pub async fn problem_found(&self) {
+        self.problem_found.notified().await;
     }
 
     /// The holding of `file`, if any.
@@ -113,14 +179,21 @@ impl Holdings {
         self.read().values().cloned().collect()
     }
 
-    /// Records a file shared in place from `path`.
-    pub async fn add_shared(&self, manifest: Manifest, path: &Path) -> Result<Arc<Holding>, Error> {
+    /// Records a file shared in place from `path`, as it was (`fingerprint`)
+    /// when it was hashed. Replaces an earlier record of the same content.
+    pub async fn add_shared(
+        &self,
+        manifest: Manifest,
+        path: &Path,
+        fingerprint: Fingerprint,
+    ) -> Result<Arc<Holding>, Error> {
         let file = LocalFile {
             bitfield: Bitfield::full(manifest.chunk_count()),
             manifest,
             path: path.to_path_buf(),
             destination: None,
             kind: Kind::Shared,
+            fingerprint: Some(fingerprint),
         };
         self.insert(file).await
     }
@@ -151,6 +224,7 @@ impl Holdings {
             path: part_path.to_path_buf(),
             destination: Some(destination.to_path_buf()),
             kind: Kind::Partial,
+            fingerprint: None,
         };
         self.insert(file).await
     }
@@ -184,14 +258,20 @@ impl Holdings {
             .await
     }
 
-    /// Turns a finished partial into a downloaded file served from `path`.
+    /// Turns a finished partial into a downloaded file served from `path`,
+    /// fingerprinted as it is now.
     pub async fn finish_download(&self, holding: &Holding, path: &Path) -> Result<(), Error> {
+        let fingerprint = Fingerprint::of(path)
+            .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
         {
             let mut state = holding.lock();
             state.path = path.to_path_buf();
             state.destination = None;
             state.kind = Kind::Downloaded;
             state.bitfield = Bitfield::full(holding.manifest.chunk_count());
+            state.fingerprint = Some(fingerprint);
+            state.problem = None;
+            state.withdrawn = false;
         }
         self.store.save(&holding.record()).await
     }
@@ -232,6 +312,9 @@ fn holding_of(file: LocalFile) -> Holding {
             destination: file.destination,
             kind: file.kind,
             bitfield: file.bitfield,
+            fingerprint: file.fingerprint,
+            problem: None,
+            withdrawn: false,
         }),
     }
 }

@@ -7,8 +7,11 @@
 //! Code map:
 //! - [`config`]: the clap `Config`.
 //! - [`store`]: the agent's SQLite database (the only SQL);
-//!   [`holdings`]: the in-memory view of what we hold, written through.
-//! - [`disk`]: positional chunk I/O, hashing, the final verify-and-rename.
+//!   [`holdings`]: the in-memory view of what we hold, written through;
+//!   [`integrity`]: held files checked against the disk, and withdrawn
+//!   when the user deleted, moved or edited them.
+//! - [`disk`]: positional chunk I/O, hashing, the final verify-and-rename;
+//!   [`space`]: the free-space check before a download writes anything.
 //! - [`upload`]: the FetchChunks server with its limits; [`rate`]: the token
 //!   bucket and rate meters; [`stats`]: transfer counters.
 //! - [`session`]: login, token refresh, registration and heartbeat;
@@ -18,8 +21,8 @@
 //! - [`control`]: the AgentControl handlers (glue only).
 //!
 //! [`run`] owns every task it starts: the gRPC servers, the metrics
-//! endpoint, the session's heartbeat and unattended login, and the
-//! downloads all stop when the shutdown future resolves.
+//! endpoint, the session's heartbeat and unattended login, the held-file
+//! sweep and the downloads all stop when the shutdown future resolves.
 
 pub mod config;
 pub mod control;
@@ -27,9 +30,11 @@ pub mod disk;
 pub mod download;
 pub mod error;
 pub mod holdings;
+pub mod integrity;
 pub mod picker;
 pub mod rate;
 pub mod session;
+pub mod space;
 pub mod stats;
 pub mod store;
 pub mod unattended;
@@ -155,7 +160,7 @@ pub async fn run(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let control = AgentControlServer::new(Control::new(
         session.clone(),
-        holdings,
+        holdings.clone(),
         downloads.clone(),
         stats,
         config.downloads_dir(),
@@ -210,7 +215,8 @@ pub async fn run(
         }
         downloads.shutdown().await;
     };
-    let (result, ()) = tokio::join!(servers, watcher);
+    let sweep = integrity::sweep(holdings.clone(), session.clone(), stop.clone());
+    let (result, (), ()) = tokio::join!(servers, watcher, sweep);
     session.stop_unattended();
     session.stop_heartbeat();
     drop(socket_file);

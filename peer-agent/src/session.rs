@@ -566,6 +566,13 @@ impl Session {
     async fn announce_all(&self, peer_id: &str) {
         for holding in self.uploads.holdings.all() {
             let state = holding.snapshot();
+            if state.problem.is_some() {
+                // The index may still list it from before we restarted.
+                if let Err(err) = self.stop_sharing(peer_id, holding.file_id.as_str()).await {
+                    tracing::debug!(file = %holding.file_id, %err, "cannot withdraw a changed file");
+                }
+                continue;
+            }
             if state.kind == Kind::Partial && state.bitfield.count() == 0 {
                 continue;
             }
@@ -622,6 +629,19 @@ impl Session {
             complete,
         };
         self.call_index(|mut c, t| async move { c.update_holdings(with_bearer(request, &t)).await })
+            .await
+            .map(|_| ())
+    }
+}
+
+impl Session {
+    /// Tells the index we no longer hold any of `file_id`.
+    pub async fn stop_sharing(&self, peer_id: &str, file_id: &str) -> Result<(), Error> {
+        let request = index_pb::StopSharingRequest {
+            peer_id: peer_id.to_string(),
+            file_id: file_id.to_string(),
+        };
+        self.call_index(|mut c, t| async move { c.stop_sharing(with_bearer(request, &t)).await })
             .await
             .map(|_| ())
     }

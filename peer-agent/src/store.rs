@@ -9,6 +9,7 @@ use p2p_services::manifest::{Bitfield, FileId, Manifest};
 use sqlx::{AnyPool, Row};
 
 use crate::error::Error;
+use crate::integrity::Fingerprint;
 
 /// How the agent came to hold a file, which decides what `Remove` may
 /// delete.
@@ -54,6 +55,9 @@ pub struct LocalFile {
     pub kind: Kind,
     /// Verified chunks (full for shared and downloaded files).
     pub bitfield: Bitfield,
+    /// What the file at `path` looked like when it was recorded (shared and
+    /// downloaded files; `None` for partials and old records).
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// The agent's database.
@@ -81,7 +85,8 @@ impl Store {
     pub async fn all(&self) -> Result<Vec<LocalFile>, Error> {
         let rows = sqlx::query(
             "SELECT file_id, name, size_bytes, mime_type, chunk_size_bytes, chunk_hashes, \
-             file_hash, path, destination, kind, bitfield FROM local_files",
+             file_hash, path, destination, kind, bitfield, file_size_bytes, file_mtime_ns, \
+             file_inode FROM local_files",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -103,11 +108,14 @@ impl Store {
         let m = &file.manifest;
         sqlx::query(
             "INSERT INTO local_files (file_id, name, size_bytes, mime_type, chunk_size_bytes, \
-             chunk_hashes, file_hash, path, destination, kind, bitfield, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             chunk_hashes, file_hash, path, destination, kind, bitfield, updated_at_ms, \
+             file_size_bytes, file_mtime_ns, file_inode) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT (file_id) DO UPDATE SET name = excluded.name, path = excluded.path, \
              destination = excluded.destination, kind = excluded.kind, \
-             bitfield = excluded.bitfield, updated_at_ms = excluded.updated_at_ms",
+             bitfield = excluded.bitfield, updated_at_ms = excluded.updated_at_ms, \
+             file_size_bytes = excluded.file_size_bytes, file_mtime_ns = excluded.file_mtime_ns, \
+             file_inode = excluded.file_inode",
         )
         .bind(m.file_id().to_string())
         .bind(m.name.clone())
@@ -126,6 +134,9 @@ impl Store {
         .bind(file.kind.as_str().to_string())
         .bind(file.bitfield.as_bytes().to_vec())
         .bind(p2p_services::time::now_ms())
+        .bind(file.fingerprint.map_or(-1, |f| f.size_bytes as i64))
+        .bind(file.fingerprint.map_or(0, |f| f.mtime_ns))
+        .bind(file.fingerprint.map_or(0, |f| f.inode as i64))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -180,7 +191,14 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<LocalFile, String> {
     let bitfield = Bitfield::from_bytes(&get_blob("bitfield")?, manifest.chunk_count())
         .map_err(|e| e.to_string())?;
     let destination = get_text("destination")?;
+    let recorded_size = get_int("file_size_bytes")?;
+    let fingerprint = (recorded_size >= 0).then(|| Fingerprint {
+        size_bytes: recorded_size as u64,
+        mtime_ns: get_int("file_mtime_ns").unwrap_or(0),
+        inode: get_int("file_inode").unwrap_or(0) as u64,
+    });
     Ok(LocalFile {
+        fingerprint,
         path: PathBuf::from(get_text("path")?),
         destination: (!destination.is_empty()).then(|| PathBuf::from(destination)),
         kind,
@@ -222,6 +240,7 @@ mod tests {
             path: dir.path().join("x.part"),
             destination: Some(dir.path().join("x")),
             kind: Kind::Partial,
+            fingerprint: None,
         };
         store.save(&file).await.unwrap();
         file.bitfield.set(2);

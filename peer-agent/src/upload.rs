@@ -154,6 +154,9 @@ impl PeerService for ChunkServer {
             self.uploads.holdings.get(&file_id).ok_or_else(|| {
                 Status::not_found(format!("this agent does not hold file {file_id}"))
             })?;
+        if !self.uploads.holdings.verify(&holding) {
+            return Err(gone(&holding));
+        }
         let ranges: Vec<(u32, u32)> = request.ranges.iter().map(|r| (r.start, r.count)).collect();
         let indexes =
             requested_chunks(&ranges, holding.manifest.chunk_count()).map_err(|e| match e {
@@ -256,12 +259,19 @@ async fn next_chunk(state: &StreamState, index: u32) -> Result<Chunk, Status> {
         )));
     };
     state.uploads.bucket.take(u64::from(len)).await;
-    let data = crate::disk::read_chunk(path, holding.manifest.chunk_offset(index), len)
-        .await
-        .map_err(|e| {
+    let data = match crate::disk::read_chunk(path, holding.manifest.chunk_offset(index), len).await
+    {
+        Ok(data) if state.uploads.holdings.verify(holding) => data,
+        Ok(_) => return Err(gone(holding)),
+        Err(e) => {
             tracing::warn!(file = %holding.file_id, index, error = %e, "cannot read a chunk to serve");
-            Status::unavailable(format!("this agent cannot read chunk {index}: {e}"))
-        })?;
+            state.uploads.holdings.verify(holding);
+            return Err(Status::data_loss(format!(
+                "this agent cannot read chunk {index} of file {}: {e}; try another source",
+                holding.file_id
+            )));
+        }
+    };
     let data = if state.uploads.corrupt {
         corrupt(data)
     } else {
@@ -272,6 +282,14 @@ async fn next_chunk(state: &StreamState, index: u32) -> Result<Chunk, Status> {
         .stats
         .chunk_served(u64::from(len), !holding.is_complete());
     Ok(Chunk { index, data })
+}
+
+/// The answer for a file whose copy here was deleted, moved or edited.
+fn gone(holding: &Holding) -> Status {
+    Status::data_loss(format!(
+        "this agent cannot read file {}: its copy here was deleted, moved or edited; try another source",
+        holding.file_id
+    ))
 }
 
 fn corrupt(data: Bytes) -> Bytes {

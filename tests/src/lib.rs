@@ -512,6 +512,15 @@ impl Cluster {
         path
     }
 
+    /// The process ids of auth-svc and index-svc while they run (for RSS
+    /// samples in soaks).
+    pub fn service_pids(&self) -> Vec<(&'static str, u32)> {
+        [("auth-svc", &self.auth), ("index-svc", &self.index)]
+            .into_iter()
+            .filter_map(|(name, p)| Some((name, p.child.as_ref()?.id())))
+            .collect()
+    }
+
     /// Kills auth-svc (SIGKILL), as in an outage.
     pub fn stop_auth(&mut self) {
         self.auth.kill();

@@ -43,7 +43,12 @@ impl ScriptedAgent {
         if file == FILE_NAME || FILE_ID.starts_with(file) && !file.is_empty() {
             Ok(())
         } else {
-            Err(Status::not_found(format!("no file {file}")))
+            // As the real agent marks it: the file is unknown to the network.
+            let mut status = Status::not_found(format!("no file {file}"));
+            status
+                .metadata_mut()
+                .insert("p2p-missing", "network-file".parse().unwrap());
+            Err(status)
         }
     }
 }
@@ -143,6 +148,7 @@ impl AgentControl for ScriptedAgent {
                 local_state: agent::LocalState::Partial as i32,
                 local_bytes: 1024 * 1024,
                 local_path: String::new(),
+                local_problem: String::new(),
             }]
         } else {
             vec![]
@@ -197,6 +203,9 @@ impl AgentControl for ScriptedAgent {
     ) -> Result<Response<agent::CancelResponse>, Status> {
         self.session()?;
         let file = request.into_inner().file;
+        // Like the real agent: an unknown file first, then a known one
+        // that is not downloading.
+        self.known(&file)?;
         if file != FILE_ID {
             return Err(Status::not_found(format!("no running download {file}")));
         }
@@ -245,6 +254,7 @@ impl AgentControl for ScriptedAgent {
                 ..Default::default()
             }),
             shared_files: 4,
+            ..Default::default()
         }))
     }
 

@@ -270,6 +270,7 @@ impl Agent {
                 path: path.display().to_string(),
                 name: String::new(),
                 mime_type: String::new(),
+                replace: false,
             })
             .await
             .expect("share starts")

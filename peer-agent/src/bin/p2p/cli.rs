@@ -142,6 +142,10 @@ pub enum Command {
         /// Files to share.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// A file shared before and changed since replaces its old entry:
+        /// the old content is removed from the network (you must own it).
+        #[arg(long)]
+        replace: bool,
     },
 
     /// Download a file from the swarm.

@@ -18,7 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::cli::{AgentArgs, Command, LoginArgs, PasswordArgs, UsersCommand};
-use crate::error::{Error, Subject, explain};
+use crate::error::{Error, Subject, explain, is_broken_connection};
 use crate::progress::Progress;
 use crate::view::{self, DownloadEvent, FileRow, PeerRow, SharedFile, StatusView, UserRow};
 
@@ -163,7 +163,7 @@ pub async fn run(session: &mut Session, command: Command) -> Result<(), Error> {
         Command::Login(args) => login(session, args).await,
         Command::Logout => logout(session).await,
         Command::Ls { filter } => ls(session, filter.unwrap_or_default()).await,
-        Command::Share { paths } => share(session, paths).await,
+        Command::Share { paths, replace } => share(session, paths, replace).await,
         Command::Get {
             file,
             output,
@@ -270,7 +270,7 @@ async fn ls(session: &mut Session, filter: String) -> Result<(), Error> {
     Ok(())
 }
 
-async fn share(session: &mut Session, paths: Vec<PathBuf>) -> Result<(), Error> {
+async fn share(session: &mut Session, paths: Vec<PathBuf>, replace: bool) -> Result<(), Error> {
     let mut shared = Vec::new();
     for path in paths {
         let absolute = absolute(&path)?;
@@ -281,6 +281,7 @@ async fn share(session: &mut Session, paths: Vec<PathBuf>) -> Result<(), Error> 
                 path: shown.clone(),
                 name: String::new(),
                 mime_type: String::new(),
+                replace,
             })
             .await
             .map_err(|s| explain(s, Subject::Path(&shown)))?
@@ -351,7 +352,16 @@ async fn get(
     tokio::pin!(interrupt);
     loop {
         let message = tokio::select! {
-            message = stream.message() => message.map_err(|s| explain(s, Subject::Download(&file)))?,
+            message = stream.message() => message.map_err(|s| {
+                progress.finish();
+                let stopping = s.code() == tonic::Code::Unavailable
+                    && s.message().contains("agent is shutting down");
+                if is_broken_connection(&s) || stopping {
+                    Error::AgentStopped { file: file.clone(), detail: s.message().to_string() }
+                } else {
+                    explain(s, Subject::Download(&file))
+                }
+            })?,
             _ = &mut interrupt => {
                 progress.finish();
                 eprintln!(
@@ -360,7 +370,14 @@ async fn get(
                 return Err(Error::DownloadInterrupted(file));
             }
         };
-        let Some(message) = message else { break };
+        let Some(message) = message else {
+            // The stream ended without the last state: the agent went away.
+            progress.finish();
+            return Err(Error::AgentStopped {
+                file,
+                detail: "the progress stream ended".into(),
+            });
+        };
         let event = DownloadEvent::from_proto(message);
         progress.update(
             event.have_bytes,
@@ -378,8 +395,6 @@ async fn get(
             return Ok(());
         }
     }
-    progress.finish();
-    Err(Error::DownloadInterrupted(file))
 }
 
 /// `Cancel` takes an id or prefix; a name typed by the user is turned into

@@ -12,6 +12,12 @@ pub enum Error {
         "cannot reach the agent at {addr}: is peer-agent running? start it with `peer-agent` or set P2P_AGENT ({detail})"
     )]
     AgentUnreachable { addr: String, detail: String },
+    /// The agent went away while a download was running (killed, crashed
+    /// or restarted); its verified chunks are kept.
+    #[error(
+        "the agent stopped during the download of {file} ({detail}): start peer-agent again and run the same command; it resumes from the verified chunks"
+    )]
+    AgentStopped { file: String, detail: String },
     /// The agent's control socket does not exist.
     #[error(
         "cannot reach the agent: there is no control socket at {0}: is peer-agent running with this data dir? \
@@ -99,6 +105,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::AgentUnreachable { .. }
+            | Error::AgentStopped { .. }
             | Error::NoAgentSocket(_)
             | Error::AgentOfAnotherUser(_)
             | Error::AgentToken { .. }
@@ -130,9 +137,30 @@ pub enum Subject<'a> {
     User(&'a str),
 }
 
+/// Metadata the agent sets on a NotFound about a network file (the agent's
+/// `error::MISSING_KEY` and `MISSING_NETWORK_FILE`).
+const MISSING_KEY: &str = "p2p-missing";
+const MISSING_NETWORK_FILE: &str = "network-file";
+
+/// Whether a status was made on this side because the connection to the
+/// agent broke (tonic keeps the transport error as its source), rather
+/// than sent by the agent.
+pub fn is_broken_connection(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    status.source().is_some()
+        && matches!(
+            status.code(),
+            Code::Unknown | Code::Unavailable | Code::Internal | Code::Cancelled
+        )
+}
+
 /// Explains a status from the agent in terms of what the user asked for.
 pub fn explain(status: tonic::Status, subject: Subject<'_>) -> Error {
     let message = status.message().to_string();
+    let unknown_file = status
+        .metadata()
+        .get(MISSING_KEY)
+        .is_some_and(|v| v == MISSING_NETWORK_FILE);
     let mentions_session = {
         let m = message.to_ascii_lowercase();
         m.contains("log in") || m.contains("logged") || m.contains("login") || m.contains("session")
@@ -148,9 +176,12 @@ pub fn explain(status: tonic::Status, subject: Subject<'_>) -> Error {
         (Code::Unauthenticated, Subject::Login) => Error::BadCredentials,
         (Code::Unauthenticated, _) => Error::NotLoggedIn,
         (Code::FailedPrecondition, _) if mentions_session => Error::NotLoggedIn,
-        (Code::NotFound, Subject::File(name) | Subject::Download(name)) => {
+        (Code::NotFound, Subject::File(name) | Subject::Download(name)) if unknown_file => {
             Error::NoSuchFile(name.to_string())
         }
+        // Something else is missing (a held copy, a running download): the
+        // agent's message says what.
+        (Code::NotFound, Subject::File(_) | Subject::Download(_)) => Error::Invalid(message),
         (Code::NotFound, Subject::Path(path)) => Error::NoSuchPath {
             path: path.to_string(),
             detail: message,
@@ -207,9 +238,35 @@ mod tests {
         assert!(matches!(err, Error::BadCredentials));
     }
 
+    fn unknown_file(message: &str) -> Status {
+        let mut status = Status::not_found(message);
+        status
+            .metadata_mut()
+            .insert(MISSING_KEY, MISSING_NETWORK_FILE.parse().unwrap());
+        status
+    }
+
+    #[test]
+    fn a_missing_local_copy_is_not_a_missing_file() {
+        let err = explain(
+            Status::not_found("cannot open /d/a.iso: No such file or directory"),
+            Subject::Download("a.iso"),
+        );
+        assert_eq!(
+            err.to_string(),
+            "cannot open /d/a.iso: No such file or directory"
+        );
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_status_sent_by_the_agent_is_not_a_broken_connection() {
+        assert!(!is_broken_connection(&Status::unknown("h2 protocol error")));
+    }
+
     #[test]
     fn unknown_file_says_to_run_ls() {
-        let err = explain(Status::not_found("no such file"), Subject::File("a.iso"));
+        let err = explain(unknown_file("no such file"), Subject::File("a.iso"));
         assert_eq!(
             err.to_string(),
             "no file named a.iso: run `p2p ls` to see the network's files"

@@ -26,6 +26,9 @@ pub struct FileRow {
     pub local_state: &'static str,
     pub local_bytes: u64,
     pub local_path: String,
+    /// Why the local copy is not offered ("changed since shared: share it
+    /// again"); empty when nothing is wrong.
+    pub local_problem: String,
 }
 
 impl FileRow {
@@ -50,10 +53,14 @@ impl FileRow {
             local_state,
             local_bytes: f.local_bytes,
             local_path: f.local_path,
+            local_problem: f.local_problem,
         }
     }
 
     fn local(&self) -> String {
+        if !self.local_problem.is_empty() {
+            return self.local_problem.clone();
+        }
         match self.local_state {
             "complete" => "100%".to_string(),
             "downloading" => format!("{} ↓", format::percent(self.local_bytes, self.size_bytes)),
@@ -358,7 +365,21 @@ pub struct StatusView {
     pub max_upload_rate_bps: u64,
     pub max_uploads: u32,
     pub free_disk_bytes: u64,
+    /// Partial downloads kept and the verified bytes they hold.
+    pub partial_downloads: u32,
+    pub partial_bytes: u64,
+    /// Held files that changed on disk and are no longer offered.
+    pub problems: Vec<HeldFileProblem>,
     pub counters: Counters,
+}
+
+/// A held file that no longer matches what was shared or downloaded.
+#[derive(Debug, Serialize)]
+pub struct HeldFileProblem {
+    pub file_id: String,
+    pub name: String,
+    pub path: String,
+    pub problem: String,
 }
 
 impl StatusView {
@@ -383,7 +404,23 @@ impl StatusView {
             upload_rate_bps: load.upload_rate_bps,
             max_upload_rate_bps: load.max_upload_rate_bps,
             max_uploads: load.max_uploads,
-            free_disk_bytes: load.free_disk_bytes,
+            free_disk_bytes: if s.free_disk_bytes > 0 {
+                s.free_disk_bytes
+            } else {
+                load.free_disk_bytes
+            },
+            partial_downloads: s.partial_downloads,
+            partial_bytes: s.partial_bytes,
+            problems: s
+                .held_file_problems
+                .into_iter()
+                .map(|p| HeldFileProblem {
+                    file_id: p.file_id,
+                    name: p.name,
+                    path: p.path,
+                    problem: p.problem,
+                })
+                .collect(),
             counters: Counters {
                 bytes_uploaded: c.bytes_uploaded,
                 bytes_downloaded: c.bytes_downloaded,
@@ -411,7 +448,7 @@ impl StatusView {
             }
         };
         let c = &self.counters;
-        let lines = [
+        let mut lines = vec![
             ("agent", self.agent.clone()),
             ("session", session),
             ("peer id", or_dash(&self.peer_id)),
@@ -431,6 +468,14 @@ impl StatusView {
             ("auth", or_dash(&self.auth_url)),
             ("data dir", or_dash(&self.data_dir)),
             ("free disk", format::bytes(self.free_disk_bytes)),
+            (
+                "partials",
+                format!(
+                    "{} holding {}",
+                    self.partial_downloads,
+                    format::bytes(self.partial_bytes)
+                ),
+            ),
             ("shared files", self.shared_files.to_string()),
             ("downloads", self.active_downloads.to_string()),
             (
@@ -469,6 +514,12 @@ impl StatusView {
             ),
             ("rejected chunks", c.chunks_rejected.to_string()),
         ];
+        for p in &self.problems {
+            lines.push((
+                "not offered",
+                format!("{} ({}): {}", p.name, p.path, p.problem),
+            ));
+        }
         let width = lines.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
         lines
             .iter()
@@ -504,6 +555,7 @@ mod tests {
             local_state: state as i32,
             local_bytes,
             local_path: String::new(),
+            local_problem: String::new(),
         }
     }
 

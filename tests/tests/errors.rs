@@ -1,0 +1,48 @@
+//! Errors say what happened: an agent that dies during `p2p get` is not
+//! "an error (Unknown)", and a download that resumes says so.
+
+use std::time::Duration;
+
+use p2p_tests::AgentHandle as _;
+use p2p_tests::{AgentOptions, Cluster, ClusterOptions, USER_PASSWORD, eventually, random_file};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_exits_3_saying_the_agent_stopped_when_it_dies_during_get() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let a = cluster
+        .add_user_agent("alice", AgentOptions::default().max_upload_rate("1MiB"))
+        .await;
+    let mut b = cluster.add_user_agent("bob", AgentOptions::default()).await;
+    let original = random_file(&cluster.scratch_dir("input"), 6 * 1024 * 1024, 61);
+    let id = a.share(&original).await;
+    let dest = cluster.scratch_dir("out").join("copy.bin");
+    let dest_arg = dest.to_str().unwrap().to_string();
+
+    let get = b
+        .p2p_command(&["get", &id, "-o", &dest_arg])
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(30), "the download to start", || async {
+        let file = b.network_file(&id).await?;
+        (file.local_bytes > 0).then_some(())
+    })
+    .await;
+    b.kill();
+    let out = tokio::time::timeout(Duration::from_secs(30), get.wait_with_output())
+        .await
+        .expect("p2p get ended once the agent died")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the agent stopped") && stderr.contains("same command"),
+        "{stderr}"
+    );
+
+    b.restart().await;
+    if !b.status().await.logged_in {
+        b.login("bob", USER_PASSWORD).await;
+    }
+    let again = b.get(&id, &dest).await;
+    p2p_tests::assert_same_content(&original, &again);
+}
