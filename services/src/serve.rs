@@ -88,50 +88,14 @@ impl GrpcServer {
         F: Future<Output = ()> + Send,
     {
         let addr: SocketAddr = listener.local_addr().map_err(ServeError::LocalAddr)?;
-        let (reporter, health) = tonic_health::server::health_reporter();
-        for name in &self.names {
-            reporter
-                .set_service_status(*name, ServingStatus::Serving)
-                .await;
-        }
-        reporter
-            .set_service_status("", ServingStatus::Serving)
-            .await;
-
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
-
-        let routes = self
-            .routes
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
-
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
-        let tls = self.tls.is_some();
-        tracing::info!(%addr, services = ?self.names, tls, "serving gRPC");
-        let names = self.names.clone();
-        let shutdown = async move {
-            shutdown.await;
-            for name in &names {
-                reporter
-                    .set_service_status(*name, ServingStatus::NotServing)
-                    .await;
-            }
-            reporter
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-        };
+        let tls = self.tls.clone();
+        tracing::info!(%addr, services = ?self.names, tls = tls.is_some(), "serving gRPC");
+        let (routes, shutdown) = self.with_standard_services(shutdown).await?;
         let mut builder = tonic::transport::Server::builder();
-        if let Some(identity) = &self.tls {
+        if let Some(identity) = &tls {
             builder = builder.tls_config(identity.config())?;
         }
         builder
