@@ -292,22 +292,25 @@ impl Process {
     }
 
     /// SIGTERM, then waits (bounded) for a clean exit; SIGKILL after that.
-    async fn terminate(&mut self) {
+    /// SIGTERM, then waits up to 60 s; SIGKILL after that. Returns whether
+    /// the process exited on its own.
+    async fn terminate(&mut self) -> bool {
         let Some(child) = self.child.as_mut() else {
-            return;
+            return true;
         };
         if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
                 self.child = None;
-                return;
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.kill();
+        false
     }
 
     fn is_running(&mut self) -> bool {
@@ -966,9 +969,16 @@ impl Agent {
     }
 
     /// Stops the agent with SIGTERM, as `docker stop` does, and waits for
-    /// it to exit (SIGKILL if it takes over 20 s).
+    /// it to exit. Panics with the agent's log if it has not exited after
+    /// 60 s (it is then killed), since a clean shutdown never takes that long.
     pub async fn terminate(&mut self) {
-        self.process.terminate().await;
+        if !self.process.terminate().await {
+            panic!(
+                "{} did not exit within 60 s of SIGTERM\n{}",
+                self.name,
+                self.process.log_tail()
+            );
+        }
     }
 
     /// Whether the process is alive.
