@@ -20,7 +20,7 @@ use p2p_proto::index::v1::{
     GetFileRequest, HeartbeatRequest, RegisterPeerRequest, UpdateHoldingsRequest,
 };
 use p2p_proto::peer::v1::peer_service_server::{PeerService, PeerServiceServer};
-use p2p_proto::peer::v1::{Chunk, FetchChunksRequest};
+use p2p_proto::peer::v1::{Chunk, FetchChunksRequest, HoldingsUpdate, WatchHoldingsRequest};
 use p2p_services::client::with_bearer;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
@@ -150,10 +150,19 @@ impl Drop for OpenStream {
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<HoldingsUpdate, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl PeerService for HostileService {
     type FetchChunksStream = ChunkStream;
+    type WatchHoldingsStream = UpdateStream;
+
+    async fn watch_holdings(
+        &self,
+        _request: Request<WatchHoldingsRequest>,
+    ) -> Result<Response<UpdateStream>, Status> {
+        Err(Status::unimplemented("this peer does not watch holdings"))
+    }
 
     async fn fetch_chunks(
         &self,

@@ -189,6 +189,7 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
             start: 0,
             count: info.chunk_count.min(1024),
         }],
+        ..Default::default()
     };
 
     // Each unread stream on its own connection, as separate attackers
@@ -246,6 +247,7 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
     let two = FetchChunksRequest {
         file_id: id.clone(),
         ranges: vec![ChunkRange { start: 0, count: 2 }],
+        ..Default::default()
     };
     let started = Instant::now();
     let answer = tokio::time::timeout(
@@ -282,6 +284,7 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
     let one = FetchChunksRequest {
         file_id: id.clone(),
         ranges: vec![ChunkRange { start: 0, count: 1 }],
+        ..Default::default()
     };
     eventually(
         Duration::from_secs(30),
@@ -339,6 +342,7 @@ async fn a_token_from_another_deployment_is_unauthenticated() {
     let fetch = FetchChunksRequest {
         file_id: id.clone(),
         ranges: vec![ChunkRange { start: 0, count: 1 }],
+        ..Default::default()
     };
     let attempts = [
         ("access", with_bearer(fetch.clone(), &foreign)),

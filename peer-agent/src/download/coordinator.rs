@@ -1,31 +1,42 @@
 //! The coordinator of one download's sources ([`Swarm`]): locates them
-//! (again every few seconds, and at once when it runs out), starts a
-//! [`Worker`] per source, reports and bans sources that fail, publishes
+//! with the index (at the start, when it runs out, and otherwise only
+//! every [`RELOCATE_EVERY`]), starts a [`Worker`] and a holdings
+//! [`Watcher`] per source, learns of new chunks and of more peers from the
+//! watchers (so the index stays out of the download loop), reports and
+//! bans sources that fail or break the holdings contract, publishes
 //! progress on the download's `watch` channel and announces our growing
-//! bitfield to the index so others can fetch from us while we download.
-//! It owns its workers in a `JoinSet`: dropping it aborts them.
+//! bitfield to the index at most every [`ANNOUNCE_EVERY`]. One timer per
+//! download drives progress, announcements and the give-up clock.
+//!
+//! It owns its workers and watchers in two `JoinSet`s: dropping it aborts
+//! them; a source's worker and watcher are aborted together when it goes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use p2p_proto::index::v1 as index_pb;
+use p2p_proto::peer::v1::PeerHint;
 use p2p_services::client::with_bearer;
 use p2p_services::manifest::Bitfield;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use p2p_services::tls::ClientTls;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use super::exchange::{WatchEnd, WatchEvent, Watcher, check_hint, watch_client};
 use super::worker::{Worker, WorkerEnd};
 use super::{Progress, Shared};
 use crate::error::Error;
+use crate::holdings::KnownPeer;
 use crate::picker::{SourceKey, Stripe};
 use crate::stats::RATE_WINDOW_SECS;
 
-/// How often sources are located again while downloading: this is how
-/// quickly chunks that other downloaders just got become fetchable from them.
-const RELOCATE_EVERY: Duration = Duration::from_millis(250);
+/// How often sources are located again while downloading. Sources tell us
+/// their new chunks and other peers themselves (`super::exchange`), so
+/// this only finds newcomers the swarm has not told us about yet.
+const RELOCATE_EVERY: Duration = Duration::from_secs(3);
 /// Locating again after running out of sources, at first.
 const RELOCATE_SOON: Duration = Duration::from_millis(300);
 /// Give up when, for this long, no chunk arrived and no source that has
@@ -39,15 +50,27 @@ const MAX_SOURCES: usize = 32;
 const BAN_FAILED: Duration = Duration::from_secs(60);
 /// How long a busy source is left alone.
 const BAN_BUSY: Duration = Duration::from_secs(2);
-/// How often the growing bitfield is announced (checked every
-/// [`PROGRESS_EVERY`]): with [`RELOCATE_EVERY`], how stale others' view of
-/// us gets.
-const ANNOUNCE_EVERY: Duration = Duration::from_millis(100);
+/// How often the growing bitfield is announced to the index (checked every
+/// [`PROGRESS_EVERY`]). Only newcomers learn of our chunks this way: the
+/// peers watching us hear of each chunk as it is verified.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+/// Most peers learnt from holdings streams that one download considers.
+const MAX_HINTED_PEERS: usize = 256;
+/// A source that lists this many unusable peers is banned and reported.
+const MAX_JUNK_HINTS: u32 = 8;
+/// Events from watchers waiting for the coordinator.
+const EVENT_QUEUE: usize = 256;
 /// How often progress is published.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 struct SourceSlot {
     peer_id: String,
+    /// The source that told us about this one, when not the index.
+    listed_by: Option<String>,
+    claims_own: Arc<AtomicBool>,
+    delivered: Arc<AtomicBool>,
+    worker: AbortHandle,
+    watcher: Option<AbortHandle>,
 }
 
 /// The coordinator of one download's sources.
@@ -66,6 +89,16 @@ pub(super) struct Swarm {
     last_hope: Instant,
     last_have_bytes: u64,
     last_announced: Option<(Instant, u32)>,
+    watchers: JoinSet<()>,
+    events_tx: mpsc::Sender<(SourceKey, WatchEvent)>,
+    events: mpsc::Receiver<(SourceKey, WatchEvent)>,
+    /// Peers learnt from holdings streams, considered once each.
+    hinted: HashSet<String>,
+    /// Unusable peers each source listed.
+    junk: HashMap<String, u32>,
+    /// Where the index said each peer answers (over plaintext, the only
+    /// vouching there is).
+    index_addresses: HashMap<String, String>,
 }
 
 /// How a source failed this download.
@@ -104,6 +137,7 @@ fn give_up_message(failures: &HashMap<String, Failure>, missing_chunks: u32) -> 
 
 impl Swarm {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         Self {
             shared,
             workers: JoinSet::new(),
@@ -115,6 +149,12 @@ impl Swarm {
             last_hope: Instant::now(),
             last_have_bytes: 0,
             last_announced: None,
+            watchers: JoinSet::new(),
+            events_tx,
+            events,
+            hinted: HashSet::new(),
+            junk: HashMap::new(),
+            index_addresses: HashMap::new(),
         }
     }
 
@@ -157,6 +197,10 @@ impl Swarm {
                     });
                 }
                 () = self.shared.complete.notified() => {}
+                Some((key, event)) = self.events.recv() => {
+                    self.on_event(key, event).await;
+                }
+                Some(_) = self.watchers.join_next() => {}
                 Some(joined) = self.workers.join_next() => {
                     let Ok((key, end)) = joined else { continue };
                     self.worker_ended(key, end).await?;
@@ -286,44 +330,212 @@ impl Swarm {
                     }
                 }
             };
+            self.index_addresses
+                .insert(source.peer_id.clone(), source.address.clone());
             if let Some(&key) = self.active.get(&source.peer_id) {
-                self.shared.picker().upsert_source(key, holds);
-                self.shared.work_changed.notify_waiters();
-                continue;
-            }
-            if self.active.len() >= MAX_SOURCES {
-                continue;
-            }
-            let client = match ctx.peer_client(&source.address) {
-                Ok(client) => client,
-                Err(err) => {
-                    tracing::debug!(peer = %source.peer_id, %err, "ignoring a source");
-                    continue;
+                // A source's own stream is fresher than the index.
+                let own_news = self
+                    .slots
+                    .get(&key)
+                    .is_some_and(|s| s.claims_own.load(Ordering::Relaxed));
+                if !own_news {
+                    self.shared.picker().upsert_source(key, holds);
+                    self.shared.work_changed.notify_waiters();
                 }
-            };
-            let key = self.next_key;
-            self.next_key += 1;
+                continue;
+            }
             if !self.failures.contains_key(&source.peer_id) && wanted.held().any(|i| holds.get(i)) {
                 self.last_hope = Instant::now();
             }
-            self.shared.picker().upsert_source(key, holds);
-            self.active.insert(source.peer_id.clone(), key);
-            self.slots.insert(
-                key,
-                SourceSlot {
-                    peer_id: source.peer_id.clone(),
-                },
-            );
-            tracing::debug!(peer = %source.peer_id, address = %source.address, complete = source.complete, "using source");
-            let worker = Worker {
-                key,
-                source_peer_id: source.peer_id.clone(),
-                shared: self.shared.clone(),
-                client,
-                complete: source.complete,
+            let peer = KnownPeer {
+                peer_id: source.peer_id,
+                address: source.address,
             };
-            self.workers.spawn(async move { (key, worker.run().await) });
+            self.start_source(peer, source.complete, holds, None);
         }
+    }
+
+    /// Starts a worker and a holdings watcher for a source we do not use
+    /// yet (up to [`MAX_SOURCES`]).
+    fn start_source(
+        &mut self,
+        peer: KnownPeer,
+        complete: bool,
+        holds: Bitfield,
+        listed_by: Option<String>,
+    ) {
+        if self.active.len() >= MAX_SOURCES || self.active.contains_key(&peer.peer_id) {
+            return;
+        }
+        let ctx = &self.shared.ctx;
+        let channel = match ctx.peer_channel(&peer.address) {
+            Ok(channel) => channel,
+            Err(err) => {
+                tracing::debug!(peer = %peer.peer_id, %err, "ignoring a source");
+                return;
+            }
+        };
+        let key = self.next_key;
+        self.next_key += 1;
+        self.shared.picker().upsert_source(key, holds);
+        self.active.insert(peer.peer_id.clone(), key);
+        tracing::debug!(peer = %peer.peer_id, address = %peer.address, complete, listed_by = ?listed_by, "using source");
+        let claims_own = Arc::new(AtomicBool::new(false));
+        let delivered = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            key,
+            source_peer_id: peer.peer_id.clone(),
+            shared: self.shared.clone(),
+            client: super::peer_client(channel.clone()),
+            complete,
+            claims_own: claims_own.clone(),
+            delivered: delivered.clone(),
+        };
+        let worker = self.workers.spawn(async move { (key, worker.run().await) });
+        let own = ctx.session.peer_id().unwrap_or_default();
+        let watcher = Watcher {
+            key,
+            source_peer_id: peer.peer_id.clone(),
+            file_id: self.shared.holding.file_id.to_string(),
+            chunk_count: self.shared.manifest.chunk_count(),
+            caller: (!own.is_empty()).then(|| PeerHint {
+                peer_id: own,
+                address: ctx.session.config().advertise_addr.clone(),
+            }),
+            session: ctx.session.clone(),
+            client: watch_client(channel, self.shared.manifest.chunk_count()),
+            events: self.events_tx.clone(),
+        };
+        let watcher = self.watchers.spawn(watcher.run());
+        self.shared.holding.note_peer(peer.clone());
+        self.slots.insert(
+            key,
+            SourceSlot {
+                peer_id: peer.peer_id,
+                listed_by,
+                claims_own,
+                delivered,
+                worker,
+                watcher: Some(watcher),
+            },
+        );
+    }
+
+    /// What a source's holdings stream said.
+    async fn on_event(&mut self, key: SourceKey, event: WatchEvent) {
+        let Some(slot) = self.slots.get(&key) else {
+            return;
+        };
+        match event {
+            WatchEvent::Holds(holds) => {
+                slot.claims_own.store(true, Ordering::Relaxed);
+                self.shared.picker().upsert_source(key, holds);
+                self.shared.work_changed.notify_waiters();
+            }
+            WatchEvent::Have(chunks) => {
+                self.shared.picker().add_held(key, &chunks);
+                self.shared.work_changed.notify_waiters();
+            }
+            WatchEvent::Peers(hints) => {
+                let lister = slot.peer_id.clone();
+                for hint in hints {
+                    self.consider_hint(&hint, &lister).await;
+                }
+            }
+            WatchEvent::Ended(end) => {
+                slot.claims_own.store(false, Ordering::Relaxed);
+                match end {
+                    WatchEnd::Misbehaved(detail) => {
+                        self.drop_source(key, Some(index_pb::ReportReason::Corrupt), detail)
+                            .await;
+                    }
+                    WatchEnd::Silent => {
+                        self.drop_source(
+                            key,
+                            Some(index_pb::ReportReason::Stalled),
+                            "its holdings stream went silent".into(),
+                        )
+                        .await;
+                    }
+                    WatchEnd::Unsupported | WatchEnd::Closed(_) => {
+                        tracing::debug!(peer = %slot.peer_id, ?end, "holdings stream ended");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A peer a source told us about: checked, then used like one the
+    /// index named.
+    async fn consider_hint(&mut self, hint: &PeerHint, lister: &str) {
+        let ctx = &self.shared.ctx;
+        let own = ctx.session.peer_id().unwrap_or_default();
+        let peer = match check_hint(hint, &ctx.session.config().advertise_addr) {
+            Ok(peer) => peer,
+            Err(detail) => {
+                tracing::debug!(lister, %detail, "ignoring a listed peer");
+                self.junk(lister).await;
+                return;
+            }
+        };
+        if peer.peer_id == own
+            || self.active.contains_key(&peer.peer_id)
+            || self.banned.contains_key(&peer.peer_id)
+            || self.failures.contains_key(&peer.peer_id)
+        {
+            return;
+        }
+        if matches!(ctx.session.config().peer_tls, ClientTls::Plaintext)
+            && self.index_addresses.get(&peer.peer_id) != Some(&peer.address)
+        {
+            // Without TLS no certificate vouches for the address: only the
+            // index's word does.
+            return;
+        }
+        if self.hinted.len() >= MAX_HINTED_PEERS && !self.hinted.contains(&peer.peer_id) {
+            return;
+        }
+        self.hinted.insert(peer.peer_id.clone());
+        let chunks = self.shared.manifest.chunk_count();
+        self.start_source(
+            peer,
+            false,
+            Bitfield::empty(chunks),
+            Some(lister.to_string()),
+        );
+    }
+
+    /// Counts an unusable peer `lister` told us about; too many and it is
+    /// dropped, banned and reported.
+    async fn junk(&mut self, lister: &str) {
+        let count = self.junk.entry(lister.to_string()).or_default();
+        *count += 1;
+        if *count == MAX_JUNK_HINTS
+            && let Some(&key) = self.active.get(lister)
+        {
+            self.drop_source(
+                key,
+                Some(index_pb::ReportReason::Corrupt),
+                format!("listed {MAX_JUNK_HINTS} unusable peers on its holdings stream"),
+            )
+            .await;
+        }
+    }
+
+    /// Stops using a source now (its worker and watcher are aborted), bans
+    /// it and reports it.
+    async fn drop_source(
+        &mut self,
+        key: SourceKey,
+        reason: Option<index_pb::ReportReason>,
+        detail: String,
+    ) {
+        if let Some(slot) = self.slots.get(&key) {
+            slot.worker.abort();
+        }
+        let _ = self
+            .worker_ended(key, WorkerEnd::Failed { reason, detail })
+            .await;
     }
 
     async fn worker_ended(&mut self, key: SourceKey, end: WorkerEnd) -> Result<(), Error> {
@@ -333,8 +545,20 @@ impl Swarm {
             return Ok(());
         };
         self.active.remove(&slot.peer_id);
+        if let Some(watcher) = &slot.watcher {
+            watcher.abort();
+        }
+        if matches!(end, WorkerEnd::Failed { .. } | WorkerEnd::Fatal(_)) {
+            self.shared.holding.forget_peer(&slot.peer_id);
+        }
+        if let (Some(lister), WorkerEnd::Failed { .. }) = (&slot.listed_by, &end)
+            && !slot.delivered.load(Ordering::Relaxed)
+        {
+            let lister = lister.clone();
+            Box::pin(self.junk(&lister)).await;
+        }
         match end {
-            WorkerEnd::NoWork => {}
+            WorkerEnd::NoWork | WorkerEnd::Refused => {}
             WorkerEnd::Busy => {
                 tracing::debug!(peer = %slot.peer_id, "source busy; trying others");
                 self.banned.insert(slot.peer_id, Instant::now() + BAN_BUSY);

@@ -9,7 +9,11 @@
 //!   worker per source, banning and reporting those that fail, progress and
 //!   announcements;
 //! - [`worker`]: one source: FetchChunks calls sized by its pace, every
-//!   chunk verified, written and recorded.
+//!   chunk verified, written and recorded;
+//! - [`exchange`]: the holdings stream between peers (`WatchHoldings`):
+//!   each source's HAVEs and the peers it knows, both ends;
+//! - [`seeding`]: the seeder-side choice of which chunks a downloader that
+//!   asks for "any n" gets (used by `crate::upload`).
 //!
 //! Ownership: [`Downloads`] owns one coordinator task per running download
 //! (in a `TaskTracker`, each with a cancellation token that is a child of
@@ -17,6 +21,8 @@
 //! a `JoinSet`, so cancelling or finishing a download aborts its workers.
 
 mod coordinator;
+pub(crate) mod exchange;
+pub(crate) mod seeding;
 mod worker;
 
 use std::collections::HashMap;
@@ -133,7 +139,7 @@ impl DownloadContext {
     }
 
     /// One channel per source address, reused across calls and downloads.
-    pub(crate) fn peer_client(&self, address: &str) -> Result<PeerServiceClient<Channel>, Error> {
+    pub(crate) fn peer_channel(&self, address: &str) -> Result<Channel, Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let channel = match channels.get(address) {
             Some(channel) => channel.clone(),
@@ -146,10 +152,15 @@ impl DownloadContext {
                 channel
             }
         };
-        Ok(PeerServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(channel)
     }
+}
+
+/// The FetchChunks client for a source's channel: chunk-sized messages.
+fn peer_client(channel: Channel) -> PeerServiceClient<Channel> {
+    PeerServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 struct Running {

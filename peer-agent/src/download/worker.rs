@@ -2,9 +2,16 @@
 //! [`PIPELINE_DEPTH`] FetchChunks calls in flight, sized by how fast the
 //! source delivers ([`Pace`]), verifies every chunk against the manifest,
 //! writes it at its offset and records it as verified.
+//!
+//! A complete source (a seeder) is asked for "any n of the chunks only it
+//! can give" and chooses itself (`super::seeding`), one call at a time so
+//! two calls never leave it the same choice; everyone else is asked for
+//! named chunks, rarest first (`crate::picker`). A source that claimed a
+//! chunk on its own holdings stream and then says it does not hold it has
+//! lied: that is reported like a corrupt chunk.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -13,6 +20,7 @@ use p2p_proto::index::v1 as index_pb;
 use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
 use p2p_proto::peer::v1::{ChunkRange, FetchChunksRequest};
 use p2p_services::client::with_peer_credentials;
+use p2p_services::manifest::Bitfield;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -46,6 +54,8 @@ pub(super) enum WorkerEnd {
     },
     /// Our side failed (disk full, database): the download stops.
     Fatal(Error),
+    /// The source refused to choose chunks itself: name them instead.
+    Refused,
 }
 
 /// Fetches from one source until it has nothing more to give or fails.
@@ -57,19 +67,43 @@ pub(super) struct Worker {
     pub(super) shared: Arc<Shared>,
     pub(super) client: PeerServiceClient<Channel>,
     pub(super) complete: bool,
+    /// Set while what we know the source holds comes from its own holdings
+    /// stream: then a NOT_FOUND for a chunk is a false claim.
+    pub(super) claims_own: Arc<AtomicBool>,
+    /// Set once the source delivered a verified chunk.
+    pub(super) delivered: Arc<AtomicBool>,
+}
+
+/// What one call asks a source for.
+enum Ask {
+    /// These chunks, in this order (marked in flight by the picker).
+    Named(Vec<u32>),
+    /// Any `n` of these, the source's choice.
+    Any(Bitfield, usize),
 }
 
 impl Worker {
     pub(super) async fn run(self) -> WorkerEnd {
         let mut in_flight = FuturesUnordered::new();
         let mut pace = Pace::default();
+        // An older agent refuses "any n" (no ranges): name chunks from then on.
+        let mut chooses = self.complete;
+        self.shared.picker().set_chooser(self.key, chooses);
         loop {
-            while in_flight.len() < pace.depth {
-                let chunks = self.shared.picker().pick(self.key, pace.batch);
-                if chunks.is_empty() {
+            while in_flight.len() < if chooses { 1 } else { pace.depth } {
+                let ask = {
+                    let mut picker = self.shared.picker();
+                    match chooses.then(|| picker.seed_pool(self.key)).flatten() {
+                        Some(pool) => Ask::Any(pool, pace.batch),
+                        // Peers serve the endgame: a seeder sends each chunk once.
+                        None if chooses => break,
+                        None => Ask::Named(picker.pick(self.key, pace.batch)),
+                    }
+                };
+                if matches!(&ask, Ask::Named(chunks) if chunks.is_empty()) {
                     break;
                 }
-                in_flight.push(self.fetch(chunks));
+                in_flight.push(self.fetch(ask));
             }
             if in_flight.is_empty() {
                 if self.shared.is_complete() {
@@ -86,27 +120,48 @@ impl Worker {
                 return WorkerEnd::NoWork;
             }
             match in_flight.next().await {
-                Some(Ok(elapsed)) => pace.observe(elapsed),
+                Some(Ok(Some(elapsed))) => pace.observe(elapsed),
+                Some(Ok(None)) => {
+                    // The seeder has nothing for us that it has not just
+                    // handed to someone else: our peers will have it soon.
+                    let changed = self.shared.work_changed.notified();
+                    let _ = tokio::time::timeout(Duration::from_millis(250), changed).await;
+                }
+                Some(Err(WorkerEnd::Refused)) if chooses => {
+                    chooses = false;
+                    self.shared.picker().set_chooser(self.key, false);
+                }
                 Some(Err(end)) => return end,
                 None => {}
             }
         }
     }
 
-    /// One FetchChunks call for `chunks`; returns how long it took.
-    async fn fetch(&self, chunks: Vec<u32>) -> Result<Duration, WorkerEnd> {
+    /// One FetchChunks call; returns how long it took, or `None` when a
+    /// choosing source sent nothing.
+    async fn fetch(&self, ask: Ask) -> Result<Option<Duration>, WorkerEnd> {
         let started = Instant::now();
-        let result = self.fetch_inner(&chunks).await;
-        if result.is_err() {
-            let mut picker = self.shared.picker();
-            for &i in &chunks {
-                picker.release(self.key, i);
-            }
+        let result = match &ask {
+            Ask::Named(chunks) => self.fetch_inner(chunks, None).await,
+            Ask::Any(pool, n) => self.fetch_inner(&[], Some((pool, *n))).await,
+        };
+        let mut picker = self.shared.picker();
+        let claimed: &[u32] = match &ask {
+            Ask::Named(chunks) if result.is_err() => chunks,
+            _ => &[],
+        };
+        for &i in claimed {
+            picker.release(self.key, i);
         }
-        result.map(|()| started.elapsed())
+        drop(picker);
+        result.map(|received| (received > 0).then(|| started.elapsed()))
     }
 
-    async fn fetch_inner(&self, chunks: &[u32]) -> Result<(), WorkerEnd> {
+    async fn fetch_inner(
+        &self,
+        chunks: &[u32],
+        any: Option<(&Bitfield, usize)>,
+    ) -> Result<usize, WorkerEnd> {
         let shared = &self.shared;
         let (token, proof) = shared
             .ctx
@@ -123,6 +178,10 @@ impl Worker {
                 .into_iter()
                 .map(|(start, count)| ChunkRange { start, count })
                 .collect(),
+            any_of: any
+                .map(|(pool, _)| pool.as_bytes().to_vec())
+                .unwrap_or_default(),
+            any_count: any.map_or(0, |(_, n)| n as u32),
         };
         let mut client = self.client.clone();
         let response = tokio::time::timeout(
@@ -131,17 +190,29 @@ impl Worker {
         )
         .await
         .map_err(|_| stalled())?
-        .map_err(classify)?;
+        .map_err(|status| self.classify(status, any.is_some()))?;
         let mut stream = response.into_inner();
-        for &index in chunks {
-            let chunk = tokio::time::timeout(STALL_TIMEOUT, stream.message())
+        let expected = any.map_or(chunks.len(), |(_, n)| n);
+        for n in 0..expected {
+            let message = tokio::time::timeout(STALL_TIMEOUT, stream.message())
                 .await
                 .map_err(|_| stalled())?
-                .map_err(classify)?
-                .ok_or_else(|| WorkerEnd::Failed {
+                .map_err(|status| self.classify(status, any.is_some()))?;
+            let Some(chunk) = message else {
+                if any.is_some() {
+                    // A chooser may send fewer than asked, or none.
+                    return Ok(n);
+                }
+                return Err(WorkerEnd::Failed {
                     reason: Some(index_pb::ReportReason::Unreachable),
-                    detail: format!("stream ended before chunk {index}"),
-                })?;
+                    detail: format!("stream ended after {n} of {expected} chunks"),
+                });
+            };
+            let index = match any {
+                Some((pool, _)) if pool.get(chunk.index) => chunk.index,
+                Some(_) => u32::MAX,
+                None => chunks.get(n).copied().unwrap_or(u32::MAX),
+            };
             if chunk.index != index || !shared.manifest.chunk_matches(index, &chunk.data) {
                 shared.ctx.stats.chunk_rejected();
                 return Err(WorkerEnd::Failed {
@@ -160,6 +231,7 @@ impl Worker {
                 .await
                 .map_err(WorkerEnd::Fatal)?;
             let newly = shared.picker().received(index);
+            self.delivered.store(true, Ordering::Relaxed);
             if newly {
                 shared
                     .ctx
@@ -175,7 +247,7 @@ impl Worker {
                 }
             }
         }
-        Ok(())
+        Ok(expected)
     }
 }
 
@@ -216,6 +288,29 @@ fn stalled() -> WorkerEnd {
     WorkerEnd::Failed {
         reason: Some(index_pb::ReportReason::Stalled),
         detail: format!("no data for {} s", STALL_TIMEOUT.as_secs()),
+    }
+}
+
+impl Worker {
+    /// How a failed call ends this worker: [`classify`], except that a
+    /// NOT_FOUND for a chunk the source claimed itself is a lie, and a
+    /// refused "any n" call means an older agent.
+    fn classify(&self, status: Status, chose: bool) -> WorkerEnd {
+        if chose && status.code() == Code::InvalidArgument {
+            return WorkerEnd::Refused;
+        }
+        let chunk_level = status.message().contains("does not hold chunk");
+        if status.code() == Code::NotFound && chunk_level && self.claims_own.load(Ordering::Relaxed)
+        {
+            return WorkerEnd::Failed {
+                reason: Some(index_pb::ReportReason::Corrupt),
+                detail: format!(
+                    "claimed chunks on its holdings stream that it does not serve ({})",
+                    status.message()
+                ),
+            };
+        }
+        classify(status)
     }
 }
 
