@@ -13,7 +13,9 @@
 //! - [`exchange`]: the holdings stream between peers (`WatchHoldings`):
 //!   each source's HAVEs and the peers it knows, both ends;
 //! - [`seeding`]: the seeder-side choice of which chunks a downloader that
-//!   asks for "any n" gets (used by `crate::upload`).
+//!   asks for "any n" gets (used by `crate::upload`);
+//! - [`tree`]: the whole-file hash built from the chunks' chaining values
+//!   as they arrive, so the finished file is not read back.
 //!
 //! Ownership: [`Downloads`] owns one coordinator task per running download
 //! (in a `TaskTracker`, each with a cancellation token that is a child of
@@ -23,6 +25,7 @@
 mod coordinator;
 pub(crate) mod exchange;
 pub(crate) mod seeding;
+mod tree;
 mod worker;
 
 use std::collections::HashMap;
@@ -375,6 +378,7 @@ async fn run_download(
         holding: holding.clone(),
         manifest: manifest.clone(),
         part: part.clone(),
+        tree: tree::ChunkTree::for_manifest(&manifest),
     });
     if !shared.is_complete() {
         progress.send_modify(|p| p.stage = Stage::Downloading);
@@ -387,7 +391,10 @@ async fn run_download(
         p.have_bytes = p.total_bytes;
         p.sources_in_use = 0;
     });
-    if let Err(err) = crate::disk::finalize(part, manifest.file_hash, destination.clone()).await {
+    let computed = whole_file_hash(&shared, &state.path).await?;
+    if let Err(err) =
+        crate::disk::finalize(part, manifest.file_hash, computed, destination.clone()).await
+    {
         if matches!(err, Error::Corrupt(_)) {
             ctx.holdings.reset_partial(&holding).await?;
         }
@@ -406,6 +413,26 @@ async fn run_download(
     }
     tracing::info!(file = %file_id, path = %destination.display(), "download complete");
     Ok(destination)
+}
+
+/// The whole file's hash from the chunks' chaining values, reading only the
+/// chunks resumed from an earlier run; `None` when the file must be read.
+async fn whole_file_hash(
+    shared: &Shared,
+    part_path: &Path,
+) -> Result<Option<p2p_services::manifest::Hash>, Error> {
+    let Some(tree) = &shared.tree else {
+        return Ok(None);
+    };
+    for index in tree.missing() {
+        let Some(len) = shared.manifest.chunk_len(index) else {
+            return Ok(None);
+        };
+        let offset = shared.manifest.chunk_offset(index);
+        let data = crate::disk::read_chunk(part_path.to_path_buf(), offset, len).await?;
+        tree.record(index, &data);
+    }
+    Ok(tree.root())
 }
 
 /// Puts the complete file we hold at `destination`; `None` when our copy
@@ -453,6 +480,8 @@ pub(crate) struct Shared {
     holding: Arc<Holding>,
     manifest: Arc<Manifest>,
     part: PartFile,
+    /// The whole-file hash as chunks arrive (`None`: read the file back).
+    tree: Option<tree::ChunkTree>,
 }
 
 impl Shared {

@@ -225,6 +225,9 @@ impl Worker {
                 });
             }
             let len = chunk.data.len() as u64;
+            if let Some(tree) = &shared.tree {
+                tree.record(index, &chunk.data);
+            }
             shared
                 .part
                 .write_at(shared.manifest.chunk_offset(index), chunk.data)
