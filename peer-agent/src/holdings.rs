@@ -27,7 +27,16 @@ pub struct Holding {
     /// Bumped whenever the bitfield changes, for holdings streams.
     changes: watch::Sender<u64>,
     peers: Mutex<PeerBook>,
+    /// When verified chunks were last written to the store, and whether
+    /// some have been verified since (see [`Holdings::mark_verified`]).
+    saved: Mutex<(Option<std::time::Instant>, bool)>,
 }
+
+/// Verified chunks are written to the store at most this often per file
+/// while downloading (and on [`Holdings::flush`]): a crash costs at most
+/// this much refetching, and a download does not write its whole bitfield
+/// once per chunk.
+pub const SAVE_VERIFIED_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A peer that holds (some of) a file, as this agent knows it: from the
 /// index, from a holdings stream, or from a caller of ours.
@@ -300,18 +309,55 @@ impl Holdings {
         self.insert(file).await
     }
 
-    /// Marks a verified chunk (already written) and persists it, so a
-    /// restarted agent does not fetch it again.
+    /// Marks a verified chunk (already written): it is served and streamed
+    /// to watchers at once, and persisted (so a restarted agent does not
+    /// fetch it again) at most every [`SAVE_VERIFIED_EVERY`]; the download
+    /// calls [`Holdings::flush`] on its timer and when it stops.
     pub async fn mark_verified(&self, holding: &Holding, index: u32) -> Result<(), Error> {
-        let bitfield = {
+        {
             let mut state = holding.lock();
             if state.bitfield.get(index) {
                 return Ok(());
             }
             state.bitfield.set(index);
-            state.bitfield.clone()
-        };
+        }
         holding.changed();
+        let due = {
+            let mut saved = holding.saved.lock().unwrap_or_else(|e| e.into_inner());
+            saved.1 = true;
+            saved.0.is_none_or(|at| at.elapsed() >= SAVE_VERIFIED_EVERY)
+        };
+        if due {
+            self.flush(holding).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// [`Holdings::flush`] when the last write is [`SAVE_VERIFIED_EVERY`]
+    /// old (for a download's timer).
+    pub async fn flush_due(&self, holding: &Holding) -> Result<(), Error> {
+        let due = {
+            let saved = holding.saved.lock().unwrap_or_else(|e| e.into_inner());
+            saved.1 && saved.0.is_none_or(|at| at.elapsed() >= SAVE_VERIFIED_EVERY)
+        };
+        if due {
+            self.flush(holding).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes verified chunks not yet in the store.
+    pub async fn flush(&self, holding: &Holding) -> Result<(), Error> {
+        {
+            let mut saved = holding.saved.lock().unwrap_or_else(|e| e.into_inner());
+            if !saved.1 {
+                return Ok(());
+            }
+            *saved = (Some(std::time::Instant::now()), false);
+        }
+        let bitfield = holding.lock().bitfield.clone();
         self.store
             .save_verified_chunks(&holding.file_id, &bitfield)
             .await
@@ -392,5 +438,6 @@ fn holding_of(file: LocalFile) -> Holding {
         }),
         changes: watch::Sender::new(0),
         peers: Mutex::new(PeerBook::default()),
+        saved: Mutex::new((None, false)),
     }
 }

@@ -178,6 +178,17 @@ impl Swarm {
         progress: &watch::Sender<Progress>,
         cancel: &CancellationToken,
     ) -> Result<(), Error> {
+        let result = self.run_sources(progress, cancel).await;
+        let shared = &self.shared;
+        let flushed = shared.ctx.holdings.flush(&shared.holding).await;
+        result.and(flushed)
+    }
+
+    async fn run_sources(
+        &mut self,
+        progress: &watch::Sender<Progress>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Error> {
         let mut next_locate = tokio::time::Instant::now();
         let mut relocate_delay = RELOCATE_SOON;
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
@@ -221,6 +232,7 @@ impl Swarm {
                 }
                 _ = tick.tick() => {
                     self.publish(progress);
+                    self.shared.ctx.holdings.flush_due(&self.shared.holding).await?;
                     self.maybe_announce().await;
                     self.check_give_up().await?;
                 }
