@@ -36,7 +36,7 @@ use crate::stats::RATE_WINDOW_SECS;
 /// How often sources are located again while downloading. Sources tell us
 /// their new chunks and other peers themselves (`super::exchange`), so
 /// this only finds newcomers the swarm has not told us about yet.
-const RELOCATE_EVERY: Duration = Duration::from_secs(3);
+const RELOCATE_EVERY: Duration = Duration::from_secs(4);
 /// Locating again after running out of sources, at first.
 const RELOCATE_SOON: Duration = Duration::from_millis(300);
 /// Give up when, for this long, no chunk arrived and no source that has
@@ -52,8 +52,10 @@ const BAN_FAILED: Duration = Duration::from_secs(60);
 const BAN_BUSY: Duration = Duration::from_secs(2);
 /// How often the growing bitfield is announced to the index (checked every
 /// [`PROGRESS_EVERY`]). Only newcomers learn of our chunks this way: the
-/// peers watching us hear of each chunk as it is verified.
-const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+/// peers watching us hear of each chunk as it is verified. With
+/// [`RELOCATE_EVERY`] and the heartbeat this keeps a downloader under one
+/// index request per second.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 /// Most peers learnt from holdings streams that one download considers.
 const MAX_HINTED_PEERS: usize = 256;
 /// A source that lists this many unusable peers is banned and reported.

@@ -168,7 +168,9 @@ pub async fn serve_updates(
                     return;
                 }
             }
-            () = tokio::time::sleep_until(last_sent + KEEPALIVE_EVERY) => {}
+            // The peer book has no signal of its own: look at it every
+            // PEERS_EVERY (a complete source's bitfield never changes).
+            () = tokio::time::sleep_until((last_sent + KEEPALIVE_EVERY).min(peers_sent.1 + PEERS_EVERY)) => {}
         }
         tokio::time::sleep_until(last_sent + MIN_UPDATE_GAP).await;
         let still_held = holdings
@@ -202,10 +204,19 @@ pub async fn serve_updates(
             peers: Vec::new(),
         };
         let (version, _) = holding.known_peers(None, 0);
-        if version != peers_sent.0 && peers_sent.1.elapsed() >= PEERS_EVERY {
-            let (version, peers) = holding.known_peers(watcher.as_deref(), MAX_PEERS_PER_UPDATE);
-            update.peers = hints(peers);
+        if peers_sent.1.elapsed() >= PEERS_EVERY {
+            if version != peers_sent.0 {
+                let (_, peers) = holding.known_peers(watcher.as_deref(), MAX_PEERS_PER_UPDATE);
+                update.peers = hints(peers);
+            }
             peers_sent = (version, Instant::now());
+        }
+        if new.is_empty()
+            && update.peers.is_empty()
+            && complete == sent.is_complete()
+            && last_sent.elapsed() < KEEPALIVE_EVERY
+        {
+            continue;
         }
         // More than fit in one update (a jump after a pause): in several,
         // still at most one per gap.
