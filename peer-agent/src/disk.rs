@@ -199,17 +199,29 @@ pub async fn hash_into_manifest(
 
 /// Flushes the part file to disk, checks its whole-file hash and moves it
 /// to `destination` (rename, or copy then rename across filesystems). The
-/// destination name only ever holds a complete, verified file.
-pub async fn finalize(part: PartFile, expected: Hash, destination: PathBuf) -> Result<(), Error> {
+/// hash checked is `computed` when the caller built it from the chunks as
+/// they arrived (`download::tree`), else the file is read back and hashed.
+/// The destination name only ever holds a complete, verified file.
+pub async fn finalize(
+    part: PartFile,
+    expected: Hash,
+    computed: Option<Hash>,
+    destination: PathBuf,
+) -> Result<(), Error> {
     blocking(move || {
         let part_path = part.path.clone();
         part.file
             .sync_all()
             .map_err(|e| Error::io(format!("cannot flush {}", part_path.display()), e))?;
-        let reader = File::open(&part_path)
-            .map_err(|e| Error::io(format!("cannot reopen {}", part_path.display()), e))?;
-        let actual = hash_stream(reader, 4 << 20, &AtomicBool::new(false))
-            .map_err(|e| Error::io(format!("cannot read {}", part_path.display()), e))?;
+        let actual = match computed {
+            Some(hash) => hash,
+            None => {
+                let reader = File::open(&part_path)
+                    .map_err(|e| Error::io(format!("cannot reopen {}", part_path.display()), e))?;
+                hash_stream(reader, 4 << 20, &AtomicBool::new(false))
+                    .map_err(|e| Error::io(format!("cannot read {}", part_path.display()), e))?
+            }
+        };
         if actual != expected {
             return Err(Error::Corrupt(format!(
                 "every chunk matched the manifest but the whole file does not match its hash; the download of {} was discarded",
@@ -321,12 +333,17 @@ mod tests {
             .await
             .unwrap();
         let dest = dir.path().join("out/x");
-        let err = finalize(part.clone(), [0; 32], dest.clone()).await;
+        let err = finalize(part.clone(), [0; 32], None, dest.clone()).await;
         assert!(matches!(err, Err(Error::Corrupt(_))));
         assert!(!dest.exists());
-        finalize(part, *blake3::hash(b"0123456789").as_bytes(), dest.clone())
-            .await
-            .unwrap();
+        finalize(
+            part,
+            *blake3::hash(b"0123456789").as_bytes(),
+            None,
+            dest.clone(),
+        )
+        .await
+        .unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"0123456789");
         assert!(free_disk_bytes(dir.path()) > 0);
     }

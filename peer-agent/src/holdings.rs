@@ -5,12 +5,12 @@
 //! that no longer matches its [`Fingerprint`] is marked with a [`Problem`]
 //! and served no more (see [`crate::integrity`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use p2p_services::manifest::{Bitfield, FileId, Manifest};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::error::Error;
 use crate::integrity::{Fingerprint, Problem, compare};
@@ -24,6 +24,39 @@ pub struct Holding {
     /// The file's manifest.
     pub manifest: Arc<Manifest>,
     state: Mutex<HoldingState>,
+    /// Bumped whenever the bitfield changes, for holdings streams.
+    changes: watch::Sender<u64>,
+    peers: Mutex<PeerBook>,
+    /// When verified chunks were last written to the store, and whether
+    /// some have been verified since (see [`Holdings::mark_verified`]).
+    saved: Mutex<(Option<std::time::Instant>, bool)>,
+}
+
+/// Verified chunks are written to the store at most this often per file
+/// while downloading (and on [`Holdings::flush`]): a crash costs at most
+/// this much refetching, and a download does not write its whole bitfield
+/// once per chunk.
+pub const SAVE_VERIFIED_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A peer that holds (some of) a file, as this agent knows it: from the
+/// index, from a holdings stream, or from a caller of ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownPeer {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Where its PeerService answers, `ip:port` or `host:port`.
+    pub address: String,
+}
+
+/// Most peers remembered per file: the newest win.
+pub const MAX_KNOWN_PEERS: usize = 32;
+
+/// The peers known for one file, newest first, with a version that changes
+/// whenever the list does.
+#[derive(Debug, Default)]
+struct PeerBook {
+    peers: VecDeque<KnownPeer>,
+    version: u64,
 }
 
 /// The changing part of a [`Holding`].
@@ -87,6 +120,53 @@ impl Holding {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HoldingState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes whenever the bitfield does (a chunk verified, a reset, the
+    /// download finished).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Remembers a peer that holds this file (moving it to the front).
+    pub fn note_peer(&self, peer: KnownPeer) {
+        let mut book = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if book.peers.front() == Some(&peer) {
+            return;
+        }
+        book.peers
+            .retain(|p| p.peer_id != peer.peer_id && p.address != peer.address);
+        book.peers.push_front(peer);
+        book.peers.truncate(MAX_KNOWN_PEERS);
+        book.version += 1;
+    }
+
+    /// Forgets a peer that failed us.
+    pub fn forget_peer(&self, peer_id: &str) {
+        let mut book = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let before = book.peers.len();
+        book.peers.retain(|p| p.peer_id != peer_id);
+        if book.peers.len() != before {
+            book.version += 1;
+        }
+    }
+
+    /// The book's version and up to `max` known peers, newest first, but
+    /// not `except`.
+    pub fn known_peers(&self, except: Option<&str>, max: usize) -> (u64, Vec<KnownPeer>) {
+        let book = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let peers = book
+            .peers
+            .iter()
+            .filter(|p| Some(p.peer_id.as_str()) != except)
+            .take(max)
+            .cloned()
+            .collect();
+        (book.version, peers)
     }
 
     fn record(&self) -> LocalFile {
@@ -229,17 +309,55 @@ impl Holdings {
         self.insert(file).await
     }
 
-    /// Marks a verified chunk (already written) and persists it, so a
-    /// restarted agent does not fetch it again.
+    /// Marks a verified chunk (already written): it is served and streamed
+    /// to watchers at once, and persisted (so a restarted agent does not
+    /// fetch it again) at most every [`SAVE_VERIFIED_EVERY`]; the download
+    /// calls [`Holdings::flush`] on its timer and when it stops.
     pub async fn mark_verified(&self, holding: &Holding, index: u32) -> Result<(), Error> {
-        let bitfield = {
+        {
             let mut state = holding.lock();
             if state.bitfield.get(index) {
                 return Ok(());
             }
             state.bitfield.set(index);
-            state.bitfield.clone()
+        }
+        holding.changed();
+        let due = {
+            let mut saved = holding.saved.lock().unwrap_or_else(|e| e.into_inner());
+            saved.1 = true;
+            saved.0.is_none_or(|at| at.elapsed() >= SAVE_VERIFIED_EVERY)
         };
+        if due {
+            self.flush(holding).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// [`Holdings::flush`] when the last write is [`SAVE_VERIFIED_EVERY`]
+    /// old (for a download's timer).
+    pub async fn flush_due(&self, holding: &Holding) -> Result<(), Error> {
+        let due = {
+            let saved = holding.saved.lock().unwrap_or_else(|e| e.into_inner());
+            saved.1 && saved.0.is_none_or(|at| at.elapsed() >= SAVE_VERIFIED_EVERY)
+        };
+        if due {
+            self.flush(holding).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes verified chunks not yet in the store.
+    pub async fn flush(&self, holding: &Holding) -> Result<(), Error> {
+        {
+            let mut saved = holding.saved.lock().unwrap_or_else(|e| e.into_inner());
+            if !saved.1 {
+                return Ok(());
+            }
+            *saved = (Some(std::time::Instant::now()), false);
+        }
+        let bitfield = holding.lock().bitfield.clone();
         self.store
             .save_verified_chunks(&holding.file_id, &bitfield)
             .await
@@ -253,6 +371,7 @@ impl Holdings {
             state.bitfield = Bitfield::empty(holding.manifest.chunk_count());
             state.bitfield.clone()
         };
+        holding.changed();
         self.store
             .save_verified_chunks(&holding.file_id, &bitfield)
             .await
@@ -273,6 +392,7 @@ impl Holdings {
             state.problem = None;
             state.withdrawn = false;
         }
+        holding.changed();
         self.store.save(&holding.record()).await
     }
 
@@ -316,5 +436,8 @@ fn holding_of(file: LocalFile) -> Holding {
             problem: None,
             withdrawn: false,
         }),
+        changes: watch::Sender::new(0),
+        peers: Mutex::new(PeerBook::default()),
+        saved: Mutex::new((None, false)),
     }
 }

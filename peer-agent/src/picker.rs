@@ -39,6 +39,8 @@ pub struct Picker {
     in_flight: HashMap<u32, Vec<SourceKey>>,
     seed: u32,
     stripe: Stripe,
+    /// Complete sources that choose which chunks to send (seeders), sorted.
+    choosers: Vec<SourceKey>,
 }
 
 /// This downloader's share of the file among `count` concurrent downloaders.
@@ -79,6 +81,8 @@ impl Stripe {
 
 /// Fixed, so every downloader computes the same stripes.
 const STRIPE_SEED: u32 = 0x5f37_59df;
+/// Splits the seeders' pool among several seeders.
+const CHOOSER_SEED: u32 = 0x2545_f491;
 
 impl Picker {
     /// A picker for a file of which `have` is already verified. `seed`
@@ -95,6 +99,7 @@ impl Picker {
             have,
             sources: HashMap::new(),
             in_flight: HashMap::new(),
+            choosers: Vec::new(),
         }
     }
 
@@ -114,8 +119,78 @@ impl Picker {
         self.sources.insert(key, holds);
     }
 
+    /// Adds chunks a source just verified (its HAVE messages). Unknown
+    /// sources and indexes past the end are ignored.
+    pub fn add_held(&mut self, key: SourceKey, indexes: &[u32]) {
+        let Some(holds) = self.sources.get_mut(&key) else {
+            return;
+        };
+        for &i in indexes {
+            if i < holds.len() && !holds.get(i) {
+                holds.set(i);
+                self.availability[i as usize] += 1;
+            }
+        }
+    }
+
+    /// Makes `key` (a complete source) one that chooses its chunks, or
+    /// stops that.
+    pub fn set_chooser(&mut self, key: SourceKey, chooses: bool) {
+        self.choosers.retain(|k| *k != key);
+        if chooses {
+            self.choosers.push(key);
+            self.choosers.sort_unstable();
+        }
+    }
+
+    /// What chooser `key` is asked to choose from (a seeder, see
+    /// `download::seeding`): the missing chunks nobody is fetching that no
+    /// source but the choosers holds, so the swarm's copies come from the
+    /// downloaders themselves; with several choosers each gets its own
+    /// share of those, so two seeders do not send the same chunk. `None`
+    /// when there are none: the other sources can give the rest.
+    pub fn seed_pool(&self, key: SourceKey) -> Option<Bitfield> {
+        let holds = self.sources.get(&key)?;
+        let choosers = self.choosers.len() as u32;
+        let rank = self.choosers.iter().position(|k| *k == key)? as u32;
+        let only_choosers = |i: u32| {
+            holds.get(i)
+                && self.availability[i as usize] <= choosers
+                && !self.in_flight.contains_key(&i)
+        };
+        let share = |i: u32| choosers <= 1 || tie_order(i, CHOOSER_SEED) % choosers == rank;
+        let mut pool = Bitfield::empty(self.have.len());
+        let mut any = false;
+        for i in self
+            .have
+            .missing()
+            .filter(|&i| only_choosers(i) && share(i))
+        {
+            pool.set(i);
+            any = true;
+        }
+        if !any && choosers > 1 {
+            for i in self.have.missing().filter(|&i| only_choosers(i)) {
+                pool.set(i);
+                any = true;
+            }
+        }
+        any.then_some(pool)
+    }
+
+    /// Marks chunks a choosing source is about to send as in flight from it.
+    pub fn claim(&mut self, key: SourceKey, index: u32) {
+        if !self.have.get(index) {
+            let fetchers = self.in_flight.entry(index).or_default();
+            if !fetchers.contains(&key) {
+                fetchers.push(key);
+            }
+        }
+    }
+
     /// Forgets a source and releases the chunks it was fetching.
     pub fn remove_source(&mut self, key: SourceKey) {
+        self.choosers.retain(|k| *k != key);
         if let Some(old) = self.sources.remove(&key) {
             for i in old.held() {
                 self.availability[i as usize] -= 1;
@@ -177,6 +252,12 @@ impl Picker {
         picked
     }
 
+    /// Whether every missing chunk is being fetched (the endgame, where
+    /// outstanding chunks may be asked of a second source).
+    pub fn in_endgame(&self) -> bool {
+        self.all_missing_in_flight()
+    }
+
     fn all_missing_in_flight(&self) -> bool {
         self.have.missing().all(|i| self.in_flight.contains_key(&i))
     }
@@ -231,7 +312,7 @@ impl Picker {
 
 /// A per-seed pseudo-random permutation key for chunk `index`: a bijective
 /// 32-bit mix (the finaliser of MurmurHash3), so ties never tie again.
-fn tie_order(index: u32, seed: u32) -> u32 {
+pub(crate) fn tie_order(index: u32, seed: u32) -> u32 {
     let mut x = index ^ seed;
     x ^= x >> 16;
     x = x.wrapping_mul(0x85eb_ca6b);
@@ -267,6 +348,43 @@ pub fn to_ranges(indexes: &[u32]) -> Vec<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seeder_is_asked_to_choose_only_among_chunks_nobody_else_has() {
+        let mut picker = Picker::new(Bitfield::empty(6), 1);
+        picker.upsert_source(1, Bitfield::full(6));
+        picker.set_chooser(1, true);
+        let mut peer = Bitfield::empty(6);
+        peer.set(0);
+        picker.upsert_source(2, peer);
+        picker.add_held(2, &[1, 99]);
+        let pool = picker.seed_pool(1).unwrap();
+        assert_eq!(pool.held().collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+        let mut from_peer = picker.pick(2, 8);
+        from_peer.sort_unstable();
+        assert_eq!(from_peer, vec![0, 1]);
+        picker.claim(1, 2);
+        let pool = picker.seed_pool(1).unwrap();
+        assert_eq!(pool.held().collect::<Vec<_>>(), vec![3, 4, 5]);
+        for i in 0..6 {
+            picker.received(i);
+        }
+        assert!(picker.seed_pool(1).is_none());
+    }
+
+    #[test]
+    fn two_seeders_are_given_different_chunks_to_choose_from() {
+        let mut picker = Picker::new(Bitfield::empty(64), 1);
+        for key in [1, 2] {
+            picker.upsert_source(key, Bitfield::full(64));
+            picker.set_chooser(key, true);
+        }
+        let (a, b) = (picker.seed_pool(1).unwrap(), picker.seed_pool(2).unwrap());
+        assert!(a.held().all(|i| !b.get(i)));
+        assert_eq!(a.count() + b.count(), 64);
+        picker.remove_source(2);
+        assert_eq!(picker.seed_pool(1).unwrap().count(), 64);
+    }
 
     fn field(len: u32, held: &[u32]) -> Bitfield {
         let mut f = Bitfield::empty(len);

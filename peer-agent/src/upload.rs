@@ -1,6 +1,9 @@
-//! The chunk server: `p2p.peer.v1.PeerService/FetchChunks`.
+//! The chunk server: `p2p.peer.v1.PeerService/FetchChunks`, and the source
+//! end of `WatchHoldings` (see `crate::download::exchange`).
 //!
-//! The token is checked by `RequireAuth` before a call gets here. Each
+//! The token and proof are checked by `RequireAuth` once per call, before
+//! a call gets here. A FetchChunks call names its chunks, or asks for "any
+//! n of these" and the source chooses (`crate::download::seeding`). Each
 //! stream has one producer task, owned by the response stream (aborted when
 //! tonic drops it, i.e. when the caller goes away), that reads a chunk from
 //! disk and hands it over through a channel of capacity one: at most two
@@ -17,18 +20,21 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use p2p_proto::peer::v1::peer_service_server::PeerService;
-use p2p_proto::peer::v1::{Chunk, FetchChunksRequest};
-use p2p_services::manifest::FileId;
+use p2p_proto::peer::v1::{Chunk, FetchChunksRequest, HoldingsUpdate, WatchHoldingsRequest};
+use p2p_services::manifest::{Bitfield, FileId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::download::seeding::SeedChoice;
 use crate::holdings::{Holding, Holdings};
 use crate::rate::TokenBucket;
 use crate::stats::{ActiveUpload, Stats};
 
 /// Most chunks one FetchChunks request may ask for.
 pub const MAX_CHUNKS_PER_REQUEST: u64 = 1024;
+/// Most holdings streams served at once (they are cheap: no disk reads).
+pub const MAX_WATCHERS: usize = 512;
 
 /// What the chunk server needs; shared with the session for load reports.
 #[derive(Debug)]
@@ -47,6 +53,9 @@ pub struct Uploads {
     /// Fault injection: corrupt every chunk served.
     corrupt: bool,
     shutdown: CancellationToken,
+    /// What each file's "any n" callers were handed, per file.
+    seeding: std::sync::Mutex<std::collections::HashMap<FileId, SeedChoice>>,
+    watchers: Arc<Semaphore>,
 }
 
 impl Uploads {
@@ -69,6 +78,29 @@ impl Uploads {
             stats,
             corrupt,
             shutdown,
+            seeding: std::sync::Mutex::new(std::collections::HashMap::new()),
+            watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
+        }
+    }
+
+    fn seeding(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<FileId, SeedChoice>> {
+        self.seeding.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Chooses up to `n` of the chunks a caller lacks for it (see
+    /// [`SeedChoice`]).
+    fn choose(&self, holding: &Holding, lacks: &Bitfield, n: usize) -> Vec<u32> {
+        let held = holding.snapshot().bitfield;
+        let mut seeding = self.seeding();
+        seeding
+            .entry(holding.file_id.clone())
+            .or_insert_with(|| SeedChoice::new(holding.manifest.chunk_count(), rand::random()))
+            .choose(lacks, &held, n)
+    }
+
+    fn unsend(&self, file: &FileId, index: u32) {
+        if let Some(choice) = self.seeding().get_mut(file) {
+            choice.unsend(index);
         }
     }
 }
@@ -130,6 +162,8 @@ impl ChunkServer {
 }
 
 struct StreamState {
+    /// The source chose the chunks: give back those not sent.
+    chosen: bool,
     uploads: Arc<Uploads>,
     holding: Arc<Holding>,
     indexes: std::vec::IntoIter<u32>,
@@ -137,11 +171,69 @@ struct StreamState {
     _active: ActiveUpload,
 }
 
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        if self.chosen {
+            for i in self.indexes.by_ref() {
+                self.uploads.unsend(&self.holding.file_id, i);
+            }
+        }
+    }
+}
+
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<HoldingsUpdate, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl PeerService for ChunkServer {
     type FetchChunksStream = ChunkStream;
+    type WatchHoldingsStream = UpdateStream;
+
+    async fn watch_holdings(
+        &self,
+        request: Request<WatchHoldingsRequest>,
+    ) -> Result<Response<Self::WatchHoldingsStream>, Status> {
+        let from = request.remote_addr().map(|a| a.ip());
+        let request = request.into_inner();
+        let file_id =
+            FileId::parse(&request.file_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let holding =
+            self.uploads.holdings.get(&file_id).ok_or_else(|| {
+                Status::not_found(format!("this agent does not hold file {file_id}"))
+            })?;
+        if !self.uploads.holdings.verify(&holding) {
+            return Err(gone(&holding));
+        }
+        let permit = self.uploads.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "agent is serving its maximum of {MAX_WATCHERS} holdings streams; rely on the index"
+            ))
+        })?;
+        let caller = crate::download::exchange::caller_hint(request.caller.as_ref(), from);
+        let watcher = caller.as_ref().map(|c| c.peer_id.clone());
+        if let Some(caller) = caller {
+            holding.note_peer(caller);
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let uploads = self.uploads.clone();
+        let producer = tokio::spawn(async move {
+            let _permit = permit;
+            crate::download::exchange::serve_updates(
+                holding,
+                uploads.holdings.clone(),
+                watcher,
+                tx,
+                uploads.stall_timeout,
+                uploads.shutdown.clone(),
+            )
+            .await;
+        });
+        let stream = OwnedStream {
+            chunks: tokio_stream::wrappers::ReceiverStream::new(rx),
+            _producer: AbortOnDrop(producer),
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
 
     async fn fetch_chunks(
         &self,
@@ -157,27 +249,58 @@ impl PeerService for ChunkServer {
         if !self.uploads.holdings.verify(&holding) {
             return Err(gone(&holding));
         }
-        let ranges: Vec<(u32, u32)> = request.ranges.iter().map(|r| (r.start, r.count)).collect();
-        let indexes =
+        let chosen = request.ranges.is_empty() && !request.any_of.is_empty();
+        let indexes = if chosen {
+            let lacks = Bitfield::from_bytes(&request.any_of, holding.manifest.chunk_count())
+                .map_err(|e| Status::invalid_argument(format!("any_of: {e}")))?;
+            let n = request.any_count;
+            if n == 0 || u64::from(n) > MAX_CHUNKS_PER_REQUEST {
+                return Err(Status::invalid_argument(format!(
+                    "any_count is {n}; ask for 1 to {MAX_CHUNKS_PER_REQUEST} chunks"
+                )));
+            }
+            let indexes = self.uploads.choose(&holding, &lacks, n as usize);
+            let held = holding.snapshot().bitfield;
+            if indexes.is_empty() && !lacks.held().any(|i| held.get(i)) {
+                return Err(Status::not_found(format!(
+                    "this agent holds none of the chunks asked for of file {file_id}"
+                )));
+            }
+            // Empty: all of them were just handed to others (an empty
+            // stream says "from your peers").
+            indexes
+        } else {
+            let ranges: Vec<(u32, u32)> =
+                request.ranges.iter().map(|r| (r.start, r.count)).collect();
             requested_chunks(&ranges, holding.manifest.chunk_count()).map_err(|e| match e {
                 RangeError::PastEnd { .. } => Status::out_of_range(e.to_string()),
                 _ => Status::invalid_argument(e.to_string()),
-            })?;
+            })?
+        };
         if let Some(missing) = indexes.iter().find(|&&i| holding.chunk_source(i).is_none()) {
             return Err(Status::not_found(format!(
                 "this agent does not hold chunk {missing} of file {file_id}"
             )));
         }
         let permit = match &self.uploads.slots {
-            Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| {
-                Status::resource_exhausted(format!(
-                    "agent is serving its maximum of {} uploads; try another source",
-                    self.uploads.max_uploads
-                ))
-            })?),
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    if chosen {
+                        for &i in &indexes {
+                            self.uploads.unsend(&file_id, i);
+                        }
+                    }
+                    return Err(Status::resource_exhausted(format!(
+                        "agent is serving its maximum of {} uploads; try another source",
+                        self.uploads.max_uploads
+                    )));
+                }
+            },
             None => None,
         };
         let state = StreamState {
+            chosen,
             _active: ActiveUpload::start(self.uploads.stats.clone()),
             uploads: self.uploads.clone(),
             holding,
@@ -230,14 +353,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The response stream: the chunks, and ownership of their producer.
-struct OwnedStream {
-    chunks: tokio_stream::wrappers::ReceiverStream<Result<Chunk, Status>>,
+/// A response stream: the messages, and ownership of their producer.
+struct OwnedStream<T> {
+    chunks: tokio_stream::wrappers::ReceiverStream<Result<T, Status>>,
     _producer: AbortOnDrop,
 }
 
-impl Stream for OwnedStream {
-    type Item = Result<Chunk, Status>;
+impl<T> Stream for OwnedStream<T> {
+    type Item = Result<T, Status>;
 
     fn poll_next(
         mut self: Pin<&mut Self>,

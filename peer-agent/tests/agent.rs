@@ -18,6 +18,7 @@ fn fetch(file_id: &str, start: u32, count: u32) -> FetchChunksRequest {
     FetchChunksRequest {
         file_id: file_id.into(),
         ranges: vec![ChunkRange { start, count }],
+        ..Default::default()
     }
 }
 

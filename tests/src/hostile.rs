@@ -2,7 +2,8 @@
 //! registered at the index as a peer of a real user and claims to hold a
 //! file completely, then answers FetchChunks with wrong bytes, short
 //! chunks, chunks for indexes nobody asked for, or a stream that never
-//! ends.
+//! ends; or lies on its holdings stream (`WatchHoldings`): claims chunks it
+//! does not serve, floods updates, lists junk peer addresses.
 //!
 //! Ownership: a [`HostilePeer`] owns its server task and its heartbeat task
 //! in a `JoinSet`; both are aborted when it drops (the server is also told
@@ -20,7 +21,9 @@ use p2p_proto::index::v1::{
     GetFileRequest, HeartbeatRequest, RegisterPeerRequest, UpdateHoldingsRequest,
 };
 use p2p_proto::peer::v1::peer_service_server::{PeerService, PeerServiceServer};
-use p2p_proto::peer::v1::{Chunk, FetchChunksRequest};
+use p2p_proto::peer::v1::{
+    Chunk, FetchChunksRequest, HoldingsUpdate, PeerHint, WatchHoldingsRequest,
+};
 use p2p_services::client::with_bearer;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
@@ -40,7 +43,26 @@ pub enum Misbehaviour {
     /// Genuine chunks: a rogue that only records the credentials its
     /// callers present.
     Honest,
+    /// Registered at the index with chunk 0 only, which it serves; claims
+    /// every chunk on its holdings stream and answers NOT_FOUND for the rest.
+    FalseClaims,
+    /// Genuine chunks, but holdings updates as fast as the stream takes them.
+    FloodUpdates,
+    /// Genuine chunks, and every update lists junk peer addresses.
+    JunkPeers,
 }
+
+/// Addresses no agent may dial because a peer said so.
+pub const JUNK_ADDRESSES: [&str; 8] = [
+    "169.254.169.254:80",
+    "0.0.0.0:7000",
+    "evil.example:443",
+    "224.0.0.1:7000",
+    "255.255.255.255:7000",
+    "[fe80::1]:7000",
+    "10.0.0.1:0",
+    "not an address",
+];
 
 /// Most credentials a hostile peer keeps.
 const MAX_RECORDED_CREDENTIALS: usize = 64;
@@ -58,6 +80,10 @@ pub struct HostileStats {
     /// The `authorization` and peer-proof values callers sent, first ones
     /// first.
     pub credentials: std::sync::Mutex<Vec<(String, Option<String>)>>,
+    /// Holdings updates produced.
+    pub updates_sent: AtomicU64,
+    /// Holdings streams not yet dropped by the server.
+    pub open_watches: AtomicI64,
 }
 
 impl HostileStats {
@@ -74,6 +100,16 @@ impl HostileStats {
     /// Chunk messages produced so far.
     pub fn chunks_sent(&self) -> u64 {
         self.chunks_sent.load(Ordering::Relaxed)
+    }
+
+    /// Holdings updates produced so far.
+    pub fn updates_sent(&self) -> u64 {
+        self.updates_sent.load(Ordering::Relaxed)
+    }
+
+    /// Holdings streams still open.
+    pub fn open_watches(&self) -> i64 {
+        self.open_watches.load(Ordering::Relaxed)
     }
 
     /// The bearer tokens callers sent so far, each with the peer proof
@@ -132,7 +168,11 @@ impl HostileService {
                     data: self.genuine(other).into(),
                 }
             }
-            Misbehaviour::Endless | Misbehaviour::Honest => Chunk {
+            Misbehaviour::Endless
+            | Misbehaviour::Honest
+            | Misbehaviour::FalseClaims
+            | Misbehaviour::FloodUpdates
+            | Misbehaviour::JunkPeers => Chunk {
                 index,
                 data: self.genuine(index).into(),
             },
@@ -149,11 +189,79 @@ impl Drop for OpenStream {
     }
 }
 
+/// Decrements the open-watch count when the server drops a holdings stream.
+struct OpenWatch(Arc<HostileStats>);
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.open_watches.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn junk_peers() -> Vec<PeerHint> {
+    JUNK_ADDRESSES
+        .iter()
+        .enumerate()
+        .map(|(i, address)| PeerHint {
+            peer_id: format!("junk-{i}"),
+            address: (*address).to_string(),
+        })
+        .collect()
+}
+
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<HoldingsUpdate, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl PeerService for HostileService {
     type FetchChunksStream = ChunkStream;
+    type WatchHoldingsStream = UpdateStream;
+
+    async fn watch_holdings(
+        &self,
+        _request: Request<WatchHoldingsRequest>,
+    ) -> Result<Response<UpdateStream>, Status> {
+        let misbehaviour = self.misbehaviour;
+        if !matches!(
+            misbehaviour,
+            Misbehaviour::FalseClaims | Misbehaviour::FloodUpdates | Misbehaviour::JunkPeers
+        ) {
+            return Err(Status::unimplemented("this peer does not watch holdings"));
+        }
+        self.stats.open_watches.fetch_add(1, Ordering::Relaxed);
+        let guard = OpenWatch(self.stats.clone());
+        let stats = self.stats.clone();
+        let stream = futures::stream::unfold((0u64, guard), move |(n, guard)| {
+            let stats = stats.clone();
+            async move {
+                let mut update = HoldingsUpdate {
+                    complete: n == 0,
+                    ..Default::default()
+                };
+                match misbehaviour {
+                    Misbehaviour::FloodUpdates => {
+                        if n > 0 {
+                            update.have = vec![0];
+                        }
+                    }
+                    Misbehaviour::JunkPeers => {
+                        if n > 0 {
+                            tokio::time::sleep(Duration::from_millis(150)).await;
+                        }
+                        update.peers = junk_peers();
+                    }
+                    _ => {
+                        if n > 0 {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                stats.updates_sent.fetch_add(1, Ordering::Relaxed);
+                Some((Ok(update), (n + 1, guard)))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
 
     async fn fetch_chunks(
         &self,
@@ -180,6 +288,16 @@ impl PeerService for HostileService {
             }
         }
         let count = self.chunk_count();
+        if self.misbehaviour == Misbehaviour::FalseClaims {
+            let request = request.get_ref();
+            if let Some(r) = request.ranges.iter().find(|r| r.start > 0 || r.count > 1) {
+                let chunk = r.start.max(1);
+                return Err(Status::not_found(format!(
+                    "this agent does not hold chunk {chunk} of file {}",
+                    request.file_id
+                )));
+            }
+        }
         let asked: Vec<u32> = request
             .into_inner()
             .ranges
@@ -288,11 +406,29 @@ impl HostilePeer {
             .peer_id;
         index
             .update_holdings(with_bearer(
-                UpdateHoldingsRequest {
-                    peer_id: peer_id.clone(),
-                    file_id: file_id.into(),
-                    bitfield: Vec::new(),
-                    complete: true,
+                if misbehaviour == Misbehaviour::FalseClaims {
+                    let mut first = vec![
+                        0u8;
+                        (manifest
+                            .size_bytes
+                            .div_ceil(manifest.chunk_size_bytes.max(1).into())
+                            as usize)
+                            .div_ceil(8)
+                    ];
+                    first[0] = 0x80;
+                    UpdateHoldingsRequest {
+                        peer_id: peer_id.clone(),
+                        file_id: file_id.into(),
+                        bitfield: first,
+                        complete: false,
+                    }
+                } else {
+                    UpdateHoldingsRequest {
+                        peer_id: peer_id.clone(),
+                        file_id: file_id.into(),
+                        bitfield: Vec::new(),
+                        complete: true,
+                    }
                 },
                 token,
             ))

@@ -152,6 +152,7 @@ async fn what_a_rogue_source_records_is_refused_everywhere_else() {
         let fetch = FetchChunksRequest {
             file_id: id.clone(),
             ranges: vec![ChunkRange { start: 0, count: 1 }],
+            ..Default::default()
         };
         let refused = cluster
             .peer_client(alice.peer_addr())
@@ -170,6 +171,7 @@ async fn what_a_rogue_source_records_is_refused_everywhere_else() {
         .fetch_chunks(fresh.request(FetchChunksRequest {
             file_id: id.clone(),
             ranges: vec![ChunkRange { start: 0, count: 1 }],
+            ..Default::default()
         }))
         .await
         .expect("a fresh credential for alice is accepted")

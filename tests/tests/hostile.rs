@@ -1,7 +1,9 @@
 //! Hostile and broken peers on loopback: a registered peer that lies about
 //! its data (wrong bytes, short chunks, chunks nobody asked for, a stream
 //! that never ends), a caller that opens FetchChunks streams and never
-//! reads them, and a caller whose token comes from another deployment.
+//! reads them, a caller whose token comes from another deployment, and
+//! peers that lie on their holdings stream (false claims, floods, junk
+//! peer addresses).
 //! None of them may corrupt a file, pin unbounded memory or block
 //! well-behaved peers; every test ends with the "nothing lost" audit.
 
@@ -127,6 +129,88 @@ async fn download_survives(misbehaviour: Misbehaviour, seed: u64) {
     assert_nothing_lost(cluster.index_client(), &token, &[id], &honest).await;
 }
 
+/// One honest seeder (alice), one peer that lies on its holdings stream
+/// (registered as mallory), one downloader (bob): the file is correct, the
+/// liar is reported, and it is left with no open holdings stream.
+async fn holdings_liar_is_reported(misbehaviour: Misbehaviour, seed: u64) {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let alice = cluster
+        .add_user_agent(
+            "alice",
+            AgentOptions::default().max_upload_rate(HONEST_RATE),
+        )
+        .await;
+    let bob = cluster.add_user_agent("bob", AgentOptions::default()).await;
+    cluster.create_user("mallory", false).await;
+    let original = random_file(&cluster.scratch_dir("input"), FILE_BYTES, seed);
+    let id = alice.share(&original).await;
+    let mallory = cluster.access_token("mallory", USER_PASSWORD).await;
+    let hostile = HostilePeer::start(
+        misbehaviour,
+        std::fs::read(&original).expect("read the original"),
+        cluster.index_client(),
+        &mallory,
+        &id,
+        Some(cluster.loopback_identity("mallory-rogue")),
+    )
+    .await;
+
+    let dest = cluster.scratch_dir("out").join("copy.bin");
+    let got = tokio::time::timeout(DOWNLOAD_TIMEOUT, bob.get(&id, &dest))
+        .await
+        .unwrap_or_else(|_| panic!("the download hung with a {misbehaviour:?} peer"));
+    assert_same_content(&original, &got);
+    eprintln!(
+        "{misbehaviour:?} peer: {} requests, {} chunks, {} holdings updates sent",
+        hostile.stats().requests(),
+        hostile.stats().chunks_sent(),
+        hostile.stats().updates_sent(),
+    );
+    assert!(
+        hostile.stats().updates_sent() > 0,
+        "the hostile peer's holdings stream was never opened, so the test proves nothing"
+    );
+    let token = cluster.access_token("bob", USER_PASSWORD).await;
+    eventually(
+        Duration::from_secs(15),
+        "the index to record a bad report against the hostile peer",
+        || async {
+            let reason = index_reason(&cluster, &token, &id, hostile.peer_id()).await?;
+            reason.contains("bad report").then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "the downloader to hang up on the hostile holdings stream",
+        || async { (hostile.stats().open_watches() == 0).then_some(()) },
+    )
+    .await;
+    let sent = hostile.stats().updates_sent();
+    assert!(
+        sent < 100_000,
+        "{sent} holdings updates were taken from a flooding peer"
+    );
+
+    let honest = [HonestAgent::of(&alice).await, HonestAgent::of(&bob).await];
+    assert_nothing_lost(cluster.index_client(), &token, &[id], &honest).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_claims_chunks_it_does_not_serve_is_reported() {
+    holdings_liar_is_reported(Misbehaviour::FalseClaims, 31).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_floods_holdings_updates_is_cut_off_and_reported() {
+    holdings_liar_is_reported(Misbehaviour::FloodUpdates, 32).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_lists_junk_addresses_is_reported() {
+    holdings_liar_is_reported(Misbehaviour::JunkPeers, 33).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_bytes_are_rejected_reported_and_the_file_is_correct() {
     download_survives(Misbehaviour::WrongBytes, 61).await;
@@ -189,6 +273,7 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
             start: 0,
             count: info.chunk_count.min(1024),
         }],
+        ..Default::default()
     };
 
     // Each unread stream on its own connection, as separate attackers
@@ -246,6 +331,7 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
     let two = FetchChunksRequest {
         file_id: id.clone(),
         ranges: vec![ChunkRange { start: 0, count: 2 }],
+        ..Default::default()
     };
     let started = Instant::now();
     let answer = tokio::time::timeout(
@@ -282,6 +368,7 @@ async fn unread_streams_keep_agent_memory_bounded_and_others_are_answered_quickl
     let one = FetchChunksRequest {
         file_id: id.clone(),
         ranges: vec![ChunkRange { start: 0, count: 1 }],
+        ..Default::default()
     };
     eventually(
         Duration::from_secs(30),
@@ -339,6 +426,7 @@ async fn a_token_from_another_deployment_is_unauthenticated() {
     let fetch = FetchChunksRequest {
         file_id: id.clone(),
         ranges: vec![ChunkRange { start: 0, count: 1 }],
+        ..Default::default()
     };
     let attempts = [
         ("access", with_bearer(fetch.clone(), &foreign)),

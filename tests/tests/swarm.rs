@@ -1,13 +1,50 @@
 //! The five steps end to end across real processes: share on one agent,
-//! list and download on others, and partial holders serving while they
-//! still download.
+//! list and download on others, partial holders serving while they still
+//! download, downloads that go on without the index once peers exchange
+//! holdings directly, and a seeder that uploads about one copy.
 
 use p2p_tests::AgentHandle as _;
 use std::time::Duration;
 
 use p2p_tests::{
-    AgentOptions, Cluster, ClusterOptions, assert_same_content, eventually, random_file,
+    Agent, AgentOptions, Cluster, ClusterOptions, assert_same_content, eventually, random_file,
 };
+
+/// A seeder limited to `seeder_rate` and `n` downloaders, the file shared.
+async fn swarm(
+    cluster: &Cluster,
+    seeder_rate: &str,
+    n: usize,
+    size: usize,
+) -> (Agent, Vec<Agent>, std::path::PathBuf, String) {
+    let seeder = cluster
+        .add_user_agent(
+            "seeder",
+            AgentOptions::default().max_upload_rate(seeder_rate),
+        )
+        .await;
+    let mut downloaders = Vec::new();
+    for i in 0..n {
+        downloaders.push(
+            cluster
+                .add_user_agent(&format!("leech{i}"), AgentOptions::default())
+                .await,
+        );
+    }
+    let input = cluster.scratch_dir("input");
+    let original = random_file(&input, size, 7);
+    let id = seeder.share(&original).await;
+    (seeder, downloaders, original, id)
+}
+
+/// Every downloader gets `id`, all at once; returns where each put it.
+async fn get_all(cluster: &Cluster, downloaders: &[Agent], id: &str) -> Vec<std::path::PathBuf> {
+    let gets = downloaders.iter().enumerate().map(|(i, d)| {
+        let dest = cluster.scratch_dir(&format!("out{i}")).join("copy.bin");
+        async move { d.get(id, &dest).await }
+    });
+    futures::future::join_all(gets).await
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shared_file_is_listed_on_another_agent_and_downloads_byte_for_byte() {
@@ -97,4 +134,77 @@ async fn a_finished_download_is_offered_as_a_source() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn downloads_finish_when_the_index_dies_after_every_downloader_started() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let size = 24 * 1024 * 1024;
+    let (_seeder, downloaders, original, id) = swarm(&cluster, "6MiB", 3, size).await;
+    let dests: Vec<_> = (0..downloaders.len())
+        .map(|i| cluster.scratch_dir(&format!("out{i}")).join("copy.bin"))
+        .collect();
+
+    let gets = futures::future::join_all(
+        downloaders
+            .iter()
+            .zip(&dests)
+            .map(|(d, dest)| d.get(&id, dest)),
+    );
+    let kill = async {
+        for d in &downloaders {
+            eventually(
+                Duration::from_secs(20),
+                "every downloader started",
+                || async {
+                    let counters = d.status().await.counters.unwrap_or_default();
+                    (counters.bytes_downloaded > 0).then_some(())
+                },
+            )
+            .await;
+        }
+        cluster.stop_index();
+        let mut have = Vec::new();
+        for d in &downloaders {
+            have.push(
+                d.status()
+                    .await
+                    .counters
+                    .unwrap_or_default()
+                    .bytes_downloaded,
+            );
+        }
+        have
+    };
+    let (done, have_at_kill) = tokio::join!(gets, kill);
+    assert!(
+        have_at_kill.iter().all(|&h| h < size as u64),
+        "a download finished before the index died, proving nothing: {have_at_kill:?}"
+    );
+    for got in done {
+        assert_same_content(&original, &got);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_limited_seeder_uploads_about_one_copy_to_four_downloaders() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let size = 32 * 1024 * 1024;
+    let (seeder, downloaders, original, id) = swarm(&cluster, "16MiB", 4, size).await;
+
+    for got in get_all(&cluster, &downloaders, &id).await {
+        assert_same_content(&original, &got);
+    }
+
+    let uploaded = seeder
+        .status()
+        .await
+        .counters
+        .unwrap_or_default()
+        .bytes_uploaded;
+    let copies = uploaded as f64 / size as f64;
+    assert!(
+        copies <= 1.05,
+        "the seeder uploaded {uploaded} bytes, {copies:.3} copies of the file; at most 1.05"
+    );
 }

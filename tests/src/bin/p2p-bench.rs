@@ -3,8 +3,10 @@
 //!
 //! - `swarm`: an emulated LAN (network namespaces, links shaped with `tc`),
 //!   one seeder and N downloaders fetching the same file at once, against a
-//!   central HTTP server on the seeder host in the same run, and against the
-//!   Kurose & Ross lower bounds. Needs root.
+//!   central HTTP server on the seeder host and BitTorrent (aria2c with
+//!   opentracker) on the same LAN in the same run, and against the
+//!   Kurose & Ross lower bounds; with index requests per downloader per
+//!   second and agents' CPU-seconds per GiB delivered. Needs root.
 //! - `datapath`: one FetchChunks source to one downloader on loopback,
 //!   against a raw TCP copy of the same bytes between two processes, with
 //!   the peak RSS of both agents.
@@ -47,7 +49,7 @@ enum Bench {
     /// Swarm distribution on an emulated LAN vs HTTP and the theoretical bounds (root).
     Swarm {
         /// Downloader counts, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "4,8,16")]
+        #[arg(long, value_delimiter = ',', default_value = "4,8,16,32")]
         n: Vec<usize>,
         /// File sizes in MiB, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "64,256")]
@@ -61,6 +63,12 @@ enum Bench {
         /// Skip the HTTP baseline (it takes N times longer than the swarm).
         #[arg(long)]
         no_http: bool,
+        /// Skip the BitTorrent baseline (aria2c + opentracker, Debian packages).
+        #[arg(long)]
+        no_bt: bool,
+        /// Runs of every case; the table shows the median and the range.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
         /// Give up on one case after this many seconds.
         #[arg(long, default_value_t = 900)]
         timeout_s: u64,
@@ -130,18 +138,24 @@ fn main() -> Result<()> {
             rate_mbit,
             delay_ms,
             no_http,
+            no_bt,
+            runs,
             timeout_s,
             name,
         } => {
             std::fs::create_dir_all(&cli.out)?;
             swarm(
                 &cli.out.join(name),
-                &n,
-                &size_mib,
-                rate_mbit,
-                delay_ms,
-                !no_http,
-                Duration::from_secs(timeout_s),
+                &SwarmPlan {
+                    ns: n,
+                    sizes: size_mib,
+                    rate_mbit,
+                    delay_ms,
+                    http: !no_http,
+                    bt: !no_bt,
+                    runs: runs.max(1),
+                    timeout: Duration::from_secs(timeout_s),
+                },
             )
         }
         Bench::Datapath { size_mib } => {
@@ -309,7 +323,12 @@ fn start_services(host: &Host, dir: &Path, procs: &mut Vec<Proc>) -> Result<()> 
     procs.push(spawn(auth, "auth-svc", &dir.join("auth.log"))?);
     let mut index = host.command(bin("index-svc")?);
     index
-        .args(["--listen", "0.0.0.0:50052", "--metrics-listen", ""])
+        .args([
+            "--listen",
+            "0.0.0.0:50052",
+            "--metrics-listen",
+            "0.0.0.0:9102",
+        ])
         .arg("--database-url")
         .arg(format!("sqlite://{}", dir.join("index.db").display()))
         .arg("--auth-url")
@@ -440,6 +459,48 @@ struct SwarmCase {
     max_agent_rss_bytes: u64,
     agents: Vec<AgentRecord>,
     per_host_s: Vec<f64>,
+    /// Index RPCs (every method) per downloader per second of the swarm.
+    index_rps_per_downloader: Option<f64>,
+    /// Of those, LocateSources and UpdateHoldings only.
+    index_loop_rps_per_downloader: Option<f64>,
+    /// Agents' CPU seconds (seeder and downloaders) per GiB delivered.
+    agents_cpu_s_per_gib: f64,
+    bt: Option<BtResult>,
+}
+
+/// What the BitTorrent baseline did in one case.
+#[derive(Clone, serde::Serialize)]
+struct BtResult {
+    /// Until the last leecher had the whole file.
+    time_s: f64,
+    per_host_s: Vec<f64>,
+    /// aria2c processes' CPU seconds (seeder and leechers) per GiB delivered.
+    cpu_s_per_gib: f64,
+}
+
+/// The index's RPC counters: (every method, LocateSources + UpdateHoldings).
+fn index_requests(services: &Host) -> Option<(f64, f64)> {
+    let out = services
+        .command("curl")
+        .args(["-sf", &format!("http://{}/metrics", services.socket(9102))])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut all, mut hot) = (0.0, 0.0);
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("p2p_rpc_requests_total"))
+    {
+        let value: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        all += value;
+        if line.contains("LocateSources") || line.contains("UpdateHoldings") {
+            hot += value;
+        }
+    }
+    Some((all, hot))
 }
 
 #[allow(clippy::too_many_lines)]
@@ -447,7 +508,7 @@ fn swarm_case(
     n: usize,
     size_mib: u64,
     shape: LinkShape,
-    http: bool,
+    (http, bt): (bool, bool),
     timeout: Duration,
 ) -> Result<SwarmCase> {
     let size = size_mib << 20;
@@ -486,6 +547,7 @@ fn swarm_case(
         bail!("share failed: {}", String::from_utf8_lossy(&shared.stderr));
     }
 
+    let index_before = index_requests(&services);
     let cpu_before = machine_jiffies();
     let started = Instant::now();
     let mut gets = Vec::new();
@@ -522,6 +584,17 @@ fn swarm_case(
         std::thread::sleep(Duration::from_millis(20));
     }
     let cpu_busy_swarm = utilisation(cpu_before, machine_jiffies());
+    let swarm_s = started.elapsed().as_secs_f64();
+    let index_after = index_requests(&services);
+    let per_downloader_s = n as f64 * swarm_s;
+    let (index_rps_per_downloader, index_loop_rps_per_downloader) =
+        match (index_before, index_after) {
+            (Some((a0, h0)), Some((a1, h1))) => (
+                Some((a1 - a0) / per_downloader_s),
+                Some((h1 - h0) / per_downloader_s),
+            ),
+            _ => (None, None),
+        };
     let index_cpu_s = procs
         .get(1)
         .and_then(|p| cpu_seconds(p.0.id()))
@@ -552,10 +625,18 @@ fn swarm_case(
     let uploaded = records[0].bytes_uploaded;
     let all_uploaded: u64 = records.iter().map(|r| r.bytes_uploaded).sum();
     let max_agent_rss_bytes = records.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0);
+    let gib_delivered = n as f64 * f / f64::from(1u32 << 30);
+    let agents_cpu_s_per_gib = records.iter().map(|r| r.cpu_s).sum::<f64>() / gib_delivered;
     drop(gets);
     drop(agents);
     drop(seed_agent);
     drop(procs);
+
+    let bt = if bt {
+        Some(bittorrent_case(&lan, n, &source, dir.path(), timeout)?)
+    } else {
+        None
+    };
 
     let mut cpu_busy_http = None;
     let http_s = if http {
@@ -629,67 +710,379 @@ fn swarm_case(
         max_agent_rss_bytes,
         agents: records,
         per_host_s,
+        index_rps_per_downloader,
+        index_loop_rps_per_downloader,
+        agents_cpu_s_per_gib,
+        bt,
     })
 }
 
-/// Runs every (F, N) case; writes `<base>.json`, `<base>.csv`, `<base>.svg`.
-fn swarm(
-    base: &Path,
-    ns: &[usize],
-    sizes: &[u64],
+/// Builds a single-file .torrent of `path` (256 KiB pieces, like our
+/// chunks) announcing to `announce`; returns the info hash in hex.
+const MAKE_TORRENT: &str = r#"
+import hashlib, os, sys
+path, announce, out = sys.argv[1:4]
+def be(x):
+    if isinstance(x, int): return b"i%de" % x
+    if isinstance(x, str): x = x.encode()
+    if isinstance(x, bytes): return b"%d:" % len(x) + x
+    return b"d" + b"".join(be(k) + be(v) for k, v in sorted(x.items())) + b"e"
+pieces = b""
+with open(path, "rb") as f:
+    while True:
+        block = f.read(262144)
+        if not block: break
+        pieces += hashlib.sha1(block).digest()
+info = {"length": os.path.getsize(path), "name": os.path.basename(path),
+        "piece length": 262144, "pieces": pieces}
+open(out, "wb").write(be({"announce": announce, "info": info}))
+print(hashlib.sha1(be(info)).hexdigest())
+"#;
+
+/// The BitTorrent baseline on the same LAN: opentracker on host 0, an
+/// aria2c seeder on host 1 with the same file, N aria2c leechers that keep
+/// seeding (`--seed-ratio=0.0`) with no peer limit (`--bt-max-peers=0`).
+fn bittorrent_case(
+    lan: &Lan,
+    n: usize,
+    source: &Path,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<BtResult> {
+    let tracker = lan.host(0);
+    let seeder = lan.host(1);
+    let torrent = dir.join("payload.torrent");
+    let announce = format!("http://{}/announce", tracker.socket(6969));
+    let made = Command::new("python3")
+        .args(["-c", MAKE_TORRENT])
+        .arg(source)
+        .arg(&announce)
+        .arg(&torrent)
+        .output()?;
+    if !made.status.success() {
+        bail!(
+            "cannot make the torrent: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    let info_hash = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    // Debian's opentracker runs in whitelist mode and chroots into its root
+    // dir before it reads the whitelist, so that path is relative to it.
+    let root = dir.join("tracker-root");
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("whitelist.txt"), format!("{info_hash}\n"))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(
+        root.join("whitelist.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )?;
+    let mut ot = tracker.command("opentracker");
+    ot.args([
+        "-i",
+        &tracker.addr.to_string(),
+        "-p",
+        "6969",
+        "-P",
+        "6969",
+        "-d",
+    ])
+    .arg(&root)
+    .args(["-w", "whitelist.txt"]);
+    let _tracker = spawn(ot, "opentracker", &dir.join("opentracker.log"))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let aria2 = |host: &Host, dl_dir: &Path, hook: Option<&Path>| {
+        let mut c = host.command("aria2c");
+        c.arg(format!("--dir={}", dl_dir.display())).args([
+            "--seed-ratio=0.0",
+            "--bt-max-peers=0",
+            "--enable-dht=false",
+            "--enable-dht6=false",
+            "--bt-enable-lpd=false",
+            "--enable-peer-exchange=true",
+            "--file-allocation=none",
+            "--summary-interval=0",
+            "--console-log-level=warn",
+            "--bt-seed-unverified=true",
+            "--listen-port=6881",
+            "--bt-tracker-connect-timeout=5",
+        ]);
+        if let Some(hook) = hook {
+            c.arg(format!("--on-bt-download-complete={}", hook.display()));
+        }
+        c.arg(&torrent);
+        c
+    };
+    let seed_dir = source.parent().context("source has a parent")?;
+    let seed = spawn(
+        aria2(seeder, seed_dir, None),
+        "aria2c seeder",
+        &dir.join("aria2-seeder.log"),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let hook = dir.join("bt-done.sh");
+    std::fs::write(&hook, "#!/bin/sh\ntouch \"$3.done\"\n")?;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+    let name = source.file_name().context("source has a name")?;
+    let started = Instant::now();
+    let mut leechers = Vec::new();
+    for i in 0..n {
+        let dl = dir.join(format!("bt{i}"));
+        std::fs::create_dir_all(&dl)?;
+        let proc = spawn(
+            aria2(lan.host(i + 2), &dl, Some(&hook)),
+            "aria2c leecher",
+            &dir.join(format!("aria2-{i}.log")),
+        )?;
+        let out = dl.join(name);
+        leechers.push((proc, out, None::<f64>));
+    }
+    while leechers.iter().any(|l| l.2.is_none()) {
+        if started.elapsed() > timeout {
+            bail!("BitTorrent baseline N={n} timed out");
+        }
+        for (proc, out, done) in leechers.iter_mut().filter(|l| l.2.is_none()) {
+            if let Some(status) = proc.0.try_wait()? {
+                bail!("aria2c exited early: {status}");
+            }
+            let mut marker = out.clone().into_os_string();
+            marker.push(".done");
+            if Path::new(&marker).exists() {
+                *done = Some(started.elapsed().as_secs_f64());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let per_host_s: Vec<f64> = leechers.iter().filter_map(|l| l.2).collect();
+    let cpu: f64 = std::iter::once(&seed)
+        .chain(leechers.iter().map(|l| &l.0))
+        .filter_map(|p| cpu_seconds(p.0.id()))
+        .sum();
+    let want = file_hash(source)?;
+    for (_, out, _) in &leechers {
+        if file_hash(out)? != want {
+            bail!("aria2c's {} does not match the source", out.display());
+        }
+    }
+    let gib = n as f64 * std::fs::metadata(source)?.len() as f64 / f64::from(1u32 << 30);
+    Ok(BtResult {
+        time_s: per_host_s.iter().copied().fold(0.0, f64::max),
+        per_host_s,
+        cpu_s_per_gib: cpu / gib,
+    })
+}
+
+/// What `p2p-bench swarm` runs.
+struct SwarmPlan {
+    ns: Vec<usize>,
+    sizes: Vec<u64>,
     rate_mbit: u32,
     delay_ms: u64,
     http: bool,
+    bt: bool,
+    runs: usize,
     timeout: Duration,
-) -> Result<()> {
+}
+
+/// Median and range of some figures.
+#[derive(Clone, Copy, serde::Serialize)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        };
+        Some(Self {
+            median,
+            min: v[0],
+            max: v[v.len() - 1],
+        })
+    }
+
+    fn show(this: Option<Self>, digits: usize) -> String {
+        match this {
+            None => "-".into(),
+            Some(s) if s.max - s.min < 1e-9 => format!("{:.digits$}", s.median),
+            Some(s) => format!(
+                "{:.digits$} ({:.digits$}-{:.digits$})",
+                s.median, s.min, s.max
+            ),
+        }
+    }
+}
+
+/// The runs of one (N, F) case, summarised.
+struct CaseSummary<'a> {
+    runs: Vec<&'a SwarmCase>,
+}
+
+impl CaseSummary<'_> {
+    fn spread(&self, f: impl Fn(&SwarmCase) -> Option<f64>) -> Option<Spread> {
+        Spread::of(self.runs.iter().filter_map(|c| f(c)))
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let c = self.runs[0];
+        let tail = |c: &SwarmCase| {
+            let mut t = c.per_host_s.clone();
+            t.sort_by(f64::total_cmp);
+            let median = t.get(t.len() / 2).copied()?;
+            Some(t.last()? - median)
+        };
+        serde_json::json!({
+            "n": c.n, "size_bytes": c.size_bytes, "runs": self.runs.len(),
+            "p2p_bound_s": c.p2p_bound_s,
+            "ours_s": self.spread(|c| Some(c.ours_s)),
+            "ours_over_p2p_bound": self.spread(|c| Some(c.ours_s / c.p2p_bound_s)),
+            "seeder_uploaded_multiple_of_f": self.spread(|c| Some(c.seeder_upload_multiple)),
+            "index_requests_per_downloader_per_s": self.spread(|c| c.index_rps_per_downloader),
+            "index_loop_requests_per_downloader_per_s": self.spread(|c| c.index_loop_rps_per_downloader),
+            "cpu_busy_swarm": self.spread(|c| c.cpu_busy_swarm),
+            "agents_cpu_s_per_gib": self.spread(|c| Some(c.agents_cpu_s_per_gib)),
+            "last_minus_median_downloader_s": self.spread(tail),
+            "aria2_s": self.spread(|c| c.bt.as_ref().map(|b| b.time_s)),
+            "aria2_over_p2p_bound": self.spread(|c| c.bt.as_ref().map(|b| b.time_s / c.p2p_bound_s)),
+            "aria2_cpu_s_per_gib": self.spread(|c| c.bt.as_ref().map(|b| b.cpu_s_per_gib)),
+            "http_s": self.spread(|c| c.http_s),
+        })
+    }
+}
+
+/// Runs every (F, N) case `runs` times; writes `<base>.json` (every run
+/// and the summaries), `<base>.csv` (one row per run) and `<base>.svg`.
+fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
     if let Some(reason) = Lan::unavailable_reason() {
         bail!("the swarm benchmark needs network namespaces: {reason}");
     }
-    if delay_ms > 0 && !netem_available() {
+    if plan.delay_ms > 0 && !netem_available() {
         bail!(
             "--delay-ms needs the sch_netem qdisc, which this kernel does not have (`modprobe sch_netem` fails); run without --delay-ms"
         );
     }
+    if plan.bt {
+        for tool in ["aria2c", "opentracker"] {
+            let found = Command::new("which")
+                .arg(tool)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !found {
+                bail!(
+                    "the BitTorrent baseline needs {tool}: apt-get install -y aria2 opentracker (or pass --no-bt)"
+                );
+            }
+        }
+    }
+    let (rate_mbit, delay_ms) = (plan.rate_mbit, plan.delay_ms);
     let shape = LinkShape {
         rate_mbit: Some(rate_mbit),
         delay: (delay_ms > 0).then(|| Duration::from_millis(delay_ms)),
     };
     let mut cases = Vec::new();
     println!(
-        "{:>3} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7} {:>8}",
+        "{:>3} {:>8} {:>4} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>7} {:>8}",
         "N",
         "F (MiB)",
+        "run",
         "ours (s)",
+        "aria2 (s)",
         "HTTP (s)",
-        "P2P bnd",
-        "CS bnd",
         "ours/P2P",
         "seeder up",
-        "all up",
+        "idx rq/s",
+        "CPU s/GiB",
+        "aria2 s/GiB",
+        "tail (s)",
         "CPU",
         "RSS max"
     );
-    for &size_mib in sizes {
-        for &n in ns {
-            let case = swarm_case(n, size_mib, shape, http, timeout)?;
-            println!(
-                "{:>3} {:>8} {:>9.2} {:>9} {:>9.2} {:>9.2} {:>9.3} {:>9.2}F {:>8.3}x {:>6.0}% {:>5.0}MiB",
-                case.n,
-                size_mib,
-                case.ours_s,
-                case.http_s.map_or("-".into(), |s| format!("{s:.2}")),
-                case.p2p_bound_s,
-                case.cs_bound_s,
-                case.ours_s / case.p2p_bound_s,
-                case.seeder_upload_multiple,
-                case.upload_over_needed,
-                case.cpu_busy_swarm.unwrap_or(0.0) * 100.0,
-                case.max_agent_rss_bytes as f64 / 1048576.0,
-            );
-            cases.push(case);
+    for &size_mib in &plan.sizes {
+        for &n in &plan.ns {
+            for run in 0..plan.runs {
+                let case = swarm_case(n, size_mib, shape, (plan.http, plan.bt), plan.timeout)?;
+                let mut t = case.per_host_s.clone();
+                t.sort_by(f64::total_cmp);
+                let tail =
+                    t.last().copied().unwrap_or(0.0) - t.get(t.len() / 2).copied().unwrap_or(0.0);
+                println!(
+                    "{:>3} {:>8} {:>4} {:>9.2} {:>9} {:>9} {:>9.3} {:>9.3}F {:>8} {:>9.2} {:>9} {:>9.2} {:>6.0}% {:>5.0}MiB",
+                    case.n,
+                    size_mib,
+                    run + 1,
+                    case.ours_s,
+                    case.bt
+                        .as_ref()
+                        .map_or("-".into(), |b| format!("{:.2}", b.time_s)),
+                    case.http_s.map_or("-".into(), |s| format!("{s:.2}")),
+                    case.ours_s / case.p2p_bound_s,
+                    case.seeder_upload_multiple,
+                    case.index_rps_per_downloader
+                        .map_or("-".into(), |r| format!("{r:.2}")),
+                    case.agents_cpu_s_per_gib,
+                    case.bt
+                        .as_ref()
+                        .map_or("-".into(), |b| format!("{:.2}", b.cpu_s_per_gib)),
+                    tail,
+                    case.cpu_busy_swarm.unwrap_or(0.0) * 100.0,
+                    case.max_agent_rss_bytes as f64 / 1048576.0,
+                );
+                cases.push(case);
+            }
         }
     }
-    let json: Vec<serde_json::Value> = cases
+    let mut summaries: Vec<CaseSummary> = Vec::new();
+    for c in &cases {
+        match summaries
+            .iter_mut()
+            .find(|s| s.runs[0].n == c.n && s.runs[0].size_bytes == c.size_bytes)
+        {
+            Some(s) => s.runs.push(c),
+            None => summaries.push(CaseSummary { runs: vec![c] }),
+        }
+    }
+    println!("\nmedian (range) of {} run(s):", plan.runs);
+    println!(
+        "| N | F | ours (s) | ours / bound | seeder upload (F) | index req / downloader / s | agents CPU s / GiB | last - median (s) | aria2 (s) | aria2 / bound | aria2 CPU s / GiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for s in &summaries {
+        let c = s.runs[0];
+        let tail = |c: &SwarmCase| {
+            let mut t = c.per_host_s.clone();
+            t.sort_by(f64::total_cmp);
+            Some(t.last()? - t.get(t.len() / 2)?)
+        };
+        println!(
+            "| {} | {} MiB | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            c.n,
+            c.size_bytes >> 20,
+            Spread::show(s.spread(|c| Some(c.ours_s)), 2),
+            Spread::show(s.spread(|c| Some(c.ours_s / c.p2p_bound_s)), 2),
+            Spread::show(s.spread(|c| Some(c.seeder_upload_multiple)), 3),
+            Spread::show(s.spread(|c| c.index_rps_per_downloader), 2),
+            Spread::show(s.spread(|c| Some(c.agents_cpu_s_per_gib)), 1),
+            Spread::show(s.spread(tail), 2),
+            Spread::show(s.spread(|c| c.bt.as_ref().map(|b| b.time_s)), 2),
+            Spread::show(
+                s.spread(|c| c.bt.as_ref().map(|b| b.time_s / c.p2p_bound_s)),
+                2
+            ),
+            Spread::show(s.spread(|c| c.bt.as_ref().map(|b| b.cpu_s_per_gib)), 1),
+        );
+    }
+    let runs: Vec<serde_json::Value> = cases
         .iter()
         .map(|c| {
             serde_json::json!({
@@ -700,38 +1093,58 @@ fn swarm(
                 "all_uploaded_over_n_f": c.upload_over_needed,
                 "cpu_busy_swarm": c.cpu_busy_swarm, "cpu_busy_http": c.cpu_busy_http,
                 "index_svc_cpu_s": c.index_cpu_s,
+                "index_requests_per_downloader_per_s": c.index_rps_per_downloader,
+                "index_loop_requests_per_downloader_per_s": c.index_loop_rps_per_downloader,
                 "agents_cpu_s": c.agents.iter().map(|a| a.cpu_s).sum::<f64>(),
+                "agents_cpu_s_per_gib": c.agents_cpu_s_per_gib,
+                "aria2": c.bt,
                 "max_agent_peak_rss_bytes": c.max_agent_rss_bytes,
                 "per_host_s": c.per_host_s, "agents": c.agents,
             })
         })
         .collect();
+    let summary: Vec<serde_json::Value> = summaries.iter().map(CaseSummary::json).collect();
     let path = |ext: &str| base.with_extension(ext);
-    std::fs::write(path("json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        path("json"),
+        serde_json::to_string_pretty(&serde_json::json!({"summary": summary, "runs": runs}))?,
+    )?;
     let mut csv = String::from(
-        "n,size_mib,rate_mbit,ours_s,http_s,p2p_bound_s,client_server_bound_s,ours_over_p2p_bound,seeder_uploaded_multiple_of_f,all_uploaded_over_n_f,cpu_busy_swarm,cpu_busy_http,max_agent_peak_rss_mib\n",
+        "n,size_mib,rate_mbit,ours_s,aria2_s,http_s,p2p_bound_s,client_server_bound_s,ours_over_p2p_bound,seeder_uploaded_multiple_of_f,all_uploaded_over_n_f,index_requests_per_downloader_per_s,agents_cpu_s_per_gib,aria2_cpu_s_per_gib,cpu_busy_swarm,cpu_busy_http,max_agent_peak_rss_mib\n",
     );
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
     for c in &cases {
         csv += &format!(
-            "{},{},{},{:.3},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{:.1}\n",
+            "{},{},{},{:.3},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{:.3},{},{},{},{:.1}\n",
             c.n,
             c.size_bytes >> 20,
             rate_mbit,
             c.ours_s,
+            opt(c.bt.as_ref().map(|b| b.time_s)),
             opt(c.http_s),
             c.p2p_bound_s,
             c.cs_bound_s,
             c.ours_s / c.p2p_bound_s,
             c.seeder_upload_multiple,
             c.upload_over_needed,
+            opt(c.index_rps_per_downloader),
+            c.agents_cpu_s_per_gib,
+            opt(c.bt.as_ref().map(|b| b.cpu_s_per_gib)),
             opt(c.cpu_busy_swarm),
             opt(c.cpu_busy_http),
             c.max_agent_rss_bytes as f64 / 1048576.0,
         );
     }
     std::fs::write(path("csv"), csv)?;
-    std::fs::write(path("svg"), swarm_svg(&cases, rate_mbit))?;
+    let medians: Vec<&SwarmCase> = summaries
+        .iter()
+        .map(|s| {
+            let mut runs = s.runs.clone();
+            runs.sort_by(|a, b| a.ours_s.total_cmp(&b.ours_s));
+            runs[runs.len() / 2]
+        })
+        .collect();
+    std::fs::write(path("svg"), swarm_svg(&medians, rate_mbit))?;
     println!("wrote {}.{{json,csv,svg}}", base.display());
     Ok(())
 }
@@ -746,24 +1159,26 @@ fn netem_available() -> bool {
 }
 
 /// A grouped bar chart per (N, F): ours, HTTP, P2P bound, client-server bound.
-fn swarm_svg(cases: &[SwarmCase], rate_mbit: u32) -> String {
+fn swarm_svg(cases: &[&SwarmCase], rate_mbit: u32) -> String {
     let max = cases
         .iter()
         .flat_map(|c| {
             [
                 c.ours_s,
+                c.bt.as_ref().map_or(0.0, |b| b.time_s),
                 c.http_s.unwrap_or(0.0),
                 c.cs_bound_s,
                 c.p2p_bound_s,
             ]
         })
         .fold(1.0, f64::max);
-    let group_w = 130.0;
+    let group_w = 156.0;
     let width = 80.0 + group_w * cases.len() as f64;
     let height = 360.0;
     let plot_h = 260.0;
     let colors = [
         ("ours", "#2b7bb9"),
+        ("aria2", "#8e44ad"),
         ("HTTP", "#d9534f"),
         ("P2P bound", "#5cb85c"),
         ("C-S bound", "#f0ad4e"),
@@ -778,6 +1193,7 @@ fn swarm_svg(cases: &[SwarmCase], rate_mbit: u32) -> String {
         let x0 = 60.0 + group_w * i as f64;
         let values = [
             Some(c.ours_s),
+            c.bt.as_ref().map(|b| b.time_s),
             c.http_s,
             Some(c.p2p_bound_s),
             Some(c.cs_bound_s),
@@ -806,7 +1222,7 @@ fn swarm_svg(cases: &[SwarmCase], rate_mbit: u32) -> String {
         );
     }
     for (j, (name, color)) in colors.iter().enumerate() {
-        let x = 60.0 + 110.0 * j as f64;
+        let x = 60.0 + 100.0 * j as f64;
         svg += &format!(
             "<rect x='{x}' y='{}' width='12' height='12' fill='{color}'/><text x='{}' y='{}'>{name}</text>\n",
             height - 30.0,

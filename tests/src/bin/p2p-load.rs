@@ -572,6 +572,7 @@ async fn fetch_caller(i: usize, target: Arc<FetchTarget>) -> CallerSeen {
         let request = FetchChunksRequest {
             file_id: file_id.clone(),
             ranges: vec![ChunkRange { start, count }],
+            ..Default::default()
         };
         let started = Instant::now();
         let call = tokio::select! {
