@@ -278,11 +278,12 @@ pub async fn run(
     let server_stop = stop.clone();
     let result = GrpcServer::new()
         .tls(server_tls)
-        .add_service(Admission::new(
-            RequireAuth::new(server, verifier),
-            admission,
-            "index-svc",
-        ))
+        .add_service(
+            Admission::new(RequireAuth::new(server, verifier), admission, "index-svc")
+                // A heartbeat is a cached owner check and a slot in the
+                // bounded write-behind queue (which sheds by itself).
+                .with_exempt(&["/p2p.index.v1.IndexService/Heartbeat"]),
+        )
         .serve(listener, async move {
             shutdown.await;
             server_stop.cancel();

@@ -66,6 +66,7 @@ pub struct Admission<S> {
     slots: Arc<Semaphore>,
     limits: Limits,
     service: &'static str,
+    exempt: &'static [&'static str],
 }
 
 impl<S> Admission<S> {
@@ -76,7 +77,16 @@ impl<S> Admission<S> {
             slots: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             limits,
             service,
+            exempt: &[],
         }
+    }
+
+    /// Methods (full paths) that take no slot: calls the service answers
+    /// from memory and bounds itself (a queue that refuses when full), so
+    /// they never wait behind calls that need the database.
+    pub fn with_exempt(mut self, exempt: &'static [&'static str]) -> Self {
+        self.exempt = exempt;
+        self
     }
 }
 
@@ -107,7 +117,11 @@ where
         let slots = self.slots.clone();
         let limits = self.limits;
         let service = self.service;
+        let exempt = self.exempt.contains(&request.uri().path());
         Box::pin(async move {
+            if exempt {
+                return inner.call(request).await;
+            }
             let permit = match slots.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => tokio::time::timeout(limits.max_wait, slots.acquire_owned())
