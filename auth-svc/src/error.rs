@@ -100,8 +100,9 @@ pub enum RefreshRejection {
 }
 
 /// Metadata key of a throttled login's answer: whole seconds to wait
-/// before the next attempt is accepted.
-pub const RETRY_AFTER: &str = "retry-after";
+/// before the next attempt is accepted (the same hint every service sends
+/// when it sheds load).
+pub use p2p_services::admission::RETRY_AFTER;
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {

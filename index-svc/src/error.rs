@@ -56,6 +56,14 @@ pub enum Error {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] p2p_services::tls::TlsError),
+    /// The index is at capacity for this kind of write.
+    #[error("the index is busy with {what}; retry in {retry_after:?}")]
+    Busy {
+        /// What is queued past its bound.
+        what: &'static str,
+        /// The hint sent to the caller.
+        retry_after: std::time::Duration,
+    },
     /// The file belongs to another user and the caller is no admin.
     #[error("file {0} was published by another user; only its owner or an admin may delete it")]
     NotFileOwner(FileId),
@@ -69,6 +77,10 @@ impl From<Error> for Status {
                 Status::invalid_argument(message)
             }
             Error::TooLarge(_) => Status::resource_exhausted(message),
+            Error::Busy { retry_after, .. } => p2p_services::admission::with_retry_after(
+                Status::resource_exhausted(message),
+                retry_after,
+            ),
             Error::FileNotFound(_) | Error::PeerNotFound(_) => Status::not_found(message),
             Error::NotPeerOwner(_) | Error::NotFileOwner(_) | Error::AdvertiseRefused(_) => {
                 Status::permission_denied(message)

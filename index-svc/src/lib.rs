@@ -2,17 +2,23 @@
 //! peers hold which chunks of them, how busy each peer is, and which peers a
 //! downloader should use. It never carries file data.
 //!
-//! Modules: [`store`] (all SQL), [`lease`] (online state from time),
+//! Modules: [`store`] (all SQL), [`batch`] (write-behind of heartbeats and
+//! bitfields), [`cache`] (what a replica remembers), [`lease`] (online
+//! state from time),
 //! [`selection`] (source scoring), [`events`] (the WatchFiles change log
 //! cursor), [`listing`] (paging and name filter), [`peer`] (peer ids and
 //! load), [`service`] (the gRPC handlers), [`error`].
 //!
-//! [`run`] owns two background pieces besides the server: the housekeeping
-//! task (metric gauges, pruning of old events and reports) and the metrics
-//! endpoint. Both stop when the shutdown future resolves, and `run` waits
-//! for the housekeeping task before returning.
+//! [`run`] owns three background pieces besides the server: the flusher
+//! (writes the queued renewals and holdings, see [`batch`]), the
+//! housekeeping task (metric gauges, pruning of old events and reports) and
+//! the metrics endpoint. All stop when the shutdown future resolves, and
+//! `run` waits for the flusher (which writes what is left) and the
+//! housekeeping task before returning.
 
 pub mod advertise;
+pub mod batch;
+pub mod cache;
 pub mod error;
 pub mod events;
 pub mod lease;
@@ -29,6 +35,7 @@ use p2p_services::config::parse_duration;
 
 use clap::{Parser, Subcommand};
 use p2p_proto::index::v1::index_service_server::IndexServiceServer;
+use p2p_services::admission::Admission;
 use p2p_services::auth::{RequireAuth, TokenVerifier};
 use p2p_services::client::MAX_MESSAGE_BYTES;
 use p2p_services::metrics;
@@ -82,6 +89,20 @@ pub struct Config {
     /// How often agents are told to heartbeat; must be under --lease-ttl.
     #[arg(long, env = "INDEX_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+    /// How often queued heartbeats and bitfield updates are written, in one
+    /// transaction (e.g. 500ms). Replicas agree on who is online and who
+    /// holds what within about this long. Capped at half the slack between
+    /// --heartbeat-interval and --lease-ttl.
+    #[arg(long, env = "INDEX_FLUSH_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+    /// Most calls served at once; more wait up to --max-queue-wait for a
+    /// slot and are then refused with RESOURCE_EXHAUSTED and a retry-after
+    /// hint.
+    #[arg(long, env = "INDEX_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+    /// Longest a call waits for a slot before it is shed (e.g. 250ms).
+    #[arg(long, env = "INDEX_MAX_QUEUE_WAIT", default_value = "250ms", value_parser = parse_duration)]
+    pub max_queue_wait: Duration,
     /// Address for Prometheus `GET /metrics`; empty disables it.
     #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9102")]
     pub metrics_listen: String,
@@ -129,6 +150,37 @@ impl Config {
         Ok(Lease {
             ttl: self.lease_ttl,
             heartbeat_interval: self.heartbeat_interval,
+        })
+    }
+
+    /// The flush interval in effect: the flag, capped so a queued renewal
+    /// is written well before the lease it renews lapses.
+    pub fn flush_interval(&self) -> Result<Duration, Error> {
+        if self.flush_interval.is_zero() {
+            return Err(Error::Config {
+                flag: "flush-interval",
+                reason: "must be above zero (e.g. 500ms)".into(),
+            });
+        }
+        let slack = self.lease_ttl.saturating_sub(self.heartbeat_interval) / 2;
+        Ok(self
+            .flush_interval
+            .min(slack)
+            .max(Duration::from_millis(10)))
+    }
+
+    /// How many calls run at once and how long one waits for a slot.
+    pub fn admission(&self) -> Result<p2p_services::admission::Limits, Error> {
+        if self.max_in_flight == 0 {
+            return Err(Error::Config {
+                flag: "max-in-flight",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(p2p_services::admission::Limits {
+            max_in_flight: self.max_in_flight,
+            max_wait: self.max_queue_wait,
+            retry_after: Duration::from_secs(1),
         })
     }
 
@@ -193,6 +245,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let lease = config.lease()?;
+    let flush_interval = config.flush_interval()?;
+    let admission = config.admission()?;
     config.tls.warn_if_plaintext("index-svc");
     let server_tls = config.tls.server()?;
     let client_tls = config.tls.client()?;
@@ -208,9 +262,12 @@ pub async fn run(
     let stop = CancellationToken::new();
     let _metrics = metrics::spawn(&config.metrics_listen, stop.clone().cancelled_owned()).await?;
     let housekeeper = tokio::spawn(housekeeping(store.clone(), lease, stop.clone()));
+    let queue = batch::WriteBehind::new(flush_interval);
+    let flusher = tokio::spawn(batch::flusher(queue.clone(), store.clone(), stop.clone()));
 
     let api = IndexApi::new(
         store,
+        queue,
         lease,
         config.allow_advertise_networks.clone(),
         stop.clone(),
@@ -221,13 +278,21 @@ pub async fn run(
     let server_stop = stop.clone();
     let result = GrpcServer::new()
         .tls(server_tls)
-        .add_service(RequireAuth::new(server, verifier))
+        .add_service(
+            Admission::new(RequireAuth::new(server, verifier), admission, "index-svc")
+                // A heartbeat is a cached owner check and a slot in the
+                // bounded write-behind queue (which sheds by itself).
+                .with_exempt(&["/p2p.index.v1.IndexService/Heartbeat"]),
+        )
         .serve(listener, async move {
             shutdown.await;
             server_stop.cancel();
         })
         .await;
     stop.cancel();
+    if let Err(err) = flusher.await {
+        tracing::warn!(%err, "flush task failed");
+    }
     if let Err(err) = housekeeper.await {
         tracing::warn!(%err, "housekeeping task failed");
     }

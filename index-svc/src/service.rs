@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::advertise::{self, AdvertisePolicy};
+use crate::batch::{Full, HoldingUpdate, Renewal, WriteBehind};
+use crate::cache::Caches;
 use crate::error::Error;
 use crate::events::{EventCursor, FileEventKind, StoredEvent};
 use crate::lease::Lease;
@@ -39,29 +41,86 @@ const MAX_VERSION_BYTES: usize = 128;
 /// Longest report detail kept.
 const MAX_DETAIL_BYTES: usize = 512;
 
-/// The IndexService implementation: the store, the lease policy, and the
+/// The IndexService implementation: the store, the write-behind queue in
+/// front of it, the replica-local caches, the lease policy, and the
 /// shutdown token that ends WatchFiles streams.
 #[derive(Debug, Clone)]
 pub struct IndexApi {
     store: Store,
+    queue: WriteBehind,
+    caches: Caches,
     lease: Lease,
     advertise: AdvertisePolicy,
     stop: CancellationToken,
 }
 
 impl IndexApi {
-    /// A service over `store`; streams end when `stop` is cancelled.
+    /// A service over `store` whose renewals and holdings go through
+    /// `queue` (flushed by [`crate::batch::flusher`]); streams end when
+    /// `stop` is cancelled.
     pub fn new(
         store: Store,
+        queue: WriteBehind,
         lease: Lease,
         advertise: AdvertisePolicy,
         stop: CancellationToken,
     ) -> Self {
         Self {
             store,
+            queue,
+            caches: Caches::default(),
             lease,
             advertise,
             stop,
+        }
+    }
+
+    /// Ok when `peer` exists and belongs to `user_id`; owners are cached
+    /// (they never change).
+    async fn check_owner(&self, peer: &PeerId, user_id: &str) -> Result<(), Error> {
+        let owner = match self.caches.owner(peer) {
+            Some(owner) => owner,
+            None => {
+                let owner = self
+                    .store
+                    .peer_owner(peer)
+                    .await?
+                    .ok_or_else(|| Error::PeerNotFound(peer.to_string()))?;
+                self.caches.set_owner(peer, &owner);
+                owner
+            }
+        };
+        if owner == user_id {
+            Ok(())
+        } else {
+            Err(Error::NotPeerOwner(peer.clone()))
+        }
+    }
+
+    /// A file's chunk count, or `FileNotFound`; existence is trusted from
+    /// the cache for [`crate::cache::FILE_TTL`].
+    async fn chunk_count(&self, file_id: &FileId) -> Result<u32, Error> {
+        let now = Instant::now();
+        if let Some(count) = self.caches.chunk_count(file_id, now) {
+            return Ok(count);
+        }
+        let count = self
+            .store
+            .chunk_count(file_id)
+            .await?
+            .ok_or_else(|| Error::FileNotFound(file_id.clone()))?;
+        self.caches.set_chunk_count(file_id, count, now);
+        Ok(count)
+    }
+
+    /// The refusal when the write-behind queue is full.
+    fn busy(&self, full: Full) -> Error {
+        Error::Busy {
+            what: match full {
+                Full::Renewals => "heartbeats",
+                Full::Holdings => "holding updates",
+            },
+            retry_after: self.queue.interval.max(Duration::from_secs(1)),
         }
     }
 }
@@ -218,6 +277,7 @@ impl IndexApi {
             load: load_from_proto(request.load),
         };
         let peer_id = self.store.register_peer(&peer, now_ms()).await?;
+        self.caches.set_owner(&peer_id, &claims.sub);
         tracing::info!(%peer_id, user = %claims.name, addr = %peer.advertise_addr, "peer registered");
         Ok(pb::RegisterPeerResponse {
             peer_id: peer_id.to_string(),
@@ -233,9 +293,15 @@ impl IndexApi {
     ) -> Result<pb::HeartbeatResponse, Error> {
         let peer = parse_peer("peer_id", &request.peer_id)?;
         let load = load_from_proto(request.load);
-        self.store
-            .renew_lease(&peer, &claims.sub, &load, now_ms())
-            .await?;
+        self.check_owner(&peer, &claims.sub).await?;
+        let renewal = Renewal {
+            peer,
+            load,
+            seen_ms: now_ms(),
+        };
+        self.queue
+            .with(|pending| pending.renew(renewal))
+            .map_err(|full| self.busy(full))?;
         Ok(pb::HeartbeatResponse {
             lease_ttl_ms: self.lease.ttl.as_millis() as u64,
         })
@@ -280,7 +346,7 @@ impl IndexApi {
             "" => None,
             text => {
                 let peer = parse_peer("peer_id", text)?;
-                self.store.check_peer_owner(&peer, &claims.sub).await?;
+                self.check_owner(&peer, &claims.sub).await?;
                 Some(peer)
             }
         };
@@ -288,10 +354,17 @@ impl IndexApi {
             user_id: claims.sub.clone(),
             username: claims.name.clone(),
         };
-        let created = self
-            .store
-            .publish(&manifest, &owner, holder.as_ref(), now_ms())
-            .await?;
+        let created = {
+            let _gate = self.queue.gate().await;
+            if let Some(peer) = &holder {
+                let file_id = manifest.file_id();
+                self.queue
+                    .with(|pending| pending.forget_holding(peer, &file_id));
+            }
+            self.store
+                .publish(&manifest, &owner, holder.as_ref(), now_ms())
+                .await?
+        };
         let file = self.summary(&manifest.file_id()).await?;
         if created {
             tracing::info!(file_id = %file.file_id, name = %file.name, owner = %claims.name, "file published");
@@ -361,11 +434,19 @@ impl IndexApi {
     async fn get_file(&self, request: pb::GetFileRequest) -> Result<pb::GetFileResponse, Error> {
         let file_id = parse_file(&request.file_id)?;
         let file = self.summary(&file_id).await?;
-        let manifest = self
-            .store
-            .manifest(&file_id)
-            .await?
-            .ok_or_else(|| Error::FileNotFound(file_id.clone()))?;
+        let manifest = match self.caches.manifest(&file_id) {
+            Some(manifest) => manifest,
+            None => {
+                let manifest = std::sync::Arc::new(
+                    self.store
+                        .manifest(&file_id)
+                        .await?
+                        .ok_or_else(|| Error::FileNotFound(file_id.clone()))?,
+                );
+                self.caches.set_manifest(&file_id, manifest.clone());
+                manifest
+            }
+        };
         Ok(pb::GetFileResponse {
             file: Some(file_to_proto(file)),
             manifest: Some(wire::to_proto(&manifest)),
@@ -382,7 +463,11 @@ impl IndexApi {
         if !may_delete(&file.owner.user_id, claims) {
             return Err(Error::NotFileOwner(file_id));
         }
-        if !self.store.delete_file(&file_id, now_ms()).await? {
+        let _gate = self.queue.gate().await;
+        self.queue.with(|pending| pending.forget_file(&file_id));
+        let deleted = self.store.delete_file(&file_id, now_ms()).await?;
+        self.caches.forget_file(&file_id);
+        if !deleted {
             return Err(Error::FileNotFound(file_id));
         }
         tracing::info!(%file_id, name = %file.name, by = %claims.name, "file deleted");
@@ -396,20 +481,42 @@ impl IndexApi {
     ) -> Result<pb::UpdateHoldingsResponse, Error> {
         let peer = parse_peer("peer_id", &request.peer_id)?;
         let file_id = parse_file(&request.file_id)?;
-        self.store.check_peer_owner(&peer, &claims.sub).await?;
-        let chunk_count = self
-            .store
-            .chunk_count(&file_id)
-            .await?
-            .ok_or_else(|| Error::FileNotFound(file_id.clone()))?;
+        self.check_owner(&peer, &claims.sub).await?;
+        let chunk_count = self.chunk_count(&file_id).await?;
         let holding = if request.complete {
             Holding::Complete
         } else {
             Holding::from_bitfield(Bitfield::from_bytes(&request.bitfield, chunk_count)?)
         };
-        self.store
-            .set_holding(&peer, &file_id, &holding, chunk_count, now_ms())
-            .await?;
+        // A change that holder counts show (a new holder, a complete copy)
+        // is written at once with its event, so every replica offers the
+        // new holder right away; a partial holder's growing bitfield, the
+        // bulk of the traffic, waits for the next flush.
+        let before = self.store.holding_shown(&peer, &file_id).await?;
+        let after = (
+            matches!(holding, Holding::Complete),
+            i64::from(holding.chunks_held(chunk_count)),
+        );
+        let now = now_ms();
+        if crate::store::holders_changed(before, Some(after)) {
+            let _gate = self.queue.gate().await;
+            self.queue
+                .with(|pending| pending.forget_holding(&peer, &file_id));
+            self.store
+                .set_holding(&peer, &file_id, &holding, chunk_count, now)
+                .await?;
+        } else {
+            let update = HoldingUpdate {
+                peer,
+                file_id,
+                holding,
+                chunk_count,
+                at_ms: now,
+            };
+            self.queue
+                .with(|pending| pending.hold(update))
+                .map_err(|full| self.busy(full))?;
+        }
         Ok(pb::UpdateHoldingsResponse {})
     }
 
@@ -420,7 +527,10 @@ impl IndexApi {
     ) -> Result<pb::StopSharingResponse, Error> {
         let peer = parse_peer("peer_id", &request.peer_id)?;
         let file_id = parse_file(&request.file_id)?;
-        self.store.check_peer_owner(&peer, &claims.sub).await?;
+        self.check_owner(&peer, &claims.sub).await?;
+        let _gate = self.queue.gate().await;
+        self.queue
+            .with(|pending| pending.forget_holding(&peer, &file_id));
         self.store.remove_holding(&peer, &file_id, now_ms()).await?;
         Ok(pb::StopSharingResponse {})
     }
@@ -434,11 +544,7 @@ impl IndexApi {
             "" => None,
             text => Some(parse_peer("peer_id", text)?),
         };
-        let chunk_count = self
-            .store
-            .chunk_count(&file_id)
-            .await?
-            .ok_or_else(|| Error::FileNotFound(file_id.clone()))?;
+        let chunk_count = self.chunk_count(&file_id).await?;
         let wanted = if request.wanted.is_empty() {
             None
         } else {
@@ -478,7 +584,7 @@ impl IndexApi {
         let source = parse_peer("source_peer_id", &request.source_peer_id)?;
         let file_id = parse_file(&request.file_id)?;
         let reason = report_reason(request.reason)?;
-        self.store.check_peer_owner(&reporter, &claims.sub).await?;
+        self.check_owner(&reporter, &claims.sub).await?;
         if !self.store.peer_exists(&source).await? {
             return Err(Error::PeerNotFound(source.to_string()));
         }
@@ -499,6 +605,9 @@ impl IndexApi {
             if reporters >= selection::CANNOT_READ_REPORTERS {
                 tracing::info!(source = %report.source, file_id = %report.file_id, reporters,
                     "holder cannot read the file; not offering it until it announces again");
+                let _gate = self.queue.gate().await;
+                self.queue
+                    .with(|pending| pending.forget_holding(&report.source, &report.file_id));
                 self.store
                     .remove_holding(&report.source, &report.file_id, now)
                     .await?;
@@ -517,7 +626,11 @@ impl IndexApi {
 
     /// The message for one logged event, or `None` when the file it names
     /// is gone and the event no longer says anything useful.
-    async fn event_message(&self, event: &StoredEvent) -> Result<Option<pb::FileEvent>, Error> {
+    async fn event_message(
+        &self,
+        event: &StoredEvent,
+        resume_after_seq: i64,
+    ) -> Result<Option<pb::FileEvent>, Error> {
         let kind = match event.kind {
             FileEventKind::Published => pb::FileEventKind::Published,
             FileEventKind::Deleted => pb::FileEventKind::Deleted,
@@ -547,20 +660,34 @@ impl IndexApi {
             file_id: event.file_id.clone(),
             file,
             at_ms: event.at_ms,
+            seq: event.seq,
+            resume_after_seq,
         }))
     }
 
-    /// A stream of file events after the current end of the log. It polls
-    /// the log every [`WATCH_POLL_INTERVAL`], holds at most one batch, and
-    /// ends when the client goes away (the stream is dropped) or the server
-    /// shuts down. No task is spawned: the stream is owned by the call.
-    async fn watch_files(&self) -> Result<WatchStream, Error> {
+    /// A stream of file events after `after_seq` (0: after the current end
+    /// of the log). It polls the log every [`WATCH_POLL_INTERVAL`], holds at
+    /// most one batch, and ends when the client goes away (the stream is
+    /// dropped) or the server shuts down. No task is spawned: the stream is
+    /// owned by the call. Each event carries the position a client resumes
+    /// from (on any replica) without losing one: everything up to it was
+    /// sent, counting the events of the batch still waiting to be.
+    async fn watch_files(&self, after_seq: i64) -> Result<WatchStream, Error> {
+        if after_seq < 0 {
+            return Err(Error::InvalidArgument(
+                "after_seq must be 0 (from now) or a resume_after_seq this index sent".into(),
+            ));
+        }
         struct State {
             api: IndexApi,
             cursor: EventCursor,
             pending: VecDeque<StoredEvent>,
         }
-        let start = self.store.latest_event_seq().await?;
+        let start = if after_seq > 0 {
+            after_seq
+        } else {
+            self.store.latest_event_seq().await?
+        };
         let state = State {
             api: self.clone(),
             cursor: EventCursor::starting_after(start),
@@ -569,7 +696,11 @@ impl IndexApi {
         let stream = futures::stream::unfold(state, |mut state| async move {
             loop {
                 while let Some(event) = state.pending.pop_front() {
-                    match state.api.event_message(&event).await {
+                    let resume_after = match state.pending.front() {
+                        Some(next) => state.cursor.after().min(next.seq - 1),
+                        None => state.cursor.after(),
+                    };
+                    match state.api.event_message(&event, resume_after).await {
                         Ok(Some(message)) => return Some((Ok(message), state)),
                         Ok(None) => {}
                         Err(err) => tracing::warn!(%err, "cannot describe file event"),
@@ -712,7 +843,7 @@ impl IndexService for IndexApi {
         request: Request<pb::WatchFilesRequest>,
     ) -> Result<Response<Self::WatchFilesStream>, Status> {
         caller(&request)?;
-        reply(self.watch_files().await)
+        reply(self.watch_files(request.into_inner().after_seq).await)
     }
 }
 

@@ -15,6 +15,7 @@ use p2p_services::manifest::{Bitfield, FileId, Manifest};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
+use crate::batch::{Batch, HoldingUpdate, Renewal};
 use crate::error::Error;
 use crate::events::{FileEventKind, StoredEvent};
 use crate::listing::PageCursor;
@@ -25,6 +26,9 @@ use crate::selection::{Candidate, Report, ReportReason};
 pub const MAX_CANDIDATES: i64 = 1000;
 /// Most peers ListPeers returns.
 pub const MAX_PEERS_LISTED: i64 = 10_000;
+/// Renewals per multi-row UPDATE (8 parameters each, well under SQLite's
+/// and PostgreSQL's parameter limits).
+const RENEWALS_PER_STATEMENT: usize = 500;
 /// Most recent reports read for one LocateSources call.
 const MAX_REPORTS_READ: i64 = 5000;
 
@@ -175,7 +179,7 @@ fn holding_columns(holding: &Holding, chunk_count: u32) -> (i64, Vec<u8>, i64) {
 
 /// Whether going from `before` (complete, chunks held) to `after` changes
 /// what holder counts show.
-fn holders_changed(before: Option<(bool, i64)>, after: Option<(bool, i64)>) -> bool {
+pub fn holders_changed(before: Option<(bool, i64)>, after: Option<(bool, i64)>) -> bool {
     let visible =
         |h: Option<(bool, i64)>| h.map(|(complete, held)| (complete, complete || held > 0));
     let (b, a) = (visible(before), visible(after));
@@ -255,48 +259,97 @@ impl Store {
         Ok(PeerId::from_stored(row.try_get("peer_id")?))
     }
 
-    /// Renews `peer`'s lease and records its load: one single-row UPDATE on
-    /// the hot path. Fails with `PeerNotFound` for unknown peers and
-    /// `NotPeerOwner` when the peer belongs to someone else.
-    pub async fn renew_lease(
-        &self,
-        peer: &PeerId,
-        user_id: &str,
-        load: &PeerLoad,
-        now_ms: i64,
-    ) -> Result<(), Error> {
-        let result = sqlx::query(
-            "UPDATE peers SET last_seen_ms = $1, active_uploads = $2, max_uploads = $3, \
-                 upload_rate_bps = $4, max_upload_rate_bps = $5, uploaded_bytes_last_60s = $6, \
-                 free_disk_bytes = $7 \
-             WHERE peer_id = $8 AND user_id = $9",
-        )
-        .bind(now_ms)
-        .bind(i64::from(load.active_uploads))
-        .bind(i64::from(load.max_uploads))
-        .bind(to_i64(load.upload_rate_bps))
-        .bind(to_i64(load.max_upload_rate_bps))
-        .bind(to_i64(load.uploaded_bytes_last_60s))
-        .bind(to_i64(load.free_disk_bytes))
-        .bind(peer.as_str())
-        .bind(user_id)
-        .execute(&self.pool)
-        .await?;
-        if result.rows_affected() > 0 {
-            return Ok(());
+    /// Writes one flush of the write-behind queue in one transaction:
+    /// every renewal (lease and load) as multi-row UPDATEs, then every
+    /// holding with its `file_events` row when holder counts change. Rows
+    /// are written in key order so two replicas flushing overlapping
+    /// batches lock them in the same order (no deadlock on PostgreSQL).
+    /// Renewals of unknown peers and holdings of deleted files are dropped.
+    pub async fn apply_batch(&self, batch: &Batch) -> Result<(), Error> {
+        let mut renewals: Vec<&Renewal> = batch.renewals.iter().collect();
+        renewals.sort_by(|a, b| a.peer.cmp(&b.peer));
+        let mut holdings: Vec<&HoldingUpdate> = batch.holdings.iter().collect();
+        holdings.sort_by(|a, b| (&a.file_id, &a.peer).cmp(&(&b.file_id, &b.peer)));
+        let mut tx = self.begin_write().await?;
+        for chunk in renewals.chunks(RENEWALS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "UPDATE peers SET last_seen_ms = v.column2, active_uploads = v.column3, \
+                     max_uploads = v.column4, upload_rate_bps = v.column5, \
+                     max_upload_rate_bps = v.column6, uploaded_bytes_last_60s = v.column7, \
+                     free_disk_bytes = v.column8 \
+                 FROM (VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 8;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8
+                ));
+            }
+            sql.push_str(") AS v WHERE peers.peer_id = v.column1");
+            let mut query = sqlx::query(&sql);
+            for renewal in chunk {
+                let load = &renewal.load;
+                query = query
+                    .bind(renewal.peer.as_str())
+                    .bind(renewal.seen_ms)
+                    .bind(i64::from(load.active_uploads))
+                    .bind(i64::from(load.max_uploads))
+                    .bind(to_i64(load.upload_rate_bps))
+                    .bind(to_i64(load.max_upload_rate_bps))
+                    .bind(to_i64(load.uploaded_bytes_last_60s))
+                    .bind(to_i64(load.free_disk_bytes));
+            }
+            query.execute(&mut *tx).await?;
         }
-        self.check_peer_owner(peer, user_id).await
+        for update in holdings {
+            if Self::put_holding(
+                &mut tx,
+                &update.peer,
+                &update.file_id,
+                &update.holding,
+                update.chunk_count,
+                update.at_ms,
+            )
+            .await?
+            {
+                Self::log_event(
+                    &mut tx,
+                    FileEventKind::HoldersChanged,
+                    &update.file_id,
+                    "",
+                    update.at_ms,
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
-    /// Ok when `peer` exists and belongs to `user_id`.
-    pub async fn check_peer_owner(&self, peer: &PeerId, user_id: &str) -> Result<(), Error> {
-        let owner: Option<String> = sqlx::query("SELECT user_id FROM peers WHERE peer_id = $1")
+    /// The user who registered `peer`, or `None` for an unknown peer.
+    pub async fn peer_owner(&self, peer: &PeerId) -> Result<Option<String>, Error> {
+        Ok(sqlx::query("SELECT user_id FROM peers WHERE peer_id = $1")
             .bind(peer.as_str())
             .fetch_optional(&self.pool)
             .await?
             .map(|row| row.try_get("user_id"))
-            .transpose()?;
-        match owner {
+            .transpose()?)
+    }
+
+    /// Ok when `peer` exists and belongs to `user_id`.
+    pub async fn check_peer_owner(&self, peer: &PeerId, user_id: &str) -> Result<(), Error> {
+        match self.peer_owner(peer).await? {
             None => Err(Error::PeerNotFound(peer.to_string())),
             Some(owner) if owner == user_id => Ok(()),
             Some(_) => Err(Error::NotPeerOwner(peer.clone())),
@@ -429,9 +482,12 @@ impl Store {
     ) -> Result<bool, Error> {
         let before = Self::holding_state(tx, peer, file_id).await?;
         let (complete, bitfield, held) = holding_columns(holding, chunk_count);
-        sqlx::query(
+        // Through the write-behind queue a holding may arrive after its
+        // file was deleted: it is then dropped, not an error that would
+        // fail the whole batch on the foreign key.
+        let written = sqlx::query(
             "INSERT INTO holdings (file_id, peer_id, complete, bitfield, chunks_held, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
+             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM files WHERE file_id = $1) \
              ON CONFLICT (file_id, peer_id) DO UPDATE SET complete = excluded.complete, \
                  bitfield = excluded.bitfield, chunks_held = excluded.chunks_held, \
                  updated_at_ms = excluded.updated_at_ms",
@@ -443,8 +499,9 @@ impl Store {
         .bind(held)
         .bind(now_ms)
         .execute(&mut **tx)
-        .await?;
-        Ok(holders_changed(before, Some((complete == 1, held))))
+        .await?
+        .rows_affected();
+        Ok(written > 0 && holders_changed(before, Some((complete == 1, held))))
     }
 
     async fn holding_state(
@@ -592,7 +649,7 @@ impl Store {
     }
 
     /// Replaces what `peer` holds of a file (whose chunk count the caller
-    /// validated the holding against).
+    /// validated the holding against) at once, with its event.
     pub async fn set_holding(
         &self,
         peer: &PeerId,
@@ -607,6 +664,29 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// What the database says `peer` holds of a file: (complete, chunks
+    /// held), or `None` when it holds nothing.
+    pub async fn holding_shown(
+        &self,
+        peer: &PeerId,
+        file_id: &FileId,
+    ) -> Result<Option<(bool, i64)>, Error> {
+        let row = sqlx::query(
+            "SELECT complete, chunks_held FROM holdings WHERE file_id = $1 AND peer_id = $2",
+        )
+        .bind(file_id.as_str())
+        .bind(peer.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| -> Result<_, Error> {
+            Ok((
+                row.try_get::<i64, _>("complete")? == 1,
+                row.try_get::<i64, _>("chunks_held")?,
+            ))
+        })
+        .transpose()
     }
 
     /// Stops offering `peer` for a file. Idempotent.

@@ -51,7 +51,10 @@ pub struct Config {
     /// <data-dir>/downloads.
     #[arg(long, env = "P2P_DOWNLOADS_DIR")]
     pub downloads_dir: Option<PathBuf>,
-    /// The index service (`host:port`).
+    /// The index service (`host:port`), or several replicas on one
+    /// database separated by commas (`idx1:50052,idx2:50052`): the agent
+    /// sticks to one while it answers and moves to another within a call
+    /// when it stops.
     #[arg(long, env = "P2P_INDEX_URL", default_value = "127.0.0.1:50052")]
     pub index_url: String,
     /// The auth service (`host:port`).

@@ -15,6 +15,7 @@
 //! - [`upload`]: the FetchChunks server with its limits; [`rate`]: the token
 //!   bucket and rate meters; [`stats`]: transfer counters.
 //! - [`session`]: login, token refresh, registration and heartbeat;
+//!   [`index_client`]: the index replicas, spread and failed over;
 //!   [`unattended`]: the `--user` login that retries until it works.
 //! - [`picker`]: the pure piece picker; [`download`]: the swarm download
 //!   engine.
@@ -30,6 +31,7 @@ pub mod disk;
 pub mod download;
 pub mod error;
 pub mod holdings;
+pub mod index_client;
 pub mod integrity;
 pub mod picker;
 pub mod rate;
@@ -96,10 +98,15 @@ pub async fn run(
     config.tls.warn_if_plaintext("peer-agent");
     let control_tls = config.tls.client()?;
     let (peer_server_tls, peer_tls) = config.peer_tls()?;
-    for (url, flag) in [
-        (&config.auth_url, "--auth-url"),
-        (&config.index_url, "--index-url"),
-    ] {
+    let index_urls = index_client::parse_urls(&config.index_url);
+    if index_urls.is_empty() {
+        return Err(Error::Config(
+            "--index-url: name at least one index (host:port, several separated by commas)".into(),
+        ));
+    }
+    for (url, flag) in std::iter::once((&config.auth_url, "--auth-url"))
+        .chain(index_urls.iter().map(|u| (u, "--index-url")))
+    {
         control_tls
             .url(url)
             .map_err(|e| Error::Config(format!("{flag}: {e}")))?;

@@ -22,7 +22,7 @@ use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
 use p2p_proto::index::v1 as index_pb;
 use p2p_proto::index::v1::index_service_client::IndexServiceClient;
 use p2p_services::auth::{AgentKey, PEER_PROOF_TTL, PeerIdentity};
-use p2p_services::client::{MAX_MESSAGE_BYTES, with_bearer};
+use p2p_services::client::with_bearer;
 use p2p_services::time::now_ms;
 use p2p_services::tls::ClientTls;
 use tokio::task::JoinHandle;
@@ -31,6 +31,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::error::{Error, is_transport_failure};
+use crate::index_client::IndexClient;
 use crate::stats::{RATE_WINDOW_SECS, Stats};
 use crate::store::Kind;
 use crate::unattended::Unattended;
@@ -101,7 +102,7 @@ impl Tokens {
 pub struct SessionConfig {
     /// auth-svc URL.
     pub auth_url: String,
-    /// index-svc URL.
+    /// index-svc replicas' URLs, comma-separated (see [`IndexClient`]).
     pub index_url: String,
     /// How auth-svc and index-svc are verified.
     pub control_tls: ClientTls,
@@ -118,7 +119,7 @@ pub struct SessionConfig {
 pub struct Session {
     config: SessionConfig,
     auth: Channel,
-    index: Channel,
+    index: IndexClient,
     tokens: RwLock<Option<Tokens>>,
     peer_id: PeerIdentity,
     agent_key: AgentKey,
@@ -155,7 +156,7 @@ impl Session {
         };
         Ok(Self {
             auth: channel(&config.auth_url, "--auth-url")?,
-            index: channel(&config.index_url, "--index-url")?,
+            index: IndexClient::new(&config.index_url, &config.control_tls)?,
             config,
             tokens: RwLock::new(None),
             peer_id: PeerIdentity::default(),
@@ -461,28 +462,25 @@ impl Session {
         }
     }
 
-    /// A client for the index with our message limits.
-    pub fn index_client(&self) -> IndexServiceClient<Channel> {
-        IndexServiceClient::new(self.index.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    /// The index replicas this session calls.
+    pub fn index(&self) -> &IndexClient {
+        &self.index
     }
 
-    /// Calls the index with a current token, a deadline, and reachability
-    /// bookkeeping. `call` gets a client and the token.
+    /// Calls the index with a current token, a deadline per attempt,
+    /// failover between replicas ([`IndexClient::call`]) and reachability
+    /// bookkeeping. `call` gets a client and the token; it is cloned for
+    /// each replica tried.
     pub async fn call_index<R, F, Fut>(&self, call: F) -> Result<R, Error>
     where
-        F: FnOnce(IndexServiceClient<Channel>, String) -> Fut,
+        F: FnOnce(IndexServiceClient<Channel>, String) -> Fut + Clone,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
         let token = self.access_token().await?;
-        let result = tokio::time::timeout(CALL_TIMEOUT, call(self.index_client(), token))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Status::deadline_exceeded(
-                    "the index did not answer in time",
-                ))
-            });
+        let result = self
+            .index
+            .call(move |client| call(client, token.clone()))
+            .await;
         match result {
             Ok(response) => {
                 self.index_reachable.store(true, Ordering::Relaxed);
@@ -680,6 +678,17 @@ async fn heartbeat_loop(session: std::sync::Weak<Session>) {
             Err(Error::NotLoggedIn) => {
                 tracing::warn!("session ended; heartbeat stops (log in again)");
                 return;
+            }
+            Err(Error::Remote { status, .. })
+                if status.code() == Code::ResourceExhausted
+                    && p2p_services::admission::retry_after(&status).is_some() =>
+            {
+                // Every replica is shedding: wait as long as asked, plus
+                // jitter so agents shed together do not return together.
+                let hint = p2p_services::admission::retry_after(&status).unwrap_or(BACKOFF_MAX);
+                let delay = hint + Duration::from_millis(rand::random::<u64>() % 1000);
+                tracing::info!(retry_in = ?delay, "the index is at capacity; heartbeat backs off");
+                delay
             }
             Err(err) => {
                 tracing::warn!(%err, retry_in = ?backoff, "heartbeat failed");

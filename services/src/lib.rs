@@ -18,6 +18,7 @@
 //! - [`local`]: APIs for this machine only: private Unix sockets, and the
 //!   file token that guards a TCP listener.
 
+pub mod admission;
 pub mod auth;
 pub mod client;
 pub mod config;

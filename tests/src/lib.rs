@@ -190,6 +190,9 @@ pub struct ClusterOptions {
     pub index_env: Vec<(String, String)>,
     /// Extra environment for auth-svc (for example a short token lifetime).
     pub auth_env: Vec<(String, String)>,
+    /// index-svc processes on the one index database (0 means 1); agents
+    /// are given all of them in `--index-url`.
+    pub index_replicas: usize,
 }
 
 impl ClusterOptions {
@@ -377,6 +380,8 @@ async fn start_with_retry(mut make: impl FnMut() -> Process) -> Process {
 pub struct Cluster {
     auth: Process,
     index: Process,
+    /// index-svc replicas beyond the first, on the same database.
+    more_index: Vec<Process>,
     auth_addr: String,
     index_addr: String,
     /// The cluster's CA and every certificate it issued.
@@ -446,7 +451,7 @@ impl Cluster {
 
         let index_program = binary("index-svc");
         let index_log = dir.path().join("index-svc.log");
-        let index = start_with_retry(|| {
+        let make_index = |index_log: PathBuf| {
             let addr = format!("127.0.0.1:{}", free_port());
             let mut env = vec![
                 ("INDEX_LISTEN".to_string(), addr.clone()),
@@ -463,18 +468,25 @@ impl Cluster {
                 name: "index-svc".into(),
                 program: index_program.clone(),
                 env,
-                log: index_log.clone(),
+                log: index_log,
                 health_addr: addr,
                 health_tls: tls.clone(),
                 child: None,
             }
-        })
-        .await;
+        };
+        // One after another: each waits until the one before has migrated.
+        let index = start_with_retry(|| make_index(index_log.clone())).await;
+        let mut more_index = Vec::new();
+        for i in 1..options.index_replicas.max(1) {
+            let log = dir.path().join(format!("index-svc-{i}.log"));
+            more_index.push(start_with_retry(|| make_index(log.clone())).await);
+        }
         let index_addr = index.health_addr.clone();
 
         Cluster {
             auth,
             index,
+            more_index,
             auth_addr,
             index_addr,
             certs,
@@ -546,6 +558,35 @@ impl Cluster {
         if let Err(e) = self.index.start().await {
             panic!("{e}\n{}", self.index.log_tail());
         }
+    }
+
+    fn index_replica(&mut self, replica: usize) -> &mut Process {
+        match replica {
+            0 => &mut self.index,
+            n => &mut self.more_index[n - 1],
+        }
+    }
+
+    /// Kills index replica `replica` (0 is the first) with SIGKILL.
+    pub fn stop_index_replica(&mut self, replica: usize) {
+        self.index_replica(replica).kill();
+    }
+
+    /// Starts index replica `replica` again on its address.
+    pub async fn start_index_replica(&mut self, replica: usize) {
+        let process = self.index_replica(replica);
+        if let Err(e) = process.start().await {
+            panic!("{e}\n{}", process.log_tail());
+        }
+    }
+
+    /// Every index replica's address, as agents get them in `--index-url`.
+    pub fn index_urls(&self) -> String {
+        std::iter::once(&self.index)
+            .chain(&self.more_index)
+            .map(|p| p.health_addr.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// A client of auth-svc's AuthService.
@@ -666,7 +707,7 @@ impl Cluster {
                 ("PEER_LISTEN".to_string(), peer.clone()),
                 ("PEER_ADVERTISE".to_string(), peer.clone()),
                 ("P2P_DATA_DIR".to_string(), data_dir.display().to_string()),
-                ("P2P_INDEX_URL".to_string(), self.index_addr.clone()),
+                ("P2P_INDEX_URL".to_string(), self.index_urls()),
                 ("P2P_AUTH_URL".to_string(), self.auth_addr.clone()),
                 ("METRICS_LISTEN".to_string(), String::new()),
             ];

@@ -1,11 +1,18 @@
 //! `p2p-load`: the load generator. Starts auth-svc, index-svc and one
 //! peer-agent as processes from the binaries next to this one, then
 //!
-//! 1. runs N simulated agents (default 1,000) against index-svc for a fixed
-//!    time: each registers, heartbeats every few seconds and, every
-//!    heartbeat, locates sources of a random file and updates its holdings
-//!    of another; it reports requests/s, p50/p99 latency and errors per RPC
-//!    and index-svc's peak RSS (VmHWM);
+//! 1. models a LAN against index-svc for a fixed time: N simulated agents
+//!    (default 1,000) register and heartbeat at the agents' interval
+//!    (`--heartbeat-secs`, 5 s as index-svc asks by default), and M of them
+//!    (`--downloading`) also download the way the agent engine calls the
+//!    index: LocateSources when a download starts and every
+//!    `--locate-secs`, UpdateHoldings with the growing bitfield every
+//!    `--announce-ms` and once complete, then the next file. Calls refused
+//!    with RESOURCE_EXHAUSTED count as shed (not errors) and the simulated
+//!    agent waits the `retry-after` hint, as agents do. It reports p50/p99/max
+//!    per RPC, shed and failed calls, and each index-svc's CPU and RSS
+//!    (`--index-replicas` start several on one database; agents are spread
+//!    over them);
 //! 2. runs M concurrent FetchChunks callers (default 100) against the agent,
 //!    started with `--max-upload-rate` and `--max-uploads`: aggregate
 //!    bytes/s against the limit, how many calls were refused with
@@ -77,9 +84,28 @@ struct Cli {
     /// Files published for the agents to locate and hold.
     #[arg(long, env = "P2P_LOAD_FILES", default_value_t = 50)]
     files: usize,
-    /// Seconds between one simulated agent's heartbeats.
-    #[arg(long, env = "P2P_LOAD_HEARTBEAT_SECS", default_value_t = 3)]
+    /// Seconds between one simulated agent's heartbeats (index-svc's
+    /// default --heartbeat-interval is 5 s).
+    #[arg(long, env = "P2P_LOAD_HEARTBEAT_SECS", default_value_t = 5)]
     heartbeat_secs: u64,
+    /// Of the agents, how many are downloading at any time.
+    #[arg(long, env = "P2P_LOAD_DOWNLOADING", default_value_t = 100)]
+    downloading: usize,
+    /// Seconds between a download's LocateSources calls (Swarm v2 asks the
+    /// index at the start and then at most every few seconds).
+    #[arg(long, env = "P2P_LOAD_LOCATE_SECS", default_value_t = 3)]
+    locate_secs: u64,
+    /// Milliseconds between a download's UpdateHoldings (Swarm v2
+    /// coalesces them to at most one per second).
+    #[arg(long, env = "P2P_LOAD_ANNOUNCE_MS", default_value_t = 1000)]
+    announce_ms: u64,
+    /// Announcements a download takes to complete (its length in
+    /// --announce-ms steps).
+    #[arg(long, env = "P2P_LOAD_DOWNLOAD_STEPS", default_value_t = 20)]
+    download_steps: u32,
+    /// index-svc processes started on the one index database.
+    #[arg(long, env = "P2P_LOAD_INDEX_REPLICAS", default_value_t = 1)]
+    index_replicas: usize,
     /// Length of the index run, in seconds.
     #[arg(long, env = "P2P_LOAD_INDEX_SECS", default_value_t = 45)]
     index_secs: u64,
@@ -215,17 +241,46 @@ fn memory_bytes(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Latencies and errors of one kind of call.
+/// CPU seconds (user + system) a process used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 12th and 13th of them, in clock ticks (100 per second on Linux).
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// Latencies, sheds and errors of one kind of call.
 #[derive(Debug, Default)]
 struct Calls {
     latencies_us: Vec<u64>,
+    shed: u64,
     errors: BTreeMap<String, u64>,
 }
 
 impl Calls {
-    fn record<T>(&mut self, started: Instant, result: &Result<T, tonic::Status>) {
+    /// Records a call; returns the wait a shed call asks for.
+    fn record<T>(
+        &mut self,
+        started: Instant,
+        result: &Result<T, tonic::Status>,
+    ) -> Option<Duration> {
         match result {
             Ok(_) => self.latencies_us.push(started.elapsed().as_micros() as u64),
+            Err(status)
+                if status.code() == Code::ResourceExhausted
+                    && p2p_services::admission::retry_after(status).is_some() =>
+            {
+                self.shed += 1;
+                return p2p_services::admission::retry_after(status);
+            }
             Err(status) => {
                 *self
                     .errors
@@ -233,10 +288,12 @@ impl Calls {
                     .or_default() += 1
             }
         }
+        None
     }
 
     fn merge(&mut self, other: Calls) {
         self.latencies_us.extend(other.latencies_us);
+        self.shed += other.shed;
         for (code, n) in other.errors {
             *self.errors.entry(code).or_default() += n;
         }
@@ -259,6 +316,7 @@ impl Calls {
         let ok = self.latencies_us.len() as u64;
         serde_json::json!({
             "ok": ok,
+            "shed": self.shed,
             "errors": self.error_count(),
             "errors_by_code": self.errors,
             "per_second": ok as f64 / secs,
@@ -325,109 +383,163 @@ fn load(rng: &mut impl Rng) -> PeerLoad {
     }
 }
 
+/// How a simulated agent uses the index.
+#[derive(Debug, Clone, Copy)]
+struct Pattern {
+    heartbeat: Duration,
+    /// `Some` for a downloading agent.
+    download: Option<DownloadPattern>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DownloadPattern {
+    locate_every: Duration,
+    announce_every: Duration,
+    steps: u32,
+}
+
+/// A download in progress: the file and the chunks verified so far.
+struct Download {
+    file: usize,
+    held: Vec<u8>,
+    chunks: u32,
+    step: u32,
+}
+
+impl Download {
+    fn start(file: usize, chunks: u32) -> Self {
+        Self {
+            file,
+            held: vec![0; (chunks as usize).div_ceil(8)],
+            chunks,
+            step: 0,
+        }
+    }
+
+    /// Marks the next share of chunks verified; true once complete.
+    fn advance(&mut self, steps: u32) -> bool {
+        self.step += 1;
+        let upto = (u64::from(self.chunks) * u64::from(self.step) / u64::from(steps.max(1)))
+            .min(u64::from(self.chunks)) as u32;
+        for c in 0..upto {
+            self.held[(c / 8) as usize] |= 0x80 >> (c % 8);
+        }
+        upto >= self.chunks
+    }
+}
+
+/// Runs one call with the load's deadline and records it; a shed call
+/// makes the simulated agent wait the hinted delay, as agents back off.
+async fn timed<T>(
+    calls: &mut Calls,
+    deadline: tokio::time::Instant,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Option<T> {
+    let started = Instant::now();
+    let result = tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("timeout")));
+    if let Some(wait) = calls.record(started, &result) {
+        let jitter = Duration::from_millis(rand::random::<u64>() % 1000);
+        tokio::time::sleep_until((tokio::time::Instant::now() + wait + jitter).min(deadline)).await;
+    }
+    result.ok().map(tonic::Response::into_inner)
+}
+
 /// One simulated agent until `deadline`.
 async fn simulated_agent(
     i: usize,
     mut index: IndexServiceClient<Channel>,
     token: Arc<String>,
     files: Arc<Vec<(String, u32)>>,
-    heartbeat: Duration,
+    pattern: Pattern,
     deadline: tokio::time::Instant,
 ) -> AgentCalls {
     let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
     let mut calls = AgentCalls::default();
     // Spread the agents' start over one heartbeat interval.
-    let offset = heartbeat.mul_f64(rng.r#gen::<f64>());
+    let offset = pattern.heartbeat.mul_f64(rng.r#gen::<f64>());
     tokio::time::sleep_until((tokio::time::Instant::now() + offset).min(deadline)).await;
-    let started = Instant::now();
-    let registered = tokio::time::timeout(
-        CALL_TIMEOUT,
-        index.register_peer(with_bearer(
-            RegisterPeerRequest {
-                advertise_addr: format!("10.{}.{}.{}:50053", i / 65536, (i / 256) % 256, i % 256),
-                load: Some(load(&mut rng)),
-                agent_version: "p2p-load".into(),
-            },
-            &token,
-        )),
+    let request = RegisterPeerRequest {
+        advertise_addr: format!("10.{}.{}.{}:50053", i / 65536, (i / 256) % 256, i % 256),
+        load: Some(load(&mut rng)),
+        agent_version: "p2p-load".into(),
+    };
+    let Some(registered) = timed(
+        &mut calls.register,
+        deadline,
+        index.register_peer(with_bearer(request, &token)),
     )
     .await
-    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("timeout")));
-    calls.register.record(started, &registered);
-    let Ok(registered) = registered else {
+    else {
         return calls;
     };
-    let peer_id = registered.into_inner().peer_id;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let peer_id = registered.peer_id;
+    let now = tokio::time::Instant::now();
+    let mut heartbeat = tokio::time::interval_at(now + pattern.heartbeat, pattern.heartbeat);
+    // Idle agents never tick these.
+    let far = Duration::from_secs(86_400);
+    let dl = pattern.download;
+    let mut locate = tokio::time::interval_at(now, dl.map_or(far, |d| d.locate_every));
+    let mut announce = tokio::time::interval_at(
+        now + dl.map_or(far, |d| d.announce_every),
+        dl.map_or(far, |d| d.announce_every),
+    );
+    let mut download = dl.map(|_| {
+        let file = rng.gen_range(0..files.len());
+        Download::start(file, files[file].1)
+    });
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => return calls,
-            _ = tick.tick() => {}
-        }
-        let started = Instant::now();
-        let result = tokio::time::timeout(
-            CALL_TIMEOUT,
-            index.heartbeat(with_bearer(
-                HeartbeatRequest {
+            _ = heartbeat.tick() => {
+                let request = HeartbeatRequest {
                     peer_id: peer_id.clone(),
                     load: Some(load(&mut rng)),
-                },
-                &token,
-            )),
-        )
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("timeout")));
-        calls.heartbeat.record(started, &result);
-
-        let (file_id, _) = &files[rng.gen_range(0..files.len())];
-        let started = Instant::now();
-        let result = tokio::time::timeout(
-            CALL_TIMEOUT,
-            index.locate_sources(with_bearer(
-                LocateSourcesRequest {
-                    file_id: file_id.clone(),
+                };
+                timed(&mut calls.heartbeat, deadline, index.heartbeat(with_bearer(request, &token))).await;
+            }
+            _ = locate.tick(), if download.is_some() => {
+                let Some(d) = &download else { continue };
+                let request = LocateSourcesRequest {
+                    file_id: files[d.file].0.clone(),
                     peer_id: peer_id.clone(),
-                    wanted: Vec::new(),
+                    wanted: d.held.iter().map(|b| !b).collect::<Vec<u8>>(),
                     limit: 16,
-                },
-                &token,
-            )),
-        )
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("timeout")));
-        calls.locate.record(started, &result);
-
-        let (file_id, chunks_held) = &files[rng.gen_range(0..files.len())];
-        let mut bitfield = vec![0u8; (*chunks_held as usize).div_ceil(8)];
-        rng.fill_bytes(&mut bitfield);
-        let spare = bitfield.len() * 8 - *chunks_held as usize;
-        if let Some(last) = bitfield.last_mut() {
-            *last &= 0xffu8 << spare;
-        }
-        let started = Instant::now();
-        let result = tokio::time::timeout(
-            CALL_TIMEOUT,
-            index.update_holdings(with_bearer(
-                UpdateHoldingsRequest {
+                };
+                // The wanted field must not mark chunks past the end.
+                let mut request = request;
+                let spare = request.wanted.len() * 8 - d.chunks as usize;
+                if let Some(last) = request.wanted.last_mut() {
+                    *last &= 0xffu8 << spare;
+                }
+                timed(&mut calls.locate, deadline, index.locate_sources(with_bearer(request, &token))).await;
+            }
+            _ = announce.tick(), if download.is_some() => {
+                let (Some(d), Some(p)) = (&mut download, dl) else { continue };
+                let complete = d.advance(p.steps);
+                let request = UpdateHoldingsRequest {
                     peer_id: peer_id.clone(),
-                    file_id: file_id.clone(),
-                    bitfield,
-                    complete: rng.gen_bool(0.2),
-                },
-                &token,
-            )),
-        )
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("timeout")));
-        calls.update.record(started, &result);
+                    file_id: files[d.file].0.clone(),
+                    bitfield: if complete { Vec::new() } else { d.held.clone() },
+                    complete,
+                };
+                timed(&mut calls.update, deadline, index.update_holdings(with_bearer(request, &token))).await;
+                if complete {
+                    let file = rng.gen_range(0..files.len());
+                    *d = Download::start(file, files[file].1);
+                    locate.reset_immediately();
+                }
+            }
+        }
     }
 }
 
 async fn index_run(
     cli: &Cli,
     auth: &str,
-    index_addr: &str,
-    index_pid: u32,
+    index_addrs: &[String],
+    index_pids: &[u32],
 ) -> Result<serde_json::Value> {
     let admin = login(auth, "admin", ADMIN_PASSWORD).await?;
     let mut tokens = Vec::new();
@@ -446,8 +558,10 @@ async fn index_run(
             .with_context(|| format!("create user {name}"))?;
         tokens.push(Arc::new(login(auth, &name, USER_PASSWORD).await?));
     }
-    let channels: Vec<Channel> = (0..cli.connections.max(1))
-        .map(|_| channel(index_addr))
+    // Connections alternate between the replicas, so agents (which share
+    // connections by their number) are spread evenly over them.
+    let channels: Vec<Channel> = (0..cli.connections.max(index_addrs.len()))
+        .map(|c| channel(&index_addrs[c % index_addrs.len()]))
         .collect::<Result<_>>()?;
     let client = |i: usize| {
         IndexServiceClient::new(channels[i % channels.len()].clone())
@@ -478,14 +592,26 @@ async fn index_run(
     let secs = cli.index_secs as f64;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cli.index_secs);
     let heartbeat = Duration::from_secs(cli.heartbeat_secs.max(1));
+    let downloading = DownloadPattern {
+        locate_every: Duration::from_secs(cli.locate_secs.max(1)),
+        announce_every: Duration::from_millis(cli.announce_ms.max(50)),
+        steps: cli.download_steps.max(1),
+    };
+    let cpu_before: Vec<f64> = index_pids.iter().map(|&p| cpu_secs(p)).collect();
+    let own_cpu_before = cpu_secs(std::process::id());
+    let run_started = Instant::now();
     let mut agents = JoinSet::new();
     for i in 0..cli.agents {
+        let pattern = Pattern {
+            heartbeat,
+            download: (i < cli.downloading).then_some(downloading),
+        };
         agents.spawn(simulated_agent(
             i,
             client(i),
             tokens[i % tokens.len()].clone(),
             files.clone(),
-            heartbeat,
+            pattern,
             deadline,
         ));
     }
@@ -497,7 +623,23 @@ async fn index_run(
         total.locate.merge(calls.locate);
         total.update.merge(calls.update);
     }
-    let (rss, hwm) = memory_bytes(index_pid);
+    let elapsed = run_started.elapsed().as_secs_f64();
+    let replicas: Vec<serde_json::Value> = index_pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(&pid, before)| {
+            let (rss, hwm) = memory_bytes(pid);
+            serde_json::json!({
+                "cpu_percent": (cpu_secs(pid) - before) / elapsed * 100.0,
+                "rss_bytes": rss,
+                "peak_rss_bytes": hwm,
+            })
+        })
+        .collect();
+    let generator_cpu_percent = (cpu_secs(std::process::id()) - own_cpu_before) / elapsed * 100.0;
+    let machine_load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let (rss, hwm) = memory_bytes(index_pids[0]);
+    let shed = total.register.shed + total.heartbeat.shed + total.locate.shed + total.update.shed;
     let all = total.register.latencies_us.len()
         + total.heartbeat.latencies_us.len()
         + total.locate.latencies_us.len()
@@ -512,9 +654,16 @@ async fn index_run(
         "connections": cli.connections,
         "files": cli.files,
         "heartbeat_secs": cli.heartbeat_secs,
+        "downloading": cli.downloading.min(cli.agents),
+        "locate_secs": cli.locate_secs,
+        "announce_ms": cli.announce_ms,
         "duration_secs": cli.index_secs,
         "requests_per_second": all as f64 / secs,
         "errors": errors,
+        "shed": shed,
+        "index_replicas": replicas,
+        "generator_cpu_percent": generator_cpu_percent,
+        "machine_loadavg_after": machine_load.trim(),
         "rpcs": {
             "RegisterPeer": total.register.summary(secs),
             "Heartbeat": total.heartbeat.summary(secs),
@@ -835,16 +984,35 @@ fn print_table(
     println!("p2p-load, {backend}");
     if let Some(index) = index {
         println!(
-            "\nindex-svc: {} agents over {} s, {:.0} requests/s, {} errors, peak RSS {:.1} MiB",
+            "\nindex-svc: {} agents ({} downloading) over {} s, {:.0} requests/s, {} shed, {} errors",
             index["agents"],
+            index["downloading"],
             index["duration_secs"],
             index["requests_per_second"].as_f64().unwrap_or(0.0),
+            index["shed"],
             index["errors"],
-            index["index_peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
         );
         println!(
-            "{:<16} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9}",
-            "rpc", "ok", "errors", "per s", "p50 ms", "p99 ms", "max ms"
+            "  load generator: CPU {:.0}% of one core; machine load average after: {}",
+            index["generator_cpu_percent"].as_f64().unwrap_or(0.0),
+            index["machine_loadavg_after"].as_str().unwrap_or("")
+        );
+        for (n, r) in index["index_replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            println!(
+                "  replica {n}: CPU {:.0}% of one core, RSS {:.1} MiB, peak {:.1} MiB",
+                r["cpu_percent"].as_f64().unwrap_or(0.0),
+                r["rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+                r["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+            );
+        }
+        println!(
+            "{:<16} {:>9} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "rpc", "ok", "shed", "errors", "per s", "p50 ms", "p99 ms", "max ms"
         );
         for rpc in [
             "RegisterPeer",
@@ -854,9 +1022,10 @@ fn print_table(
         ] {
             let r = &index["rpcs"][rpc];
             println!(
-                "{:<16} {:>9} {:>8} {:>9.1} {:>9.2} {:>9.2} {:>9.2}",
+                "{:<16} {:>9} {:>7} {:>8} {:>9.1} {:>9.2} {:>9.2} {:>9.2}",
                 rpc,
                 r["ok"].as_u64().unwrap_or(0),
+                r["shed"].as_u64().unwrap_or(0),
                 r["errors"].as_u64().unwrap_or(0),
                 r["per_second"].as_f64().unwrap_or(0.0),
                 r["p50_ms"].as_f64().unwrap_or(0.0),
@@ -969,32 +1138,44 @@ async fn main() -> Result<()> {
         &auth_addr,
     )
     .await?;
-    let index_addr = format!("127.0.0.1:{}", free_port()?);
-    let mut index_args: Vec<String> = [
-        "--listen",
-        &index_addr,
-        "--database-url",
-        &index_db,
-        "--auth-url",
-        &auth_addr,
-        "--metrics-listen",
-        "",
-        "--lease-ttl",
-        &format!("{}s", cli.heartbeat_secs * 3),
-        "--heartbeat-interval",
-        &format!("{}s", cli.heartbeat_secs),
-    ]
-    .map(String::from)
-    .to_vec();
-    index_args.extend(tls_args("index"));
-    let index = spawn(
-        "index-svc",
-        &index_args,
-        &[],
-        &dir.path().join("index-svc.log"),
-        &index_addr,
-    )
-    .await?;
+    let mut index_addrs = Vec::new();
+    let mut index_procs = Vec::new();
+    for replica in 0..cli.index_replicas.max(1) {
+        let index_addr = format!("127.0.0.1:{}", free_port()?);
+        let mut index_args: Vec<String> = [
+            "--listen",
+            &index_addr,
+            "--database-url",
+            &index_db,
+            "--auth-url",
+            &auth_addr,
+            "--metrics-listen",
+            "",
+            "--lease-ttl",
+            &format!("{}s", cli.heartbeat_secs * 3),
+            "--heartbeat-interval",
+            &format!("{}s", cli.heartbeat_secs),
+            // The simulated agents advertise addresses on a made-up 10/8
+            // LAN while calling from loopback, as an operator allows for NAT.
+            "--allow-advertise-networks",
+            "10.0.0.0/8",
+        ]
+        .map(String::from)
+        .to_vec();
+        index_args.extend(tls_args("index"));
+        let index = spawn(
+            "index-svc",
+            &index_args,
+            &[],
+            &dir.path().join(format!("index-svc-{replica}.log")),
+            &index_addr,
+        )
+        .await?;
+        index_addrs.push(index_addr);
+        index_procs.push(index);
+    }
+    let index_addr = index_addrs[0].clone();
+    let index_pids: Vec<u32> = index_procs.iter().map(Proc::pid).collect();
 
     let index_result = if cli.skip_index {
         None
@@ -1003,7 +1184,7 @@ async fn main() -> Result<()> {
             "index run: {} simulated agents for {} s on {backend}...",
             cli.agents, cli.index_secs
         );
-        Some(index_run(&cli, &auth_addr, &index_addr, index.pid()).await?)
+        Some(index_run(&cli, &auth_addr, &index_addrs, &index_pids).await?)
     };
     let fetch_result = if cli.skip_fetch {
         None
@@ -1017,7 +1198,14 @@ async fn main() -> Result<()> {
 
     print_table(backend, index_result.as_ref(), fetch_result.as_ref());
     std::fs::create_dir_all(&cli.out)?;
-    let path = cli.out.join(format!("load-{backend}.json"));
+    let replicas = match cli.index_replicas {
+        0 | 1 => String::new(),
+        n => format!("-{n}replicas"),
+    };
+    let path = cli.out.join(format!(
+        "load-{backend}-{}agents{replicas}.json",
+        cli.agents
+    ));
     let report = serde_json::json!({
         "backend": backend,
         "index": index_result,

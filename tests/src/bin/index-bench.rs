@@ -8,7 +8,7 @@
 //! machine; with `--index-url` it drives a running index instead. Setup
 //! registers `--peers` peers and publishes `--files` files, each held by
 //! `--holders-per-file` peers (one of them partial). Not a test: run it
-//! with `cargo run --release -p index-svc --bin index-bench -- --help`.
+//! with `cargo run --release -p p2p-tests --bin index-bench -- --help`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,0 +1,353 @@
+//! Write-behind for the hot paths: lease renewals (Heartbeat) and holdings
+//! (UpdateHoldings) are kept in memory and written to the database in one
+//! transaction every flush interval (default 500 ms), so a heartbeat costs
+//! no transaction of its own and a download announcing its bitfield many
+//! times a second costs one row per flush.
+//!
+//! [`Pending`] is the pure part: the latest renewal per peer and the latest
+//! holding per (peer, file), bounded, with the rules for what a direct
+//! write (StopSharing, DeleteFile) cancels. [`flusher`] is the task that
+//! drains it into [`Store::apply_batch`]; it is owned by `run`, watches the
+//! shutdown token and writes what is left before it returns.
+//!
+//! What a replica keeps here lives at most one flush interval (longer only
+//! while the database refuses the write; then the entries stay, newest
+//! first, until it accepts), so replicas on one database agree on who is
+//! online and who holds what within about a flush interval.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use p2p_services::manifest::FileId;
+use tokio_util::sync::CancellationToken;
+
+use crate::peer::{Holding, PeerId, PeerLoad};
+use crate::store::Store;
+
+/// Default time between two flushes.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Most peers whose renewal waits at once (beyond it, heartbeats are shed).
+pub const MAX_PENDING_RENEWALS: usize = 200_000;
+/// Most (peer, file) holdings waiting at once.
+pub const MAX_PENDING_HOLDINGS: usize = 100_000;
+
+/// A heartbeat waiting to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    /// The peer renewing.
+    pub peer: PeerId,
+    /// Its load at the heartbeat.
+    pub load: PeerLoad,
+    /// When it heartbeated (Unix ms).
+    pub seen_ms: i64,
+}
+
+/// A holding waiting to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldingUpdate {
+    /// The holder.
+    pub peer: PeerId,
+    /// The file.
+    pub file_id: FileId,
+    /// What it holds (validated against `chunk_count`).
+    pub holding: Holding,
+    /// The file's chunk count.
+    pub chunk_count: u32,
+    /// When it announced (Unix ms).
+    pub at_ms: i64,
+}
+
+/// One flush's worth of writes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Latest renewal per peer.
+    pub renewals: Vec<Renewal>,
+    /// Latest holding per (peer, file).
+    pub holdings: Vec<HoldingUpdate>,
+}
+
+impl Batch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.renewals.is_empty() && self.holdings.is_empty()
+    }
+}
+
+/// Why a write was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// Too many peers' renewals wait.
+    Renewals,
+    /// Too many holdings wait.
+    Holdings,
+}
+
+/// The writes waiting for the next flush.
+#[derive(Debug)]
+pub struct Pending {
+    renewals: HashMap<PeerId, Renewal>,
+    holdings: HashMap<(PeerId, FileId), HoldingUpdate>,
+    max_renewals: usize,
+    max_holdings: usize,
+}
+
+impl Pending {
+    /// Empty, with room for `max_renewals` peers and `max_holdings`
+    /// holdings.
+    pub fn new(max_renewals: usize, max_holdings: usize) -> Self {
+        Self {
+            renewals: HashMap::new(),
+            holdings: HashMap::new(),
+            max_renewals,
+            max_holdings,
+        }
+    }
+
+    /// Queues a renewal, replacing the peer's previous one.
+    pub fn renew(&mut self, renewal: Renewal) -> Result<(), Full> {
+        let full = self.renewals.len() >= self.max_renewals;
+        match self.renewals.get_mut(&renewal.peer) {
+            Some(slot) => *slot = renewal,
+            None if full => return Err(Full::Renewals),
+            None => {
+                self.renewals.insert(renewal.peer.clone(), renewal);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a holding, replacing that peer's previous one for the file.
+    pub fn hold(&mut self, update: HoldingUpdate) -> Result<(), Full> {
+        let key = (update.peer.clone(), update.file_id.clone());
+        let full = self.holdings.len() >= self.max_holdings;
+        match self.holdings.get_mut(&key) {
+            Some(slot) => *slot = update,
+            None if full => return Err(Full::Holdings),
+            None => {
+                self.holdings.insert(key, update);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops a queued holding: the peer stopped sharing the file, and the
+    /// direct write that says so must not be undone by the next flush.
+    pub fn forget_holding(&mut self, peer: &PeerId, file_id: &FileId) {
+        self.holdings.remove(&(peer.clone(), file_id.clone()));
+    }
+
+    /// Drops every queued holding of a deleted file.
+    pub fn forget_file(&mut self, file_id: &FileId) {
+        self.holdings.retain(|(_, file), _| file != file_id);
+    }
+
+    /// Takes everything queued.
+    pub fn take(&mut self) -> Batch {
+        Batch {
+            renewals: self.renewals.drain().map(|(_, r)| r).collect(),
+            holdings: self.holdings.drain().map(|(_, h)| h).collect(),
+        }
+    }
+
+    /// Puts back a batch the database refused, except entries that newer
+    /// ones replaced meanwhile (and beyond the bounds).
+    pub fn restore(&mut self, batch: Batch) {
+        for renewal in batch.renewals {
+            if !self.renewals.contains_key(&renewal.peer) && self.renewals.len() < self.max_renewals
+            {
+                self.renewals.insert(renewal.peer.clone(), renewal);
+            }
+        }
+        for update in batch.holdings {
+            let key = (update.peer.clone(), update.file_id.clone());
+            if !self.holdings.contains_key(&key) && self.holdings.len() < self.max_holdings {
+                self.holdings.insert(key, update);
+            }
+        }
+    }
+
+    /// Renewals and holdings waiting.
+    pub fn len(&self) -> (usize, usize) {
+        (self.renewals.len(), self.holdings.len())
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.renewals.is_empty() && self.holdings.is_empty()
+    }
+}
+
+/// The shared handle handlers queue into. Cheap to clone.
+///
+/// A flush and a direct write of a holding (StopSharing, DeleteFile, a new
+/// holder or complete copy written at once) never interleave: both hold
+/// the write gate ([`WriteBehind::gate`]), so a batch already taken cannot
+/// bring back a holding removed, or overwrite one written, meanwhile.
+#[derive(Debug, Clone)]
+pub struct WriteBehind {
+    pending: Arc<Mutex<Pending>>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    /// Time between flushes (also the retry hint when the queue is full).
+    pub interval: Duration,
+}
+
+impl WriteBehind {
+    /// A queue flushed every `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            pending: Arc::new(Mutex::new(Pending::new(
+                MAX_PENDING_RENEWALS,
+                MAX_PENDING_HOLDINGS,
+            ))),
+            gate: Arc::default(),
+            interval,
+        }
+    }
+
+    /// Runs `f` on the queue.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Pending) -> R) -> R {
+        f(&mut self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Held while writing a holding directly, so no flush runs meanwhile.
+    pub async fn gate(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.gate.lock().await
+    }
+
+    /// Writes everything queued now; on failure the entries go back in the
+    /// queue for the next flush.
+    pub async fn flush(&self, store: &Store) -> Result<(), crate::Error> {
+        let _gate = self.gate.lock().await;
+        let batch = self.with(Pending::take);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let renewals = batch.renewals.len();
+        let holdings = batch.holdings.len();
+        let started = std::time::Instant::now();
+        match store.apply_batch(&batch).await {
+            Ok(()) => {
+                p2p_services::metrics::histogram(
+                    "p2p_index_flush_seconds",
+                    "Time to write one batch of renewals and holdings.",
+                    &[],
+                )
+                .observe(started.elapsed().as_secs_f64());
+                tracing::trace!(renewals, holdings, took = ?started.elapsed(), "flushed");
+                Ok(())
+            }
+            Err(err) => {
+                self.with(|p| p.restore(batch));
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Flushes `queue` into `store` every interval until `stop` is cancelled,
+/// then once more so nothing acknowledged is lost on a clean shutdown.
+pub async fn flusher(queue: WriteBehind, store: Store, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(queue.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {
+                if let Err(err) = queue.flush(&store).await {
+                    tracing::warn!(%err, "cannot write renewals and holdings; retrying at the next flush");
+                }
+            }
+        }
+    }
+    if let Err(err) = queue.flush(&store).await {
+        tracing::warn!(%err, "cannot write the last renewals and holdings before stopping");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2p_services::manifest::Bitfield;
+
+    fn peer(n: u8) -> PeerId {
+        PeerId::parse(&format!("00000000-0000-4000-8000-0000000000{n:02}")).expect("uuid")
+    }
+
+    fn file(n: u8) -> FileId {
+        FileId::parse(&format!("{n:02x}").repeat(32)).expect("file id")
+    }
+
+    fn renewal(p: u8, seen_ms: i64) -> Renewal {
+        Renewal {
+            peer: peer(p),
+            load: PeerLoad::default(),
+            seen_ms,
+        }
+    }
+
+    fn partial(p: u8, f: u8, chunks: &[u32], at_ms: i64) -> HoldingUpdate {
+        let mut field = Bitfield::empty(8);
+        for &c in chunks {
+            field.set(c);
+        }
+        HoldingUpdate {
+            peer: peer(p),
+            file_id: file(f),
+            holding: Holding::Partial(field),
+            chunk_count: 8,
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn only_the_latest_renewal_per_peer_is_written() {
+        let mut pending = Pending::new(10, 10);
+        pending.renew(renewal(1, 100)).expect("room");
+        pending
+            .renew(renewal(1, 200))
+            .expect("replacing needs no room");
+        pending.renew(renewal(2, 150)).expect("room");
+        let mut batch = pending.take();
+        batch.renewals.sort_by_key(|r| r.seen_ms);
+        assert_eq!(batch.renewals, vec![renewal(2, 150), renewal(1, 200)]);
+        assert!(pending.is_empty(), "taking empties the queue");
+    }
+
+    #[test]
+    fn a_full_queue_refuses_new_peers_but_not_known_ones() {
+        let mut pending = Pending::new(2, 1);
+        pending.renew(renewal(1, 1)).expect("room");
+        pending.renew(renewal(2, 1)).expect("room");
+        assert_eq!(pending.renew(renewal(3, 1)), Err(Full::Renewals));
+        pending.renew(renewal(1, 2)).expect("a known peer replaces");
+        pending.hold(partial(1, 1, &[0], 1)).expect("room");
+        assert_eq!(pending.hold(partial(1, 2, &[0], 1)), Err(Full::Holdings));
+        pending.hold(partial(1, 1, &[0, 1], 2)).expect("replaces");
+        assert_eq!(pending.len(), (2, 1));
+    }
+
+    #[test]
+    fn stop_sharing_and_delete_cancel_queued_holdings() {
+        let mut pending = Pending::new(10, 10);
+        pending.hold(partial(1, 1, &[0], 1)).expect("room");
+        pending.hold(partial(2, 1, &[1], 1)).expect("room");
+        pending.hold(partial(1, 2, &[2], 1)).expect("room");
+        pending.forget_holding(&peer(1), &file(2));
+        pending.forget_file(&file(1));
+        assert!(pending.take().holdings.is_empty());
+    }
+
+    #[test]
+    fn a_refused_batch_goes_back_without_overwriting_newer_entries() {
+        let mut pending = Pending::new(10, 10);
+        pending.renew(renewal(1, 100)).expect("room");
+        pending.hold(partial(1, 1, &[0], 100)).expect("room");
+        let refused = pending.take();
+        pending.renew(renewal(1, 300)).expect("room");
+        pending.restore(refused);
+        let batch = pending.take();
+        assert_eq!(batch.renewals, vec![renewal(1, 300)]);
+        assert_eq!(batch.holdings, vec![partial(1, 1, &[0], 100)]);
+    }
+}

@@ -1,0 +1,145 @@
+//! What a replica remembers between calls so the hot paths read less:
+//!
+//! - **peer owners** (`peer_id` → user id): fixed when the peer first
+//!   registers and never changed or deleted, so kept until the cache is
+//!   full (then cleared).
+//! - **files** (`file_id` → chunk count): a file id is derived from the
+//!   content, so its chunk count never changes; whether the file still
+//!   exists does, so an entry counts for [`FILE_TTL`] only (a deletion
+//!   through another replica is seen within that) and a deletion through
+//!   this one drops it at once.
+//! - **manifests**: immutable for a file id; kept up to
+//!   [`MAX_MANIFEST_HASH_BYTES`] of chunk hashes. Only used after the
+//!   file's existence was read from the database in the same call.
+//!
+//! Nothing here decides who is online or who holds what: those always come
+//! from the database (plus this replica's unflushed writes, see
+//! [`crate::batch`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use p2p_services::manifest::{FileId, Manifest};
+
+use crate::peer::PeerId;
+
+/// How long a file's existence is trusted without asking the database.
+pub const FILE_TTL: Duration = Duration::from_secs(1);
+/// Most peers whose owner is remembered.
+pub const MAX_OWNERS: usize = 200_000;
+/// Most files whose chunk count is remembered.
+pub const MAX_FILES: usize = 100_000;
+/// Most chunk-hash bytes of cached manifests (32 bytes a chunk).
+pub const MAX_MANIFEST_HASH_BYTES: usize = 32 << 20;
+
+#[derive(Debug, Default)]
+struct Inner {
+    owners: HashMap<PeerId, String>,
+    files: HashMap<FileId, (u32, Instant)>,
+    manifests: HashMap<FileId, Arc<Manifest>>,
+    manifest_bytes: usize,
+}
+
+/// The replica-local caches. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Caches {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Caches {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The user who owns `peer`, if known.
+    pub fn owner(&self, peer: &PeerId) -> Option<String> {
+        self.lock().owners.get(peer).cloned()
+    }
+
+    /// Remembers who owns `peer`.
+    pub fn set_owner(&self, peer: &PeerId, user_id: &str) {
+        let mut inner = self.lock();
+        if inner.owners.len() >= MAX_OWNERS {
+            inner.owners.clear();
+        }
+        inner.owners.insert(peer.clone(), user_id.to_string());
+    }
+
+    /// The chunk count of a file seen to exist less than [`FILE_TTL`] ago.
+    pub fn chunk_count(&self, file_id: &FileId, now: Instant) -> Option<u32> {
+        let inner = self.lock();
+        let (count, at) = inner.files.get(file_id)?;
+        (now.duration_since(*at) < FILE_TTL).then_some(*count)
+    }
+
+    /// Remembers that a file exists, with its chunk count.
+    pub fn set_chunk_count(&self, file_id: &FileId, chunk_count: u32, now: Instant) {
+        let mut inner = self.lock();
+        if inner.files.len() >= MAX_FILES {
+            inner
+                .files
+                .retain(|_, (_, at)| now.duration_since(*at) < FILE_TTL);
+        }
+        if inner.files.len() < MAX_FILES {
+            inner.files.insert(file_id.clone(), (chunk_count, now));
+        }
+    }
+
+    /// A cached manifest.
+    pub fn manifest(&self, file_id: &FileId) -> Option<Arc<Manifest>> {
+        self.lock().manifests.get(file_id).cloned()
+    }
+
+    /// Caches a manifest, making room by clearing when over the bound.
+    pub fn set_manifest(&self, file_id: &FileId, manifest: Arc<Manifest>) {
+        let bytes = manifest.chunk_count() as usize * 32;
+        if bytes > MAX_MANIFEST_HASH_BYTES {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.manifest_bytes + bytes > MAX_MANIFEST_HASH_BYTES {
+            inner.manifests.clear();
+            inner.manifest_bytes = 0;
+        }
+        if inner.manifests.insert(file_id.clone(), manifest).is_none() {
+            inner.manifest_bytes += bytes;
+        }
+    }
+
+    /// Forgets a file deleted through this replica.
+    pub fn forget_file(&self, file_id: &FileId) {
+        let mut inner = self.lock();
+        inner.files.remove(file_id);
+        if let Some(manifest) = inner.manifests.remove(file_id) {
+            inner.manifest_bytes -= manifest.chunk_count() as usize * 32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_trusted_to_exist_only_for_the_ttl() {
+        let caches = Caches::default();
+        let file = FileId::parse(&"ab".repeat(32)).expect("file id");
+        let t = Instant::now();
+        caches.set_chunk_count(&file, 7, t);
+        assert_eq!(caches.chunk_count(&file, t + FILE_TTL / 2), Some(7));
+        assert_eq!(caches.chunk_count(&file, t + FILE_TTL), None);
+        caches.set_chunk_count(&file, 7, t);
+        caches.forget_file(&file);
+        assert_eq!(caches.chunk_count(&file, t), None);
+    }
+
+    #[test]
+    fn owners_are_remembered() {
+        let caches = Caches::default();
+        let peer = PeerId::generate();
+        assert_eq!(caches.owner(&peer), None);
+        caches.set_owner(&peer, "alice");
+        assert_eq!(caches.owner(&peer).as_deref(), Some("alice"));
+    }
+}
