@@ -18,12 +18,15 @@
 //!   [`unattended`]: the `--user` login that retries until it works.
 //! - [`picker`]: the pure piece picker; [`download`]: the swarm download
 //!   engine.
-//! - [`control`]: the AgentControl handlers (glue only).
+//! - [`api`]: the agent's behaviour as front ends see it (every rule,
+//!   check and message); [`control`]: the AgentControl handlers (glue
+//!   over it).
 //!
 //! [`run`] owns every task it starts: the gRPC servers, the metrics
 //! endpoint, the session's heartbeat and unattended login, the held-file
 //! sweep and the downloads all stop when the shutdown future resolves.
 
+pub mod api;
 pub mod config;
 pub mod control;
 pub mod disk;
@@ -55,6 +58,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Command, Config};
 pub use error::Error;
 
+use crate::api::AgentApi;
 use crate::control::Control;
 use crate::download::{DownloadContext, Downloads};
 use crate::holdings::Holdings;
@@ -158,16 +162,17 @@ pub async fn run(
     let peer_service = PeerServiceServer::new(ChunkServer::new(uploads))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let control = AgentControlServer::new(Control::new(
+    let api = AgentApi::new(
         session.clone(),
         holdings.clone(),
         downloads.clone(),
         stats,
         config.downloads_dir(),
         stop.clone(),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    );
+    let control = AgentControlServer::new(Control::new(api.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(advertise = %advertise_addr, data_dir = %data_dir.display(), "agent starting");
 
     let peer_server = GrpcServer::new()
