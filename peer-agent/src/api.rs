@@ -32,6 +32,9 @@ use crate::store::Kind;
 const LIST_PAGE: u32 = 1000;
 /// Most pages read when listing (1,000,000 files).
 const MAX_PAGES: usize = 1000;
+/// How often [`AgentApi::follow_files`] re-checks without an index event
+/// (this agent's own downloads change the listing too).
+const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 /// How long a finished or failed download stays in [`AgentApi::transfers`].
 const KEEP_FINISHED: Duration = Duration::from_secs(30 * 60);
 
@@ -197,6 +200,50 @@ impl AgentApi {
                     .await
             })
             .await
+    }
+
+    /// Follows the listing of `name_contains`: calls `send` with the files
+    /// at once and again whenever they change (an index-svc `WatchFiles`
+    /// event, or this agent's own state, checked every [`FOLLOW_EVERY`]),
+    /// until `send` returns false or the agent shuts down. Both front ends'
+    /// live views are this one loop.
+    pub async fn follow_files<F, Fut>(&self, name_contains: &str, mut send: F)
+    where
+        F: FnMut(Result<Vec<pb::NetworkFile>, Error>) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut shown: Option<Vec<pb::NetworkFile>> = None;
+        let mut watch: Option<tonic::Streaming<index_pb::FileEvent>> = None;
+        let mut tick = tokio::time::interval(FOLLOW_EVERY);
+        loop {
+            match self.list_files(name_contains).await {
+                Ok(files) if shown.as_ref() != Some(&files) => {
+                    if !send(Ok(files.clone())).await {
+                        return;
+                    }
+                    shown = Some(files);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    if !send(Err(err)).await {
+                        return;
+                    }
+                    shown = None;
+                }
+            }
+            if watch.is_none() {
+                watch = self.watch_files().await.ok();
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                changed = next_change(&mut watch) => {
+                    if !changed {
+                        watch = None;
+                    }
+                }
+            }
+        }
     }
 
     /// Resolves a file id, unique id prefix or exact name to a full id.
@@ -692,6 +739,15 @@ impl AgentApi {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// Waits for the next index event; false when the stream ended. Never
+/// returns while not watching.
+async fn next_change(watch: &mut Option<tonic::Streaming<index_pb::FileEvent>>) -> bool {
+    match watch {
+        Some(stream) => matches!(stream.message().await, Ok(Some(_))),
+        None => std::future::pending().await,
     }
 }
 

@@ -154,6 +154,35 @@ impl AgentControl for Control {
         Ok(Response::new(pb::ListFilesResponse { files }))
     }
 
+    type WatchFilesStream = BoxStream<pb::ListFilesResponse>;
+
+    async fn watch_files(
+        &self,
+        request: Request<pb::ListFilesRequest>,
+    ) -> Result<Response<Self::WatchFilesStream>, Status> {
+        self.api.require_login()?;
+        let filter = request.into_inner().name_contains;
+        let (tx, rx) = mpsc::channel(4);
+        let api = self.api.clone();
+        // Owned by the response stream: it ends when the caller goes away
+        // (the send fails) or the agent shuts down.
+        tokio::spawn(async move {
+            api.follow_files(&filter, |listing| {
+                let tx = tx.clone();
+                async move {
+                    let item = listing
+                        .map(|files| pb::ListFilesResponse { files })
+                        .map_err(Status::from);
+                    tx.send(item).await.is_ok()
+                }
+            })
+            .await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     type DownloadStream = BoxStream<pb::DownloadProgress>;
 
     async fn download(

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use p2p_tests::{ADMIN_PASSWORD, ADMIN_USER, AgentHandle, AgentOptions, Cluster, ClusterOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// How long any one thing the browser waits for may take.
 const WAIT: Duration = Duration::from_secs(60);
@@ -260,6 +260,14 @@ async fn the_seeds_windows_work_in_a_real_browser() {
         .await
         .expect("open files on B");
 
+    // A terminal user follows the same live view with `p2p ls --watch`.
+    let mut watch = agent_b
+        .p2p_command(&["--json", "ls", "--watch"])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start p2p ls --watch");
+    let mut watched = tokio::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+
     // Upload 20 MiB with a markup name on A.
     let upload_dir = cluster.scratch_dir("upload");
     let original = upload_dir.join(MARKUP_NAME);
@@ -292,6 +300,19 @@ async fn the_seeds_windows_work_in_a_real_browser() {
         "the file name was rendered as markup"
     );
     screenshot(&b, "files").await;
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = watched.next_line().await.expect("read p2p ls --watch") {
+            let listing: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+            if listing["files"].as_array().is_some_and(|f| !f.is_empty()) {
+                assert!(line.contains(&file_id), "another file in {line}");
+                return;
+            }
+        }
+        panic!("p2p ls --watch ended without showing the file");
+    })
+    .await
+    .expect("p2p ls --watch showed the upload in time");
+    drop(watch);
 
     // Download on B and watch the bar reach 100 %.
     click(

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use p2p_proto::index::v1 as index_pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -19,8 +18,6 @@ use super::guard::Authed;
 use super::pages::FilesQuery;
 use super::render;
 
-/// How often the Files feed re-checks this agent's own state.
-const FILES_EVERY: Duration = Duration::from_secs(2);
 /// How often the Downloads feed looks at progress.
 const DOWNLOADS_EVERY: Duration = Duration::from_millis(250);
 
@@ -46,53 +43,30 @@ async fn feed_files(
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
     let viewer = authed.viewer();
-    let filter = query.q;
     let mut shown = query.v;
-    let mut watch: Option<tonic::Streaming<index_pb::FileEvent>> = None;
-    let mut tick = tokio::time::interval(FILES_EVERY);
-    loop {
-        if !still_valid(&web, &authed) {
-            let _ = tx
-                .send(Ok(Event::default().event("ended").data("log in again")))
-                .await;
-            return;
-        }
-        if let Ok(files) = web.api.list_files(&filter).await {
-            let html = render::file_rows(&viewer, &files);
-            let version = render::version(&html);
-            if version != shown {
-                if tx
-                    .send(Ok(Event::default().event("html").data(html.0)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                shown = version;
+    let api = web.api.clone();
+    api.follow_files(&query.q, |listing| {
+        let html = listing.ok().map(|files| render::file_rows(&viewer, &files));
+        let valid = still_valid(&web, &authed);
+        let event = match html {
+            _ if !valid => Some(Event::default().event("ended").data("log in again")),
+            Some(html) if render::version(&html) != shown => {
+                shown = render::version(&html);
+                Some(Event::default().event("html").data(html.0))
+            }
+            // Unchanged, or the index is briefly unreachable: keep showing
+            // what the page has.
+            _ => None,
+        };
+        let tx = tx.clone();
+        async move {
+            match event {
+                Some(event) => tx.send(Ok(event)).await.is_ok() && valid,
+                None => !tx.is_closed(),
             }
         }
-        if watch.is_none() {
-            watch = web.api.watch_files().await.ok();
-        }
-        tokio::select! {
-            () = tx.closed() => return,
-            () = web.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-            event = next_event(&mut watch) => {
-                if event.is_none() {
-                    watch = None;
-                }
-            }
-        }
-    }
-}
-
-/// The next change from the index, or never when not watching.
-async fn next_event(watch: &mut Option<tonic::Streaming<index_pb::FileEvent>>) -> Option<()> {
-    match watch {
-        Some(stream) => stream.message().await.ok().flatten().map(|_| ()),
-        None => std::future::pending().await,
-    }
+    })
+    .await;
 }
 
 fn still_valid(web: &Web, authed: &Authed) -> bool {
