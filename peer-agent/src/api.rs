@@ -157,6 +157,29 @@ impl AgentApi {
         self.session.login(username.trim(), password).await
     }
 
+    /// A person proving who they are to a front end that has no session of
+    /// its own (the web app): the password is always checked with
+    /// auth-svc. When the agent is already logged in as that account (for
+    /// example unattended), its session is left running; otherwise the
+    /// agent logs in as that account, as [`AgentApi::login`] does.
+    pub async fn log_in_person(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<auth_pb::User, Error> {
+        let username = username.trim();
+        if username.is_empty() {
+            return Err(Error::InvalidArgument("username is empty".into()));
+        }
+        match self.session.user() {
+            Some(current) if current.username == username => {
+                self.session.check_password(username, password).await?;
+                Ok(current)
+            }
+            _ => Ok(self.login(username, password).await?.0),
+        }
+    }
+
     /// Ends the agent's session.
     pub async fn logout(&self) {
         self.session.logout().await;

@@ -236,7 +236,19 @@ async fn the_seeds_windows_work_in_a_real_browser() {
         return;
     };
     let cluster = Cluster::start(ClusterOptions::default()).await;
-    let agent_a = cluster.add_agent("a", AgentOptions::default()).await;
+    // A is logged in unattended; its web app still asks for the password.
+    let unattended = AgentOptions {
+        env: vec![
+            ("P2P_USER".into(), ADMIN_USER.into()),
+            ("P2P_PASSWORD".into(), ADMIN_PASSWORD.into()),
+        ],
+        ..AgentOptions::default()
+    };
+    let agent_a = cluster.add_agent("a", unattended).await;
+    p2p_tests::eventually(WAIT, "A's unattended login", || async {
+        agent_a.status().await.logged_in.then_some(())
+    })
+    .await;
     let agent_b = cluster.add_agent("b", AgentOptions::default()).await;
     let (web_a, web_b) = (
         agent_a.web_addr().to_string(),
@@ -253,7 +265,34 @@ async fn the_seeds_windows_work_in_a_real_browser() {
         .await
         .expect("open login");
     screenshot(&a, "login").await;
+    a.find(Locator::Id("username"))
+        .await
+        .expect("username")
+        .send_keys(ADMIN_USER)
+        .await
+        .expect("type");
+    a.find(Locator::Id("password"))
+        .await
+        .expect("password")
+        .send_keys("not-the-password")
+        .await
+        .expect("type");
+    click(&a, "form.card button[type=submit]").await;
+    let refused = text_of(&a, "p.flash.failed").await;
+    assert!(refused.contains("Wrong username or password"), "{refused}");
+    assert!(
+        a.find_all(Locator::Css("form.logout"))
+            .await
+            .expect("query")
+            .is_empty()
+    );
+    let peer_id = agent_a.status().await.peer_id;
     log_in(&a, &web_a, ADMIN_USER, ADMIN_PASSWORD).await;
+    assert_eq!(
+        agent_a.status().await.peer_id,
+        peer_id,
+        "a web login as the agent's own user must leave its session running"
+    );
     log_in(&b, &web_b, ADMIN_USER, ADMIN_PASSWORD).await;
     // B watches its Files page from here on, never reloading it.
     b.goto(&format!("http://{web_b}/files"))

@@ -116,7 +116,7 @@ pub struct LoginForm {
 
 /// `POST /login`: checks the password with auth-svc (always, even when the
 /// agent is already logged in as this user), logs the agent in as that
-/// account and starts a web session.
+/// account when it is not already, and starts a web session.
 pub async fn login(
     State(web): State<Web>,
     headers: HeaderMap,
@@ -130,8 +130,8 @@ pub async fn login(
             "Open the login page again and log in from there.",
         );
     }
-    match web.api.login(&form.username, &form.password).await {
-        Ok((user, _)) => {
+    match web.api.log_in_person(&form.username, &form.password).await {
+        Ok(user) => {
             web.sessions.keep_only(&user.username);
             let session = web.sessions.create(&user.username);
             web.sessions.flash(

@@ -286,7 +286,7 @@ pub fn file_rows(viewer: &Viewer, files: &[pb::NetworkFile]) -> Markup {
                         @if state == pb::LocalState::Downloading {
                             (action("/files/cancel", &viewer.csrf, &info.file_id, "Cancel", &format!("Cancel the download of {}", info.name), None))
                         } @else if state != pb::LocalState::Complete {
-                            (action("/files/download", &viewer.csrf, &info.file_id, "Download", &format!("Download {}", info.name), None))
+                            (download_form(&viewer.csrf, info))
                         }
                         @if state != pb::LocalState::None || !file.local_problem.is_empty() {
                             (action("/files/remove", &viewer.csrf, &info.file_id, "Remove here", &format!("Remove the copy of {} on this agent", info.name), None))
@@ -296,6 +296,24 @@ pub fn file_rows(viewer: &Viewer, files: &[pb::NetworkFile]) -> Markup {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Download, to the downloads directory or (opened with "to a path") to
+/// a path on the agent's machine.
+fn download_form(csrf: &str, info: &index_pb::FileInfo) -> Markup {
+    let field = format!("dest-{}", info.file_id);
+    html! {
+        form.inline.download method="post" action="/files/download" {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="file" value=(info.file_id);
+            button type="submit" aria-label=(format!("Download {}", info.name)) { "Download" }
+            details {
+                summary { "to a path" }
+                label for=(field) { "Save " (info.name) " to (a path on the agent's machine)" }
+                input id=(field) name="destination" placeholder="/home/me/Downloads/";
             }
         }
     }
