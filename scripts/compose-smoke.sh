@@ -72,6 +72,16 @@ grep -q Unauthenticated "$WORK/err" || fail "a call without the control token di
 for svc in peer-a peer-b peer-c; do
   docker cp "$(cid "$svc"):/data/control.token" "$WORK/$svc.token"
 done
+echo "--- the agents' web apps on the host's loopback"
+for port in 50255 50256 50257; do
+  code=$(curl -s -o "$WORK/web-login" -w '%{http_code}' --max-time 5 "http://127.0.0.1:$port/login") ||
+    fail "the web app on 127.0.0.1:$port did not answer"
+  [[ $code == 200 ]] || fail "the web app on 127.0.0.1:$port answered $code to /login"
+  grep -q 'name="password"' "$WORK/web-login" || fail "no login form on 127.0.0.1:$port"
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'Host: evil.example' "http://127.0.0.1:$port/login") ||
+    fail "the web app on 127.0.0.1:$port did not answer"
+  [[ $code == 403 ]] || fail "the web app on 127.0.0.1:$port answered $code to a foreign Host"
+done
 grpcurl -plaintext -H "authorization: Bearer $(cat "$WORK/peer-a.token")" \
   127.0.0.1:50154 p2p.agent.v1.AgentControl/Status >/dev/null || fail "the control token was refused"
 ADMIN_TOKEN=$(grpcurl -cacert "$WORK/ca.pem" -d "{\"username\":\"admin\",\"password\":\"$P2P_ADMIN_PASSWORD\"}" \

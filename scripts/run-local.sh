@@ -62,17 +62,18 @@ wait_for 30 index-svc "$BIN/index-svc" --listen 127.0.0.1:50052 healthcheck
 # Each agent's control API is the Unix socket in its data dir; `p2p` finds
 # it through --data-dir or P2P_DATA_DIR.
 start_agent() {
-  local name=$1 peer=$2 metrics=$3
+  local name=$1 peer=$2 metrics=$3 web=$4
   # shellcheck disable=SC2046
   P2P_USER=admin P2P_PASSWORD=$ADMIN_PASSWORD "$BIN/peer-agent" --listen "127.0.0.1:$peer" \
     --data-dir "$DIR/agent-$name" --metrics-listen "127.0.0.1:$metrics" \
+    --web-listen "127.0.0.1:$web" \
     $(tls_of "agent-$name") --index-url 127.0.0.1:50052 --auth-url 127.0.0.1:50051 2>"$DIR/agent-$name.log" &
   PIDS+=($!)
 }
 p2p_on() { local name=$1; shift; "$BIN/p2p" --data-dir "$DIR/agent-$name" "$@"; }
 logged_in() { p2p_on "$1" --json status | grep -q '"logged_in": *true'; }
-start_agent a 50053 9103
-start_agent b 50063 9113
+start_agent a 50053 9103 50055
+start_agent b 50063 9113 50065
 wait_for 60 "agent A to log in" logged_in a
 wait_for 60 "agent B to log in" logged_in b
 
@@ -90,8 +91,9 @@ cat <<EOF2
 The network is running (state and logs in $DIR):
   auth-svc   127.0.0.1:50051   admin password: $ADMIN_PASSWORD
   index-svc  127.0.0.1:50052
-  agent A    control $DIR/agent-a/control.sock
-  agent B    control $DIR/agent-b/control.sock
+  agent A    control $DIR/agent-a/control.sock   web app http://127.0.0.1:50055/
+  agent B    control $DIR/agent-b/control.sock   web app http://127.0.0.1:50065/
+Open a web app in a browser and log in as admin with the password above.
 Try:
   export PATH=$BIN:\$PATH P2P_DATA_DIR=$DIR/agent-b
   p2p ls; p2p peers; p2p status; p2p share SOME_FILE; p2p get NAME

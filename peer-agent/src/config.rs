@@ -44,6 +44,20 @@ pub struct Config {
     /// control token, but anyone who obtains it acts as the logged-in user.
     #[arg(long, env = "AGENT_ALLOW_REMOTE_CONTROL")]
     pub allow_remote_control: bool,
+    /// Address of the web app (open http://ADDRESS/ in a browser); empty
+    /// disables it. Must be loopback unless --allow-remote-web.
+    #[arg(long, env = "P2P_WEB_LISTEN", default_value = "127.0.0.1:50055")]
+    pub web_listen: String,
+    /// Accept a non-loopback --web-listen address (for a container whose
+    /// port is published on the host's loopback). Anyone who can reach it
+    /// still needs an account's password.
+    #[arg(long, env = "P2P_ALLOW_REMOTE_WEB")]
+    pub allow_remote_web: bool,
+    /// Host names (`name` or `name:port`, comma-separated) the web app
+    /// answers to besides 127.0.0.1, localhost and [::1]; any other `Host`
+    /// header is refused, which stops DNS-rebinding attacks.
+    #[arg(long, env = "P2P_WEB_ALLOW_HOSTS", value_delimiter = ',')]
+    pub web_allow_host: Vec<String>,
     /// Directory for the agent's database and partial downloads.
     #[arg(long, env = "P2P_DATA_DIR", default_value = "./p2p-data")]
     pub data_dir: PathBuf,
@@ -187,6 +201,26 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The web app's address, if it is on (an empty value turns it off).
+    pub fn web_listen(&self) -> Option<&str> {
+        Some(self.web_listen.trim()).filter(|a| !a.is_empty())
+    }
+
+    /// Refuses a web app reachable from other machines unless explicitly
+    /// allowed.
+    pub fn check_web_addr(&self, bound: SocketAddr) -> Result<(), Error> {
+        if bound.ip().is_loopback() || self.allow_remote_web {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "--web-listen {bound} is not a loopback address; other machines could reach the \
+                 web app, so use 127.0.0.1 or pass --allow-remote-web if you really mean it"
+            )))
+        }
+    }
+}
+
 /// Parses a humane byte rate: `0`, `1048576`, `10MiB`, `500KB`, `100Mbit`,
 /// `1.5GB/s`. Decimal units (KB, MB, GB) are powers of 1000, binary ones
 /// (KiB, MiB, GiB) powers of 1024; `bit` units are divided by 8.
@@ -261,6 +295,23 @@ mod tests {
                 .check_control_addr("0.0.0.0:1".parse().unwrap())
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn web_app_is_on_loopback_by_default_and_can_be_turned_off() {
+        let config = Config::try_parse_from(["peer-agent"]).unwrap();
+        assert_eq!(config.web_listen(), Some("127.0.0.1:50055"));
+        assert!(config.check_web_addr("0.0.0.0:1".parse().unwrap()).is_err());
+        assert!(
+            config
+                .check_web_addr("127.0.0.1:1".parse().unwrap())
+                .is_ok()
+        );
+        let off = Config::try_parse_from(["peer-agent", "--web-listen", ""]).unwrap();
+        assert_eq!(off.web_listen(), None);
+        let hosts =
+            Config::try_parse_from(["peer-agent", "--web-allow-host", "a.lan,b.lan:80"]).unwrap();
+        assert_eq!(hosts.web_allow_host, ["a.lan", "b.lan:80"]);
     }
 
     #[test]

@@ -19,12 +19,16 @@
 //!   [`unattended`]: the `--user` login that retries until it works.
 //! - [`picker`]: the pure piece picker; [`download`]: the swarm download
 //!   engine.
-//! - [`control`]: the AgentControl handlers (glue only).
+//! - [`api`]: the agent's behaviour as front ends see it (every rule,
+//!   check and message); [`control`]: the AgentControl handlers (glue
+//!   over it); [`web`]: the web app (pages, live feeds, uploads and the
+//!   browser checks, also over [`api`]).
 //!
-//! [`run`] owns every task it starts: the gRPC servers, the metrics
+//! [`run`] owns every task it starts: the gRPC servers, the web app, the metrics
 //! endpoint, the session's heartbeat and unattended login, the held-file
 //! sweep and the downloads all stop when the shutdown future resolves.
 
+pub mod api;
 pub mod config;
 pub mod control;
 pub mod disk;
@@ -41,6 +45,7 @@ pub mod stats;
 pub mod store;
 pub mod unattended;
 pub mod upload;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -57,6 +62,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Command, Config};
 pub use error::Error;
 
+use crate::api::AgentApi;
 use crate::control::Control;
 use crate::download::{DownloadContext, Downloads};
 use crate::holdings::Holdings;
@@ -69,12 +75,14 @@ use crate::upload::{ChunkServer, Uploads};
 /// `peer_listener` (token required), AgentControl on its private Unix
 /// socket ([`Config::control_socket`], removed again on the way out) and,
 /// when `control_tcp` is given, also there behind the control token
+/// (loopback unless allowed), and the web app on `web` when given
 /// (loopback unless allowed). Logs in at start when the config names a
 /// user, and keeps trying until it succeeds.
 pub async fn run(
     config: Config,
     peer_listener: TcpListener,
     control_tcp: Option<TcpListener>,
+    web: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let local = |l: &TcpListener| {
@@ -83,6 +91,9 @@ pub async fn run(
     };
     if let Some(listener) = &control_tcp {
         config.check_control_addr(local(listener)?)?;
+    }
+    if let Some(listener) = &web {
+        config.check_web_addr(local(listener)?)?;
     }
     let advertise_addr = config.advertise_for(local(&peer_listener)?);
     let data_dir = config.data_dir.clone();
@@ -165,16 +176,17 @@ pub async fn run(
     let peer_service = PeerServiceServer::new(ChunkServer::new(uploads))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let control = AgentControlServer::new(Control::new(
+    let api = AgentApi::new(
         session.clone(),
         holdings.clone(),
         downloads.clone(),
         stats,
         config.downloads_dir(),
         stop.clone(),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    );
+    let control = AgentControlServer::new(Control::new(api.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(advertise = %advertise_addr, data_dir = %data_dir.display(), "agent starting");
 
     let peer_server = GrpcServer::new()
@@ -210,8 +222,18 @@ pub async fn run(
             _ => Ok(()),
         }
     };
+    let web_server = async {
+        match web {
+            Some(listener) => {
+                web::serve(api, listener, config.web_allow_host.clone(), stop.clone()).await
+            }
+            None => Ok(()),
+        }
+    };
     let servers = async {
-        let result = tokio::try_join!(peer_server, socket_server, tcp_server);
+        let grpc =
+            async { tokio::try_join!(peer_server, socket_server, tcp_server).map_err(Error::from) };
+        let result = tokio::try_join!(grpc, web_server);
         stop.cancel();
         result
     };

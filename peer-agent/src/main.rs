@@ -26,16 +26,20 @@ async fn main() -> ExitCode {
             Some(addr) => Some(serve::bind(addr).await?),
             None => None,
         };
-        Ok::<_, serve::BindError>((peer, control))
+        let web = match config.web_listen() {
+            Some(addr) => Some(serve::bind(addr).await?),
+            None => None,
+        };
+        Ok::<_, serve::BindError>((peer, control, web))
     };
-    let (peer, control) = match listeners.await {
+    let (peer, control, web) = match listeners.await {
         Ok(listeners) => listeners,
         Err(err) => {
             eprintln!("peer-agent: {err}");
             return ExitCode::FAILURE;
         }
     };
-    match peer_agent::run(config, peer, control, shutdown::signal()).await {
+    match peer_agent::run(config, peer, control, web, shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(%err, "peer-agent stopped");

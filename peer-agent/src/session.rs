@@ -328,6 +328,40 @@ impl Session {
         Some(attempts.describe(tokio::time::Instant::now()))
     }
 
+    /// Checks `password` for `username` with auth-svc without touching
+    /// this agent's session: a login whose new session is revoked at once.
+    /// Returns the account as auth-svc sees it now.
+    pub async fn check_password(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<auth_pb::User, Error> {
+        let mut client = AuthServiceClient::new(self.auth.clone());
+        let pair = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.login(auth_pb::LoginRequest {
+                username: username.to_string(),
+                password: password.to_string(),
+            }),
+        )
+        .await
+        .map_err(|_| Error::AuthUnavailable("login timed out".into()))?
+        .map_err(Error::from_auth)?
+        .into_inner();
+        let revoke = client.logout(auth_pb::LogoutRequest {
+            refresh_token: pair.refresh_token,
+        });
+        if let Err(err) = tokio::time::timeout(CALL_TIMEOUT, revoke)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("timed out")))
+        {
+            tracing::warn!(error = %err.message(), "could not revoke the password check's session");
+        }
+        pair.user.ok_or_else(|| {
+            Error::AuthUnavailable("auth-svc answered a login without the account".into())
+        })
+    }
+
     /// The login itself, shared by [`Session::login`] and the unattended
     /// retries.
     pub(crate) async fn authenticate(

@@ -710,6 +710,10 @@ impl Cluster {
                 ("P2P_INDEX_URL".to_string(), self.index_urls()),
                 ("P2P_AUTH_URL".to_string(), self.auth_addr.clone()),
                 ("METRICS_LISTEN".to_string(), String::new()),
+                (
+                    "P2P_WEB_LISTEN".to_string(),
+                    format!("127.0.0.1:{}", free_port()),
+                ),
             ];
             env.extend(tls_env(&self.certs, &cert_name));
             if let Some(rate) = &options.max_upload_rate {
@@ -748,10 +752,17 @@ impl Cluster {
             .find(|(k, _)| k == "PEER_LISTEN")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
+        let web_addr = process
+            .env
+            .iter()
+            .find(|(k, _)| k == "P2P_WEB_LISTEN")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         Agent {
             name: name.to_string(),
             control_socket,
             control_tcp,
+            web_addr,
             peer_addr,
             data_dir,
             process,
@@ -976,6 +987,7 @@ pub struct Agent {
     name: String,
     control_socket: PathBuf,
     control_tcp: Option<String>,
+    web_addr: String,
     peer_addr: String,
     data_dir: PathBuf,
     process: Process,
@@ -997,6 +1009,11 @@ impl Agent {
     /// The file the agent writes its TCP control token to.
     pub fn control_token_file(&self) -> PathBuf {
         self.data_dir.join("control.token")
+    }
+
+    /// `host:port` of the agent's web app.
+    pub fn web_addr(&self) -> &str {
+        &self.web_addr
     }
 
     /// `host:port` of the PeerService other agents fetch from.

@@ -156,6 +156,19 @@ impl AgentControl for ScriptedAgent {
         Ok(Response::new(agent::ListFilesResponse { files }))
     }
 
+    type WatchFilesStream = BoxStream<agent::ListFilesResponse>;
+
+    /// Two listings (the file, then none), then the stream ends as when
+    /// the agent stops.
+    async fn watch_files(
+        &self,
+        request: Request<agent::ListFilesRequest>,
+    ) -> Result<Response<Self::WatchFilesStream>, Status> {
+        let first = self.list_files(request).await?.into_inner();
+        let messages = vec![Ok(first), Ok(agent::ListFilesResponse { files: vec![] })];
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
     type DownloadStream = BoxStream<agent::DownloadProgress>;
 
     async fn download(
@@ -443,6 +456,30 @@ async fn logged_out_agent_makes_every_command_say_to_log_in() {
             "{args:?}: {out}"
         );
     }
+}
+
+#[tokio::test]
+async fn ls_watch_prints_each_listing_until_the_agent_ends_it() {
+    let fake = Fake::start(true).await;
+    let out = fake.p2p(&["--json", "ls", "--watch"], None).await;
+    let lines = out.json_lines();
+    let listings: Vec<_> = lines.iter().filter(|l| l.get("files").is_some()).collect();
+    assert_eq!(listings.len(), 2, "{out}");
+    assert_eq!(
+        lines.last().map(|l| l["ok"].clone()),
+        Some(false.into()),
+        "{out}"
+    );
+    assert_eq!(listings[0]["files"][0]["file_id"], FILE_ID);
+    assert_eq!(listings[1]["files"].as_array().map(Vec::len), Some(0));
+    assert!(!out.success(), "an ended watch is not a success: {out}");
+    assert!(out.stderr.contains("ended the watch"), "{out}");
+    let table = fake.p2p(&["ls", "--watch"], None).await;
+    assert!(table.stdout.contains(FILE_NAME), "{table}");
+    assert!(
+        table.stdout.contains("no files in the network yet"),
+        "{table}"
+    );
 }
 
 #[tokio::test]

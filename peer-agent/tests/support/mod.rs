@@ -134,7 +134,7 @@ impl Cluster {
         }
         let config = peer_agent::Config::try_parse_from(args).expect("agent flags");
         let server = Server::spawn(peer_addr.clone(), |shutdown| async move {
-            peer_agent::run(config, peer_listener, None, shutdown)
+            peer_agent::run(config, peer_listener, None, None, shutdown)
                 .await
                 .expect("agent runs");
         });

@@ -121,12 +121,19 @@ pub enum Command {
             of each.\n\n\
             HOLDERS is online holders / complete copies. LOCAL is the share of \
             the file on this machine (\"-\" when none). ID is abbreviated; any \
-            unique prefix works wherever a file is expected.",
-        after_help = "Examples:\n  p2p ls\n  p2p ls .iso\n  p2p --json ls | jq '.files[].name'"
+            unique prefix works wherever a file is expected.\n\n\
+            With --watch, the table is printed again whenever it changes \
+            (files published or removed, holders coming and going, this \
+            agent's downloads moving) until Ctrl-C; with --json, one JSON \
+            line per change.",
+        after_help = "Examples:\n  p2p ls\n  p2p ls .iso\n  p2p ls --watch\n  p2p --json ls | jq '.files[].name'"
     )]
     Ls {
         /// Show only files whose name contains this (case-insensitive).
         filter: Option<String>,
+        /// Keep listing: print the table again at every change.
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
 
     /// Publish local files to the network.

@@ -162,7 +162,14 @@ pub async fn run(session: &mut Session, command: Command) -> Result<(), Error> {
     match command {
         Command::Login(args) => login(session, args).await,
         Command::Logout => logout(session).await,
-        Command::Ls { filter } => ls(session, filter.unwrap_or_default()).await,
+        Command::Ls {
+            filter,
+            watch: false,
+        } => ls(session, filter.unwrap_or_default()).await,
+        Command::Ls {
+            filter,
+            watch: true,
+        } => ls_watch(session, filter.unwrap_or_default()).await,
         Command::Share { paths, replace } => share(session, paths, replace).await,
         Command::Get {
             file,
@@ -249,6 +256,49 @@ async fn ls(session: &mut Session, filter: String) -> Result<(), Error> {
         .await
         .map_err(|s| explain(s, Subject::General))?
         .into_inner();
+    print_files(session, &filter, response);
+    Ok(())
+}
+
+/// `p2p ls --watch`: the listing again at every change, until Ctrl-C or
+/// the agent stops.
+async fn ls_watch(session: &mut Session, filter: String) -> Result<(), Error> {
+    let mut stream = session
+        .client
+        .watch_files(agent::ListFilesRequest {
+            name_contains: filter.clone(),
+        })
+        .await
+        .map_err(|s| explain(s, Subject::General))?
+        .into_inner();
+    let mut first = true;
+    loop {
+        let next = tokio::select! {
+            next = stream.message() => next,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        match next.map_err(|s| explain(s, Subject::General))? {
+            Some(listing) => {
+                if !session.out.json {
+                    if !first {
+                        println!();
+                    }
+                    println!("{}", chrono::Local::now().format("%H:%M:%S"));
+                }
+                first = false;
+                print_files(session, &filter, listing);
+            }
+            None => {
+                return Err(explain(
+                    tonic::Status::unavailable("the agent ended the watch (it is shutting down?)"),
+                    Subject::General,
+                ));
+            }
+        }
+    }
+}
+
+fn print_files(session: &Session, filter: &str, response: agent::ListFilesResponse) {
     let rows: Vec<FileRow> = response
         .files
         .into_iter()
@@ -267,7 +317,6 @@ async fn ls(session: &mut Session, filter: String) -> Result<(), Error> {
     } else {
         print!("{}", view::files_table(&rows));
     }
-    Ok(())
 }
 
 async fn share(session: &mut Session, paths: Vec<PathBuf>, replace: bool) -> Result<(), Error> {

@@ -1,0 +1,791 @@
+//! The agent's behaviour as its front ends see it: one [`AgentApi`] that
+//! the gRPC control API ([`crate::control`]) and the web app
+//! ([`crate::web`]) both call, so every rule, check and message a user
+//! meets lives here once. Front ends only translate: requests in, and
+//! results or [`Error`]s out (to a `tonic::Status` or an HTML page).
+//!
+//! It trusts its caller: each front end decides who may reach it (the
+//! control socket's permissions, the control token, a web session).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use p2p_proto::agent::v1 as pb;
+use p2p_proto::auth::v1 as auth_pb;
+use p2p_proto::index::v1 as index_pb;
+use p2p_services::client::with_bearer;
+use p2p_services::manifest::{FileId, Manifest, validate_name, wire};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::download::{Downloads, Progress, resolve_destination};
+use crate::error::Error;
+use crate::holdings::Holdings;
+use crate::integrity::{Fingerprint, compare};
+use crate::session::Session;
+use crate::stats::Stats;
+use crate::store::Kind;
+
+/// Largest page asked of the index when listing every file.
+const LIST_PAGE: u32 = 1000;
+/// Most pages read when listing (1,000,000 files).
+const MAX_PAGES: usize = 1000;
+/// How often [`AgentApi::follow_files`] re-checks without an index event
+/// (this agent's own downloads change the listing too).
+const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+/// How long a finished or failed download stays in [`AgentApi::transfers`].
+const KEEP_FINISHED: Duration = Duration::from_secs(30 * 60);
+
+/// What to share: a file on this machine.
+#[derive(Debug, Clone, Default)]
+pub struct ShareOptions {
+    /// Absolute path of the file.
+    pub path: String,
+    /// Name in the network; empty means the file's own name.
+    pub name: String,
+    /// MIME type; empty means guessed from the name.
+    pub mime_type: String,
+    /// Also remove earlier shares of this path whose content changed.
+    pub replace: bool,
+}
+
+/// What a finished share published.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The file as the index lists it.
+    pub file: Option<index_pb::FileInfo>,
+    /// The index already had this content.
+    pub already_published: bool,
+    /// Its size.
+    pub size_bytes: u64,
+}
+
+/// One download some front end asked for, with where it goes.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    /// The destination this request gave.
+    pub destination: PathBuf,
+    /// The latest state.
+    pub progress: Progress,
+}
+
+/// The agent's behaviour, shared by every front end.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    session: Arc<Session>,
+    holdings: Arc<Holdings>,
+    downloads: Arc<Downloads>,
+    stats: Arc<Stats>,
+    downloads_dir: PathBuf,
+    shutdown: CancellationToken,
+    transfers: Arc<Mutex<Vec<Watched>>>,
+}
+
+/// A download followed for [`AgentApi::transfers`].
+#[derive(Debug)]
+struct Watched {
+    destination: PathBuf,
+    progress: watch::Receiver<Progress>,
+    finished_at: Option<Instant>,
+}
+
+impl AgentApi {
+    /// The API over the agent's parts.
+    pub fn new(
+        session: Arc<Session>,
+        holdings: Arc<Holdings>,
+        downloads: Arc<Downloads>,
+        stats: Arc<Stats>,
+        downloads_dir: PathBuf,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            session,
+            holdings,
+            downloads,
+            stats,
+            downloads_dir,
+            shutdown,
+            transfers: Arc::default(),
+        }
+    }
+
+    /// The agent's session with auth-svc and index-svc.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// Where downloads land by default.
+    pub fn downloads_dir(&self) -> &Path {
+        &self.downloads_dir
+    }
+
+    /// The agent's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.session.config().data_dir
+    }
+
+    /// Fails with [`Error::NotLoggedIn`] unless a user is logged in.
+    pub fn require_login(&self) -> Result<auth_pb::User, Error> {
+        self.session.user().ok_or(Error::NotLoggedIn)
+    }
+
+    fn peer_id(&self) -> Result<String, Error> {
+        self.session.peer_id().ok_or_else(|| {
+            if self.session.user().is_none() {
+                Error::NotLoggedIn
+            } else {
+                Error::IndexUnavailable(
+                    "this agent is not registered with the index yet; it keeps retrying".into(),
+                )
+            }
+        })
+    }
+
+    /// Logs the agent in as `username` (replacing any session or
+    /// unattended login) and returns the user and our peer id.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<(auth_pb::User, String), Error> {
+        if username.trim().is_empty() {
+            return Err(Error::InvalidArgument("username is empty".into()));
+        }
+        self.session.login(username.trim(), password).await
+    }
+
+    /// A person proving who they are to a front end that has no session of
+    /// its own (the web app): the password is always checked with
+    /// auth-svc. When the agent is already logged in as that account (for
+    /// example unattended), its session is left running; otherwise the
+    /// agent logs in as that account, as [`AgentApi::login`] does.
+    pub async fn log_in_person(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<auth_pb::User, Error> {
+        let username = username.trim();
+        if username.is_empty() {
+            return Err(Error::InvalidArgument("username is empty".into()));
+        }
+        match self.session.user() {
+            Some(current) if current.username == username => {
+                self.session.check_password(username, password).await?;
+                Ok(current)
+            }
+            _ => Ok(self.login(username, password).await?.0),
+        }
+    }
+
+    /// Ends the agent's session.
+    pub async fn logout(&self) {
+        self.session.logout().await;
+    }
+
+    /// Every network file whose name contains `name_contains`.
+    async fn list_network(&self, name_contains: &str) -> Result<Vec<index_pb::FileInfo>, Error> {
+        let mut files = Vec::new();
+        let mut page_token = String::new();
+        for _ in 0..MAX_PAGES {
+            let request = index_pb::ListFilesRequest {
+                name_contains: name_contains.to_string(),
+                page_size: LIST_PAGE,
+                page_token: page_token.clone(),
+            };
+            let page = self
+                .session
+                .call_index(|mut c, t| async move { c.list_files(with_bearer(request, &t)).await })
+                .await?;
+            files.extend(page.files);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        Ok(files)
+    }
+
+    /// Every network file whose name contains `name_contains`, with this
+    /// agent's local state of each.
+    pub async fn list_files(&self, name_contains: &str) -> Result<Vec<pb::NetworkFile>, Error> {
+        let network = self.list_network(name_contains).await?;
+        Ok(network.into_iter().map(|f| self.network_file(f)).collect())
+    }
+
+    /// The index's live feed of file changes (`WatchFiles`).
+    pub async fn watch_files(&self) -> Result<tonic::Streaming<index_pb::FileEvent>, Error> {
+        self.session
+            .call_index(|mut c, t| async move {
+                c.watch_files(with_bearer(index_pb::WatchFilesRequest {}, &t))
+                    .await
+            })
+            .await
+    }
+
+    /// Follows the listing of `name_contains`: calls `send` with the files
+    /// at once and again whenever they change (an index-svc `WatchFiles`
+    /// event, or this agent's own state, checked every [`FOLLOW_EVERY`]),
+    /// until `send` returns false or the agent shuts down. Both front ends'
+    /// live views are this one loop.
+    pub async fn follow_files<F, Fut>(&self, name_contains: &str, mut send: F)
+    where
+        F: FnMut(Result<Vec<pb::NetworkFile>, Error>) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut shown: Option<Vec<pb::NetworkFile>> = None;
+        let mut watch: Option<tonic::Streaming<index_pb::FileEvent>> = None;
+        let mut tick = tokio::time::interval(FOLLOW_EVERY);
+        loop {
+            match self.list_files(name_contains).await {
+                Ok(files) if shown.as_ref() != Some(&files) => {
+                    if !send(Ok(files.clone())).await {
+                        return;
+                    }
+                    shown = Some(files);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    if !send(Err(err)).await {
+                        return;
+                    }
+                    shown = None;
+                }
+            }
+            if watch.is_none() {
+                watch = self.watch_files().await.ok();
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                changed = next_change(&mut watch) => {
+                    if !changed {
+                        watch = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves a file id, unique id prefix or exact name to a full id.
+    pub async fn resolve_file(&self, query: &str) -> Result<FileId, Error> {
+        let query = query.trim();
+        if query.is_empty() {
+            return Err(Error::InvalidArgument(
+                "name the file: its id, a unique id prefix, or its exact name".into(),
+            ));
+        }
+        if let Ok(id) = FileId::parse(query) {
+            return Ok(id);
+        }
+        let lower = query.to_ascii_lowercase();
+        let local = self.holdings.all();
+        let network = match self.list_network("").await {
+            Ok(files) => files,
+            Err(err) if local.is_empty() => return Err(err),
+            Err(_) => Vec::new(),
+        };
+        let mut ids: Vec<(String, String)> = network
+            .iter()
+            .map(|f| (f.file_id.clone(), f.name.clone()))
+            .chain(
+                local
+                    .iter()
+                    .map(|h| (h.file_id.to_string(), h.manifest.name.clone())),
+            )
+            .collect();
+        ids.sort();
+        ids.dedup_by(|a, b| a.0 == b.0);
+        let by_name: Vec<&(String, String)> = ids.iter().filter(|(_, n)| n == query).collect();
+        let matches: Vec<&(String, String)> = if by_name.is_empty() {
+            ids.iter()
+                .filter(|(id, _)| id.starts_with(&lower))
+                .collect()
+        } else {
+            by_name
+        };
+        match matches.as_slice() {
+            [] => Err(Error::UnknownFile(format!(
+                "no file named {query:?} or with an id starting with it; run `p2p ls` to see the files"
+            ))),
+            [(id, _)] => Ok(FileId::parse(id)?),
+            many => Err(Error::Ambiguous(format!(
+                "{query:?} matches {} files ({}); use a longer id prefix",
+                many.len(),
+                many.iter()
+                    .take(5)
+                    .map(|(id, name)| format!("{} {name}", &id[..12.min(id.len())]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    async fn manifest_of(&self, file_id: &FileId) -> Result<Manifest, Error> {
+        let request = index_pb::GetFileRequest {
+            file_id: file_id.to_string(),
+        };
+        let response = self
+            .session
+            .call_index(|mut c, t| async move { c.get_file(with_bearer(request, &t)).await })
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(Error::Remote { status, .. }) if status.code() == tonic::Code::NotFound => {
+                return Err(Error::UnknownFile(format!(
+                    "file {file_id} is not in the network; run `p2p ls` to see the files"
+                )));
+            }
+            Err(err) => return Err(err),
+        };
+        let manifest =
+            wire::from_proto(response.manifest.ok_or_else(|| {
+                Error::NotFound(format!("the index has no manifest for {file_id}"))
+            })?)?;
+        if manifest.file_id() != *file_id {
+            return Err(Error::Corrupt(format!(
+                "the index's manifest for {file_id} describes other content; refusing to download"
+            )));
+        }
+        Ok(manifest)
+    }
+
+    /// Hashes the file at `options.path`, records it as shared, publishes
+    /// it and serves it. `on_progress(hashed_bytes, total_bytes)` is called
+    /// while hashing; when it returns false (the caller went away) the
+    /// share stops with [`Error::Cancelled`].
+    pub async fn share(
+        &self,
+        options: ShareOptions,
+        mut on_progress: impl FnMut(u64, u64) -> bool + Send,
+    ) -> Result<Shared, Error> {
+        self.require_login()?;
+        let path = PathBuf::from(options.path.trim());
+        if !path.is_absolute() {
+            return Err(Error::InvalidArgument(format!(
+                "{:?} is not an absolute path; the agent may run in another directory",
+                options.path
+            )));
+        }
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| Error::io(format!("cannot share {}", path.display()), e))?;
+        if !meta.is_file() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        let name = if options.name.trim().is_empty() {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            options.name.trim().to_string()
+        };
+        validate_name(&name)?;
+        let mime_type = if options.mime_type.trim().is_empty() {
+            mime_guess::from_path(&name)
+                .first_or_octet_stream()
+                .essence_str()
+                .to_string()
+        } else {
+            options.mime_type.trim().to_string()
+        };
+        let peer_id = self.peer_id()?;
+        let total = meta.len();
+        let before = Fingerprint::of(&path)
+            .map_err(|e| Error::io(format!("cannot share {}", path.display()), e))?;
+        let hashed = Arc::new(AtomicU64::new(0));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let hashing = tokio::spawn(crate::disk::hash_into_manifest(
+            path.clone(),
+            name,
+            mime_type,
+            hashed.clone(),
+            cancel.clone(),
+        ));
+        let _stop_hashing = StopOnDrop(cancel.clone());
+        tokio::pin!(hashing);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let manifest = loop {
+            tokio::select! {
+                joined = &mut hashing => {
+                    break joined.map_err(|e| Error::io("hashing task failed", std::io::Error::other(e)))??;
+                }
+                _ = tick.tick() => {
+                    if !on_progress(hashed.load(Ordering::Relaxed), total) {
+                        return Err(Error::Cancelled);
+                    }
+                }
+                () = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
+            }
+        };
+        if compare(&before, Fingerprint::of(&path)).is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "{} changed while it was being hashed; share it again once it is written",
+                path.display()
+            )));
+        }
+        self.holdings
+            .add_shared(manifest.clone(), &path, before)
+            .await?;
+        let publish = index_pb::PublishFileRequest {
+            manifest: Some(wire::to_proto(&manifest)),
+            peer_id,
+        };
+        let published = self
+            .session
+            .call_index(|mut c, t| async move { c.publish_file(with_bearer(publish, &t)).await })
+            .await?;
+        tracing::info!(file = %manifest.file_id(), path = %path.display(), created = published.created, "sharing");
+        if options.replace {
+            self.replace_changed(&path, &manifest.file_id()).await;
+        }
+        Ok(Shared {
+            file: published.file,
+            already_published: !published.created,
+            size_bytes: manifest.size_bytes,
+        })
+    }
+
+    /// Removes, locally and from the network, earlier shares of `path`
+    /// whose content changed on disk (all but `current`). Best effort: the
+    /// new file is shared either way.
+    async fn replace_changed(&self, path: &Path, current: &FileId) {
+        let old = self.holdings.all().into_iter().filter(|h| {
+            h.file_id != *current
+                && h.snapshot().kind == Kind::Shared
+                && h.snapshot().path == path
+                && !self.holdings.verify(h)
+        });
+        for holding in old.collect::<Vec<_>>() {
+            let file_id = holding.file_id.to_string();
+            if let Some(peer_id) = self.session.peer_id()
+                && let Err(err) = self.session.stop_sharing(&peer_id, &file_id).await
+            {
+                tracing::warn!(file = %file_id, %err, "cannot withdraw the replaced file");
+            }
+            let delete = index_pb::DeleteFileRequest {
+                file_id: file_id.clone(),
+            };
+            if let Err(err) = self
+                .session
+                .call_index(|mut c, t| async move { c.delete_file(with_bearer(delete, &t)).await })
+                .await
+            {
+                tracing::warn!(file = %file_id, %err, "cannot remove the replaced file from the network");
+            }
+            if let Err(err) = self.holdings.remove(&holding.file_id).await {
+                tracing::warn!(file = %file_id, %err, "cannot forget the replaced file");
+            }
+            tracing::info!(old = %file_id, new = %current, path = %path.display(), "replaced a changed share");
+        }
+    }
+
+    fn network_file(&self, file: index_pb::FileInfo) -> pb::NetworkFile {
+        let local = FileId::parse(&file.file_id)
+            .ok()
+            .and_then(|id| self.local_view(&id));
+        let (local_state, local_bytes, local_path, local_problem) =
+            local.unwrap_or((pb::LocalState::None, 0, String::new(), String::new()));
+        pb::NetworkFile {
+            file: Some(file),
+            local_state: local_state as i32,
+            local_bytes,
+            local_path,
+            local_problem,
+        }
+    }
+
+    fn local_view(&self, id: &FileId) -> Option<(pb::LocalState, u64, String, String)> {
+        if let Some(progress) = self.downloads.progress(id) {
+            return Some((
+                pb::LocalState::Downloading,
+                progress.have_bytes,
+                String::new(),
+                String::new(),
+            ));
+        }
+        let holding = self.holdings.get(id)?;
+        let state = holding.snapshot();
+        let path = state.path.to_string_lossy().into_owned();
+        if let Some(problem) = holding.problem() {
+            return Some((pb::LocalState::None, 0, path, problem.to_string()));
+        }
+        Some(match state.kind {
+            Kind::Partial => (
+                pb::LocalState::Partial,
+                holding.held_bytes(),
+                String::new(),
+                String::new(),
+            ),
+            Kind::Shared | Kind::Downloaded => (
+                pb::LocalState::Complete,
+                holding.manifest.size_bytes,
+                path,
+                String::new(),
+            ),
+        })
+    }
+
+    /// Starts (or joins) the download of `file` (id, id prefix or exact
+    /// name) to `destination` (empty: the downloads dir) and returns its
+    /// progress and the resolved destination.
+    pub async fn download(
+        &self,
+        file: &str,
+        destination: &str,
+        force: bool,
+    ) -> Result<(watch::Receiver<Progress>, PathBuf), Error> {
+        self.require_login()?;
+        let file_id = self.resolve_file(file).await?;
+        let manifest = self.manifest_of(&file_id).await?;
+        let destination =
+            resolve_destination(&self.downloads_dir, destination, &manifest.name, force)?;
+        let rx = self.downloads.start(manifest, destination.clone());
+        let mut transfers = self.lock_transfers();
+        transfers.retain(|w| w.destination != destination);
+        transfers.push(Watched {
+            destination: destination.clone(),
+            progress: rx.clone(),
+            finished_at: None,
+        });
+        Ok((rx, destination))
+    }
+
+    fn lock_transfers(&self) -> std::sync::MutexGuard<'_, Vec<Watched>> {
+        self.transfers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Downloads asked for through any front end, newest first: running
+    /// ones and those that ended in the last half hour.
+    pub fn transfers(&self) -> Vec<Transfer> {
+        let now = Instant::now();
+        let mut transfers = self.lock_transfers();
+        for watched in transfers.iter_mut() {
+            if watched.finished_at.is_none() && watched.progress.borrow().is_final() {
+                watched.finished_at = Some(now);
+            }
+        }
+        transfers.retain(|w| w.finished_at.is_none_or(|at| now - at < KEEP_FINISHED));
+        transfers
+            .iter()
+            .rev()
+            .map(|w| Transfer {
+                destination: w.destination.clone(),
+                progress: w.progress.borrow().clone(),
+            })
+            .collect()
+    }
+
+    /// Stops the running download of `file`.
+    pub async fn cancel(&self, file: &str) -> Result<FileId, Error> {
+        let file_id = self.resolve_file(file).await?;
+        if !self.downloads.cancel(&file_id) {
+            return Err(Error::NotFound(format!(
+                "no download of {file_id} is running"
+            )));
+        }
+        Ok(file_id)
+    }
+
+    /// Stops holding `file`: cancels its download, withdraws it from the
+    /// index, deletes a downloaded copy (never a shared original) and, with
+    /// `network`, removes the file from the network (owner or admin).
+    pub async fn remove(&self, file: &str, network: bool) -> Result<FileId, Error> {
+        let file_id = self.resolve_file(file).await?;
+        if self.downloads.cancel(&file_id) {
+            wait_until_stopped(&self.downloads, &file_id).await;
+        }
+        if let Some(peer_id) = self.session.peer_id() {
+            let stop = index_pb::StopSharingRequest {
+                peer_id,
+                file_id: file_id.to_string(),
+            };
+            if let Err(err) = self
+                .session
+                .call_index(|mut c, t| async move { c.stop_sharing(with_bearer(stop, &t)).await })
+                .await
+            {
+                tracing::warn!(file = %file_id, %err, "cannot tell the index we stopped sharing");
+            }
+        }
+        // The bytes go first and the record after, so `rm` frees a full
+        // disk: the database write may need the space the file held.
+        if let Some(holding) = self.holdings.get(&file_id) {
+            let state = holding.snapshot();
+            // A shared file is the user's own: it is never deleted. Nor is
+            // whatever now sits where a changed download was.
+            if state.kind != Kind::Shared && holding.problem().is_none() {
+                match tokio::fs::remove_file(&state.path).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(Error::io(
+                            format!("cannot delete {}", state.path.display()),
+                            e,
+                        ));
+                    }
+                }
+            }
+            self.holdings.remove(&file_id).await?;
+        }
+        if network {
+            let delete = index_pb::DeleteFileRequest {
+                file_id: file_id.to_string(),
+            };
+            self.session
+                .call_index(|mut c, t| async move { c.delete_file(with_bearer(delete, &t)).await })
+                .await?;
+        }
+        Ok(file_id)
+    }
+
+    /// The agent's session, addresses, load and counters.
+    pub fn status(&self) -> pb::StatusResponse {
+        let config = self.session.config();
+        let user = self.session.user();
+        let s = &self.stats;
+        let counters = pb::TransferCounters {
+            bytes_uploaded: Stats::get(&s.bytes_uploaded),
+            bytes_downloaded: Stats::get(&s.bytes_downloaded),
+            chunks_served: Stats::get(&s.chunks_served),
+            chunks_downloaded: Stats::get(&s.chunks_downloaded),
+            chunks_rejected: Stats::get(&s.chunks_rejected),
+            chunks_from_partial_sources: Stats::get(&s.chunks_from_partial_sources),
+            chunks_served_while_downloading: Stats::get(&s.chunks_served_while_downloading),
+        };
+        let held = self.holdings.all();
+        let shared_files = held
+            .iter()
+            .filter(|h| h.is_complete() && h.problem().is_none())
+            .count() as u32;
+        let partials: Vec<_> = held.iter().filter(|h| !h.is_complete()).collect();
+        let held_file_problems = held
+            .iter()
+            .filter_map(|h| {
+                Some(pb::HeldFileProblem {
+                    problem: h.problem()?.to_string(),
+                    file_id: h.file_id.to_string(),
+                    name: h.manifest.name.clone(),
+                    path: h.snapshot().path.to_string_lossy().into_owned(),
+                })
+            })
+            .collect();
+        pb::StatusResponse {
+            logged_in: user.is_some(),
+            user,
+            peer_id: self.session.peer_id().unwrap_or_default(),
+            advertise_addr: config.advertise_addr.clone(),
+            index_url: config.index_url.clone(),
+            auth_url: config.auth_url.clone(),
+            data_dir: config.data_dir.to_string_lossy().into_owned(),
+            index_reachable: self.session.index_reachable(),
+            load: Some(self.session.load()),
+            active_downloads: self.downloads.running_count() as u32,
+            counters: Some(counters),
+            shared_files,
+            partial_bytes: partials.iter().map(|h| h.held_bytes()).sum(),
+            partial_downloads: partials.len() as u32,
+            held_file_problems,
+            free_disk_bytes: crate::disk::free_disk_bytes(&config.data_dir),
+            login_error: self.session.login_error().unwrap_or_default(),
+        }
+    }
+
+    /// The network's peers with their load.
+    pub async fn list_peers(
+        &self,
+        request: index_pb::ListPeersRequest,
+    ) -> Result<index_pb::ListPeersResponse, Error> {
+        self.session
+            .call_index(|mut c, t| async move { c.list_peers(with_bearer(request, &t)).await })
+            .await
+    }
+
+    /// Creates an account (admins only; auth-svc decides).
+    pub async fn create_user(
+        &self,
+        request: auth_pb::CreateUserRequest,
+    ) -> Result<auth_pb::User, Error> {
+        self.session
+            .call_accounts(|mut c, t| async move { c.create_user(with_bearer(request, &t)).await })
+            .await
+    }
+
+    /// Every account (admins only).
+    pub async fn list_users(&self) -> Result<Vec<auth_pb::User>, Error> {
+        let request = auth_pb::ListUsersRequest {};
+        let users = self
+            .session
+            .call_accounts(|mut c, t| async move { c.list_users(with_bearer(request, &t)).await })
+            .await?;
+        Ok(users.users)
+    }
+
+    /// Deletes an account (admins only; never the last admin).
+    pub async fn delete_user(&self, request: auth_pb::DeleteUserRequest) -> Result<(), Error> {
+        self.session
+            .call_accounts(|mut c, t| async move { c.delete_user(with_bearer(request, &t)).await })
+            .await?;
+        Ok(())
+    }
+
+    /// Changes an account's role (admins only; never the last admin).
+    pub async fn set_role(&self, request: auth_pb::SetRoleRequest) -> Result<auth_pb::User, Error> {
+        self.session
+            .call_accounts(|mut c, t| async move { c.set_role(with_bearer(request, &t)).await })
+            .await
+    }
+
+    /// Disables or re-enables an account (admins only).
+    pub async fn set_disabled(
+        &self,
+        request: auth_pb::SetDisabledRequest,
+    ) -> Result<auth_pb::User, Error> {
+        self.session
+            .call_accounts(|mut c, t| async move { c.set_disabled(with_bearer(request, &t)).await })
+            .await
+    }
+
+    /// Sets a new password: an admin resetting anyone's, or a user their
+    /// own with the old one.
+    pub async fn change_password(
+        &self,
+        request: auth_pb::ChangePasswordRequest,
+    ) -> Result<(), Error> {
+        self.session
+            .call_accounts(
+                |mut c, t| async move { c.change_password(with_bearer(request, &t)).await },
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Waits for the next index event; false when the stream ended. Never
+/// returns while not watching.
+async fn next_change(watch: &mut Option<tonic::Streaming<index_pb::FileEvent>>) -> bool {
+    match watch {
+        Some(stream) => matches!(stream.message().await, Ok(Some(_))),
+        None => std::future::pending().await,
+    }
+}
+
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Waits (bounded) for a cancelled download's task to let go of its files.
+async fn wait_until_stopped(downloads: &Downloads, file: &FileId) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while downloads.progress(file).is_some() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,522 @@
+//! The handlers: each gathers data from [`AgentApi`](crate::api::AgentApi)
+//! and hands it to [`render`]; each state-changing one checks the CSRF
+//! token (the Host and Origin checks ran before, in [`guard`]) and ends
+//! with a redirect carrying a one-time message (post/redirect/get).
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use p2p_proto::auth::v1 as auth_pb;
+use serde::Deserialize;
+
+use super::Web;
+use super::guard::{self, Admin, Authed, LOGIN_COOKIE, SESSION_COOKIE};
+use super::render::{self, Flash, Viewer};
+use crate::api::ShareOptions;
+use crate::error::Error;
+
+impl Authed {
+    /// What the page frame shows about this viewer.
+    pub fn viewer(&self) -> Viewer {
+        Viewer {
+            username: self.user.username.clone(),
+            admin: self.is_admin(),
+            csrf: self.session.csrf.clone(),
+        }
+    }
+}
+
+/// An [`Error`] from the agent as an HTTP status and an error page saying
+/// what to do; the status code follows the gRPC mapping in one place.
+pub fn error_response(err: Error) -> Response {
+    let status = tonic::Status::from(err);
+    let (code, title) = http_status(status.code());
+    render::error_page(code, title, status.message())
+}
+
+fn http_status(code: tonic::Code) -> (StatusCode, &'static str) {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument | Code::AlreadyExists | Code::OutOfRange => {
+            (StatusCode::BAD_REQUEST, "That did not work")
+        }
+        Code::NotFound => (StatusCode::NOT_FOUND, "Not found"),
+        Code::PermissionDenied => (StatusCode::FORBIDDEN, "Not allowed"),
+        Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "Log in again"),
+        Code::FailedPrecondition => (StatusCode::CONFLICT, "Not possible right now"),
+        Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "Too many attempts"),
+        Code::Unavailable | Code::DeadlineExceeded => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "A service is not answering",
+        ),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong"),
+    }
+}
+
+/// The message an action's failure leaves on the next page.
+fn failure(err: Error) -> Flash {
+    Flash::failed(tonic::Status::from(err).message().to_string())
+}
+
+/// Redirects to `to`, leaving `flash` for the page there.
+fn after(web: &Web, authed: &Authed, to: &str, flash: Flash) -> Response {
+    web.sessions.flash(&authed.session.id, flash);
+    Redirect::to(to).into_response()
+}
+
+fn take_flash(web: &Web, authed: &Authed) -> Option<Flash> {
+    web.sessions.take_flash(&authed.session.id)
+}
+
+/// `GET /`: the Files page.
+pub async fn root() -> Redirect {
+    Redirect::to("/files")
+}
+
+/// `?why=` on the login page.
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    why: Option<String>,
+}
+
+/// `GET /login`: the form, with a fresh token in a cookie and the form.
+pub async fn login_form(State(web): State<Web>, Query(q): Query<LoginQuery>) -> Response {
+    let csrf = guard::random_token();
+    let agent_user = web.api.session().user().map(|u| u.username);
+    let note = match q.why.as_deref() {
+        Some("expired") => Some(Flash::failed(
+            "Your web session ended after a long idle time; log in again.",
+        )),
+        Some("agent") => Some(Flash::failed(
+            "The agent was logged out or logged in as someone else (with `p2p login`); log in again.",
+        )),
+        Some("out") => Some(Flash::ok("You are logged out of the web app.")),
+        _ => None,
+    };
+    let page = render::login(&csrf, note, agent_user.as_deref());
+    (
+        [(
+            header::SET_COOKIE,
+            guard::set_cookie(LOGIN_COOKIE, &csrf, None),
+        )],
+        page,
+    )
+        .into_response()
+}
+
+/// The login form's fields.
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    csrf: String,
+    username: String,
+    password: String,
+}
+
+/// `POST /login`: checks the password with auth-svc (always, even when the
+/// agent is already logged in as this user), logs the agent in as that
+/// account when it is not already, and starts a web session.
+pub async fn login(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let expected = guard::cookie(&headers, LOGIN_COOKIE).unwrap_or("");
+    if expected.is_empty() || !guard::same_secret(expected, &form.csrf) {
+        return render::error_page(
+            StatusCode::FORBIDDEN,
+            "Request refused: the login form's security token is missing or out of date",
+            "Open the login page again and log in from there.",
+        );
+    }
+    match web.api.log_in_person(&form.username, &form.password).await {
+        Ok(user) => {
+            web.sessions.keep_only(&user.username);
+            let session = web.sessions.create(&user.username);
+            web.sessions.flash(
+                &session.id,
+                Flash::ok(format!("Logged in as {}.", user.username)),
+            );
+            let mut response = Redirect::to("/files").into_response();
+            let headers = response.headers_mut();
+            headers.append(
+                header::SET_COOKIE,
+                guard::set_cookie(SESSION_COOKIE, &session.id, Some(guard::IDLE_TIMEOUT)),
+            );
+            headers.append(
+                header::SET_COOKIE,
+                guard::set_cookie(LOGIN_COOKIE, "", Some(std::time::Duration::ZERO)),
+            );
+            response
+        }
+        Err(err) => {
+            let status = tonic::Status::from(err);
+            let (code, _) = http_status(status.code());
+            let csrf = guard::random_token();
+            let page = render::login(&csrf, Some(Flash::failed(status_text(&status))), None);
+            (
+                code,
+                [(
+                    header::SET_COOKIE,
+                    guard::set_cookie(LOGIN_COOKIE, &csrf, None),
+                )],
+                page,
+            )
+                .into_response()
+        }
+    }
+}
+
+fn status_text(status: &tonic::Status) -> String {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            "Wrong username or password, or the account is disabled. Check them and try again."
+                .to_string()
+        }
+        _ => status.message().to_string(),
+    }
+}
+
+/// A form that carries only the CSRF token.
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /logout`: ends this web session. The agent stays logged in and
+/// keeps sharing; `p2p logout` logs the agent itself out.
+pub async fn logout(
+    State(web): State<Web>,
+    authed: Authed,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(refused) = authed.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    web.sessions.remove(&authed.session.id);
+    (
+        [(
+            header::SET_COOKIE,
+            guard::set_cookie(SESSION_COOKIE, "", Some(std::time::Duration::ZERO)),
+        )],
+        Redirect::to("/login?why=out"),
+    )
+        .into_response()
+}
+
+/// `?q=` on the Files page.
+#[derive(Debug, Deserialize, Default)]
+pub struct FilesQuery {
+    /// The name filter.
+    #[serde(default)]
+    pub q: String,
+    /// What the page already shows ([`render::version`]).
+    #[serde(default)]
+    pub v: String,
+}
+
+/// `GET /files`.
+pub async fn files(
+    State(web): State<Web>,
+    authed: Authed,
+    Query(q): Query<FilesQuery>,
+) -> Response {
+    let viewer = authed.viewer();
+    let (rows, flash) = match web.api.list_files(&q.q).await {
+        Ok(files) => (
+            render::file_rows(&viewer, &files),
+            take_flash(&web, &authed),
+        ),
+        Err(err) => (render::file_rows(&viewer, &[]), Some(failure(err))),
+    };
+    render::files(&viewer, flash, &q.q, rows).into_response()
+}
+
+/// A per-file action's fields.
+#[derive(Debug, Deserialize)]
+pub struct FileForm {
+    #[serde(default)]
+    csrf: String,
+    file: String,
+    #[serde(default)]
+    destination: String,
+    #[serde(default)]
+    network: bool,
+}
+
+/// `POST /files/download`: starts the download and shows Downloads.
+pub async fn download(
+    State(web): State<Web>,
+    authed: Authed,
+    Form(form): Form<FileForm>,
+) -> Response {
+    if let Err(refused) = authed.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    match web.api.download(&form.file, &form.destination, false).await {
+        Ok((progress, destination)) => {
+            let name = progress.borrow().name.clone();
+            after(
+                &web,
+                &authed,
+                "/downloads",
+                Flash::ok(format!("Downloading {name} to {}.", destination.display())),
+            )
+        }
+        Err(err) => after(&web, &authed, "/files", failure(err)),
+    }
+}
+
+/// `POST /files/cancel`.
+pub async fn cancel(
+    State(web): State<Web>,
+    authed: Authed,
+    Form(form): Form<FileForm>,
+) -> Response {
+    if let Err(refused) = authed.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    match web.api.cancel(&form.file).await {
+        Ok(_) => after(
+            &web,
+            &authed,
+            "/downloads",
+            Flash::ok("Download cancelled; its verified chunks are kept for a later resume."),
+        ),
+        Err(err) => after(&web, &authed, "/downloads", failure(err)),
+    }
+}
+
+/// `POST /files/remove`: the local copy, or (`network=true`) the file
+/// from the whole network.
+pub async fn remove(
+    State(web): State<Web>,
+    authed: Authed,
+    Form(form): Form<FileForm>,
+) -> Response {
+    if let Err(refused) = authed.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    match web.api.remove(&form.file, form.network).await {
+        Ok(id) => after(
+            &web,
+            &authed,
+            "/files",
+            Flash::ok(if form.network {
+                format!("Removed {} from the network.", id.short())
+            } else {
+                format!("Removed this agent's copy of {}.", id.short())
+            }),
+        ),
+        Err(err) => after(&web, &authed, "/files", failure(err)),
+    }
+}
+
+/// `GET /share`.
+pub async fn share_form(State(web): State<Web>, authed: Authed) -> Response {
+    let flash = take_flash(&web, &authed);
+    render::share(
+        &authed.viewer(),
+        flash,
+        &web.uploads_dir.display().to_string(),
+    )
+    .into_response()
+}
+
+/// The share-a-path form.
+#[derive(Debug, Deserialize)]
+pub struct SharePathForm {
+    #[serde(default)]
+    csrf: String,
+    path: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    replace: bool,
+}
+
+/// `POST /share/path`: hashes, publishes and serves a file on this machine.
+pub async fn share_path(
+    State(web): State<Web>,
+    authed: Authed,
+    Form(form): Form<SharePathForm>,
+) -> Response {
+    if let Err(refused) = authed.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    let options = ShareOptions {
+        path: form.path,
+        name: form.name,
+        mime_type: String::new(),
+        replace: form.replace,
+    };
+    match web.api.share(options, |_, _| true).await {
+        Ok(shared) => after(&web, &authed, "/files", shared_flash(&shared)),
+        Err(err) => after(&web, &authed, "/share", failure(err)),
+    }
+}
+
+/// The message after a share.
+pub fn shared_flash(shared: &crate::api::Shared) -> Flash {
+    let name = shared.file.as_ref().map_or("the file", |f| f.name.as_str());
+    if shared.already_published {
+        Flash::ok(format!(
+            "{name} was already in the network; this agent now serves it too."
+        ))
+    } else {
+        Flash::ok(format!("Shared {name}; other agents can download it now."))
+    }
+}
+
+/// `GET /downloads`.
+pub async fn downloads(State(web): State<Web>, authed: Authed) -> Response {
+    let viewer = authed.viewer();
+    let rows = render::download_rows(&viewer, &web.api.transfers());
+    render::downloads(&viewer, take_flash(&web, &authed), rows).into_response()
+}
+
+/// `GET /peers`.
+pub async fn peers(State(web): State<Web>, authed: Authed) -> Response {
+    let request = p2p_proto::index::v1::ListPeersRequest {
+        include_offline: false,
+    };
+    let (peers, flash) = match web.api.list_peers(request).await {
+        Ok(list) => (list.peers, take_flash(&web, &authed)),
+        Err(err) => (Vec::new(), Some(failure(err))),
+    };
+    render::peers(&authed.viewer(), flash, &peers).into_response()
+}
+
+/// `GET /status`.
+pub async fn status(State(web): State<Web>, authed: Authed) -> Response {
+    let flash = take_flash(&web, &authed);
+    render::status(&authed.viewer(), flash, &web.api.status()).into_response()
+}
+
+/// `GET /accounts` (admins only).
+pub async fn accounts(State(web): State<Web>, authed: Authed) -> Response {
+    if let Err(refused) = authed.require_admin() {
+        return refused.into_response();
+    }
+    match web.api.list_users().await {
+        Ok(users) => {
+            let flash = take_flash(&web, &authed);
+            render::accounts(&authed.viewer(), flash, &users).into_response()
+        }
+        Err(err) => error_response(err),
+    }
+}
+
+/// Fields of the account forms; which are used depends on the action.
+#[derive(Debug, Deserialize)]
+pub struct AccountForm {
+    #[serde(default)]
+    csrf: String,
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    disabled: bool,
+}
+
+fn role_of(text: &str) -> i32 {
+    if text == "admin" {
+        auth_pb::Role::Admin as i32
+    } else {
+        auth_pb::Role::User as i32
+    }
+}
+
+/// What an account action does.
+#[derive(Debug, Clone, Copy)]
+pub enum AccountAction {
+    /// Create an account.
+    Add,
+    /// Change its role.
+    Role,
+    /// Disable or enable it.
+    Disabled,
+    /// Reset its password.
+    Password,
+    /// Delete it.
+    Delete,
+}
+
+/// Every `POST /accounts/...`: admins only, CSRF checked, then the one
+/// AccountService call through the agent API, whose rules and messages
+/// (the last admin, username and password rules) are auth-svc's.
+pub async fn account_action(
+    web: Web,
+    Admin(authed): Admin,
+    action: AccountAction,
+    form: AccountForm,
+) -> Response {
+    if let Err(refused) = authed.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    let api = &web.api;
+    let username = form.username.trim().to_string();
+    let result = match action {
+        AccountAction::Add => api
+            .create_user(auth_pb::CreateUserRequest {
+                username: username.clone(),
+                password: form.password,
+                role: role_of(&form.role),
+            })
+            .await
+            .map(|u| format!("Added {} ({}).", u.username, form.role)),
+        AccountAction::Role => api
+            .set_role(auth_pb::SetRoleRequest {
+                username: username.clone(),
+                role: role_of(&form.role),
+            })
+            .await
+            .map(|u| format!("{} is now {}.", u.username, form.role)),
+        AccountAction::Disabled => api
+            .set_disabled(auth_pb::SetDisabledRequest {
+                username: username.clone(),
+                disabled: form.disabled,
+            })
+            .await
+            .map(|u| {
+                if u.disabled {
+                    format!("Disabled {}; its sessions stop working.", u.username)
+                } else {
+                    format!("Enabled {}.", u.username)
+                }
+            }),
+        AccountAction::Password => api
+            .change_password(auth_pb::ChangePasswordRequest {
+                username: username.clone(),
+                old_password: String::new(),
+                new_password: form.password,
+            })
+            .await
+            .map(|()| format!("Reset the password of {username}; its other sessions were ended.")),
+        AccountAction::Delete => api
+            .delete_user(auth_pb::DeleteUserRequest {
+                user_id: String::new(),
+                username: username.clone(),
+            })
+            .await
+            .map(|()| format!("Deleted {username}.")),
+    };
+    let flash = match result {
+        Ok(text) => Flash::ok(text),
+        Err(err) => failure(err),
+    };
+    after(&web, &authed, "/accounts", flash)
+}
+
+/// Any path the app does not have.
+pub async fn not_found() -> Response {
+    render::error_page(
+        StatusCode::NOT_FOUND,
+        "No such page",
+        "Use the links at the top of the page, or start again at the Files page.",
+    )
+}

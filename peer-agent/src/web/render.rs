@@ -1,0 +1,674 @@
+//! Every page of the web app as HTML, from one renderer: handlers gather
+//! plain data and call a function here. maud escapes every value it
+//! interpolates, so names, sizes and messages from the network are shown
+//! as text, never as markup. No inline script or style: the one script
+//! and stylesheet are served from `/assets/` (see [`super::assets`]).
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use maud::{DOCTYPE, Markup, html};
+use p2p_proto::agent::v1 as pb;
+use p2p_proto::auth::v1 as auth_pb;
+use p2p_proto::index::v1 as index_pb;
+
+use crate::api::Transfer;
+use crate::download::Stage;
+use crate::space::human;
+
+/// A one-time message shown at the top of the next page.
+#[derive(Debug, Clone)]
+pub struct Flash {
+    /// Whether it reports success (else a failure with what to do).
+    pub ok: bool,
+    /// The text.
+    pub text: String,
+}
+
+impl Flash {
+    /// A success message.
+    pub fn ok(text: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            text: text.into(),
+        }
+    }
+
+    /// A failure message.
+    pub fn failed(text: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            text: text.into(),
+        }
+    }
+}
+
+/// What the page frame needs to know about who is looking.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    /// The logged-in account.
+    pub username: String,
+    /// Whether it may see Accounts.
+    pub admin: bool,
+    /// The session's CSRF token, put in every form.
+    pub csrf: String,
+}
+
+/// The pages in the navigation bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The network's files.
+    Files,
+    /// Share a file.
+    Share,
+    /// Downloads in progress and finished.
+    Downloads,
+    /// The network's agents.
+    Peers,
+    /// Account administration.
+    Accounts,
+    /// This agent.
+    Status,
+    /// The login form.
+    Login,
+}
+
+impl Page {
+    fn title(self) -> &'static str {
+        match self {
+            Page::Files => "Files",
+            Page::Share => "Share",
+            Page::Downloads => "Downloads",
+            Page::Peers => "Peers",
+            Page::Accounts => "Accounts",
+            Page::Status => "Status",
+            Page::Login => "Log in",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Page::Files => "/files",
+            Page::Share => "/share",
+            Page::Downloads => "/downloads",
+            Page::Peers => "/peers",
+            Page::Accounts => "/accounts",
+            Page::Status => "/status",
+            Page::Login => "/login",
+        }
+    }
+}
+
+/// The frame around every page: title, navigation, flash, main content.
+pub fn layout(page: Page, viewer: Option<&Viewer>, flash: Option<Flash>, body: Markup) -> Markup {
+    let nav = [
+        Page::Files,
+        Page::Share,
+        Page::Downloads,
+        Page::Peers,
+        Page::Accounts,
+        Page::Status,
+    ];
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (page.title()) " · P2P File Transfer" }
+                link rel="stylesheet" href="/assets/app.css";
+                script src="/assets/app.js" defer {}
+            }
+            body {
+                a.skip href="#main" { "Skip to content" }
+                header {
+                    span.brand { "P2P File Transfer" }
+                    @if let Some(viewer) = viewer {
+                        nav aria-label="Main" {
+                            ul {
+                                @for p in nav {
+                                    @if p != Page::Accounts || viewer.admin {
+                                        li {
+                                            a href=(p.path()) aria-current=[(p == page).then_some("page")] { (p.title()) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        form.logout method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(viewer.csrf);
+                            span { "Logged in as " strong { (viewer.username) } }
+                            " "
+                            button type="submit" { "Log out" }
+                        }
+                    }
+                }
+                main #main tabindex="-1" {
+                    h1 { (page.title()) }
+                    @if let Some(flash) = flash {
+                        p.flash.(if flash.ok { "ok" } else { "failed" }) role=(if flash.ok { "status" } else { "alert" }) { (flash.text) }
+                    }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+/// An error page: what went wrong and what to do, with the status code.
+pub fn error_page(status: StatusCode, title: &str, what_to_do: &str) -> Response {
+    let body = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · P2P File Transfer" }
+                link rel="stylesheet" href="/assets/app.css";
+            }
+            body {
+                main #main {
+                    h1 { (title) }
+                    p.flash.failed role="alert" { (what_to_do) }
+                    p { a href="/files" { "Back to the files" } " · " a href="/login" { "Log in" } }
+                }
+            }
+        }
+    };
+    (status, body).into_response()
+}
+
+/// The login form. `csrf` is also in the login cookie.
+pub fn login(csrf: &str, note: Option<Flash>, agent_user: Option<&str>) -> Markup {
+    layout(
+        Page::Login,
+        None,
+        note,
+        html! {
+            form.card method="post" action="/login" {
+                input type="hidden" name="csrf" value=(csrf);
+                p {
+                    label for="username" { "Username" }
+                    input #username name="username" autocomplete="username" required autofocus;
+                }
+                p {
+                    label for="password" { "Password" }
+                    input #password name="password" type="password" autocomplete="current-password" required;
+                }
+                button type="submit" { "Log in" }
+            }
+            @if let Some(user) = agent_user {
+                p.hint { "This agent is logged in as " strong { (user) } ". Logging in here as someone else logs the agent in as that account." }
+            }
+            p.hint { "Logging in to the web app always takes the account's password, even when the agent itself is logged in." }
+        },
+    )
+}
+
+fn added(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default()
+}
+
+fn local_label(file: &pb::NetworkFile) -> String {
+    let size = file.file.as_ref().map_or(0, |f| f.size_bytes);
+    let percent = (file.local_bytes * 100).checked_div(size).unwrap_or(100);
+    if !file.local_problem.is_empty() {
+        return file.local_problem.clone();
+    }
+    match pb::LocalState::try_from(file.local_state).unwrap_or(pb::LocalState::None) {
+        pb::LocalState::Complete => "100 %".into(),
+        pb::LocalState::Downloading => format!("downloading {percent} %"),
+        pb::LocalState::Partial => format!("{percent} % (paused)"),
+        _ => "—".into(),
+    }
+}
+
+/// The Files page: filter, the live table, and where it gets updates.
+pub fn files(viewer: &Viewer, flash: Option<Flash>, filter: &str, rows: Markup) -> Markup {
+    let live = format!("/events/files?q={}&v={}", urlencode(filter), version(&rows));
+    layout(
+        Page::Files,
+        Some(viewer),
+        flash,
+        html! {
+            form.filter method="get" action="/files" role="search" {
+                label for="q" { "Filter by name" }
+                input #q name="q" type="search" value=(filter);
+                button type="submit" { "Filter" }
+            }
+            p.live-note #files-live aria-live="polite" { "Updates live." }
+            div.table-wrap {
+                table #files {
+                    caption.visually-hidden { "Files in the network" }
+                    thead {
+                        tr {
+                            th scope="col" { "No" }
+                            th scope="col" { "Name" }
+                            th scope="col" { "Size" }
+                            th scope="col" { "Type" }
+                            th scope="col" { "Owner" }
+                            th scope="col" { "Added" }
+                            th scope="col" { abbr title="online holders / complete copies" { "Holders" } }
+                            th scope="col" { "Here" }
+                            th scope="col" { "Actions" }
+                        }
+                    }
+                    tbody data-live=(live) { (rows) }
+                }
+            }
+        },
+    )
+}
+
+/// The Files table's rows (also what the live feed sends).
+pub fn file_rows(viewer: &Viewer, files: &[pb::NetworkFile]) -> Markup {
+    html! {
+        @if files.is_empty() {
+            tr { td colspan="9" { "No files yet. Share one on the Share page." } }
+        }
+        @for (n, file) in files.iter().enumerate() {
+            @if let Some(info) = &file.file {
+                @let state = pb::LocalState::try_from(file.local_state).unwrap_or(pb::LocalState::None);
+                @let mine = info.owner_name == viewer.username;
+                tr data-file-id=(info.file_id) {
+                    td { (n + 1) }
+                    td.name { (info.name) }
+                    td { (human(info.size_bytes)) }
+                    td { (info.mime_type) }
+                    td { (info.owner_name) }
+                    td { (added(info.added_at_ms)) }
+                    td { (info.online_holders) " / " (info.complete_copies) }
+                    td.here { (local_label(file)) }
+                    td.actions {
+                        @if state == pb::LocalState::Downloading {
+                            (action("/files/cancel", &viewer.csrf, &info.file_id, "Cancel", &format!("Cancel the download of {}", info.name), None))
+                        } @else if state != pb::LocalState::Complete {
+                            (download_form(&viewer.csrf, info))
+                        }
+                        @if state != pb::LocalState::None || !file.local_problem.is_empty() {
+                            (action("/files/remove", &viewer.csrf, &info.file_id, "Remove here", &format!("Remove the copy of {} on this agent", info.name), None))
+                        }
+                        @if mine || viewer.admin {
+                            (action("/files/remove", &viewer.csrf, &info.file_id, "Remove from network", &format!("Remove {} from the network", info.name), Some(("network", "true"))))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Download, to the downloads directory or (opened with "to a path") to
+/// a path on the agent's machine.
+fn download_form(csrf: &str, info: &index_pb::FileInfo) -> Markup {
+    let field = format!("dest-{}", info.file_id);
+    html! {
+        form.inline.download method="post" action="/files/download" {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="file" value=(info.file_id);
+            button type="submit" aria-label=(format!("Download {}", info.name)) { "Download" }
+            details {
+                summary { "to a path" }
+                label for=(field) { "Save " (info.name) " to (a path on the agent's machine)" }
+                input id=(field) name="destination" placeholder="/home/me/Downloads/";
+            }
+        }
+    }
+}
+
+fn action(
+    to: &str,
+    csrf: &str,
+    file_id: &str,
+    label: &str,
+    aria: &str,
+    extra: Option<(&str, &str)>,
+) -> Markup {
+    html! {
+        form.inline method="post" action=(to) {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="file" value=(file_id);
+            @if let Some((name, value)) = extra {
+                input type="hidden" name=(name) value=(value);
+            }
+            button type="submit" aria-label=(aria) { (label) }
+        }
+    }
+}
+
+/// The Share page: a path on the agent's machine, or a browser upload.
+pub fn share(viewer: &Viewer, flash: Option<Flash>, uploads_dir: &str) -> Markup {
+    layout(
+        Page::Share,
+        Some(viewer),
+        flash,
+        html! {
+            section.card aria-labelledby="upload-h" {
+                h2 #upload-h { "Upload from this browser" }
+                p.hint { "The file is streamed to " code { (uploads_dir) } " on the agent's machine, hashed, published and served from there." }
+                form #upload method="post" action="/share/upload" enctype="multipart/form-data" {
+                    input type="hidden" name="csrf" value=(viewer.csrf);
+                    p {
+                        label for="upload-file" { "File" }
+                        input #upload-file name="file" type="file" required;
+                    }
+                    p { progress #upload-progress max="100" value="0" aria-label="Upload progress" hidden {} span #upload-text aria-live="polite" {} }
+                    button type="submit" { "Upload and share" }
+                }
+            }
+            section.card aria-labelledby="path-h" {
+                h2 #path-h { "Share a file on the agent's machine" }
+                form method="post" action="/share/path" {
+                    input type="hidden" name="csrf" value=(viewer.csrf);
+                    p {
+                        label for="path" { "Absolute path" }
+                        input #path name="path" required placeholder="/home/me/video.mkv";
+                    }
+                    p {
+                        label for="name" { "Name in the network (optional)" }
+                        input #name name="name";
+                    }
+                    p {
+                        input #replace name="replace" type="checkbox" value="true";
+                        label.inline for="replace" { "Replace an earlier share of this path that changed" }
+                    }
+                    button type="submit" { "Share" }
+                }
+            }
+        },
+    )
+}
+
+/// The Downloads page with its live table.
+pub fn downloads(viewer: &Viewer, flash: Option<Flash>, rows: Markup) -> Markup {
+    let live = format!("/events/downloads?v={}", version(&rows));
+    layout(
+        Page::Downloads,
+        Some(viewer),
+        flash,
+        html! {
+            p.live-note aria-live="polite" { "Updates live." }
+            div #downloads data-live=(live) { (rows) }
+        },
+    )
+}
+
+/// The Downloads list (also what the live feed sends).
+pub fn download_rows(viewer: &Viewer, transfers: &[Transfer]) -> Markup {
+    html! {
+        @if transfers.is_empty() {
+            p { "No downloads yet. Pick a file on the Files page and press Download." }
+        }
+        @for t in transfers {
+            @let p = &t.progress;
+            @let percent = (p.have_bytes * 100).checked_div(p.total_bytes).unwrap_or(100);
+            article.card.download data-file-id=(p.file_id.to_string()) data-stage=(stage_name(p.stage)) {
+                h2 { (p.name) }
+                p {
+                    progress max="100" value=(percent) aria-label=(format!("{} downloaded", p.name)) { (percent) " %" }
+                    " " span.percent { (percent) " %" }
+                    " · " (human(p.have_bytes)) " of " (human(p.total_bytes))
+                }
+                dl.facts {
+                    dt { "State" } dd { (stage_label(p.stage)) }
+                    @if p.stage == Stage::Downloading || p.stage == Stage::Locating {
+                        dt { "Rate" } dd { (human(p.rate_bps)) "/s" }
+                        dt { "Sources in use" } dd { (p.sources_in_use) }
+                        dt { "Time left" } dd { (p.eta.map(eta).unwrap_or_else(|| "estimating".into())) }
+                    }
+                    dt { "Resumed chunks" } dd { (p.resumed_chunks) }
+                    dt { "Saved to" } dd { code { (t.destination.display().to_string()) } }
+                }
+                @if let Some(failure) = &p.failure {
+                    p.flash.failed role="alert" { (failure.message()) }
+                    p.hint { "Verified chunks are kept: press Download again on the Files page to resume." }
+                }
+                @if !p.is_final() {
+                    (action("/files/cancel", &viewer.csrf, &p.file_id.to_string(), "Cancel", &format!("Cancel the download of {}", p.name), None))
+                }
+            }
+        }
+    }
+}
+
+fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Locating => "locating",
+        Stage::Downloading => "downloading",
+        Stage::Verifying => "verifying",
+        Stage::Done => "done",
+        Stage::Failed => "failed",
+    }
+}
+
+fn stage_label(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Locating => "Finding sources",
+        Stage::Downloading => "Downloading",
+        Stage::Verifying => "Checking the whole file",
+        Stage::Done => "Done",
+        Stage::Failed => "Failed",
+    }
+}
+
+fn eta(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The Peers page.
+pub fn peers(viewer: &Viewer, flash: Option<Flash>, peers: &[index_pb::Peer]) -> Markup {
+    layout(
+        Page::Peers,
+        Some(viewer),
+        flash,
+        html! {
+            div.table-wrap {
+                table {
+                    caption.visually-hidden { "Agents in the network" }
+                    thead { tr {
+                        th scope="col" { "User" }
+                        th scope="col" { "Address" }
+                        th scope="col" { "State" }
+                        th scope="col" { "Uploads" }
+                        th scope="col" { "Upload rate" }
+                        th scope="col" { "Last 60 s" }
+                        th scope="col" { "Free disk" }
+                        th scope="col" { "Complete files" }
+                    } }
+                    tbody {
+                        @if peers.is_empty() { tr { td colspan="8" { "No agent is online." } } }
+                        @for peer in peers {
+                            @let load = peer.load.unwrap_or_default();
+                            tr {
+                                td { (peer.username) }
+                                td { code { (peer.advertise_addr) } }
+                                td { (if peer.state == index_pb::PeerState::Online as i32 { "online" } else { "offline" }) }
+                                td { (load.active_uploads) " / " (if load.max_uploads == 0 { "∞".to_string() } else { load.max_uploads.to_string() }) }
+                                td { (human(load.upload_rate_bps)) "/s" @if load.max_upload_rate_bps > 0 { " of " (human(load.max_upload_rate_bps)) "/s" } }
+                                td { (human(load.uploaded_bytes_last_60s)) }
+                                td { (human(load.free_disk_bytes)) }
+                                td { (peer.complete_files) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn role_name(role: i32) -> &'static str {
+    if role == auth_pb::Role::Admin as i32 {
+        "admin"
+    } else {
+        "user"
+    }
+}
+
+/// The Accounts page (admins only).
+pub fn accounts(viewer: &Viewer, flash: Option<Flash>, users: &[auth_pb::User]) -> Markup {
+    let hidden = |name: &str, value: &str| html! { input type="hidden" name=(name) value=(value); };
+    layout(
+        Page::Accounts,
+        Some(viewer),
+        flash,
+        html! {
+            section.card aria-labelledby="add-h" {
+                h2 #add-h { "Add an account" }
+                form #add-user method="post" action="/accounts/add" {
+                    (hidden("csrf", &viewer.csrf))
+                    p { label for="new-username" { "Username" } input #new-username name="username" required autocomplete="off"; }
+                    p { label for="new-password" { "Password" } input #new-password name="password" type="password" required autocomplete="new-password"; }
+                    p {
+                        label for="new-role" { "Role" }
+                        select #new-role name="role" { option value="user" { "user" } option value="admin" { "admin" } }
+                    }
+                    button type="submit" { "Add account" }
+                }
+            }
+            div.table-wrap {
+                table #accounts {
+                    caption.visually-hidden { "Accounts" }
+                    thead { tr {
+                        th scope="col" { "Username" }
+                        th scope="col" { "Role" }
+                        th scope="col" { "State" }
+                        th scope="col" { "Created" }
+                        th scope="col" { "Actions" }
+                    } }
+                    tbody {
+                        @for user in users {
+                            @let admin = user.role == auth_pb::Role::Admin as i32;
+                            tr data-username=(user.username) {
+                                td { (user.username) }
+                                td { (role_name(user.role)) }
+                                td { (if user.disabled { "disabled" } else { "enabled" }) }
+                                td { (added(user.created_at_ms)) }
+                                td.actions {
+                                    form.inline method="post" action="/accounts/role" {
+                                        (hidden("csrf", &viewer.csrf)) (hidden("username", &user.username))
+                                        (hidden("role", if admin { "user" } else { "admin" }))
+                                        button type="submit" aria-label=(format!("Make {} {}", user.username, if admin { "a user" } else { "an admin" })) { (if admin { "Make user" } else { "Make admin" }) }
+                                    }
+                                    form.inline method="post" action="/accounts/disabled" {
+                                        (hidden("csrf", &viewer.csrf)) (hidden("username", &user.username))
+                                        (hidden("disabled", if user.disabled { "false" } else { "true" }))
+                                        button type="submit" aria-label=(format!("{} {}", if user.disabled { "Enable" } else { "Disable" }, user.username)) { (if user.disabled { "Enable" } else { "Disable" }) }
+                                    }
+                                    form.inline method="post" action="/accounts/password" {
+                                        (hidden("csrf", &viewer.csrf)) (hidden("username", &user.username))
+                                        label.visually-hidden for=(format!("pw-{}", user.id)) { "New password for " (user.username) }
+                                        input id=(format!("pw-{}", user.id)) name="password" type="password" required autocomplete="new-password" placeholder="new password";
+                                        button type="submit" aria-label=(format!("Reset the password of {}", user.username)) { "Reset password" }
+                                    }
+                                    form.inline method="post" action="/accounts/delete" {
+                                        (hidden("csrf", &viewer.csrf)) (hidden("username", &user.username))
+                                        button.danger type="submit" aria-label=(format!("Delete {}", user.username)) { "Delete" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The Status page.
+pub fn status(viewer: &Viewer, flash: Option<Flash>, s: &pb::StatusResponse) -> Markup {
+    let c = s.counters.unwrap_or_default();
+    let load = s.load.unwrap_or_default();
+    layout(
+        Page::Status,
+        Some(viewer),
+        flash,
+        html! {
+            dl.facts.card {
+                dt { "Session" } dd { (s.user.as_ref().map(|u| format!("{} ({})", u.username, role_name(u.role))).unwrap_or_else(|| "not logged in".into())) }
+                @if !s.login_error.is_empty() { dt { "Login problem" } dd { (s.login_error) } }
+                dt { "Peer id" } dd { code { (if s.peer_id.is_empty() { "not registered yet" } else { &s.peer_id }) } }
+                dt { "Advertised address" } dd { code { (s.advertise_addr) } }
+                dt { "Index" } dd { code { (s.index_url) } " · " (if s.index_reachable { "reachable" } else { "unreachable: check that index-svc runs" }) }
+                dt { "Auth" } dd { code { (s.auth_url) } }
+                dt { "Data directory" } dd { code { (s.data_dir) } " · " (human(s.free_disk_bytes)) " free" }
+                dt { "Shared files" } dd { (s.shared_files) }
+                dt { "Active downloads" } dd { (s.active_downloads) }
+                dt { "Partial downloads" } dd { (s.partial_downloads) " (" (human(s.partial_bytes)) ")" }
+                dt { "Uploads now" } dd { (load.active_uploads) " at " (human(load.upload_rate_bps)) "/s" }
+                dt { "Uploaded" } dd { (human(c.bytes_uploaded)) " (" (c.chunks_served) " chunks)" }
+                dt { "Downloaded" } dd { (human(c.bytes_downloaded)) " (" (c.chunks_downloaded) " chunks, " (c.chunks_rejected) " rejected)" }
+            }
+            @if !s.held_file_problems.is_empty() {
+                h2 { "Held files with problems" }
+                ul {
+                    @for p in &s.held_file_problems {
+                        li { strong { (p.name) } " at " code { (p.path) } ": " (p.problem) }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A short digest of rendered HTML: a live feed skips sending what the
+/// page already shows.
+pub fn version(html: &Markup) -> String {
+    blake3::hash(html.0.as_bytes()).to_hex()[..16].to_string()
+}
+
+/// Percent-encodes a query value.
+pub fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_the_network_are_text_not_markup() {
+        let viewer = Viewer {
+            username: "ann".into(),
+            admin: false,
+            csrf: "t".into(),
+        };
+        let file = pb::NetworkFile {
+            file: Some(index_pb::FileInfo {
+                file_id: "ab".into(),
+                name: "<img src=x onerror=alert(1)>.txt".into(),
+                owner_name: "\"><script>".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let html = file_rows(&viewer, &[file]).into_string();
+        assert!(!html.contains("<img"), "{html}");
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt;.txt"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn filters_are_encoded_into_the_live_url() {
+        assert_eq!(urlencode("a b&c"), "a%20b%26c");
+    }
+}

@@ -1,0 +1,478 @@
+//! The web app in a real headless Chromium, driven over WebDriver
+//! (chromedriver), against real auth-svc, index-svc and two agents: the
+//! seed's windows used the way a person would, plus the browser attacks
+//! the app must refuse. Screenshots of each page go to
+//! `target/web-screenshots/` (or `P2P_WEB_SCREENSHOTS`); the README shows
+//! copies from `docs/`.
+//!
+//! Needs Debian's `chromium` and `chromium-driver`. Without them the test
+//! prints why it is skipped; under `CI=true` it fails instead.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use p2p_tests::{ADMIN_PASSWORD, ADMIN_USER, AgentHandle, AgentOptions, Cluster, ClusterOptions};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+/// How long any one thing the browser waits for may take.
+const WAIT: Duration = Duration::from_secs(60);
+/// The uploaded file's size: big enough to stream in many pieces.
+const UPLOAD_BYTES: usize = 20 << 20;
+/// A file name with markup in it, which must be shown as text.
+const MARKUP_NAME: &str = "<b>bold & <img src=x onerror=alert(1)>.bin";
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+        .find(|p| p.is_file())
+}
+
+/// chromedriver running on a free port, killed on drop.
+struct Driver {
+    child: tokio::process::Child,
+    url: String,
+    chromium: PathBuf,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn start_driver() -> Option<Driver> {
+    let driver = find_program(&["chromedriver"]);
+    let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"]);
+    let (Some(driver), Some(chromium)) = (driver, chromium) else {
+        let reason = "chromium and chromedriver are not installed \
+                      (apt-get install chromium chromium-driver)";
+        assert!(!ci(), "the browser test must run in CI: {reason}");
+        eprintln!("skipping the web app browser test: {reason}");
+        return None;
+    };
+    let port = p2p_tests::free_port();
+    let child = tokio::process::Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromedriver");
+    let url = format!("http://127.0.0.1:{port}");
+    let status = format!("127.0.0.1:{port}");
+    p2p_tests::eventually(Duration::from_secs(20), "chromedriver to listen", || {
+        let status = status.clone();
+        async move {
+            tokio::net::TcpStream::connect(status)
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
+    Some(Driver {
+        child,
+        url,
+        chromium,
+    })
+}
+
+/// A fresh headless browser (its own profile, so its own cookies).
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), "chrome".into());
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": driver.chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1280,800"],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("open a Chromium session")
+}
+
+fn screenshots_dir() -> PathBuf {
+    let dir = std::env::var_os("P2P_WEB_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/web-screenshots"));
+    std::fs::create_dir_all(&dir).expect("create the screenshot dir");
+    dir
+}
+
+async fn screenshot(browser: &Client, name: &str) {
+    let png = browser.screenshot().await.expect("take a screenshot");
+    std::fs::write(screenshots_dir().join(format!("{name}.png")), png).expect("save screenshot");
+}
+
+async fn text_of(browser: &Client, css: &str) -> String {
+    match browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(css))
+        .await
+    {
+        Ok(element) => element.text().await.expect("element text"),
+        Err(e) => {
+            let url = browser.current_url().await.map(|u| u.to_string());
+            let page = browser.source().await.unwrap_or_default();
+            panic!("no {css} on the page ({e}) at {url:?}:\n{page}")
+        }
+    }
+}
+
+async fn log_in(browser: &Client, web: &str, username: &str, password: &str) {
+    browser
+        .goto(&format!("http://{web}/login"))
+        .await
+        .expect("open login");
+    browser
+        .find(Locator::Id("username"))
+        .await
+        .expect("username field")
+        .send_keys(username)
+        .await
+        .expect("type username");
+    browser
+        .find(Locator::Id("password"))
+        .await
+        .expect("password field")
+        .send_keys(password)
+        .await
+        .expect("type password");
+    browser
+        .find(Locator::Css("form.card button[type=submit]"))
+        .await
+        .expect("login button")
+        .click()
+        .await
+        .expect("log in");
+    let who = text_of(browser, "form.logout strong").await;
+    assert_eq!(who, username, "logged in as someone else");
+}
+
+/// The `data-file-id` of the Files row showing `name`, once it is there.
+async fn row_of(browser: &Client, name: &str) -> String {
+    p2p_tests::eventually(WAIT, &format!("{name:?} in the Files table"), || async {
+        for row in browser
+            .find_all(Locator::Css("tr[data-file-id]"))
+            .await
+            .ok()?
+        {
+            let cell = row.find(Locator::Css("td.name")).await.ok()?;
+            if cell.text().await.ok()? == name {
+                return row.attr("data-file-id").await.ok()?;
+            }
+        }
+        None
+    })
+    .await
+}
+
+async fn click(browser: &Client, css: &str) {
+    browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} to click: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+/// POSTs a form from inside the page (same origin, with its cookie) and
+/// returns the HTTP status.
+async fn post_from_page(browser: &Client, path: &str, fields: serde_json::Value) -> u64 {
+    let script = "const [path, fields, done] = arguments; \
+                  fetch(path, {method: 'POST', body: new URLSearchParams(fields), redirect: 'manual'}) \
+                  .then(r => done(r.status), e => done(String(e)));";
+    let status = browser
+        .execute_async(script, vec![path.into(), fields])
+        .await
+        .expect("run fetch in the page");
+    status
+        .as_u64()
+        .unwrap_or_else(|| panic!("fetch failed: {status}"))
+}
+
+/// The status line's code for a raw request with a chosen `Host`.
+async fn status_with_host(web: &str, host: &str) -> u16 {
+    let mut stream = tokio::net::TcpStream::connect(web)
+        .await
+        .expect("connect web app");
+    let request = format!("GET /login HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("web app answered in time")
+        .expect("read answer");
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_seeds_windows_work_in_a_real_browser() {
+    let Some(driver) = start_driver().await else {
+        return;
+    };
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    // A is logged in unattended; its web app still asks for the password.
+    let unattended = AgentOptions {
+        env: vec![
+            ("P2P_USER".into(), ADMIN_USER.into()),
+            ("P2P_PASSWORD".into(), ADMIN_PASSWORD.into()),
+        ],
+        ..AgentOptions::default()
+    };
+    let agent_a = cluster.add_agent("a", unattended).await;
+    p2p_tests::eventually(WAIT, "A's unattended login", || async {
+        agent_a.status().await.logged_in.then_some(())
+    })
+    .await;
+    let agent_b = cluster.add_agent("b", AgentOptions::default()).await;
+    let (web_a, web_b) = (
+        agent_a.web_addr().to_string(),
+        agent_b.web_addr().to_string(),
+    );
+    let a = browser(&driver).await;
+    let b = browser(&driver).await;
+
+    // A request naming another host is refused before anything else.
+    assert_eq!(status_with_host(&web_a, "evil.example").await, 403);
+    assert_eq!(status_with_host(&web_a, &web_a).await, 200);
+
+    a.goto(&format!("http://{web_a}/login"))
+        .await
+        .expect("open login");
+    screenshot(&a, "login").await;
+    a.find(Locator::Id("username"))
+        .await
+        .expect("username")
+        .send_keys(ADMIN_USER)
+        .await
+        .expect("type");
+    a.find(Locator::Id("password"))
+        .await
+        .expect("password")
+        .send_keys("not-the-password")
+        .await
+        .expect("type");
+    click(&a, "form.card button[type=submit]").await;
+    let refused = text_of(&a, "p.flash.failed").await;
+    assert!(refused.contains("Wrong username or password"), "{refused}");
+    assert!(
+        a.find_all(Locator::Css("form.logout"))
+            .await
+            .expect("query")
+            .is_empty()
+    );
+    let peer_id = agent_a.status().await.peer_id;
+    log_in(&a, &web_a, ADMIN_USER, ADMIN_PASSWORD).await;
+    assert_eq!(
+        agent_a.status().await.peer_id,
+        peer_id,
+        "a web login as the agent's own user must leave its session running"
+    );
+    log_in(&b, &web_b, ADMIN_USER, ADMIN_PASSWORD).await;
+    // B watches its Files page from here on, never reloading it.
+    b.goto(&format!("http://{web_b}/files"))
+        .await
+        .expect("open files on B");
+
+    // A terminal user follows the same live view with `p2p ls --watch`.
+    let mut watch = agent_b
+        .p2p_command(&["--json", "ls", "--watch"])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start p2p ls --watch");
+    let mut watched = tokio::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+
+    // Upload 20 MiB with a markup name on A.
+    let upload_dir = cluster.scratch_dir("upload");
+    let original = upload_dir.join(MARKUP_NAME);
+    p2p_tests::write_random(&original, UPLOAD_BYTES, 12);
+    a.goto(&format!("http://{web_a}/share"))
+        .await
+        .expect("open share");
+    a.find(Locator::Id("upload-file"))
+        .await
+        .expect("file input")
+        .send_keys(original.to_str().expect("utf-8 path"))
+        .await
+        .expect("choose the file");
+    screenshot(&a, "share").await;
+    click(&a, "#upload button[type=submit]").await;
+    let flash = text_of(&a, "p.flash.ok").await;
+    assert!(
+        flash.contains(MARKUP_NAME),
+        "no share confirmation: {flash}"
+    );
+    let file_id = row_of(&a, MARKUP_NAME).await;
+
+    // It appears on B's open page, as text.
+    assert_eq!(row_of(&b, MARKUP_NAME).await, file_id);
+    assert!(
+        b.find_all(Locator::Css("td.name b, td.name img"))
+            .await
+            .expect("query")
+            .is_empty(),
+        "the file name was rendered as markup"
+    );
+    screenshot(&b, "files").await;
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = watched.next_line().await.expect("read p2p ls --watch") {
+            let listing: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+            if listing["files"].as_array().is_some_and(|f| !f.is_empty()) {
+                assert!(line.contains(&file_id), "another file in {line}");
+                return;
+            }
+        }
+        panic!("p2p ls --watch ended without showing the file");
+    })
+    .await
+    .expect("p2p ls --watch showed the upload in time");
+    drop(watch);
+
+    // Download on B and watch the bar reach 100 %.
+    click(
+        &b,
+        &format!("tr[data-file-id='{file_id}'] form[action='/files/download'] button"),
+    )
+    .await;
+    let done = format!("article.download[data-file-id='{file_id}'][data-stage='done']");
+    let percent = text_of(&b, &format!("{done} .percent")).await;
+    assert_eq!(percent, "100 %");
+    let bar = b
+        .find(Locator::Css(&format!("{done} progress")))
+        .await
+        .expect("progress bar");
+    assert_eq!(
+        bar.attr("value").await.expect("value").as_deref(),
+        Some("100")
+    );
+    screenshot(&b, "downloads").await;
+    p2p_tests::assert_same_content(
+        &original,
+        &agent_b.data_dir().join("downloads").join(MARKUP_NAME),
+    );
+
+    b.goto(&format!("http://{web_b}/peers"))
+        .await
+        .expect("open peers");
+    text_of(&b, "tbody td code").await;
+    screenshot(&b, "peers").await;
+    b.goto(&format!("http://{web_b}/status"))
+        .await
+        .expect("open status");
+    text_of(&b, "dl.facts").await;
+    screenshot(&b, "status").await;
+
+    // Removing it from the network on A takes it off B's open page.
+    b.goto(&format!("http://{web_b}/files"))
+        .await
+        .expect("open files on B");
+    row_of(&b, MARKUP_NAME).await;
+    a.goto(&format!("http://{web_a}/files"))
+        .await
+        .expect("open files on A");
+    click(
+        &a,
+        &format!(
+            "tr[data-file-id='{file_id}'] form[action='/files/remove'] input[name=network] ~ button"
+        ),
+    )
+    .await;
+    text_of(&a, "p.flash.ok").await;
+    let row = format!("tr[data-file-id='{file_id}']");
+    p2p_tests::eventually(WAIT, "the file to leave B's page", || async {
+        b.find_all(Locator::Css(&row))
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+
+    // The admin adds a user on A's Accounts page ...
+    a.goto(&format!("http://{web_a}/accounts"))
+        .await
+        .expect("open accounts");
+    a.find(Locator::Id("new-username"))
+        .await
+        .expect("username")
+        .send_keys("carol")
+        .await
+        .expect("type");
+    a.find(Locator::Id("new-password"))
+        .await
+        .expect("password")
+        .send_keys("carol-password-1")
+        .await
+        .expect("type");
+    click(&a, "#add-user button[type=submit]").await;
+    let flash = text_of(&a, "p.flash.ok").await;
+    assert!(flash.contains("carol"), "{flash}");
+    text_of(&a, "tr[data-username='carol']").await;
+    screenshot(&a, "accounts").await;
+
+    // ... who logs in on B, and is not an admin there.
+    click(&b, "form.logout button").await;
+    text_of(&b, "p.flash.ok").await;
+    log_in(&b, &web_b, "carol", "carol-password-1").await;
+    let nav = text_of(&b, "header nav").await;
+    assert!(
+        !nav.contains("Accounts"),
+        "a non-admin sees Accounts: {nav}"
+    );
+    b.goto(&format!("http://{web_b}/accounts"))
+        .await
+        .expect("open accounts");
+    assert_eq!(text_of(&b, "h1").await, "Only admins manage accounts");
+    b.goto(&format!("http://{web_b}/files"))
+        .await
+        .expect("open files");
+    let csrf = b
+        .find(Locator::Css("form.logout input[name=csrf]"))
+        .await
+        .expect("csrf field")
+        .attr("value")
+        .await
+        .expect("value")
+        .expect("a csrf token");
+    let forged = serde_json::json!({"csrf": csrf, "username": "mallory", "password": "mallory-password", "role": "admin"});
+    assert_eq!(post_from_page(&b, "/accounts/add", forged).await, 403);
+    // A POST without the CSRF token is refused too.
+    let no_token = serde_json::json!({"file": file_id, "network": "true"});
+    assert_eq!(post_from_page(&b, "/files/remove", no_token).await, 403);
+
+    // Phone width.
+    b.set_window_size(390, 844).await.expect("resize");
+    b.goto(&format!("http://{web_b}/files"))
+        .await
+        .expect("open files");
+    text_of(&b, "main h1").await;
+    screenshot(&b, "files-phone").await;
+
+    a.close().await.expect("close browser A");
+    b.close().await.expect("close browser B");
+}
