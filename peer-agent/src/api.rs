@@ -215,11 +215,16 @@ impl AgentApi {
         Ok(network.into_iter().map(|f| self.network_file(f)).collect())
     }
 
-    /// The index's live feed of file changes (`WatchFiles`).
-    pub async fn watch_files(&self) -> Result<tonic::Streaming<index_pb::FileEvent>, Error> {
+    /// The index's live feed of file changes (`WatchFiles`), from now on
+    /// (`after_seq` 0) or after a position an earlier stream reached (its
+    /// last event's `resume_after_seq`), on whichever replica answers.
+    pub async fn watch_files(
+        &self,
+        after_seq: i64,
+    ) -> Result<tonic::Streaming<index_pb::FileEvent>, Error> {
         self.session
             .call_index(|mut c, t| async move {
-                c.watch_files(with_bearer(index_pb::WatchFilesRequest {}, &t))
+                c.watch_files(with_bearer(index_pb::WatchFilesRequest { after_seq }, &t))
                     .await
             })
             .await
@@ -237,6 +242,9 @@ impl AgentApi {
     {
         let mut shown: Option<Vec<pb::NetworkFile>> = None;
         let mut watch: Option<tonic::Streaming<index_pb::FileEvent>> = None;
+        // Where the feed got to, so a replacement stream (another replica,
+        // after a failover) carries on from there instead of from "now".
+        let mut resume_after = 0;
         let mut tick = tokio::time::interval(FOLLOW_EVERY);
         loop {
             match self.list_files(name_contains).await {
@@ -255,16 +263,15 @@ impl AgentApi {
                 }
             }
             if watch.is_none() {
-                watch = self.watch_files().await.ok();
+                watch = self.watch_files(resume_after).await.ok();
             }
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
-                changed = next_change(&mut watch) => {
-                    if !changed {
-                        watch = None;
-                    }
-                }
+                event = next_change(&mut watch) => match event {
+                    Some(event) => resume_after = resume_after.max(event.resume_after_seq),
+                    None => watch = None,
+                },
             }
         }
     }
@@ -767,9 +774,13 @@ impl AgentApi {
 
 /// Waits for the next index event; false when the stream ended. Never
 /// returns while not watching.
-async fn next_change(watch: &mut Option<tonic::Streaming<index_pb::FileEvent>>) -> bool {
+/// The next event of the feed; `None` when it ended or broke. Pending
+/// forever while there is no feed.
+async fn next_change(
+    watch: &mut Option<tonic::Streaming<index_pb::FileEvent>>,
+) -> Option<index_pb::FileEvent> {
     match watch {
-        Some(stream) => matches!(stream.message().await, Ok(Some(_))),
+        Some(stream) => stream.message().await.ok().flatten(),
         None => std::future::pending().await,
     }
 }
