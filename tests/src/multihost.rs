@@ -447,6 +447,8 @@ impl MultiHost {
             &host.socket(PEER_PORT),
             "--metrics-listen",
             "",
+            "--web-listen",
+            "",
             "--data-dir",
             &data_dir.display().to_string(),
             "--index-url",

@@ -1,7 +1,9 @@
 //! Server-Sent Events that keep the open pages current: `/events/files`
 //! re-renders the Files table whenever index-svc's `WatchFiles` reports a
-//! change (and every few seconds for this agent's own state), and
-//! `/events/downloads` sends the Downloads list as progress moves. Each
+//! change (and every few seconds for this agent's own state),
+//! `/events/downloads` sends the Downloads list as progress moves, and
+//! `/events/sharing` the shares being hashed (with [`Sharing`], the list
+//! the share handlers keep). Each
 //! feed is a task in the web app's `TaskTracker`; it ends when the browser
 //! goes away, the web session ends, or the agent shuts down.
 
@@ -18,8 +20,8 @@ use super::guard::Authed;
 use super::pages::FilesQuery;
 use super::render;
 
-/// How often the Downloads feed looks at progress.
-const DOWNLOADS_EVERY: Duration = Duration::from_millis(250);
+/// How often the Downloads and Share feeds look at progress.
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 type Events = Sse<axum::response::sse::KeepAliveStream<ReceiverStream<Result<Event, Infallible>>>>;
 
@@ -69,6 +71,71 @@ async fn feed_files(
     .await;
 }
 
+/// The shares being hashed right now, for the Share page.
+#[derive(Debug, Default)]
+pub struct Sharing {
+    jobs: std::sync::Mutex<Vec<render::ShareJob>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+/// One running share; it leaves the list when dropped.
+pub struct SharingJob<'a> {
+    sharing: &'a Sharing,
+    id: u64,
+}
+
+impl Sharing {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<render::ShareJob>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lists a share of `name` until the returned job is dropped.
+    pub fn start(&self, name: String) -> SharingJob<'_> {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().push(render::ShareJob {
+            id,
+            name,
+            hashed_bytes: 0,
+            total_bytes: 0,
+        });
+        SharingJob { sharing: self, id }
+    }
+
+    /// The running shares.
+    pub fn all(&self) -> Vec<render::ShareJob> {
+        self.lock().clone()
+    }
+}
+
+impl SharingJob<'_> {
+    /// Records how far hashing got.
+    pub fn progress(&self, hashed_bytes: u64, total_bytes: u64) {
+        if let Some(job) = self.sharing.lock().iter_mut().find(|j| j.id == self.id) {
+            job.hashed_bytes = hashed_bytes;
+            job.total_bytes = total_bytes;
+        }
+    }
+}
+
+impl Drop for SharingJob<'_> {
+    fn drop(&mut self) {
+        self.sharing.lock().retain(|j| j.id != self.id);
+    }
+}
+
+/// `GET /events/sharing`: the shares being hashed, as HTML, as they move.
+pub async fn sharing(
+    State(web): State<Web>,
+    authed: Authed,
+    Query(q): Query<FilesQuery>,
+) -> Events {
+    sample(web, authed, q.v, |web, _| {
+        render::sharing_rows(&web.sharing.all())
+    })
+}
+
 fn still_valid(web: &Web, authed: &Authed) -> bool {
     web.sessions.get(&authed.session.id).is_some()
         && web
@@ -84,12 +151,24 @@ pub async fn downloads(
     authed: Authed,
     Query(q): Query<FilesQuery>,
 ) -> Events {
+    sample(web, authed, q.v, |web, viewer| {
+        render::download_rows(viewer, &web.api.transfers())
+    })
+}
+
+/// A feed that renders `view` every [`SAMPLE_EVERY`] and sends it when it
+/// differs from what the page shows (`shown`, a [`render::version`]).
+fn sample(
+    web: Web,
+    authed: Authed,
+    mut shown: String,
+    view: impl Fn(&Web, &render::Viewer) -> maud::Markup + Send + 'static,
+) -> Events {
     let (tx, rx) = mpsc::channel(4);
     let feed = web.clone();
     web.tasks.spawn(async move {
         let viewer = authed.viewer();
-        let mut shown = q.v;
-        let mut tick = tokio::time::interval(DOWNLOADS_EVERY);
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
         loop {
             if !still_valid(&feed, &authed) {
                 let _ = tx
@@ -97,7 +176,7 @@ pub async fn downloads(
                     .await;
                 return;
             }
-            let html = render::download_rows(&viewer, &feed.api.transfers());
+            let html = view(&feed, &viewer);
             let version = render::version(&html);
             if version != shown {
                 if tx
@@ -117,4 +196,23 @@ pub async fn downloads(
         }
     });
     sse(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_is_listed_while_it_hashes_and_gone_after() {
+        let sharing = Sharing::default();
+        let job = sharing.start("big.iso".into());
+        job.progress(50, 200);
+        let all = sharing.all();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].hashed_bytes, all[0].total_bytes), (50, 200));
+        let html = render::sharing_rows(&all).into_string();
+        assert!(html.contains("25 %"), "{html}");
+        drop(job);
+        assert!(sharing.all().is_empty());
+    }
 }

@@ -43,8 +43,32 @@ pub struct Web {
     hosts: Arc<HostAllowlist>,
     uploads_dir: PathBuf,
     port: u16,
+    sharing: Arc<live::Sharing>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+}
+
+impl Web {
+    /// Shares a file through the agent API, showing its hashing progress
+    /// on every open Share page while it runs.
+    async fn share(&self, options: crate::api::ShareOptions) -> Result<crate::api::Shared, Error> {
+        let shown = std::path::Path::new(options.path.trim())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = if options.name.trim().is_empty() {
+            shown
+        } else {
+            options.name.trim().to_string()
+        };
+        let job = self.sharing.start(name);
+        self.api
+            .share(options, |hashed, total| {
+                job.progress(hashed, total);
+                true
+            })
+            .await
+    }
 }
 
 /// Serves the web app on `listener` until `shutdown` is cancelled.
@@ -66,6 +90,7 @@ pub async fn serve(
         sessions: Arc::default(),
         hosts: Arc::new(HostAllowlist::new(hosts)),
         port: addr.port(),
+        sharing: Arc::default(),
         tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
     };
@@ -112,6 +137,7 @@ pub fn router(web: Web) -> Router {
         .route("/accounts/delete", post(account(AccountAction::Delete)))
         .route("/events/files", get(live::files))
         .route("/events/downloads", get(live::downloads))
+        .route("/events/sharing", get(live::sharing))
         .route("/assets/app.css", get(css))
         .route("/assets/app.js", get(js))
         .fallback(pages::not_found)

@@ -321,6 +321,7 @@ pub async fn share_form(State(web): State<Web>, authed: Authed) -> Response {
         &authed.viewer(),
         flash,
         &web.uploads_dir.display().to_string(),
+        &web.sharing.all(),
     )
     .into_response()
 }
@@ -352,7 +353,7 @@ pub async fn share_path(
         mime_type: String::new(),
         replace: form.replace,
     };
-    match web.api.share(options, |_, _| true).await {
+    match web.share(options).await {
         Ok(shared) => after(&web, &authed, "/files", shared_flash(&shared)),
         Err(err) => after(&web, &authed, "/share", failure(err)),
     }

@@ -339,13 +339,48 @@ fn action(
     }
 }
 
+/// A share being hashed.
+#[derive(Debug, Clone)]
+pub struct ShareJob {
+    /// Which one.
+    pub id: u64,
+    /// Its name in the network.
+    pub name: String,
+    /// Bytes hashed so far.
+    pub hashed_bytes: u64,
+    /// Its size (0 until known).
+    pub total_bytes: u64,
+}
+
+/// The shares being hashed (also what the live feed sends).
+pub fn sharing_rows(jobs: &[ShareJob]) -> Markup {
+    html! {
+        @for job in jobs {
+            @let percent = (job.hashed_bytes * 100).checked_div(job.total_bytes).unwrap_or(0);
+            p.sharing {
+                "Hashing " strong { (job.name) } ": "
+                progress max="100" value=(percent) aria-label=(format!("{} hashed", job.name)) { (percent) " %" }
+                " " (percent) " % of " (human(job.total_bytes))
+            }
+        }
+    }
+}
+
 /// The Share page: a path on the agent's machine, or a browser upload.
-pub fn share(viewer: &Viewer, flash: Option<Flash>, uploads_dir: &str) -> Markup {
+pub fn share(
+    viewer: &Viewer,
+    flash: Option<Flash>,
+    uploads_dir: &str,
+    jobs: &[ShareJob],
+) -> Markup {
+    let rows = sharing_rows(jobs);
+    let live = format!("/events/sharing?v={}", version(&rows));
     layout(
         Page::Share,
         Some(viewer),
         flash,
         html! {
+            div #sharing aria-live="polite" data-live=(live) { (rows) }
             section.card aria-labelledby="upload-h" {
                 h2 #upload-h { "Upload from this browser" }
                 p.hint { "The file is streamed to " code { (uploads_dir) } " on the agent's machine, hashed, published and served from there." }

@@ -46,7 +46,7 @@ pub async fn upload(
                 mime_type: String::new(),
                 replace: false,
             };
-            match web.api.share(options, |_, _| true).await {
+            match web.share(options).await {
                 Ok(shared) => {
                     web.sessions
                         .flash(&authed.session.id, shared_flash(&shared));

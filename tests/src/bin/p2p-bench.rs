@@ -364,7 +364,14 @@ fn start_agent(host: &Host, services: &Host, dir: &Path, name: &str) -> Result<P
     std::fs::create_dir_all(&data)?;
     let mut agent = host.command(bin("peer-agent")?);
     agent
-        .args(["--listen", "0.0.0.0:50053", "--metrics-listen", ""])
+        .args([
+            "--listen",
+            "0.0.0.0:50053",
+            "--metrics-listen",
+            "",
+            "--web-listen",
+            "",
+        ])
         .arg("--advertise")
         .arg(host.socket(50053))
         .arg("--data-dir")
@@ -1417,6 +1424,8 @@ fn start_loopback_agent(dir: &Path, name: &str, i: u16) -> Result<Proc> {
         .arg(format!("127.0.0.1:{}", 50153 + i * 100))
         .args([
             "--metrics-listen",
+            "",
+            "--web-listen",
             "",
             "--index-url",
             "127.0.0.1:50052",

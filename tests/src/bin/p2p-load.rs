@@ -813,6 +813,8 @@ async fn fetch_run(cli: &Cli, dir: &Path, auth: &str, index: &str) -> Result<ser
         &peer,
         "--metrics-listen",
         "",
+        "--web-listen",
+        "",
         "--data-dir",
         &data_dir.display().to_string(),
         "--index-url",
