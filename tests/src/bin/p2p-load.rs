@@ -103,6 +103,11 @@ struct Cli {
     /// --announce-ms steps).
     #[arg(long, env = "P2P_LOAD_DOWNLOAD_STEPS", default_value_t = 20)]
     download_steps: u32,
+    /// Seconds at the start of the index run whose Heartbeat, LocateSources
+    /// and UpdateHoldings calls are left out of the figures (the
+    /// registration storm); RegisterPeer is always counted.
+    #[arg(long, env = "P2P_LOAD_WARMUP_SECS", default_value_t = 0)]
+    warmup_secs: u64,
     /// index-svc processes started on the one index database.
     #[arg(long, env = "P2P_LOAD_INDEX_REPLICAS", default_value_t = 1)]
     index_replicas: usize,
@@ -453,8 +458,11 @@ async fn simulated_agent(
     token: Arc<String>,
     files: Arc<Vec<(String, u32)>>,
     pattern: Pattern,
+    measure_from: tokio::time::Instant,
     deadline: tokio::time::Instant,
 ) -> AgentCalls {
+    // Calls made before `measure_from` land here and are not reported.
+    let mut warmup = Calls::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
     let mut calls = AgentCalls::default();
     // Spread the agents' start over one heartbeat interval.
@@ -497,7 +505,8 @@ async fn simulated_agent(
                     peer_id: peer_id.clone(),
                     load: Some(load(&mut rng)),
                 };
-                timed(&mut calls.heartbeat, deadline, index.heartbeat(with_bearer(request, &token))).await;
+                let target = if tokio::time::Instant::now() < measure_from { &mut warmup } else { &mut calls.heartbeat };
+                timed(target, deadline, index.heartbeat(with_bearer(request, &token))).await;
             }
             _ = locate.tick(), if download.is_some() => {
                 let Some(d) = &download else { continue };
@@ -513,7 +522,8 @@ async fn simulated_agent(
                 if let Some(last) = request.wanted.last_mut() {
                     *last &= 0xffu8 << spare;
                 }
-                timed(&mut calls.locate, deadline, index.locate_sources(with_bearer(request, &token))).await;
+                let target = if tokio::time::Instant::now() < measure_from { &mut warmup } else { &mut calls.locate };
+                timed(target, deadline, index.locate_sources(with_bearer(request, &token))).await;
             }
             _ = announce.tick(), if download.is_some() => {
                 let (Some(d), Some(p)) = (&mut download, dl) else { continue };
@@ -524,7 +534,8 @@ async fn simulated_agent(
                     bitfield: if complete { Vec::new() } else { d.held.clone() },
                     complete,
                 };
-                timed(&mut calls.update, deadline, index.update_holdings(with_bearer(request, &token))).await;
+                let target = if tokio::time::Instant::now() < measure_from { &mut warmup } else { &mut calls.update };
+                timed(target, deadline, index.update_holdings(with_bearer(request, &token))).await;
                 if complete {
                     let file = rng.gen_range(0..files.len());
                     *d = Download::start(file, files[file].1);
@@ -589,8 +600,9 @@ async fn index_run(
         ));
     }
     let files = Arc::new(files);
-    let secs = cli.index_secs as f64;
+    let secs = cli.index_secs.saturating_sub(cli.warmup_secs).max(1) as f64;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cli.index_secs);
+    let measure_from = tokio::time::Instant::now() + Duration::from_secs(cli.warmup_secs);
     let heartbeat = Duration::from_secs(cli.heartbeat_secs.max(1));
     let downloading = DownloadPattern {
         locate_every: Duration::from_secs(cli.locate_secs.max(1)),
@@ -612,6 +624,7 @@ async fn index_run(
             tokens[i % tokens.len()].clone(),
             files.clone(),
             pattern,
+            measure_from,
             deadline,
         ));
     }
@@ -658,6 +671,7 @@ async fn index_run(
         "locate_secs": cli.locate_secs,
         "announce_ms": cli.announce_ms,
         "duration_secs": cli.index_secs,
+        "warmup_secs": cli.warmup_secs,
         "requests_per_second": all as f64 / secs,
         "errors": errors,
         "shed": shed,
