@@ -10,12 +10,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${P2P_IMAGE_TAG:-latest}
 TARGET=x86_64-unknown-linux-gnu
+# A target dir of their own, so this build never waits for (or blocks) the
+# debug builds of the tests: CI runs it beside the test suite.
+TARGET_DIR=${P2P_IMAGES_TARGET_DIR:-target/images}
 
-echo "building static release binaries (target $TARGET)"
-RUSTFLAGS="-C target-feature=+crt-static" \
+echo "building static release binaries (target $TARGET, in $TARGET_DIR)"
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$TARGET_DIR \
   cargo build --release --locked --target "$TARGET" \
   -p auth-svc -p index-svc -p peer-agent -p p2p-services --bins
-OUT=target/$TARGET/release
+OUT=$TARGET_DIR/$TARGET/release
 
 for bin in auth-svc index-svc peer-agent p2p p2p-certs; do
   if ! ldd "$OUT/$bin" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; then

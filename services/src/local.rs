@@ -361,8 +361,14 @@ impl ControlToken {
         else {
             return false;
         };
-        presented.trim().as_bytes().ct_eq(self.0.as_bytes()).into()
+        same_secret(presented.trim(), &self.0)
     }
+}
+
+/// Whether a presented secret (a token, a CSRF token) equals the expected
+/// one, compared in time that does not depend on where they differ.
+pub fn same_secret(presented: &str, expected: &str) -> bool {
+    presented.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
 /// Wraps a tonic service so every call must carry the [`ControlToken`];
@@ -433,6 +439,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "ab"));
+        assert!(!same_secret("", "a"));
+    }
 
     #[test]
     fn targets_are_told_apart_by_their_shape() {

@@ -123,7 +123,7 @@ pub async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let expected = guard::cookie(&headers, LOGIN_COOKIE).unwrap_or("");
-    if expected.is_empty() || !guard::same_secret(expected, &form.csrf) {
+    if expected.is_empty() || !p2p_services::local::same_secret(expected, &form.csrf) {
         return render::error_page(
             StatusCode::FORBIDDEN,
             "Request refused: the login form's security token is missing or out of date",
