@@ -31,6 +31,8 @@ if [[ ! -s "$CACHE" ]]; then
   mkdir -p "$(dirname "$CACHE")"
   tar -C "$root" -czf "$CACHE.tmp" .
   mv "$CACHE.tmp" "$CACHE"
+  rm -rf "$root"
+  trap - EXIT
 fi
 
 # The root as a local base image, then the entry point on top (FROM a
