@@ -14,40 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 
-if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
-PROJECT=p2ppg$$
-export COMPOSE_PROJECT_NAME=$PROJECT
-WORK=$(mktemp -d)
-export P2P_ADMIN_PASSWORD="smoke-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+COMPOSE_FILES=(docker-compose.yml docker-compose.postgres.yml)
+PROJECT_PREFIX=p2ppg
+source scripts/compose-lib.sh
 export P2P_POSTGRES_PASSWORD="pg-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 # Slow enough that both replica stops land in the middle of the download.
 export P2P_MAX_UPLOAD_RATE=${P2P_MAX_UPLOAD_RATE:-8MiB}
-compose() { "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.postgres.yml "$@"; }
-
-cleanup() {
-  local rc=$?
-  if [[ $rc != 0 ]]; then
-    echo "--- compose logs (failure) ---"
-    compose logs --no-color --tail=60 || true
-  fi
-  compose down -v --remove-orphans >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-  exit $rc
-}
-trap cleanup EXIT
-
-fail() { echo "FAIL: $*" >&2; exit 1; }
-wait_for() {
-  local limit=$1 what=$2; shift 2
-  local deadline=$(( $(date +%s) + limit ))
-  until "$@" >/dev/null 2>&1; do
-    (( $(date +%s) < deadline )) || fail "timed out after ${limit}s waiting for $what"
-    sleep 1
-  done
-}
-cid() { compose ps -q "$1"; }
-healthy() { [[ $(docker inspect --format '{{.State.Health.Status}}' "$(cid "$1")") == healthy ]]; }
-p2p() { local svc=$1; shift; compose exec -T "$svc" /p2p "$@"; }
 local_bytes() { p2p "$1" --json ls "$2" | python3 -c '
 import json,sys
 d=json.load(sys.stdin)

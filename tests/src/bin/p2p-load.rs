@@ -92,12 +92,14 @@ struct Cli {
     #[arg(long, env = "P2P_LOAD_DOWNLOADING", default_value_t = 100)]
     downloading: usize,
     /// Seconds between a download's LocateSources calls (Swarm v2 asks the
-    /// index at the start and then at most every few seconds).
-    #[arg(long, env = "P2P_LOAD_LOCATE_SECS", default_value_t = 3)]
+    /// index at the start and then every `RELOCATE_EVERY`, 4 s, in
+    /// peer-agent's `download/coordinator.rs`).
+    #[arg(long, env = "P2P_LOAD_LOCATE_SECS", default_value_t = 4)]
     locate_secs: u64,
     /// Milliseconds between a download's UpdateHoldings (Swarm v2
-    /// coalesces them to at most one per second).
-    #[arg(long, env = "P2P_LOAD_ANNOUNCE_MS", default_value_t = 1000)]
+    /// coalesces them to one per `ANNOUNCE_EVERY`, 2 s, in peer-agent's
+    /// `download/coordinator.rs`).
+    #[arg(long, env = "P2P_LOAD_ANNOUNCE_MS", default_value_t = 2000)]
     announce_ms: u64,
     /// Announcements a download takes to complete (its length in
     /// --announce-ms steps).
