@@ -328,16 +328,15 @@ impl Session {
         Some(attempts.describe(tokio::time::Instant::now()))
     }
 
-    /// Checks `password` for `username` with auth-svc without touching
-    /// this agent's session: a login whose new session is revoked at once.
-    /// Returns the account as auth-svc sees it now.
-    pub async fn check_password(
+    /// auth-svc's `Login` with a password, bounded by [`CALL_TIMEOUT`]: the
+    /// one call behind both a real login and a password check.
+    async fn password_login(
         &self,
         username: &str,
         password: &str,
-    ) -> Result<auth_pb::User, Error> {
+    ) -> Result<auth_pb::TokenPair, Error> {
         let mut client = AuthServiceClient::new(self.auth.clone());
-        let pair = tokio::time::timeout(
+        Ok(tokio::time::timeout(
             CALL_TIMEOUT,
             client.login(auth_pb::LoginRequest {
                 username: username.to_string(),
@@ -347,7 +346,19 @@ impl Session {
         .await
         .map_err(|_| Error::AuthUnavailable("login timed out".into()))?
         .map_err(Error::from_auth)?
-        .into_inner();
+        .into_inner())
+    }
+
+    /// Checks `password` for `username` with auth-svc without touching
+    /// this agent's session: a login whose new session is revoked at once.
+    /// Returns the account as auth-svc sees it now.
+    pub async fn check_password(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<auth_pb::User, Error> {
+        let pair = self.password_login(username, password).await?;
+        let mut client = AuthServiceClient::new(self.auth.clone());
         let revoke = client.logout(auth_pb::LogoutRequest {
             refresh_token: pair.refresh_token,
         });
@@ -369,18 +380,7 @@ impl Session {
         username: &str,
         password: &str,
     ) -> Result<(auth_pb::User, String), Error> {
-        let mut client = AuthServiceClient::new(self.auth.clone());
-        let pair = tokio::time::timeout(
-            CALL_TIMEOUT,
-            client.login(auth_pb::LoginRequest {
-                username: username.to_string(),
-                password: password.to_string(),
-            }),
-        )
-        .await
-        .map_err(|_| Error::AuthUnavailable("login timed out".into()))?
-        .map_err(Error::from_auth)?
-        .into_inner();
+        let pair = self.password_login(username, password).await?;
         self.stop_heartbeat();
         let tokens = Tokens::from_pair(pair);
         let user = tokens.user.clone();
