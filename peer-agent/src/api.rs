@@ -289,7 +289,16 @@ impl AgentApi {
         }
         let lower = query.to_ascii_lowercase();
         let local = self.holdings.all();
-        let network = match self.list_network("").await {
+        // Only a query that could be an id prefix needs every file; a name
+        // is filtered by the index, so a big network costs one page.
+        let could_be_id = query.chars().all(|c| c.is_ascii_hexdigit());
+        // (index-svc takes filters of up to 255 bytes.)
+        let filter = if could_be_id || query.len() > 255 {
+            ""
+        } else {
+            query
+        };
+        let network = match self.list_network(filter).await {
             Ok(files) => files,
             Err(err) if local.is_empty() => return Err(err),
             Err(_) => Vec::new(),

@@ -27,6 +27,9 @@ pub struct Holding {
     /// Bumped whenever the bitfield changes, for holdings streams.
     changes: watch::Sender<u64>,
     peers: Mutex<PeerBook>,
+    /// Bumped whenever the peer book changes, so holdings streams pass new
+    /// peers on at once and the download learns of peers that watch us.
+    peer_changes: watch::Sender<u64>,
     /// When verified chunks were last written to the store, and whether
     /// some have been verified since (see [`Holdings::mark_verified`]).
     saved: Mutex<(Option<std::time::Instant>, bool)>,
@@ -143,6 +146,9 @@ impl Holding {
         book.peers.push_front(peer);
         book.peers.truncate(MAX_KNOWN_PEERS);
         book.version += 1;
+        let version = book.version;
+        drop(book);
+        self.peer_changes.send_replace(version);
     }
 
     /// Forgets a peer that failed us.
@@ -152,7 +158,16 @@ impl Holding {
         book.peers.retain(|p| p.peer_id != peer_id);
         if book.peers.len() != before {
             book.version += 1;
+            let version = book.version;
+            drop(book);
+            self.peer_changes.send_replace(version);
         }
+    }
+
+    /// Changes whenever the peer book does (its value is the book's
+    /// version, as [`Self::known_peers`] returns it).
+    pub fn subscribe_peers(&self) -> watch::Receiver<u64> {
+        self.peer_changes.subscribe()
     }
 
     /// The book's version and up to `max` known peers, newest first, but
@@ -438,6 +453,7 @@ fn holding_of(file: LocalFile) -> Holding {
         }),
         changes: watch::Sender::new(0),
         peers: Mutex::new(PeerBook::default()),
+        peer_changes: watch::Sender::new(0),
         saved: Mutex::new((None, false)),
     }
 }

@@ -34,9 +34,10 @@ use crate::picker::{SourceKey, Stripe};
 use crate::stats::RATE_WINDOW_SECS;
 
 /// How often sources are located again while downloading. Sources tell us
-/// their new chunks and other peers themselves (`super::exchange`), so
-/// this only finds newcomers the swarm has not told us about yet.
-const RELOCATE_EVERY: Duration = Duration::from_secs(4);
+/// their new chunks and other peers themselves (`super::exchange`), and
+/// downloaders that start watching us become our sources at once, so this
+/// only finds sources nobody told us about (a new complete copy).
+const RELOCATE_EVERY: Duration = Duration::from_secs(8);
 /// Locating again after running out of sources, at first.
 const RELOCATE_SOON: Duration = Duration::from_millis(300);
 /// Give up when, for this long, no chunk arrived and no source that has
@@ -51,11 +52,13 @@ const BAN_FAILED: Duration = Duration::from_secs(60);
 /// How long a busy source is left alone.
 const BAN_BUSY: Duration = Duration::from_secs(2);
 /// How often the growing bitfield is announced to the index (checked every
-/// [`PROGRESS_EVERY`]). Only newcomers learn of our chunks this way: the
-/// peers watching us hear of each chunk as it is verified. With
+/// [`PROGRESS_EVERY`]), counted from the start of the download; completion
+/// is announced at once. Only newcomers that reach no peer of the swarm
+/// learn of our chunks this way: the peers watching us hear of each chunk
+/// as it is verified, and every source lists its watchers. With
 /// [`RELOCATE_EVERY`] and the heartbeat this keeps a downloader under one
 /// index request per second.
-const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 /// Most peers learnt from holdings streams that one download considers.
 const MAX_HINTED_PEERS: usize = 256;
 /// A source that lists this many unusable peers is banned and reported.
@@ -90,7 +93,9 @@ pub(super) struct Swarm {
     /// has not failed was started. [`NO_SOURCE_GIVE_UP`] counts from here.
     last_hope: Instant,
     last_have_bytes: u64,
-    last_announced: Option<(Instant, u32)>,
+    /// When the bitfield was last announced (the start of the download at
+    /// first) and how many chunks it held.
+    last_announced: (Instant, u32),
     watchers: JoinSet<()>,
     events_tx: mpsc::Sender<(SourceKey, WatchEvent)>,
     events: mpsc::Receiver<(SourceKey, WatchEvent)>,
@@ -150,7 +155,7 @@ impl Swarm {
             next_key: 1,
             last_hope: Instant::now(),
             last_have_bytes: 0,
-            last_announced: None,
+            last_announced: (Instant::now(), 0),
             watchers: JoinSet::new(),
             events_tx,
             events,
@@ -195,6 +200,7 @@ impl Swarm {
         let mut relocate_delay = RELOCATE_SOON;
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watchers = self.shared.holding.subscribe_peers();
         loop {
             if self.shared.is_complete() {
                 self.announce().await;
@@ -214,6 +220,7 @@ impl Swarm {
                     self.on_event(key, event).await;
                 }
                 Some(_) = self.watchers.join_next() => {}
+                Ok(()) = watchers.changed() => self.consider_watchers(),
                 Some(joined) = self.workers.join_next() => {
                     let Ok((key, end)) = joined else { continue };
                     self.worker_ended(key, end).await?;
@@ -257,15 +264,11 @@ impl Swarm {
         });
     }
 
-    /// Announces the bitfield when it grew: at once for the first new chunk,
-    /// then at most every [`ANNOUNCE_EVERY`].
+    /// Announces the bitfield when it grew, at most every [`ANNOUNCE_EVERY`].
     async fn maybe_announce(&mut self) {
         let count = self.shared.picker().have().count();
-        let due = match self.last_announced {
-            None => count > 0,
-            Some((at, announced)) => count != announced && at.elapsed() >= ANNOUNCE_EVERY,
-        };
-        if due {
+        let (at, announced) = self.last_announced;
+        if count != announced && at.elapsed() >= ANNOUNCE_EVERY {
             self.announce().await;
         }
     }
@@ -278,7 +281,7 @@ impl Swarm {
         if have.count() == 0 {
             return;
         }
-        self.last_announced = Some((Instant::now(), have.count()));
+        self.last_announced = (Instant::now(), have.count());
         let file_id = self.shared.holding.file_id.as_str();
         if let Err(err) = self
             .shared
@@ -483,7 +486,6 @@ impl Swarm {
     /// index named.
     async fn consider_hint(&mut self, hint: &PeerHint, lister: &str) {
         let ctx = &self.shared.ctx;
-        let own = ctx.session.peer_id().unwrap_or_default();
         let peer = match check_hint(hint, &ctx.session.config().advertise_addr) {
             Ok(peer) => peer,
             Err(detail) => {
@@ -492,6 +494,28 @@ impl Swarm {
                 return;
             }
         };
+        self.consider_peer(peer, Some(lister));
+    }
+
+    /// Peers that started watching our holdings of this file (their
+    /// address checked against where their call came from, see
+    /// `exchange::caller_hint`) are downloading it too: used as sources at
+    /// once, as they use us, instead of when someone lists them to us.
+    fn consider_watchers(&mut self) {
+        let (_, peers) = self
+            .shared
+            .holding
+            .known_peers(None, crate::holdings::MAX_KNOWN_PEERS);
+        for peer in peers {
+            self.consider_peer(peer, None);
+        }
+    }
+
+    /// A peer not named by the index: used like one the index named unless
+    /// it is ourselves, in use, banned, failed, or beyond what we consider.
+    fn consider_peer(&mut self, peer: KnownPeer, lister: Option<&str>) {
+        let ctx = &self.shared.ctx;
+        let own = ctx.session.peer_id().unwrap_or_default();
         if peer.peer_id == own
             || self.active.contains_key(&peer.peer_id)
             || self.banned.contains_key(&peer.peer_id)
@@ -515,7 +539,7 @@ impl Swarm {
             peer,
             false,
             Bitfield::empty(chunks),
-            Some(lister.to_string()),
+            lister.map(str::to_string),
         );
     }
 

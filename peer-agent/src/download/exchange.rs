@@ -6,7 +6,8 @@
 //!
 //! Everything is bounded on both sides. A source coalesces updates to at
 //! most one per [`MIN_UPDATE_GAP`], lists at most [`MAX_PEERS_PER_UPDATE`]
-//! peers at most every [`PEERS_EVERY`], and sends a keepalive every
+//! peers as soon as its peer book changes but at most every
+//! [`PEERS_EVERY`], and sends a keepalive every
 //! [`KEEPALIVE_EVERY`]. A watcher ([`Watcher`]) reads messages of at most
 //! [`MAX_UPDATE_BYTES`] plus the bitfield, drops a source silent for
 //! [`SILENT_DROP`], and ends with [`WatchEnd::Misbehaved`] (the coordinator
@@ -37,8 +38,10 @@ pub const MIN_UPDATE_GAP: Duration = Duration::from_millis(100);
 pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 /// A watcher drops a source that sent nothing for this long.
 pub const SILENT_DROP: Duration = Duration::from_secs(15);
-/// Least time between two peer lists on one stream.
-pub const PEERS_EVERY: Duration = Duration::from_secs(2);
+/// Least time between two peer lists on one stream. A list goes out as
+/// soon as the peer book changes (a downloader started watching us), so
+/// downloaders that start together know each other within this.
+pub const PEERS_EVERY: Duration = Duration::from_millis(250);
 /// Most peers one update lists.
 pub const MAX_PEERS_PER_UPDATE: usize = 16;
 /// Most chunk indexes one update lists.
@@ -139,14 +142,17 @@ pub async fn serve_updates(
     shutdown: CancellationToken,
 ) {
     let mut changes = holding.subscribe();
+    let mut peer_changes = holding.subscribe_peers();
+    peer_changes.mark_unchanged();
     let mut sent = holding.snapshot().bitfield;
     let (peers_version, peers) = holding.known_peers(watcher.as_deref(), MAX_PEERS_PER_UPDATE);
     let mut peers_sent = (peers_version, Instant::now());
+    let mut peers_listed = hints(peers);
     let first = HoldingsUpdate {
         bitfield: sent.as_bytes().to_vec(),
         have: Vec::new(),
         complete: sent.is_complete(),
-        peers: hints(peers),
+        peers: peers_listed.clone(),
     };
     let send = |update: Result<HoldingsUpdate, Status>| {
         let tx = tx.clone();
@@ -157,6 +163,12 @@ pub async fn serve_updates(
     }
     let mut last_sent = Instant::now();
     loop {
+        let peers_pending = *peer_changes.borrow() != peers_sent.0;
+        let wake = if peers_pending {
+            (last_sent + KEEPALIVE_EVERY).min(peers_sent.1 + PEERS_EVERY)
+        } else {
+            last_sent + KEEPALIVE_EVERY
+        };
         tokio::select! {
             () = shutdown.cancelled() => {
                 let _ = tx.try_send(Err(Status::unavailable("the agent is shutting down")));
@@ -168,9 +180,13 @@ pub async fn serve_updates(
                     return;
                 }
             }
-            // The peer book has no signal of its own: look at it every
-            // PEERS_EVERY (a complete source's bitfield never changes).
-            () = tokio::time::sleep_until((last_sent + KEEPALIVE_EVERY).min(peers_sent.1 + PEERS_EVERY)) => {}
+            changed = peer_changes.changed(), if !peers_pending => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            // A keepalive is due, or a changed peer book waits out its gap.
+            () = tokio::time::sleep_until(wake) => {}
         }
         tokio::time::sleep_until(last_sent + MIN_UPDATE_GAP).await;
         let still_held = holdings
@@ -203,13 +219,18 @@ pub async fn serve_updates(
             complete,
             peers: Vec::new(),
         };
-        let (version, _) = holding.known_peers(None, 0);
-        if peers_sent.1.elapsed() >= PEERS_EVERY {
-            if version != peers_sent.0 {
-                let (_, peers) = holding.known_peers(watcher.as_deref(), MAX_PEERS_PER_UPDATE);
-                update.peers = hints(peers);
+        let version = *peer_changes.borrow_and_update();
+        if version != peers_sent.0 && peers_sent.1.elapsed() >= PEERS_EVERY {
+            let (version, peers) = holding.known_peers(watcher.as_deref(), MAX_PEERS_PER_UPDATE);
+            peers_sent.0 = version;
+            // The book also changes when this watcher itself is noted, or
+            // a known peer moves up: only a different list is news.
+            let peers = hints(peers);
+            if peers != peers_listed {
+                update.peers = peers.clone();
+                peers_listed = peers;
+                peers_sent.1 = Instant::now();
             }
-            peers_sent = (version, Instant::now());
         }
         if new.is_empty()
             && update.peers.is_empty()

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use p2p_tests::netns::{Host, Lan, LinkShape};
+use p2p_tests::netns::{Host, Lan, LinkSample, LinkShape};
 
 #[derive(Parser)]
 #[command(
@@ -472,7 +472,99 @@ struct SwarmCase {
     index_loop_rps_per_downloader: Option<f64>,
     /// Agents' CPU seconds (seeder and downloaders) per GiB delivered.
     agents_cpu_s_per_gib: f64,
+    /// How the links were used, from the switch's counters.
+    links: Option<LinkUse>,
     bt: Option<BtResult>,
+}
+
+/// How the swarm used the links, from counters sampled every
+/// [`LINK_SAMPLE_EVERY`] at the switch: where the time above the bound went.
+#[derive(Clone, serde::Serialize)]
+struct LinkUse {
+    /// Median over downloaders of when the first chunk's worth of bytes
+    /// had arrived (start-up: the CLI, the index calls, the handshakes).
+    first_chunk_s: f64,
+    /// When the seeder had sent 99 % of what it sent.
+    seeder_busy_s: f64,
+    /// What the seeder sent until then over what its link could carry.
+    seeder_link_use: f64,
+    /// Median over downloaders of the time, between their first chunk and
+    /// their end, their download link carried under half its rate.
+    starved_s: f64,
+    /// (seconds, seeder sent Mbit/s, downloaders' received Mbit/s: mean,
+    /// min) per sample interval.
+    timeline: Vec<(f64, f64, f64, f64)>,
+}
+
+const LINK_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// [`LinkUse`] of one run: host 1 is the seeder, hosts 2.. the downloaders
+/// (finished after `done_s`).
+fn link_use(
+    samples: &[LinkSample],
+    started: Instant,
+    rate_bps: f64,
+    done_s: &[f64],
+) -> Option<LinkUse> {
+    let first = samples.iter().rposition(|s| s.at <= started).unwrap_or(0);
+    let samples = samples.get(first..)?;
+    let base = samples.first()?;
+    let t = |s: &LinkSample| s.at.saturating_duration_since(started).as_secs_f64();
+    let n = done_s.len();
+    let mut first_chunk = Vec::new();
+    let mut starved = Vec::new();
+    for (i, &done) in done_s.iter().enumerate() {
+        let host = i + 2;
+        let got = |s: &LinkSample| s.received[host].saturating_sub(base.received[host]);
+        let Some(at) = samples.iter().find(|s| got(s) >= 256 * 1024) else {
+            continue;
+        };
+        let from = t(at);
+        first_chunk.push(from);
+        let slow: f64 = samples
+            .windows(2)
+            .filter(|w| t(&w[0]) >= from && t(&w[1]) <= done)
+            .filter(|w| {
+                let secs = (t(&w[1]) - t(&w[0])).max(1e-3);
+                (got(&w[1]) - got(&w[0])) as f64 / secs < rate_bps / 2.0
+            })
+            .map(|w| t(&w[1]) - t(&w[0]))
+            .sum();
+        starved.push(slow);
+    }
+    let seeder_sent = |s: &LinkSample| s.sent[1].saturating_sub(base.sent[1]);
+    let total = seeder_sent(samples.last()?);
+    let busy = samples
+        .iter()
+        .find(|s| seeder_sent(s) as f64 >= 0.99 * total as f64)?;
+    let seeder_busy_s = t(busy);
+    let timeline = samples
+        .windows(2)
+        .map(|w| {
+            let secs = (t(&w[1]) - t(&w[0])).max(1e-3);
+            let mbit = |bytes: u64| bytes as f64 * 8.0 / 1e6 / secs;
+            let rx: Vec<f64> = (2..n + 2)
+                .map(|h| mbit(w[1].received[h].saturating_sub(w[0].received[h])))
+                .collect();
+            (
+                t(&w[1]),
+                mbit(seeder_sent(&w[1]) - seeder_sent(&w[0])),
+                rx.iter().sum::<f64>() / n.max(1) as f64,
+                rx.iter().copied().fold(f64::INFINITY, f64::min),
+            )
+        })
+        .collect();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    Some(LinkUse {
+        first_chunk_s: median(first_chunk)?,
+        seeder_busy_s,
+        seeder_link_use: seeder_sent(busy) as f64 / (rate_bps * seeder_busy_s.max(1e-3)),
+        starved_s: median(starved)?,
+        timeline,
+    })
 }
 
 /// What the BitTorrent baseline did in one case.
@@ -556,6 +648,8 @@ fn swarm_case(
 
     let index_before = index_requests(&services);
     let cpu_before = machine_jiffies();
+    let meter = lan.link_meter(LINK_SAMPLE_EVERY).ok();
+    std::thread::sleep(LINK_SAMPLE_EVERY * 2);
     let started = Instant::now();
     let mut gets = Vec::new();
     for i in 0..n {
@@ -592,6 +686,8 @@ fn swarm_case(
     }
     let cpu_busy_swarm = utilisation(cpu_before, machine_jiffies());
     let swarm_s = started.elapsed().as_secs_f64();
+    std::thread::sleep(LINK_SAMPLE_EVERY * 2);
+    let samples = meter.map(|m| m.stop()).unwrap_or_default();
     let index_after = index_requests(&services);
     let per_downloader_s = n as f64 * swarm_s;
     let (index_rps_per_downloader, index_loop_rps_per_downloader) =
@@ -607,6 +703,7 @@ fn swarm_case(
         .and_then(|p| cpu_seconds(p.0.id()))
         .unwrap_or(0.0);
     let per_host_s: Vec<f64> = gets.iter().filter_map(|g| g.2).collect();
+    let links = link_use(&samples, started, rate_bps, &per_host_s);
     let ours_s = per_host_s.iter().cloned().fold(0.0, f64::max);
     let mut records = vec![AgentRecord::collect(
         &seeder,
@@ -720,6 +817,7 @@ fn swarm_case(
         index_rps_per_downloader,
         index_loop_rps_per_downloader,
         agents_cpu_s_per_gib,
+        links,
         bt,
     })
 }
@@ -960,6 +1058,10 @@ impl CaseSummary<'_> {
             "cpu_busy_swarm": self.spread(|c| c.cpu_busy_swarm),
             "agents_cpu_s_per_gib": self.spread(|c| Some(c.agents_cpu_s_per_gib)),
             "last_minus_median_downloader_s": self.spread(tail),
+            "first_chunk_s": self.spread(|c| c.links.as_ref().map(|l| l.first_chunk_s)),
+            "seeder_busy_s": self.spread(|c| c.links.as_ref().map(|l| l.seeder_busy_s)),
+            "seeder_link_use": self.spread(|c| c.links.as_ref().map(|l| l.seeder_link_use)),
+            "starved_s": self.spread(|c| c.links.as_ref().map(|l| l.starved_s)),
             "aria2_s": self.spread(|c| c.bt.as_ref().map(|b| b.time_s)),
             "aria2_over_p2p_bound": self.spread(|c| c.bt.as_ref().map(|b| b.time_s / c.p2p_bound_s)),
             "aria2_cpu_s_per_gib": self.spread(|c| c.bt.as_ref().map(|b| b.cpu_s_per_gib)),
@@ -998,8 +1100,11 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
         delay: (delay_ms > 0).then(|| Duration::from_millis(delay_ms)),
     };
     let mut cases = Vec::new();
+    let mut timeline = String::from(
+        "n,size_mib,t_s,seeder_sent_mbit_s,downloaders_received_mbit_s_mean,downloaders_received_mbit_s_min\n",
+    );
     println!(
-        "{:>3} {:>8} {:>4} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>7} {:>8}",
+        "{:>3} {:>8} {:>4} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>7} {:>8} {:>9} {:>9} {:>8} {:>8}",
         "N",
         "F (MiB)",
         "run",
@@ -1013,7 +1118,11 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
         "aria2 s/GiB",
         "tail (s)",
         "CPU",
-        "RSS max"
+        "RSS max",
+        "1st chunk",
+        "seed busy",
+        "seed use",
+        "starved"
     );
     for &size_mib in &plan.sizes {
         for &n in &plan.ns {
@@ -1024,7 +1133,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                 let tail =
                     t.last().copied().unwrap_or(0.0) - t.get(t.len() / 2).copied().unwrap_or(0.0);
                 println!(
-                    "{:>3} {:>8} {:>4} {:>9.2} {:>9} {:>9} {:>9.3} {:>9.3}F {:>8} {:>9.2} {:>9} {:>9.2} {:>6.0}% {:>5.0}MiB",
+                    "{:>3} {:>8} {:>4} {:>9.2} {:>9} {:>9} {:>9.3} {:>9.3}F {:>8} {:>9.2} {:>9} {:>9.2} {:>6.0}% {:>5.0}MiB {:>9} {:>9} {:>8} {:>8}",
                     case.n,
                     size_mib,
                     run + 1,
@@ -1044,7 +1153,20 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                     tail,
                     case.cpu_busy_swarm.unwrap_or(0.0) * 100.0,
                     case.max_agent_rss_bytes as f64 / 1048576.0,
+                    links_cell(&case, |l| l.first_chunk_s, 2),
+                    links_cell(&case, |l| l.seeder_busy_s, 2),
+                    links_cell(&case, |l| l.seeder_link_use, 3),
+                    links_cell(&case, |l| l.starved_s, 2),
                 );
+                if run == 0
+                    && let Some(links) = &case.links
+                {
+                    for (t, seeder, mean, min) in &links.timeline {
+                        timeline.push_str(&format!(
+                            "{n},{size_mib},{t:.2},{seeder:.1},{mean:.1},{min:.1}\n"
+                        ));
+                    }
+                }
                 cases.push(case);
             }
         }
@@ -1101,6 +1223,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                 "cpu_busy_swarm": c.cpu_busy_swarm, "cpu_busy_http": c.cpu_busy_http,
                 "index_svc_cpu_s": c.index_cpu_s,
                 "index_requests_per_downloader_per_s": c.index_rps_per_downloader,
+                "links": c.links,
                 "index_loop_requests_per_downloader_per_s": c.index_loop_rps_per_downloader,
                 "agents_cpu_s": c.agents.iter().map(|a| a.cpu_s).sum::<f64>(),
                 "agents_cpu_s_per_gib": c.agents_cpu_s_per_gib,
@@ -1152,8 +1275,16 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
         })
         .collect();
     std::fs::write(path("svg"), swarm_svg(&medians, rate_mbit))?;
+    std::fs::write(path("timeline.csv"), timeline)?;
     println!("wrote {}.{{json,csv,svg}}", base.display());
     Ok(())
+}
+
+/// One [`LinkUse`] figure of a run for the table, `-` when not measured.
+fn links_cell(case: &SwarmCase, f: impl Fn(&LinkUse) -> f64, digits: usize) -> String {
+    case.links
+        .as_ref()
+        .map_or("-".into(), |l| format!("{:.*}", digits, f(l)))
 }
 
 /// Whether `tc` can use netem here (it cannot on kernels built without it).
