@@ -49,8 +49,6 @@ pub const NO_SOURCE_GIVE_UP: Duration = Duration::from_secs(60);
 const MAX_SOURCES: usize = 32;
 /// How long a failed source is left out of this download.
 const BAN_FAILED: Duration = Duration::from_secs(60);
-/// How long a busy source is left alone.
-const BAN_BUSY: Duration = Duration::from_secs(2);
 /// How often the growing bitfield is announced to the index (checked every
 /// [`PROGRESS_EVERY`]), counted from the start of the download; completion
 /// is announced at once. Only newcomers that reach no peer of the swarm
@@ -596,11 +594,8 @@ impl Swarm {
             Box::pin(self.junk(&lister)).await;
         }
         match end {
-            WorkerEnd::NoWork | WorkerEnd::Refused => {}
-            WorkerEnd::Busy => {
-                tracing::debug!(peer = %slot.peer_id, "source busy; trying others");
-                self.banned.insert(slot.peer_id, Instant::now() + BAN_BUSY);
-            }
+            // (A worker waits out a busy source itself, see `worker`.)
+            WorkerEnd::NoWork | WorkerEnd::Refused | WorkerEnd::Busy => {}
             WorkerEnd::Failed { reason, detail } => {
                 tracing::warn!(peer = %slot.peer_id, %detail, "dropping a source");
                 self.banned

@@ -40,12 +40,18 @@ const MAX_BATCH: usize = 8;
 const REQUEST_TARGET: Duration = Duration::from_millis(100);
 /// No data from a source for this long: it is stalled.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A source at its cap of concurrent uploads is asked again after this
+/// (doubling while it stays busy, up to [`BUSY_MAX`], with jitter so the
+/// downloaders it turned away do not all come back at once). It stays a
+/// source meanwhile: its holdings stream keeps telling us what it has.
+const BUSY_MIN: Duration = Duration::from_millis(100);
+const BUSY_MAX: Duration = Duration::from_secs(2);
 /// How a source worker ended.
 #[derive(Debug)]
 pub(super) enum WorkerEnd {
     /// Nothing left that this source can give.
     NoWork,
-    /// The source is at its upload cap.
+    /// The source is at its upload cap: the worker asks again later.
     Busy,
     /// The source failed; report it unless `reason` is None.
     Failed {
@@ -89,8 +95,11 @@ impl Worker {
         // An older agent refuses "any n" (no ranges): name chunks from then on.
         let mut chooses = self.complete;
         self.shared.picker().set_chooser(self.key, chooses);
+        let mut busy_until: Option<tokio::time::Instant> = None;
+        let mut busy_backoff = BUSY_MIN;
         loop {
-            while in_flight.len() < if chooses { 1 } else { pace.depth } {
+            let paused = busy_until.filter(|&t| t > tokio::time::Instant::now());
+            while paused.is_none() && in_flight.len() < if chooses { 1 } else { pace.depth } {
                 let ask = {
                     let mut picker = self.shared.picker();
                     match chooses.then(|| picker.seed_pool(self.key)).flatten() {
@@ -109,6 +118,10 @@ impl Worker {
                 if self.shared.is_complete() {
                     return WorkerEnd::NoWork;
                 }
+                if let Some(until) = paused {
+                    tokio::time::sleep_until(until).await;
+                    continue;
+                }
                 let changed = self.shared.work_changed.notified();
                 tokio::pin!(changed);
                 // Chunks may have been released between the pick and here.
@@ -120,7 +133,17 @@ impl Worker {
                 return WorkerEnd::NoWork;
             }
             match in_flight.next().await {
-                Some(Ok(Some(elapsed))) => pace.observe(elapsed),
+                Some(Ok(Some(elapsed))) => {
+                    pace.observe(elapsed);
+                    busy_backoff = BUSY_MIN;
+                }
+                Some(Err(WorkerEnd::Busy)) => {
+                    // Its chunks were released; others may serve them.
+                    let jitter = rand::random::<f64>() * 0.5 + 0.75;
+                    busy_until = Some(tokio::time::Instant::now() + busy_backoff.mul_f64(jitter));
+                    busy_backoff = (busy_backoff * 2).min(BUSY_MAX);
+                    self.shared.work_changed.notify_waiters();
+                }
                 Some(Ok(None)) => {
                     // The seeder has nothing for us that it has not just
                     // handed to someone else: our peers will have it soon.

@@ -382,7 +382,10 @@ fn start_agent(host: &Host, services: &Host, dir: &Path, name: &str) -> Result<P
         .arg(services.socket(50051))
         .env("P2P_USER", "admin")
         .env("P2P_PASSWORD", ADMIN_PASSWORD)
-        .env("RUST_LOG", "warn");
+        .env(
+            "RUST_LOG",
+            std::env::var("P2P_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     with_tls(&mut agent, &host.addr.to_string())?;
     let proc = spawn(agent, "peer-agent", &dir.join(format!("{name}.log")))?;
     let p2p = bin("p2p")?;
@@ -617,6 +620,9 @@ fn swarm_case(
     let p2p_bound_s = (f / rate_bps).max(n as f64 * f / (rate_bps + n as f64 * rate_bps));
 
     let dir = tempfile::tempdir()?;
+    if std::env::var_os("P2P_BENCH_KEEP").is_some() {
+        eprintln!("keeping {}", dir.path().display());
+    }
     let lan = Lan::create(n + 2, shape)?;
     let services = lan.host(0).clone();
     let seeder = lan.host(1).clone();
@@ -799,6 +805,10 @@ fn swarm_case(
     } else {
         None
     };
+    if std::env::var_os("P2P_BENCH_KEEP").is_some() {
+        // Leave the logs and data for a post-mortem.
+        std::mem::forget(dir);
+    }
     Ok(SwarmCase {
         n,
         size_bytes: size,
