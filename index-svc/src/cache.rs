@@ -12,9 +12,17 @@
 //!   [`MAX_MANIFEST_HASH_BYTES`] of chunk hashes. Only used after the
 //!   file's existence was read from the database in the same call.
 //!
-//! Nothing here decides who is online or who holds what: those always come
-//! from the database (plus this replica's unflushed writes, see
-//! [`crate::batch`]).
+//! - **sources** (`file_id` → the online holders `LocateSources` ranks,
+//!   with their bitfields, load and recent reports): read from the database
+//!   at most once per [`SOURCES_TTL`] per file, and dropped at once when
+//!   this replica changes the file's holders or reports (a new or complete
+//!   holder, a withdrawal, a report, a deletion). So a replica offers what
+//!   the database said at most [`SOURCES_TTL`] ago: a holder another
+//!   replica wrote, a lease that lapsed or a load another replica flushed
+//!   is seen within that plus the writer's flush interval.
+//!
+//! Who is online and who holds what is otherwise always read from the
+//! database (plus this replica's unflushed writes, see [`crate::batch`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +31,7 @@ use std::time::{Duration, Instant};
 use p2p_services::manifest::{FileId, Manifest};
 
 use crate::peer::PeerId;
+use crate::selection::Candidate;
 
 /// How long a file's existence is trusted without asking the database.
 pub const FILE_TTL: Duration = Duration::from_secs(1);
@@ -32,6 +41,10 @@ pub const MAX_OWNERS: usize = 200_000;
 pub const MAX_FILES: usize = 100_000;
 /// Most chunk-hash bytes of cached manifests (32 bytes a chunk).
 pub const MAX_MANIFEST_HASH_BYTES: usize = 32 << 20;
+/// How long a file's candidate sources are served from memory.
+pub const SOURCES_TTL: Duration = Duration::from_secs(1);
+/// Most files whose candidate sources are remembered at once.
+pub const MAX_SOURCE_LISTS: usize = 1024;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -39,6 +52,9 @@ struct Inner {
     files: HashMap<FileId, (u32, Instant)>,
     manifests: HashMap<FileId, Arc<Manifest>>,
     manifest_bytes: usize,
+    sources: HashMap<FileId, (Arc<Vec<Candidate>>, Instant)>,
+    /// Bumped by every forget, so a read that overlapped one is not kept.
+    sources_generation: u64,
 }
 
 /// The replica-local caches. Cheap to clone.
@@ -107,10 +123,56 @@ impl Caches {
         }
     }
 
+    /// The candidate sources of a file read less than [`SOURCES_TTL`] ago.
+    pub fn sources(&self, file_id: &FileId, now: Instant) -> Option<Arc<Vec<Candidate>>> {
+        let inner = self.lock();
+        let (sources, at) = inner.sources.get(file_id)?;
+        (now.duration_since(*at) < SOURCES_TTL).then(|| sources.clone())
+    }
+
+    /// What to pass to [`Caches::set_sources`] for a read starting now.
+    pub fn sources_generation(&self) -> u64 {
+        self.lock().sources_generation
+    }
+
+    /// Remembers a file's candidate sources as read at `now`, unless this
+    /// replica changed some file's sources since the read began
+    /// (`generation` from [`Caches::sources_generation`]): that read may
+    /// predate the change.
+    pub fn set_sources(
+        &self,
+        file_id: &FileId,
+        sources: Arc<Vec<Candidate>>,
+        now: Instant,
+        generation: u64,
+    ) {
+        let mut inner = self.lock();
+        if inner.sources_generation != generation {
+            return;
+        }
+        if inner.sources.len() >= MAX_SOURCE_LISTS {
+            inner
+                .sources
+                .retain(|_, (_, at)| now.duration_since(*at) < SOURCES_TTL);
+        }
+        if inner.sources.len() < MAX_SOURCE_LISTS {
+            inner.sources.insert(file_id.clone(), (sources, now));
+        }
+    }
+
+    /// Forgets a file's candidate sources after this replica changed them.
+    pub fn forget_sources(&self, file_id: &FileId) {
+        let mut inner = self.lock();
+        inner.sources.remove(file_id);
+        inner.sources_generation += 1;
+    }
+
     /// Forgets a file deleted through this replica.
     pub fn forget_file(&self, file_id: &FileId) {
         let mut inner = self.lock();
         inner.files.remove(file_id);
+        inner.sources.remove(file_id);
+        inner.sources_generation += 1;
         if let Some(manifest) = inner.manifests.remove(file_id) {
             inner.manifest_bytes -= manifest.chunk_count() as usize * 32;
         }
@@ -132,6 +194,36 @@ mod tests {
         caches.set_chunk_count(&file, 7, t);
         caches.forget_file(&file);
         assert_eq!(caches.chunk_count(&file, t), None);
+    }
+
+    #[test]
+    fn sources_are_served_for_the_ttl_or_until_forgotten() {
+        let caches = Caches::default();
+        let file = FileId::parse(&"cd".repeat(32)).expect("file id");
+        let t = Instant::now();
+        let set =
+            |at| caches.set_sources(&file, Arc::new(Vec::new()), at, caches.sources_generation());
+        assert!(caches.sources(&file, t).is_none());
+        set(t);
+        assert!(caches.sources(&file, t + SOURCES_TTL / 2).is_some());
+        assert!(caches.sources(&file, t + SOURCES_TTL).is_none());
+        set(t);
+        caches.forget_sources(&file);
+        assert!(caches.sources(&file, t).is_none());
+        set(t);
+        caches.forget_file(&file);
+        assert!(caches.sources(&file, t).is_none());
+    }
+
+    #[test]
+    fn a_read_that_overlapped_a_change_is_not_kept() {
+        let caches = Caches::default();
+        let file = FileId::parse(&"ef".repeat(32)).expect("file id");
+        let t = Instant::now();
+        let before = caches.sources_generation();
+        caches.forget_sources(&file);
+        caches.set_sources(&file, Arc::new(Vec::new()), t, before);
+        assert!(caches.sources(&file, t).is_none());
     }
 
     #[test]

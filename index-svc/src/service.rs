@@ -27,7 +27,7 @@ use crate::events::{EventCursor, FileEventKind, StoredEvent};
 use crate::lease::Lease;
 use crate::listing::{self, PageCursor};
 use crate::peer::{Holding, PeerId, PeerLoad, PeerRecord};
-use crate::selection::{self, REPORT_WINDOW, Ranked, ReportReason};
+use crate::selection::{self, Candidate, REPORT_WINDOW, Ranked, ReportReason};
 use crate::store::{FileSummary, NewPeer, NewReport, Owner, Store};
 
 /// How often each WatchFiles stream looks for new events.
@@ -505,6 +505,7 @@ impl IndexApi {
             self.store
                 .set_holding(&peer, &file_id, &holding, chunk_count, now)
                 .await?;
+            self.caches.forget_sources(&file_id);
         } else {
             let update = HoldingUpdate {
                 peer,
@@ -532,6 +533,7 @@ impl IndexApi {
         self.queue
             .with(|pending| pending.forget_holding(&peer, &file_id));
         self.store.remove_holding(&peer, &file_id, now_ms()).await?;
+        self.caches.forget_sources(&file_id);
         Ok(pb::StopSharingResponse {})
     }
 
@@ -550,18 +552,13 @@ impl IndexApi {
         } else {
             Some(Bitfield::from_bytes(&request.wanted, chunk_count)?)
         };
-        let now = now_ms();
-        let candidates = self
-            .store
-            .candidate_sources(
-                &file_id,
-                chunk_count,
-                exclude.as_ref(),
-                self.lease.online_after(now),
-                now,
-                now - REPORT_WINDOW.as_millis() as i64,
-            )
-            .await?;
+        let candidates: Vec<Candidate> = self
+            .sources(&file_id, chunk_count)
+            .await?
+            .iter()
+            .filter(|c| Some(&c.peer_id) != exclude.as_ref())
+            .cloned()
+            .collect();
         let ranked = selection::rank(
             candidates,
             wanted.as_ref(),
@@ -573,6 +570,37 @@ impl IndexApi {
             sources: ranked.into_iter().map(source_to_proto).collect(),
             chunk_count,
         })
+    }
+
+    /// A file's online holders with their load and recent reports, from
+    /// the database or, read less than [`crate::cache::SOURCES_TTL`] ago,
+    /// from this replica's cache.
+    async fn sources(
+        &self,
+        file_id: &FileId,
+        chunk_count: u32,
+    ) -> Result<std::sync::Arc<Vec<Candidate>>, Error> {
+        if let Some(sources) = self.caches.sources(file_id, Instant::now()) {
+            return Ok(sources);
+        }
+        let generation = self.caches.sources_generation();
+        let read_at = Instant::now();
+        let now = now_ms();
+        let sources = std::sync::Arc::new(
+            self.store
+                .candidate_sources(
+                    file_id,
+                    chunk_count,
+                    None,
+                    self.lease.online_after(now),
+                    now,
+                    now - REPORT_WINDOW.as_millis() as i64,
+                )
+                .await?,
+        );
+        self.caches
+            .set_sources(file_id, sources.clone(), read_at, generation);
+        Ok(sources)
     }
 
     async fn report_source(
@@ -597,6 +625,7 @@ impl IndexApi {
         };
         let now = now_ms();
         self.store.record_report(&report, now).await?;
+        self.caches.forget_sources(&report.file_id);
         if reason == ReportReason::CannotRead {
             let reporters = self
                 .store
@@ -611,6 +640,7 @@ impl IndexApi {
                 self.store
                     .remove_holding(&report.source, &report.file_id, now)
                     .await?;
+                self.caches.forget_sources(&report.file_id);
             }
         }
         metrics::counter(

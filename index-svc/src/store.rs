@@ -271,6 +271,16 @@ impl Store {
         let mut holdings: Vec<&HoldingUpdate> = batch.holdings.iter().collect();
         holdings.sort_by(|a, b| (&a.file_id, &a.peer).cmp(&(&b.file_id, &b.peer)));
         let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            // Everything in a flush is restated by the next heartbeat or
+            // announcement (within one interval): a crash that loses the
+            // last flush loses nothing agents do not send again, so the
+            // commit need not wait for the WAL to reach the disk.
+            // Registrations, publishes and holder changes keep waiting.
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
         for chunk in renewals.chunks(RENEWALS_PER_STATEMENT) {
             let mut sql = String::from(
                 "UPDATE peers SET last_seen_ms = v.column2, active_uploads = v.column3, \

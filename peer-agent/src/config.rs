@@ -68,7 +68,10 @@ pub struct Config {
     /// The index service (`host:port`), or several replicas on one
     /// database separated by commas (`idx1:50052,idx2:50052`): the agent
     /// sticks to one while it answers and moves to another within a call
-    /// when it stops.
+    /// when it stops. A DNS name that resolves to several addresses
+    /// (`index.lan:50052`) is one replica per address; the agent looks it
+    /// up again every 30 s and when every replica failed, and over TLS
+    /// checks that each replica's certificate names the name.
     #[arg(long, env = "P2P_INDEX_URL", default_value = "127.0.0.1:50052")]
     pub index_url: String,
     /// The auth service (`host:port`).

@@ -26,10 +26,29 @@ pub fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, TlsError> {
     Ok(endpoint(addr, tls)?.connect_lazy())
 }
 
+/// A lazily connecting channel like [`channel`] to `addr`, one address
+/// (`ip:port`) that the DNS name `server_name` resolved to: it connects to
+/// that address, and with TLS the certificate must name `server_name`.
+pub fn channel_to_resolved(
+    addr: &str,
+    server_name: &str,
+    tls: &ClientTls,
+) -> Result<Channel, TlsError> {
+    Ok(tuned(addr, tls, tls.config_for_name(server_name))?.connect_lazy())
+}
+
 /// The endpoint behind [`channel`], for callers that want to connect eagerly.
 pub fn endpoint(addr: &str, tls: &ClientTls) -> Result<Endpoint, TlsError> {
+    tuned(addr, tls, tls.config())
+}
+
+fn tuned(
+    addr: &str,
+    tls: &ClientTls,
+    config: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<Endpoint, TlsError> {
     let endpoint = Endpoint::from_shared(tls.url(addr)?)?;
-    let endpoint = match tls.config() {
+    let endpoint = match config {
         Some(config) => endpoint.tls_config(config)?,
         None => endpoint,
     };

@@ -229,6 +229,13 @@ impl ClientTls {
             Self::Plaintext => None,
         }
     }
+
+    /// Like [`ClientTls::config`], but verifying the certificate against
+    /// `server_name` (the DNS name an address was resolved from) rather
+    /// than the dialled IP address.
+    pub fn config_for_name(&self, server_name: &str) -> Option<ClientTlsConfig> {
+        self.config().map(|config| config.domain_name(server_name))
+    }
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
