@@ -289,6 +289,23 @@ mod tests {
                 .await,
             Err(TokenError::WrongPeer)
         ));
+        // Checked again, the same pair comes from the verifier's memory of
+        // verified pairs; one byte off and it is checked in full.
+        assert!(
+            verifier
+                .verify_peer(&peer.token, Some(&proof), Some("peer-a"))
+                .await
+                .is_ok()
+        );
+        let mut tampered = proof.clone();
+        let last = if tampered.ends_with('A') { "B" } else { "A" };
+        tampered.replace_range(tampered.len() - 1.., last);
+        assert!(matches!(
+            verifier
+                .verify_peer(&peer.token, Some(&tampered), Some("peer-a"))
+                .await,
+            Err(TokenError::Invalid(_))
+        ));
         let forged = AgentKey::generate().prove("peer-a", now / 1000, PEER_PROOF_TTL);
         assert!(matches!(
             verifier

@@ -13,7 +13,7 @@ use futures::Stream;
 use p2p_proto::index::v1 as pb;
 use p2p_proto::index::v1::index_service_server::IndexService;
 use p2p_services::auth::{Claims, claims};
-use p2p_services::manifest::{Bitfield, FileId, wire};
+use p2p_services::manifest::{Bitfield, FileId, Manifest, wire};
 use p2p_services::metrics;
 use p2p_services::time::now_ms;
 use tokio_util::sync::CancellationToken;
@@ -434,23 +434,27 @@ impl IndexApi {
     async fn get_file(&self, request: pb::GetFileRequest) -> Result<pb::GetFileResponse, Error> {
         let file_id = parse_file(&request.file_id)?;
         let file = self.summary(&file_id).await?;
-        let manifest = match self.caches.manifest(&file_id) {
-            Some(manifest) => manifest,
-            None => {
-                let manifest = std::sync::Arc::new(
-                    self.store
-                        .manifest(&file_id)
-                        .await?
-                        .ok_or_else(|| Error::FileNotFound(file_id.clone()))?,
-                );
-                self.caches.set_manifest(&file_id, manifest.clone());
-                manifest
-            }
-        };
+        let manifest = self.manifest(&file_id).await?;
         Ok(pb::GetFileResponse {
             file: Some(file_to_proto(file)),
             manifest: Some(wire::to_proto(&manifest)),
         })
+    }
+
+    /// A file's manifest, from this replica's cache when it has it (a
+    /// manifest never changes).
+    async fn manifest(&self, file_id: &FileId) -> Result<std::sync::Arc<Manifest>, Error> {
+        if let Some(manifest) = self.caches.manifest(file_id) {
+            return Ok(manifest);
+        }
+        let manifest = std::sync::Arc::new(
+            self.store
+                .manifest(file_id)
+                .await?
+                .ok_or_else(|| Error::FileNotFound(file_id.clone()))?,
+        );
+        self.caches.set_manifest(file_id, manifest.clone());
+        Ok(manifest)
     }
 
     async fn delete_file(
@@ -566,9 +570,15 @@ impl IndexApi {
             &mut rand::thread_rng(),
         );
         record_choice(&ranked);
+        let manifest = if request.include_manifest {
+            Some(wire::to_proto(&*self.manifest(&file_id).await?))
+        } else {
+            None
+        };
         Ok(pb::LocateSourcesResponse {
             sources: ranked.into_iter().map(source_to_proto).collect(),
             chunk_count,
+            manifest,
         })
     }
 

@@ -347,25 +347,13 @@ impl AgentApi {
             .session
             .call_index(|mut c, t| async move { c.get_file(with_bearer(request, &t)).await })
             .await;
-        let response = match response {
-            Ok(response) => response,
-            Err(Error::Remote { status, .. }) if status.code() == tonic::Code::NotFound => {
-                return Err(Error::UnknownFile(format!(
-                    "file {file_id} is not in the network; run `p2p ls` to see the files"
-                )));
-            }
-            Err(err) => return Err(err),
-        };
-        let manifest =
-            wire::from_proto(response.manifest.ok_or_else(|| {
+        let response = response.map_err(|err| not_in_network(file_id, err))?;
+        checked_manifest(
+            file_id,
+            response.manifest.ok_or_else(|| {
                 Error::NotFound(format!("the index has no manifest for {file_id}"))
-            })?)?;
-        if manifest.file_id() != *file_id {
-            return Err(Error::Corrupt(format!(
-                "the index's manifest for {file_id} describes other content; refusing to download"
-            )));
-        }
-        Ok(manifest)
+            })?,
+        )
     }
 
     /// Hashes the file at `options.path`, records it as shared, publishes
@@ -557,10 +545,19 @@ impl AgentApi {
     ) -> Result<(watch::Receiver<Progress>, PathBuf), Error> {
         self.require_login()?;
         let file_id = self.resolve_file(file).await?;
-        let manifest = self.manifest_of(&file_id).await?;
+        // One call for the manifest and the first sources; GetFile only
+        // when an older index leaves the manifest out.
+        let (manifest, located) =
+            match crate::download::locate_with_manifest(&self.session, &file_id).await {
+                Ok(mut located) => match located.manifest.take() {
+                    Some(manifest) => (checked_manifest(&file_id, manifest)?, Some(located)),
+                    None => (self.manifest_of(&file_id).await?, Some(located)),
+                },
+                Err(err) => return Err(not_in_network(&file_id, err)),
+            };
         let destination =
             resolve_destination(&self.downloads_dir, destination, &manifest.name, force)?;
-        let rx = self.downloads.start(manifest, destination.clone());
+        let rx = self.downloads.start(manifest, destination.clone(), located);
         let mut transfers = self.lock_transfers();
         transfers.retain(|w| w.destination != destination);
         transfers.push(Watched {
@@ -781,8 +778,6 @@ impl AgentApi {
     }
 }
 
-/// Waits for the next index event; false when the stream ended. Never
-/// returns while not watching.
 /// The next event of the feed; `None` when it ended or broke. Pending
 /// forever while there is no feed.
 async fn next_change(
@@ -808,4 +803,28 @@ async fn wait_until_stopped(downloads: &Downloads, file: &FileId) {
     while downloads.progress(file).is_some() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An index NOT_FOUND for `file_id`, in the user's words.
+fn not_in_network(file_id: &FileId, err: Error) -> Error {
+    match err {
+        Error::Remote { status, .. } if status.code() == tonic::Code::NotFound => {
+            Error::UnknownFile(format!(
+                "file {file_id} is not in the network; run `p2p ls` to see the files"
+            ))
+        }
+        err => err,
+    }
+}
+
+/// The index's manifest for `file_id`, refused unless it describes that
+/// content (the id is derived from the whole-file hash and sizes).
+fn checked_manifest(file_id: &FileId, manifest: index_pb::Manifest) -> Result<Manifest, Error> {
+    let manifest = wire::from_proto(manifest)?;
+    if manifest.file_id() != *file_id {
+        return Err(Error::Corrupt(format!(
+            "the index's manifest for {file_id} describes other content; refusing to download"
+        )));
+    }
+    Ok(manifest)
 }

@@ -330,6 +330,55 @@ struct Inner {
     validation: Validation,
     peer_validation: Validation,
     remote: Option<Remote>,
+    /// Peer token and proof pairs already verified (see [`ProvenPeers`]).
+    proven: Mutex<ProvenPeers>,
+}
+
+/// Most verified peer credential pairs remembered.
+const MAX_PROVEN_PEERS: usize = 4096;
+
+/// Peer token and proof pairs this verifier already checked, by the hash
+/// of both, until the earlier of their expiries: a downloader sends the same
+/// pair with every FetchChunks call to a source for up to a minute, and two
+/// Ed25519 verifications per call were the data path's biggest crypto cost.
+/// Only a byte-identical pair matches, so this accepts nothing the full
+/// check would refuse, except a signing key withdrawn before its tokens
+/// expired (auth-svc keeps a key published until its last token expires).
+#[derive(Default)]
+struct ProvenPeers {
+    pairs: HashMap<[u8; 32], ProvenPeer>,
+}
+
+struct ProvenPeer {
+    claims: PeerClaims,
+    /// The peer the proof names.
+    peer: String,
+    /// Unix seconds after which the pair is checked in full again.
+    until: i64,
+}
+
+impl ProvenPeers {
+    fn key(token: &str, proof: &str) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&(token.len() as u64).to_le_bytes());
+        hasher.update(token.as_bytes());
+        hasher.update(proof.as_bytes());
+        *hasher.finalize().as_bytes()
+    }
+
+    fn get(&self, key: &[u8; 32], now: i64) -> Option<&ProvenPeer> {
+        self.pairs.get(key).filter(|p| now < p.until)
+    }
+
+    fn insert(&mut self, key: [u8; 32], peer: ProvenPeer, now: i64) {
+        if self.pairs.len() >= MAX_PROVEN_PEERS {
+            self.pairs.retain(|_, p| now < p.until);
+            if self.pairs.len() >= MAX_PROVEN_PEERS {
+                self.pairs.clear();
+            }
+        }
+        self.pairs.insert(key, peer);
+    }
 }
 
 /// Verifies access tokens. Cheap to clone; clones share the key cache.
@@ -368,6 +417,7 @@ impl TokenVerifier {
                 validation: validation_for(AUDIENCE),
                 peer_validation: validation_for(PEER_AUDIENCE),
                 remote,
+                proven: Mutex::new(ProvenPeers::default()),
             }),
         }
     }
@@ -477,8 +527,53 @@ impl TokenVerifier {
         proof: Option<&str>,
         own_peer_id: Option<&str>,
     ) -> Result<PeerClaims, TokenError> {
+        let Some(proof) = proof else {
+            // The token's own faults come first, as without a proof at all.
+            let _: PeerClaims = self.verify_as(token, &self.inner.peer_validation).await?;
+            return Err(TokenError::MissingProof);
+        };
+        let now = crate::time::now_ms() / 1000;
+        let key = ProvenPeers::key(token, proof);
+        let known = self
+            .proven()
+            .get(&key, now)
+            .map(|p| (p.claims.clone(), p.peer.clone()));
+        let (claims, peer) = match known {
+            Some(known) => known,
+            None => {
+                let (claims, proven) = self.verify_peer_pair(token, proof).await?;
+                let until = claims.exp.min(proven.exp);
+                self.proven().insert(
+                    key,
+                    ProvenPeer {
+                        claims: claims.clone(),
+                        peer: proven.peer.clone(),
+                        until,
+                    },
+                    now,
+                );
+                (claims, proven.peer)
+            }
+        };
+        match own_peer_id {
+            None => Err(TokenError::NotRegistered),
+            Some(own) if own == peer => Ok(claims),
+            Some(_) => Err(TokenError::WrongPeer),
+        }
+    }
+
+    fn proven(&self) -> std::sync::MutexGuard<'_, ProvenPeers> {
+        self.inner.proven.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The full check of a peer token and its proof (signatures, audiences,
+    /// lifetimes), without the peer the proof must name.
+    async fn verify_peer_pair(
+        &self,
+        token: &str,
+        proof: &str,
+    ) -> Result<(PeerClaims, ProofClaims), TokenError> {
         let claims: PeerClaims = self.verify_as(token, &self.inner.peer_validation).await?;
-        let proof = proof.ok_or(TokenError::MissingProof)?;
         let key = PublicKey::from_base64url("cnf", &claims.cnf).map_err(TokenError::Invalid)?;
         let key = DecodingKey::from_ed_components(&key.to_base64url())
             .map_err(|e| TokenError::Invalid(format!("unusable cnf key: {e}")))?;
@@ -499,11 +594,7 @@ impl TokenVerifier {
                 PEER_PROOF_TTL.as_secs()
             )));
         }
-        match own_peer_id {
-            None => Err(TokenError::NotRegistered),
-            Some(own) if own == proven.peer => Ok(claims),
-            Some(_) => Err(TokenError::WrongPeer),
-        }
+        Ok((claims, proven))
     }
 
     async fn verify_as<T: serde::de::DeserializeOwned>(

@@ -325,6 +325,7 @@ impl Index {
             peer_id: caller.to_string(),
             wanted,
             limit: 0,
+            include_manifest: false,
         });
         self.client
             .locate_sources(request)

@@ -104,6 +104,27 @@ pub(super) struct Swarm {
     /// Where the index said each peer answers (over plaintext, the only
     /// vouching there is).
     index_addresses: HashMap<String, String>,
+    /// The index's answer the download started with, used instead of
+    /// asking again at the start.
+    located: Option<index_pb::LocateSourcesResponse>,
+}
+
+/// A download's first call to the index: its sources and its manifest in
+/// one `LocateSources` (an older index leaves the manifest out).
+pub async fn locate_with_manifest(
+    session: &crate::session::Session,
+    file_id: &p2p_services::manifest::FileId,
+) -> Result<index_pb::LocateSourcesResponse, Error> {
+    let request = index_pb::LocateSourcesRequest {
+        file_id: file_id.to_string(),
+        peer_id: session.peer_id().unwrap_or_default(),
+        wanted: Vec::new(),
+        limit: MAX_SOURCES as u32,
+        include_manifest: true,
+    };
+    session
+        .call_index(|mut c, t| async move { c.locate_sources(with_bearer(request, &t)).await })
+        .await
 }
 
 /// How a source failed this download.
@@ -141,7 +162,10 @@ fn give_up_message(failures: &HashMap<String, Failure>, missing_chunks: u32) -> 
 }
 
 impl Swarm {
-    pub(super) fn new(shared: Arc<Shared>) -> Self {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        located: Option<index_pb::LocateSourcesResponse>,
+    ) -> Self {
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         Self {
             shared,
@@ -160,6 +184,7 @@ impl Swarm {
             hinted: HashSet::new(),
             junk: HashMap::new(),
             index_addresses: HashMap::new(),
+            located,
         }
     }
 
@@ -201,7 +226,7 @@ impl Swarm {
         let mut watchers = self.shared.holding.subscribe_peers();
         loop {
             if self.shared.is_complete() {
-                self.announce().await;
+                // Announced as complete once the file is whole and renamed.
                 return Ok(());
             }
             tokio::select! {
@@ -301,17 +326,23 @@ impl Swarm {
             peer_id: own.clone(),
             wanted: wanted.as_bytes().to_vec(),
             limit: MAX_SOURCES as u32,
+            include_manifest: false,
         };
-        let response = match ctx
-            .session
-            .call_index(|mut c, t| async move { c.locate_sources(with_bearer(request, &t)).await })
-            .await
-        {
-            Ok(response) => response,
-            Err(err) => {
-                tracing::warn!(%err, "cannot locate sources; keeping the current ones");
-                return;
-            }
+        let response = match self.located.take() {
+            Some(response) => response,
+            None => match ctx
+                .session
+                .call_index(
+                    |mut c, t| async move { c.locate_sources(with_bearer(request, &t)).await },
+                )
+                .await
+            {
+                Ok(response) => response,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot locate sources; keeping the current ones");
+                    return;
+                }
+            },
         };
         let chunks = self.shared.manifest.chunk_count();
         let now = Instant::now();

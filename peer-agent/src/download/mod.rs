@@ -34,6 +34,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use p2p_proto::index::v1 as index_pb;
 use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
 use p2p_services::client::MAX_MESSAGE_BYTES;
 use p2p_services::manifest::{Bitfield, FileId, Manifest};
@@ -51,7 +52,7 @@ use crate::rate::RateMeter;
 use crate::session::Session;
 use crate::stats::Stats;
 
-pub use coordinator::NO_SOURCE_GIVE_UP;
+pub use coordinator::{NO_SOURCE_GIVE_UP, locate_with_manifest};
 pub use worker::{PIPELINE_DEPTH, STALL_TIMEOUT};
 
 /// Where a download is.
@@ -218,10 +219,14 @@ impl Downloads {
     /// running download of the same file; then `destination` gets its own
     /// copy of the file when that download is done, so every request ends
     /// with the file at the path it asked for.
+    ///
+    /// `located` is the index's answer to [`locate_with_manifest`], when
+    /// the caller asked it: the download's first sources.
     pub fn start(
         self: &Arc<Self>,
         manifest: Manifest,
         destination: PathBuf,
+        located: Option<index_pb::LocateSourcesResponse>,
     ) -> watch::Receiver<Progress> {
         let file_id = manifest.file_id();
         let mut running = self.lock();
@@ -260,7 +265,8 @@ impl Downloads {
         crate::stats::active_downloads_gauge().inc();
         self.tasks.spawn(async move {
             let result =
-                run_download(&this.ctx, Arc::new(manifest), destination, &tx, cancel).await;
+                run_download(&this.ctx, Arc::new(manifest), destination, located, &tx, cancel)
+                    .await;
             // Taken under the same lock that adds to it: a request that comes
             // later finds no running download and copies the held file itself.
             let also_to = this
@@ -322,6 +328,7 @@ async fn run_download(
     ctx: &Arc<DownloadContext>,
     manifest: Arc<Manifest>,
     destination: PathBuf,
+    located: Option<index_pb::LocateSourcesResponse>,
     progress: &watch::Sender<Progress>,
     cancel: CancellationToken,
 ) -> Result<PathBuf, Error> {
@@ -382,7 +389,7 @@ async fn run_download(
     });
     if !shared.is_complete() {
         progress.send_modify(|p| p.stage = Stage::Downloading);
-        coordinator::Swarm::new(shared.clone())
+        coordinator::Swarm::new(shared.clone(), located)
             .run(progress, &cancel)
             .await?;
     }

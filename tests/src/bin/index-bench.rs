@@ -320,6 +320,7 @@ async fn worker(fleet: Arc<Fleet>, until: Instant, locate_share: f64) -> (Sample
                     peer_id: peer,
                     wanted: wanted.as_bytes().to_vec(),
                     limit: 0,
+                    include_manifest: false,
                 },
                 &fleet.token,
             );

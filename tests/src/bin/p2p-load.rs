@@ -517,6 +517,7 @@ async fn simulated_agent(
                     peer_id: peer_id.clone(),
                     wanted: d.held.iter().map(|b| !b).collect::<Vec<u8>>(),
                     limit: 16,
+                    include_manifest: false,
                 };
                 // The wanted field must not mark chunks past the end.
                 let mut request = request;
