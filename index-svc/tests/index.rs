@@ -343,6 +343,32 @@ async fn publish_is_idempotent_and_makes_the_publisher_a_holder(db: Db) {
     assert_eq!(m.file_hash, sent.file_hash);
     assert_eq!(m.file_id, file.file_id);
     assert_eq!(index.list("", 0, "").await.expect("list").files.len(), 1);
+
+    // A download's first call: sources and the same manifest at once;
+    // later calls leave the manifest out.
+    let located = index
+        .client
+        .locate_sources(index.req(pb::LocateSourcesRequest {
+            file_id: file.file_id.clone(),
+            include_manifest: true,
+            ..Default::default()
+        }))
+        .await
+        .expect("locate with manifest")
+        .into_inner();
+    assert_eq!(located.manifest.as_ref(), Some(&m));
+    assert_eq!(located.sources.len(), 1);
+    assert_eq!(located.sources[0].peer_id, peer);
+    let again = index
+        .client
+        .locate_sources(index.req(pb::LocateSourcesRequest {
+            file_id: file.file_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect("locate")
+        .into_inner();
+    assert!(again.manifest.is_none());
 }
 
 async fn list_filters_by_name_and_pages(db: Db) {

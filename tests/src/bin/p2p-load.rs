@@ -92,18 +92,18 @@ struct Cli {
     #[arg(long, env = "P2P_LOAD_DOWNLOADING", default_value_t = 100)]
     downloading: usize,
     /// Seconds between a download's LocateSources calls (Swarm v2 asks the
-    /// index at the start and then every `RELOCATE_EVERY`, 4 s, in
+    /// index at the start and then every `RELOCATE_EVERY`, 8 s, in
     /// peer-agent's `download/coordinator.rs`).
-    #[arg(long, env = "P2P_LOAD_LOCATE_SECS", default_value_t = 4)]
+    #[arg(long, env = "P2P_LOAD_LOCATE_SECS", default_value_t = 8)]
     locate_secs: u64,
     /// Milliseconds between a download's UpdateHoldings (Swarm v2
-    /// coalesces them to one per `ANNOUNCE_EVERY`, 2 s, in peer-agent's
+    /// coalesces them to one per `ANNOUNCE_EVERY`, 5 s, in peer-agent's
     /// `download/coordinator.rs`).
-    #[arg(long, env = "P2P_LOAD_ANNOUNCE_MS", default_value_t = 2000)]
+    #[arg(long, env = "P2P_LOAD_ANNOUNCE_MS", default_value_t = 5000)]
     announce_ms: u64,
     /// Announcements a download takes to complete (its length in
-    /// --announce-ms steps).
-    #[arg(long, env = "P2P_LOAD_DOWNLOAD_STEPS", default_value_t = 20)]
+    /// --announce-ms steps: 8 × 5 s, a 40 s download).
+    #[arg(long, env = "P2P_LOAD_DOWNLOAD_STEPS", default_value_t = 8)]
     download_steps: u32,
     /// Seconds at the start of the index run whose Heartbeat, LocateSources
     /// and UpdateHoldings calls are left out of the figures (the
@@ -411,6 +411,9 @@ struct Download {
     held: Vec<u8>,
     chunks: u32,
     step: u32,
+    /// Whether the first LocateSources (which also fetches the manifest,
+    /// as the agent's does) was made.
+    located: bool,
 }
 
 impl Download {
@@ -420,6 +423,7 @@ impl Download {
             held: vec![0; (chunks as usize).div_ceil(8)],
             chunks,
             step: 0,
+            located: false,
         }
     }
 
@@ -511,14 +515,15 @@ async fn simulated_agent(
                 timed(target, deadline, index.heartbeat(with_bearer(request, &token))).await;
             }
             _ = locate.tick(), if download.is_some() => {
-                let Some(d) = &download else { continue };
+                let Some(d) = &mut download else { continue };
                 let request = LocateSourcesRequest {
                     file_id: files[d.file].0.clone(),
                     peer_id: peer_id.clone(),
                     wanted: d.held.iter().map(|b| !b).collect::<Vec<u8>>(),
                     limit: 16,
-                    include_manifest: false,
+                    include_manifest: !d.located,
                 };
+                d.located = true;
                 // The wanted field must not mark chunks past the end.
                 let mut request = request;
                 let spare = request.wanted.len() * 8 - d.chunks as usize;
