@@ -89,7 +89,7 @@ pub struct Config {
     #[arg(long, env = "P2P_MAX_UPLOAD_RATE", default_value = "0", value_parser = parse_rate)]
     pub max_upload_rate: u64,
     /// Most FetchChunks streams served at once (0 means unlimited).
-    #[arg(long, env = "P2P_MAX_UPLOADS", default_value_t = 8)]
+    #[arg(long, env = "P2P_MAX_UPLOADS", default_value_t = 16)]
     pub max_uploads: u32,
     /// End an upload stream whose caller has not taken a chunk for this long
     /// (e.g. 30s, 2m), freeing its slot for other downloaders.
