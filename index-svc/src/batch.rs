@@ -14,16 +14,30 @@
 //! while the database refuses the write; then the entries stay, newest
 //! first, until it accepts), so replicas on one database agree on who is
 //! online and who holds what within about a flush interval.
+//!
+//! Registrations are grouped too, but never acknowledged before they are
+//! written: [`Registrations`] is a group commit. Each RegisterPeer call
+//! queues its row and waits; [`registrar`] takes everything that queued
+//! while the previous group was being written (up to
+//! [`MAX_REGISTRATIONS_PER_COMMIT`]) and writes it as one multi-row
+//! upsert, one commit, then answers every caller with its own id. So a
+//! registration storm (every agent restarting after a power cut) costs a
+//! commit per group instead of one per agent, a lone registration waits
+//! for no timer, and RegisterPeer still returns only once the peer is
+//! durable and visible to every replica.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2p_services::manifest::FileId;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Error;
 use crate::peer::{Holding, PeerId, PeerLoad};
-use crate::store::Store;
+use crate::store::{NewPeer, Store};
 
 /// Default time between two flushes.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -31,6 +45,12 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 pub const MAX_PENDING_RENEWALS: usize = 200_000;
 /// Most (peer, file) holdings waiting at once.
 pub const MAX_PENDING_HOLDINGS: usize = 100_000;
+/// Most registrations waiting for their group commit (beyond it,
+/// RegisterPeer is shed). Admission's slots usually bound them first.
+pub const MAX_PENDING_REGISTRATIONS: usize = 1024;
+/// Most registrations written in one statement (12 parameters each, well
+/// under SQLite's and PostgreSQL's parameter limits).
+pub const MAX_REGISTRATIONS_PER_COMMIT: usize = 256;
 
 /// A heartbeat waiting to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +101,8 @@ pub enum Full {
     Renewals,
     /// Too many holdings wait.
     Holdings,
+    /// Too many registrations wait for their commit.
+    Registrations,
 }
 
 /// The writes waiting for the next flush.
@@ -265,6 +287,149 @@ pub async fn flusher(queue: WriteBehind, store: Store, stop: CancellationToken) 
     }
 }
 
+/// A registration waiting for its group commit, and its caller.
+#[derive(Debug)]
+pub struct Waiting {
+    peer: NewPeer,
+    reply: oneshot::Sender<Result<PeerId, Error>>,
+}
+
+/// The handle RegisterPeer queues into; [`registrar`] writes the groups.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Registrations {
+    queue: mpsc::Sender<Waiting>,
+}
+
+impl Registrations {
+    /// A queue of at most `capacity` waiting registrations, and the
+    /// receiving end for [`registrar`].
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Waiting>) {
+        let (queue, waiting) = mpsc::channel(capacity.max(1));
+        (Self { queue }, waiting)
+    }
+
+    /// Queues `peer` for the next group commit. The future resolves with
+    /// its id once the group is committed, or with the error that refused
+    /// its row. `Full` when the queue is at capacity; a replica that is
+    /// stopping answers [`Error::Stopping`].
+    pub fn register(
+        &self,
+        peer: NewPeer,
+    ) -> Result<impl Future<Output = Result<PeerId, Error>> + use<>, Full> {
+        let (reply, answer) = oneshot::channel();
+        let queued = match self.queue.try_send(Waiting { peer, reply }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(Full::Registrations),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        Ok(async move {
+            if !queued {
+                return Err(Error::Stopping);
+            }
+            answer.await.unwrap_or(Err(Error::Stopping))
+        })
+    }
+}
+
+/// Writes queued registrations in groups until `stop` is cancelled, then
+/// writes what is still queued (new ones are refused from then on).
+pub async fn registrar(
+    mut waiting: mpsc::Receiver<Waiting>,
+    store: Store,
+    stop: CancellationToken,
+) {
+    let mut group = Vec::with_capacity(MAX_REGISTRATIONS_PER_COMMIT);
+    loop {
+        let taken = tokio::select! {
+            () = stop.cancelled() => break,
+            taken = waiting.recv_many(&mut group, MAX_REGISTRATIONS_PER_COMMIT) => taken,
+        };
+        if taken == 0 {
+            return;
+        }
+        commit_group(&store, std::mem::take(&mut group)).await;
+    }
+    waiting.close();
+    while waiting
+        .recv_many(&mut group, MAX_REGISTRATIONS_PER_COMMIT)
+        .await
+        > 0
+    {
+        commit_group(&store, std::mem::take(&mut group)).await;
+    }
+}
+
+/// One group's distinct rows, sorted by (user, address), and for each
+/// caller in arrival order the row it gets its id from. Two callers with
+/// the same user and address share one row (the later one's values, as if
+/// written one after the other) and so one id.
+pub fn merge(peers: &[&NewPeer]) -> (Vec<usize>, Vec<usize>) {
+    let mut latest: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for (i, peer) in peers.iter().enumerate() {
+        latest.insert((&peer.user_id, &peer.advertise_addr), i);
+    }
+    let rows: Vec<usize> = latest.values().copied().collect();
+    let row_of: HashMap<(&str, &str), usize> = latest
+        .keys()
+        .enumerate()
+        .map(|(row, &key)| (key, row))
+        .collect();
+    let callers = peers
+        .iter()
+        .map(|peer| row_of[&(peer.user_id.as_str(), peer.advertise_addr.as_str())])
+        .collect();
+    (rows, callers)
+}
+
+/// Writes one group and answers its callers. When the database refuses
+/// the statement itself (a row it will not store), each row is written
+/// alone so only that row's caller gets the error; when the database is
+/// unreachable, every caller gets that.
+async fn commit_group(store: &Store, group: Vec<Waiting>) {
+    let started = std::time::Instant::now();
+    let peers: Vec<&NewPeer> = group.iter().map(|w| &w.peer).collect();
+    let (rows, callers) = merge(&peers);
+    let distinct: Vec<&NewPeer> = rows.iter().map(|&i| peers[i]).collect();
+    let now = p2p_services::time::now_ms();
+    let answers: Vec<Result<PeerId, Error>> = match store.register_peers(&distinct, now).await {
+        Ok(ids) => callers.iter().map(|&row| Ok(ids[row].clone())).collect(),
+        Err(Error::Database(sqlx::Error::Database(_))) if distinct.len() > 1 => {
+            let mut alone = Vec::with_capacity(distinct.len());
+            for peer in &distinct {
+                alone.push(
+                    store
+                        .register_peers(&[peer], now)
+                        .await
+                        .map(|mut ids| ids.remove(0)),
+                );
+            }
+            callers
+                .iter()
+                .map(|&row| match &alone[row] {
+                    Ok(id) => Ok(id.clone()),
+                    Err(err) => Err(err.for_another_caller()),
+                })
+                .collect()
+        }
+        Err(err) => callers
+            .iter()
+            .map(|_| Err(err.for_another_caller()))
+            .collect(),
+    };
+    p2p_services::metrics::histogram(
+        "p2p_index_registration_commit_seconds",
+        "Time to write one group of registrations.",
+        &[],
+    )
+    .observe(started.elapsed().as_secs_f64());
+    tracing::trace!(registrations = group.len(), rows = distinct.len(), took = ?started.elapsed(), "registrations committed");
+    for (waiting, answer) in group.into_iter().zip(answers) {
+        // A caller that gave up (its call was cancelled) no longer listens.
+        let _ = waiting.reply.send(answer);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,5 +514,34 @@ mod tests {
         let batch = pending.take();
         assert_eq!(batch.renewals, vec![renewal(1, 300)]);
         assert_eq!(batch.holdings, vec![partial(1, 1, &[0], 100)]);
+    }
+
+    fn new_peer(user: &str, addr: &str, version: &str) -> NewPeer {
+        NewPeer {
+            user_id: user.into(),
+            username: user.into(),
+            advertise_addr: addr.into(),
+            agent_version: version.into(),
+            load: PeerLoad::default(),
+        }
+    }
+
+    #[test]
+    fn a_group_writes_one_row_per_user_and_address_with_the_latest_values() {
+        let first = new_peer("bob", "10.0.0.2:7000", "1");
+        let other = new_peer("carol", "10.0.0.2:7000", "1");
+        let again = new_peer("bob", "10.0.0.2:7000", "2");
+        let early = new_peer("bob", "10.0.0.1:7000", "1");
+        let (rows, callers) = merge(&[&first, &other, &again, &early]);
+        assert_eq!(
+            rows,
+            vec![3, 2, 1],
+            "sorted by (user, address), later values win"
+        );
+        assert_eq!(
+            callers,
+            vec![1, 2, 1, 0],
+            "bob's two calls for one address share a row"
+        );
     }
 }

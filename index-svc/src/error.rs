@@ -56,6 +56,9 @@ pub enum Error {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] p2p_services::tls::TlsError),
+    /// This replica is shutting down and takes no more registrations.
+    #[error("this index replica is stopping; retry on another")]
+    Stopping,
     /// The index is at capacity for this kind of write.
     #[error("the index is busy with {what}; retry in {retry_after:?}")]
     Busy {
@@ -82,6 +85,7 @@ impl From<Error> for Status {
                 retry_after,
             ),
             Error::FileNotFound(_) | Error::PeerNotFound(_) => Status::not_found(message),
+            Error::Stopping => Status::unavailable(message),
             Error::NotPeerOwner(_) | Error::NotFileOwner(_) | Error::AdvertiseRefused(_) => {
                 Status::permission_denied(message)
             }
@@ -103,6 +107,25 @@ impl From<Error> for Status {
             | Error::Serve(_)
             | Error::Bind(_)
             | Error::Tls(_) => Status::internal(message),
+        }
+    }
+}
+
+impl Error {
+    /// The same failure for another caller it refused too: a group commit
+    /// answers many calls from one database error, which cannot be cloned.
+    /// The kind that decides the status code is kept.
+    pub fn for_another_caller(&self) -> Error {
+        match self {
+            Error::Database(sqlx::Error::PoolTimedOut) => {
+                Error::Database(sqlx::Error::PoolTimedOut)
+            }
+            Error::Database(sqlx::Error::Io(err)) => Error::Database(sqlx::Error::Io(
+                std::io::Error::new(err.kind(), err.to_string()),
+            )),
+            Error::Corrupt(message) => Error::Corrupt(message.clone()),
+            Error::Stopping => Error::Stopping,
+            other => Error::Database(sqlx::Error::Protocol(other.to_string())),
         }
     }
 }

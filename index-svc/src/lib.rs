@@ -9,12 +9,13 @@
 //! cursor), [`listing`] (paging and name filter), [`peer`] (peer ids and
 //! load), [`service`] (the gRPC handlers), [`error`].
 //!
-//! [`run`] owns three background pieces besides the server: the flusher
-//! (writes the queued renewals and holdings, see [`batch`]), the
+//! [`run`] owns four background pieces besides the server: the flusher
+//! (writes the queued renewals and holdings, see [`batch`]), the registrar
+//! (writes registrations in groups, one commit each, see [`batch`]), the
 //! housekeeping task (metric gauges, pruning of old events and reports) and
 //! the metrics endpoint. All stop when the shutdown future resolves, and
-//! `run` waits for the flusher (which writes what is left) and the
-//! housekeeping task before returning.
+//! `run` waits for the flusher and the registrar (which write what is
+//! left) and the housekeeping task before returning.
 
 pub mod advertise;
 pub mod batch;
@@ -264,10 +265,13 @@ pub async fn run(
     let housekeeper = tokio::spawn(housekeeping(store.clone(), lease, stop.clone()));
     let queue = batch::WriteBehind::new(flush_interval);
     let flusher = tokio::spawn(batch::flusher(queue.clone(), store.clone(), stop.clone()));
+    let (registrations, waiting) = batch::Registrations::new(batch::MAX_PENDING_REGISTRATIONS);
+    let registrar = tokio::spawn(batch::registrar(waiting, store.clone(), stop.clone()));
 
     let api = IndexApi::new(
         store,
         queue,
+        registrations,
         lease,
         config.allow_advertise_networks.clone(),
         stop.clone(),
@@ -292,6 +296,9 @@ pub async fn run(
     stop.cancel();
     if let Err(err) = flusher.await {
         tracing::warn!(%err, "flush task failed");
+    }
+    if let Err(err) = registrar.await {
+        tracing::warn!(%err, "registration task failed");
     }
     if let Err(err) = housekeeper.await {
         tracing::warn!(%err, "housekeeping task failed");

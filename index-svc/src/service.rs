@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::advertise::{self, AdvertisePolicy};
-use crate::batch::{Full, HoldingUpdate, Renewal, WriteBehind};
+use crate::batch::{Full, HoldingUpdate, Registrations, Renewal, WriteBehind};
 use crate::cache::Caches;
 use crate::error::Error;
 use crate::events::{EventCursor, FileEventKind, StoredEvent};
@@ -41,13 +41,15 @@ const MAX_VERSION_BYTES: usize = 128;
 /// Longest report detail kept.
 const MAX_DETAIL_BYTES: usize = 512;
 
-/// The IndexService implementation: the store, the write-behind queue in
-/// front of it, the replica-local caches, the lease policy, and the
-/// shutdown token that ends WatchFiles streams.
+/// The IndexService implementation: the store, the write-behind queue and
+/// the registrations' group commit in front of it, the replica-local
+/// caches, the lease policy, and the shutdown token that ends WatchFiles
+/// streams.
 #[derive(Debug, Clone)]
 pub struct IndexApi {
     store: Store,
     queue: WriteBehind,
+    registrations: Registrations,
     caches: Caches,
     lease: Lease,
     advertise: AdvertisePolicy,
@@ -56,11 +58,13 @@ pub struct IndexApi {
 
 impl IndexApi {
     /// A service over `store` whose renewals and holdings go through
-    /// `queue` (flushed by [`crate::batch::flusher`]); streams end when
-    /// `stop` is cancelled.
+    /// `queue` (flushed by [`crate::batch::flusher`]) and whose
+    /// registrations go through `registrations` (written by
+    /// [`crate::batch::registrar`]); streams end when `stop` is cancelled.
     pub fn new(
         store: Store,
         queue: WriteBehind,
+        registrations: Registrations,
         lease: Lease,
         advertise: AdvertisePolicy,
         stop: CancellationToken,
@@ -68,6 +72,7 @@ impl IndexApi {
         Self {
             store,
             queue,
+            registrations,
             caches: Caches::default(),
             lease,
             advertise,
@@ -119,6 +124,7 @@ impl IndexApi {
             what: match full {
                 Full::Renewals => "heartbeats",
                 Full::Holdings => "holding updates",
+                Full::Registrations => "registrations",
             },
             retry_after: self.queue.interval.max(Duration::from_secs(1)),
         }
@@ -276,9 +282,14 @@ impl IndexApi {
             agent_version: truncate(request.agent_version, MAX_VERSION_BYTES),
             load: load_from_proto(request.load),
         };
-        let peer_id = self.store.register_peer(&peer, now_ms()).await?;
+        let addr = peer.advertise_addr.clone();
+        let peer_id = self
+            .registrations
+            .register(peer)
+            .map_err(|full| self.busy(full))?
+            .await?;
         self.caches.set_owner(&peer_id, &claims.sub);
-        tracing::info!(%peer_id, user = %claims.name, addr = %peer.advertise_addr, "peer registered");
+        tracing::info!(%peer_id, user = %claims.name, %addr, "peer registered");
         Ok(pb::RegisterPeerResponse {
             peer_id: peer_id.to_string(),
             lease_ttl_ms: self.lease.ttl.as_millis() as u64,

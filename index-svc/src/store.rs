@@ -223,16 +223,51 @@ impl Store {
         self.backend
     }
 
-    /// Registers a peer or, when this user already registered this address,
-    /// renews it and returns its existing id (so its holdings survive).
-    pub async fn register_peer(&self, peer: &NewPeer, now_ms: i64) -> Result<PeerId, Error> {
-        let load = &peer.load;
-        let row = sqlx::query(
+    /// Registers peers in one statement (one commit): each a new peer or,
+    /// when its user already registered its address, a renewal that keeps
+    /// the existing id (so its holdings survive). Returns the ids in the
+    /// order of `peers`. No two entries may share (user, address): one
+    /// statement cannot update a row twice (`batch::Registrations` merges
+    /// them first). The caller sorts them by that key, so two replicas
+    /// writing overlapping groups lock rows in the same order.
+    pub async fn register_peers(
+        &self,
+        peers: &[&NewPeer],
+        now_ms: i64,
+    ) -> Result<Vec<PeerId>, Error> {
+        if peers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = String::from(
             "INSERT INTO peers (peer_id, user_id, username, advertise_addr, agent_version, \
                  registered_at_ms, last_seen_ms, active_uploads, max_uploads, upload_rate_bps, \
-                 max_upload_rate_bps, uploaded_bytes_last_60s, free_disk_bytes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (user_id, advertise_addr) DO UPDATE SET \
+                 max_upload_rate_bps, uploaded_bytes_last_60s, free_disk_bytes) VALUES ",
+        );
+        for i in 0..peers.len() {
+            let b = i * 12;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            // $b+6 (the time) is both registered_at_ms and last_seen_ms.
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 10,
+                b + 11,
+                b + 12,
+            ));
+        }
+        sql.push_str(
+            " ON CONFLICT (user_id, advertise_addr) DO UPDATE SET \
                  username = excluded.username, agent_version = excluded.agent_version, \
                  last_seen_ms = excluded.last_seen_ms, \
                  active_uploads = excluded.active_uploads, max_uploads = excluded.max_uploads, \
@@ -240,23 +275,44 @@ impl Store {
                  max_upload_rate_bps = excluded.max_upload_rate_bps, \
                  uploaded_bytes_last_60s = excluded.uploaded_bytes_last_60s, \
                  free_disk_bytes = excluded.free_disk_bytes \
-             RETURNING peer_id",
-        )
-        .bind(PeerId::generate().as_str().to_string())
-        .bind(&peer.user_id)
-        .bind(&peer.username)
-        .bind(&peer.advertise_addr)
-        .bind(&peer.agent_version)
-        .bind(now_ms)
-        .bind(i64::from(load.active_uploads))
-        .bind(i64::from(load.max_uploads))
-        .bind(to_i64(load.upload_rate_bps))
-        .bind(to_i64(load.max_upload_rate_bps))
-        .bind(to_i64(load.uploaded_bytes_last_60s))
-        .bind(to_i64(load.free_disk_bytes))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(PeerId::from_stored(row.try_get("peer_id")?))
+             RETURNING peer_id, user_id, advertise_addr",
+        );
+        let mut query = sqlx::query(&sql);
+        for peer in peers {
+            let load = &peer.load;
+            query = query
+                .bind(PeerId::generate().as_str().to_string())
+                .bind(&peer.user_id)
+                .bind(&peer.username)
+                .bind(&peer.advertise_addr)
+                .bind(&peer.agent_version)
+                .bind(now_ms)
+                .bind(i64::from(load.active_uploads))
+                .bind(i64::from(load.max_uploads))
+                .bind(to_i64(load.upload_rate_bps))
+                .bind(to_i64(load.max_upload_rate_bps))
+                .bind(to_i64(load.uploaded_bytes_last_60s))
+                .bind(to_i64(load.free_disk_bytes));
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        // RETURNING's order is not promised to follow VALUES: match by key.
+        let mut ids = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key: (String, String) = (row.try_get("user_id")?, row.try_get("advertise_addr")?);
+            ids.insert(key, PeerId::from_stored(row.try_get("peer_id")?));
+        }
+        peers
+            .iter()
+            .map(|peer| {
+                ids.remove(&(peer.user_id.clone(), peer.advertise_addr.clone()))
+                    .ok_or_else(|| {
+                        Error::Corrupt(format!(
+                            "registering {} returned no row",
+                            peer.advertise_addr
+                        ))
+                    })
+            })
+            .collect()
     }
 
     /// Writes one flush of the write-behind queue in one transaction:

@@ -32,7 +32,105 @@ suite!(
     a_queued_bitfield_never_undoes_stop_sharing_or_delete,
     past_capacity_calls_are_shed_with_a_retry_hint,
     watch_files_resumes_on_another_replica_without_loss_or_repeat,
+    concurrent_registrations_each_get_their_own_peer_id,
+    a_registration_the_database_refuses_fails_alone,
 );
+
+/// A burst of registrations (committed in groups) gives every agent its
+/// own id; the same user and address get the same id even within one
+/// group; every peer is listed once RegisterPeer has returned.
+async fn concurrent_registrations_each_get_their_own_peer_id(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    // Room for the whole burst at once: admission is not what this tests.
+    let server = cluster.index(&["--max-in-flight", "512"]).await;
+    let bob = cluster.user("bob").await;
+    let carol = cluster.user("carol").await;
+    let as_bob = Index::new(&server, &bob);
+    let as_carol = Index::new(&server, &carol);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..300u32 {
+        // Every address twice for bob (the second a re-registration racing
+        // the first), once for carol.
+        let (mut index, who) = match i % 3 {
+            0 | 1 => (as_bob.clone(), "bob"),
+            _ => (as_carol.clone(), "carol"),
+        };
+        let addr = format!("10.1.{}.{}:7000", i / 3 / 256, i / 3 % 256);
+        calls.spawn(async move {
+            let id = index.register(&addr, idle()).await;
+            (who, addr, id)
+        });
+    }
+    let mut ids: std::collections::HashMap<(&str, String), BTreeSet<String>> =
+        std::collections::HashMap::new();
+    while let Some(joined) = calls.join_next().await {
+        let (who, addr, id) = joined.expect("register task");
+        ids.entry((who, addr)).or_default().insert(id);
+    }
+    assert_eq!(ids.len(), 200, "100 addresses for bob, 100 for carol");
+    assert!(
+        ids.values().all(|same| same.len() == 1),
+        "one id per (user, address)"
+    );
+    let distinct: BTreeSet<&String> = ids.values().flatten().collect();
+    assert_eq!(distinct.len(), 200, "every (user, address) its own id");
+
+    let mut as_bob = as_bob;
+    let listed: BTreeSet<String> = as_bob
+        .client
+        .list_peers(as_bob.req(pb::ListPeersRequest {
+            include_offline: true,
+        }))
+        .await
+        .expect("list peers")
+        .into_inner()
+        .peers
+        .into_iter()
+        .map(|p| p.peer_id)
+        .collect();
+    assert!(
+        distinct.iter().all(|id| listed.contains(*id)),
+        "a registration is written before RegisterPeer returns"
+    );
+}
+
+/// PostgreSQL refuses a NUL byte in text: that one registration fails
+/// with its own error, and the others committed in the same group still
+/// get their ids. (SQLite stores it, so there every call succeeds.)
+async fn a_registration_the_database_refuses_fails_alone(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let as_bob = Index::new(&server, &bob);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..64u32 {
+        let mut index = as_bob.clone();
+        calls.spawn(async move {
+            let version = if i == 17 { "bad\0version" } else { "test" };
+            let request = index.req(pb::RegisterPeerRequest {
+                advertise_addr: format!("10.2.0.{i}:7000"),
+                load: Some(idle()),
+                agent_version: version.into(),
+            });
+            (i, index.client.register_peer(request).await)
+        });
+    }
+    let mut ids = BTreeSet::new();
+    while let Some(joined) = calls.join_next().await {
+        match joined.expect("register task") {
+            (_, Ok(registered)) => {
+                ids.insert(registered.into_inner().peer_id);
+            }
+            (17, Err(status)) => assert_eq!(status.code(), Code::Internal, "{status:?}"),
+            (i, Err(status)) => panic!("registration {i} failed with the bad one: {status:?}"),
+        }
+    }
+    assert!(ids.len() >= 63, "every other registration got its own id");
+}
 
 /// Many peers heartbeat and grow their bitfields faster than the flush;
 /// the latest of each is what the database ends up with, and a clean stop
