@@ -532,7 +532,7 @@ fn link_use(
                 (got(&w[1]) - got(&w[0])) as f64 / secs < rate_bps / 2.0
             })
             .map(|w| t(&w[1]) - t(&w[0]))
-            .sum();
+            .fold(0.0, |a, b| a + b);
         starved.push(slow);
     }
     let seeder_sent = |s: &LinkSample| s.sent[1].saturating_sub(base.sent[1]);
