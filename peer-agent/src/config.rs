@@ -88,7 +88,9 @@ pub struct Config {
     /// with an optional unit (10MiB, 500KB, 100Mbit). 0 means unlimited.
     #[arg(long, env = "P2P_MAX_UPLOAD_RATE", default_value = "0", value_parser = parse_rate)]
     pub max_upload_rate: u64,
-    /// Most FetchChunks streams served at once (0 means unlimited).
+    /// Most FetchChunks streams served at once (0 means unlimited). A
+    /// downloader turned away (RESOURCE_EXHAUSTED) asks again shortly and
+    /// meanwhile fetches from other peers.
     #[arg(long, env = "P2P_MAX_UPLOADS", default_value_t = 16)]
     pub max_uploads: u32,
     /// End an upload stream whose caller has not taken a chunk for this long
