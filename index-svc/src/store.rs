@@ -103,6 +103,23 @@ pub struct Store {
     backend: Backend,
 }
 
+/// The rows of a multi-row `VALUES` list: `rows` tuples of numbered
+/// placeholders, row `i` naming `$(i * per_row + c)` for every `c` of
+/// `columns` (1-based; a number may appear twice, for a value bound once
+/// and used in two columns).
+fn values_rows(rows: usize, per_row: usize, columns: &[usize]) -> String {
+    (0..rows)
+        .map(|i| {
+            let row: Vec<String> = columns
+                .iter()
+                .map(|c| format!("${}", i * per_row + c))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Large counters are stored as BIGINT; clamp what does not fit.
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -243,29 +260,12 @@ impl Store {
                  registered_at_ms, last_seen_ms, active_uploads, max_uploads, upload_rate_bps, \
                  max_upload_rate_bps, uploaded_bytes_last_60s, free_disk_bytes) VALUES ",
         );
-        for i in 0..peers.len() {
-            let b = i * 12;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            // $b+6 (the time) is both registered_at_ms and last_seen_ms.
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 10,
-                b + 11,
-                b + 12,
-            ));
-        }
+        // $6 of each row (the time) is both registered_at_ms and last_seen_ms.
+        sql.push_str(&values_rows(
+            peers.len(),
+            12,
+            &[1, 2, 3, 4, 5, 6, 6, 7, 8, 9, 10, 11, 12],
+        ));
         sql.push_str(
             " ON CONFLICT (user_id, advertise_addr) DO UPDATE SET \
                  username = excluded.username, agent_version = excluded.agent_version, \
@@ -345,23 +345,7 @@ impl Store {
                      free_disk_bytes = v.column8 \
                  FROM (VALUES ",
             );
-            for i in 0..chunk.len() {
-                let b = i * 8;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8
-                ));
-            }
+            sql.push_str(&values_rows(chunk.len(), 8, &[1, 2, 3, 4, 5, 6, 7, 8]));
             sql.push_str(") AS v WHERE peers.peer_id = v.column1");
             let mut query = sqlx::query(&sql);
             for renewal in chunk {
@@ -981,5 +965,14 @@ mod tests {
         assert!(holders_changed(Some((false, 5)), Some((true, 8))));
         assert!(holders_changed(Some((true, 8)), None));
         assert!(!holders_changed(None, None));
+    }
+
+    #[test]
+    fn values_rows_number_every_row_from_its_own_base() {
+        assert_eq!(
+            values_rows(2, 3, &[1, 2, 2, 3]),
+            "($1, $2, $2, $3), ($4, $5, $5, $6)"
+        );
+        assert_eq!(values_rows(0, 3, &[1, 2, 3]), "");
     }
 }

@@ -27,8 +27,9 @@ pub struct Holding {
     /// Bumped whenever the bitfield changes, for holdings streams.
     changes: watch::Sender<u64>,
     peers: Mutex<PeerBook>,
-    /// Bumped whenever the peer book changes, so holdings streams pass new
-    /// peers on at once and the download learns of peers that watch us.
+    /// The peer book's version, bumped (under the book's lock) whenever it
+    /// changes, so holdings streams pass new peers on at once and the
+    /// download learns of peers that watch us.
     peer_changes: watch::Sender<u64>,
     /// When verified chunks were last written to the store, and whether
     /// some have been verified since (see [`Holdings::mark_verified`]).
@@ -54,12 +55,11 @@ pub struct KnownPeer {
 /// Most peers remembered per file: the newest win.
 pub const MAX_KNOWN_PEERS: usize = 32;
 
-/// The peers known for one file, newest first, with a version that changes
-/// whenever the list does.
+/// The peers known for one file, newest first (its version is
+/// [`Holding::subscribe_peers`]'s value).
 #[derive(Debug, Default)]
 struct PeerBook {
     peers: VecDeque<KnownPeer>,
-    version: u64,
 }
 
 /// The changing part of a [`Holding`].
@@ -145,10 +145,7 @@ impl Holding {
             .retain(|p| p.peer_id != peer.peer_id && p.address != peer.address);
         book.peers.push_front(peer);
         book.peers.truncate(MAX_KNOWN_PEERS);
-        book.version += 1;
-        let version = book.version;
-        drop(book);
-        self.peer_changes.send_replace(version);
+        self.peer_changes.send_modify(|v| *v += 1);
     }
 
     /// Forgets a peer that failed us.
@@ -157,10 +154,7 @@ impl Holding {
         let before = book.peers.len();
         book.peers.retain(|p| p.peer_id != peer_id);
         if book.peers.len() != before {
-            book.version += 1;
-            let version = book.version;
-            drop(book);
-            self.peer_changes.send_replace(version);
+            self.peer_changes.send_modify(|v| *v += 1);
         }
     }
 
@@ -181,7 +175,7 @@ impl Holding {
             .take(max)
             .cloned()
             .collect();
-        (book.version, peers)
+        (*self.peer_changes.borrow(), peers)
     }
 
     fn record(&self) -> LocalFile {

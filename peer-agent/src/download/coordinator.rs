@@ -115,12 +115,23 @@ pub async fn locate_with_manifest(
     session: &crate::session::Session,
     file_id: &p2p_services::manifest::FileId,
 ) -> Result<index_pb::LocateSourcesResponse, Error> {
+    locate_sources(session, file_id.as_str(), Vec::new(), true).await
+}
+
+/// `LocateSources` for up to [`MAX_SOURCES`] holders of the `wanted` chunks
+/// (empty: all), leaving out ourselves.
+async fn locate_sources(
+    session: &crate::session::Session,
+    file_id: &str,
+    wanted: Vec<u8>,
+    include_manifest: bool,
+) -> Result<index_pb::LocateSourcesResponse, Error> {
     let request = index_pb::LocateSourcesRequest {
         file_id: file_id.to_string(),
         peer_id: session.peer_id().unwrap_or_default(),
-        wanted: Vec::new(),
+        wanted,
         limit: MAX_SOURCES as u32,
-        include_manifest: true,
+        include_manifest,
     };
     session
         .call_index(|mut c, t| async move { c.locate_sources(with_bearer(request, &t)).await })
@@ -321,28 +332,19 @@ impl Swarm {
         let ctx = &self.shared.ctx;
         let own = ctx.session.peer_id().unwrap_or_default();
         let wanted = self.shared.picker().wanted();
-        let request = index_pb::LocateSourcesRequest {
-            file_id: self.shared.holding.file_id.to_string(),
-            peer_id: own.clone(),
-            wanted: wanted.as_bytes().to_vec(),
-            limit: MAX_SOURCES as u32,
-            include_manifest: false,
-        };
         let response = match self.located.take() {
             Some(response) => response,
-            None => match ctx
-                .session
-                .call_index(
-                    |mut c, t| async move { c.locate_sources(with_bearer(request, &t)).await },
-                )
-                .await
-            {
-                Ok(response) => response,
-                Err(err) => {
-                    tracing::warn!(%err, "cannot locate sources; keeping the current ones");
-                    return;
+            None => {
+                let file_id = self.shared.holding.file_id.as_str();
+                match locate_sources(&ctx.session, file_id, wanted.as_bytes().to_vec(), false).await
+                {
+                    Ok(response) => response,
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot locate sources; keeping the current ones");
+                        return;
+                    }
                 }
-            },
+            }
         };
         let chunks = self.shared.manifest.chunk_count();
         let now = Instant::now();
