@@ -957,10 +957,18 @@ async fn lease_expiry_removes_a_source_and_heartbeat_restores_it(db: Db) {
         .heartbeat(&seed, idle())
         .await
         .expect("heartbeat after lapse");
+    // The seed keeps heartbeating, as an agent does: with a 1 s lease, one
+    // heartbeat may lapse again before LocateSources' 1 s copy (see
+    // `cache::SOURCES_TTL`) is read afresh.
     let sources = eventually("the renewed seed is offered again", || {
         let mut index = index.clone();
         let file_id = file_id.clone();
+        let seed = seed.clone();
         async move {
+            index
+                .heartbeat(&seed, idle())
+                .await
+                .expect("heartbeat after lapse");
             let sources = index
                 .locate(&file_id, "", Vec::new())
                 .await
