@@ -18,7 +18,7 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
-use crate::client::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
+use crate::client::{CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES};
 
 /// Why a server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,7 @@ impl GrpcServer {
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .max_frame_size(Some(1024 * 1024))
+            .max_frame_size(Some(MAX_FRAME_BYTES))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_routes(routes)
@@ -129,7 +129,7 @@ impl GrpcServer {
         tracing::info!(services = ?names, "serving gRPC on a Unix socket");
         tonic::transport::Server::builder()
             .layer(crate::metrics::RpcMetricsLayer)
-            .max_frame_size(Some(1024 * 1024))
+            .max_frame_size(Some(MAX_FRAME_BYTES))
             .add_routes(routes)
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
             .await?;
