@@ -6,7 +6,11 @@
 //! about one copy of the file. A chunk already handed out is handed out
 //! again only once [`RESEND_AFTER`] has passed since (its first taker may
 //! be slow to pass it on, or gone); until then a caller that lacks only
-//! such chunks gets none and fetches them from its peers. It still fills
+//! such chunks gets none and fetches them from its peers. Once a later
+//! caller's bitfield shows it holds a chunk handed out, the chunk is in the
+//! swarm and waits [`RESEND_SPREAD_AFTER`] instead: on saturated cores a
+//! holder can take more than 2 s to tell everyone, and resending it then
+//! was most of what a seeder sent beyond one copy at N = 32. It still fills
 //! its link: while unsent chunks remain, every caller gets up to n at once.
 //!
 //! Pure logic, no I/O: the chunk server keeps one [`SeedChoice`] per file it
@@ -20,6 +24,9 @@ use crate::picker::tie_order;
 
 /// A chunk already handed out goes out again only this long after.
 pub const RESEND_AFTER: Duration = Duration::from_secs(2);
+/// A chunk handed out that a caller has since shown it holds goes out
+/// again only this long after (in case every holder left).
+pub const RESEND_SPREAD_AFTER: Duration = Duration::from_secs(4);
 
 /// How many times this source handed out each chunk of one file, and when
 /// last.
@@ -27,6 +34,8 @@ pub const RESEND_AFTER: Duration = Duration::from_secs(2);
 pub struct SeedChoice {
     sent: Vec<u32>,
     last: Vec<Option<Instant>>,
+    /// Handed out, and since seen held by a caller.
+    spread: Bitfield,
     seed: u32,
 }
 
@@ -37,6 +46,7 @@ impl SeedChoice {
         Self {
             sent: vec![0; chunk_count as usize],
             last: vec![None; chunk_count as usize],
+            spread: Bitfield::empty(chunk_count),
             seed,
         }
     }
@@ -59,9 +69,20 @@ impl SeedChoice {
         if n == 0 || lacks.len() as usize != self.sent.len() || held.len() != lacks.len() {
             return Vec::new();
         }
+        for i in 0..lacks.len() {
+            if !lacks.get(i) && self.last[i as usize].is_some() {
+                self.spread.set(i);
+            }
+        }
         let seed = self.seed;
-        let due =
-            |i: u32| self.last[i as usize].is_none_or(|at| now.duration_since(at) >= RESEND_AFTER);
+        let due = |i: u32| {
+            let wait = if self.spread.get(i) {
+                RESEND_SPREAD_AFTER
+            } else {
+                RESEND_AFTER
+            };
+            self.last[i as usize].is_none_or(|at| now.duration_since(at) >= wait)
+        };
         let mut candidates: Vec<u32> = lacks.held().filter(|&i| held.get(i) && due(i)).collect();
         let key = |i: u32| (self.sent[i as usize], tie_order(i, seed));
         if candidates.len() > n {
@@ -83,6 +104,7 @@ impl SeedChoice {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 self.last[index as usize] = None;
+                self.spread.clear(index);
             }
         }
     }
@@ -146,6 +168,23 @@ mod tests {
         assert!(choice.choose_at(&all(4), &all(4), 4, start).is_empty());
         let later = start + RESEND_AFTER;
         assert_eq!(choice.choose_at(&all(4), &all(4), 2, later).len(), 2);
+    }
+
+    #[test]
+    fn a_chunk_a_caller_already_holds_waits_longer_to_go_out_again() {
+        let start = Instant::now();
+        let mut choice = SeedChoice::new(4, 3);
+        assert_eq!(choice.choose_at(&all(4), &all(4), 4, start).len(), 4);
+        // A second caller already holds chunk 0: it is in the swarm.
+        let mut lacks = all(4);
+        lacks.clear(0);
+        assert!(choice.choose_at(&lacks, &all(4), 4, start).is_empty());
+        let later = start + RESEND_AFTER;
+        let mut again = choice.choose_at(&all(4), &all(4), 4, later);
+        again.sort_unstable();
+        assert_eq!(again, vec![1, 2, 3], "chunk 0 is held by a peer");
+        let much_later = start + RESEND_SPREAD_AFTER;
+        assert_eq!(choice.choose_at(&all(4), &all(4), 1, much_later), vec![0]);
     }
 
     #[test]
