@@ -20,7 +20,7 @@
 //! the number of downloaders). Two downloaders then ask a shared source for
 //! the same chunk only when one has exhausted its stripe.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use p2p_services::manifest::Bitfield;
 
@@ -41,6 +41,8 @@ pub struct Picker {
     stripe: Stripe,
     /// Complete sources that choose which chunks to send (seeders), sorted.
     choosers: Vec<SourceKey>,
+    /// Sources that have delivered a verified chunk.
+    delivering: HashSet<SourceKey>,
 }
 
 /// This downloader's share of the file among `count` concurrent downloaders.
@@ -100,6 +102,7 @@ impl Picker {
             sources: HashMap::new(),
             in_flight: HashMap::new(),
             choosers: Vec::new(),
+            delivering: HashSet::new(),
         }
     }
 
@@ -191,6 +194,7 @@ impl Picker {
     /// Forgets a source and releases the chunks it was fetching.
     pub fn remove_source(&mut self, key: SourceKey) {
         self.choosers.retain(|k| *k != key);
+        self.delivering.remove(&key);
         if let Some(old) = self.sources.remove(&key) {
             for i in old.held() {
                 self.availability[i as usize] -= 1;
@@ -213,6 +217,12 @@ impl Picker {
     }
 
     /// Up to `max` chunks for source `key` to fetch next, marked in flight.
+    ///
+    /// In the endgame a chunk goes to at most [`MAX_DUPLICATES`] sources
+    /// that have delivered; a source that has not may still be connecting
+    /// (at N = 32 on two saturated cores a connection can take its whole
+    /// 5 s timeout), so it neither counts towards that limit nor takes a
+    /// duplicate of a chunk a delivering source is already fetching.
     pub fn pick(&mut self, key: SourceKey, max: usize) -> Vec<u32> {
         let Some(holds) = self.sources.get(&key) else {
             return Vec::new();
@@ -234,11 +244,19 @@ impl Picker {
         let picked = if !fresh.is_empty() {
             take_smallest(&mut fresh, max, order)
         } else if self.all_missing_in_flight() {
+            let delivering = |k: &SourceKey| self.delivering.contains(k);
+            let proven = delivering(&key);
             let mut dup: Vec<u32> = self
                 .in_flight
                 .iter()
                 .filter(|(i, fetchers)| {
-                    holds.get(**i) && fetchers.len() < MAX_DUPLICATES && !fetchers.contains(&key)
+                    let busy = fetchers.iter().filter(|k| delivering(k)).count();
+                    let room = if proven {
+                        busy < MAX_DUPLICATES
+                    } else {
+                        busy == 0 && fetchers.len() < MAX_DUPLICATES
+                    };
+                    holds.get(**i) && room && !fetchers.contains(&key)
                 })
                 .map(|(i, _)| *i)
                 .collect();
@@ -262,9 +280,11 @@ impl Picker {
         self.have.missing().all(|i| self.in_flight.contains_key(&i))
     }
 
-    /// Records a verified chunk. Returns false when it was already held
-    /// (a duplicate from the endgame).
-    pub fn received(&mut self, index: u32) -> bool {
+    /// Records a verified chunk from source `key`, which counts as
+    /// delivering from now on (see [`Self::pick`]). Returns false when the
+    /// chunk was already held (a duplicate from the endgame).
+    pub fn received_from(&mut self, key: SourceKey, index: u32) -> bool {
+        self.delivering.insert(key);
         self.in_flight.remove(&index);
         if self.have.get(index) {
             return false;
@@ -367,7 +387,7 @@ mod tests {
         let pool = picker.seed_pool(1).unwrap();
         assert_eq!(pool.held().collect::<Vec<_>>(), vec![3, 4, 5]);
         for i in 0..6 {
-            picker.received(i);
+            picker.received_from(2, i);
         }
         assert!(picker.seed_pool(1).is_none());
     }
@@ -427,9 +447,28 @@ mod tests {
         let mut picker = Picker::new(field(4, &[0, 2]), 0);
         picker.upsert_source(1, Bitfield::full(4));
         assert_eq!(sorted(picker.pick(1, 10)), vec![1, 3]);
-        assert!(picker.received(1));
-        assert!(picker.received(3));
+        assert!(picker.received_from(1, 1));
+        assert!(picker.received_from(1, 3));
         assert!(picker.is_complete());
+    }
+
+    #[test]
+    fn a_source_that_has_not_delivered_gets_no_endgame_duplicates() {
+        let mut picker = Picker::new(Bitfield::empty(2), 0);
+        picker.upsert_source(1, Bitfield::full(2));
+        picker.upsert_source(2, Bitfield::full(2));
+        picker.upsert_source(3, Bitfield::full(2));
+        picker.upsert_source(4, Bitfield::full(2));
+        // Sources 1 and 2 (connecting) hold both chunks; 3 has delivered.
+        assert_eq!(sorted(picker.pick(1, 2)), vec![0, 1]);
+        assert_eq!(sorted(picker.pick(2, 2)), vec![0, 1], "none is delivering");
+        picker.received_from(3, 0);
+        assert_eq!(
+            picker.pick(3, 2),
+            vec![1],
+            "the connecting ones do not count"
+        );
+        assert!(picker.pick(4, 2).is_empty(), "a delivering source has it");
     }
 
     #[test]
@@ -446,9 +485,9 @@ mod tests {
         assert!(picker.pick(2, 5).is_empty());
         picker.upsert_source(3, Bitfield::full(3));
         assert_eq!(picker.pick(3, 5), second, "only that chunk has one fetcher");
-        assert!(picker.received(first[0]));
+        assert!(picker.received_from(1, first[0]));
         assert!(
-            !picker.received(first[0]),
+            !picker.received_from(1, first[0]),
             "the duplicate is not counted twice"
         );
     }

@@ -101,6 +101,9 @@ pub(super) struct Swarm {
     hinted: HashSet<String>,
     /// Unusable peers each source listed.
     junk: HashMap<String, u32>,
+    /// Listed peers another lister, a watcher or the index also named: a
+    /// failure to reach one of them is the network's, not its lister's.
+    vouched: HashSet<String>,
     /// Where the index said each peer answers (over plaintext, the only
     /// vouching there is).
     index_addresses: HashMap<String, String>,
@@ -194,6 +197,7 @@ impl Swarm {
             events,
             hinted: HashSet::new(),
             junk: HashMap::new(),
+            vouched: HashSet::new(),
             index_addresses: HashMap::new(),
             located,
         }
@@ -547,6 +551,14 @@ impl Swarm {
     fn consider_peer(&mut self, peer: KnownPeer, lister: Option<&str>) {
         let ctx = &self.shared.ctx;
         let own = ctx.session.peer_id().unwrap_or_default();
+        if let Some(slot) = self
+            .active
+            .get(&peer.peer_id)
+            .and_then(|k| self.slots.get(k))
+            && slot.listed_by.as_deref() != lister
+        {
+            self.vouched.insert(peer.peer_id.clone());
+        }
         if peer.peer_id == own
             || self.active.contains_key(&peer.peer_id)
             || self.banned.contains_key(&peer.peer_id)
@@ -622,6 +634,7 @@ impl Swarm {
         }
         if let (Some(lister), WorkerEnd::Failed { .. }) = (&slot.listed_by, &end)
             && !slot.delivered.load(Ordering::Relaxed)
+            && !self.vouched.contains(&slot.peer_id)
         {
             let lister = lister.clone();
             Box::pin(self.junk(&lister)).await;

@@ -256,7 +256,7 @@ impl Worker {
                 .write_at(shared.manifest.chunk_offset(index), chunk.data)
                 .await
                 .map_err(WorkerEnd::Fatal)?;
-            let newly = shared.picker().received(index);
+            let newly = shared.picker().received_from(self.key, index);
             self.delivered.store(true, Ordering::Relaxed);
             if newly {
                 shared
