@@ -329,18 +329,30 @@ impl Watcher {
     pub async fn run(self) {
         let key = self.key;
         let events = self.events.clone();
-        let end = self.watch().await;
+        let mut attempt = 1;
+        let end = loop {
+            match self.watch().await {
+                Ok(end) => break end,
+                Err(status) if status.code() == Code::Unavailable && attempt < OPEN_ATTEMPTS => {
+                    tracing::debug!(peer = %self.source_peer_id, attempt, %status, "cannot open a holdings stream yet; trying again");
+                    tokio::time::sleep(reopen_after(attempt)).await;
+                    attempt += 1;
+                }
+                Err(status) => break ended(&status),
+            }
+        };
         let _ = events.send((key, WatchEvent::Ended(end))).await;
     }
 
-    async fn watch(&self) -> WatchEnd {
+    /// The stream until it ends, or `Err` when the call did not open.
+    async fn watch(&self) -> Result<WatchEnd, Status> {
         let request = WatchHoldingsRequest {
             file_id: self.file_id.clone(),
             caller: self.caller.clone(),
         };
         let (token, proof) = match self.session.peer_credentials(&self.source_peer_id).await {
             Ok(credentials) => credentials,
-            Err(err) => return WatchEnd::Closed(err.to_string()),
+            Err(err) => return Ok(WatchEnd::Closed(err.to_string())),
         };
         let (token, proof) = (&token, &proof);
         let mut client = self.client.clone();
@@ -350,11 +362,14 @@ impl Watcher {
         )
         .await
         {
-            Err(_) => return WatchEnd::Silent,
-            Ok(Err(status)) => return ended(&status),
+            Err(_) => return Ok(WatchEnd::Silent),
+            Ok(Err(status)) => return Err(status),
             Ok(Ok(response)) => response,
         };
-        let mut stream = response.into_inner();
+        Ok(self.follow(response.into_inner()).await)
+    }
+
+    async fn follow(&self, mut stream: tonic::Streaming<HoldingsUpdate>) -> WatchEnd {
         let mut budget = Budget::new();
         let mut first = true;
         loop {
@@ -382,6 +397,19 @@ impl Watcher {
             first = false;
         }
     }
+}
+
+/// How many times a holdings stream (and a worker's first call) is tried
+/// before a source that never answered is given up: on a saturated link a
+/// SYN or SYN-ACK can be lost three times, and the connect times out after
+/// 5 s.
+pub const OPEN_ATTEMPTS: u32 = 3;
+
+/// The pause before attempt `attempt + 1` to reach a source that has not
+/// answered yet: 0.5 s, then 1 s, each ±25 %.
+pub fn reopen_after(attempt: u32) -> Duration {
+    let base = Duration::from_millis(500) * 2u32.pow(attempt.saturating_sub(1).min(4));
+    base.mul_f64(rand::random::<f64>() * 0.5 + 0.75)
 }
 
 fn ended(status: &Status) -> WatchEnd {

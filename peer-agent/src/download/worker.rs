@@ -97,6 +97,7 @@ impl Worker {
         self.shared.picker().set_chooser(self.key, chooses);
         let mut busy_until: Option<tokio::time::Instant> = None;
         let mut busy_backoff = BUSY_MIN;
+        let mut attempt = 1;
         loop {
             let paused = busy_until.filter(|&t| t > tokio::time::Instant::now());
             while paused.is_none() && in_flight.len() < if chooses { 1 } else { pace.depth } {
@@ -149,6 +150,20 @@ impl Worker {
                     // handed to someone else: our peers will have it soon.
                     let changed = self.shared.work_changed.notified();
                     let _ = tokio::time::timeout(Duration::from_millis(250), changed).await;
+                }
+                Some(Err(WorkerEnd::Failed {
+                    reason: Some(index_pb::ReportReason::Unreachable),
+                    detail,
+                })) if !self.delivered.load(Ordering::Relaxed)
+                    && attempt < super::exchange::OPEN_ATTEMPTS =>
+                {
+                    tracing::debug!(peer = %self.source_peer_id, attempt, %detail, "cannot reach a source yet; trying again");
+                    // Never reached yet: the connection may only have been
+                    // lost on a saturated link. Its chunks were released.
+                    busy_until =
+                        Some(tokio::time::Instant::now() + super::exchange::reopen_after(attempt));
+                    attempt += 1;
+                    self.shared.work_changed.notify_waiters();
                 }
                 Some(Err(WorkerEnd::Refused)) if chooses => {
                     chooses = false;
