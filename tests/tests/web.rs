@@ -180,16 +180,25 @@ async fn row_of(browser: &Client, name: &str) -> String {
     .await
 }
 
+/// Clicks the element `css` selects once it is there. A live update can
+/// replace the element between finding and clicking it (a stale element
+/// reference): then it is found again, within the same bound.
 async fn click(browser: &Client, css: &str) {
-    browser
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css} to click: {e}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let element = browser
+            .wait()
+            .at_most(left)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css} to click: {e}"));
+        match element.click().await {
+            Ok(_) => return,
+            Err(e) if e.is_stale_element_reference() && tokio::time::Instant::now() < deadline => {}
+            Err(e) => panic!("click {css}: {e}"),
+        }
+    }
 }
 
 /// POSTs a form from inside the page (same origin, with its cookie) and
