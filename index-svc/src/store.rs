@@ -186,6 +186,22 @@ fn load_from_row(row: &AnyRow) -> Result<PeerLoad, Error> {
     })
 }
 
+/// A query with a peer's load bound next, in the column order every
+/// statement that writes it lists: `active_uploads, max_uploads,
+/// upload_rate_bps, max_upload_rate_bps, uploaded_bytes_last_60s,
+/// free_disk_bytes` (the reverse of [`load_from_row`]).
+fn bind_load<'q>(query: AnyQuery<'q>, load: &PeerLoad) -> AnyQuery<'q> {
+    query
+        .bind(i64::from(load.active_uploads))
+        .bind(i64::from(load.max_uploads))
+        .bind(to_i64(load.upload_rate_bps))
+        .bind(to_i64(load.max_upload_rate_bps))
+        .bind(to_i64(load.uploaded_bytes_last_60s))
+        .bind(to_i64(load.free_disk_bytes))
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
 /// Stored holdings keep an empty bitfield for complete holders.
 fn holding_columns(holding: &Holding, chunk_count: u32) -> (i64, Vec<u8>, i64) {
     match holding {
@@ -279,20 +295,14 @@ impl Store {
         );
         let mut query = sqlx::query(&sql);
         for peer in peers {
-            let load = &peer.load;
             query = query
                 .bind(PeerId::generate().as_str().to_string())
                 .bind(&peer.user_id)
                 .bind(&peer.username)
                 .bind(&peer.advertise_addr)
                 .bind(&peer.agent_version)
-                .bind(now_ms)
-                .bind(i64::from(load.active_uploads))
-                .bind(i64::from(load.max_uploads))
-                .bind(to_i64(load.upload_rate_bps))
-                .bind(to_i64(load.max_upload_rate_bps))
-                .bind(to_i64(load.uploaded_bytes_last_60s))
-                .bind(to_i64(load.free_disk_bytes));
+                .bind(now_ms);
+            query = bind_load(query, &peer.load);
         }
         let rows = query.fetch_all(&self.pool).await?;
         // RETURNING's order is not promised to follow VALUES: match by key.
@@ -349,16 +359,8 @@ impl Store {
             sql.push_str(") AS v WHERE peers.peer_id = v.column1");
             let mut query = sqlx::query(&sql);
             for renewal in chunk {
-                let load = &renewal.load;
-                query = query
-                    .bind(renewal.peer.as_str())
-                    .bind(renewal.seen_ms)
-                    .bind(i64::from(load.active_uploads))
-                    .bind(i64::from(load.max_uploads))
-                    .bind(to_i64(load.upload_rate_bps))
-                    .bind(to_i64(load.max_upload_rate_bps))
-                    .bind(to_i64(load.uploaded_bytes_last_60s))
-                    .bind(to_i64(load.free_disk_bytes));
+                query = query.bind(renewal.peer.as_str()).bind(renewal.seen_ms);
+                query = bind_load(query, &renewal.load);
             }
             query.execute(&mut *tx).await?;
         }

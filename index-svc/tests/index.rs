@@ -79,14 +79,8 @@ async fn concurrent_registrations_each_get_their_own_peer_id(db: Db) {
 
     let mut as_bob = as_bob;
     let listed: BTreeSet<String> = as_bob
-        .client
-        .list_peers(as_bob.req(pb::ListPeersRequest {
-            include_offline: true,
-        }))
+        .peers(true)
         .await
-        .expect("list peers")
-        .into_inner()
-        .peers
         .into_iter()
         .map(|p| p.peer_id)
         .collect();
@@ -671,15 +665,7 @@ async fn delete_by_non_owner_is_denied_and_admin_may_delete(db: Db) {
             .expect_err("deleted");
         assert_eq!(gone.code(), Code::NotFound);
     }
-    let peers = as_bob
-        .client
-        .list_peers(as_bob.req(pb::ListPeersRequest {
-            include_offline: true,
-        }))
-        .await
-        .expect("list peers")
-        .into_inner()
-        .peers;
+    let peers = as_bob.peers(true).await;
     assert_eq!(peers[0].complete_files, 0, "holdings go with the file");
 }
 
@@ -797,15 +783,7 @@ async fn peers_act_only_for_their_owner_and_keep_their_id(db: Db) {
         let mut as_bob = as_bob.clone();
         let peer = peer.clone();
         async move {
-            let peers = as_bob
-                .client
-                .list_peers(as_bob.req(pb::ListPeersRequest {
-                    include_offline: false,
-                }))
-                .await
-                .expect("list peers")
-                .into_inner()
-                .peers;
+            let peers = as_bob.peers(false).await;
             peers
                 .into_iter()
                 .find(|p| p.peer_id == peer && p.load == Some(idle()))
@@ -927,25 +905,9 @@ async fn lease_expiry_removes_a_source_and_heartbeat_restores_it(db: Db) {
         }
     })
     .await;
-    let peers = index
-        .client
-        .list_peers(index.req(pb::ListPeersRequest {
-            include_offline: true,
-        }))
-        .await
-        .expect("list peers")
-        .into_inner()
-        .peers;
+    let peers = index.peers(true).await;
     assert_eq!(peers[0].state, pb::PeerState::Offline as i32);
-    let online = index
-        .client
-        .list_peers(index.req(pb::ListPeersRequest {
-            include_offline: false,
-        }))
-        .await
-        .expect("list peers")
-        .into_inner()
-        .peers;
+    let online = index.peers(false).await;
     assert!(online.is_empty());
     let listed = index.list("lease", 0, "").await.expect("list").files;
     assert_eq!(

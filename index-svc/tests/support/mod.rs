@@ -314,6 +314,18 @@ impl Index {
             .map(|r| r.into_inner())
     }
 
+    /// The peers ListPeers lists (offline ones too when asked); panics on
+    /// an error.
+    pub async fn peers(&mut self, include_offline: bool) -> Vec<pb::Peer> {
+        let request = self.req(pb::ListPeersRequest { include_offline });
+        self.client
+            .list_peers(request)
+            .await
+            .expect("list peers")
+            .into_inner()
+            .peers
+    }
+
     pub async fn locate(
         &mut self,
         file_id: &str,
