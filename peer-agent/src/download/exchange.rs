@@ -408,8 +408,7 @@ pub const OPEN_ATTEMPTS: u32 = 3;
 /// The pause before attempt `attempt + 1` to reach a source that has not
 /// answered yet: 0.5 s, then 1 s, each ±25 %.
 pub fn reopen_after(attempt: u32) -> Duration {
-    let base = Duration::from_millis(500) * 2u32.pow(attempt.saturating_sub(1).min(4));
-    base.mul_f64(rand::random::<f64>() * 0.5 + 0.75)
+    super::jittered(Duration::from_millis(500) * 2u32.pow(attempt.saturating_sub(1).min(4)))
 }
 
 fn ended(status: &Status) -> WatchEnd {

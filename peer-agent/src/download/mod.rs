@@ -160,6 +160,12 @@ impl DownloadContext {
     }
 }
 
+/// `pause` ±25 %, so sources and downloaders that backed off together do
+/// not all come back at the same moment.
+fn jittered(pause: Duration) -> Duration {
+    pause.mul_f64(rand::random::<f64>() * 0.5 + 0.75)
+}
+
 /// The FetchChunks client for a source's channel: chunk-sized messages.
 fn peer_client(channel: Channel) -> PeerServiceClient<Channel> {
     PeerServiceClient::new(channel)

@@ -69,8 +69,8 @@ impl SeedChoice {
         if n == 0 || lacks.len() as usize != self.sent.len() || held.len() != lacks.len() {
             return Vec::new();
         }
-        for i in 0..lacks.len() {
-            if !lacks.get(i) && self.last[i as usize].is_some() {
+        for i in lacks.missing() {
+            if self.last[i as usize].is_some() {
                 self.spread.set(i);
             }
         }

@@ -140,8 +140,7 @@ impl Worker {
                 }
                 Some(Err(WorkerEnd::Busy)) => {
                     // Its chunks were released; others may serve them.
-                    let jitter = rand::random::<f64>() * 0.5 + 0.75;
-                    busy_until = Some(tokio::time::Instant::now() + busy_backoff.mul_f64(jitter));
+                    busy_until = Some(tokio::time::Instant::now() + super::jittered(busy_backoff));
                     busy_backoff = (busy_backoff * 2).min(BUSY_MAX);
                     self.shared.work_changed.notify_waiters();
                 }
