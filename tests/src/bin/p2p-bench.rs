@@ -221,13 +221,24 @@ fn peak_rss_bytes(pid: u32) -> Option<u64> {
 
 /// CPU time (user + system) a running process has used so far, from /proc.
 fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_time(pid).map(|(user, system)| user + system)
+}
+
+/// CPU time a running process has used so far, from /proc, as (user,
+/// system) seconds. Kept apart because on this VM the system share also
+/// pays the host's fault on every page of memory touched for the first
+/// time in a while (BENCHMARKS.md, Swarm v4), which the user share mostly
+/// does not.
+fn cpu_time(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces): state is the
     // first, utime the 12th, stime the 13th.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / CLOCK_TICKS_PER_SECOND)
+    let ticks = |i: usize| -> Option<f64> {
+        Some(fields.get(i)?.parse::<u64>().ok()? as f64 / CLOCK_TICKS_PER_SECOND)
+    };
+    Some((ticks(11)?, ticks(12)?))
 }
 
 /// USER_HZ: 100 on every Linux architecture we run on (`getconf CLK_TCK`).
@@ -418,6 +429,8 @@ struct AgentRecord {
     chunks_from_partial_sources: u64,
     peak_rss_bytes: u64,
     cpu_s: f64,
+    /// Of `cpu_s`, the user-space share.
+    cpu_user_s: f64,
 }
 
 impl AgentRecord {
@@ -437,6 +450,7 @@ impl AgentRecord {
         let json = json_of(&status).unwrap_or_default();
         let field = |key: &str| find_u64(&json, key).unwrap_or(0);
         let pid = proc.0.id();
+        let (user, system) = cpu_time(pid).unwrap_or_default();
         Ok(Self {
             name: name.to_string(),
             done_s,
@@ -444,7 +458,8 @@ impl AgentRecord {
             bytes_downloaded: field("bytes_downloaded"),
             chunks_from_partial_sources: field("chunks_from_partial_sources"),
             peak_rss_bytes: peak_rss_bytes(pid).unwrap_or(0),
-            cpu_s: cpu_seconds(pid).unwrap_or(0.0),
+            cpu_s: user + system,
+            cpu_user_s: user,
         })
     }
 }
@@ -475,6 +490,8 @@ struct SwarmCase {
     index_loop_rps_per_downloader: Option<f64>,
     /// Agents' CPU seconds (seeder and downloaders) per GiB delivered.
     agents_cpu_s_per_gib: f64,
+    /// Of that, the user-space share.
+    agents_user_s_per_gib: f64,
     /// How the links were used, from the switch's counters.
     links: Option<LinkUse>,
     bt: Option<BtResult>,
@@ -578,6 +595,8 @@ struct BtResult {
     per_host_s: Vec<f64>,
     /// aria2c processes' CPU seconds (seeder and leechers) per GiB delivered.
     cpu_s_per_gib: f64,
+    /// Of that, the user-space share.
+    user_s_per_gib: f64,
 }
 
 /// The index's RPC counters: (every method, LocateSources + UpdateHoldings).
@@ -737,6 +756,7 @@ fn swarm_case(
     let max_agent_rss_bytes = records.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0);
     let gib_delivered = n as f64 * f / f64::from(1u32 << 30);
     let agents_cpu_s_per_gib = records.iter().map(|r| r.cpu_s).sum::<f64>() / gib_delivered;
+    let agents_user_s_per_gib = records.iter().map(|r| r.cpu_user_s).sum::<f64>() / gib_delivered;
     drop(gets);
     drop(agents);
     drop(seed_agent);
@@ -827,6 +847,7 @@ fn swarm_case(
         index_rps_per_downloader,
         index_loop_rps_per_downloader,
         agents_cpu_s_per_gib,
+        agents_user_s_per_gib,
         links,
         bt,
     })
@@ -969,10 +990,10 @@ fn bittorrent_case(
         std::thread::sleep(Duration::from_millis(20));
     }
     let per_host_s: Vec<f64> = leechers.iter().filter_map(|l| l.2).collect();
-    let cpu: f64 = std::iter::once(&seed)
+    let (user, system) = std::iter::once(&seed)
         .chain(leechers.iter().map(|l| &l.0))
-        .filter_map(|p| cpu_seconds(p.0.id()))
-        .sum();
+        .filter_map(|p| cpu_time(p.0.id()))
+        .fold((0.0, 0.0), |(u, s), (pu, ps)| (u + pu, s + ps));
     let want = file_hash(source)?;
     for (_, out, _) in &leechers {
         if file_hash(out)? != want {
@@ -983,7 +1004,8 @@ fn bittorrent_case(
     Ok(BtResult {
         time_s: per_host_s.iter().copied().fold(0.0, f64::max),
         per_host_s,
-        cpu_s_per_gib: cpu / gib,
+        cpu_s_per_gib: (user + system) / gib,
+        user_s_per_gib: user / gib,
     })
 }
 
@@ -1067,6 +1089,7 @@ impl CaseSummary<'_> {
             "index_loop_requests_per_downloader_per_s": self.spread(|c| c.index_loop_rps_per_downloader),
             "cpu_busy_swarm": self.spread(|c| c.cpu_busy_swarm),
             "agents_cpu_s_per_gib": self.spread(|c| Some(c.agents_cpu_s_per_gib)),
+            "agents_user_s_per_gib": self.spread(|c| Some(c.agents_user_s_per_gib)),
             "last_minus_median_downloader_s": self.spread(tail),
             "first_chunk_s": self.spread(|c| c.links.as_ref().map(|l| l.first_chunk_s)),
             "seeder_busy_s": self.spread(|c| c.links.as_ref().map(|l| l.seeder_busy_s)),
@@ -1075,6 +1098,7 @@ impl CaseSummary<'_> {
             "aria2_s": self.spread(|c| c.bt.as_ref().map(|b| b.time_s)),
             "aria2_over_p2p_bound": self.spread(|c| c.bt.as_ref().map(|b| b.time_s / c.p2p_bound_s)),
             "aria2_cpu_s_per_gib": self.spread(|c| c.bt.as_ref().map(|b| b.cpu_s_per_gib)),
+            "aria2_user_s_per_gib": self.spread(|c| c.bt.as_ref().map(|b| b.user_s_per_gib)),
             "http_s": self.spread(|c| c.http_s),
         })
     }
@@ -1114,7 +1138,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
         "n,size_mib,t_s,seeder_sent_mbit_s,downloaders_received_mbit_s_mean,downloaders_received_mbit_s_min\n",
     );
     println!(
-        "{:>3} {:>8} {:>4} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>7} {:>8} {:>9} {:>9} {:>8} {:>8}",
+        "{:>3} {:>8} {:>4} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8} {:>9} {:>9} {:>8} {:>8}",
         "N",
         "F (MiB)",
         "run",
@@ -1125,7 +1149,9 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
         "seeder up",
         "idx rq/s",
         "CPU s/GiB",
+        "user s/GiB",
         "aria2 s/GiB",
+        "aria2 user",
         "tail (s)",
         "CPU",
         "RSS max",
@@ -1143,7 +1169,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                 let tail =
                     t.last().copied().unwrap_or(0.0) - t.get(t.len() / 2).copied().unwrap_or(0.0);
                 println!(
-                    "{:>3} {:>8} {:>4} {:>9.2} {:>9} {:>9} {:>9.3} {:>9.3}F {:>8} {:>9.2} {:>9} {:>9.2} {:>6.0}% {:>5.0}MiB {:>9} {:>9} {:>8} {:>8}",
+                    "{:>3} {:>8} {:>4} {:>9.2} {:>9} {:>9} {:>9.3} {:>9.3}F {:>8} {:>9.2} {:>9.2} {:>9} {:>9} {:>9.2} {:>6.0}% {:>5.0}MiB {:>9} {:>9} {:>8} {:>8}",
                     case.n,
                     size_mib,
                     run + 1,
@@ -1157,9 +1183,13 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                     case.index_rps_per_downloader
                         .map_or("-".into(), |r| format!("{r:.2}")),
                     case.agents_cpu_s_per_gib,
+                    case.agents_user_s_per_gib,
                     case.bt
                         .as_ref()
                         .map_or("-".into(), |b| format!("{:.2}", b.cpu_s_per_gib)),
+                    case.bt
+                        .as_ref()
+                        .map_or("-".into(), |b| format!("{:.2}", b.user_s_per_gib)),
                     tail,
                     case.cpu_busy_swarm.unwrap_or(0.0) * 100.0,
                     case.max_agent_rss_bytes as f64 / 1048576.0,
@@ -1193,9 +1223,9 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
     }
     println!("\nmedian (range) of {} run(s):", plan.runs);
     println!(
-        "| N | F | ours (s) | ours / bound | seeder upload (F) | index req / downloader / s | agents CPU s / GiB | last - median (s) | aria2 (s) | aria2 / bound | aria2 CPU s / GiB |"
+        "| N | F | ours (s) | ours / bound | seeder upload (F) | index req / downloader / s | agents CPU s / GiB | agents user s / GiB | last - median (s) | aria2 (s) | aria2 / bound | aria2 CPU s / GiB | aria2 user s / GiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in &summaries {
         let c = s.runs[0];
         let tail = |c: &SwarmCase| {
@@ -1204,7 +1234,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
             Some(t.last()? - t.get(t.len() / 2)?)
         };
         println!(
-            "| {} | {} MiB | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} MiB | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.n,
             c.size_bytes >> 20,
             Spread::show(s.spread(|c| Some(c.ours_s)), 2),
@@ -1212,6 +1242,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
             Spread::show(s.spread(|c| Some(c.seeder_upload_multiple)), 3),
             Spread::show(s.spread(|c| c.index_rps_per_downloader), 2),
             Spread::show(s.spread(|c| Some(c.agents_cpu_s_per_gib)), 1),
+            Spread::show(s.spread(|c| Some(c.agents_user_s_per_gib)), 1),
             Spread::show(s.spread(tail), 2),
             Spread::show(s.spread(|c| c.bt.as_ref().map(|b| b.time_s)), 2),
             Spread::show(
@@ -1219,6 +1250,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                 2
             ),
             Spread::show(s.spread(|c| c.bt.as_ref().map(|b| b.cpu_s_per_gib)), 1),
+            Spread::show(s.spread(|c| c.bt.as_ref().map(|b| b.user_s_per_gib)), 1),
         );
     }
     let runs: Vec<serde_json::Value> = cases
@@ -1237,6 +1269,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                 "index_loop_requests_per_downloader_per_s": c.index_loop_rps_per_downloader,
                 "agents_cpu_s": c.agents.iter().map(|a| a.cpu_s).sum::<f64>(),
                 "agents_cpu_s_per_gib": c.agents_cpu_s_per_gib,
+                "agents_user_s_per_gib": c.agents_user_s_per_gib,
                 "aria2": c.bt,
                 "max_agent_peak_rss_bytes": c.max_agent_rss_bytes,
                 "per_host_s": c.per_host_s, "agents": c.agents,
@@ -1250,12 +1283,12 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
         serde_json::to_string_pretty(&serde_json::json!({"summary": summary, "runs": runs}))?,
     )?;
     let mut csv = String::from(
-        "n,size_mib,rate_mbit,ours_s,aria2_s,http_s,p2p_bound_s,client_server_bound_s,ours_over_p2p_bound,seeder_uploaded_multiple_of_f,all_uploaded_over_n_f,index_requests_per_downloader_per_s,agents_cpu_s_per_gib,aria2_cpu_s_per_gib,cpu_busy_swarm,cpu_busy_http,max_agent_peak_rss_mib\n",
+        "n,size_mib,rate_mbit,ours_s,aria2_s,http_s,p2p_bound_s,client_server_bound_s,ours_over_p2p_bound,seeder_uploaded_multiple_of_f,all_uploaded_over_n_f,index_requests_per_downloader_per_s,agents_cpu_s_per_gib,agents_user_s_per_gib,aria2_cpu_s_per_gib,aria2_user_s_per_gib,cpu_busy_swarm,cpu_busy_http,max_agent_peak_rss_mib\n",
     );
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
     for c in &cases {
         csv += &format!(
-            "{},{},{},{:.3},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{:.3},{},{},{},{:.1}\n",
+            "{},{},{},{:.3},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{},{},{},{:.1}\n",
             c.n,
             c.size_bytes >> 20,
             rate_mbit,
@@ -1269,7 +1302,9 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
             c.upload_over_needed,
             opt(c.index_rps_per_downloader),
             c.agents_cpu_s_per_gib,
+            c.agents_user_s_per_gib,
             opt(c.bt.as_ref().map(|b| b.cpu_s_per_gib)),
+            opt(c.bt.as_ref().map(|b| b.user_s_per_gib)),
             opt(c.cpu_busy_swarm),
             opt(c.cpu_busy_http),
             c.max_agent_rss_bytes as f64 / 1048576.0,
