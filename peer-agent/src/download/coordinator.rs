@@ -40,6 +40,11 @@ use crate::stats::RATE_WINDOW_SECS;
 const RELOCATE_EVERY: Duration = Duration::from_secs(8);
 /// Locating again after running out of sources, at first.
 const RELOCATE_SOON: Duration = Duration::from_millis(300);
+/// Over plaintext, where only the index vouches for a peer's address, a
+/// peer a source listed but the index has not named makes the next
+/// locate come this soon after the last one (doubling each time, up to
+/// [`RELOCATE_EVERY`], so a lister of junk cannot make us poll the index).
+const CONFIRM_HINTS_AFTER: Duration = Duration::from_secs(1);
 /// Give up when, for this long, no chunk arrived and no source that has
 /// not failed this download was there to try.
 pub const NO_SOURCE_GIVE_UP: Duration = Duration::from_secs(60);
@@ -107,6 +112,9 @@ pub(super) struct Swarm {
     /// Where the index said each peer answers (over plaintext, the only
     /// vouching there is).
     index_addresses: HashMap<String, String>,
+    /// Over plaintext: a source listed a peer the index has not named
+    /// (yet), so ask the index again soon ([`CONFIRM_HINTS_AFTER`]).
+    unconfirmed_hints: bool,
     /// The index's answer the download started with, used instead of
     /// asking again at the start.
     located: Option<index_pb::LocateSourcesResponse>,
@@ -199,6 +207,7 @@ impl Swarm {
             junk: HashMap::new(),
             vouched: HashSet::new(),
             index_addresses: HashMap::new(),
+            unconfirmed_hints: false,
             located,
         }
     }
@@ -236,6 +245,8 @@ impl Swarm {
     ) -> Result<(), Error> {
         let mut next_locate = tokio::time::Instant::now();
         let mut relocate_delay = RELOCATE_SOON;
+        let mut last_locate = next_locate;
+        let mut confirm_gap = CONFIRM_HINTS_AFTER;
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watchers = self.shared.holding.subscribe_peers();
@@ -243,6 +254,9 @@ impl Swarm {
             if self.shared.is_complete() {
                 // Announced as complete once the file is whole and renamed.
                 return Ok(());
+            }
+            if std::mem::take(&mut self.unconfirmed_hints) {
+                next_locate = next_locate.min(last_locate + confirm_gap);
             }
             tokio::select! {
                 () = cancel.cancelled() => {
@@ -267,7 +281,11 @@ impl Swarm {
                     }
                 }
                 () = tokio::time::sleep_until(next_locate) => {
+                    if next_locate == last_locate + confirm_gap {
+                        confirm_gap = (confirm_gap * 2).min(RELOCATE_EVERY);
+                    }
                     self.locate().await;
+                    last_locate = tokio::time::Instant::now();
                     self.check_give_up().await?;
                     if self.active.is_empty() {
                         next_locate = tokio::time::Instant::now() + relocate_delay;
@@ -303,10 +321,17 @@ impl Swarm {
     }
 
     /// Announces the bitfield when it grew, at most every [`ANNOUNCE_EVERY`].
+    /// Over plaintext the first chunk is announced at once: there, peers
+    /// can use us only once the index names us (see `consider_peer`).
     async fn maybe_announce(&mut self) {
         let count = self.shared.picker().have().count();
         let (at, announced) = self.last_announced;
-        if count != announced && at.elapsed() >= ANNOUNCE_EVERY {
+        let first_over_plaintext = announced == 0
+            && matches!(
+                self.shared.ctx.session.config().peer_tls,
+                ClientTls::Plaintext
+            );
+        if count != announced && (first_over_plaintext || at.elapsed() >= ANNOUNCE_EVERY) {
             self.announce().await;
         }
     }
@@ -570,7 +595,8 @@ impl Swarm {
             && self.index_addresses.get(&peer.peer_id) != Some(&peer.address)
         {
             // Without TLS no certificate vouches for the address: only the
-            // index's word does.
+            // index's word does, so ask it soon.
+            self.unconfirmed_hints = true;
             return;
         }
         if self.hinted.len() >= MAX_HINTED_PEERS && !self.hinted.contains(&peer.peer_id) {
