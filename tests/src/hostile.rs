@@ -46,11 +46,19 @@ pub enum Misbehaviour {
     /// Registered at the index with chunk 0 only, which it serves; claims
     /// every chunk on its holdings stream and answers NOT_FOUND for the rest.
     FalseClaims,
-    /// Genuine chunks, but holdings updates as fast as the stream takes them.
+    /// Genuine chunks, but holdings updates at [`FLOOD_UPDATES_PER_SEC`],
+    /// 400 times what a downloader accepts.
     FloodUpdates,
     /// Genuine chunks, and every update lists junk peer addresses.
     JunkPeers,
 }
+
+/// How fast a [`Misbehaviour::FloodUpdates`] peer sends (in bursts of 100).
+/// Fixed rather than as fast as the stream takes them, so that how many
+/// it got out before the hang-up measures how long the downloader took to
+/// hang up, not how fast this machine runs the flooder: on a loaded
+/// machine an unpaced flood got 8–115 k updates out in the same time.
+pub const FLOOD_UPDATES_PER_SEC: u64 = 10_000;
 
 /// Addresses no agent may dial because a peer said so.
 pub const JUNK_ADDRESSES: [&str; 8] = [
@@ -242,6 +250,12 @@ impl PeerService for HostileService {
                     Misbehaviour::FloodUpdates => {
                         if n > 0 {
                             update.have = vec![0];
+                        }
+                        if n > 0 && n % 100 == 0 {
+                            tokio::time::sleep(Duration::from_millis(
+                                100_000 / FLOOD_UPDATES_PER_SEC,
+                            ))
+                            .await;
                         }
                     }
                     Misbehaviour::JunkPeers => {

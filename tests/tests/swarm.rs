@@ -186,6 +186,47 @@ async fn downloads_finish_when_the_index_dies_after_every_downloader_started() {
     }
 }
 
+/// Over a plaintext data path only the index vouches for a listed peer's
+/// address, so downloaders find each other through it: they must do so
+/// early, or they take from the seeder what a peer already has.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_plaintext_a_limited_seeder_still_uploads_about_one_copy() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let size = 32 * 1024 * 1024;
+    let plaintext = || AgentOptions {
+        env: vec![("P2P_PEER_INSECURE_PLAINTEXT".into(), "true".into())],
+        ..AgentOptions::default()
+    };
+    let seeder = cluster
+        .add_user_agent("seeder", plaintext().max_upload_rate("16MiB"))
+        .await;
+    let mut downloaders = Vec::new();
+    for i in 0..4 {
+        downloaders.push(
+            cluster
+                .add_user_agent(&format!("leech{i}"), plaintext())
+                .await,
+        );
+    }
+    let original = random_file(&cluster.scratch_dir("input"), size, 9);
+    let id = seeder.share(&original).await;
+
+    for got in get_all(&cluster, &downloaders, &id).await {
+        assert_same_content(&original, &got);
+    }
+    let uploaded = seeder
+        .status()
+        .await
+        .counters
+        .unwrap_or_default()
+        .bytes_uploaded;
+    let copies = uploaded as f64 / size as f64;
+    assert!(
+        copies <= 1.10,
+        "the seeder uploaded {uploaded} bytes, {copies:.3} copies of the file; at most 1.10"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_limited_seeder_uploads_about_one_copy_to_four_downloaders() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
