@@ -16,6 +16,10 @@ use crate::error::Error;
 use crate::integrity::{Fingerprint, Problem, compare};
 use crate::store::{Kind, LocalFile, Store};
 
+/// How long a failed read of a partial waits for a finishing download to
+/// point its holding at the renamed file (see [`Holding::read_chunk`]).
+pub const MOVE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One file the agent holds, complete or not.
 #[derive(Debug)]
 pub struct Holding {
@@ -92,6 +96,51 @@ impl Holding {
     pub fn chunk_source(&self, index: u32) -> Option<PathBuf> {
         let state = self.lock();
         (state.problem.is_none() && state.bitfield.get(index)).then(|| state.path.clone())
+    }
+
+    /// Reads chunk `index` from wherever the file is now; `Ok(None)` when
+    /// it is not held. A download that finishes renames its `.part` file
+    /// into place and only then points the holding at it
+    /// ([`Holdings::finish_download`]), so a read of a partial that fails
+    /// waits up to [`MOVE_GRACE`] for the holding to move and reads again
+    /// there. Without that, every source finishing its own download failed
+    /// the chunks it was serving in that moment, and its downloaders
+    /// dropped it just when the endgame needed it.
+    pub async fn read_chunk(&self, index: u32) -> Result<Option<bytes::Bytes>, Error> {
+        let Some(len) = self.manifest.chunk_len(index) else {
+            return Ok(None);
+        };
+        let offset = self.manifest.chunk_offset(index);
+        let mut changes = self.subscribe();
+        let (path, partial) = {
+            let state = self.lock();
+            if state.problem.is_some() || !state.bitfield.get(index) {
+                return Ok(None);
+            }
+            (state.path.clone(), state.kind == Kind::Partial)
+        };
+        let err = match crate::disk::read_chunk(path.clone(), offset, len).await {
+            Ok(data) => return Ok(Some(data)),
+            Err(err) if partial => err,
+            Err(err) => return Err(err),
+        };
+        let moved = tokio::time::timeout(MOVE_GRACE, async {
+            loop {
+                match self.chunk_source(index) {
+                    Some(now) if now != path => return Some(now),
+                    Some(_) => {}
+                    None => return None,
+                }
+                changes.changed().await.ok()?;
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        match moved {
+            Some(now) => crate::disk::read_chunk(now, offset, len).await.map(Some),
+            None => Err(err),
+        }
     }
 
     /// What is wrong with the file on disk, in the user's words.
@@ -449,5 +498,71 @@ fn holding_of(file: LocalFile) -> Holding {
         peers: Mutex::new(PeerBook::default()),
         peer_changes: watch::Sender::new(0),
         saved: Mutex::new((None, false)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A partial holding of the file `bytes`, chunk 0 verified, its `.part`
+    /// file in `dir`.
+    async fn partial(dir: &Path, bytes: &[u8]) -> (Holdings, Arc<Holding>, PathBuf, PathBuf) {
+        let source = dir.join("source.bin");
+        std::fs::write(&source, bytes).unwrap();
+        let manifest = crate::disk::hash_into_manifest(
+            source.clone(),
+            "f.bin".into(),
+            "application/octet-stream".into(),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap();
+        let holdings = Holdings::load(Store::open(dir).await.unwrap())
+            .await
+            .unwrap();
+        let (part, dest) = (dir.join("f.part"), dir.join("f.bin"));
+        std::fs::copy(&source, &part).unwrap();
+        let holding = holdings
+            .start_partial(manifest, &part, &dest)
+            .await
+            .unwrap();
+        holdings.mark_verified(&holding, 0).await.unwrap();
+        (holdings, holding, part, dest)
+    }
+
+    #[tokio::test]
+    async fn a_read_racing_a_finishing_download_reads_the_renamed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (holdings, holding, part, dest) = partial(dir.path(), &bytes).await;
+        // The download has renamed its .part file but not yet moved the
+        // holding: a read now finds no file at the path it was given.
+        std::fs::rename(&part, &dest).unwrap();
+        let finish = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            holdings.finish_download(&holding, &dest).await.unwrap();
+        };
+        let (read, ()) = tokio::join!(holding.read_chunk(0), finish);
+        let len = holding.manifest.chunk_len(0).unwrap() as usize;
+        assert_eq!(&read.unwrap().unwrap()[..], &bytes[..len]);
+    }
+
+    #[tokio::test]
+    async fn a_partial_whose_file_is_gone_fails_with_the_real_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = vec![7u8; 1_000_000];
+        let (_holdings, holding, part, _dest) = partial(dir.path(), &bytes).await;
+        std::fs::remove_file(&part).unwrap();
+        let err = holding.read_chunk(0).await.unwrap_err().to_string();
+        assert!(err.contains("f.part"), "{err}");
+        assert!(
+            holding.read_chunk(1).await.unwrap().is_none(),
+            "chunk 1 was never verified"
+        );
     }
 }

@@ -372,20 +372,23 @@ impl<T> Stream for OwnedStream<T> {
 
 async fn next_chunk(state: &StreamState, index: u32) -> Result<Chunk, Status> {
     let holding = &state.holding;
-    let (Some(path), Some(len)) = (
+    let not_held = || {
+        Status::not_found(format!(
+            "this agent no longer holds chunk {index} of file {}",
+            holding.file_id
+        ))
+    };
+    let (Some(_), Some(len)) = (
         holding.chunk_source(index),
         holding.manifest.chunk_len(index),
     ) else {
-        return Err(Status::not_found(format!(
-            "this agent no longer holds chunk {index} of file {}",
-            holding.file_id
-        )));
+        return Err(not_held());
     };
     state.uploads.bucket.take(u64::from(len)).await;
-    let data = match crate::disk::read_chunk(path, holding.manifest.chunk_offset(index), len).await
-    {
-        Ok(data) if state.uploads.holdings.verify(holding) => data,
-        Ok(_) => return Err(gone(holding)),
+    let data = match holding.read_chunk(index).await {
+        Ok(Some(data)) if state.uploads.holdings.verify(holding) => data,
+        Ok(Some(_)) => return Err(gone(holding)),
+        Ok(None) => return Err(not_held()),
         Err(e) => {
             tracing::warn!(file = %holding.file_id, index, error = %e, "cannot read a chunk to serve");
             state.uploads.holdings.verify(holding);
