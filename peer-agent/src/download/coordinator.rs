@@ -247,6 +247,8 @@ impl Swarm {
         let mut relocate_delay = RELOCATE_SOON;
         let mut last_locate = next_locate;
         let mut confirm_gap = CONFIRM_HINTS_AFTER;
+        // Whether the next locate was brought forward to confirm hints.
+        let mut confirming = false;
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watchers = self.shared.holding.subscribe_peers();
@@ -255,8 +257,11 @@ impl Swarm {
                 // Announced as complete once the file is whole and renamed.
                 return Ok(());
             }
-            if std::mem::take(&mut self.unconfirmed_hints) {
-                next_locate = next_locate.min(last_locate + confirm_gap);
+            if std::mem::take(&mut self.unconfirmed_hints)
+                && last_locate + confirm_gap < next_locate
+            {
+                next_locate = last_locate + confirm_gap;
+                confirming = true;
             }
             tokio::select! {
                 () = cancel.cancelled() => {
@@ -281,7 +286,7 @@ impl Swarm {
                     }
                 }
                 () = tokio::time::sleep_until(next_locate) => {
-                    if next_locate == last_locate + confirm_gap {
+                    if std::mem::take(&mut confirming) {
                         confirm_gap = (confirm_gap * 2).min(RELOCATE_EVERY);
                     }
                     self.locate().await;
@@ -320,17 +325,22 @@ impl Swarm {
         });
     }
 
+    /// Whether the data path runs without TLS, where only the index vouches
+    /// for a peer's address.
+    fn plaintext(&self) -> bool {
+        matches!(
+            self.shared.ctx.session.config().peer_tls,
+            ClientTls::Plaintext
+        )
+    }
+
     /// Announces the bitfield when it grew, at most every [`ANNOUNCE_EVERY`].
     /// Over plaintext the first chunk is announced at once: there, peers
     /// can use us only once the index names us (see `consider_peer`).
     async fn maybe_announce(&mut self) {
         let count = self.shared.picker().have().count();
         let (at, announced) = self.last_announced;
-        let first_over_plaintext = announced == 0
-            && matches!(
-                self.shared.ctx.session.config().peer_tls,
-                ClientTls::Plaintext
-            );
+        let first_over_plaintext = announced == 0 && self.plaintext();
         if count != announced && (first_over_plaintext || at.elapsed() >= ANNOUNCE_EVERY) {
             self.announce().await;
         }
@@ -591,9 +601,7 @@ impl Swarm {
         {
             return;
         }
-        if matches!(ctx.session.config().peer_tls, ClientTls::Plaintext)
-            && self.index_addresses.get(&peer.peer_id) != Some(&peer.address)
-        {
+        if self.plaintext() && self.index_addresses.get(&peer.peer_id) != Some(&peer.address) {
             // Without TLS no certificate vouches for the address: only the
             // index's word does, so ask it soon.
             self.unconfirmed_hints = true;
