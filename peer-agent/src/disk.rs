@@ -163,6 +163,19 @@ impl PartFile {
         .await
     }
 
+    /// Makes every chunk written so far durable (`fdatasync`), so the
+    /// chunks recorded as verified after it survive a crash, and the final
+    /// flush of a finished download has only the last moments' writes left.
+    pub async fn sync_data(&self) -> Result<(), Error> {
+        let this = self.clone();
+        blocking(move || {
+            this.file
+                .sync_data()
+                .map_err(|e| Error::io(format!("cannot flush {}", this.path.display()), e))
+        })
+        .await
+    }
+
     /// The part file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use p2p_services::manifest::{Bitfield, FileId, Manifest};
 use tokio::sync::{Notify, watch};
 
+use crate::disk::PartFile;
 use crate::error::Error;
 use crate::integrity::{Fingerprint, Problem, compare};
 use crate::store::{Kind, LocalFile, Store};
@@ -40,10 +41,11 @@ pub struct Holding {
     saved: Mutex<(Option<std::time::Instant>, bool)>,
 }
 
-/// Verified chunks are written to the store at most this often per file
-/// while downloading (and on [`Holdings::flush`]): a crash costs at most
-/// this much refetching, and a download does not write its whole bitfield
-/// once per chunk.
+/// Verified chunks are written to the store, after their data is synced to
+/// disk, at most this often per file while downloading (and when the
+/// download stops): a crash costs at most this much refetching, a download
+/// does not write its whole bitfield once per chunk, and its final flush
+/// finds at most this long's writes still to sync.
 pub const SAVE_VERIFIED_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A peer that holds (some of) a file, as this agent knows it: from the
@@ -158,6 +160,13 @@ impl Holding {
     /// Notes that the index was told we no longer hold this file.
     pub fn mark_withdrawn(&self) {
         self.lock().withdrawn = true;
+    }
+
+    /// Whether verified chunks wait to be written to the store and the
+    /// last write is [`SAVE_VERIFIED_EVERY`] old.
+    pub fn save_due(&self) -> bool {
+        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        saved.1 && saved.0.is_none_or(|at| at.elapsed() >= SAVE_VERIFIED_EVERY)
     }
 
     /// Whether every chunk is held.
@@ -369,45 +378,26 @@ impl Holdings {
 
     /// Marks a verified chunk (already written): it is served and streamed
     /// to watchers at once, and persisted (so a restarted agent does not
-    /// fetch it again) at most every [`SAVE_VERIFIED_EVERY`]; the download
-    /// calls [`Holdings::flush`] on its timer and when it stops.
-    pub async fn mark_verified(&self, holding: &Holding, index: u32) -> Result<(), Error> {
+    /// fetch it again) by the download's [`Holdings::flush`], on its timer
+    /// when [`Holding::save_due`] and when it stops.
+    pub fn mark_verified(&self, holding: &Holding, index: u32) {
         {
             let mut state = holding.lock();
             if state.bitfield.get(index) {
-                return Ok(());
+                return;
             }
             state.bitfield.set(index);
         }
         holding.changed();
-        let due = {
-            let mut saved = holding.saved.lock().unwrap_or_else(|e| e.into_inner());
-            saved.1 = true;
-            saved.0.is_none_or(|at| at.elapsed() >= SAVE_VERIFIED_EVERY)
-        };
-        if due {
-            self.flush(holding).await
-        } else {
-            Ok(())
-        }
+        holding.saved.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
     }
 
-    /// [`Holdings::flush`] when the last write is [`SAVE_VERIFIED_EVERY`]
-    /// old (for a download's timer).
-    pub async fn flush_due(&self, holding: &Holding) -> Result<(), Error> {
-        let due = {
-            let saved = holding.saved.lock().unwrap_or_else(|e| e.into_inner());
-            saved.1 && saved.0.is_none_or(|at| at.elapsed() >= SAVE_VERIFIED_EVERY)
-        };
-        if due {
-            self.flush(holding).await
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Writes verified chunks not yet in the store.
-    pub async fn flush(&self, holding: &Holding) -> Result<(), Error> {
+    /// Writes verified chunks not yet in the store, once their data in
+    /// `part` is durable: the chunks recorded are those verified before the
+    /// sync began, so the store never lists a chunk that a crash could
+    /// still lose (a resume would trust it, and only the whole-file check
+    /// at the end would find the hole, and discard the download).
+    pub async fn flush(&self, holding: &Holding, part: &PartFile) -> Result<(), Error> {
         {
             let mut saved = holding.saved.lock().unwrap_or_else(|e| e.into_inner());
             if !saved.1 {
@@ -416,6 +406,7 @@ impl Holdings {
             *saved = (Some(std::time::Instant::now()), false);
         }
         let bitfield = holding.lock().bitfield.clone();
+        part.sync_data().await?;
         self.store
             .save_verified_chunks(&holding.file_id, &bitfield)
             .await
@@ -531,7 +522,7 @@ mod tests {
             .start_partial(manifest, &part, &dest)
             .await
             .unwrap();
-        holdings.mark_verified(&holding, 0).await.unwrap();
+        holdings.mark_verified(&holding, 0);
         (holdings, holding, part, dest)
     }
 
@@ -563,6 +554,44 @@ mod tests {
         assert!(
             holding.read_chunk(1).await.unwrap().is_none(),
             "chunk 1 was never verified"
+        );
+    }
+
+    #[tokio::test]
+    async fn verified_chunks_reach_the_store_by_a_flush_that_syncs_the_part_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = vec![9u8; 1_000_000];
+        let (holdings, holding, part_path, _dest) = partial(dir.path(), &bytes).await;
+        let size = holding.manifest.size_bytes;
+        let (part, existed) = PartFile::open(part_path, size).await.unwrap();
+        assert!(existed);
+        assert!(holding.save_due(), "a verified chunk waits to be saved");
+        holdings.flush(&holding, &part).await.unwrap();
+        assert!(!holding.save_due(), "nothing left to save");
+        holdings.mark_verified(&holding, 1);
+        assert!(
+            !holding.save_due(),
+            "the next save waits {SAVE_VERIFIED_EVERY:?} after the last"
+        );
+        let reloaded = Holdings::load(Store::open(dir.path()).await.unwrap())
+            .await
+            .unwrap();
+        let saved = reloaded.get(&holding.file_id).unwrap().snapshot().bitfield;
+        assert!(
+            saved.get(0) && !saved.get(1),
+            "only the flushed chunk is on record"
+        );
+        holdings.flush(&holding, &part).await.unwrap();
+        let reloaded = Holdings::load(Store::open(dir.path()).await.unwrap())
+            .await
+            .unwrap();
+        assert!(
+            reloaded
+                .get(&holding.file_id)
+                .unwrap()
+                .snapshot()
+                .bitfield
+                .get(1)
         );
     }
 }

@@ -234,7 +234,11 @@ impl Swarm {
     ) -> Result<(), Error> {
         let result = self.run_sources(progress, cancel).await;
         let shared = &self.shared;
-        let flushed = shared.ctx.holdings.flush(&shared.holding).await;
+        let flushed = shared
+            .ctx
+            .holdings
+            .flush(&shared.holding, &shared.part)
+            .await;
         result.and(flushed)
     }
 
@@ -302,7 +306,10 @@ impl Swarm {
                 }
                 _ = tick.tick() => {
                     self.publish(progress);
-                    self.shared.ctx.holdings.flush_due(&self.shared.holding).await?;
+                    if self.shared.holding.save_due() {
+                        let shared = &self.shared;
+                        shared.ctx.holdings.flush(&shared.holding, &shared.part).await?;
+                    }
                     self.maybe_announce().await;
                     self.check_give_up().await?;
                 }

@@ -273,12 +273,7 @@ impl Worker {
             let newly = shared.picker().received_from(self.key, index);
             self.delivered.store(true, Ordering::Relaxed);
             if newly {
-                shared
-                    .ctx
-                    .holdings
-                    .mark_verified(&shared.holding, index)
-                    .await
-                    .map_err(WorkerEnd::Fatal)?;
+                shared.ctx.holdings.mark_verified(&shared.holding, index);
                 shared.have_bytes.fetch_add(len, Ordering::Relaxed);
                 shared.meter.record(len);
                 shared.ctx.stats.chunk_downloaded(len, !self.complete);
