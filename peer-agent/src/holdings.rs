@@ -93,6 +93,19 @@ impl Holding {
         self.lock().clone()
     }
 
+    /// The verified chunks (without copying the rest of the state, as
+    /// [`Holding::snapshot`] does).
+    pub fn bitfield(&self) -> Bitfield {
+        self.lock().bitfield.clone()
+    }
+
+    /// Whether chunk `index` is held: the check of [`Holding::chunk_source`]
+    /// without copying the path, for every chunk a source serves.
+    pub fn holds(&self, index: u32) -> bool {
+        let state = self.lock();
+        state.problem.is_none() && state.bitfield.get(index)
+    }
+
     /// Whether chunk `index` is held and where the file is. Nothing is
     /// held of a file that changed on disk.
     pub fn chunk_source(&self, index: u32) -> Option<PathBuf> {

@@ -90,7 +90,7 @@ impl Uploads {
     /// Chooses up to `n` of the chunks a caller lacks for it (see
     /// [`SeedChoice`]).
     fn choose(&self, holding: &Holding, lacks: &Bitfield, n: usize) -> Vec<u32> {
-        let held = holding.snapshot().bitfield;
+        let held = holding.bitfield();
         let mut seeding = self.seeding();
         seeding
             .entry(holding.file_id.clone())
@@ -260,7 +260,7 @@ impl PeerService for ChunkServer {
                 )));
             }
             let indexes = self.uploads.choose(&holding, &lacks, n as usize);
-            let held = holding.snapshot().bitfield;
+            let held = holding.bitfield();
             if indexes.is_empty() && !lacks.held().any(|i| held.get(i)) {
                 return Err(Status::not_found(format!(
                     "this agent holds none of the chunks asked for of file {file_id}"
@@ -277,7 +277,7 @@ impl PeerService for ChunkServer {
                 _ => Status::invalid_argument(e.to_string()),
             })?
         };
-        if let Some(missing) = indexes.iter().find(|&&i| holding.chunk_source(i).is_none()) {
+        if let Some(missing) = indexes.iter().find(|&&i| !holding.holds(i)) {
             return Err(Status::not_found(format!(
                 "this agent does not hold chunk {missing} of file {file_id}"
             )));
@@ -378,10 +378,11 @@ async fn next_chunk(state: &StreamState, index: u32) -> Result<Chunk, Status> {
             holding.file_id
         ))
     };
-    let (Some(_), Some(len)) = (
-        holding.chunk_source(index),
-        holding.manifest.chunk_len(index),
-    ) else {
+    let Some(len) = holding
+        .manifest
+        .chunk_len(index)
+        .filter(|_| holding.holds(index))
+    else {
         return Err(not_held());
     };
     state.uploads.bucket.take(u64::from(len)).await;

@@ -144,7 +144,7 @@ pub async fn serve_updates(
     let mut changes = holding.subscribe();
     let mut peer_changes = holding.subscribe_peers();
     peer_changes.mark_unchanged();
-    let mut sent = holding.snapshot().bitfield;
+    let mut sent = holding.bitfield();
     let (peers_version, peers) = holding.known_peers(watcher.as_deref(), MAX_PEERS_PER_UPDATE);
     let mut peers_sent = (peers_version, Instant::now());
     let mut peers_listed = hints(peers);
@@ -200,7 +200,7 @@ pub async fn serve_updates(
             .await;
             return;
         }
-        let now = holding.snapshot().bitfield;
+        let now = holding.bitfield();
         if sent.held().any(|i| !now.get(i)) {
             let _ = send(Err(Status::aborted(
                 "this agent dropped chunks it had verified; watch again",

@@ -374,7 +374,7 @@ async fn run_download(
         tracing::warn!(file = %file_id, "partial file vanished; starting over");
         ctx.holdings.reset_partial(&holding).await?;
     }
-    let have = holding.snapshot().bitfield;
+    let have = holding.bitfield();
     let resumed_chunks = have.count();
     let have_bytes = held_bytes(&manifest, &have);
     progress.send_modify(|p| {
