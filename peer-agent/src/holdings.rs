@@ -87,6 +87,14 @@ pub struct HoldingState {
     pub withdrawn: bool,
 }
 
+impl HoldingState {
+    /// Whether chunk `index` is verified here. Nothing is held of a file
+    /// that changed on disk.
+    fn holds(&self, index: u32) -> bool {
+        self.problem.is_none() && self.bitfield.get(index)
+    }
+}
+
 impl Holding {
     /// A copy of the current state.
     pub fn snapshot(&self) -> HoldingState {
@@ -99,18 +107,16 @@ impl Holding {
         self.lock().bitfield.clone()
     }
 
-    /// Whether chunk `index` is held: the check of [`Holding::chunk_source`]
-    /// without copying the path, for every chunk a source serves.
+    /// Whether chunk `index` is held, without copying the path as
+    /// [`Holding::chunk_source`] does, for every chunk a source serves.
     pub fn holds(&self, index: u32) -> bool {
-        let state = self.lock();
-        state.problem.is_none() && state.bitfield.get(index)
+        self.lock().holds(index)
     }
 
-    /// Whether chunk `index` is held and where the file is. Nothing is
-    /// held of a file that changed on disk.
+    /// Whether chunk `index` is held and where the file is.
     pub fn chunk_source(&self, index: u32) -> Option<PathBuf> {
         let state = self.lock();
-        (state.problem.is_none() && state.bitfield.get(index)).then(|| state.path.clone())
+        state.holds(index).then(|| state.path.clone())
     }
 
     /// Reads chunk `index` from wherever the file is now; `Ok(None)` when
@@ -589,7 +595,7 @@ mod tests {
         let reloaded = Holdings::load(Store::open(dir.path()).await.unwrap())
             .await
             .unwrap();
-        let saved = reloaded.get(&holding.file_id).unwrap().snapshot().bitfield;
+        let saved = reloaded.get(&holding.file_id).unwrap().bitfield();
         assert!(
             saved.get(0) && !saved.get(1),
             "only the flushed chunk is on record"
@@ -598,13 +604,6 @@ mod tests {
         let reloaded = Holdings::load(Store::open(dir.path()).await.unwrap())
             .await
             .unwrap();
-        assert!(
-            reloaded
-                .get(&holding.file_id)
-                .unwrap()
-                .snapshot()
-                .bitfield
-                .get(1)
-        );
+        assert!(reloaded.get(&holding.file_id).unwrap().bitfield().get(1));
     }
 }

@@ -260,8 +260,7 @@ impl PeerService for ChunkServer {
                 )));
             }
             let indexes = self.uploads.choose(&holding, &lacks, n as usize);
-            let held = holding.bitfield();
-            if indexes.is_empty() && !lacks.held().any(|i| held.get(i)) {
+            if indexes.is_empty() && !lacks.held().any(|i| holding.holds(i)) {
                 return Err(Status::not_found(format!(
                     "this agent holds none of the chunks asked for of file {file_id}"
                 )));
