@@ -616,5 +616,6 @@ pub fn rate(rate_mbit: u32) -> LinkShape {
     LinkShape {
         rate_mbit: Some(rate_mbit),
         delay: None,
+        queue: None,
     }
 }

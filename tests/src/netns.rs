@@ -20,7 +20,13 @@ pub struct LinkShape {
     pub rate_mbit: Option<u32>,
     /// One-way delay added on the host's egress (needs sch_netem).
     pub delay: Option<Duration>,
+    /// How long a packet may wait in a rate-limited link's queue (`tbf`
+    /// latency); `None`: [`DEFAULT_QUEUE`].
+    pub queue: Option<Duration>,
 }
+
+/// A shaped link's queue unless told otherwise: 100 ms of the rate.
+pub const DEFAULT_QUEUE: Duration = Duration::from_millis(100);
 
 /// Why a LAN could not be built or changed.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +177,7 @@ fn shape_dev(netns: &str, dev: &str, shape: LinkShape, with_delay: bool) -> Resu
                 "burst",
                 &burst.to_string(),
                 "latency",
-                "100ms",
+                &format!("{}us", shape.queue.unwrap_or(DEFAULT_QUEUE).as_micros()),
             ])
             .map(drop)
         }

@@ -75,6 +75,19 @@ enum Bench {
         /// Base name of the result files (`<name>.json`, `.csv`, `.svg`).
         #[arg(long, default_value = "swarm")]
         name: String,
+        /// How long a packet may wait in a shaped link's queue, in ms (the
+        /// `tbf` latency; a diagnostic: the published figures use 100).
+        #[arg(long, default_value_t = 100)]
+        queue_ms: u64,
+        /// An environment variable for every agent, the seeder included
+        /// (KEY=VALUE, repeatable), to compare an agent setting, e.g.
+        /// P2P_MAX_UPLOAD_RATE=94Mbit. Recorded in the JSON.
+        #[arg(long = "agent-env", value_parser = parse_env_pair)]
+        agent_env: Vec<(String, String)>,
+        /// An environment variable for the seeder only, applied after
+        /// --agent-env (KEY=VALUE, repeatable), e.g. P2P_MAX_UPLOADS=2.
+        #[arg(long = "seeder-env", value_parser = parse_env_pair)]
+        seeder_env: Vec<(String, String)>,
     },
     /// FetchChunks on loopback vs raw TCP, with peak RSS.
     Datapath {
@@ -142,6 +155,9 @@ fn main() -> Result<()> {
             runs,
             timeout_s,
             name,
+            queue_ms,
+            agent_env,
+            seeder_env,
         } => {
             std::fs::create_dir_all(&cli.out)?;
             swarm(
@@ -155,6 +171,11 @@ fn main() -> Result<()> {
                     bt: !no_bt,
                     runs: runs.max(1),
                     timeout: Duration::from_secs(timeout_s),
+                    queue_ms,
+                    env: AgentEnv {
+                        all: agent_env,
+                        seeder: seeder_env,
+                    },
                 },
             )
         }
@@ -370,7 +391,36 @@ fn start_services(host: &Host, dir: &Path, procs: &mut Vec<Proc>) -> Result<()> 
 
 /// Starts an agent on `host`, logged in as the admin, and waits until it is
 /// registered with the index.
-fn start_agent(host: &Host, services: &Host, dir: &Path, name: &str) -> Result<Proc> {
+/// `KEY=VALUE` for `--agent-env` and `--seeder-env`.
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// Environment the bench adds to the agents it starts.
+#[derive(Clone, Debug, Default)]
+struct AgentEnv {
+    /// For every agent.
+    all: Vec<(String, String)>,
+    /// For the seeder only, after `all`.
+    seeder: Vec<(String, String)>,
+}
+
+impl AgentEnv {
+    fn listed(vars: &[(String, String)]) -> Vec<String> {
+        vars.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+}
+
+fn start_agent(
+    host: &Host,
+    services: &Host,
+    dir: &Path,
+    name: &str,
+    env: &[(String, String)],
+) -> Result<Proc> {
     let data = dir.join(name);
     std::fs::create_dir_all(&data)?;
     let mut agent = host.command(bin("peer-agent")?);
@@ -396,7 +446,8 @@ fn start_agent(host: &Host, services: &Host, dir: &Path, name: &str) -> Result<P
         .env(
             "RUST_LOG",
             std::env::var("P2P_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
-        );
+        )
+        .envs(env.iter().map(|(k, v)| (k, v)));
     with_tls(&mut agent, &host.addr.to_string())?;
     let proc = spawn(agent, "peer-agent", &dir.join(format!("{name}.log")))?;
     let p2p = bin("p2p")?;
@@ -495,6 +546,10 @@ struct SwarmCase {
     /// How the links were used, from the switch's counters.
     links: Option<LinkUse>,
     bt: Option<BtResult>,
+    /// Round-trip times on the links mid-swarm.
+    loaded_rtt: Option<LoadedRtt>,
+    /// What `--agent-env` and `--seeder-env` added.
+    env: AgentEnv,
 }
 
 /// How the swarm used the links, from counters sampled every
@@ -574,10 +629,6 @@ fn link_use(
             )
         })
         .collect();
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied()
-    };
     Some(LinkUse {
         first_chunk_s: median(first_chunk)?,
         seeder_busy_s,
@@ -597,6 +648,85 @@ struct BtResult {
     cpu_s_per_gib: f64,
     /// Of that, the user-space share.
     user_s_per_gib: f64,
+    /// Round-trip times on the links mid-transfer.
+    loaded_rtt: Option<LoadedRtt>,
+}
+
+/// When the links' round-trip times are sampled, as a share of the P2P
+/// bound after the start: mid-transfer for every N.
+const RTT_SAMPLE_AT: f64 = 0.4;
+
+/// TCP round-trip times of the connections that carry bulk data (over
+/// 1 MiB sent), sampled once mid-transfer with `ss` in the seeder's and the
+/// first downloader's namespace: how long a request, a holdings update or
+/// a first byte waits behind the data queued on the links, against the
+/// empty-link minimum. Medians over the connections, in ms.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+struct LoadedRtt {
+    /// Seconds after the start.
+    at_s: f64,
+    seeder_srtt_ms: Option<f64>,
+    seeder_min_rtt_ms: Option<f64>,
+    downloader_srtt_ms: Option<f64>,
+    downloader_min_rtt_ms: Option<f64>,
+}
+
+/// Samples [`LoadedRtt`] on `port` (either end) `at` from now, on a thread
+/// of its own; `None` when `ss` is missing or failed.
+fn sample_rtt(
+    [seeder, downloader]: [Host; 2],
+    port: u16,
+    at: Duration,
+) -> std::thread::JoinHandle<Option<LoadedRtt>> {
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        std::thread::sleep(at);
+        let ss = |host: &Host| {
+            let out = host
+                .command("ss")
+                .args(["-tinH", "state", "established"])
+                .arg(format!("( sport = :{port} or dport = :{port} )"))
+                .output()
+                .ok()
+                .filter(|o| o.status.success())?;
+            Some(bulk_rtts(&String::from_utf8_lossy(&out.stdout)))
+        };
+        let seeder = ss(&seeder)?;
+        let downloader = ss(&downloader)?;
+        Some(LoadedRtt {
+            at_s: started.elapsed().as_secs_f64(),
+            seeder_srtt_ms: median(seeder.0),
+            seeder_min_rtt_ms: median(seeder.1),
+            downloader_srtt_ms: median(downloader.0),
+            downloader_min_rtt_ms: median(downloader.1),
+        })
+    })
+}
+
+/// (smoothed, minimum) RTTs in ms of the connections in `ss -tin` output
+/// that sent over 1 MiB.
+fn bulk_rtts(ss: &str) -> (Vec<f64>, Vec<f64>) {
+    let (mut srtt, mut min) = (Vec::new(), Vec::new());
+    for line in ss.lines() {
+        let field = |name: &str| line.split_whitespace().find_map(|f| f.strip_prefix(name));
+        let sent = field("bytes_sent:").and_then(|v| v.parse::<u64>().ok());
+        if sent.is_none_or(|sent| sent < 1 << 20) {
+            continue;
+        }
+        if let Some(rtt) = field("rtt:").and_then(|v| v.split('/').next()?.parse().ok()) {
+            srtt.push(rtt);
+        }
+        if let Some(rtt) = field("minrtt:").and_then(|v| v.parse().ok()) {
+            min.push(rtt);
+        }
+    }
+    (srtt, min)
+}
+
+/// The middle value (the upper one of an even count); `None` when empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
 }
 
 /// The index's RPC counters: (every method, LocateSources + UpdateHoldings).
@@ -631,6 +761,7 @@ fn swarm_case(
     shape: LinkShape,
     (http, bt): (bool, bool),
     timeout: Duration,
+    env: &AgentEnv,
 ) -> Result<SwarmCase> {
     let size = size_mib << 20;
     let rate_bps = f64::from(shape.rate_mbit.unwrap_or(100)) * 1e6 / 8.0;
@@ -648,7 +779,8 @@ fn swarm_case(
     let mut procs = Vec::new();
     start_services(&services, dir.path(), &mut procs)?;
     let p2p = bin("p2p")?;
-    let seed_agent = start_agent(&seeder, &services, dir.path(), "seeder")?;
+    let seeder_env: Vec<(String, String)> = env.all.iter().chain(&env.seeder).cloned().collect();
+    let seed_agent = start_agent(&seeder, &services, dir.path(), "seeder", &seeder_env)?;
     let mut agents = Vec::new();
     for i in 0..n {
         agents.push(start_agent(
@@ -656,6 +788,7 @@ fn swarm_case(
             &services,
             dir.path(),
             &format!("peer{i}"),
+            &env.all,
         )?);
     }
     let source = dir.path().join("seeder").join("payload.bin");
@@ -676,6 +809,11 @@ fn swarm_case(
     let meter = lan.link_meter(LINK_SAMPLE_EVERY).ok();
     std::thread::sleep(LINK_SAMPLE_EVERY * 2);
     let started = Instant::now();
+    let rtt = sample_rtt(
+        [seeder.clone(), lan.host(2).clone()],
+        50053,
+        Duration::from_secs_f64(p2p_bound_s * RTT_SAMPLE_AT),
+    );
     let mut gets = Vec::new();
     for i in 0..n {
         let out = dir.path().join(format!("peer{i}")).join("payload-copy.bin");
@@ -710,6 +848,7 @@ fn swarm_case(
         std::thread::sleep(Duration::from_millis(20));
     }
     let cpu_busy_swarm = utilisation(cpu_before, machine_jiffies());
+    let loaded_rtt = rtt.join().ok().flatten();
     let swarm_s = started.elapsed().as_secs_f64();
     std::thread::sleep(LINK_SAMPLE_EVERY * 2);
     let samples = meter.map(|m| m.stop()).unwrap_or_default();
@@ -763,7 +902,14 @@ fn swarm_case(
     drop(procs);
 
     let bt = if bt {
-        Some(bittorrent_case(&lan, n, &source, dir.path(), timeout)?)
+        Some(bittorrent_case(
+            &lan,
+            n,
+            &source,
+            dir.path(),
+            timeout,
+            Duration::from_secs_f64(p2p_bound_s * RTT_SAMPLE_AT),
+        )?)
     } else {
         None
     };
@@ -850,6 +996,8 @@ fn swarm_case(
         agents_user_s_per_gib,
         links,
         bt,
+        loaded_rtt,
+        env: env.clone(),
     })
 }
 
@@ -884,6 +1032,7 @@ fn bittorrent_case(
     source: &Path,
     dir: &Path,
     timeout: Duration,
+    rtt_at: Duration,
 ) -> Result<BtResult> {
     let tracker = lan.host(0);
     let seeder = lan.host(1);
@@ -961,6 +1110,7 @@ fn bittorrent_case(
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
     let name = source.file_name().context("source has a name")?;
     let started = Instant::now();
+    let rtt = sample_rtt([seeder.clone(), lan.host(2).clone()], 6881, rtt_at);
     let mut leechers = Vec::new();
     for i in 0..n {
         let dl = dir.join(format!("bt{i}"));
@@ -990,6 +1140,7 @@ fn bittorrent_case(
         std::thread::sleep(Duration::from_millis(20));
     }
     let per_host_s: Vec<f64> = leechers.iter().filter_map(|l| l.2).collect();
+    let loaded_rtt = rtt.join().ok().flatten();
     let (user, system) = std::iter::once(&seed)
         .chain(leechers.iter().map(|l| &l.0))
         .filter_map(|p| cpu_time(p.0.id()))
@@ -1006,6 +1157,7 @@ fn bittorrent_case(
         per_host_s,
         cpu_s_per_gib: (user + system) / gib,
         user_s_per_gib: user / gib,
+        loaded_rtt,
     })
 }
 
@@ -1019,6 +1171,8 @@ struct SwarmPlan {
     bt: bool,
     runs: usize,
     timeout: Duration,
+    queue_ms: u64,
+    env: AgentEnv,
 }
 
 /// Median and range of some figures.
@@ -1132,6 +1286,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
     let shape = LinkShape {
         rate_mbit: Some(rate_mbit),
         delay: (delay_ms > 0).then(|| Duration::from_millis(delay_ms)),
+        queue: Some(Duration::from_millis(plan.queue_ms)),
     };
     let mut cases = Vec::new();
     let mut timeline = String::from(
@@ -1163,7 +1318,14 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
     for &size_mib in &plan.sizes {
         for &n in &plan.ns {
             for run in 0..plan.runs {
-                let case = swarm_case(n, size_mib, shape, (plan.http, plan.bt), plan.timeout)?;
+                let case = swarm_case(
+                    n,
+                    size_mib,
+                    shape,
+                    (plan.http, plan.bt),
+                    plan.timeout,
+                    &plan.env,
+                )?;
                 let mut t = case.per_host_s.clone();
                 t.sort_by(f64::total_cmp);
                 let tail =
@@ -1197,6 +1359,23 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                     links_cell(&case, |l| l.seeder_busy_s, 2),
                     links_cell(&case, |l| l.seeder_link_use, 3),
                     links_cell(&case, |l| l.starved_s, 2),
+                );
+                let rtt_cell = |r: Option<&LoadedRtt>| {
+                    r.map_or("-".to_string(), |r| {
+                        let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+                        format!(
+                            "seeder {} (min {}), downloader {} (min {})",
+                            ms(r.seeder_srtt_ms),
+                            ms(r.seeder_min_rtt_ms),
+                            ms(r.downloader_srtt_ms),
+                            ms(r.downloader_min_rtt_ms)
+                        )
+                    })
+                };
+                println!(
+                    "    RTT on the bulk connections mid-transfer (ms): ours {}; aria2 {}",
+                    rtt_cell(case.loaded_rtt.as_ref()),
+                    rtt_cell(case.bt.as_ref().and_then(|b| b.loaded_rtt.as_ref()))
                 );
                 if run == 0
                     && let Some(links) = &case.links
@@ -1266,6 +1445,10 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                 "index_svc_cpu_s": c.index_cpu_s,
                 "index_requests_per_downloader_per_s": c.index_rps_per_downloader,
                 "links": c.links,
+                "loaded_rtt": c.loaded_rtt,
+                "queue_ms": plan.queue_ms,
+                "agent_env": AgentEnv::listed(&c.env.all),
+                "seeder_env": AgentEnv::listed(&c.env.seeder),
                 "index_loop_requests_per_downloader_per_s": c.index_loop_rps_per_downloader,
                 "agents_cpu_s": c.agents.iter().map(|a| a.cpu_s).sum::<f64>(),
                 "agents_cpu_s_per_gib": c.agents_cpu_s_per_gib,
@@ -1678,4 +1861,37 @@ fn hash(out: &Path, size_mib: u64) -> Result<()> {
     println!("wrote {}/hash.json", out.display());
     drop((agent, procs));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_rtts_reads_only_connections_that_carried_data() {
+        let ss = "\
+ESTAB 0 0 10.77.0.2:50053 10.77.0.3:41000
+\t bbr wscale:10,10 rto:260 rtt:59.479/26.657 ato:44 mss:1448 cwnd:200 bytes_sent:2632767 bytes_acked:2451320 minrtt:0.032 snd_wnd:65536
+ESTAB 0 0 10.77.0.2:50053 10.77.0.4:41002
+\t bbr wscale:10,10 rto:204 rtt:0.225/0.367 ato:40 mss:1448 cwnd:27 bytes_sent:10355 bytes_acked:10356 minrtt:0.012
+ESTAB 0 0 10.77.0.2:50053 10.77.0.5:41004
+\t bbr wscale:10,10 rto:240 rtt:38.827/4.412 ato:40 mss:1448 cwnd:52 bytes_sent:2536751 rcv_rtt:1.5 minrtt:0.023
+";
+        let (srtt, min) = bulk_rtts(ss);
+        assert_eq!(srtt, vec![59.479, 38.827]);
+        assert_eq!(min, vec![0.032, 0.023]);
+        assert_eq!(median(srtt), Some(59.479));
+        assert_eq!(median(Vec::new()), None);
+    }
+
+    #[test]
+    fn env_pairs_need_a_key() {
+        assert_eq!(
+            parse_env_pair("P2P_MAX_UPLOAD_RATE=94Mbit"),
+            Ok(("P2P_MAX_UPLOAD_RATE".into(), "94Mbit".into()))
+        );
+        assert_eq!(parse_env_pair("A="), Ok(("A".into(), String::new())));
+        assert!(parse_env_pair("=x").is_err());
+        assert!(parse_env_pair("nothing").is_err());
+    }
 }
