@@ -155,8 +155,6 @@ fn truncate(mut text: String, max: usize) -> String {
     text
 }
 
-/// Checks an advertised `host:port`: a non-empty host without spaces or
-/// control characters and a non-zero port.
 /// Whether the caller may delete a file owned by `owner_id`.
 fn may_delete(owner_id: &str, caller: &Claims) -> bool {
     caller.sub == owner_id || caller.is_admin()
