@@ -389,8 +389,6 @@ fn start_services(host: &Host, dir: &Path, procs: &mut Vec<Proc>) -> Result<()> 
     Ok(())
 }
 
-/// Starts an agent on `host`, logged in as the admin, and waits until it is
-/// registered with the index.
 /// `KEY=VALUE` for `--agent-env` and `--seeder-env`.
 fn parse_env_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -414,6 +412,8 @@ impl AgentEnv {
     }
 }
 
+/// Starts an agent on `host`, logged in as the admin, with `env` added, and
+/// waits until it is registered with the index.
 fn start_agent(
     host: &Host,
     services: &Host,
