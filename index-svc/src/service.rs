@@ -266,6 +266,12 @@ impl IndexApi {
         caller: Option<std::net::IpAddr>,
         request: pb::RegisterPeerRequest,
     ) -> Result<pb::RegisterPeerResponse, Error> {
+        if request.agent_version.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(
+                "agent_version contains control characters; send a plain version such as 0.1.0"
+                    .into(),
+            ));
+        }
         let addr = request.advertise_addr.trim().to_string();
         let (host, port) =
             advertise::split(&addr, MAX_ADDR_BYTES).map_err(Error::InvalidArgument)?;

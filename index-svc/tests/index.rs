@@ -90,21 +90,24 @@ async fn concurrent_registrations_each_get_their_own_peer_id(db: Db) {
     );
 }
 
-/// PostgreSQL refuses a NUL byte in text: that one registration fails
-/// with its own error, and the others committed in the same group still
-/// get their ids. (SQLite stores it, so there every call succeeds.)
+/// A registration the database refuses (a trigger the test adds refuses
+/// one agent version) fails with its own error, and the others committed
+/// in the same group still get their ids. A version with a control
+/// character never reaches the database: INVALID_ARGUMENT.
 async fn a_registration_the_database_refuses_fails_alone(db: Db) {
+    const REFUSED: &str = "refused-by-the-test-trigger";
     let Some(cluster) = Cluster::start(db).await else {
         return;
     };
     let server = cluster.index(&[]).await;
+    refuse_registrations_of_version(db, &cluster.index_db, REFUSED).await;
     let bob = cluster.user("bob").await;
     let as_bob = Index::new(&server, &bob);
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..64u32 {
         let mut index = as_bob.clone();
         calls.spawn(async move {
-            let version = if i == 17 { "bad\0version" } else { "test" };
+            let version = if i == 17 { REFUSED } else { "test" };
             let request = index.req(pb::RegisterPeerRequest {
                 advertise_addr: format!("10.2.0.{i}:7000"),
                 load: Some(idle()),
@@ -124,6 +127,50 @@ async fn a_registration_the_database_refuses_fails_alone(db: Db) {
         }
     }
     assert!(ids.len() >= 63, "every other registration got its own id");
+    assert!(ids.len() < 64, "the refused registration got no id");
+
+    let mut index = as_bob.clone();
+    let request = index.req(pb::RegisterPeerRequest {
+        advertise_addr: "10.2.1.1:7000".into(),
+        load: Some(idle()),
+        agent_version: "bad\0version".into(),
+    });
+    let status = index.client.register_peer(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("agent_version"), "{status:?}");
+}
+
+/// Makes the index database refuse any peer row with agent version
+/// `version` (a trigger), so a test can fail one write for real.
+async fn refuse_registrations_of_version(db: Db, url: &str, version: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url)
+        .await
+        .expect("test connects to the index database");
+    let statements = match db {
+        Db::Sqlite => vec![format!(
+            "CREATE TRIGGER refuse_marked_version BEFORE INSERT ON peers \
+             WHEN NEW.agent_version = '{version}' \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )],
+        Db::Postgres => vec![
+            format!(
+                "CREATE FUNCTION refuse_marked_version() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF NEW.agent_version = '{version}' THEN \
+                 RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$"
+            ),
+            "CREATE TRIGGER refuse_marked_version BEFORE INSERT ON peers \
+             FOR EACH ROW EXECUTE FUNCTION refuse_marked_version()"
+                .to_string(),
+        ],
+    };
+    for statement in statements {
+        sqlx::raw_sql(&statement)
+            .execute(&pool)
+            .await
+            .expect("test trigger");
+    }
+    pool.close().await;
 }
 
 /// Many peers heartbeat and grow their bitfields faster than the flush;
