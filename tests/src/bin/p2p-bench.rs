@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use p2p_tests::netns::{Host, Lan, LinkSample, LinkShape};
+use p2p_tests::netns::{DEFAULT_QUEUE, Host, Lan, LinkSample, LinkShape};
 
 #[derive(Parser)]
 #[command(
@@ -77,7 +77,7 @@ enum Bench {
         name: String,
         /// How long a packet may wait in a shaped link's queue, in ms (the
         /// `tbf` latency; a diagnostic: the published figures use 100).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = DEFAULT_QUEUE.as_millis() as u64)]
         queue_ms: u64,
         /// An environment variable for every agent, the seeder included
         /// (KEY=VALUE, repeatable), to compare an agent setting, e.g.
@@ -398,7 +398,7 @@ fn parse_env_pair(s: &str) -> Result<(String, String), String> {
 }
 
 /// Environment the bench adds to the agents it starts.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug)]
 struct AgentEnv {
     /// For every agent.
     all: Vec<(String, String)>,
@@ -548,8 +548,6 @@ struct SwarmCase {
     bt: Option<BtResult>,
     /// Round-trip times on the links mid-swarm.
     loaded_rtt: Option<LoadedRtt>,
-    /// What `--agent-env` and `--seeder-env` added.
-    env: AgentEnv,
 }
 
 /// How the swarm used the links, from counters sampled every
@@ -809,11 +807,8 @@ fn swarm_case(
     let meter = lan.link_meter(LINK_SAMPLE_EVERY).ok();
     std::thread::sleep(LINK_SAMPLE_EVERY * 2);
     let started = Instant::now();
-    let rtt = sample_rtt(
-        [seeder.clone(), lan.host(2).clone()],
-        50053,
-        Duration::from_secs_f64(p2p_bound_s * RTT_SAMPLE_AT),
-    );
+    let rtt_at = Duration::from_secs_f64(p2p_bound_s * RTT_SAMPLE_AT);
+    let rtt = sample_rtt([seeder.clone(), lan.host(2).clone()], 50053, rtt_at);
     let mut gets = Vec::new();
     for i in 0..n {
         let out = dir.path().join(format!("peer{i}")).join("payload-copy.bin");
@@ -908,7 +903,7 @@ fn swarm_case(
             &source,
             dir.path(),
             timeout,
-            Duration::from_secs_f64(p2p_bound_s * RTT_SAMPLE_AT),
+            rtt_at,
         )?)
     } else {
         None
@@ -997,7 +992,6 @@ fn swarm_case(
         links,
         bt,
         loaded_rtt,
-        env: env.clone(),
     })
 }
 
@@ -1362,7 +1356,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                 );
                 let rtt_cell = |r: Option<&LoadedRtt>| {
                     r.map_or("-".to_string(), |r| {
-                        let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+                        let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
                         format!(
                             "seeder {} (min {}), downloader {} (min {})",
                             ms(r.seeder_srtt_ms),
@@ -1447,8 +1441,8 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                 "links": c.links,
                 "loaded_rtt": c.loaded_rtt,
                 "queue_ms": plan.queue_ms,
-                "agent_env": AgentEnv::listed(&c.env.all),
-                "seeder_env": AgentEnv::listed(&c.env.seeder),
+                "agent_env": AgentEnv::listed(&plan.env.all),
+                "seeder_env": AgentEnv::listed(&plan.env.seeder),
                 "index_loop_requests_per_downloader_per_s": c.index_loop_rps_per_downloader,
                 "agents_cpu_s": c.agents.iter().map(|a| a.cpu_s).sum::<f64>(),
                 "agents_cpu_s_per_gib": c.agents_cpu_s_per_gib,
