@@ -27,6 +27,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use p2p_tests::netns::{DEFAULT_QUEUE, Host, Lan, LinkSample, LinkShape};
 
+mod bittorrent;
+mod mesh;
+
+use bittorrent::{BtResult, bittorrent_case};
+use mesh::{MeshResult, mesh_case};
+
 #[derive(Parser)]
 #[command(
     name = "p2p-bench",
@@ -66,6 +72,10 @@ enum Bench {
         /// Skip the BitTorrent baseline (aria2c + opentracker, Debian packages).
         #[arg(long)]
         no_bt: bool,
+        /// Skip the raw TCP mesh baseline (the optimal schedule over plain
+        /// TCP: the floor any swarm reaches on this LAN and these cores).
+        #[arg(long)]
+        no_mesh: bool,
         /// Runs of every case; the table shows the median and the range.
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -112,6 +122,9 @@ enum Bench {
     /// (internal) raw TCP source: send a file to an address.
     #[command(hide = true)]
     TcpSource { addr: String, file: PathBuf },
+    /// (internal) one node of the raw TCP mesh baseline.
+    #[command(hide = true)]
+    MeshNode(mesh::NodeArgs),
 }
 
 /// Every process of a run speaks TLS as deployed: one CA in a temp dir and
@@ -152,6 +165,7 @@ fn main() -> Result<()> {
             delay_ms,
             no_http,
             no_bt,
+            no_mesh,
             runs,
             timeout_s,
             name,
@@ -169,6 +183,7 @@ fn main() -> Result<()> {
                     delay_ms,
                     http: !no_http,
                     bt: !no_bt,
+                    mesh: !no_mesh,
                     runs: runs.max(1),
                     timeout: Duration::from_secs(timeout_s),
                     queue_ms,
@@ -189,6 +204,7 @@ fn main() -> Result<()> {
         }
         Bench::TcpSink { listen, to_file } => tcp_sink(&listen, to_file.as_deref()),
         Bench::TcpSource { addr, file } => tcp_source(&addr, &file),
+        Bench::MeshNode(args) => mesh::node(args),
     }
 }
 
@@ -546,6 +562,7 @@ struct SwarmCase {
     /// How the links were used, from the switch's counters.
     links: Option<LinkUse>,
     bt: Option<BtResult>,
+    mesh: Option<MeshResult>,
     /// Round-trip times on the links mid-swarm.
     loaded_rtt: Option<LoadedRtt>,
 }
@@ -634,20 +651,6 @@ fn link_use(
         starved_s: median(starved)?,
         timeline,
     })
-}
-
-/// What the BitTorrent baseline did in one case.
-#[derive(Clone, serde::Serialize)]
-struct BtResult {
-    /// Until the last leecher had the whole file.
-    time_s: f64,
-    per_host_s: Vec<f64>,
-    /// aria2c processes' CPU seconds (seeder and leechers) per GiB delivered.
-    cpu_s_per_gib: f64,
-    /// Of that, the user-space share.
-    user_s_per_gib: f64,
-    /// Round-trip times on the links mid-transfer.
-    loaded_rtt: Option<LoadedRtt>,
 }
 
 /// When the links' round-trip times are sampled, as a share of the P2P
@@ -757,7 +760,7 @@ fn swarm_case(
     n: usize,
     size_mib: u64,
     shape: LinkShape,
-    (http, bt): (bool, bool),
+    (http, bt, mesh): (bool, bool, bool),
     timeout: Duration,
     env: &AgentEnv,
 ) -> Result<SwarmCase> {
@@ -908,6 +911,11 @@ fn swarm_case(
     } else {
         None
     };
+    let mesh = if mesh {
+        Some(mesh_case(&lan, n, &source, dir.path(), timeout, rtt_at)?)
+    } else {
+        None
+    };
 
     let mut cpu_busy_http = None;
     let http_s = if http {
@@ -991,166 +999,7 @@ fn swarm_case(
         agents_user_s_per_gib,
         links,
         bt,
-        loaded_rtt,
-    })
-}
-
-/// Builds a single-file .torrent of `path` (256 KiB pieces, like our
-/// chunks) announcing to `announce`; returns the info hash in hex.
-const MAKE_TORRENT: &str = r#"
-import hashlib, os, sys
-path, announce, out = sys.argv[1:4]
-def be(x):
-    if isinstance(x, int): return b"i%de" % x
-    if isinstance(x, str): x = x.encode()
-    if isinstance(x, bytes): return b"%d:" % len(x) + x
-    return b"d" + b"".join(be(k) + be(v) for k, v in sorted(x.items())) + b"e"
-pieces = b""
-with open(path, "rb") as f:
-    while True:
-        block = f.read(262144)
-        if not block: break
-        pieces += hashlib.sha1(block).digest()
-info = {"length": os.path.getsize(path), "name": os.path.basename(path),
-        "piece length": 262144, "pieces": pieces}
-open(out, "wb").write(be({"announce": announce, "info": info}))
-print(hashlib.sha1(be(info)).hexdigest())
-"#;
-
-/// The BitTorrent baseline on the same LAN: opentracker on host 0, an
-/// aria2c seeder on host 1 with the same file, N aria2c leechers that keep
-/// seeding (`--seed-ratio=0.0`) with no peer limit (`--bt-max-peers=0`).
-fn bittorrent_case(
-    lan: &Lan,
-    n: usize,
-    source: &Path,
-    dir: &Path,
-    timeout: Duration,
-    rtt_at: Duration,
-) -> Result<BtResult> {
-    let tracker = lan.host(0);
-    let seeder = lan.host(1);
-    let torrent = dir.join("payload.torrent");
-    let announce = format!("http://{}/announce", tracker.socket(6969));
-    let made = Command::new("python3")
-        .args(["-c", MAKE_TORRENT])
-        .arg(source)
-        .arg(&announce)
-        .arg(&torrent)
-        .output()?;
-    if !made.status.success() {
-        bail!(
-            "cannot make the torrent: {}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-    }
-    let info_hash = String::from_utf8_lossy(&made.stdout).trim().to_string();
-    // Debian's opentracker runs in whitelist mode and chroots into its root
-    // dir before it reads the whitelist, so that path is relative to it.
-    let root = dir.join("tracker-root");
-    std::fs::create_dir_all(&root)?;
-    std::fs::write(root.join("whitelist.txt"), format!("{info_hash}\n"))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::set_permissions(
-        root.join("whitelist.txt"),
-        std::fs::Permissions::from_mode(0o644),
-    )?;
-    let mut ot = tracker.command("opentracker");
-    ot.args([
-        "-i",
-        &tracker.addr.to_string(),
-        "-p",
-        "6969",
-        "-P",
-        "6969",
-        "-d",
-    ])
-    .arg(&root)
-    .args(["-w", "whitelist.txt"]);
-    let _tracker = spawn(ot, "opentracker", &dir.join("opentracker.log"))?;
-    std::thread::sleep(Duration::from_millis(500));
-    let aria2 = |host: &Host, dl_dir: &Path, hook: Option<&Path>| {
-        let mut c = host.command("aria2c");
-        c.arg(format!("--dir={}", dl_dir.display())).args([
-            "--seed-ratio=0.0",
-            "--bt-max-peers=0",
-            "--enable-dht=false",
-            "--enable-dht6=false",
-            "--bt-enable-lpd=false",
-            "--enable-peer-exchange=true",
-            "--file-allocation=none",
-            "--summary-interval=0",
-            "--console-log-level=warn",
-            "--bt-seed-unverified=true",
-            "--listen-port=6881",
-            "--bt-tracker-connect-timeout=5",
-        ]);
-        if let Some(hook) = hook {
-            c.arg(format!("--on-bt-download-complete={}", hook.display()));
-        }
-        c.arg(&torrent);
-        c
-    };
-    let seed_dir = source.parent().context("source has a parent")?;
-    let seed = spawn(
-        aria2(seeder, seed_dir, None),
-        "aria2c seeder",
-        &dir.join("aria2-seeder.log"),
-    )?;
-    std::thread::sleep(Duration::from_secs(2));
-    let hook = dir.join("bt-done.sh");
-    std::fs::write(&hook, "#!/bin/sh\ntouch \"$3.done\"\n")?;
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
-    let name = source.file_name().context("source has a name")?;
-    let started = Instant::now();
-    let rtt = sample_rtt([seeder.clone(), lan.host(2).clone()], 6881, rtt_at);
-    let mut leechers = Vec::new();
-    for i in 0..n {
-        let dl = dir.join(format!("bt{i}"));
-        std::fs::create_dir_all(&dl)?;
-        let proc = spawn(
-            aria2(lan.host(i + 2), &dl, Some(&hook)),
-            "aria2c leecher",
-            &dir.join(format!("aria2-{i}.log")),
-        )?;
-        let out = dl.join(name);
-        leechers.push((proc, out, None::<f64>));
-    }
-    while leechers.iter().any(|l| l.2.is_none()) {
-        if started.elapsed() > timeout {
-            bail!("BitTorrent baseline N={n} timed out");
-        }
-        for (proc, out, done) in leechers.iter_mut().filter(|l| l.2.is_none()) {
-            if let Some(status) = proc.0.try_wait()? {
-                bail!("aria2c exited early: {status}");
-            }
-            let mut marker = out.clone().into_os_string();
-            marker.push(".done");
-            if Path::new(&marker).exists() {
-                *done = Some(started.elapsed().as_secs_f64());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let per_host_s: Vec<f64> = leechers.iter().filter_map(|l| l.2).collect();
-    let loaded_rtt = rtt.join().ok().flatten();
-    let (user, system) = std::iter::once(&seed)
-        .chain(leechers.iter().map(|l| &l.0))
-        .filter_map(|p| cpu_time(p.0.id()))
-        .fold((0.0, 0.0), |(u, s), (pu, ps)| (u + pu, s + ps));
-    let want = file_hash(source)?;
-    for (_, out, _) in &leechers {
-        if file_hash(out)? != want {
-            bail!("aria2c's {} does not match the source", out.display());
-        }
-    }
-    let gib = n as f64 * std::fs::metadata(source)?.len() as f64 / f64::from(1u32 << 30);
-    Ok(BtResult {
-        time_s: per_host_s.iter().copied().fold(0.0, f64::max),
-        per_host_s,
-        cpu_s_per_gib: (user + system) / gib,
-        user_s_per_gib: user / gib,
+        mesh,
         loaded_rtt,
     })
 }
@@ -1163,6 +1012,7 @@ struct SwarmPlan {
     delay_ms: u64,
     http: bool,
     bt: bool,
+    mesh: bool,
     runs: usize,
     timeout: Duration,
     queue_ms: u64,
@@ -1247,6 +1097,10 @@ impl CaseSummary<'_> {
             "aria2_over_p2p_bound": self.spread(|c| c.bt.as_ref().map(|b| b.time_s / c.p2p_bound_s)),
             "aria2_cpu_s_per_gib": self.spread(|c| c.bt.as_ref().map(|b| b.cpu_s_per_gib)),
             "aria2_user_s_per_gib": self.spread(|c| c.bt.as_ref().map(|b| b.user_s_per_gib)),
+            "raw_mesh_s": self.spread(|c| c.mesh.as_ref().map(|m| m.time_s)),
+            "raw_mesh_over_p2p_bound": self.spread(|c| c.mesh.as_ref().map(|m| m.time_s / c.p2p_bound_s)),
+            "raw_mesh_cpu_s_per_gib": self.spread(|c| c.mesh.as_ref().map(|m| m.cpu_s_per_gib)),
+            "raw_mesh_user_s_per_gib": self.spread(|c| c.mesh.as_ref().map(|m| m.user_s_per_gib)),
             "http_s": self.spread(|c| c.http_s),
         })
     }
@@ -1316,7 +1170,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                     n,
                     size_mib,
                     shape,
-                    (plan.http, plan.bt),
+                    (plan.http, plan.bt, plan.mesh),
                     plan.timeout,
                     &plan.env,
                 )?;
@@ -1367,10 +1221,20 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                     })
                 };
                 println!(
-                    "    RTT on the bulk connections mid-transfer (ms): ours {}; aria2 {}",
+                    "    RTT on the bulk connections mid-transfer (ms): ours {}; aria2 {}; raw mesh {}",
                     rtt_cell(case.loaded_rtt.as_ref()),
-                    rtt_cell(case.bt.as_ref().and_then(|b| b.loaded_rtt.as_ref()))
+                    rtt_cell(case.bt.as_ref().and_then(|b| b.loaded_rtt.as_ref())),
+                    rtt_cell(case.mesh.as_ref().and_then(|m| m.loaded_rtt.as_ref()))
                 );
+                if let Some(m) = &case.mesh {
+                    println!(
+                        "    raw TCP mesh: {:.2} s ({:.3} x the bound), CPU {:.2} s/GiB, user {:.2} s/GiB",
+                        m.time_s,
+                        m.time_s / case.p2p_bound_s,
+                        m.cpu_s_per_gib,
+                        m.user_s_per_gib
+                    );
+                }
                 if run == 0
                     && let Some(links) = &case.links
                 {
@@ -1396,9 +1260,9 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
     }
     println!("\nmedian (range) of {} run(s):", plan.runs);
     println!(
-        "| N | F | ours (s) | ours / bound | seeder upload (F) | index req / downloader / s | agents CPU s / GiB | agents user s / GiB | last - median (s) | aria2 (s) | aria2 / bound | aria2 CPU s / GiB | aria2 user s / GiB |"
+        "| N | F | ours (s) | ours / bound | seeder upload (F) | index req / downloader / s | agents CPU s / GiB | agents user s / GiB | last - median (s) | aria2 (s) | aria2 / bound | aria2 CPU s / GiB | aria2 user s / GiB | raw mesh (s) | raw mesh / bound | raw mesh CPU s / GiB | raw mesh user s / GiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in &summaries {
         let c = s.runs[0];
         let tail = |c: &SwarmCase| {
@@ -1407,7 +1271,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
             Some(t.last()? - t.get(t.len() / 2)?)
         };
         println!(
-            "| {} | {} MiB | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} MiB | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.n,
             c.size_bytes >> 20,
             Spread::show(s.spread(|c| Some(c.ours_s)), 2),
@@ -1424,6 +1288,13 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
             ),
             Spread::show(s.spread(|c| c.bt.as_ref().map(|b| b.cpu_s_per_gib)), 1),
             Spread::show(s.spread(|c| c.bt.as_ref().map(|b| b.user_s_per_gib)), 1),
+            Spread::show(s.spread(|c| c.mesh.as_ref().map(|m| m.time_s)), 2),
+            Spread::show(
+                s.spread(|c| c.mesh.as_ref().map(|m| m.time_s / c.p2p_bound_s)),
+                2
+            ),
+            Spread::show(s.spread(|c| c.mesh.as_ref().map(|m| m.cpu_s_per_gib)), 1),
+            Spread::show(s.spread(|c| c.mesh.as_ref().map(|m| m.user_s_per_gib)), 1),
         );
     }
     let runs: Vec<serde_json::Value> = cases
@@ -1448,6 +1319,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                 "agents_cpu_s_per_gib": c.agents_cpu_s_per_gib,
                 "agents_user_s_per_gib": c.agents_user_s_per_gib,
                 "aria2": c.bt,
+                "raw_mesh": c.mesh,
                 "max_agent_peak_rss_bytes": c.max_agent_rss_bytes,
                 "per_host_s": c.per_host_s, "agents": c.agents,
             })
@@ -1460,12 +1332,12 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
         serde_json::to_string_pretty(&serde_json::json!({"summary": summary, "runs": runs}))?,
     )?;
     let mut csv = String::from(
-        "n,size_mib,rate_mbit,ours_s,aria2_s,http_s,p2p_bound_s,client_server_bound_s,ours_over_p2p_bound,seeder_uploaded_multiple_of_f,all_uploaded_over_n_f,index_requests_per_downloader_per_s,agents_cpu_s_per_gib,agents_user_s_per_gib,aria2_cpu_s_per_gib,aria2_user_s_per_gib,cpu_busy_swarm,cpu_busy_http,max_agent_peak_rss_mib\n",
+        "n,size_mib,rate_mbit,ours_s,aria2_s,http_s,p2p_bound_s,client_server_bound_s,ours_over_p2p_bound,seeder_uploaded_multiple_of_f,all_uploaded_over_n_f,index_requests_per_downloader_per_s,agents_cpu_s_per_gib,agents_user_s_per_gib,aria2_cpu_s_per_gib,aria2_user_s_per_gib,cpu_busy_swarm,cpu_busy_http,max_agent_peak_rss_mib,raw_mesh_s,raw_mesh_cpu_s_per_gib,raw_mesh_user_s_per_gib\n",
     );
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
     for c in &cases {
         csv += &format!(
-            "{},{},{},{:.3},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{},{},{},{:.1}\n",
+            "{},{},{},{:.3},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{},{},{},{:.1},{},{},{}\n",
             c.n,
             c.size_bytes >> 20,
             rate_mbit,
@@ -1485,6 +1357,9 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
             opt(c.cpu_busy_swarm),
             opt(c.cpu_busy_http),
             c.max_agent_rss_bytes as f64 / 1048576.0,
+            opt(c.mesh.as_ref().map(|m| m.time_s)),
+            opt(c.mesh.as_ref().map(|m| m.cpu_s_per_gib)),
+            opt(c.mesh.as_ref().map(|m| m.user_s_per_gib)),
         );
     }
     std::fs::write(path("csv"), csv)?;
