@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -45,8 +45,10 @@ const SEND_BUFFER: u32 = 128 * 1024;
 /// The header of a block: its offset (u64) and length (u32), big-endian.
 const HEADER: usize = 12;
 /// How long a node waits for its connections to be made: the others are
-/// started at the same moment, so a refused connect is tried again.
-const CONNECT_WINDOW: Duration = Duration::from_secs(30);
+/// started at the same moment, so a refused connect is tried again. Long
+/// enough for TCP's fifth SYN (sent 31 s in): a SYN that meets a link
+/// queue full of data is dropped like any packet.
+const CONNECT_WINDOW: Duration = Duration::from_secs(60);
 
 /// One node of the mesh (`p2p-bench mesh-node`, started by [`mesh_case`]).
 #[derive(clap::Args)]
@@ -157,6 +159,8 @@ fn put_header(buf: &mut [u8], at: u64, len: usize) {
 struct Forward {
     queue: tokio::sync::mpsc::UnboundedSender<Arc<[u8]>>,
     waiting: Arc<AtomicUsize>,
+    /// Set once the connection is made.
+    connected: Arc<AtomicBool>,
 }
 
 /// A downloader's shared counters.
@@ -206,15 +210,20 @@ async fn download(args: &NodeArgs, index: u32) -> Result<()> {
         if j as u32 == index {
             continue;
         }
-        let mut stream = connect(peer).await?;
         let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<Arc<[u8]>>();
         let waiting = Arc::new(AtomicUsize::new(0));
+        let connected = Arc::new(AtomicBool::new(false));
         peers.push(Forward {
             queue,
             waiting: waiting.clone(),
+            connected: connected.clone(),
         });
         let progress = progress.clone();
+        // Every connection is made at once, beside the seeder's: blocks
+        // for a peer not reached yet wait in its queue.
         forwards.spawn(async move {
+            let mut stream = connect(peer).await?;
+            connected.store(true, Ordering::Relaxed);
             while let Some(block) = rx.recv().await {
                 stream.write_all(&block).await?;
                 waiting.fetch_sub(1, Ordering::Relaxed);
@@ -227,16 +236,21 @@ async fn download(args: &NodeArgs, index: u32) -> Result<()> {
     let seeder = args.seeder.context("a downloader needs --seeder")?;
     let (mut from_seeder, mut ask_seeder) = connect(seeder).await?.into_split();
     let asked = Arc::new(AtomicUsize::new(0));
-    let exhausted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let exhausted = Arc::new(AtomicBool::new(false));
     let asking = {
         let (progress, asked, exhausted) = (progress.clone(), asked.clone(), exhausted.clone());
-        let backlog: Vec<Arc<AtomicUsize>> = peers.iter().map(|p| p.waiting.clone()).collect();
+        let backlog: Vec<(Arc<AtomicBool>, Arc<AtomicUsize>)> = peers
+            .iter()
+            .map(|p| (p.connected.clone(), p.waiting.clone()))
+            .collect();
         tokio::spawn(async move {
             while !exhausted.load(Ordering::Relaxed) {
                 let changed = progress.changed.notified();
+                // A peer not reached yet does not hold the others back.
                 let behind = backlog
                     .iter()
-                    .map(|w| w.load(Ordering::Relaxed))
+                    .filter(|(connected, _)| connected.load(Ordering::Relaxed))
+                    .map(|(_, w)| w.load(Ordering::Relaxed))
                     .max()
                     .unwrap_or(0);
                 if asked.load(Ordering::Relaxed) < REQUESTS_AHEAD && behind < FORWARD_BACKLOG {
@@ -272,7 +286,7 @@ async fn download(args: &NodeArgs, index: u32) -> Result<()> {
         }
         tokio::time::timeout(CONNECT_WINDOW, changed)
             .await
-            .context("no block arrived for 30 s")?;
+            .context("no block arrived for 60 s")?;
     }
     if let Some(done) = &args.done {
         std::fs::write(done, b"")?;
@@ -337,15 +351,18 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream> {
     loop {
         let socket = TcpSocket::new_v4()?;
         socket.set_send_buffer_size(SEND_BUFFER)?;
-        match socket.connect(addr).await {
-            Ok(stream) => {
+        let attempt = tokio::time::timeout_at(deadline.into(), socket.connect(addr)).await;
+        match attempt {
+            Ok(Ok(stream)) => {
                 stream.set_nodelay(true)?;
                 return Ok(stream);
             }
-            Err(e) if Instant::now() > deadline => {
-                return Err(e).with_context(|| format!("cannot connect to {addr}"));
+            // Not listening yet: it was started at the same moment.
+            Ok(Err(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(Err(e)) => return Err(e).with_context(|| format!("cannot connect to {addr}")),
+            Err(_) => bail!("cannot connect to {addr} within {CONNECT_WINDOW:?}"),
         }
     }
 }
