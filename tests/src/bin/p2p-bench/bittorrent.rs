@@ -8,21 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use p2p_tests::netns::{Host, Lan};
 
-use crate::{LoadedRtt, cpu_time, file_hash, sample_rtt, spawn};
-
-/// What the BitTorrent baseline did in one case.
-#[derive(Clone, serde::Serialize)]
-pub struct BtResult {
-    /// Until the last leecher had the whole file.
-    pub time_s: f64,
-    pub per_host_s: Vec<f64>,
-    /// aria2c processes' CPU seconds (seeder and leechers) per GiB delivered.
-    pub cpu_s_per_gib: f64,
-    /// Of that, the user-space share.
-    pub user_s_per_gib: f64,
-    /// Round-trip times on the links mid-transfer.
-    pub loaded_rtt: Option<LoadedRtt>,
-}
+use crate::{Baseline, cpu_time, file_hash, sample_rtt, spawn};
 
 /// Builds a single-file .torrent of `path` (256 KiB pieces, like our
 /// chunks) announcing to `announce`; returns the info hash in hex.
@@ -56,7 +42,7 @@ pub fn bittorrent_case(
     dir: &Path,
     timeout: Duration,
     rtt_at: Duration,
-) -> Result<BtResult> {
+) -> Result<Baseline> {
     let tracker = lan.host(0);
     let seeder = lan.host(1);
     let torrent = dir.join("payload.torrent");
@@ -175,11 +161,5 @@ pub fn bittorrent_case(
         }
     }
     let gib = n as f64 * std::fs::metadata(source)?.len() as f64 / f64::from(1u32 << 30);
-    Ok(BtResult {
-        time_s: per_host_s.iter().copied().fold(0.0, f64::max),
-        per_host_s,
-        cpu_s_per_gib: (user + system) / gib,
-        user_s_per_gib: user / gib,
-        loaded_rtt,
-    })
+    Ok(Baseline::new(per_host_s, (user, system), gib, loaded_rtt))
 }

@@ -30,8 +30,8 @@ use p2p_tests::netns::{DEFAULT_QUEUE, Host, Lan, LinkSample, LinkShape};
 mod bittorrent;
 mod mesh;
 
-use bittorrent::{BtResult, bittorrent_case};
-use mesh::{MeshResult, mesh_case};
+use bittorrent::bittorrent_case;
+use mesh::mesh_case;
 
 #[derive(Parser)]
 #[command(
@@ -561,8 +561,8 @@ struct SwarmCase {
     agents_user_s_per_gib: f64,
     /// How the links were used, from the switch's counters.
     links: Option<LinkUse>,
-    bt: Option<BtResult>,
-    mesh: Option<MeshResult>,
+    bt: Option<Baseline>,
+    mesh: Option<Baseline>,
     /// Why the raw TCP mesh did not finish, when it did not.
     mesh_failed: Option<String>,
     /// Round-trip times on the links mid-swarm.
@@ -653,6 +653,39 @@ fn link_use(
         starved_s: median(starved)?,
         timeline,
     })
+}
+
+/// What a baseline (aria2c, the raw TCP mesh) did in one case.
+#[derive(Clone, serde::Serialize)]
+struct Baseline {
+    /// Until the last downloader had the whole file.
+    time_s: f64,
+    per_host_s: Vec<f64>,
+    /// Its processes' CPU seconds (seeder and downloaders) per GiB delivered.
+    cpu_s_per_gib: f64,
+    /// Of that, the user-space share.
+    user_s_per_gib: f64,
+    /// Round-trip times on the links mid-transfer.
+    loaded_rtt: Option<LoadedRtt>,
+}
+
+impl Baseline {
+    /// From each downloader's time and the processes' summed (user,
+    /// system) CPU seconds, over `gib` delivered.
+    fn new(
+        per_host_s: Vec<f64>,
+        (user, system): (f64, f64),
+        gib: f64,
+        loaded_rtt: Option<LoadedRtt>,
+    ) -> Self {
+        Self {
+            time_s: per_host_s.iter().copied().fold(0.0, f64::max),
+            per_host_s,
+            cpu_s_per_gib: (user + system) / gib,
+            user_s_per_gib: user / gib,
+            loaded_rtt,
+        }
+    }
 }
 
 /// When the links' round-trip times are sampled, as a share of the P2P
@@ -1413,23 +1446,26 @@ fn swarm_svg(cases: &[&SwarmCase], rate_mbit: u32) -> String {
             [
                 c.ours_s,
                 c.bt.as_ref().map_or(0.0, |b| b.time_s),
+                c.mesh.as_ref().map_or(0.0, |m| m.time_s),
                 c.http_s.unwrap_or(0.0),
                 c.cs_bound_s,
                 c.p2p_bound_s,
             ]
         })
         .fold(1.0, f64::max);
-    let group_w = 156.0;
-    let width = 80.0 + group_w * cases.len() as f64;
+    let group_w = 182.0;
     let height = 360.0;
     let plot_h = 260.0;
     let colors = [
         ("ours", "#2b7bb9"),
         ("aria2", "#8e44ad"),
+        ("raw TCP mesh", "#7f8c8d"),
         ("HTTP", "#d9534f"),
         ("P2P bound", "#5cb85c"),
         ("C-S bound", "#f0ad4e"),
     ];
+    // Wide enough for the legend too, which takes 100 px an entry.
+    let width = (80.0 + group_w * cases.len() as f64).max(80.0 + 100.0 * colors.len() as f64);
     let mut svg = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='10' y='16' font-size='13'>Time to deliver F to all N downloaders (s, log scale), {rate_mbit} Mbit/s links</text>\n"
     );
@@ -1441,6 +1477,7 @@ fn swarm_svg(cases: &[&SwarmCase], rate_mbit: u32) -> String {
         let values = [
             Some(c.ours_s),
             c.bt.as_ref().map(|b| b.time_s),
+            c.mesh.as_ref().map(|m| m.time_s),
             c.http_s,
             Some(c.p2p_bound_s),
             Some(c.cs_bound_s),

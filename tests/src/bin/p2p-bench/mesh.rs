@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 
-use crate::{LoadedRtt, cpu_time, file_hash, sample_rtt, spawn};
+use crate::{Baseline, cpu_time, file_hash, sample_rtt, spawn};
 
 /// The port every mesh node listens on.
 pub const PORT: u16 = 7000;
@@ -367,20 +367,6 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream> {
     }
 }
 
-/// What the raw TCP mesh did in one case.
-#[derive(Clone, serde::Serialize)]
-pub struct MeshResult {
-    /// Until the last downloader had the whole file.
-    pub time_s: f64,
-    pub per_host_s: Vec<f64>,
-    /// The nodes' CPU seconds (seeder and downloaders) per GiB delivered.
-    pub cpu_s_per_gib: f64,
-    /// Of that, the user-space share.
-    pub user_s_per_gib: f64,
-    /// Round-trip times on the links mid-transfer.
-    pub loaded_rtt: Option<LoadedRtt>,
-}
-
 /// Runs the mesh once: the seeder on host 1 with `source`, N downloaders
 /// on hosts 2…, all started at once; checks every copy against the source.
 pub fn mesh_case(
@@ -390,7 +376,7 @@ pub fn mesh_case(
     dir: &Path,
     timeout: Duration,
     rtt_at: Duration,
-) -> Result<MeshResult> {
+) -> Result<Baseline> {
     let me = std::env::current_exe()?;
     let size = std::fs::metadata(source)?.len();
     let peers = (0..n)
@@ -488,13 +474,7 @@ pub fn mesh_case(
         }
     }
     let gib = n as f64 * size as f64 / f64::from(1u32 << 30);
-    Ok(MeshResult {
-        time_s: per_host_s.iter().copied().fold(0.0, f64::max),
-        per_host_s,
-        cpu_s_per_gib: (user + system) / gib,
-        user_s_per_gib: user / gib,
-        loaded_rtt,
-    })
+    Ok(Baseline::new(per_host_s, (user, system), gib, loaded_rtt))
 }
 
 /// What a failed node said: its `Error:` line and the causes below it
