@@ -194,7 +194,11 @@ async fn download(args: &NodeArgs, index: u32) -> Result<()> {
                     .context("a downloader never connected to forward its blocks")??;
                 let (out, progress) = (out.clone(), progress.clone());
                 receives.spawn(async move {
-                    while receive(&mut stream, &out, &progress, &[]).await?.is_some() {}
+                    let mut buf = vec![0u8; HEADER + BLOCK as usize];
+                    while receive(&mut stream, &mut buf, &out, &progress, &[])
+                        .await?
+                        .is_some()
+                    {}
                     anyhow::Ok(())
                 });
             }
@@ -268,7 +272,8 @@ async fn download(args: &NodeArgs, index: u32) -> Result<()> {
             anyhow::Ok(())
         })
     };
-    while receive(&mut from_seeder, &out, &progress, &peers)
+    let mut buf = vec![0u8; HEADER + BLOCK as usize];
+    while receive(&mut from_seeder, &mut buf, &out, &progress, &peers)
         .await?
         .is_some()
     {
@@ -298,17 +303,19 @@ async fn download(args: &NodeArgs, index: u32) -> Result<()> {
     Ok(())
 }
 
-/// Reads one block from `stream` and writes it at its offset, queueing it
+/// Reads one block from `stream` into `buf` (header and data, reused for
+/// every block of the stream) and writes it at its offset, queueing a copy
 /// for every peer in `forward_to`; `None` at the end of the stream (or the
 /// seeder's empty block).
 async fn receive(
     stream: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut [u8],
     out: &std::fs::File,
     progress: &Progress,
     forward_to: &[Forward],
 ) -> Result<Option<()>> {
-    let mut header = [0u8; HEADER];
-    match stream.read_exact(&mut header).await {
+    let (header, data) = buf.split_at_mut(HEADER);
+    match stream.read_exact(header).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
@@ -321,16 +328,14 @@ async fn receive(
     if len as u64 > BLOCK {
         bail!("a block of {len} bytes");
     }
-    let mut block = vec![0u8; HEADER + len];
-    block[..HEADER].copy_from_slice(&header);
     stream
-        .read_exact(&mut block[HEADER..])
+        .read_exact(&mut data[..len])
         .await
         .with_context(|| format!("the stream ended inside the block at {at}"))?;
-    out.write_all_at(&block[HEADER..], at)?;
+    out.write_all_at(&data[..len], at)?;
     progress.have.fetch_add(len as u64, Ordering::Relaxed);
     if !forward_to.is_empty() {
-        let block: Arc<[u8]> = Arc::from(block);
+        let block: Arc<[u8]> = Arc::from(&buf[..HEADER + len]);
         for peer in forward_to {
             peer.waiting.fetch_add(1, Ordering::Relaxed);
             peer.queue
