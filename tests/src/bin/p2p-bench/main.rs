@@ -342,6 +342,19 @@ fn json_of(output: &std::process::Output) -> Option<serde_json::Value> {
         .find_map(|l| serde_json::from_str(l).ok())
 }
 
+/// Whether the agent with data dir `data` has a peer id yet, asked with
+/// `p2p` (the `Command`, on whichever host runs it) `--json status`.
+fn registered(mut p2p: Command, data: &Path) -> bool {
+    p2p.env("P2P_DATA_DIR", data)
+        .args(["--json", "status"])
+        .output()
+        .ok()
+        .and_then(|o| json_of(&o))
+        .and_then(|v| v.get("peer_id").or_else(|| v.get("peerId")).cloned())
+        .and_then(|v| v.as_str().map(|s| !s.is_empty()))
+        .unwrap_or(false)
+}
+
 /// Finds a numeric field by name anywhere in a JSON document.
 fn find_u64(value: &serde_json::Value, key: &str) -> Option<u64> {
     match value {
@@ -470,17 +483,7 @@ fn start_agent(
     wait_until(
         Duration::from_secs(60),
         &format!("agent {name} to register"),
-        || {
-            host.command(&p2p)
-                .env("P2P_DATA_DIR", &data)
-                .args(["--json", "status"])
-                .output()
-                .ok()
-                .and_then(|o| json_of(&o))
-                .and_then(|v| v.get("peer_id").or_else(|| v.get("peerId")).cloned())
-                .and_then(|v| v.as_str().map(|s| !s.is_empty()))
-                .unwrap_or(false)
-        },
+        || registered(host.command(&p2p), &data),
     )?;
     Ok(proc)
 }
@@ -1718,15 +1721,7 @@ fn start_loopback_agent(dir: &Path, name: &str, i: u16) -> Result<Proc> {
     let proc = spawn(agent, "peer-agent", &dir.join(format!("{name}.log")))?;
     let p2p = bin("p2p")?;
     wait_until(Duration::from_secs(60), "agent to register", || {
-        Command::new(&p2p)
-            .env("P2P_DATA_DIR", &data)
-            .args(["--json", "status"])
-            .output()
-            .ok()
-            .and_then(|o| json_of(&o))
-            .and_then(|v| v.get("peer_id").or_else(|| v.get("peerId")).cloned())
-            .and_then(|v| v.as_str().map(|s| !s.is_empty()))
-            .unwrap_or(false)
+        registered(Command::new(&p2p), &data)
     })?;
     Ok(proc)
 }
