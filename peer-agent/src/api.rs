@@ -5,7 +5,10 @@
 //! results or [`Error`]s out (to a `tonic::Status` or an HTML page).
 //!
 //! It trusts its caller: each front end decides who may reach it (the
-//! control socket's permissions, the control token, a web session).
+//! control socket's permissions, the control token, a web session that
+//! began with a one-time link from [`AgentApi::open_web`]). Whoever passes
+//! acts with the agent's OS permissions ([`AgentApi::os_account`]) when it
+//! names a path to share or download to.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::download::{Downloads, Progress, resolve_destination};
+use crate::entry::{EntryLink, EntryLinks};
 use crate::error::Error;
 use crate::holdings::Holdings;
 use crate::integrity::{Fingerprint, compare};
@@ -81,6 +85,27 @@ pub struct AgentApi {
     downloads_dir: PathBuf,
     shutdown: CancellationToken,
     transfers: Arc<Mutex<Vec<Watched>>>,
+    entry: Arc<EntryLinks>,
+    os_account: Arc<str>,
+}
+
+/// This process's OS account as `name (uid N)`, the name read from
+/// `/etc/passwd` when it is there.
+fn os_account() -> String {
+    let uid = rustix::process::geteuid().as_raw();
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+            })
+        });
+    match name {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
 }
 
 /// A download followed for [`AgentApi::transfers`].
@@ -99,6 +124,7 @@ impl AgentApi {
         downloads: Arc<Downloads>,
         stats: Arc<Stats>,
         downloads_dir: PathBuf,
+        entry: EntryLinks,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -109,7 +135,31 @@ impl AgentApi {
             downloads_dir,
             shutdown,
             transfers: Arc::default(),
+            entry: Arc::new(entry),
+            os_account: os_account().into(),
         }
+    }
+
+    /// The OS account whose permissions the agent has, as `name (uid N)`:
+    /// every path a front end names is read or written as this account.
+    pub fn os_account(&self) -> &str {
+        &self.os_account
+    }
+
+    /// A one-time link that lets one browser into the web app. Only a front
+    /// end reserved for the agent's own OS user (the control API) offers it.
+    pub fn open_web(&self) -> Result<EntryLink, Error> {
+        self.entry.issue()
+    }
+
+    /// How long a one-time link stays good.
+    pub fn web_link_lifetime(&self) -> Duration {
+        self.entry.lifetime()
+    }
+
+    /// Spends a one-time link's ticket; true when it was good.
+    pub fn enter_web(&self, ticket: &str) -> bool {
+        self.entry.redeem(ticket)
     }
 
     /// The agent's session with auth-svc and index-svc.
@@ -160,8 +210,11 @@ impl AgentApi {
     /// A person proving who they are to a front end that has no session of
     /// its own (the web app): the password is always checked with
     /// auth-svc. When the agent is already logged in as that account (for
-    /// example unattended), its session is left running; otherwise the
-    /// agent logs in as that account, as [`AgentApi::login`] does.
+    /// example unattended), its session is left running; when it is logged
+    /// in as another account, that stays the owner's choice and the login
+    /// is refused ([`Error::OtherAccount`]) without asking auth-svc; when it
+    /// is not logged in, it logs in as that account, as
+    /// [`AgentApi::login`] does.
     pub async fn log_in_person(
         &self,
         username: &str,
@@ -176,7 +229,11 @@ impl AgentApi {
                 self.session.check_password(username, password).await?;
                 Ok(current)
             }
-            _ => Ok(self.login(username, password).await?.0),
+            Some(current) => Err(Error::OtherAccount {
+                current: current.username,
+                asked: username.to_string(),
+            }),
+            None => Ok(self.login(username, password).await?.0),
         }
     }
 

@@ -49,10 +49,21 @@ pub struct Config {
     #[arg(long, env = "P2P_WEB_LISTEN", default_value = "127.0.0.1:50055")]
     pub web_listen: String,
     /// Accept a non-loopback --web-listen address (for a container whose
-    /// port is published on the host's loopback). Anyone who can reach it
-    /// still needs an account's password.
+    /// port is published on the host's loopback). A browser still gets in
+    /// only through a one-time link from `p2p web` and the account's
+    /// password.
     #[arg(long, env = "P2P_ALLOW_REMOTE_WEB")]
     pub allow_remote_web: bool,
+    /// The address browsers reach the web app at, used in the one-time
+    /// links `p2p web` prints (e.g. http://127.0.0.1:50255/ for a
+    /// container whose port is published there). Default: http:// and the
+    /// --web-listen address, with 127.0.0.1 when it listens on 0.0.0.0.
+    #[arg(long, env = "P2P_WEB_URL")]
+    pub web_url: Option<String>,
+    /// How long a one-time web link from `p2p web` stays good if nobody
+    /// opens it (e.g. 2m, 30s); opened once, it is spent.
+    #[arg(long, env = "P2P_WEB_LINK_LIFETIME", default_value = "2m", value_parser = p2p_services::config::parse_duration)]
+    pub web_link_lifetime: std::time::Duration,
     /// Host names (`name` or `name:port`, comma-separated) the web app
     /// answers to besides 127.0.0.1, localhost and [::1]; any other `Host`
     /// header is refused, which stops DNS-rebinding attacks.
@@ -212,6 +223,30 @@ impl Config {
         Some(self.web_listen.trim()).filter(|a| !a.is_empty())
     }
 
+    /// The address browsers reach the web app at when it listens on
+    /// `bound`: --web-url, else `http://` and `bound` (127.0.0.1 for an
+    /// unspecified address), always ending in `/`.
+    pub fn web_url_for(&self, bound: SocketAddr) -> Result<String, Error> {
+        let url = match self.web_url.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(Error::Config(format!(
+                        "--web-url {url:?} must start with http:// or https://, for example \
+                         http://127.0.0.1:50055/"
+                    )));
+                }
+                url.to_string()
+            }
+            _ if bound.ip().is_unspecified() => format!("http://127.0.0.1:{}/", bound.port()),
+            _ => format!("http://{bound}/"),
+        };
+        Ok(if url.ends_with('/') {
+            url
+        } else {
+            format!("{url}/")
+        })
+    }
+
     /// Refuses a web app reachable from other machines unless explicitly
     /// allowed.
     pub fn check_web_addr(&self, bound: SocketAddr) -> Result<(), Error> {
@@ -312,6 +347,26 @@ mod tests {
                 .check_web_addr("127.0.0.1:1".parse().unwrap())
                 .is_ok()
         );
+        assert_eq!(
+            config
+                .web_url_for("0.0.0.0:50055".parse().unwrap())
+                .unwrap(),
+            "http://127.0.0.1:50055/"
+        );
+        assert_eq!(
+            config.web_url_for("[::1]:7".parse().unwrap()).unwrap(),
+            "http://[::1]:7/"
+        );
+        let published =
+            Config::try_parse_from(["peer-agent", "--web-url", "http://127.0.0.1:50255"]).unwrap();
+        assert_eq!(
+            published
+                .web_url_for("0.0.0.0:50055".parse().unwrap())
+                .unwrap(),
+            "http://127.0.0.1:50255/"
+        );
+        let bad = Config::try_parse_from(["peer-agent", "--web-url", "127.0.0.1:1"]).unwrap();
+        assert!(bad.web_url_for("127.0.0.1:1".parse().unwrap()).is_err());
         let off = Config::try_parse_from(["peer-agent", "--web-listen", ""]).unwrap();
         assert_eq!(off.web_listen(), None);
         let hosts =

@@ -249,6 +249,17 @@ impl AgentControl for Control {
         Ok(Response::new(self.api.status()))
     }
 
+    async fn open_web(
+        &self,
+        _: Request<pb::OpenWebRequest>,
+    ) -> Result<Response<pb::OpenWebResponse>, Status> {
+        let link = self.api.open_web()?;
+        Ok(Response::new(pb::OpenWebResponse {
+            url: link.url,
+            expires_in_seconds: u32::try_from(link.lifetime.as_secs()).unwrap_or(u32::MAX),
+        }))
+    }
+
     async fn list_peers(
         &self,
         request: Request<index_pb::ListPeersRequest>,

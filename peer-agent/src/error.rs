@@ -107,6 +107,22 @@ pub enum Error {
     /// The agent is stopping.
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// What was asked cannot be done in the agent's present state; the
+    /// message says what would make it possible.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A browser tried to sign in as another account than the one the
+    /// agent is logged in as: the agent's account is its owner's choice.
+    #[error(
+        "this agent is logged in as {current}, and its web app signs in only as that account; \
+         to use {asked} on this machine, run `p2p login {asked}` here"
+    )]
+    OtherAccount {
+        /// The account the agent is logged in as.
+        current: String,
+        /// The account the browser asked for.
+        asked: String,
+    },
 }
 
 impl Error {
@@ -174,7 +190,10 @@ impl From<Error> for Status {
                 );
                 status
             }
-            Error::NoSpace { .. } => Status::failed_precondition(message),
+            Error::NoSpace { .. } | Error::FailedPrecondition(_) => {
+                Status::failed_precondition(message)
+            }
+            Error::OtherAccount { .. } => Status::permission_denied(message),
             Error::Ambiguous(_) | Error::InvalidArgument(_) | Error::Manifest(_) => {
                 Status::invalid_argument(message)
             }

@@ -33,6 +33,7 @@ pub mod config;
 pub mod control;
 pub mod disk;
 pub mod download;
+pub mod entry;
 pub mod error;
 pub mod holdings;
 pub mod index_client;
@@ -65,6 +66,7 @@ pub use error::Error;
 use crate::api::AgentApi;
 use crate::control::Control;
 use crate::download::{DownloadContext, Downloads};
+use crate::entry::EntryLinks;
 use crate::holdings::Holdings;
 use crate::session::{Session, SessionConfig};
 use crate::stats::Stats;
@@ -92,8 +94,19 @@ pub async fn run(
     if let Some(listener) = &control_tcp {
         config.check_control_addr(local(listener)?)?;
     }
-    if let Some(listener) = &web {
-        config.check_web_addr(local(listener)?)?;
+    let web_url = match &web {
+        Some(listener) => {
+            let bound = local(listener)?;
+            config.check_web_addr(bound)?;
+            Some(config.web_url_for(bound)?)
+        }
+        None => None,
+    };
+    if rustix::process::geteuid().is_root() {
+        tracing::warn!(
+            "running as root: the control API and the web app act as root, so whoever the agent \
+             lets in can share or write any path on this machine; run it as a dedicated user"
+        );
     }
     let advertise_addr = config.advertise_for(local(&peer_listener)?);
     let data_dir = config.data_dir.clone();
@@ -182,6 +195,7 @@ pub async fn run(
         downloads.clone(),
         stats,
         config.downloads_dir(),
+        EntryLinks::new(web_url, config.web_link_lifetime),
         stop.clone(),
     );
     let control = AgentControlServer::new(Control::new(api.clone()))

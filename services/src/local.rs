@@ -39,8 +39,17 @@ use tonic::transport::{Channel, Endpoint};
 /// construction (for example the token file's path).
 pub const TOKEN_REQUIRED_KEY: &str = "p2p-control-token-required";
 
-/// Bytes of randomness in a [`ControlToken`].
-const TOKEN_BYTES: usize = 32;
+/// Bytes of randomness in a [`random_secret`].
+const SECRET_BYTES: usize = 32;
+
+/// A fresh secret from the OS's generator: 32 random bytes as hex. The one
+/// source of the control token, web session ids, CSRF tokens and the web
+/// app's one-time links.
+pub fn random_secret() -> String {
+    let mut bytes = [0u8; SECRET_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
 
 /// Where a local API is: a Unix socket path or a TCP `host:port` (or URL).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,9 +320,7 @@ impl ControlToken {
     /// A fresh token, written to `path` (mode 0600, replacing an older
     /// token atomically).
     pub fn create(path: &Path) -> Result<Self, LocalError> {
-        let mut bytes = [0u8; TOKEN_BYTES];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let token = hex::encode(bytes);
+        let token = random_secret();
         let staged = path.with_extension("token.new");
         match std::fs::remove_file(&staged) {
             Ok(()) => {}

@@ -944,6 +944,16 @@ pub trait AgentHandle {
         output
     }
 
+    /// A one-time link into the agent's web app, from `p2p --json web
+    /// --no-open`, as its owner.
+    async fn web_link(&self) -> String {
+        let output = self.p2p_ok(&["--json", "web", "--no-open"]).await;
+        output.json()["url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no url from p2p web: {output}"))
+            .to_string()
+    }
+
     /// Logs the agent in through `p2p login --password-stdin`.
     async fn login(&self, username: &str, password: &str) {
         let output = self

@@ -1,12 +1,16 @@
 //! What every browser request passes before a handler runs, and the web
-//! sessions it checks: the `Host` allowlist (DNS rebinding), the `Origin`
-//! check on state-changing requests, the session cookie, the CSRF token,
-//! and the security headers on every response.
+//! sessions it checks: the `Host` allowlist (DNS rebinding), the entry
+//! gate (no page, form or feed without a session), the `Origin` check on
+//! state-changing requests, the session cookie, the CSRF token, and the
+//! security headers on every response.
 //!
 //! A web session is a random id in an `HttpOnly`, `SameSite=Strict`
-//! cookie. It is made only by a password login through the web form and
-//! is good only on this agent, only while the agent is still logged in as
-//! that same user, and only until it has been idle for [`IDLE_TIMEOUT`].
+//! cookie. It starts only from a one-time link ([`crate::entry`]) that
+//! the agent's own OS user got from `p2p web`: loopback is open to every
+//! OS user of the machine, the link is not. The session then still needs
+//! the account's password ([`Authed`]) and is good only on this agent,
+//! only while the agent is logged in as that same account, and only until
+//! it has been idle for [`IDLE_TIMEOUT`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,8 +20,7 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use p2p_services::local::same_secret;
-use rand::RngCore;
+use p2p_services::local::{random_secret, same_secret};
 
 use super::Web;
 use super::render;
@@ -28,20 +31,18 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(12 * 60 * 60);
 const MAX_SESSIONS: usize = 64;
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "p2p_session";
-/// The cookie that carries the login form's CSRF token.
-pub const LOGIN_COOKIE: &str = "p2p_login";
+/// What a browser without a session may fetch: the entry link and the
+/// assets of the page that explains how to get in.
+const OPEN_PATHS: [&str; 3] = [
+    crate::entry::ENTRY_PATH,
+    "/assets/app.css",
+    "/assets/app.js",
+];
 
 /// The Content-Security-Policy of every response: nothing inline, nothing
 /// from elsewhere, never framed.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
-
-/// A random token, 32 bytes as hex.
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
 
 /// The hosts the web app answers to: loopback names on any port, the
 /// address it listens on, and the names the operator allowed.
@@ -81,13 +82,13 @@ impl HostAllowlist {
     }
 }
 
-/// One logged-in browser.
+/// One browser that came in through a one-time link.
 #[derive(Debug, Clone)]
 pub struct WebSession {
     /// The cookie value.
     pub id: String,
-    /// Who logged in.
-    pub username: String,
+    /// The account it logged in as with the password; `None` until then.
+    pub username: Option<String>,
     /// The token every state-changing request must carry.
     pub csrf: String,
     /// A message to show once on the next page.
@@ -106,12 +107,25 @@ impl Sessions {
         self.by_id.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a session for `username`, returning it.
-    pub fn create(&self, username: &str) -> WebSession {
+    /// Starts a session for a browser that opened a one-time link; it
+    /// logs in with a password next.
+    pub fn enter(&self) -> WebSession {
+        self.insert(None)
+    }
+
+    /// Replaces session `id` with a fresh one (a new id, so an id seen
+    /// before the password was typed is worth nothing) logged in as
+    /// `username`. `None` when `id` is no longer live.
+    pub fn log_in(&self, id: &str, username: &str) -> Option<WebSession> {
+        self.lock().remove(id)?;
+        Some(self.insert(Some(username.to_string())))
+    }
+
+    fn insert(&self, username: Option<String>) -> WebSession {
         let session = WebSession {
-            id: random_token(),
-            username: username.to_string(),
-            csrf: random_token(),
+            id: random_secret(),
+            username,
+            csrf: random_secret(),
             flash: None,
             last_seen: Instant::now(),
         };
@@ -143,9 +157,14 @@ impl Sessions {
         self.lock().remove(id);
     }
 
-    /// Ends every session of users other than `username`.
-    pub fn keep_only(&self, username: &str) {
-        self.lock().retain(|_, s| s.username == username);
+    /// Sends every session logged in as an account other than `username`
+    /// back to the login form (the agent's account changed).
+    pub fn log_out_others(&self, username: &str) {
+        for session in self.lock().values_mut() {
+            if session.username.as_deref().is_some_and(|u| u != username) {
+                session.username = None;
+            }
+        }
     }
 
     /// Leaves a message for the session's next page.
@@ -191,6 +210,9 @@ pub async fn check_request(State(web): State<Web>, request: Request, next: Next)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let entered = OPEN_PATHS.contains(&request.uri().path())
+        || cookie(request.headers(), SESSION_COOKIE)
+            .is_some_and(|id| web.sessions.get(id).is_some());
     let mut response = if !web.hosts.allows(&host) {
         render::error_page(
             StatusCode::FORBIDDEN,
@@ -202,6 +224,9 @@ pub async fn check_request(State(web): State<Web>, request: Request, next: Next)
                 web.port
             ),
         )
+    } else if !entered {
+        let logged_out = request.uri().query().is_some_and(|q| q.contains("why=out"));
+        render::how_to_enter(StatusCode::FORBIDDEN, logged_out)
     } else if !matches!(*request.method(), Method::GET | Method::HEAD)
         && !same_origin(request.headers(), &host)
     {
@@ -283,6 +308,8 @@ pub struct Authed {
     pub session: WebSession,
     /// The account, as the agent's session knows it.
     pub user: p2p_proto::auth::v1::User,
+    /// The OS account the agent acts as on paths the browser names.
+    pub os_account: String,
 }
 
 impl Authed {
@@ -315,35 +342,51 @@ impl FromRequestParts<Web> for Authed {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Self::Rejection> {
-        let to_login = |why: Option<&str>| {
-            let target = match why {
-                Some(why) => format!("/login?why={why}"),
-                None => "/login".to_string(),
-            };
+        let session = Entered::from_request_parts(parts, web).await?.0;
+        let to_login = |why: &str| {
             if parts.method == Method::GET {
-                Redirect::to(&target).into_response()
+                Redirect::to(&format!("/login{why}")).into_response()
             } else {
                 render::error_page(
                     StatusCode::UNAUTHORIZED,
                     "Log in first",
-                    "Your web session has ended. Open the login page, log in with your password \
-                     and try again.",
+                    "This browser is not logged in to the web app. Open the login page, log in \
+                     with the agent's account and its password, and try again.",
                 )
             }
         };
-        let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else {
-            return Err(to_login(None));
-        };
-        let Some(session) = web.sessions.get(id) else {
-            return Err(to_login(Some("expired")));
+        let Some(username) = session.username.clone() else {
+            return Err(to_login(""));
         };
         match web.api.session().user() {
-            Some(user) if user.username == session.username => Ok(Self { session, user }),
-            _ => {
-                web.sessions.remove(&session.id);
-                Err(to_login(Some("agent")))
+            Some(user) if user.username == username => Ok(Self {
+                session,
+                user,
+                os_account: web.api.os_account().to_string(),
+            }),
+            agent => {
+                let agent = agent.map(|u| u.username).unwrap_or_default();
+                web.sessions.log_out_others(&agent);
+                Err(to_login("?why=agent"))
             }
         }
+    }
+}
+
+/// A request from a browser that came in through a one-time link, logged
+/// in or not. The entry gate in [`check_request`] has already turned away
+/// every other request but the link itself and the assets.
+#[derive(Debug, Clone)]
+pub struct Entered(pub WebSession);
+
+impl FromRequestParts<Web> for Entered {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Self::Rejection> {
+        cookie(&parts.headers, SESSION_COOKIE)
+            .and_then(|id| web.sessions.get(id))
+            .map(Self)
+            .ok_or_else(|| render::how_to_enter(StatusCode::FORBIDDEN, false))
     }
 }
 

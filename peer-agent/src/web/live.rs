@@ -136,13 +136,13 @@ pub async fn sharing(
     })
 }
 
+/// Whether the feed's session is still live and logged in as the agent's
+/// account.
 fn still_valid(web: &Web, authed: &Authed) -> bool {
-    web.sessions.get(&authed.session.id).is_some()
-        && web
-            .api
-            .session()
-            .user()
-            .is_some_and(|u| u.username == authed.session.username)
+    let agent = web.api.session().user().map(|u| u.username);
+    web.sessions
+        .get(&authed.session.id)
+        .is_some_and(|s| s.username.is_some() && s.username == agent)
 }
 
 /// `GET /events/downloads`: the Downloads list, as HTML, as it moves.

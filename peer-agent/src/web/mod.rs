@@ -6,8 +6,9 @@
 //! It is a front end like [`crate::control`]: handlers in [`pages`],
 //! [`upload`] and [`live`] call [`AgentApi`] for everything the agent
 //! does, and [`render`] turns results into escaped HTML. [`guard`] holds
-//! what a browser must pass first (Host allowlist, Origin, session cookie,
-//! CSRF token) and the security headers.
+//! what a browser must pass first (Host allowlist, the entry gate that
+//! wants a session begun from a one-time `p2p web` link, Origin, session
+//! cookie, CSRF token) and the security headers.
 //!
 //! [`serve`] owns every task it starts (the server and each live feed, in
 //! a `TaskTracker`); all stop when the shutdown token is cancelled.
@@ -114,6 +115,7 @@ pub fn router(web: Web) -> Router {
     };
     Router::new()
         .route("/", get(pages::root))
+        .route(crate::entry::ENTRY_PATH, get(pages::enter))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/files", get(pages::files))

@@ -5,13 +5,13 @@
 
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use p2p_proto::auth::v1 as auth_pb;
 use serde::Deserialize;
 
 use super::Web;
-use super::guard::{self, Admin, Authed, LOGIN_COOKIE, SESSION_COOKIE};
+use super::guard::{self, Admin, Authed, Entered, SESSION_COOKIE};
 use super::render::{self, Flash, Viewer};
 use crate::api::ShareOptions;
 use crate::error::Error;
@@ -23,6 +23,7 @@ impl Authed {
             username: self.user.username.clone(),
             admin: self.is_admin(),
             csrf: self.session.csrf.clone(),
+            os_account: self.os_account.clone(),
         }
     }
 }
@@ -74,35 +75,75 @@ pub async fn root() -> Redirect {
     Redirect::to("/files")
 }
 
+/// `?ticket=` on the entry link.
+#[derive(Debug, Deserialize)]
+pub struct EnterQuery {
+    #[serde(default)]
+    ticket: String,
+}
+
+/// `GET /enter?ticket=…`: trades a one-time link from `p2p web` for a web
+/// session (replacing any this browser had) and sends the browser on to
+/// the login form, so the spent link leaves the address bar at once.
+pub async fn enter(State(web): State<Web>, Query(q): Query<EnterQuery>) -> Response {
+    if !web.api.enter_web(&q.ticket) {
+        return render::error_page(
+            StatusCode::FORBIDDEN,
+            "This link does not open the app",
+            &format!(
+                "A link from p2p web works once, for {}, and only on the agent that made it. \
+                 Run p2p web again on the agent's machine, as the user who runs the agent, and \
+                 open the new link.",
+                lifetime_text(web.api.web_link_lifetime())
+            ),
+        );
+    }
+    let session = web.sessions.enter();
+    (
+        [(
+            header::SET_COOKIE,
+            guard::set_cookie(SESSION_COOKIE, &session.id, Some(guard::IDLE_TIMEOUT)),
+        )],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}
+
+/// "2 minutes", "90 seconds".
+fn lifetime_text(lifetime: std::time::Duration) -> String {
+    match lifetime.as_secs() {
+        1 => "a second".into(),
+        60 => "a minute".into(),
+        s if s % 60 == 0 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}
+
 /// `?why=` on the login page.
 #[derive(Debug, Deserialize)]
 pub struct LoginQuery {
     why: Option<String>,
 }
 
-/// `GET /login`: the form, with a fresh token in a cookie and the form.
-pub async fn login_form(State(web): State<Web>, Query(q): Query<LoginQuery>) -> Response {
-    let csrf = guard::random_token();
+/// `GET /login`: the form, carrying the session's CSRF token; a browser
+/// already logged in as the agent's account goes on to Files.
+pub async fn login_form(
+    State(web): State<Web>,
+    Entered(session): Entered,
+    Query(q): Query<LoginQuery>,
+) -> Response {
     let agent_user = web.api.session().user().map(|u| u.username);
+    if session.username.is_some() && session.username == agent_user {
+        return Redirect::to("/files").into_response();
+    }
     let note = match q.why.as_deref() {
-        Some("expired") => Some(Flash::failed(
-            "Your web session ended after a long idle time; log in again.",
-        )),
         Some("agent") => Some(Flash::failed(
-            "The agent was logged out or logged in as someone else (with `p2p login`); log in again.",
+            "The agent was logged out or logged in as another account (with `p2p login` or \
+             `p2p logout`); log in again.",
         )),
-        Some("out") => Some(Flash::ok("You are logged out of the web app.")),
         _ => None,
     };
-    let page = render::login(&csrf, note, agent_user.as_deref());
-    (
-        [(
-            header::SET_COOKIE,
-            guard::set_cookie(LOGIN_COOKIE, &csrf, None),
-        )],
-        page,
-    )
-        .into_response()
+    render::login(&session.csrf, note, agent_user.as_deref()).into_response()
 }
 
 /// The login form's fields.
@@ -114,56 +155,58 @@ pub struct LoginForm {
     password: String,
 }
 
-/// `POST /login`: checks the password with auth-svc (always, even when the
-/// agent is already logged in as this user), logs the agent in as that
-/// account when it is not already, and starts a web session.
+/// `POST /login`: the password is checked with auth-svc (always, even
+/// when the agent is already logged in as this account); the agent's
+/// account stays its owner's choice ([`crate::api::AgentApi::log_in_person`]).
+/// The session gets a new id once logged in.
 pub async fn login(
     State(web): State<Web>,
-    headers: HeaderMap,
+    Entered(session): Entered,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let expected = guard::cookie(&headers, LOGIN_COOKIE).unwrap_or("");
-    if expected.is_empty() || !p2p_services::local::same_secret(expected, &form.csrf) {
+    if !p2p_services::local::same_secret(&form.csrf, &session.csrf) {
         return render::error_page(
             StatusCode::FORBIDDEN,
             "Request refused: the login form's security token is missing or out of date",
             "Open the login page again and log in from there.",
         );
     }
-    match web.api.log_in_person(&form.username, &form.password).await {
-        Ok(user) => {
-            web.sessions.keep_only(&user.username);
-            let session = web.sessions.create(&user.username);
+    let result = web.api.log_in_person(&form.username, &form.password).await;
+    let logged_in = result
+        .map(|user| (web.sessions.log_in(&session.id, &user.username), user))
+        .and_then(|(new, user)| {
+            new.map(|new| (new, user)).ok_or(Error::FailedPrecondition(
+                "this browser's web session ended while logging in; run p2p web again".into(),
+            ))
+        });
+    match logged_in {
+        Ok((session, user)) => {
+            web.sessions.log_out_others(&user.username);
             web.sessions.flash(
                 &session.id,
                 Flash::ok(format!("Logged in as {}.", user.username)),
             );
-            let mut response = Redirect::to("/files").into_response();
-            let headers = response.headers_mut();
-            headers.append(
-                header::SET_COOKIE,
-                guard::set_cookie(SESSION_COOKIE, &session.id, Some(guard::IDLE_TIMEOUT)),
-            );
-            headers.append(
-                header::SET_COOKIE,
-                guard::set_cookie(LOGIN_COOKIE, "", Some(std::time::Duration::ZERO)),
-            );
-            response
-        }
-        Err(err) => {
-            let status = tonic::Status::from(err);
-            let (code, _) = http_status(status.code());
-            let csrf = guard::random_token();
-            let page = render::login(&csrf, Some(Flash::failed(status_text(&status))), None);
             (
-                code,
                 [(
                     header::SET_COOKIE,
-                    guard::set_cookie(LOGIN_COOKIE, &csrf, None),
+                    guard::set_cookie(SESSION_COOKIE, &session.id, Some(guard::IDLE_TIMEOUT)),
                 )],
-                page,
+                Redirect::to("/files"),
             )
                 .into_response()
+        }
+        Err(err) => {
+            let other_account = matches!(err, Error::OtherAccount { .. }).then(|| err.to_string());
+            let status = tonic::Status::from(err);
+            let (code, _) = http_status(status.code());
+            let text = other_account.unwrap_or_else(|| status_text(&status));
+            let agent_user = web.api.session().user().map(|u| u.username);
+            let page = render::login(
+                &session.csrf,
+                Some(Flash::failed(text)),
+                agent_user.as_deref(),
+            );
+            (code, page).into_response()
         }
     }
 }
@@ -201,7 +244,7 @@ pub async fn logout(
             header::SET_COOKIE,
             guard::set_cookie(SESSION_COOKIE, "", Some(std::time::Duration::ZERO)),
         )],
-        Redirect::to("/login?why=out"),
+        Redirect::to("/?why=out"),
     )
         .into_response()
 }

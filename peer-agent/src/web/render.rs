@@ -53,6 +53,8 @@ pub struct Viewer {
     pub admin: bool,
     /// The session's CSRF token, put in every form.
     pub csrf: String,
+    /// The OS account the agent reads and writes paths as.
+    pub os_account: String,
 }
 
 /// The pages in the navigation bar.
@@ -72,6 +74,8 @@ pub enum Page {
     Status,
     /// The login form.
     Login,
+    /// How to get in without a one-time link.
+    Enter,
 }
 
 impl Page {
@@ -84,6 +88,7 @@ impl Page {
             Page::Accounts => "Accounts",
             Page::Status => "Status",
             Page::Login => "Log in",
+            Page::Enter => "Open this app with p2p web",
         }
     }
 
@@ -96,6 +101,7 @@ impl Page {
             Page::Accounts => "/accounts",
             Page::Status => "/status",
             Page::Login => "/login",
+            Page::Enter => crate::entry::ENTRY_PATH,
         }
     }
 }
@@ -179,7 +185,27 @@ pub fn error_page(status: StatusCode, title: &str, what_to_do: &str) -> Response
     (status, body).into_response()
 }
 
-/// The login form. `csrf` is also in the login cookie.
+/// What a browser without a web session gets for every page, form and
+/// feed: how to get in, and nothing else.
+pub fn how_to_enter(status: StatusCode, logged_out: bool) -> Response {
+    let flash = logged_out.then(|| Flash::ok("You are logged out of the web app."));
+    let page = layout(
+        Page::Enter,
+        None,
+        flash,
+        html! {
+            p { "This web app acts for the OS user who runs the agent, with that user's files, so it opens only through a one-time link that only that user can make." }
+            p { "On the agent's machine, as the user who runs the agent, run:" }
+            pre { code { "p2p web" } }
+            p { "It prints a link (and opens it when a desktop is there). The link works once, for a few minutes; then log in with the agent's account and its password." }
+            p.hint { "For an agent in a container: " code { "docker compose exec peer-a /p2p web" } "." }
+        },
+    );
+    (status, page).into_response()
+}
+
+/// The login form. `agent_user` is the account the agent is logged in
+/// as: the only one this form accepts.
 pub fn login(csrf: &str, note: Option<Flash>, agent_user: Option<&str>) -> Markup {
     layout(
         Page::Login,
@@ -190,16 +216,22 @@ pub fn login(csrf: &str, note: Option<Flash>, agent_user: Option<&str>) -> Marku
                 input type="hidden" name="csrf" value=(csrf);
                 p {
                     label for="username" { "Username" }
-                    input #username name="username" autocomplete="username" required autofocus;
+                    @if let Some(user) = agent_user {
+                        input #username name="username" autocomplete="username" required value=(user) readonly;
+                    } @else {
+                        input #username name="username" autocomplete="username" required autofocus;
+                    }
                 }
                 p {
                     label for="password" { "Password" }
-                    input #password name="password" type="password" autocomplete="current-password" required;
+                    input #password name="password" type="password" autocomplete="current-password" required autofocus[agent_user.is_some()];
                 }
                 button type="submit" { "Log in" }
             }
             @if let Some(user) = agent_user {
-                p.hint { "This agent is logged in as " strong { (user) } ". Logging in here as someone else logs the agent in as that account." }
+                p.hint { "This agent is logged in as " strong { (user) } ", so the web app signs in only as that account. To use another account on this machine, run " code { "p2p login NAME" } " there." }
+            } @else {
+                p.hint { "The agent is not logged in: logging in here logs it in as that account." }
             }
             p.hint { "Logging in to the web app always takes the account's password, even when the agent itself is logged in." }
         },
@@ -286,7 +318,7 @@ pub fn file_rows(viewer: &Viewer, files: &[pb::NetworkFile]) -> Markup {
                         @if state == pb::LocalState::Downloading {
                             (action("/files/cancel", &viewer.csrf, &info.file_id, "Cancel", &format!("Cancel the download of {}", info.name), None))
                         } @else if state != pb::LocalState::Complete {
-                            (download_form(&viewer.csrf, info))
+                            (download_form(viewer, info))
                         }
                         @if state != pb::LocalState::None || !file.local_problem.is_empty() {
                             (action("/files/remove", &viewer.csrf, &info.file_id, "Remove here", &format!("Remove the copy of {} on this agent", info.name), None))
@@ -303,17 +335,18 @@ pub fn file_rows(viewer: &Viewer, files: &[pb::NetworkFile]) -> Markup {
 
 /// Download, to the downloads directory or (opened with "to a path") to
 /// a path on the agent's machine.
-fn download_form(csrf: &str, info: &index_pb::FileInfo) -> Markup {
+fn download_form(viewer: &Viewer, info: &index_pb::FileInfo) -> Markup {
     let field = format!("dest-{}", info.file_id);
     html! {
         form.inline.download method="post" action="/files/download" {
-            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="csrf" value=(viewer.csrf);
             input type="hidden" name="file" value=(info.file_id);
             button type="submit" aria-label=(format!("Download {}", info.name)) { "Download" }
             details {
                 summary { "to a path" }
                 label for=(field) { "Save " (info.name) " to (a path on the agent's machine)" }
                 input id=(field) name="destination" placeholder="/home/me/Downloads/";
+                small.hint { "Written as the agent's OS user, " (viewer.os_account) "." }
             }
         }
     }
@@ -396,6 +429,7 @@ pub fn share(
             }
             section.card aria-labelledby="path-h" {
                 h2 #path-h { "Share a file on the agent's machine" }
+                p.hint { "The agent reads the file as its OS user, " strong { (viewer.os_account) } ", and offers it to everyone in the network." }
                 form method="post" action="/share/path" {
                     input type="hidden" name="csrf" value=(viewer.csrf);
                     p {
@@ -682,6 +716,7 @@ mod tests {
         let viewer = Viewer {
             username: "ann".into(),
             admin: false,
+            os_account: "ann (uid 1000)".into(),
             csrf: "t".into(),
         };
         let file = pb::NetworkFile {

@@ -215,6 +215,27 @@ pub enum Command {
     #[command(after_help = "Examples:\n  p2p status\n  p2p --json status")]
     Status,
 
+    /// Open the agent's web app: print a one-time link, and open it in the
+    /// browser when a desktop is present.
+    #[command(
+        long_about = "Open the agent's web app in a browser.\n\n\
+            The web app acts for the OS user who runs the agent, so a browser \
+            gets in only through a link that only that user can make: this \
+            command asks the agent for one over its control socket. The link \
+            works once, within a few minutes (the agent's \
+            --web-link-lifetime); the web app then asks for the password of \
+            the account the agent is logged in as. Run it again for another \
+            browser, or after logging out of the web app.",
+        after_help = "Examples:\n  p2p web\n  p2p web --no-open        print the link only\n  \
+            docker compose exec peer-a /p2p web   an agent in a container"
+    )]
+    Web {
+        /// Print the link without starting a browser (the default when no
+        /// desktop is present: neither DISPLAY nor WAYLAND_DISPLAY is set).
+        #[arg(long, env = "P2P_WEB_NO_OPEN")]
+        no_open: bool,
+    },
+
     /// Manage accounts (admins only).
     #[command(subcommand)]
     Users(UsersCommand),

@@ -20,7 +20,9 @@ use tonic::transport::Channel;
 use crate::cli::{AgentArgs, Command, LoginArgs, PasswordArgs, UsersCommand};
 use crate::error::{Error, Subject, explain, is_broken_connection};
 use crate::progress::Progress;
-use crate::view::{self, DownloadEvent, FileRow, PeerRow, SharedFile, StatusView, UserRow};
+use crate::view::{
+    self, DownloadEvent, FileRow, PeerRow, SharedFile, StatusView, UserRow, WebLinkView,
+};
 
 /// How output is written: JSON documents for scripts or text for people.
 #[derive(Debug, Clone, Copy)]
@@ -180,6 +182,7 @@ pub async fn run(session: &mut Session, command: Command) -> Result<(), Error> {
         Command::Rm { file, network } => rm(session, file, network).await,
         Command::Peers { all } => peers(session, all).await,
         Command::Status => status(session).await,
+        Command::Web { no_open } => web(session, no_open).await,
         Command::Users(UsersCommand::Add {
             name,
             admin,
@@ -541,6 +544,43 @@ async fn status(session: &mut Session) -> Result<(), Error> {
         print!("{}", view.text());
     }
     Ok(())
+}
+
+async fn web(session: &mut Session, no_open: bool) -> Result<(), Error> {
+    let response = session
+        .client
+        .open_web(agent::OpenWebRequest {})
+        .await
+        .map_err(|s| explain(s, Subject::General))?
+        .into_inner();
+    let view = WebLinkView::from_proto(response);
+    if session.out.json {
+        session.out.json(&view);
+    } else {
+        print!("{}", view.text());
+    }
+    if !no_open && desktop_present() {
+        // The browser outlives us; xdg-open returns once it has handed the
+        // link over.
+        match std::process::Command::new("xdg-open")
+            .arg(&view.url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(_) => {}
+            Err(e) => eprintln!("could not start xdg-open ({e}); open the link by hand"),
+        }
+    }
+    Ok(())
+}
+
+/// Whether a graphical session is there to open a browser in.
+fn desktop_present() -> bool {
+    ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
 }
 
 async fn users_add(

@@ -343,6 +343,31 @@ pub struct Counters {
     pub chunks_served_while_downloading: u64,
 }
 
+/// `p2p web`: the one-time link into the agent's web app.
+#[derive(Debug, Serialize)]
+pub struct WebLinkView {
+    pub url: String,
+    pub expires_in_seconds: u32,
+}
+
+impl WebLinkView {
+    pub fn from_proto(r: agent::OpenWebResponse) -> Self {
+        Self {
+            url: r.url,
+            expires_in_seconds: r.expires_in_seconds,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        format!(
+            "Open this link in a browser on this machine. It works once, within {}, and then \
+             asks for the password of the account the agent is logged in as:\n\n  {}\n",
+            format::duration(Duration::from_secs(self.expires_in_seconds.into())),
+            self.url
+        )
+    }
+}
+
 /// `p2p status`.
 #[derive(Debug, Serialize)]
 pub struct StatusView {
