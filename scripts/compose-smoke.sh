@@ -43,13 +43,25 @@ grep -q Unauthenticated "$WORK/err" || fail "a call without the control token di
 for svc in peer-a peer-b peer-c; do
   docker cp "$(cid "$svc"):/data/control.token" "$WORK/$svc.token"
 done
-echo "--- the agents' web apps on the host's loopback"
-for port in 50255 50256 50257; do
-  code=$(curl -s -o "$WORK/web-login" -w '%{http_code}' --max-time 5 "http://127.0.0.1:$port/login") ||
+echo "--- the agents' web apps on the host's loopback, opened with p2p web"
+for svc_port in peer-a:50255 peer-b:50256 peer-c:50257; do
+  svc=${svc_port%:*} port=${svc_port#*:}
+  code=$(curl -s -o "$WORK/web-enter" -w '%{http_code}' --max-time 5 "http://127.0.0.1:$port/login") ||
     fail "the web app on 127.0.0.1:$port did not answer"
-  [[ $code == 200 ]] || fail "the web app on 127.0.0.1:$port answered $code to /login"
-  grep -q 'name="password"' "$WORK/web-login" || fail "no login form on 127.0.0.1:$port"
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'Host: evil.example' "http://127.0.0.1:$port/login") ||
+  [[ $code == 403 ]] || fail "the web app on 127.0.0.1:$port answered $code to /login without a link from p2p web"
+  grep -q 'p2p web' "$WORK/web-enter" || fail "the web app on 127.0.0.1:$port does not say how to get in"
+  link=$(p2p "$svc" --json web --no-open | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])') ||
+    fail "p2p web in $svc failed"
+  [[ $link == "http://127.0.0.1:$port/enter?ticket="* ]] || fail "p2p web in $svc printed $link, not the published port"
+  rm -f "$WORK/web-cookies"
+  code=$(curl -s -L -c "$WORK/web-cookies" -b "$WORK/web-cookies" -o "$WORK/web-login" -w '%{http_code}' \
+    --max-time 5 "$link") || fail "the web app on 127.0.0.1:$port did not answer"
+  [[ $code == 200 ]] || fail "the one-time link of $svc led to $code, not the login form"
+  grep -q 'name="password"' "$WORK/web-login" || fail "no login form behind the link on 127.0.0.1:$port"
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$link") ||
+    fail "the web app on 127.0.0.1:$port did not answer"
+  [[ $code == 403 ]] || fail "the one-time link of $svc opened a second time ($code)"
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'Host: evil.example' "http://127.0.0.1:$port/assets/app.css") ||
     fail "the web app on 127.0.0.1:$port did not answer"
   [[ $code == 403 ]] || fail "the web app on 127.0.0.1:$port answered $code to a foreign Host"
 done

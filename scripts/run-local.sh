@@ -86,6 +86,13 @@ p2p_on b get demo.bin -o "$DIR/demo-copy.bin" --force
 cmp "$DIR/demo.bin" "$DIR/demo-copy.bin"
 echo "agent B's copy is byte-for-byte identical."
 
+# The web apps open only through one-time links that the agents' own OS
+# user asks for (`p2p web`); these two are good for a few minutes.
+web_link() { p2p_on "$1" --json web --no-open | sed -n 's/.*"url": *"\([^"]*\)".*/\1/p'; }
+LINK_A=$(web_link a)
+LINK_B=$(web_link b)
+[[ $LINK_A == http://* && $LINK_B == http://* ]] || { echo "p2p web printed no link" >&2; exit 1; }
+
 cat <<EOF2
 
 The network is running (state and logs in $DIR):
@@ -93,7 +100,11 @@ The network is running (state and logs in $DIR):
   index-svc  127.0.0.1:50052
   agent A    control $DIR/agent-a/control.sock   web app http://127.0.0.1:50055/
   agent B    control $DIR/agent-b/control.sock   web app http://127.0.0.1:50065/
-Open a web app in a browser and log in as admin with the password above.
+Open a web app through its one-time link (each works once, for a few
+minutes; \`p2p --data-dir $DIR/agent-a web\` makes another) and log in as
+admin with the password above:
+  agent A    $LINK_A
+  agent B    $LINK_B
 Try:
   export PATH=$BIN:\$PATH P2P_DATA_DIR=$DIR/agent-b
   p2p ls; p2p peers; p2p status; p2p share SOME_FILE; p2p get NAME

@@ -271,6 +271,16 @@ impl AgentControl for ScriptedAgent {
         }))
     }
 
+    async fn open_web(
+        &self,
+        _: Request<agent::OpenWebRequest>,
+    ) -> Result<Response<agent::OpenWebResponse>, Status> {
+        Ok(Response::new(agent::OpenWebResponse {
+            url: format!("http://127.0.0.1:50055/enter?ticket={FILE_ID}"),
+            expires_in_seconds: 120,
+        }))
+    }
+
     async fn list_peers(
         &self,
         _: Request<index::ListPeersRequest>,
@@ -480,6 +490,21 @@ async fn ls_watch_prints_each_listing_until_the_agent_ends_it() {
         table.stdout.contains("no files in the network yet"),
         "{table}"
     );
+}
+
+#[tokio::test]
+async fn web_prints_the_one_time_link_and_how_long_it_lasts() {
+    let fake = Fake::start(true).await;
+    let link = format!("http://127.0.0.1:50055/enter?ticket={FILE_ID}");
+    let out = fake.p2p(&["web", "--no-open"], None).await;
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains(&format!("  {link}\n")), "{out}");
+    assert!(out.stdout.contains("works once, within 2m 00s"), "{out}");
+    let json = fake.p2p(&["--json", "web", "--no-open"], None).await;
+    assert_eq!(json.code, Some(0), "{json}");
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(value["url"], link.as_str());
+    assert_eq!(value["expires_in_seconds"], 120);
 }
 
 #[tokio::test]

@@ -132,18 +132,25 @@ async fn text_of(browser: &Client, css: &str) -> String {
     }
 }
 
-async fn log_in(browser: &Client, web: &str, username: &str, password: &str) {
-    browser
-        .goto(&format!("http://{web}/login"))
-        .await
-        .expect("open login");
-    browser
+/// Opens `url` (a one-time link from `p2p web`, or the login page of a
+/// browser that came in through one) and logs in. The username field is
+/// filled in and read-only when the agent is logged in already.
+async fn log_in(browser: &Client, url: &str, username: &str, password: &str) {
+    browser.goto(url).await.expect("open the link");
+    let field = browser
         .find(Locator::Id("username"))
         .await
-        .expect("username field")
-        .send_keys(username)
-        .await
-        .expect("type username");
+        .unwrap_or_else(|e| panic!("no username field after opening {url}: {e}"));
+    if field.attr("readonly").await.expect("readonly").is_some() {
+        let shown = field.prop("value").await.expect("value");
+        assert_eq!(
+            shown.as_deref(),
+            Some(username),
+            "the form names another account"
+        );
+    } else {
+        field.send_keys(username).await.expect("type username");
+    }
     browser
         .find(Locator::Id("password"))
         .await
@@ -216,12 +223,14 @@ async fn post_from_page(browser: &Client, path: &str, fields: serde_json::Value)
         .unwrap_or_else(|| panic!("fetch failed: {status}"))
 }
 
-/// The status line's code for a raw request with a chosen `Host`.
+/// The status line's code for a raw request for the stylesheet (which a
+/// browser may fetch before it has a session) with a chosen `Host`.
 async fn status_with_host(web: &str, host: &str) -> u16 {
     let mut stream = tokio::net::TcpStream::connect(web)
         .await
         .expect("connect web app");
-    let request = format!("GET /login HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET /assets/app.css HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .await
@@ -270,16 +279,38 @@ async fn the_seeds_windows_work_in_a_real_browser() {
     assert_eq!(status_with_host(&web_a, "evil.example").await, 403);
     assert_eq!(status_with_host(&web_a, &web_a).await, 200);
 
-    a.goto(&format!("http://{web_a}/login"))
+    // Without a link from `p2p web` the app only says how to get in.
+    a.goto(&format!("http://{web_a}/files"))
         .await
-        .expect("open login");
+        .expect("open files");
+    assert_eq!(text_of(&a, "h1").await, "Open this app with p2p web");
+    assert!(
+        a.find_all(Locator::Css("form"))
+            .await
+            .expect("query")
+            .is_empty(),
+        "a form without a session"
+    );
+    screenshot(&a, "enter").await;
+
+    // A's owner runs `p2p web`; the link leads to the login form, which
+    // asks for the password of the account the agent is logged in as.
+    let link_a = agent_a.web_link().await;
+    a.goto(&link_a).await.expect("open the link");
+    assert!(
+        a.current_url()
+            .await
+            .expect("url")
+            .as_str()
+            .ends_with("/login"),
+        "the spent link stayed in the address bar"
+    );
+    let user_field = a.find(Locator::Id("username")).await.expect("username");
+    assert_eq!(
+        user_field.prop("value").await.expect("value").as_deref(),
+        Some(ADMIN_USER)
+    );
     screenshot(&a, "login").await;
-    a.find(Locator::Id("username"))
-        .await
-        .expect("username")
-        .send_keys(ADMIN_USER)
-        .await
-        .expect("type");
     a.find(Locator::Id("password"))
         .await
         .expect("password")
@@ -295,14 +326,26 @@ async fn the_seeds_windows_work_in_a_real_browser() {
             .expect("query")
             .is_empty()
     );
+    // The link is spent: opening it again does not let a browser in.
+    let c = browser(&driver).await;
+    c.goto(&link_a).await.expect("open the spent link");
+    assert_eq!(text_of(&c, "h1").await, "This link does not open the app");
+    c.close().await.expect("close browser C");
     let peer_id = agent_a.status().await.peer_id;
-    log_in(&a, &web_a, ADMIN_USER, ADMIN_PASSWORD).await;
+    log_in(
+        &a,
+        &format!("http://{web_a}/login"),
+        ADMIN_USER,
+        ADMIN_PASSWORD,
+    )
+    .await;
     assert_eq!(
         agent_a.status().await.peer_id,
         peer_id,
         "a web login as the agent's own user must leave its session running"
     );
-    log_in(&b, &web_b, ADMIN_USER, ADMIN_PASSWORD).await;
+    // B is not logged in: its first login from the browser logs it in.
+    log_in(&b, &agent_b.web_link().await, ADMIN_USER, ADMIN_PASSWORD).await;
     // B watches its Files page from here on, never reloading it.
     b.goto(&format!("http://{web_b}/files"))
         .await
@@ -444,10 +487,38 @@ async fn the_seeds_windows_work_in_a_real_browser() {
     text_of(&a, "tr[data-username='carol']").await;
     screenshot(&a, "accounts").await;
 
-    // ... who logs in on B, and is not an admin there.
+    // ... who logs in on B once B's owner has logged the agent out: a web
+    // login never switches an agent to another account.
     click(&b, "form.logout button").await;
-    text_of(&b, "p.flash.ok").await;
-    log_in(&b, &web_b, "carol", "carol-password-1").await;
+    let out = text_of(&b, "p.flash.ok").await;
+    assert!(out.contains("logged out"), "{out}");
+    b.goto(&agent_b.web_link().await)
+        .await
+        .expect("open a new link");
+    let field = b.find(Locator::Id("username")).await.expect("username");
+    assert!(
+        field.attr("readonly").await.expect("readonly").is_some(),
+        "the form offers another account than the agent's"
+    );
+    let csrf = b
+        .find(Locator::Css("form.card input[name=csrf]"))
+        .await
+        .expect("csrf field")
+        .attr("value")
+        .await
+        .expect("value")
+        .expect("a csrf token");
+    let as_carol =
+        serde_json::json!({"csrf": csrf, "username": "carol", "password": "carol-password-1"});
+    assert_eq!(post_from_page(&b, "/login", as_carol).await, 403);
+    agent_b.p2p_ok(&["logout"]).await;
+    log_in(
+        &b,
+        &format!("http://{web_b}/login"),
+        "carol",
+        "carol-password-1",
+    )
+    .await;
     let nav = text_of(&b, "header nav").await;
     assert!(
         !nav.contains("Accounts"),
