@@ -335,21 +335,40 @@ fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> R
     bail!("timed out after {limit:?} waiting for {what}")
 }
 
-fn json_of(output: &std::process::Output) -> Option<serde_json::Value> {
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
+/// Shares `file` with `p2p` (the `Command`, on whichever host runs it)
+/// `--json share` through the agent with data dir `data`.
+fn share(mut p2p: Command, data: &Path, file: &Path) -> Result<()> {
+    let shared = p2p
+        .env("P2P_DATA_DIR", data)
+        .args(["--json", "share"])
+        .arg(file)
+        .output()?;
+    if !shared.status.success() {
+        bail!("share failed: {}", String::from_utf8_lossy(&shared.stderr));
+    }
+    Ok(())
 }
 
-/// Whether the agent with data dir `data` has a peer id yet, asked with
-/// `p2p` (the `Command`, on whichever host runs it) `--json status`.
-fn registered(mut p2p: Command, data: &Path) -> bool {
-    p2p.env("P2P_DATA_DIR", data)
+/// What `p2p` (the `Command`, on whichever host runs it) `--json status`
+/// says about the agent with data dir `data`; `None` when it printed no
+/// JSON.
+fn status(mut p2p: Command, data: &Path) -> std::io::Result<Option<serde_json::Value>> {
+    let output = p2p
+        .env("P2P_DATA_DIR", data)
         .args(["--json", "status"])
-        .output()
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok()))
+}
+
+/// Whether the agent with data dir `data` has a peer id yet.
+fn registered(p2p: Command, data: &Path) -> bool {
+    status(p2p, data)
         .ok()
-        .and_then(|o| json_of(&o))
+        .flatten()
         .and_then(|v| v.get("peer_id").or_else(|| v.get("peerId")).cloned())
         .and_then(|v| v.as_str().map(|s| !s.is_empty()))
         .unwrap_or(false)
@@ -512,12 +531,7 @@ impl AgentRecord {
         name: &str,
         done_s: Option<f64>,
     ) -> Result<Self> {
-        let status = host
-            .command(bin("p2p")?)
-            .env("P2P_DATA_DIR", dir.join(name))
-            .args(["--json", "status"])
-            .output()?;
-        let json = json_of(&status).unwrap_or_default();
+        let json = status(host.command(bin("p2p")?), &dir.join(name))?.unwrap_or_default();
         let field = |key: &str| find_u64(&json, key).unwrap_or(0);
         let pid = proc.0.id();
         let (user, system) = cpu_time(pid).unwrap_or_default();
@@ -833,15 +847,7 @@ fn swarm_case(
     let source = dir.path().join("seeder").join("payload.bin");
     random_file(&source, size, size_mib ^ n as u64)?;
     let want = file_hash(&source)?;
-    let shared = seeder
-        .command(&p2p)
-        .env("P2P_DATA_DIR", dir.path().join("seeder"))
-        .args(["--json", "share"])
-        .arg(&source)
-        .output()?;
-    if !shared.status.success() {
-        bail!("share failed: {}", String::from_utf8_lossy(&shared.stderr));
-    }
+    share(seeder.command(&p2p), &dir.path().join("seeder"), &source)?;
 
     let index_before = index_requests(&services);
     let cpu_before = machine_jiffies();
@@ -1115,12 +1121,6 @@ impl CaseSummary<'_> {
 
     fn json(&self) -> serde_json::Value {
         let c = self.runs[0];
-        let tail = |c: &SwarmCase| {
-            let mut t = c.per_host_s.clone();
-            t.sort_by(f64::total_cmp);
-            let median = t.get(t.len() / 2).copied()?;
-            Some(t.last()? - median)
-        };
         serde_json::json!({
             "n": c.n, "size_bytes": c.size_bytes, "runs": self.runs.len(),
             "p2p_bound_s": c.p2p_bound_s,
@@ -1132,7 +1132,7 @@ impl CaseSummary<'_> {
             "cpu_busy_swarm": self.spread(|c| c.cpu_busy_swarm),
             "agents_cpu_s_per_gib": self.spread(|c| Some(c.agents_cpu_s_per_gib)),
             "agents_user_s_per_gib": self.spread(|c| Some(c.agents_user_s_per_gib)),
-            "last_minus_median_downloader_s": self.spread(tail),
+            "last_minus_median_downloader_s": self.spread(tail_s),
             "first_chunk_s": self.spread(|c| c.links.as_ref().map(|l| l.first_chunk_s)),
             "seeder_busy_s": self.spread(|c| c.links.as_ref().map(|l| l.seeder_busy_s)),
             "seeder_link_use": self.spread(|c| c.links.as_ref().map(|l| l.seeder_link_use)),
@@ -1218,10 +1218,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                     plan.timeout,
                     &plan.env,
                 )?;
-                let mut t = case.per_host_s.clone();
-                t.sort_by(f64::total_cmp);
-                let tail =
-                    t.last().copied().unwrap_or(0.0) - t.get(t.len() / 2).copied().unwrap_or(0.0);
+                let tail = tail_s(&case).unwrap_or(0.0);
                 println!(
                     "{:>3} {:>8} {:>4} {:>9.2} {:>9} {:>9} {:>9.3} {:>9.3}F {:>8} {:>9.2} {:>9.2} {:>9} {:>9} {:>9.2} {:>6.0}% {:>5.0}MiB {:>9} {:>9} {:>8} {:>8}",
                     case.n,
@@ -1312,11 +1309,6 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in &summaries {
         let c = s.runs[0];
-        let tail = |c: &SwarmCase| {
-            let mut t = c.per_host_s.clone();
-            t.sort_by(f64::total_cmp);
-            Some(t.last()? - t.get(t.len() / 2)?)
-        };
         println!(
             "| {} | {} MiB | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.n,
@@ -1327,7 +1319,7 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
             Spread::show(s.spread(|c| c.index_rps_per_downloader), 2),
             Spread::show(s.spread(|c| Some(c.agents_cpu_s_per_gib)), 1),
             Spread::show(s.spread(|c| Some(c.agents_user_s_per_gib)), 1),
-            Spread::show(s.spread(tail), 2),
+            Spread::show(s.spread(tail_s), 2),
             Spread::show(s.spread(|c| c.bt.as_ref().map(|b| b.time_s)), 2),
             Spread::show(
                 s.spread(|c| c.bt.as_ref().map(|b| b.time_s / c.p2p_bound_s)),
@@ -1423,6 +1415,13 @@ fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
     std::fs::write(path("timeline.csv"), timeline)?;
     println!("wrote {}.{{json,csv,svg}}", base.display());
     Ok(())
+}
+
+/// How much longer the last downloader took than the median one.
+fn tail_s(case: &SwarmCase) -> Option<f64> {
+    let mut t = case.per_host_s.clone();
+    t.sort_by(f64::total_cmp);
+    Some(t.last()? - t.get(t.len() / 2)?)
 }
 
 /// One [`LinkUse`] figure of a run for the table, `-` when not measured.
@@ -1577,14 +1576,7 @@ fn datapath(out: &Path, size_mib: u64) -> Result<()> {
     let a = start_loopback_agent(dir.path(), "a", 0)?;
     let b = start_loopback_agent(dir.path(), "b", 1)?;
     let p2p = bin("p2p")?;
-    let shared = Command::new(&p2p)
-        .env("P2P_DATA_DIR", dir.path().join("a"))
-        .args(["--json", "share"])
-        .arg(&source)
-        .output()?;
-    if !shared.status.success() {
-        bail!("share failed: {}", String::from_utf8_lossy(&shared.stderr));
-    }
+    share(Command::new(&p2p), &dir.path().join("a"), &source)?;
     let copy = dir.path().join("copy.bin");
     let started = Instant::now();
     let mut get = Command::new(&p2p)
@@ -1747,15 +1739,8 @@ fn hash(out: &Path, size_mib: u64) -> Result<()> {
     start_services(&Host::loopback(), dir.path(), &mut procs)?;
     let agent = start_loopback_agent(dir.path(), "a", 0)?;
     let started = Instant::now();
-    let shared = Command::new(bin("p2p")?)
-        .env("P2P_DATA_DIR", dir.path().join("a"))
-        .args(["--json", "share"])
-        .arg(&source)
-        .output()?;
+    share(Command::new(bin("p2p")?), &dir.path().join("a"), &source)?;
     let share_s = started.elapsed().as_secs_f64();
-    if !shared.status.success() {
-        bail!("share failed: {}", String::from_utf8_lossy(&shared.stderr));
-    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "BLAKE3 on {size_mib} MiB in memory: one core {:.0} MiB/s, {cores} cores {:.0} MiB/s",
