@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use p2p_tests::netns::{Host, Lan};
 
-use crate::{Baseline, cpu_time, file_hash, sample_rtt, spawn};
+use crate::case::Baseline;
+use crate::links::sample_rtt;
+use crate::payload::file_hash;
+use crate::process::spawn;
+use crate::usage::cpu_time;
 
 /// Builds a single-file .torrent of `path` (256 KiB pieces, like our
 /// chunks) announcing to `announce`; returns the info hash in hex.

@@ -29,7 +29,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 
-use crate::{Baseline, cpu_time, file_hash, sample_rtt, spawn};
+use crate::case::Baseline;
+use crate::links::sample_rtt;
+use crate::payload::file_hash;
+use crate::process::spawn;
+use crate::usage::cpu_time;
 
 /// The port every mesh node listens on.
 pub const PORT: u16 = 7000;
