@@ -104,8 +104,9 @@ pub async fn run(
     };
     if rustix::process::geteuid().is_root() {
         tracing::warn!(
-            "running as root: the control API and the web app act as root, so whoever the agent \
-             lets in can share or write any path on this machine; run it as a dedicated user"
+            "running as root: paths named through the control API and the web app are read and \
+             written as root, anywhere on this machine; run the agent as the user whose files \
+             it shares"
         );
     }
     let advertise_addr = config.advertise_for(local(&peer_listener)?);
