@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,6 +86,9 @@ pub struct Batch {
     pub renewals: Vec<Renewal>,
     /// Latest holding per (peer, file).
     pub holdings: Vec<HoldingUpdate>,
+    /// A caller waits for this batch to be committed (it carries a holder
+    /// change, [`WriteBehind::hold_now`]), so it is committed durably.
+    pub durable: bool,
 }
 
 impl Batch {
@@ -105,11 +109,15 @@ pub enum Full {
     Registrations,
 }
 
+/// A caller of [`WriteBehind::hold_now`], told when its flush committed.
+type Waiter = oneshot::Sender<Result<(), Error>>;
+
 /// The writes waiting for the next flush.
 #[derive(Debug)]
 pub struct Pending {
     renewals: HashMap<PeerId, Renewal>,
     holdings: HashMap<(PeerId, FileId), HoldingUpdate>,
+    waiters: Vec<Waiter>,
     max_renewals: usize,
     max_holdings: usize,
 }
@@ -121,6 +129,7 @@ impl Pending {
         Self {
             renewals: HashMap::new(),
             holdings: HashMap::new(),
+            waiters: Vec::new(),
             max_renewals,
             max_holdings,
         }
@@ -153,6 +162,16 @@ impl Pending {
         Ok(())
     }
 
+    /// Queues a holding that changes what holder counts show, replacing a
+    /// queued one for the same (peer, file), and the caller that waits for
+    /// it to be committed. It is taken even past the bound: admission
+    /// bounds the calls that can wait here.
+    fn hold_now(&mut self, update: HoldingUpdate, waiter: Waiter) {
+        let key = (update.peer.clone(), update.file_id.clone());
+        self.holdings.insert(key, update);
+        self.waiters.push(waiter);
+    }
+
     /// Drops a queued holding: the peer stopped sharing the file, and the
     /// direct write that says so must not be undone by the next flush.
     pub fn forget_holding(&mut self, peer: &PeerId, file_id: &FileId) {
@@ -169,7 +188,14 @@ impl Pending {
         Batch {
             renewals: self.renewals.drain().map(|(_, r)| r).collect(),
             holdings: self.holdings.drain().map(|(_, h)| h).collect(),
+            durable: !self.waiters.is_empty(),
         }
+    }
+
+    /// Takes everything queued, and the callers waiting for it.
+    fn take_waited(&mut self) -> (Batch, Vec<Waiter>) {
+        let batch = self.take();
+        (batch, std::mem::take(&mut self.waiters))
     }
 
     /// Puts back a batch the database refused, except entries that newer
@@ -202,14 +228,21 @@ impl Pending {
 
 /// The shared handle handlers queue into. Cheap to clone.
 ///
-/// A flush and a direct write of a holding (StopSharing, DeleteFile, a new
-/// holder or complete copy written at once) never interleave: both hold
-/// the write gate ([`WriteBehind::gate`]), so a batch already taken cannot
-/// bring back a holding removed, or overwrite one written, meanwhile.
+/// A flush and a direct write of a holding (StopSharing, DeleteFile,
+/// PublishFile) never interleave: both hold the write gate
+/// ([`WriteBehind::gate`]), so a batch already taken cannot bring back a
+/// holding removed, or overwrite one written, meanwhile. A new holder or
+/// complete copy goes through the queue too, but starts a flush at once
+/// and waits for its commit ([`WriteBehind::hold_now`]).
 #[derive(Debug, Clone)]
 pub struct WriteBehind {
     pending: Arc<Mutex<Pending>>,
     gate: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes the flusher before its tick: a holder change waits.
+    wake: Arc<tokio::sync::Notify>,
+    /// Set by the flusher before its last flush: nothing queued after it
+    /// would be written.
+    stopped: Arc<AtomicBool>,
     /// Time between flushes (also the retry hint when the queue is full).
     pub interval: Duration,
 }
@@ -223,6 +256,8 @@ impl WriteBehind {
                 MAX_PENDING_HOLDINGS,
             ))),
             gate: Arc::default(),
+            wake: Arc::default(),
+            stopped: Arc::default(),
             interval,
         }
     }
@@ -230,6 +265,22 @@ impl WriteBehind {
     /// Runs `f` on the queue.
     pub fn with<R>(&self, f: impl FnOnce(&mut Pending) -> R) -> R {
         f(&mut self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Queues a holding that changes what holder counts show (a new
+    /// holder, a complete copy) and returns once a flush, started at once,
+    /// has committed it with its event: every replica offers the new holder
+    /// as soon as the call returns. Holder changes that arrive while a
+    /// flush runs share the next one, one commit for all of them, instead
+    /// of each waiting for the gate and committing alone.
+    pub async fn hold_now(&self, update: HoldingUpdate) -> Result<(), Error> {
+        let (waiter, committed) = oneshot::channel();
+        self.with(|pending| pending.hold_now(update, waiter));
+        self.wake.notify_one();
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(Error::Stopping);
+        }
+        committed.await.unwrap_or(Err(Error::Stopping))
     }
 
     /// Held while writing a holding directly, so no flush runs meanwhile.
@@ -241,8 +292,11 @@ impl WriteBehind {
     /// queue for the next flush.
     pub async fn flush(&self, store: &Store) -> Result<(), crate::Error> {
         let _gate = self.gate.lock().await;
-        let batch = self.with(Pending::take);
+        let (batch, waiters) = self.with(Pending::take_waited);
         if batch.is_empty() {
+            for waiter in waiters {
+                let _ = waiter.send(Ok(()));
+            }
             return Ok(());
         }
         let renewals = batch.renewals.len();
@@ -257,9 +311,15 @@ impl WriteBehind {
                 )
                 .observe(started.elapsed().as_secs_f64());
                 tracing::trace!(renewals, holdings, took = ?started.elapsed(), "flushed");
+                for waiter in waiters {
+                    let _ = waiter.send(Ok(()));
+                }
                 Ok(())
             }
             Err(err) => {
+                for waiter in waiters {
+                    let _ = waiter.send(Err(err.for_another_caller()));
+                }
                 self.with(|p| p.restore(batch));
                 Err(err)
             }
@@ -267,21 +327,23 @@ impl WriteBehind {
     }
 }
 
-/// Flushes `queue` into `store` every interval until `stop` is cancelled,
-/// then once more so nothing acknowledged is lost on a clean shutdown.
+/// Flushes `queue` into `store` every interval, and at once when a holder
+/// change waits, until `stop` is cancelled, then once more so nothing
+/// acknowledged is lost on a clean shutdown.
 pub async fn flusher(queue: WriteBehind, store: Store, stop: CancellationToken) {
     let mut tick = tokio::time::interval(queue.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
-            _ = tick.tick() => {
-                if let Err(err) = queue.flush(&store).await {
-                    tracing::warn!(%err, "cannot write renewals and holdings; retrying at the next flush");
-                }
-            }
+            _ = tick.tick() => {}
+            () = queue.wake.notified() => {}
+        }
+        if let Err(err) = queue.flush(&store).await {
+            tracing::warn!(%err, "cannot write renewals and holdings; retrying at the next flush");
         }
     }
+    queue.stopped.store(true, Ordering::SeqCst);
     if let Err(err) = queue.flush(&store).await {
         tracing::warn!(%err, "cannot write the last renewals and holdings before stopping");
     }

@@ -508,31 +508,28 @@ impl IndexApi {
             Holding::from_bitfield(Bitfield::from_bytes(&request.bitfield, chunk_count)?)
         };
         // A change that holder counts show (a new holder, a complete copy)
-        // is written at once with its event, so every replica offers the
-        // new holder right away; a partial holder's growing bitfield, the
-        // bulk of the traffic, waits for the next flush.
+        // is committed with its event before the call returns, in a flush
+        // started at once and shared with the other holder changes that
+        // arrive meanwhile, so every replica offers the new holder right
+        // away; a partial holder's growing bitfield, the bulk of the
+        // traffic, waits for the next flush.
         let before = self.store.holding_shown(&peer, &file_id).await?;
         let after = (
             matches!(holding, Holding::Complete),
             i64::from(holding.chunks_held(chunk_count)),
         );
-        let now = now_ms();
+        let update = HoldingUpdate {
+            peer,
+            file_id,
+            holding,
+            chunk_count,
+            at_ms: now_ms(),
+        };
         if crate::store::holders_changed(before, Some(after)) {
-            let _gate = self.queue.gate().await;
-            self.queue
-                .with(|pending| pending.forget_holding(&peer, &file_id));
-            self.store
-                .set_holding(&peer, &file_id, &holding, chunk_count, now)
-                .await?;
+            let file_id = update.file_id.clone();
+            self.queue.hold_now(update).await?;
             self.caches.forget_sources(&file_id);
         } else {
-            let update = HoldingUpdate {
-                peer,
-                file_id,
-                holding,
-                chunk_count,
-                at_ms: now,
-            };
             self.queue
                 .with(|pending| pending.hold(update))
                 .map_err(|full| self.busy(full))?;

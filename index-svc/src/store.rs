@@ -337,12 +337,13 @@ impl Store {
         let mut holdings: Vec<&HoldingUpdate> = batch.holdings.iter().collect();
         holdings.sort_by(|a, b| (&a.file_id, &a.peer).cmp(&(&b.file_id, &b.peer)));
         let mut tx = self.begin_write().await?;
-        if self.backend == Backend::Postgres {
+        if self.backend == Backend::Postgres && !batch.durable {
             // Everything in a flush is restated by the next heartbeat or
             // announcement (within one interval): a crash that loses the
             // last flush loses nothing agents do not send again, so the
             // commit need not wait for the WAL to reach the disk.
-            // Registrations, publishes and holder changes keep waiting.
+            // Registrations, publishes and a flush that carries a holder
+            // change someone waits for keep waiting.
             sqlx::query("SET LOCAL synchronous_commit = off")
                 .execute(&mut *tx)
                 .await?;
@@ -698,24 +699,6 @@ impl Store {
         Self::log_event(&mut tx, FileEventKind::Deleted, file_id, &name, now_ms).await?;
         tx.commit().await?;
         Ok(true)
-    }
-
-    /// Replaces what `peer` holds of a file (whose chunk count the caller
-    /// validated the holding against) at once, with its event.
-    pub async fn set_holding(
-        &self,
-        peer: &PeerId,
-        file_id: &FileId,
-        holding: &Holding,
-        chunk_count: u32,
-        now_ms: i64,
-    ) -> Result<(), Error> {
-        let mut tx = self.begin_write().await?;
-        if Self::put_holding(&mut tx, peer, file_id, holding, chunk_count, now_ms).await? {
-            Self::log_event(&mut tx, FileEventKind::HoldersChanged, file_id, "", now_ms).await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// What the database says `peer` holds of a file: (complete, chunks
