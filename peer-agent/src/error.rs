@@ -13,7 +13,7 @@ pub enum Error {
     Config(String),
     /// A listener could not be bound.
     #[error(transparent)]
-    Bind(#[from] p2p_services::serve::BindError),
+    Bind(#[from] p2p_services::listen::BindError),
     /// The control socket or token file could not be made.
     #[error("control API: {0}")]
     Local(#[from] p2p_services::local::LocalError),
