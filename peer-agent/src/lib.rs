@@ -40,6 +40,7 @@ pub mod integrity;
 pub mod picker;
 pub mod rate;
 pub mod session;
+pub mod size;
 pub mod space;
 pub mod stats;
 pub mod store;
