@@ -301,7 +301,17 @@ impl Session {
     /// Logs in as `user` in the background, retrying with backoff until it
     /// works (see [`crate::unattended`]); a manual login or logout stops it.
     pub fn login_unattended(self: &Arc<Self>, user: String, password: String) {
-        let task = Unattended::start(Arc::downgrade(self), user, password, self.shutdown.clone());
+        let session = Arc::downgrade(self);
+        let name = user.clone();
+        let log_in = move || {
+            let (session, user, password) = (session.clone(), user.clone(), password.clone());
+            async move {
+                // Held only for the attempt, never while waiting for the next.
+                let session = session.upgrade()?;
+                Some(session.authenticate(&user, &password).await.map(|_| ()))
+            }
+        };
+        let task = Unattended::start(name, log_in, self.shutdown.clone());
         *self.unattended.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
     }
 
@@ -375,7 +385,7 @@ impl Session {
 
     /// The login itself, shared by [`Session::login`] and the unattended
     /// retries.
-    pub(crate) async fn authenticate(
+    async fn authenticate(
         self: &Arc<Self>,
         username: &str,
         password: &str,
