@@ -6,10 +6,9 @@
 //!
 //! Code map:
 //! - [`config`]: the clap `Config`.
-//! - [`store`]: the agent's SQLite database (the only SQL);
-//!   [`holdings`]: the in-memory view of what we hold, written through;
-//!   [`integrity`]: held files checked against the disk, and withdrawn
-//!   when the user deleted, moved or edited them.
+//! - [`holdings`]: the held-file state: what we hold, its SQLite store
+//!   (the only SQL), the fingerprints and the sweep that withdraws files
+//!   the user deleted, moved or edited.
 //! - [`disk`]: positional chunk I/O, hashing, the final verify-and-rename;
 //!   [`space`]: the free-space check before a download writes anything.
 //! - [`upload`]: the FetchChunks server with its limits; [`rate`]: the token
@@ -36,14 +35,12 @@ pub mod download;
 pub mod error;
 pub mod holdings;
 pub mod index_client;
-pub mod integrity;
 pub mod picker;
 pub mod rate;
 pub mod session;
 pub mod size;
 pub mod space;
 pub mod stats;
-pub mod store;
 pub mod unattended;
 pub mod upload;
 pub mod web;
@@ -67,9 +64,9 @@ use crate::api::AgentApi;
 use crate::control::Control;
 use crate::download::{DownloadContext, Downloads};
 use crate::holdings::Holdings;
+use crate::holdings::store::Store;
 use crate::session::{Session, SessionConfig};
 use crate::stats::Stats;
-use crate::store::Store;
 use crate::upload::{ChunkServer, Uploads};
 
 /// Runs the agent until `shutdown` resolves: the PeerService on
@@ -152,8 +149,10 @@ pub async fn run(
             peer_tls,
             advertise_addr: advertise_addr.clone(),
             data_dir: data_dir.clone(),
+            max_uploads: config.max_uploads,
+            max_upload_rate_bps: config.max_upload_rate,
         },
-        uploads.clone(),
+        holdings.clone(),
         stats.clone(),
         stop.clone(),
     )?);
@@ -245,7 +244,7 @@ pub async fn run(
         }
         downloads.shutdown().await;
     };
-    let sweep = integrity::sweep(holdings.clone(), session.clone(), stop.clone());
+    let sweep = holdings::integrity::sweep(holdings.clone(), session.clone(), stop.clone());
     let (result, (), ()) = tokio::join!(servers, watcher, sweep);
     session.stop_unattended();
     session.stop_heartbeat();

@@ -349,7 +349,7 @@ async fn run_download(
             return Ok(done);
         }
         // The held copy was deleted, moved or edited: fetch it again.
-        crate::integrity::withdraw(&ctx.session, &ctx.holdings, &holding).await;
+        crate::holdings::integrity::withdraw(&*ctx.session, &ctx.holdings, &holding).await;
         ctx.holdings.remove(&file_id).await?;
         holding = ctx
             .holdings
