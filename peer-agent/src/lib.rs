@@ -11,7 +11,9 @@
 //!   the user deleted, moved or edited.
 //! - [`disk`]: positional chunk I/O, hashing, the final verify-and-rename;
 //!   [`space`]: the free-space check before a download writes anything.
-//! - [`upload`]: the FetchChunks server with its limits; [`rate`]: the token
+//! - [`upload`]: the serving side: the PeerService with its limits (the
+//!   source end of WatchHoldings included); [`exchange`]: the
+//!   WatchHoldings contract both ends keep; [`rate`]: the token
 //!   bucket and rate meters; [`stats`]: transfer counters.
 //! - [`session`]: login, token refresh, registration and heartbeat;
 //!   [`index_client`]: the index replicas, spread and failed over;
@@ -33,6 +35,7 @@ pub mod control;
 pub mod disk;
 pub mod download;
 pub mod error;
+pub mod exchange;
 pub mod holdings;
 pub mod index_client;
 pub mod picker;
