@@ -4,26 +4,29 @@
 //! offers the local control API `p2p.agent.v1.AgentControl` to the `p2p`
 //! CLI and other tools.
 //!
-//! Code map:
-//! - [`config`]: the clap `Config`.
-//! - [`holdings`]: the held-file state: what we hold, its SQLite store
-//!   (the only SQL), the fingerprints and the sweep that withdraws files
-//!   the user deleted, moved or edited.
-//! - [`disk`]: positional chunk I/O, hashing, the final verify-and-rename;
-//!   [`space`]: the free-space check before a download writes anything.
-//! - [`upload`]: the serving side: the PeerService with its limits (the
-//!   source end of WatchHoldings included); [`exchange`]: the
-//!   WatchHoldings contract both ends keep; [`rate`]: the token
-//!   bucket and rate meters; [`stats`]: transfer counters.
+//! Code map (ARCHITECTURE.md draws it as a tree; each module uses only
+//! those listed after it):
+//! - [`control`]: the AgentControl handlers and [`web`]: the web app
+//!   (pages, live feeds, uploads and the browser checks), both glue over
+//!   [`api`]: the agent's behaviour as front ends see it (every rule,
+//!   check and message).
+//! - [`upload`]: the serving side, the PeerService with its limits (the
+//!   source end of WatchHoldings included).
+//! - [`download`]: the swarm download engine (the downloader end of
+//!   WatchHoldings included).
 //! - [`session`]: login, token refresh, registration and heartbeat;
 //!   [`index_client`]: the index replicas, spread and failed over;
 //!   [`unattended`]: the `--user` login that retries until it works.
-//! - [`picker`]: the pure piece picker; [`download`]: the swarm download
-//!   engine.
-//! - [`api`]: the agent's behaviour as front ends see it (every rule,
-//!   check and message); [`control`]: the AgentControl handlers (glue
-//!   over it); [`web`]: the web app (pages, live feeds, uploads and the
-//!   browser checks, also over [`api`]).
+//! - [`exchange`]: the WatchHoldings contract both ends keep.
+//! - [`holdings`]: the held-file state: what we hold, its SQLite store
+//!   (the only SQL), the fingerprints and the sweep that withdraws files
+//!   the user deleted, moved or edited.
+//! - [`picker`]: the pure piece picker; [`space`]: the free-space check
+//!   before a download writes anything; [`disk`]: positional chunk I/O,
+//!   hashing, the final verify-and-rename; [`stats`]: transfer counters;
+//!   [`config`]: the clap `Config`.
+//! - [`rate`]: the token bucket and rate meters; [`error`]: the one error
+//!   type; [`size`]: byte counts for people.
 //!
 //! [`run`] owns every task it starts: the gRPC servers, the web app, the metrics
 //! endpoint, the session's heartbeat and unattended login, the held-file
