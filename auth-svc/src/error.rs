@@ -1,7 +1,8 @@
 //! auth-svc's one error type and its one mapping to gRPC status codes.
 
 use p2p_services::db::DbError;
-use p2p_services::serve::{BindError, ServeError};
+use p2p_services::listen::BindError;
+use p2p_services::serve::ServeError;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 

@@ -40,8 +40,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::peer::{Holding, PeerId, PeerLoad};
-use crate::store::{NewPeer, Store};
+use crate::peer::PeerId;
+use crate::store::{Batch, HoldingUpdate, NewPeer, Renewal, Store};
 
 /// Default time between two flushes.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -55,51 +55,6 @@ pub const MAX_PENDING_REGISTRATIONS: usize = 1024;
 /// Most registrations written in one statement (12 parameters each, well
 /// under SQLite's and PostgreSQL's parameter limits).
 pub const MAX_REGISTRATIONS_PER_COMMIT: usize = 256;
-
-/// A heartbeat waiting to be written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Renewal {
-    /// The peer renewing.
-    pub peer: PeerId,
-    /// Its load at the heartbeat.
-    pub load: PeerLoad,
-    /// When it heartbeated (Unix ms).
-    pub seen_ms: i64,
-}
-
-/// A holding waiting to be written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HoldingUpdate {
-    /// The holder.
-    pub peer: PeerId,
-    /// The file.
-    pub file_id: FileId,
-    /// What it holds (validated against `chunk_count`).
-    pub holding: Holding,
-    /// The file's chunk count.
-    pub chunk_count: u32,
-    /// When it announced (Unix ms).
-    pub at_ms: i64,
-}
-
-/// One flush's worth of writes.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Batch {
-    /// Latest renewal per peer.
-    pub renewals: Vec<Renewal>,
-    /// Latest holding per (peer, file).
-    pub holdings: Vec<HoldingUpdate>,
-    /// A caller waits for this batch to be committed (it carries a holder
-    /// change, [`WriteBehind::hold_now`]), so it is committed durably.
-    pub durable: bool,
-}
-
-impl Batch {
-    /// Whether there is nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.renewals.is_empty() && self.holdings.is_empty()
-    }
-}
 
 /// Why a write was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -548,6 +503,7 @@ async fn commit_group(store: &Store, group: Vec<Waiting>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::{Holding, PeerLoad};
     use p2p_services::manifest::Bitfield;
 
     fn peer(n: u8) -> PeerId {

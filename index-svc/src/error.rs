@@ -28,7 +28,7 @@ pub enum Error {
     Serve(#[from] p2p_services::serve::ServeError),
     /// The metrics endpoint could not listen.
     #[error(transparent)]
-    Bind(#[from] p2p_services::serve::BindError),
+    Bind(#[from] p2p_services::listen::BindError),
     /// Stored data does not parse (a bug or a hand-edited database).
     #[error("corrupt index data: {0}")]
     Corrupt(String),

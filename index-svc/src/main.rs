@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use index_svc::{Command, Config};
-use p2p_services::{health, serve, shutdown, telemetry};
+use p2p_services::{health, listen, shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -26,7 +26,7 @@ async fn main() -> ExitCode {
         };
     }
     telemetry::init(config.telemetry.log_format);
-    let listener = match serve::bind(&config.listen).await {
+    let listener = match listen::bind(&config.listen).await {
         Ok(listener) => listener,
         Err(err) => {
             tracing::error!("{err}");

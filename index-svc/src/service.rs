@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::advertise::{self, AdvertisePolicy};
-use crate::batch::{Full, HoldingUpdate, Registrations, Renewal, WriteBehind};
+use crate::batch::{Full, Registrations, WriteBehind};
 use crate::cache::Caches;
 use crate::error::Error;
 use crate::events::{EventCursor, FileEventKind, StoredEvent};
@@ -28,7 +28,7 @@ use crate::lease::Lease;
 use crate::listing::{self, PageCursor};
 use crate::peer::{Holding, PeerId, PeerLoad, PeerRecord};
 use crate::selection::{self, Candidate, REPORT_WINDOW, Ranked, ReportReason};
-use crate::store::{FileSummary, NewPeer, NewReport, Owner, Store};
+use crate::store::{FileSummary, HoldingUpdate, NewPeer, NewReport, Owner, Renewal, Store};
 
 /// How often each WatchFiles stream looks for new events.
 pub const WATCH_POLL_INTERVAL: Duration = Duration::from_millis(300);

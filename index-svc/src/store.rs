@@ -15,7 +15,6 @@ use p2p_services::manifest::{Bitfield, FileId, Manifest};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use crate::batch::{Batch, HoldingUpdate, Renewal};
 use crate::error::Error;
 use crate::events::{FileEventKind, StoredEvent};
 use crate::listing::PageCursor;
@@ -64,6 +63,51 @@ pub struct FileSummary {
     pub chunk_size_bytes: u32,
     /// Number of chunks.
     pub chunk_count: u32,
+}
+
+/// A heartbeat to write (queued by `crate::batch` until its flush).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    /// The peer renewing.
+    pub peer: PeerId,
+    /// Its load at the heartbeat.
+    pub load: PeerLoad,
+    /// When it heartbeated (Unix ms).
+    pub seen_ms: i64,
+}
+
+/// A holding to write (queued by `crate::batch` until its flush).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldingUpdate {
+    /// The holder.
+    pub peer: PeerId,
+    /// The file.
+    pub file_id: FileId,
+    /// What it holds (validated against `chunk_count`).
+    pub holding: Holding,
+    /// The file's chunk count.
+    pub chunk_count: u32,
+    /// When it announced (Unix ms).
+    pub at_ms: i64,
+}
+
+/// One flush's worth of writes, for [`Store::apply_batch`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Latest renewal per peer.
+    pub renewals: Vec<Renewal>,
+    /// Latest holding per (peer, file).
+    pub holdings: Vec<HoldingUpdate>,
+    /// A caller waits for this batch to be committed (it carries a holder
+    /// change, `batch::WriteBehind::hold_now`), so it is committed durably.
+    pub durable: bool,
+}
+
+impl Batch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.renewals.is_empty() && self.holdings.is_empty()
+    }
 }
 
 /// A peer registering: who runs it, where it listens, and its load.

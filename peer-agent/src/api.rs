@@ -27,10 +27,10 @@ use crate::download::{Downloads, Progress, resolve_destination};
 use crate::entry::{EntryLink, EntryLinks};
 use crate::error::Error;
 use crate::holdings::Holdings;
-use crate::integrity::{Fingerprint, compare};
+use crate::holdings::fingerprint::{Fingerprint, compare};
+use crate::holdings::store::Kind;
 use crate::session::Session;
 use crate::stats::Stats;
-use crate::store::Kind;
 
 /// Largest page asked of the index when listing every file.
 const LIST_PAGE: u32 = 1000;

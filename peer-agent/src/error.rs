@@ -13,7 +13,7 @@ pub enum Error {
     Config(String),
     /// A listener could not be bound.
     #[error(transparent)]
-    Bind(#[from] p2p_services::serve::BindError),
+    Bind(#[from] p2p_services::listen::BindError),
     /// The control socket or token file could not be made.
     #[error("control API: {0}")]
     Local(#[from] p2p_services::local::LocalError),
@@ -64,11 +64,11 @@ pub enum Error {
     /// A download or copy would not fit on a filesystem.
     #[error(
         "needs {}, {} free on {}{}; free some space or choose another destination with -o",
-        crate::space::human(*.needed_bytes),
-        crate::space::human(*.free_bytes),
+        crate::size::human(*.needed_bytes),
+        crate::size::human(*.free_bytes),
         .mount_point.display(),
         if *.reserve_bytes > 0 {
-            format!(" ({} more is kept free for the agent's database)", crate::space::human(*.reserve_bytes))
+            format!(" ({} more is kept free for the agent's database)", crate::size::human(*.reserve_bytes))
         } else {
             String::new()
         }

@@ -4,25 +4,29 @@
 //! offers the local control API `p2p.agent.v1.AgentControl` to the `p2p`
 //! CLI and other tools.
 //!
-//! Code map:
-//! - [`config`]: the clap `Config`.
-//! - [`store`]: the agent's SQLite database (the only SQL);
-//!   [`holdings`]: the in-memory view of what we hold, written through;
-//!   [`integrity`]: held files checked against the disk, and withdrawn
-//!   when the user deleted, moved or edited them.
-//! - [`disk`]: positional chunk I/O, hashing, the final verify-and-rename;
-//!   [`space`]: the free-space check before a download writes anything.
-//! - [`upload`]: the FetchChunks server with its limits; [`rate`]: the token
-//!   bucket and rate meters; [`stats`]: transfer counters.
+//! Code map (ARCHITECTURE.md draws it as a tree; each module uses only
+//! those listed after it):
+//! - [`control`]: the AgentControl handlers and [`web`]: the web app
+//!   (pages, live feeds, uploads and the browser checks), both glue over
+//!   [`api`]: the agent's behaviour as front ends see it (every rule,
+//!   check and message).
+//! - [`upload`]: the serving side, the PeerService with its limits (the
+//!   source end of WatchHoldings included).
+//! - [`download`]: the swarm download engine (the downloader end of
+//!   WatchHoldings included).
 //! - [`session`]: login, token refresh, registration and heartbeat;
 //!   [`index_client`]: the index replicas, spread and failed over;
 //!   [`unattended`]: the `--user` login that retries until it works.
-//! - [`picker`]: the pure piece picker; [`download`]: the swarm download
-//!   engine.
-//! - [`api`]: the agent's behaviour as front ends see it (every rule,
-//!   check and message); [`control`]: the AgentControl handlers (glue
-//!   over it); [`web`]: the web app (pages, live feeds, uploads and the
-//!   browser checks, also over [`api`]).
+//! - [`exchange`]: the WatchHoldings contract both ends keep.
+//! - [`holdings`]: the held-file state: what we hold, its SQLite store
+//!   (the only SQL), the fingerprints and the sweep that withdraws files
+//!   the user deleted, moved or edited.
+//! - [`picker`]: the pure piece picker; [`space`]: the free-space check
+//!   before a download writes anything; [`disk`]: positional chunk I/O,
+//!   hashing, the final verify-and-rename; [`stats`]: transfer counters;
+//!   [`config`]: the clap `Config`.
+//! - [`rate`]: the token bucket and rate meters; [`error`]: the one error
+//!   type; [`size`]: byte counts for people.
 //!
 //! [`run`] owns every task it starts: the gRPC servers, the web app, the metrics
 //! endpoint, the session's heartbeat and unattended login, the held-file
@@ -35,15 +39,15 @@ pub mod disk;
 pub mod download;
 pub mod entry;
 pub mod error;
+pub mod exchange;
 pub mod holdings;
 pub mod index_client;
-pub mod integrity;
 pub mod picker;
 pub mod rate;
 pub mod session;
+pub mod size;
 pub mod space;
 pub mod stats;
-pub mod store;
 pub mod unattended;
 pub mod upload;
 pub mod web;
@@ -68,9 +72,9 @@ use crate::control::Control;
 use crate::download::{DownloadContext, Downloads};
 use crate::entry::EntryLinks;
 use crate::holdings::Holdings;
+use crate::holdings::store::Store;
 use crate::session::{Session, SessionConfig};
 use crate::stats::Stats;
-use crate::store::Store;
 use crate::upload::{ChunkServer, Uploads};
 
 /// Runs the agent until `shutdown` resolves: the PeerService on
@@ -165,8 +169,10 @@ pub async fn run(
             peer_tls,
             advertise_addr: advertise_addr.clone(),
             data_dir: data_dir.clone(),
+            max_uploads: config.max_uploads,
+            max_upload_rate_bps: config.max_upload_rate,
         },
-        uploads.clone(),
+        holdings.clone(),
         stats.clone(),
         stop.clone(),
     )?);
@@ -259,7 +265,7 @@ pub async fn run(
         }
         downloads.shutdown().await;
     };
-    let sweep = integrity::sweep(holdings.clone(), session.clone(), stop.clone());
+    let sweep = holdings::integrity::sweep(holdings.clone(), session.clone(), stop.clone());
     let (result, (), ()) = tokio::join!(servers, watcher, sweep);
     session.stop_unattended();
     session.stop_heartbeat();

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use p2p_services::{local, serve, shutdown, telemetry};
+use p2p_services::{listen, local, shutdown, telemetry};
 use peer_agent::{Command, Config};
 
 #[tokio::main]
@@ -21,16 +21,16 @@ async fn main() -> ExitCode {
     }
     telemetry::init(config.telemetry.log_format);
     let listeners = async {
-        let peer = serve::bind(&config.listen).await?;
+        let peer = listen::bind(&config.listen).await?;
         let control = match config.control_listen() {
-            Some(addr) => Some(serve::bind(addr).await?),
+            Some(addr) => Some(listen::bind(addr).await?),
             None => None,
         };
         let web = match config.web_listen() {
-            Some(addr) => Some(serve::bind(addr).await?),
+            Some(addr) => Some(listen::bind(addr).await?),
             None => None,
         };
-        Ok::<_, serve::BindError>((peer, control, web))
+        Ok::<_, listen::BindError>((peer, control, web))
     };
     let (peer, control, web) = match listeners.await {
         Ok(listeners) => listeners,

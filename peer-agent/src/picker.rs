@@ -147,7 +147,7 @@ impl Picker {
     }
 
     /// What chooser `key` is asked to choose from (a seeder, see
-    /// `download::seeding`): the missing chunks nobody is fetching that no
+    /// `upload::seeding`): the missing chunks nobody is fetching that no
     /// source but the choosers holds, so the swarm's copies come from the
     /// downloaders themselves; with several choosers each gets its own
     /// share of those, so two seeders do not send the same chunk. `None`

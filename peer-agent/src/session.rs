@@ -8,6 +8,11 @@
 //! the index being down (backing off, `index_reachable` false); when the
 //! index answers again, or forgets us, it registers again and re-announces
 //! every holding.
+//!
+//! It sits on the held-file state ([`crate::holdings`]): it announces what
+//! is held, and tells the index when the sweep withdraws a file (it
+//! implements [`Withdraw`]). It never reaches into serving: the upload
+//! limits in our load come from [`SessionConfig`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,6 +28,7 @@ use p2p_proto::index::v1 as index_pb;
 use p2p_proto::index::v1::index_service_client::IndexServiceClient;
 use p2p_services::auth::{AgentKey, PEER_PROOF_TTL, PeerIdentity};
 use p2p_services::client::with_bearer;
+use p2p_services::manifest::FileId;
 use p2p_services::time::now_ms;
 use p2p_services::tls::ClientTls;
 use tokio::task::JoinHandle;
@@ -31,11 +37,12 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::error::{Error, is_transport_failure};
+use crate::holdings::Holdings;
+use crate::holdings::integrity::Withdraw;
+use crate::holdings::store::Kind;
 use crate::index_client::IndexClient;
 use crate::stats::{RATE_WINDOW_SECS, Stats};
-use crate::store::Kind;
 use crate::unattended::Unattended;
-use crate::upload::Uploads;
 
 /// How long a proof made for one source is sent again before a new one is
 /// signed (proofs live [`PEER_PROOF_TTL`]).
@@ -97,7 +104,7 @@ impl Tokens {
     }
 }
 
-/// Addresses the session talks to and announces.
+/// Addresses the session talks to, and what it announces about this agent.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// auth-svc URL.
@@ -112,6 +119,12 @@ pub struct SessionConfig {
     pub advertise_addr: String,
     /// For the free-disk figure.
     pub data_dir: PathBuf,
+    /// The cap on concurrent uploads reported in our load (`--max-uploads`,
+    /// 0: unlimited); the chunk server enforces it.
+    pub max_uploads: u32,
+    /// The upload rate limit reported in our load (`--max-upload-rate`, 0:
+    /// unlimited); the chunk server enforces it.
+    pub max_upload_rate_bps: u64,
 }
 
 /// The agent's session with auth-svc and the index.
@@ -130,7 +143,7 @@ pub struct Session {
     refresh_lock: tokio::sync::Mutex<()>,
     heartbeat: Mutex<Option<JoinHandle<()>>>,
     unattended: Mutex<Option<Unattended>>,
-    uploads: Arc<Uploads>,
+    holdings: Arc<Holdings>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 }
@@ -143,10 +156,11 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// A logged-out session.
+    /// A logged-out session that announces `holdings` whenever it
+    /// registers.
     pub fn new(
         config: SessionConfig,
-        uploads: Arc<Uploads>,
+        holdings: Arc<Holdings>,
         stats: Arc<Stats>,
         shutdown: CancellationToken,
     ) -> Result<Self, Error> {
@@ -168,7 +182,7 @@ impl Session {
             refresh_lock: tokio::sync::Mutex::new(()),
             heartbeat: Mutex::new(None),
             unattended: Mutex::new(None),
-            uploads,
+            holdings,
             stats,
             shutdown,
         })
@@ -301,7 +315,17 @@ impl Session {
     /// Logs in as `user` in the background, retrying with backoff until it
     /// works (see [`crate::unattended`]); a manual login or logout stops it.
     pub fn login_unattended(self: &Arc<Self>, user: String, password: String) {
-        let task = Unattended::start(Arc::downgrade(self), user, password, self.shutdown.clone());
+        let session = Arc::downgrade(self);
+        let name = user.clone();
+        let log_in = move || {
+            let (session, user, password) = (session.clone(), user.clone(), password.clone());
+            async move {
+                // Held only for the attempt, never while waiting for the next.
+                let session = session.upgrade()?;
+                Some(session.authenticate(&user, &password).await.map(|_| ()))
+            }
+        };
+        let task = Unattended::start(name, log_in, self.shutdown.clone());
         *self.unattended.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
     }
 
@@ -375,7 +399,7 @@ impl Session {
 
     /// The login itself, shared by [`Session::login`] and the unattended
     /// retries.
-    pub(crate) async fn authenticate(
+    async fn authenticate(
         self: &Arc<Self>,
         username: &str,
         password: &str,
@@ -553,9 +577,9 @@ impl Session {
         let stats = &self.stats;
         index_pb::PeerLoad {
             active_uploads: stats.active_uploads.load(Ordering::Relaxed),
-            max_uploads: self.uploads.max_uploads,
+            max_uploads: self.config.max_uploads,
             upload_rate_bps: stats.upload_meter.rate_bps(RATE_WINDOW_SECS),
-            max_upload_rate_bps: self.uploads.bucket.rate_bps(),
+            max_upload_rate_bps: self.config.max_upload_rate_bps,
             uploaded_bytes_last_60s: stats.upload_meter.total_over(60),
             free_disk_bytes: crate::disk::free_disk_bytes(&self.config.data_dir),
         }
@@ -596,7 +620,7 @@ impl Session {
     /// Tells the index what we hold of every file (after registering, since
     /// the index may have forgotten us).
     async fn announce_all(&self, peer_id: &str) {
-        for holding in self.uploads.holdings.all() {
+        for holding in self.holdings.all() {
             let state = holding.snapshot();
             if state.problem.is_some() {
                 // The index may still list it from before we restarted.
@@ -676,6 +700,15 @@ impl Session {
         self.call_index(|mut c, t| async move { c.stop_sharing(with_bearer(request, &t)).await })
             .await
             .map(|_| ())
+    }
+}
+
+impl Withdraw for Session {
+    async fn withdraw(&self, file: &FileId) -> Result<(), Error> {
+        match self.peer_id() {
+            Some(peer_id) => self.stop_sharing(&peer_id, file.as_str()).await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -10,11 +10,16 @@
 //! [`REFUSED_DELAY`] after a refused password. The last failure and the
 //! time of the next attempt are kept for `Status` ([`Attempts::describe`]).
 //!
+//! It knows nothing of the session: [`Unattended::start`] is given the
+//! login to attempt (the session's own), so the session uses this module
+//! and never the other way round.
+//!
 //! Ownership: the retry task is owned by [`Unattended`], held by the
 //! session; it is aborted when a person logs in or out by hand, when the
 //! session is dropped, and it watches the agent's shutdown token.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -23,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use crate::error::Error;
-use crate::session::Session;
 
 /// First delay after a failure that may pass by itself.
 pub const FIRST_DELAY: Duration = Duration::from_secs(1);
@@ -122,20 +126,20 @@ impl Drop for Unattended {
 }
 
 impl Unattended {
-    /// Starts logging `session` in as `user`, retrying until it works, the
-    /// value is dropped, or `shutdown` fires.
-    pub fn start(
-        session: Weak<Session>,
-        user: String,
-        password: String,
-        shutdown: CancellationToken,
-    ) -> Self {
+    /// Starts logging in as `user`: calls `log_in` until it works, it
+    /// answers `None` (the session is gone), the value is dropped, or
+    /// `shutdown` fires.
+    pub fn start<F, Fut>(user: String, log_in: F, shutdown: CancellationToken) -> Self
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Option<Result<(), Error>>> + Send,
+    {
         let attempts = Arc::new(Mutex::new(None));
         let state = attempts.clone();
         let task = tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = retry_loop(session, user, password, state) => {}
+                () = retry_loop(user, log_in, state) => {}
             }
         });
         Self { task, attempts }
@@ -153,21 +157,18 @@ impl Unattended {
     }
 }
 
-async fn retry_loop(
-    session: Weak<Session>,
-    user: String,
-    password: String,
-    attempts: Arc<Mutex<Option<Attempts>>>,
-) {
+async fn retry_loop<F, Fut>(user: String, mut log_in: F, attempts: Arc<Mutex<Option<Attempts>>>)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<Result<(), Error>>>,
+{
     let mut delay = None;
     loop {
-        let Some(this) = session.upgrade() else {
+        let Some(result) = log_in().await else {
             return;
         };
-        let result = this.authenticate(&user, &password).await;
-        drop(this);
         let err = match result {
-            Ok(_) => {
+            Ok(()) => {
                 *attempts.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 return;
             }

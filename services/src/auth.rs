@@ -47,6 +47,8 @@ use tonic::server::NamedService;
 use p2p_proto::auth::v1::GetSigningKeysRequest;
 use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
 
+use crate::client::PEER_PROOF_HEADER;
+
 /// The `iss` claim of every access token.
 pub const ISSUER: &str = "p2p-auth";
 /// The `aud` claim of every access token.
@@ -55,8 +57,6 @@ pub const AUDIENCE: &str = "p2p-network";
 pub const PEER_AUDIENCE: &str = "p2p-peer";
 /// The `aud` claim of every peer proof.
 pub const PEER_PROOF_AUDIENCE: &str = "p2p-peer-proof";
-/// The metadata key that carries the peer proof beside `authorization`.
-pub const PEER_PROOF_HEADER: &str = "x-p2p-peer-proof";
 /// Longest a peer proof may live (`exp - iat`): a downloader reuses one for
 /// a source for a while, and a leaked one is soon worthless.
 pub const PEER_PROOF_TTL: Duration = Duration::from_secs(120);

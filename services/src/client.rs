@@ -1,4 +1,6 @@
-//! Channels from one service to another, and the bearer header they carry.
+//! Channels from one service to another, and the credential headers they
+//! carry: the bearer token, and on the data path the peer proof
+//! ([`PEER_PROOF_HEADER`]; what it proves is `crate::auth`'s business).
 //! Every channel is TLS unless the caller's [`ClientTls`] says plaintext.
 
 use std::time::Duration;
@@ -7,6 +9,9 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::tls::{ClientTls, TlsError};
+
+/// The metadata key that carries the peer proof beside `authorization`.
+pub const PEER_PROOF_HEADER: &str = "x-p2p-peer-proof";
 
 /// HTTP/2 flow-control windows for every channel and server: large enough
 /// that one stream can fill a LAN link with multi-megabyte chunks in flight.
@@ -83,9 +88,7 @@ pub fn with_bearer<T>(message: T, access_token: &str) -> tonic::Request<T> {
 pub fn with_peer_credentials<T>(message: T, peer_token: &str, proof: &str) -> tonic::Request<T> {
     let mut request = with_bearer(message, peer_token);
     if let Ok(value) = MetadataValue::try_from(proof) {
-        request
-            .metadata_mut()
-            .insert(crate::auth::PEER_PROOF_HEADER, value);
+        request.metadata_mut().insert(PEER_PROOF_HEADER, value);
     }
     request
 }

@@ -3,6 +3,7 @@
 //! - [`telemetry`]: tracing-subscriber set up from `RUST_LOG`, text or JSON.
 //! - [`serve`]: a tonic server with health, reflection, tuned HTTP/2 and
 //!   graceful shutdown.
+//! - [`listen`]: binding a TCP listen address, with the error that names it.
 //! - [`shutdown`]: the SIGINT/SIGTERM signal passed down to every server.
 //! - [`db`]: database connect + embedded migrations, SQLite or PostgreSQL
 //!   chosen by the URL scheme.
@@ -24,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod health;
+pub mod listen;
 pub mod local;
 pub mod manifest;
 pub mod metrics;

@@ -353,11 +353,11 @@ async fn answer(stream: &mut tokio::net::TcpStream) -> std::io::Result<()> {
 pub async fn spawn(
     addr: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Option<MetricsServer>, crate::serve::BindError> {
+) -> Result<Option<MetricsServer>, crate::listen::BindError> {
     if addr.trim().is_empty() {
         return Ok(None);
     }
-    let listener = crate::serve::bind(addr).await?;
+    let listener = crate::listen::bind(addr).await?;
     let local = listener.local_addr().ok();
     let task = tokio::spawn(serve(listener, shutdown));
     Ok(Some(MetricsServer { task, local }))

@@ -185,25 +185,6 @@ impl GrpcServer {
     }
 }
 
-/// Binds a TCP listener, naming the address in the error.
-pub async fn bind(addr: &str) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).await.map_err(|source| BindError {
-        addr: addr.to_string(),
-        source,
-    })
-}
-
-/// A listen address could not be bound.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source} (is another process using the port?)")]
-pub struct BindError {
-    /// The address as given.
-    pub addr: String,
-    /// The OS error.
-    #[source]
-    pub source: std::io::Error,
-}
-
 /// Servers run in-process by tests and benchmarks: each in a task owned by
 /// its handle, on an ephemeral loopback port, stopped when the handle drops.
 pub mod testing {

@@ -295,7 +295,7 @@ impl PeerService for HostileService {
             if recorded.len() < MAX_RECORDED_CREDENTIALS {
                 let proof = request
                     .metadata()
-                    .get(p2p_services::auth::PEER_PROOF_HEADER)
+                    .get(p2p_services::client::PEER_PROOF_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
                 recorded.push((value.to_string(), proof));

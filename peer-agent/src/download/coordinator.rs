@@ -25,10 +25,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::exchange::{WatchEnd, WatchEvent, Watcher, check_hint, watch_client};
+use super::exchange::{WatchEnd, WatchEvent, Watcher, watch_client};
 use super::worker::{Worker, WorkerEnd};
 use super::{Progress, Shared};
 use crate::error::Error;
+use crate::exchange::check_hint;
 use crate::holdings::KnownPeer;
 use crate::picker::{SourceKey, Stripe};
 use crate::stats::RATE_WINDOW_SECS;
@@ -576,7 +577,7 @@ impl Swarm {
 
     /// Peers that started watching our holdings of this file (their
     /// address checked against where their call came from, see
-    /// `exchange::caller_hint`) are downloading it too: used as sources at
+    /// `crate::upload::exchange::caller_hint`) are downloading it too: used as sources at
     /// once, as they use us, instead of when someone lists them to us.
     fn consider_watchers(&mut self) {
         let (_, peers) = self

@@ -1,21 +1,14 @@
-//! The peer-to-peer holdings stream, `PeerService/WatchHoldings`, both
-//! ends: a source tells a downloader what it holds of a file (its bitfield,
-//! then every chunk it verifies as it verifies it: BitTorrent's HAVE) and
-//! which other peers it knows for the file (peer exchange), so downloaders
-//! learn of each other's new chunks and of each other without the index.
-//!
-//! Everything is bounded on both sides. A source coalesces updates to at
-//! most one per [`MIN_UPDATE_GAP`], lists at most [`MAX_PEERS_PER_UPDATE`]
-//! peers as soon as its peer book changes but at most every
-//! [`PEERS_EVERY`], and sends a keepalive every
-//! [`KEEPALIVE_EVERY`]. A watcher ([`Watcher`]) reads messages of at most
-//! [`MAX_UPDATE_BYTES`] plus the bitfield, drops a source silent for
-//! [`SILENT_DROP`], and ends with [`WatchEnd::Misbehaved`] (the coordinator
-//! reports and bans it) on a malformed update, an index past the end, more
-//! than [`MAX_UPDATES_PER_SEC`] sustained, or too many peers in one update.
-//! Every listed peer is checked by [`check_hint`] before anyone dials it.
+//! The downloader end of the holdings stream (`PeerService/WatchHoldings`,
+//! its contract in [`crate::exchange`]): a [`Watcher`] reads one source's
+//! stream for one download and turns each update into [`WatchEvent`]s for
+//! the coordinator: what the source holds, what it just verified, and the
+//! peers it knows (not checked yet: the coordinator runs
+//! [`check_hint`](crate::exchange::check_hint) on each). It drops a source
+//! silent for [`SILENT_DROP`] and ends with [`WatchEnd::Misbehaved`] (the
+//! coordinator reports and bans it) on a malformed update, an index past
+//! the end, more than [`MAX_UPDATES_PER_SEC`] sustained, or too many peers
+//! in one update.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,255 +18,19 @@ use p2p_services::client::with_peer_credentials;
 use p2p_services::manifest::Bitfield;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::holdings::{Holding, Holdings, KnownPeer};
+use crate::exchange::{
+    MAX_HAVE_PER_UPDATE, MAX_PEERS_PER_UPDATE, MAX_UPDATE_BYTES, MAX_UPDATES_PER_SEC, SILENT_DROP,
+    UPDATE_BURST,
+};
 use crate::picker::SourceKey;
-
-/// Least time between two updates a source sends on one stream.
-pub const MIN_UPDATE_GAP: Duration = Duration::from_millis(100);
-/// A source sends at least one message this often, empty if need be.
-pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
-/// A watcher drops a source that sent nothing for this long.
-pub const SILENT_DROP: Duration = Duration::from_secs(15);
-/// Least time between two peer lists on one stream. A list goes out as
-/// soon as the peer book changes (a downloader started watching us), so
-/// downloaders that start together know each other within this.
-pub const PEERS_EVERY: Duration = Duration::from_millis(250);
-/// Most peers one update lists.
-pub const MAX_PEERS_PER_UPDATE: usize = 16;
-/// Most chunk indexes one update lists.
-pub const MAX_HAVE_PER_UPDATE: usize = 1024;
-/// Longest peer id or address in a hint.
-pub const MAX_HINT_BYTES: usize = 64;
-/// Most bytes of an update besides the bitfield of its first message.
-pub const MAX_UPDATE_BYTES: usize = 16 * 1024;
-/// A watcher tolerates this many updates per second, sustained (sources
-/// send at most 10 and a keepalive); more is a flood.
-pub const MAX_UPDATES_PER_SEC: u32 = 25;
-/// ... and bursts of this many.
-const UPDATE_BURST: u32 = 50;
 
 /// The client for a source's holdings stream: small messages only.
 pub fn watch_client(channel: Channel, chunk_count: u32) -> PeerServiceClient<Channel> {
     let bitfield_bytes = (chunk_count as usize).div_ceil(8);
     PeerServiceClient::new(channel).max_decoding_message_size(bitfield_bytes + MAX_UPDATE_BYTES)
-}
-
-/// Checks a peer some other agent told us about before we dial it. Only an
-/// IP literal with a port (no name to resolve, so a hint cannot make us
-/// query DNS), never unspecified, multicast, broadcast or link-local (where
-/// cloud metadata services live), loopback only when we are on loopback
-/// ourselves; the peer id short and printable. Dialling it is then safe:
-/// over TLS the peer must present a certificate from the deployment's CA
-/// for that address and accept a proof naming `peer_id`.
-pub fn check_hint(hint: &PeerHint, own_address: &str) -> Result<KnownPeer, String> {
-    let id = hint.peer_id.as_str();
-    if id.is_empty()
-        || id.len() > MAX_HINT_BYTES
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-    {
-        return Err(format!(
-            "peer id {:?} is not a peer id",
-            truncate(id, MAX_HINT_BYTES)
-        ));
-    }
-    if hint.address.len() > MAX_HINT_BYTES {
-        return Err("address is too long".into());
-    }
-    let addr: SocketAddr = hint.address.parse().map_err(|_| {
-        format!(
-            "address {:?} is not ip:port",
-            truncate(&hint.address, MAX_HINT_BYTES)
-        )
-    })?;
-    let ip = addr.ip().to_canonical();
-    let own_loopback = own_address
-        .parse::<SocketAddr>()
-        .is_ok_and(|a| a.ip().is_loopback())
-        || own_address.starts_with("localhost:");
-    let bad = addr.port() == 0
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || (ip.is_loopback() && !own_loopback)
-        || match ip {
-            IpAddr::V4(v4) => v4.is_broadcast() || v4.is_link_local(),
-            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-        };
-    if bad {
-        return Err(format!("address {addr} is not a peer's address"));
-    }
-    Ok(KnownPeer {
-        peer_id: id.to_string(),
-        address: addr.to_string(),
-    })
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-/// The caller's own hint, accepted when its host is the address the call
-/// came from (as index-svc accepts an advertised address).
-pub fn caller_hint(hint: Option<&PeerHint>, from: Option<IpAddr>) -> Option<KnownPeer> {
-    let hint = hint?;
-    let from = from?.to_canonical();
-    let peer = check_hint(hint, "127.0.0.1:1").ok()?;
-    let addr: SocketAddr = peer.address.parse().ok()?;
-    (addr.ip().to_canonical() == from).then_some(peer)
-}
-
-/// The source side of one stream: sends updates until the caller goes
-/// away, stops reading for `stall_timeout`, the holding goes, or shutdown.
-pub async fn serve_updates(
-    holding: Arc<Holding>,
-    holdings: Arc<Holdings>,
-    watcher: Option<String>,
-    tx: mpsc::Sender<Result<HoldingsUpdate, Status>>,
-    stall_timeout: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut changes = holding.subscribe();
-    let mut peer_changes = holding.subscribe_peers();
-    peer_changes.mark_unchanged();
-    let mut sent = holding.bitfield();
-    let (peers_version, peers) = holding.known_peers(watcher.as_deref(), MAX_PEERS_PER_UPDATE);
-    let mut peers_sent = (peers_version, Instant::now());
-    let mut peers_listed = hints(peers);
-    let first = HoldingsUpdate {
-        bitfield: sent.as_bytes().to_vec(),
-        have: Vec::new(),
-        complete: sent.is_complete(),
-        peers: peers_listed.clone(),
-    };
-    let send = |update: Result<HoldingsUpdate, Status>| {
-        let tx = tx.clone();
-        async move { tx.send_timeout(update, stall_timeout).await.is_ok() }
-    };
-    if !send(Ok(first)).await {
-        return;
-    }
-    let mut last_sent = Instant::now();
-    loop {
-        let peers_pending = *peer_changes.borrow() != peers_sent.0;
-        let wake = if peers_pending {
-            (last_sent + KEEPALIVE_EVERY).min(peers_sent.1 + PEERS_EVERY)
-        } else {
-            last_sent + KEEPALIVE_EVERY
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => {
-                let _ = tx.try_send(Err(Status::unavailable("the agent is shutting down")));
-                return;
-            }
-            () = tx.closed() => return,
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-            changed = peer_changes.changed(), if !peers_pending => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-            // A keepalive is due, or a changed peer book waits out its gap.
-            () = tokio::time::sleep_until(wake) => {}
-        }
-        tokio::time::sleep_until(last_sent + MIN_UPDATE_GAP).await;
-        let still_held = holdings
-            .get(&holding.file_id)
-            .is_some_and(|h| Arc::ptr_eq(&h, &holding));
-        if !still_held || !holdings.verify(&holding) {
-            let _ = send(Err(Status::not_found(format!(
-                "this agent no longer holds file {}",
-                holding.file_id
-            ))))
-            .await;
-            return;
-        }
-        let now = holding.bitfield();
-        if sent.held().any(|i| !now.get(i)) {
-            let _ = send(Err(Status::aborted(
-                "this agent dropped chunks it had verified; watch again",
-            )))
-            .await;
-            return;
-        }
-        let mut new: Vec<u32> = now.held().filter(|&i| !sent.get(i)).collect();
-        let complete = now.is_complete();
-        if complete && new.len() > MAX_HAVE_PER_UPDATE {
-            new.clear();
-        }
-        let mut update = HoldingsUpdate {
-            bitfield: Vec::new(),
-            have: Vec::new(),
-            complete,
-            peers: Vec::new(),
-        };
-        let version = *peer_changes.borrow_and_update();
-        if version != peers_sent.0 && peers_sent.1.elapsed() >= PEERS_EVERY {
-            let (version, peers) = holding.known_peers(watcher.as_deref(), MAX_PEERS_PER_UPDATE);
-            peers_sent.0 = version;
-            // The book also changes when this watcher itself is noted, or
-            // a known peer moves up: only a different list is news.
-            let peers = hints(peers);
-            if peers != peers_listed {
-                update.peers = peers.clone();
-                peers_listed = peers;
-                peers_sent.1 = Instant::now();
-            }
-        }
-        if new.is_empty()
-            && update.peers.is_empty()
-            && complete == sent.is_complete()
-            && last_sent.elapsed() < KEEPALIVE_EVERY
-        {
-            continue;
-        }
-        // More than fit in one update (a jump after a pause): in several,
-        // still at most one per gap.
-        let mut batches = new.chunks(MAX_HAVE_PER_UPDATE).peekable();
-        if batches.peek().is_none() {
-            if !send(Ok(update)).await {
-                return;
-            }
-        } else {
-            let mut first_batch = true;
-            for batch in batches {
-                if !first_batch {
-                    tokio::time::sleep(MIN_UPDATE_GAP).await;
-                }
-                first_batch = false;
-                let mut message = update.clone();
-                message.have = batch.to_vec();
-                update.peers.clear();
-                if !send(Ok(message)).await {
-                    return;
-                }
-            }
-        }
-        sent = now;
-        last_sent = Instant::now();
-    }
-}
-
-fn hints(peers: Vec<KnownPeer>) -> Vec<PeerHint> {
-    peers
-        .into_iter()
-        .map(|p| PeerHint {
-            peer_id: p.peer_id,
-            address: p.address,
-        })
-        .collect()
 }
 
 /// What a watcher learnt, for the coordinator.
@@ -497,53 +254,7 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hint(peer_id: &str, address: &str) -> PeerHint {
-        PeerHint {
-            peer_id: peer_id.into(),
-            address: address.into(),
-        }
-    }
-
-    #[test]
-    fn junk_addresses_are_refused() {
-        let lan = "10.0.0.2:7000";
-        for address in [
-            "peer.example:7000",
-            "10.0.0.3",
-            "10.0.0.3:0",
-            "0.0.0.0:7000",
-            "255.255.255.255:7000",
-            "224.0.0.1:7000",
-            "169.254.169.254:80",
-            "127.0.0.1:7000",
-            "[::1]:7000",
-            "[fe80::1]:7000",
-            "[::]:7000",
-        ] {
-            assert!(
-                check_hint(&hint("p1", address), lan).is_err(),
-                "{address} was accepted"
-            );
-        }
-        assert!(check_hint(&hint("p1", "10.0.0.3:7000"), lan).is_ok());
-        assert!(check_hint(&hint("", "10.0.0.3:7000"), lan).is_err());
-        assert!(check_hint(&hint("p 1\n", "10.0.0.3:7000"), lan).is_err());
-        assert!(check_hint(&hint(&"p".repeat(65), "10.0.0.3:7000"), lan).is_err());
-    }
-
-    #[test]
-    fn loopback_peers_are_accepted_only_on_loopback() {
-        assert!(check_hint(&hint("p1", "127.0.0.1:7000"), "127.0.0.1:6000").is_ok());
-    }
-
-    #[test]
-    fn a_caller_may_name_only_its_own_address() {
-        let from: IpAddr = "10.0.0.5".parse().unwrap();
-        assert!(caller_hint(Some(&hint("p5", "10.0.0.5:7000")), Some(from)).is_some());
-        assert!(caller_hint(Some(&hint("p5", "10.0.0.6:7000")), Some(from)).is_none());
-        assert!(caller_hint(Some(&hint("p5", "10.0.0.5:7000")), None).is_none());
-    }
+    use crate::exchange::testing::hint;
 
     #[test]
     fn updates_past_the_end_or_too_big_are_misbehaviour() {

@@ -10,10 +10,8 @@
 //!   announcements;
 //! - [`worker`]: one source: FetchChunks calls sized by its pace, every
 //!   chunk verified, written and recorded;
-//! - [`exchange`]: the holdings stream between peers (`WatchHoldings`):
-//!   each source's HAVEs and the peers it knows, both ends;
-//! - [`seeding`]: the seeder-side choice of which chunks a downloader that
-//!   asks for "any n" gets (used by `crate::upload`);
+//! - [`exchange`]: the downloader end of each source's holdings stream
+//!   (`WatchHoldings`): its HAVEs and the peers it knows;
 //! - [`tree`]: the whole-file hash built from the chunks' chaining values
 //!   as they arrive, so the finished file is not read back.
 //!
@@ -23,8 +21,7 @@
 //! a `JoinSet`, so cancelling or finishing a download aborts its workers.
 
 mod coordinator;
-pub(crate) mod exchange;
-pub(crate) mod seeding;
+mod exchange;
 mod tree;
 mod worker;
 
@@ -349,7 +346,7 @@ async fn run_download(
             return Ok(done);
         }
         // The held copy was deleted, moved or edited: fetch it again.
-        crate::integrity::withdraw(&ctx.session, &ctx.holdings, &holding).await;
+        crate::holdings::integrity::withdraw(&*ctx.session, &ctx.holdings, &holding).await;
         ctx.holdings.remove(&file_id).await?;
         holding = ctx
             .holdings

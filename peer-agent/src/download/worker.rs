@@ -4,7 +4,7 @@
 //! writes it at its offset and records it as verified.
 //!
 //! A complete source (a seeder) is asked for "any n of the chunks only it
-//! can give" and chooses itself (`super::seeding`), one call at a time so
+//! can give" and chooses itself (`crate::upload::seeding`), one call at a time so
 //! two calls never leave it the same choice; everyone else is asked for
 //! named chunks, rarest first (`crate::picker`). A source that claimed a
 //! chunk on its own holdings stream and then says it does not hold it has

@@ -15,7 +15,7 @@ use p2p_proto::index::v1 as index_pb;
 
 use crate::api::Transfer;
 use crate::download::Stage;
-use crate::space::human;
+use crate::size::human;
 
 /// A one-time message shown at the top of the next page.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! The agent's own database (always SQLite, in the data dir): which files it
 //! holds, where they are, and which chunks of partial downloads are
-//! verified. The only module that writes SQL.
+//! verified. Only [`super::Holdings`] calls it, and it is the only module
+//! that writes SQL.
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +9,8 @@ use p2p_services::db::{self, Migrations};
 use p2p_services::manifest::{Bitfield, FileId, Manifest};
 use sqlx::{AnyPool, Row};
 
+use super::fingerprint::Fingerprint;
 use crate::error::Error;
-use crate::integrity::Fingerprint;
 
 /// How the agent came to hold a file, which decides what `Remove` may
 /// delete.

@@ -1,9 +1,17 @@
-//! The chunk server: `p2p.peer.v1.PeerService/FetchChunks`, and the source
-//! end of `WatchHoldings` (see `crate::download::exchange`).
+//! The serving side of the agent: the `p2p.peer.v1.PeerService` server
+//! with its upload limits. It sits beside the download engine, above the
+//! held-file state ([`crate::holdings`]) it serves from, and is used by
+//! nothing but `run`.
+//!
+//! - this module: [`ChunkServer`] (both RPCs) and `FetchChunks`, with
+//!   [`Uploads`], the limits every stream shares;
+//! - [`exchange`]: the source end of `WatchHoldings` (the contract both
+//!   ends keep is [`crate::exchange`]);
+//! - [`seeding`]: which chunks a caller that asks for "any n" gets.
 //!
 //! The token and proof are checked by `RequireAuth` once per call, before
 //! a call gets here. A FetchChunks call names its chunks, or asks for "any
-//! n of these" and the source chooses (`crate::download::seeding`). Each
+//! n of these" and the source chooses ([`seeding`]). Each
 //! stream has one producer task, owned by the response stream (aborted when
 //! tonic drops it, i.e. when the caller goes away), that reads a chunk from
 //! disk and hands it over through a channel of capacity one: at most two
@@ -13,6 +21,9 @@
 //! (`--upload-stall-timeout`) gives up and
 //! frees its slot. Every chunk first draws its length from the token bucket
 //! shared by all streams; a semaphore caps concurrent streams.
+
+pub mod exchange;
+pub mod seeding;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,7 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::download::seeding::SeedChoice;
+use self::seeding::SeedChoice;
 use crate::holdings::{Holding, Holdings};
 use crate::rate::TokenBucket;
 use crate::stats::{ActiveUpload, Stats};
@@ -36,20 +47,21 @@ pub const MAX_CHUNKS_PER_REQUEST: u64 = 1024;
 /// Most holdings streams served at once (they are cheap: no disk reads).
 pub const MAX_WATCHERS: usize = 512;
 
-/// What the chunk server needs; shared with the session for load reports.
+/// What the chunk server needs: the holdings it serves, the limits every
+/// stream shares, and the counters it keeps.
 #[derive(Debug)]
 pub struct Uploads {
     /// What this agent holds.
-    pub holdings: Arc<Holdings>,
+    holdings: Arc<Holdings>,
     /// The upload rate limit shared by every stream.
-    pub bucket: TokenBucket,
+    bucket: TokenBucket,
     /// The configured cap on concurrent streams (0: unlimited).
-    pub max_uploads: u32,
+    max_uploads: u32,
     /// How long a stream may wait for its caller to take the next chunk.
-    pub stall_timeout: std::time::Duration,
+    stall_timeout: std::time::Duration,
     slots: Option<Arc<Semaphore>>,
     /// Counters.
-    pub stats: Arc<Stats>,
+    stats: Arc<Stats>,
     /// Fault injection: corrupt every chunk served.
     corrupt: bool,
     shutdown: CancellationToken,
@@ -209,7 +221,7 @@ impl PeerService for ChunkServer {
                 "agent is serving its maximum of {MAX_WATCHERS} holdings streams; rely on the index"
             ))
         })?;
-        let caller = crate::download::exchange::caller_hint(request.caller.as_ref(), from);
+        let caller = exchange::caller_hint(request.caller.as_ref(), from);
         let watcher = caller.as_ref().map(|c| c.peer_id.clone());
         if let Some(caller) = caller {
             holding.note_peer(caller);
@@ -218,7 +230,7 @@ impl PeerService for ChunkServer {
         let uploads = self.uploads.clone();
         let producer = tokio::spawn(async move {
             let _permit = permit;
-            crate::download::exchange::serve_updates(
+            exchange::serve_updates(
                 holding,
                 uploads.holdings.clone(),
                 watcher,

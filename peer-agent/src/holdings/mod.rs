@@ -1,9 +1,24 @@
-//! The in-memory view of what this agent holds, written through to the
-//! [`Store`]. The chunk server consults it on every request and the download
-//! engine marks chunks in it as they are verified, so a partial holder
-//! serves its chunks while it still downloads. A shared or downloaded file
-//! that no longer matches its [`Fingerprint`] is marked with a [`Problem`]
-//! and served no more (see [`crate::integrity`]).
+//! The held-file state: what this agent holds, and the only code that
+//! changes it. Both the chunk server ([`crate::upload`]) and the download
+//! engine ([`crate::download`]) sit above it; it knows neither, nor the
+//! session.
+//!
+//! - this module: [`Holdings`], the in-memory view of every file held
+//!   (complete or partial, its verified chunks, the peers known to hold it),
+//!   written through to the store. The chunk server consults it on every
+//!   request and the download engine marks chunks in it as they are
+//!   verified, so a partial holder serves its chunks while it still
+//!   downloads.
+//! - [`store`]: the agent's own SQLite database, the only SQL.
+//! - [`fingerprint`]: what a held file looked like on disk; a shared or
+//!   downloaded file that no longer matches its [`Fingerprint`] is marked
+//!   with a [`Problem`] and served no more.
+//! - [`integrity`]: the sweep that checks every holding against the disk
+//!   and withdraws those that changed.
+
+pub mod fingerprint;
+pub mod integrity;
+pub mod store;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -12,10 +27,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use p2p_services::manifest::{Bitfield, FileId, Manifest};
 use tokio::sync::{Notify, watch};
 
+use self::fingerprint::{Fingerprint, Problem, compare};
+use self::store::{Kind, LocalFile, Store};
 use crate::disk::PartFile;
 use crate::error::Error;
-use crate::integrity::{Fingerprint, Problem, compare};
-use crate::store::{Kind, LocalFile, Store};
 
 /// How long a failed read of a partial waits for a finishing download to
 /// point its holding at the renamed file (see [`Holding::read_chunk`]).
@@ -167,7 +182,7 @@ impl Holding {
     /// What is wrong with the file on disk, in the user's words.
     pub fn problem(&self) -> Option<&'static str> {
         let state = self.lock();
-        state.problem.map(|p| p.describe(state.kind))
+        state.problem.map(|p| describe(p, state.kind))
     }
 
     /// Whether the file changed on disk and the index was not told yet.
@@ -265,6 +280,16 @@ impl Holding {
             bitfield: state.bitfield.clone(),
             fingerprint: state.fingerprint,
         }
+    }
+}
+
+/// What the user reads about a held file of `kind` with `problem`.
+fn describe(problem: Problem, kind: Kind) -> &'static str {
+    match (problem, kind) {
+        (Problem::Changed, Kind::Shared) => "changed since shared: share it again",
+        (Problem::Gone, Kind::Shared) => "deleted or moved since shared: share it again",
+        (Problem::Changed, _) => "changed since downloaded: download it again",
+        (Problem::Gone, _) => "deleted or moved since downloaded: download it again",
     }
 }
 
