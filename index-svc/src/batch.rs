@@ -1,11 +1,8 @@
 //! Write-behind for the hot paths: lease renewals (Heartbeat) and holdings
-//! (UpdateHoldings) are kept in memory and written to the database every
-//! flush interval ([`DEFAULT_FLUSH_INTERVAL`]), renewals in one transaction
-//! and holdings in another, so a heartbeat costs no transaction of its own
-//! and a download announcing its bitfield many times a second costs one
-//! row per flush. A holding that changes what holder counts show (a new
-//! holder, a complete copy) starts the holdings' flush at once and its
-//! call waits for that commit ([`WriteBehind::hold_now`]).
+//! (UpdateHoldings) are kept in memory and written to the database in one
+//! transaction every flush interval (default 500 ms), so a heartbeat costs
+//! no transaction of its own and a download announcing its bitfield many
+//! times a second costs one row per flush.
 //!
 //! [`Pending`] is the pure part: the latest renewal per peer and the latest
 //! holding per (peer, file), bounded, with the rules for what a direct
@@ -150,22 +147,10 @@ impl Pending {
         }
     }
 
-    /// Takes the queued holdings, and the callers waiting for them.
-    fn take_holdings(&mut self) -> (Batch, Vec<Waiter>) {
-        let batch = Batch {
-            renewals: Vec::new(),
-            holdings: self.holdings.drain().map(|(_, h)| h).collect(),
-            durable: !self.waiters.is_empty(),
-        };
+    /// Takes everything queued, and the callers waiting for it.
+    fn take_waited(&mut self) -> (Batch, Vec<Waiter>) {
+        let batch = self.take();
         (batch, std::mem::take(&mut self.waiters))
-    }
-
-    /// Takes the queued renewals.
-    fn take_renewals(&mut self) -> Batch {
-        Batch {
-            renewals: self.renewals.drain().map(|(_, r)| r).collect(),
-            ..Batch::default()
-        }
     }
 
     /// Puts back a batch the database refused, except entries that newer
@@ -258,55 +243,38 @@ impl WriteBehind {
         self.gate.lock().await
     }
 
-    /// Writes everything queued now (holdings, then renewals); on failure
-    /// the entries go back in the queue for the next flush.
+    /// Writes everything queued now; on failure the entries go back in the
+    /// queue for the next flush.
     pub async fn flush(&self, store: &Store) -> Result<(), crate::Error> {
-        let holdings = self.flush_holdings(store).await;
-        let renewals = self.flush_renewals(store).await;
-        holdings.and(renewals)
-    }
-
-    /// Writes the queued holdings, under the gate, and answers the holder
-    /// changes waiting for them.
-    async fn flush_holdings(&self, store: &Store) -> Result<(), crate::Error> {
         let _gate = self.gate.lock().await;
-        let (batch, waiters) = self.with(Pending::take_holdings);
-        let result = self.write(store, batch, "holdings").await;
-        for waiter in waiters {
-            let _ = waiter.send(match &result {
-                Ok(()) => Ok(()),
-                Err(err) => Err(err.for_another_caller()),
-            });
-        }
-        result
-    }
-
-    /// Writes the queued renewals. They touch only peers' leases and loads,
-    /// which no direct write changes, so they need no gate and never hold
-    /// up a holder change.
-    async fn flush_renewals(&self, store: &Store) -> Result<(), crate::Error> {
-        let batch = self.with(Pending::take_renewals);
-        self.write(store, batch, "renewals").await
-    }
-
-    async fn write(&self, store: &Store, batch: Batch, part: &str) -> Result<(), crate::Error> {
+        let (batch, waiters) = self.with(Pending::take_waited);
         if batch.is_empty() {
+            for waiter in waiters {
+                let _ = waiter.send(Ok(()));
+            }
             return Ok(());
         }
-        let rows = batch.renewals.len() + batch.holdings.len();
+        let renewals = batch.renewals.len();
+        let holdings = batch.holdings.len();
         let started = std::time::Instant::now();
         match store.apply_batch(&batch).await {
             Ok(()) => {
                 p2p_services::metrics::histogram(
                     "p2p_index_flush_seconds",
-                    "Time to write one batch of queued renewals or holdings.",
-                    &[("part", part)],
+                    "Time to write one batch of renewals and holdings.",
+                    &[],
                 )
                 .observe(started.elapsed().as_secs_f64());
-                tracing::trace!(part, rows, took = ?started.elapsed(), "flushed");
+                tracing::trace!(renewals, holdings, took = ?started.elapsed(), "flushed");
+                for waiter in waiters {
+                    let _ = waiter.send(Ok(()));
+                }
                 Ok(())
             }
             Err(err) => {
+                for waiter in waiters {
+                    let _ = waiter.send(Err(err.for_another_caller()));
+                }
                 self.with(|p| p.restore(batch));
                 Err(err)
             }
@@ -314,43 +282,22 @@ impl WriteBehind {
     }
 }
 
-/// Flushes `queue` into `store` until `stop` is cancelled, then once more
-/// so nothing acknowledged is lost on a clean shutdown: holdings every
-/// interval and at once when a holder change waits, renewals every
-/// interval, each at its own pace so a big batch of renewals never delays
-/// a holder change.
+/// Flushes `queue` into `store` every interval, and at once when a holder
+/// change waits, until `stop` is cancelled, then once more so nothing
+/// acknowledged is lost on a clean shutdown.
 pub async fn flusher(queue: WriteBehind, store: Store, stop: CancellationToken) {
-    let every = |interval| {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick
-    };
-    let holdings = async {
-        let mut tick = every(queue.interval);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = tick.tick() => {}
-                () = queue.wake.notified() => {}
-            }
-            if let Err(err) = queue.flush_holdings(&store).await {
-                tracing::warn!(%err, "cannot write holdings; retrying at the next flush");
-            }
+    let mut tick = tokio::time::interval(queue.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+            () = queue.wake.notified() => {}
         }
-    };
-    let renewals = async {
-        let mut tick = every(queue.interval);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            if let Err(err) = queue.flush_renewals(&store).await {
-                tracing::warn!(%err, "cannot write renewals; retrying at the next flush");
-            }
+        if let Err(err) = queue.flush(&store).await {
+            tracing::warn!(%err, "cannot write renewals and holdings; retrying at the next flush");
         }
-    };
-    tokio::join!(holdings, renewals);
+    }
     queue.stopped.store(true, Ordering::SeqCst);
     if let Err(err) = queue.flush(&store).await {
         tracing::warn!(%err, "cannot write the last renewals and holdings before stopping");
