@@ -32,7 +32,7 @@ pub struct Config {
     /// Unix socket of the local control API (AgentControl), created with
     /// mode 0600 so only this agent's user can use it. Default:
     /// <data-dir>/control.sock.
-    #[arg(long, env = "AGENT_CONTROL_SOCKET")]
+    #[arg(long, env = "AGENT_CONTROL_SOCKET", global = true)]
     pub control_socket: Option<PathBuf>,
     /// Also serve the control API on this TCP address (e.g.
     /// 127.0.0.1:50054). Every call must carry the token the agent writes to
@@ -70,7 +70,12 @@ pub struct Config {
     #[arg(long, env = "P2P_WEB_ALLOW_HOSTS", value_delimiter = ',')]
     pub web_allow_host: Vec<String>,
     /// Directory for the agent's database and partial downloads.
-    #[arg(long, env = "P2P_DATA_DIR", default_value = "./p2p-data")]
+    #[arg(
+        long,
+        env = "P2P_DATA_DIR",
+        default_value = "./p2p-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Where downloads land when no destination is given. Default:
     /// <data-dir>/downloads.
@@ -138,6 +143,10 @@ pub struct Config {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Probe the control API's health and exit 0 (serving) or 1.
+    ///
+    /// It asks over the control socket (--control-socket, default
+    /// <data-dir>/control.sock; both go before or after `healthcheck`), so
+    /// it needs no TLS flags.
     Healthcheck,
 }
 
