@@ -38,8 +38,13 @@ pub struct Config {
     /// 127.0.0.1:50054). Every call must carry the token the agent writes to
     /// <data-dir>/control.token. Must be loopback unless
     /// --allow-remote-control.
-    #[arg(long, visible_alias = "control", env = "AGENT_CONTROL")]
+    #[arg(long, env = "AGENT_CONTROL")]
     pub control_listen: Option<String>,
+    /// Removed: it served the control API on TCP without a token. Refused
+    /// with a message naming what replaced it, rather than quietly taken as
+    /// --control-listen, whose port then refuses every tokenless call.
+    #[arg(long = "control", hide = true, value_parser = removed_control_flag)]
+    pub removed_control: Option<String>,
     /// Accept a non-loopback --control-listen address. Calls still need the
     /// control token, but anyone who obtains it acts as the logged-in user.
     #[arg(long, env = "AGENT_ALLOW_REMOTE_CONTROL")]
@@ -148,6 +153,17 @@ pub enum Command {
     /// <data-dir>/control.sock; both go before or after `healthcheck`), so
     /// it needs no TLS flags.
     Healthcheck,
+}
+
+/// Refuses `--control` (see [`Config::removed_control`]) with what to use.
+fn removed_control_flag(_: &str) -> Result<String, String> {
+    Err(
+        "--control was removed: it served the control API on TCP without a token. The agent \
+         now serves it on the Unix socket <data-dir>/control.sock, which `p2p --data-dir DIR` \
+         finds; for TCP, pass --control-listen ADDR and give p2p the token in \
+         <data-dir>/control.token (--agent-token-file)"
+            .into(),
+    )
 }
 
 impl Config {
@@ -395,8 +411,15 @@ mod tests {
             PathBuf::from("/srv/p2p/control.token")
         );
         assert_eq!(config.control_listen(), None);
-        let tcp = Config::try_parse_from(["peer-agent", "--control", "127.0.0.1:9"]).unwrap();
+        let tcp =
+            Config::try_parse_from(["peer-agent", "--control-listen", "127.0.0.1:9"]).unwrap();
         assert_eq!(tcp.control_listen(), Some("127.0.0.1:9"));
+        let removed = Config::try_parse_from(["peer-agent", "--control", "127.0.0.1:9"])
+            .expect_err("--control is no alias");
+        assert!(
+            removed.to_string().contains("--control was removed"),
+            "{removed}"
+        );
     }
 
     #[test]

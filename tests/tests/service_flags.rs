@@ -1,5 +1,6 @@
 //! The services' own command lines as an operator types them: TLS flags
-//! after `healthcheck` as well as before, and help that mentions them.
+//! after `healthcheck` as well as before, help that mentions them, and a
+//! removed flag refused with what replaced it.
 
 use p2p_tests::AgentHandle as _;
 use p2p_tests::{AgentOptions, Cluster, ClusterOptions};
@@ -64,4 +65,28 @@ async fn healthcheck_takes_tls_flags_after_the_subcommand_and_documents_them() {
     assert_eq!(code, Some(0), "{help}");
     assert!(help.contains("--data-dir"), "{help}");
     assert!(help.contains("no TLS"), "{help}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_removed_control_flag_is_refused_saying_what_replaced_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = p2p_tests::free_port();
+    let (code, printed) = run(
+        "peer-agent",
+        &[
+            "--data-dir",
+            &dir.path().display().to_string(),
+            "--control",
+            &format!("127.0.0.1:{port}"),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{printed}");
+    assert!(printed.contains("--control was removed"), "{printed}");
+    assert!(printed.contains("--control-listen"), "{printed}");
+    assert!(printed.contains("control.sock"), "{printed}");
+    assert!(
+        !dir.path().join("control.token").exists(),
+        "the agent started a token-protected listener"
+    );
 }
