@@ -68,6 +68,10 @@ pub struct Config {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Ask a running auth-svc whether it is serving; exits 0 when it is, 1 otherwise.
+    ///
+    /// It verifies the server's certificate with --tls-ca (P2P_TLS_CA), or
+    /// calls in clear with --insecure-plaintext; both go before or after
+    /// `healthcheck`.
     Healthcheck {
         /// Address to probe; defaults to --listen with 0.0.0.0 replaced by 127.0.0.1.
         #[arg(long)]

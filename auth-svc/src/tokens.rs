@@ -321,7 +321,7 @@ mod tests {
         ));
         assert!(matches!(
             verifier.verify(&peer.token).await,
-            Err(TokenError::Invalid(_))
+            Err(TokenError::WrongCredential { .. })
         ));
     }
 

@@ -475,7 +475,7 @@ async fn wrong_audience_or_issuer_is_rejected(db: TestDb) {
     assert_status(
         who_am_i(&server, &signer.sign(&wrong_aud).unwrap()).await,
         Code::Unauthenticated,
-        "invalid access token",
+        "wrong credential: this service takes an access token",
     );
     let wrong_iss = Claims {
         iss: "someone-else".into(),
@@ -1097,11 +1097,11 @@ async fn peer_token_verifies_only_with_a_proof_from_its_agent_key_for_this_peer(
         verifier
             .verify_peer(&access, Some(&for_a), Some("peer-a"))
             .await,
-        Err(TokenError::Invalid(_))
+        Err(TokenError::WrongCredential { .. })
     ));
     assert!(matches!(
         verifier.verify(&peer.token).await,
-        Err(TokenError::Invalid(_))
+        Err(TokenError::WrongCredential { .. })
     ));
     let again = issue_peer_token(&server, &access, &agent).await.unwrap();
     assert_ne!(again.token, peer.token, "every peer token has its own jti");
@@ -1145,7 +1145,7 @@ async fn peer_token_is_refused_by_auth_svc_itself(db: TestDb) {
     assert_status(
         who_am_i(&server, &peer).await,
         Code::Unauthenticated,
-        "invalid access token",
+        "wrong credential: this service takes an access token",
     );
     assert_status(
         server
@@ -1160,17 +1160,17 @@ async fn peer_token_is_refused_by_auth_svc_itself(db: TestDb) {
             ))
             .await,
         Code::Unauthenticated,
-        "invalid access token",
+        "wrong credential: this service takes an access token",
     );
     assert_status(
         issue_peer_token(&server, &peer, &agent).await,
         Code::Unauthenticated,
-        "invalid access token",
+        "wrong credential: this service takes an access token",
     );
     assert_status(
         rotate(&server, &peer).await,
         Code::Unauthenticated,
-        "invalid access token",
+        "wrong credential: this service takes an access token",
     );
     assert_eq!(published_kids(&server).await.len(), 1, "nothing rotated");
     server.stop().await;

@@ -123,6 +123,10 @@ pub struct Config {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Ask a running index-svc whether it serves (exit 0) or not (exit 1).
+    ///
+    /// It verifies the server's certificate with --tls-ca (P2P_TLS_CA), or
+    /// calls in clear with --insecure-plaintext; both go before or after
+    /// `healthcheck`.
     Healthcheck {
         /// Server to ask; defaults to --listen with 0.0.0.0 replaced by 127.0.0.1.
         #[arg(long)]

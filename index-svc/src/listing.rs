@@ -1,6 +1,7 @@
 //! Paging and filtering of the file list: the opaque page token (a keyset
 //! cursor, so pages stay stable while files are added) and the escaped
-//! `LIKE` pattern for the case-insensitive name filter.
+//! `LIKE` pattern for the case-insensitive name filter, and the one
+//! case folding both sides of that comparison use.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -54,13 +55,25 @@ pub fn page_size(requested: u32) -> Option<u32> {
     }
 }
 
-/// The `LIKE` pattern (with `\` as escape character) matching names that
-/// contain `needle`, ignoring case. `%`, `_` and `\` in the needle match
-/// themselves.
+/// A name as compared by the filter: every character lowercased with
+/// Unicode rules, one at a time. The index stores it beside each name
+/// (`files.name_folded`) and folds the filter the same way, so matching
+/// never depends on the database's own `LOWER`, which folds ASCII only on
+/// SQLite and follows the database locale on PostgreSQL. Per character,
+/// so a folded part of a name is a part of the folded name (the
+/// whole-string rule would turn a final `Σ` into `ς` in one and `σ` in the
+/// other).
+pub fn fold_name(name: &str) -> String {
+    name.chars().flat_map(char::to_lowercase).collect()
+}
+
+/// The `LIKE` pattern (with `\` as escape character) matching folded
+/// names ([`fold_name`]) that contain `needle`, ignoring case. `%`, `_`
+/// and `\` in the needle match themselves.
 pub fn contains_pattern(needle: &str) -> String {
     let mut pattern = String::with_capacity(needle.len() + 2);
     pattern.push('%');
-    for c in needle.to_lowercase().chars() {
+    for c in fold_name(needle).chars() {
         if matches!(c, '%' | '_' | '\\') {
             pattern.push('\\');
         }
@@ -100,5 +113,14 @@ mod tests {
     fn filter_wildcards_match_literally() {
         assert_eq!(contains_pattern("Report"), "%report%");
         assert_eq!(contains_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+    }
+
+    #[test]
+    fn names_fold_beyond_ascii() {
+        assert_eq!(fold_name("Отчёт 2026.pdf"), "отчёт 2026.pdf");
+        assert_eq!(fold_name("École Ärger"), "école ärger");
+        assert_eq!(fold_name("ΟΔΟΣ"), "οδοσ");
+        assert_eq!(contains_pattern("ΟΔΟΣ"), "%οδοσ%");
+        assert!(fold_name("ΦΩΤΟ ΟΔΟΣ.jpg").contains(&fold_name("ΟΔΟΣ")));
     }
 }

@@ -17,7 +17,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::error::Error;
 use crate::events::{FileEventKind, StoredEvent};
-use crate::listing::PageCursor;
+use crate::listing::{self, PageCursor};
 use crate::peer::{Holding, PeerId, PeerLoad, PeerRecord};
 use crate::selection::{Candidate, Report, ReportReason};
 
@@ -278,10 +278,40 @@ impl Store {
             },
         )
         .await?;
-        Ok(Self {
+        let store = Self {
             pool: database.pool,
             backend: database.backend,
-        })
+        };
+        store.fold_unfolded_names().await?;
+        Ok(store)
+    }
+
+    /// Fills `name_folded` for files published before it existed (or by an
+    /// older replica still running): SQL cannot run Rust's folding, so the
+    /// migration adds the column and this fills it. Safe to run on several
+    /// replicas at once: each writes the same value.
+    async fn fold_unfolded_names(&self) -> Result<(), Error> {
+        let rows = sqlx::query("SELECT file_id, name FROM files WHERE name_folded IS NULL")
+            .fetch_all(&self.pool)
+            .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for row in &rows {
+            let name: String = row.try_get("name")?;
+            sqlx::query("UPDATE files SET name_folded = $1 WHERE file_id = $2")
+                .bind(listing::fold_name(&name))
+                .bind(row.try_get::<String, _>("file_id")?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(
+            files = rows.len(),
+            "folded the names of older files for the name filter"
+        );
+        Ok(())
     }
 
     /// Begins a transaction that will write. On SQLite it takes the write
@@ -516,8 +546,9 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let created = sqlx::query(
             "INSERT INTO files (file_id, name, size_bytes, mime_type, chunk_size_bytes, \
-                 chunk_count, chunk_hashes, file_hash, owner_id, owner_name, added_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 chunk_count, chunk_hashes, file_hash, owner_id, owner_name, added_at_ms, \
+                 name_folded) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (file_id) DO NOTHING RETURNING file_id",
         )
         .bind(file_id.as_str())
@@ -531,6 +562,7 @@ impl Store {
         .bind(&owner.user_id)
         .bind(&owner.username)
         .bind(now_ms)
+        .bind(listing::fold_name(&manifest.name))
         .fetch_optional(&mut *tx)
         .await?
         .is_some();
@@ -655,8 +687,11 @@ impl Store {
             .transpose()
     }
 
-    /// Files whose lowercased name matches `name_pattern` (a `LIKE` pattern
-    /// escaped with `\`), newest first, after `cursor`, at most `limit`.
+    /// Files whose folded name ([`listing::fold_name`]) matches
+    /// `name_pattern` (a `LIKE` pattern escaped with `\`), newest first,
+    /// after `cursor`, at most `limit`. A row an older replica wrote
+    /// without a folded name falls back to the database's `LOWER` until
+    /// the next start-up fills it in.
     pub async fn list_files(
         &self,
         name_pattern: &str,
@@ -670,7 +705,7 @@ impl Store {
         };
         let rows = sqlx::query(concat!(
             summary_select!(),
-            "WHERE LOWER(f.name) LIKE $2 ESCAPE '\\' \
+            "WHERE COALESCE(f.name_folded, LOWER(f.name)) LIKE $2 ESCAPE '\\' \
                AND (f.added_at_ms < $3 OR (f.added_at_ms = $3 AND f.file_id > $4)) \
              ORDER BY f.added_at_ms DESC, f.file_id LIMIT $5"
         ))

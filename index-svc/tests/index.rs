@@ -14,6 +14,8 @@ use tonic::Code;
 suite!(
     publish_is_idempotent_and_makes_the_publisher_a_holder,
     list_filters_by_name_and_pages,
+    list_filter_ignores_case_in_every_script,
+    names_from_before_folding_are_filtered_after_restart,
     bad_manifests_are_invalid_argument,
     unknown_file_is_not_found,
     delete_by_non_owner_is_denied_and_admin_may_delete,
@@ -571,6 +573,79 @@ async fn list_filters_by_name_and_pages(db: Db) {
     assert_eq!(too_big.code(), Code::ResourceExhausted);
     let bad_token = index.list("", 2, "garbage").await.expect_err("bad token");
     assert_eq!(bad_token.code(), Code::InvalidArgument);
+}
+
+/// The filter ignores case beyond ASCII, the same on both backends: the
+/// exact name, its other-cased forms and parts of it all find the file.
+async fn list_filter_ignores_case_in_every_script(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let mut index = Index::new(&server, &bob);
+    let names = [
+        "Отчёт 2026.pdf",
+        "École d'été.txt",
+        "ÄRGER.md",
+        "ΦΩΤΟ ΟΔΟΣ.jpg",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        index
+            .publish(manifest(name, 700 + i as u64, 1), "")
+            .await
+            .expect("publish");
+    }
+    for (filter, expected) in [
+        ("Отчёт 2026.pdf", names[0]),
+        ("Отчёт", names[0]),
+        ("ОТЧЁТ", names[0]),
+        ("отчёт", names[0]),
+        ("тчёт", names[0]),
+        ("École d'été.txt", names[1]),
+        ("ÉCOLE", names[1]),
+        ("école", names[1]),
+        ("ÄRGER.md", names[2]),
+        ("Ärger", names[2]),
+        ("ΟΔΟΣ", names[3]),
+        ("οδοσ", names[3]),
+        ("Φωτο", names[3]),
+    ] {
+        let listed = index.list(filter, 0, "").await.expect("filter");
+        let found: Vec<&str> = listed.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(found, [expected], "filter {filter:?}");
+    }
+}
+
+/// Files published before the folded name existed are found by the
+/// filter once index-svc has started again.
+async fn names_from_before_folding_are_filtered_after_restart(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let mut index = Index::new(&server, &bob);
+    index
+        .publish(manifest("Отчёт 2026.pdf", 710, 1), "")
+        .await
+        .expect("publish");
+    server.stop(support::WAIT).await.expect("index-svc stops");
+    // What a database migrated from an older index-svc holds.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&cluster.index_db)
+        .await
+        .expect("open the index database");
+    sqlx::query("UPDATE files SET name_folded = NULL")
+        .execute(&pool)
+        .await
+        .expect("forget the folded names");
+    pool.close().await;
+
+    let server = cluster.index(&[]).await;
+    let mut index = Index::new(&server, &bob);
+    let listed = index.list("Отчёт", 0, "").await.expect("filter");
+    assert_eq!(listed.files.len(), 1, "{:?}", listed.files);
 }
 
 async fn bad_manifests_are_invalid_argument(db: Db) {

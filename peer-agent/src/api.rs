@@ -186,6 +186,13 @@ impl AgentApi {
         self.session.peer_id().ok_or_else(|| {
             if self.session.user().is_none() {
                 Error::NotLoggedIn
+            } else if let Some(reason) = self.session.registration_refused() {
+                Error::FailedPrecondition(format!(
+                    "the index refused to register this agent: {reason}; the agent advertises \
+                     {} (set with --advertise or PEER_ADVERTISE) and registers on its next \
+                     retry once that is fixed",
+                    self.session.config().advertise_addr
+                ))
             } else {
                 Error::IndexUnavailable(
                     "this agent is not registered with the index yet; it keeps retrying".into(),

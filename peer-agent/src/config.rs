@@ -32,14 +32,19 @@ pub struct Config {
     /// Unix socket of the local control API (AgentControl), created with
     /// mode 0600 so only this agent's user can use it. Default:
     /// <data-dir>/control.sock.
-    #[arg(long, env = "AGENT_CONTROL_SOCKET")]
+    #[arg(long, env = "AGENT_CONTROL_SOCKET", global = true)]
     pub control_socket: Option<PathBuf>,
     /// Also serve the control API on this TCP address (e.g.
     /// 127.0.0.1:50054). Every call must carry the token the agent writes to
     /// <data-dir>/control.token. Must be loopback unless
     /// --allow-remote-control.
-    #[arg(long, visible_alias = "control", env = "AGENT_CONTROL")]
+    #[arg(long, env = "AGENT_CONTROL")]
     pub control_listen: Option<String>,
+    /// Removed: it served the control API on TCP without a token. Refused
+    /// with a message naming what replaced it, rather than quietly taken as
+    /// --control-listen, whose port then refuses every tokenless call.
+    #[arg(long = "control", hide = true, value_parser = removed_control_flag)]
+    pub removed_control: Option<String>,
     /// Accept a non-loopback --control-listen address. Calls still need the
     /// control token, but anyone who obtains it acts as the logged-in user.
     #[arg(long, env = "AGENT_ALLOW_REMOTE_CONTROL")]
@@ -70,7 +75,12 @@ pub struct Config {
     #[arg(long, env = "P2P_WEB_ALLOW_HOSTS", value_delimiter = ',')]
     pub web_allow_host: Vec<String>,
     /// Directory for the agent's database and partial downloads.
-    #[arg(long, env = "P2P_DATA_DIR", default_value = "./p2p-data")]
+    #[arg(
+        long,
+        env = "P2P_DATA_DIR",
+        default_value = "./p2p-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Where downloads land when no destination is given. Default:
     /// <data-dir>/downloads.
@@ -138,7 +148,22 @@ pub struct Config {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Probe the control API's health and exit 0 (serving) or 1.
+    ///
+    /// It asks over the control socket (--control-socket, default
+    /// <data-dir>/control.sock; both go before or after `healthcheck`), so
+    /// it needs no TLS flags.
     Healthcheck,
+}
+
+/// Refuses `--control` (see [`Config::removed_control`]) with what to use.
+fn removed_control_flag(_: &str) -> Result<String, String> {
+    Err(
+        "--control was removed: it served the control API on TCP without a token. The agent \
+         now serves it on the Unix socket <data-dir>/control.sock, which `p2p --data-dir DIR` \
+         finds; for TCP, pass --control-listen ADDR and give p2p the token in \
+         <data-dir>/control.token (--agent-token-file)"
+            .into(),
+    )
 }
 
 impl Config {
@@ -386,8 +411,15 @@ mod tests {
             PathBuf::from("/srv/p2p/control.token")
         );
         assert_eq!(config.control_listen(), None);
-        let tcp = Config::try_parse_from(["peer-agent", "--control", "127.0.0.1:9"]).unwrap();
+        let tcp =
+            Config::try_parse_from(["peer-agent", "--control-listen", "127.0.0.1:9"]).unwrap();
         assert_eq!(tcp.control_listen(), Some("127.0.0.1:9"));
+        let removed = Config::try_parse_from(["peer-agent", "--control", "127.0.0.1:9"])
+            .expect_err("--control is no alias");
+        assert!(
+            removed.to_string().contains("--control was removed"),
+            "{removed}"
+        );
     }
 
     #[test]

@@ -98,7 +98,9 @@ pub enum Error {
     /// The download was cancelled.
     #[error("download cancelled; verified chunks are kept, download again to resume")]
     Cancelled,
-    /// No source could be found or used for a while.
+    /// No online peer could serve the missing chunks for a while. Not
+    /// "unavailable": retrying at once will not help until a holder is
+    /// back.
     #[error("{0}")]
     NoSources(String),
     /// All chunks verified but the whole file does not match.
@@ -190,7 +192,7 @@ impl From<Error> for Status {
                 );
                 status
             }
-            Error::NoSpace { .. } | Error::FailedPrecondition(_) => {
+            Error::NoSpace { .. } | Error::FailedPrecondition(_) | Error::NoSources(_) => {
                 Status::failed_precondition(message)
             }
             Error::OtherAccount { .. } => Status::permission_denied(message),
@@ -199,7 +201,6 @@ impl From<Error> for Status {
             }
             Error::DestinationExists(_) => Status::already_exists(message),
             Error::Cancelled => Status::cancelled(message),
-            Error::NoSources(_) => Status::unavailable(message),
             Error::Corrupt(_) => Status::data_loss(message),
             Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Status::not_found(message)

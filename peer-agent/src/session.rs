@@ -140,6 +140,7 @@ pub struct Session {
     peer_token_lock: tokio::sync::Mutex<()>,
     proofs: Mutex<HashMap<String, (String, i64)>>,
     index_reachable: AtomicBool,
+    registration_refused: Mutex<Option<String>>,
     refresh_lock: tokio::sync::Mutex<()>,
     heartbeat: Mutex<Option<JoinHandle<()>>>,
     unattended: Mutex<Option<Unattended>>,
@@ -179,6 +180,7 @@ impl Session {
             peer_token_lock: tokio::sync::Mutex::new(()),
             proofs: Mutex::new(HashMap::new()),
             index_reachable: AtomicBool::new(false),
+            registration_refused: Mutex::new(None),
             refresh_lock: tokio::sync::Mutex::new(()),
             heartbeat: Mutex::new(None),
             unattended: Mutex::new(None),
@@ -212,6 +214,15 @@ impl Session {
     /// Whether the last call to the index got through.
     pub fn index_reachable(&self) -> bool {
         self.index_reachable.load(Ordering::Relaxed)
+    }
+
+    /// Why the index refused our last registration (its own words), if it
+    /// answered with a refusal rather than being unreachable.
+    pub fn registration_refused(&self) -> Option<String> {
+        self.registration_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn read_tokens(&self) -> std::sync::RwLockReadGuard<'_, Option<Tokens>> {
@@ -593,9 +604,17 @@ impl Session {
             load: Some(self.load()),
             agent_version: concat!("peer-agent ", env!("CARGO_PKG_VERSION")).to_string(),
         };
-        let response = self
+        let result = self
             .call_index(|mut c, t| async move { c.register_peer(with_bearer(request, &t)).await })
-            .await?;
+            .await;
+        *self
+            .registration_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = match &result {
+            Err(Error::Remote { status, .. }) => Some(status.message().to_string()),
+            _ => None,
+        };
+        let response = result?;
         tracing::info!(peer_id = %response.peer_id, "registered with the index");
         self.set_peer_id(Some(response.peer_id.clone()));
         self.announce_all(&response.peer_id).await;

@@ -274,6 +274,16 @@ pub enum TokenError {
     /// Signature, algorithm, audience, issuer or format is wrong.
     #[error("invalid access token: {0}")]
     Invalid(String),
+    /// A well-formed token of another kind than this service takes (its
+    /// claimed audience says which), such as an access token sent to a
+    /// PeerService.
+    #[error("wrong credential: this service takes {takes}, not {sent}")]
+    WrongCredential {
+        /// The credential this service takes.
+        takes: &'static str,
+        /// What the token claims to be.
+        sent: String,
+    },
     /// No keys are cached and auth-svc cannot be reached.
     #[error("cannot verify tokens: auth service unreachable and no signing keys cached ({0})")]
     KeysUnavailable(String),
@@ -515,7 +525,8 @@ impl TokenVerifier {
 
     /// Verifies a bare access token (no `Bearer ` prefix).
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        self.verify_as(token, &self.inner.validation).await
+        self.verify_as(token, &self.inner.validation, AUDIENCE)
+            .await
     }
 
     /// Verifies a bare peer token and the proof beside it: the token is
@@ -529,7 +540,9 @@ impl TokenVerifier {
     ) -> Result<PeerClaims, TokenError> {
         let Some(proof) = proof else {
             // The token's own faults come first, as without a proof at all.
-            let _: PeerClaims = self.verify_as(token, &self.inner.peer_validation).await?;
+            let _: PeerClaims = self
+                .verify_as(token, &self.inner.peer_validation, PEER_AUDIENCE)
+                .await?;
             return Err(TokenError::MissingProof);
         };
         let now = crate::time::now_ms() / 1000;
@@ -573,7 +586,9 @@ impl TokenVerifier {
         token: &str,
         proof: &str,
     ) -> Result<(PeerClaims, ProofClaims), TokenError> {
-        let claims: PeerClaims = self.verify_as(token, &self.inner.peer_validation).await?;
+        let claims: PeerClaims = self
+            .verify_as(token, &self.inner.peer_validation, PEER_AUDIENCE)
+            .await?;
         let key = PublicKey::from_base64url("cnf", &claims.cnf).map_err(TokenError::Invalid)?;
         let key = DecodingKey::from_ed_components(&key.to_base64url())
             .map_err(|e| TokenError::Invalid(format!("unusable cnf key: {e}")))?;
@@ -597,13 +612,26 @@ impl TokenVerifier {
         Ok((claims, proven))
     }
 
+    /// Verifies `token` as one for `audience` (the audience `validation`
+    /// checks). A token that claims another audience is refused as the
+    /// wrong credential before its claims are read: they are another
+    /// kind's, and the parser's complaint about them would only mislead.
     async fn verify_as<T: serde::de::DeserializeOwned>(
         &self,
         token: &str,
         validation: &Validation,
+        audience: &'static str,
     ) -> Result<T, TokenError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| TokenError::Invalid(format!("cannot read header: {e}")))?;
+        if let Some(sent) = claimed_audience(token)
+            && sent != audience
+        {
+            return Err(TokenError::WrongCredential {
+                takes: credential(audience),
+                sent: credential(&sent).to_string(),
+            });
+        }
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid(format!(
                 "algorithm {:?} not accepted",
@@ -652,6 +680,32 @@ impl TokenVerifier {
         header: Option<&http::HeaderValue>,
     ) -> Result<Claims, TokenError> {
         self.verify(bearer(header)?).await
+    }
+}
+
+/// The `aud` a token claims, read without verifying anything: only to say
+/// which credential was sent when it is the wrong one.
+fn claimed_audience(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Audience {
+        aud: String,
+    }
+    let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1)?).ok()?;
+    serde_json::from_slice::<Audience>(&payload)
+        .ok()
+        .map(|claims| claims.aud)
+}
+
+/// The credential a token for `audience` is, in a person's words.
+fn credential(audience: &str) -> &'static str {
+    match audience {
+        AUDIENCE => "an access token (what logging in gives; only auth-svc and index-svc take it)",
+        PEER_AUDIENCE => {
+            "a peer token from auth-svc's IssuePeerToken with a peer proof in \
+             `x-p2p-peer-proof` (what agents send each other's PeerService)"
+        }
+        PEER_PROOF_AUDIENCE => "a peer proof (it goes beside a peer token)",
+        _ => "a token for another service",
     }
 }
 

@@ -1,7 +1,8 @@
 //! Serving a set of tonic services the same way in every binary: standard
 //! `grpc.health.v1` health (each service reported by name, and the whole
 //! server under ""), server reflection (v1 and v1alpha, so every grpcurl
-//! version can `list` and `describe`), HTTP/2 windows sized for bulk chunk
+//! version can `list` and `describe`; `list` shows the server's own
+//! services, health and reflection), HTTP/2 windows sized for bulk chunk
 //! transfer, TCP_NODELAY, TLS (unless the binary was told plaintext), and
 //! graceful shutdown on the future passed in.
 
@@ -114,6 +115,26 @@ impl GrpcServer {
     }
 }
 
+/// The services every server adds to its own: health and both versions
+/// of reflection.
+const STANDARD_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// A reflection builder that lists the server's own services (`names`)
+/// and the standard ones, not every service in the descriptor set: a
+/// grpcurl user takes `list` as what the server serves.
+fn reflection(names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    names.iter().chain(&STANDARD_SERVICES).fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+        |builder, name| builder.with_service_name(*name),
+    )
+}
+
 impl GrpcServer {
     /// Serves on a Unix-domain socket (see [`crate::local::bind_private`])
     /// until `shutdown` resolves, with the same health and reflection as
@@ -156,14 +177,8 @@ impl GrpcServer {
         reporter
             .set_service_status("", ServingStatus::Serving)
             .await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(p2p_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection_v1 = reflection(&self.names).build_v1()?;
+        let reflection_v1alpha = reflection(&self.names).build_v1alpha()?;
         let routes = self
             .routes
             .add_service(health)

@@ -74,22 +74,24 @@ pub enum TlsError {
 
 /// The TLS flags every binary takes (flattened into its clap config).
 /// Environment variables are shared, so one deployment sets them once.
+/// Global, so they also follow a subcommand (`healthcheck --tls-ca CA`)
+/// and its `--help` lists them.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TlsArgs {
     /// PEM certificate this binary presents to its clients (made by
     /// `p2p-certs server` or `p2p-certs agent`).
-    #[arg(long, env = "P2P_TLS_CERT")]
+    #[arg(long, env = "P2P_TLS_CERT", global = true)]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(long, env = "P2P_TLS_KEY")]
+    #[arg(long, env = "P2P_TLS_KEY", global = true)]
     pub tls_key: Option<PathBuf>,
     /// PEM certificate of the deployment's CA: the servers this binary
     /// calls must present a certificate it signed (made by `p2p-certs ca`).
-    #[arg(long, env = "P2P_TLS_CA")]
+    #[arg(long, env = "P2P_TLS_CA", global = true)]
     pub tls_ca: Option<PathBuf>,
     /// Serve and call without TLS. Passwords and tokens then cross the
     /// network in clear: only for a network you trust completely.
-    #[arg(long, env = "P2P_INSECURE_PLAINTEXT")]
+    #[arg(long, env = "P2P_INSECURE_PLAINTEXT", global = true)]
     pub insecure_plaintext: bool,
 }
 

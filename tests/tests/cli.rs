@@ -139,3 +139,46 @@ async fn status_and_peers_show_the_session_and_the_network() {
     assert!(peers.stdout.contains(a.peer_addr()), "{peers}");
     assert!(peers.stdout.contains("online"), "{peers}");
 }
+
+/// Names with capitals beyond ASCII (Cyrillic, accented Latin, Greek) are
+/// found by their exact name and by any-cased parts of it, on either
+/// index backend.
+async fn names_in_any_script_are_found_by_name_and_filter(options: ClusterOptions) {
+    let cluster = Cluster::start(options).await;
+    let a = cluster
+        .add_user_agent("alice", AgentOptions::default())
+        .await;
+    let b = cluster.add_user_agent("bob", AgentOptions::default()).await;
+    let input = cluster.scratch_dir("input");
+    for (seed, (name, filter)) in [
+        ("Отчёт 2026.pdf", "Отчёт"),
+        ("École d'été.txt", "ÉCOLE"),
+        ("ÄRGER.md", "ärger"),
+        ("ΦΩΤΟ ΟΔΟΣ.jpg", "οδοσ"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let original = input.join(name);
+        p2p_tests::write_random(&original, 64 * 1024, 40 + seed as u64);
+        a.share(&original).await;
+
+        let listed = b.p2p_ok(&["--json", "ls", filter]).await.json();
+        assert_eq!(listed["files"][0]["name"], name, "ls {filter}: {listed}");
+        let got = b.get(name, &cluster.scratch_dir("out").join(name)).await;
+        p2p_tests::assert_same_content(&original, &got);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_in_any_script_are_found_on_sqlite() {
+    names_in_any_script_are_found_by_name_and_filter(ClusterOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_in_any_script_are_found_on_postgres() {
+    let Some(options) = ClusterOptions::postgres().await else {
+        return;
+    };
+    names_in_any_script_are_found_by_name_and_filter(options).await;
+}

@@ -196,3 +196,38 @@ async fn what_a_rogue_source_records_is_refused_everywhere_else() {
     let honest = [HonestAgent::of(&alice).await, HonestAgent::of(&root).await];
     assert_nothing_lost(cluster.index_client(), &admin, &[id], &honest).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_access_token_sent_to_a_peer_service_is_told_which_credential_it_takes() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let alice = cluster
+        .add_user_agent("alice", AgentOptions::default())
+        .await;
+    let original = random_file(&cluster.scratch_dir("input"), 64 * 1024, 63);
+    let id = alice.share(&original).await;
+    let access = cluster.access_token("alice", USER_PASSWORD).await;
+
+    let refused = cluster
+        .peer_client(alice.peer_addr())
+        .fetch_chunks(with_bearer(
+            FetchChunksRequest {
+                file_id: id,
+                ranges: vec![ChunkRange { start: 0, count: 1 }],
+                ..Default::default()
+            },
+            &access,
+        ))
+        .await
+        .expect_err("a PeerService accepted an access token");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let message = refused.message();
+    assert!(
+        message.starts_with("wrong credential: this service takes a peer token"),
+        "{message}"
+    );
+    assert!(message.contains("x-p2p-peer-proof"), "{message}");
+    assert!(message.contains("not an access token"), "{message}");
+    for leak in ["invalid", "JSON", "missing field", "cnf"] {
+        assert!(!message.contains(leak), "{leak:?} in {message}");
+    }
+}

@@ -1,5 +1,6 @@
 //! Errors say what happened: an agent that dies during `p2p get` is not
-//! "an error (Unknown)", and a download that resumes says so.
+//! "an error (Unknown)", a download that resumes says so, and an index
+//! that refuses an agent is not called unreachable.
 
 use std::time::Duration;
 
@@ -45,4 +46,41 @@ async fn the_cli_exits_3_saying_the_agent_stopped_when_it_dies_during_get() {
     }
     let again = b.get(&id, &dest).await;
     p2p_tests::assert_same_content(&original, &again);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_whose_address_the_index_refuses_says_so_not_unreachable() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let advertised = "10.200.0.1:50053";
+    let a = cluster
+        .add_user_agent(
+            "alice",
+            AgentOptions {
+                env: vec![("PEER_ADVERTISE".into(), advertised.into())],
+                ..AgentOptions::default()
+            },
+        )
+        .await;
+    let original = random_file(&cluster.scratch_dir("input"), 64 * 1024, 62);
+
+    let output = a.p2p(&["share", original.to_str().unwrap()]).await;
+    assert!(!output.success(), "{output}");
+    assert!(
+        output
+            .stderr
+            .contains("the index refused to register this agent"),
+        "{output}"
+    );
+    assert!(
+        output.stderr.contains(&format!(
+            "advertise_addr \"{advertised}\" is not this agent's own address"
+        )),
+        "the index's reason is missing: {output}"
+    );
+    assert!(output.stderr.contains("PEER_ADVERTISE"), "{output}");
+    assert!(!output.stderr.contains("unreachable"), "{output}");
+    assert!(
+        !output.stderr.contains("check that index-svc runs"),
+        "{output}"
+    );
 }

@@ -142,10 +142,21 @@ async fn a_download_ends_in_time_when_the_only_holders_copy_was_deleted() {
     let took = started.elapsed();
     assert!(!output.success(), "the download cannot succeed: {output}");
     assert!(took < Duration::from_secs(70), "it took {took:?}");
+    // Neither "busy, retry" nor "listed": no online peer holds the
+    // chunks, and the stopped seeder is counted as what it is.
     assert!(
-        output.stderr.contains("no online peer") || output.stderr.contains("none could serve"),
+        output.stderr.contains("no online peer holds the"),
         "the message does not say why: {output}"
     );
+    assert!(
+        output.stderr.contains("1 offline or unreachable"),
+        "the stopped seeder is not counted: {output}"
+    );
+    assert!(
+        !output.stderr.contains("cannot do that right now"),
+        "{output}"
+    );
+    assert!(!output.stderr.contains("listed"), "{output}");
     assert!(!output.stderr.contains("no file named"), "{output}");
     assert!(!dest.exists());
     eventually(

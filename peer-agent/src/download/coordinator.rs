@@ -150,38 +150,70 @@ async fn locate_sources(
         .await
 }
 
-/// How a source failed this download.
-#[derive(Debug, Clone)]
+/// How a source failed this download: what kind of failure, as reported
+/// to the index (`None`: it refused this agent's credentials or request).
+#[derive(Debug, Clone, Copy)]
 struct Failure {
-    detail: String,
-    /// It cannot read the file or sent data that does not match: asking it
-    /// again will not help.
-    hopeless: bool,
+    reason: Option<index_pb::ReportReason>,
 }
 
-/// Why a download with no usable source gives up, naming what the sources
-/// said (pure, for the unit tests).
+impl Failure {
+    /// It cannot read the file or sent data that does not match: asking it
+    /// again will not help.
+    fn hopeless(self) -> bool {
+        matches!(
+            self.reason,
+            Some(index_pb::ReportReason::CannotRead | index_pb::ReportReason::Corrupt)
+        )
+    }
+}
+
+/// What a failed source's failure means for the person downloading.
+fn failure_kind(reason: Option<index_pb::ReportReason>) -> &'static str {
+    use index_pb::ReportReason as R;
+    match reason {
+        Some(R::Unreachable | R::Unspecified) => "offline or unreachable",
+        Some(R::Stalled) => "stalled",
+        Some(R::CannotRead) => "with the copy deleted, moved or changed",
+        Some(R::Corrupt) => "sending data that does not match the file",
+        None => "refusing this agent",
+    }
+}
+
+/// Why a download with no usable source gives up: no online peer holds
+/// the missing chunks, with how many of the peers it tried failed in each
+/// way (pure, for the unit tests). Every source tried is counted once, by
+/// its last failure.
 fn give_up_message(failures: &HashMap<String, Failure>, missing_chunks: u32) -> String {
     let secs = NO_SOURCE_GIVE_UP.as_secs();
-    let mut details: Vec<&str> = failures.values().map(|f| f.detail.as_str()).collect();
-    details.sort_unstable();
-    details.dedup();
-    match failures.len() {
-        0 => format!(
-            "no online peer has offered the missing chunks for {secs} s; verified chunks are kept, try again later"
-        ),
-        n => format!(
-            "{n} peer{} listed but none could serve the {missing_chunks} missing chunk{} for {secs} s ({}); the file may have been deleted or changed on them; verified chunks are kept, try again later",
-            if n == 1 { " is" } else { "s are" },
-            if missing_chunks == 1 { "" } else { "s" },
-            details
-                .iter()
-                .take(2)
-                .copied()
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
+    let chunks = format!(
+        "{missing_chunks} missing chunk{}",
+        if missing_chunks == 1 { "" } else { "s" }
+    );
+    let next = "verified chunks are kept; run the same `p2p get` once a peer that holds the \
+                file is online";
+    if failures.is_empty() {
+        return format!("no online peer holds the {chunks}: none was found for {secs} s; {next}");
     }
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    for failure in failures.values() {
+        let kind = failure_kind(failure.reason);
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((kind, 1)),
+        }
+    }
+    kinds.sort_unstable();
+    let counted: Vec<String> = kinds
+        .iter()
+        .map(|(kind, n)| format!("{n} {kind}"))
+        .collect();
+    format!(
+        "no online peer holds the {chunks}: of the {} peer{} that held them, {}; {next}",
+        failures.len(),
+        if failures.len() == 1 { "" } else { "s" },
+        counted.join(", ")
+    )
 }
 
 impl Swarm {
@@ -410,7 +442,7 @@ impl Swarm {
                 || self
                     .failures
                     .get(&source.peer_id)
-                    .is_some_and(|f| f.hopeless)
+                    .is_some_and(|f| f.hopeless())
             {
                 continue;
             }
@@ -688,17 +720,8 @@ impl Swarm {
                 tracing::warn!(peer = %slot.peer_id, %detail, "dropping a source");
                 self.banned
                     .insert(slot.peer_id.clone(), Instant::now() + BAN_FAILED);
-                let hopeless = matches!(
-                    reason,
-                    Some(index_pb::ReportReason::CannotRead | index_pb::ReportReason::Corrupt)
-                );
-                self.failures.insert(
-                    slot.peer_id.clone(),
-                    Failure {
-                        detail: detail.clone(),
-                        hopeless,
-                    },
-                );
+                self.failures
+                    .insert(slot.peer_id.clone(), Failure { reason });
                 if let Some(reason) = reason {
                     self.report(&slot, reason, detail).await;
                 }
@@ -730,22 +753,36 @@ impl Swarm {
 mod tests {
     use super::*;
 
+    fn failed(reason: Option<index_pb::ReportReason>) -> Failure {
+        Failure { reason }
+    }
+
     #[test]
-    fn giving_up_names_what_the_sources_said() {
+    fn giving_up_counts_each_kind_of_failed_holder() {
         let mut failures = HashMap::new();
-        assert!(give_up_message(&failures, 3).starts_with("no online peer has offered"));
-        for peer in ["a", "b"] {
-            failures.insert(
-                peer.to_string(),
-                Failure {
-                    detail: "this agent cannot read file f".into(),
-                    hopeless: true,
-                },
-            );
-        }
+        assert_eq!(
+            give_up_message(&failures, 3),
+            "no online peer holds the 3 missing chunks: none was found for 60 s; \
+             verified chunks are kept; run the same `p2p get` once a peer that holds the file \
+             is online"
+        );
+        failures.insert(
+            "seeder".to_string(),
+            failed(Some(index_pb::ReportReason::Unreachable)),
+        );
+        failures.insert(
+            "deleted".to_string(),
+            failed(Some(index_pb::ReportReason::CannotRead)),
+        );
+        failures.insert(
+            "edited".to_string(),
+            failed(Some(index_pb::ReportReason::CannotRead)),
+        );
         assert_eq!(
             give_up_message(&failures, 1),
-            "2 peers are listed but none could serve the 1 missing chunk for 60 s (this agent cannot read file f); the file may have been deleted or changed on them; verified chunks are kept, try again later"
+            "no online peer holds the 1 missing chunk: of the 3 peers that held them, 1 offline \
+             or unreachable, 2 with the copy deleted, moved or changed; verified chunks are \
+             kept; run the same `p2p get` once a peer that holds the file is online"
         );
     }
 }
