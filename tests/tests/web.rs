@@ -169,6 +169,15 @@ async fn log_in(browser: &Client, url: &str, username: &str, password: &str) {
     assert_eq!(who, username, "logged in as someone else");
 }
 
+/// Whether the page shows nothing that `css` selects.
+async fn shows_none(browser: &Client, css: &str) -> bool {
+    browser
+        .find_all(Locator::Css(css))
+        .await
+        .expect("query the page")
+        .is_empty()
+}
+
 /// The `data-file-id` of the Files row showing `name`, once it is there.
 async fn row_of(browser: &Client, name: &str) -> String {
     p2p_tests::eventually(WAIT, &format!("{name:?} in the Files table"), || async {
@@ -284,13 +293,7 @@ async fn the_seeds_windows_work_in_a_real_browser() {
         .await
         .expect("open files");
     assert_eq!(text_of(&a, "h1").await, "Open this app with p2p web");
-    assert!(
-        a.find_all(Locator::Css("form"))
-            .await
-            .expect("query")
-            .is_empty(),
-        "a form without a session"
-    );
+    assert!(shows_none(&a, "form").await, "a form without a session");
     screenshot(&a, "enter").await;
 
     // A's owner runs `p2p web`; the link leads to the login form, which
@@ -321,10 +324,8 @@ async fn the_seeds_windows_work_in_a_real_browser() {
     let refused = text_of(&a, "p.flash.failed").await;
     assert!(refused.contains("Wrong username or password"), "{refused}");
     assert!(
-        a.find_all(Locator::Css("form.logout"))
-            .await
-            .expect("query")
-            .is_empty()
+        shows_none(&a, "form.logout").await,
+        "logged in after a wrong password"
     );
     // The link is spent: opening it again does not let a browser in.
     let c = browser(&driver).await;
@@ -384,10 +385,7 @@ async fn the_seeds_windows_work_in_a_real_browser() {
     // It appears on B's open page, as text.
     assert_eq!(row_of(&b, MARKUP_NAME).await, file_id);
     assert!(
-        b.find_all(Locator::Css("td.name b, td.name img"))
-            .await
-            .expect("query")
-            .is_empty(),
+        shows_none(&b, "td.name b, td.name img").await,
         "the file name was rendered as markup"
     );
     screenshot(&b, "files").await;
