@@ -91,12 +91,12 @@ struct Cli {
     /// Of the agents, how many are downloading at any time.
     #[arg(long, env = "P2P_LOAD_DOWNLOADING", default_value_t = 100)]
     downloading: usize,
-    /// Seconds between a download's LocateSources calls (Swarm v2 asks the
-    /// index at the start and then every `RELOCATE_EVERY`, 8 s, in
+    /// Seconds between a download's LocateSources calls (the agent asks
+    /// the index at the start and then every `RELOCATE_EVERY`, 8 s, in
     /// peer-agent's `download/coordinator.rs`).
     #[arg(long, env = "P2P_LOAD_LOCATE_SECS", default_value_t = 8)]
     locate_secs: u64,
-    /// Milliseconds between a download's UpdateHoldings (Swarm v2
+    /// Milliseconds between a download's UpdateHoldings (the agent
     /// coalesces them to one per `ANNOUNCE_EVERY`, 5 s, in peer-agent's
     /// `download/coordinator.rs`).
     #[arg(long, env = "P2P_LOAD_ANNOUNCE_MS", default_value_t = 5000)]

@@ -18,7 +18,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 /// CPU time a running process has used so far, from /proc, as (user,
 /// system) seconds. Kept apart because on this VM the system share also
 /// pays the host's fault on every page of memory touched for the first
-/// time in a while (BENCHMARKS.md, Swarm v4), which the user share mostly
+/// time in a while (BENCHMARKS.md, "Machine"), which the user share mostly
 /// does not.
 pub fn cpu_time(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
