@@ -20,6 +20,7 @@ Examples:
   p2p share ~/videos/talk.mp4     publish a file to the network
   p2p ls                          every file in the network
   p2p get talk.mp4 -o ~/Downloads download it from the swarm
+  p2p web                         open the agent's web app (a one-time link)
   p2p --json status | jq .        machine-readable output for scripts
 
 The client talks to the peer-agent running on this machine through the
