@@ -77,6 +77,9 @@ pub enum Command {
         #[arg(long)]
         addr: Option<String>,
     },
+    /// Shell completions and the man page.
+    #[command(flatten)]
+    Manual(p2p_services::manual::Manual),
 }
 
 /// Password lengths below this are refused even when configured lower.

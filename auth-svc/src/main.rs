@@ -5,12 +5,15 @@
 use std::process::ExitCode;
 
 use auth_svc::{Command, Config};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use p2p_services::{health, listen, shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Command::Manual(manual)) = config.command {
+        return manual.print(Config::command());
+    }
     if let Some(Command::Healthcheck { addr }) = &config.command {
         let addr = addr.clone().unwrap_or_else(|| config.probe_addr());
         let tls = match config.tls.client() {

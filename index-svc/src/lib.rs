@@ -132,6 +132,9 @@ pub enum Command {
         #[arg(long)]
         addr: Option<String>,
     },
+    /// Shell completions and the man page.
+    #[command(flatten)]
+    Manual(p2p_services::manual::Manual),
 }
 
 impl Config {

@@ -2,13 +2,16 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use index_svc::{Command, Config};
 use p2p_services::{health, listen, shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Command::Manual(manual)) = config.command {
+        return manual.print(Config::command());
+    }
     if let Some(Command::Healthcheck { .. }) = &config.command {
         let tls = match config.tls.client() {
             Ok(tls) => tls,

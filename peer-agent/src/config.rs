@@ -153,6 +153,9 @@ pub enum Command {
     /// <data-dir>/control.sock; both go before or after `healthcheck`), so
     /// it needs no TLS flags.
     Healthcheck,
+    /// Shell completions and the man page.
+    #[command(flatten)]
+    Manual(p2p_services::manual::Manual),
 }
 
 /// Refuses `--control` (see [`Config::removed_control`]) with what to use.

@@ -3,13 +3,16 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use p2p_services::{listen, local, shutdown, telemetry};
 use peer_agent::{Command, Config};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Command::Manual(manual)) = config.command {
+        return manual.print(Config::command());
+    }
     if let Some(Command::Healthcheck) = config.command {
         return match local::probe_unix(&config.control_socket(), "").await {
             Ok(()) => ExitCode::SUCCESS,

@@ -28,6 +28,7 @@ pub mod health;
 pub mod listen;
 pub mod local;
 pub mod manifest;
+pub mod manual;
 pub mod metrics;
 pub mod serve;
 pub mod shutdown;

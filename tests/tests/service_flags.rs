@@ -90,3 +90,39 @@ async fn the_removed_control_flag_is_refused_saying_what_replaced_it() {
         "the agent started a token-protected listener"
     );
 }
+
+#[tokio::test]
+async fn every_binary_prints_its_completions_and_man_page_without_a_server() {
+    for (binary, subcommand) in [
+        ("auth-svc", "healthcheck"),
+        ("index-svc", "healthcheck"),
+        ("peer-agent", "healthcheck"),
+        ("p2p", "share"),
+        ("p2p-certs", "agent"),
+    ] {
+        for shell in ["bash", "zsh", "fish"] {
+            let (code, printed) = run(binary, &["completions", shell]).await;
+            assert_eq!(code, Some(0), "{binary} completions {shell}: {printed}");
+            assert!(
+                printed.contains(subcommand) && printed.contains(binary),
+                "{binary} completions {shell} does not complete {subcommand}: {printed}"
+            );
+        }
+        let (code, printed) = run(binary, &["man"]).await;
+        assert_eq!(code, Some(0), "{binary} man: {printed}");
+        assert!(
+            printed.starts_with(".ie") || printed.contains(".TH"),
+            "{binary} man is no roff: {printed}"
+        );
+        assert!(
+            printed.contains(subcommand),
+            "{binary} man does not name {subcommand}"
+        );
+        let (code, printed) = run(binary, &["completions", "tcsh"]).await;
+        assert_eq!(code, Some(2), "{binary} completions tcsh: {printed}");
+        assert!(
+            printed.contains("bash"),
+            "{binary} does not list the shells it knows: {printed}"
+        );
+    }
+}

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use p2p_services::tls::issue::{CertDir, Role};
 
 const ABOUT: &str =
@@ -29,9 +29,20 @@ downloaders check that the peer the index named is the one answering.";
 #[command(name = "p2p-certs", version, about = ABOUT, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Invocation,
 }
 
+/// Every subcommand: the certificates, and the manual.
+#[derive(Debug, Subcommand)]
+enum Invocation {
+    #[command(flatten)]
+    Certs(Command),
+    /// Shell completions and the man page.
+    #[command(flatten)]
+    Manual(p2p_services::manual::Manual),
+}
+
+/// What `p2p-certs` makes.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Make the CA in --dir unless it exists.
@@ -86,7 +97,11 @@ struct Leaf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    let command = match cli.command {
+        Invocation::Manual(manual) => return manual.print(Cli::command()),
+        Invocation::Certs(command) => command,
+    };
+    match run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("p2p-certs: {err}");

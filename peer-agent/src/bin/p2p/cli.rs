@@ -55,7 +55,18 @@ pub struct Cli {
     pub json: bool,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Invocation,
+}
+
+/// Every subcommand: those the agent answers, and the manual, which needs
+/// no agent.
+#[derive(Debug, Subcommand)]
+pub enum Invocation {
+    #[command(flatten)]
+    Agent(Command),
+    /// Shell completions and the man page.
+    #[command(flatten)]
+    Manual(p2p_services::manual::Manual),
 }
 
 /// Where the agent's control API is and how to prove we may use it.
@@ -304,11 +315,11 @@ mod tests {
     fn get_takes_output_and_force() {
         let cli = Cli::try_parse_from(["p2p", "get", "abc", "-o", "/tmp/x", "--force"]).unwrap();
         match cli.command {
-            Command::Get {
+            Invocation::Agent(Command::Get {
                 file,
                 output,
                 force,
-            } => {
+            }) => {
                 assert_eq!(file, "abc");
                 assert_eq!(output, Some(PathBuf::from("/tmp/x")));
                 assert!(force);

@@ -183,6 +183,7 @@ pub async fn run(session: &mut Session, command: Command) -> Result<(), Error> {
         Command::Peers { all } => peers(session, all).await,
         Command::Status => status(session).await,
         Command::Web { no_open } => web(session, no_open).await,
+
         Command::Users(UsersCommand::Add {
             name,
             admin,

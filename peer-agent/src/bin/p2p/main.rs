@@ -14,18 +14,22 @@ mod view;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let command = match cli.command {
+        cli::Invocation::Manual(manual) => return manual.print(cli::Cli::command()),
+        cli::Invocation::Agent(command) => command,
+    };
     let out = commands::Output {
         json: cli.json,
         bars: !cli.json && std::io::stderr().is_terminal(),
     };
     let result = async {
         let mut session = commands::connect(&cli.agent, out).await?;
-        commands::run(&mut session, cli.command).await
+        commands::run(&mut session, command).await
     }
     .await;
     match result {
