@@ -169,6 +169,18 @@ async fn log_in(browser: &Client, url: &str, username: &str, password: &str) {
     assert_eq!(who, username, "logged in as someone else");
 }
 
+/// The CSRF token of the form `form` selects.
+async fn csrf_of(browser: &Client, form: &str) -> String {
+    browser
+        .find(Locator::Css(&format!("{form} input[name=csrf]")))
+        .await
+        .expect("csrf field")
+        .attr("value")
+        .await
+        .expect("value")
+        .expect("a csrf token")
+}
+
 /// Whether the page shows nothing that `css` selects.
 async fn shows_none(browser: &Client, css: &str) -> bool {
     browser
@@ -498,14 +510,7 @@ async fn the_seeds_windows_work_in_a_real_browser() {
         field.attr("readonly").await.expect("readonly").is_some(),
         "the form offers another account than the agent's"
     );
-    let csrf = b
-        .find(Locator::Css("form.card input[name=csrf]"))
-        .await
-        .expect("csrf field")
-        .attr("value")
-        .await
-        .expect("value")
-        .expect("a csrf token");
+    let csrf = csrf_of(&b, "form.card").await;
     let as_carol =
         serde_json::json!({"csrf": csrf, "username": "carol", "password": "carol-password-1"});
     assert_eq!(post_from_page(&b, "/login", as_carol).await, 403);
@@ -529,14 +534,7 @@ async fn the_seeds_windows_work_in_a_real_browser() {
     b.goto(&format!("http://{web_b}/files"))
         .await
         .expect("open files");
-    let csrf = b
-        .find(Locator::Css("form.logout input[name=csrf]"))
-        .await
-        .expect("csrf field")
-        .attr("value")
-        .await
-        .expect("value")
-        .expect("a csrf token");
+    let csrf = csrf_of(&b, "form.logout").await;
     let forged = serde_json::json!({"csrf": csrf, "username": "mallory", "password": "mallory-password", "role": "admin"});
     assert_eq!(post_from_page(&b, "/accounts/add", forged).await, 403);
     // A POST without the CSRF token is refused too.

@@ -171,6 +171,21 @@ impl ChunkServer {
     pub fn new(uploads: Arc<Uploads>) -> Self {
         Self { uploads }
     }
+
+    /// The held file a call names, if this agent holds it and its copy on
+    /// disk still matches what was recorded.
+    fn served(&self, file_id: &str) -> Result<Arc<Holding>, Status> {
+        let file_id =
+            FileId::parse(file_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let holding =
+            self.uploads.holdings.get(&file_id).ok_or_else(|| {
+                Status::not_found(format!("this agent does not hold file {file_id}"))
+            })?;
+        if !self.uploads.holdings.verify(&holding) {
+            return Err(gone(&holding));
+        }
+        Ok(holding)
+    }
 }
 
 struct StreamState {
@@ -207,15 +222,7 @@ impl PeerService for ChunkServer {
     ) -> Result<Response<Self::WatchHoldingsStream>, Status> {
         let from = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
-        let file_id =
-            FileId::parse(&request.file_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let holding =
-            self.uploads.holdings.get(&file_id).ok_or_else(|| {
-                Status::not_found(format!("this agent does not hold file {file_id}"))
-            })?;
-        if !self.uploads.holdings.verify(&holding) {
-            return Err(gone(&holding));
-        }
+        let holding = self.served(&request.file_id)?;
         let permit = self.uploads.watchers.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "agent is serving its maximum of {MAX_WATCHERS} holdings streams; rely on the index"
@@ -252,15 +259,8 @@ impl PeerService for ChunkServer {
         request: Request<FetchChunksRequest>,
     ) -> Result<Response<Self::FetchChunksStream>, Status> {
         let request = request.into_inner();
-        let file_id =
-            FileId::parse(&request.file_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let holding =
-            self.uploads.holdings.get(&file_id).ok_or_else(|| {
-                Status::not_found(format!("this agent does not hold file {file_id}"))
-            })?;
-        if !self.uploads.holdings.verify(&holding) {
-            return Err(gone(&holding));
-        }
+        let holding = self.served(&request.file_id)?;
+        let file_id = holding.file_id.clone();
         let chosen = request.ranges.is_empty() && !request.any_of.is_empty();
         let indexes = if chosen {
             let lacks = Bitfield::from_bytes(&request.any_of, holding.manifest.chunk_count())
