@@ -94,7 +94,7 @@ pub async fn enter(State(web): State<Web>, Query(q): Query<EnterQuery>) -> Respo
                 "A link from p2p web works once, for {}, and only on the agent that made it. \
                  Run p2p web again on the agent's machine, as the user who runs the agent, and \
                  open the new link.",
-                lifetime_text(web.api.web_link_lifetime())
+                render::duration(web.api.web_link_lifetime())
             ),
         );
     }
@@ -107,16 +107,6 @@ pub async fn enter(State(web): State<Web>, Query(q): Query<EnterQuery>) -> Respo
         Redirect::to("/login"),
     )
         .into_response()
-}
-
-/// "2 minutes", "90 seconds".
-fn lifetime_text(lifetime: std::time::Duration) -> String {
-    match lifetime.as_secs() {
-        1 => "a second".into(),
-        60 => "a minute".into(),
-        s if s % 60 == 0 => format!("{} minutes", s / 60),
-        s => format!("{s} seconds"),
-    }
 }
 
 /// `?why=` on the login page.

@@ -486,7 +486,7 @@ pub fn download_rows(viewer: &Viewer, transfers: &[Transfer]) -> Markup {
                     @if p.stage == Stage::Downloading || p.stage == Stage::Locating {
                         dt { "Rate" } dd { (human(p.rate_bps)) "/s" }
                         dt { "Sources in use" } dd { (p.sources_in_use) }
-                        dt { "Time left" } dd { (p.eta.map(eta).unwrap_or_else(|| "estimating".into())) }
+                        dt { "Time left" } dd { (p.eta.map(duration).unwrap_or_else(|| "estimating".into())) }
                     }
                     dt { "Resumed chunks" } dd { (p.resumed_chunks) }
                     dt { "Saved to" } dd { code { (t.destination.display().to_string()) } }
@@ -523,7 +523,8 @@ fn stage_label(stage: Stage) -> &'static str {
     }
 }
 
-fn eta(d: Duration) -> String {
+/// A span of time as the pages show it: "45 s", "2 min 0 s", "1 h 5 min".
+pub fn duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..60 => format!("{s} s"),

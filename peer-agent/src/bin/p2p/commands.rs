@@ -39,6 +39,15 @@ impl Output {
         let text = serde_json::to_string(value).unwrap_or_default();
         println!("{text}");
     }
+
+    /// Prints `view` as JSON for scripts, or as `text` renders it for people.
+    fn show<T: Serialize>(&self, view: &T, text: impl FnOnce(&T) -> String) {
+        if self.json {
+            self.json(view);
+        } else {
+            print!("{}", text(view));
+        }
+    }
 }
 
 /// The client type every command uses: the control API with the token
@@ -539,11 +548,7 @@ async fn status(session: &mut Session) -> Result<(), Error> {
         .map_err(|s| explain(s, Subject::General))?
         .into_inner();
     let view = StatusView::from_proto(session.addr.clone(), response);
-    if session.out.json {
-        session.out.json(&view);
-    } else {
-        print!("{}", view.text());
-    }
+    session.out.show(&view, StatusView::text);
     Ok(())
 }
 
@@ -555,11 +560,7 @@ async fn web(session: &mut Session, no_open: bool) -> Result<(), Error> {
         .map_err(|s| explain(s, Subject::General))?
         .into_inner();
     let view = WebLinkView::from_proto(response);
-    if session.out.json {
-        session.out.json(&view);
-    } else {
-        print!("{}", view.text());
-    }
+    session.out.show(&view, WebLinkView::text);
     if !no_open && desktop_present() {
         // The browser outlives us; xdg-open returns once it has handed the
         // link over.
