@@ -298,6 +298,10 @@ impl IndexApi {
             peer_id: peer_id.to_string(),
             lease_ttl_ms: self.lease.ttl.as_millis() as u64,
             heartbeat_interval_ms: self.lease.heartbeat_interval.as_millis() as u64,
+            advertise_addr: addr,
+            observed_ip: caller
+                .map(|ip| ip.to_canonical().to_string())
+                .unwrap_or_default(),
         })
     }
 
@@ -319,6 +323,7 @@ impl IndexApi {
             .map_err(|full| self.busy(full))?;
         Ok(pb::HeartbeatResponse {
             lease_ttl_ms: self.lease.ttl.as_millis() as u64,
+            observed_ip: String::new(),
         })
     }
 

@@ -114,6 +114,7 @@ async fn a_registration_the_database_refuses_fails_alone(db: Db) {
                 advertise_addr: format!("10.2.0.{i}:7000"),
                 load: Some(idle()),
                 agent_version: version.into(),
+                ..Default::default()
             });
             (i, index.client.register_peer(request).await)
         });
@@ -136,6 +137,7 @@ async fn a_registration_the_database_refuses_fails_alone(db: Db) {
         advertise_addr: "10.2.1.1:7000".into(),
         load: Some(idle()),
         agent_version: "bad\0version".into(),
+        ..Default::default()
     });
     let status = index.client.register_peer(request).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");

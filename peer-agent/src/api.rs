@@ -769,6 +769,7 @@ impl AgentApi {
             held_file_problems,
             free_disk_bytes: crate::disk::free_disk_bytes(&config.data_dir),
             login_error: self.session.login_error().unwrap_or_default(),
+            ..Default::default()
         }
     }
 

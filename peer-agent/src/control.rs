@@ -291,6 +291,27 @@ impl AgentControl for Control {
         self.api.delete_user(request.into_inner()).await?;
         Ok(Response::new(auth_pb::DeleteUserResponse {}))
     }
+
+    async fn create_invite(
+        &self,
+        _: Request<pb::CreateInviteRequest>,
+    ) -> Result<Response<pb::Invite>, Status> {
+        Err(Status::unimplemented("invites are being built"))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        _: Request<auth_pb::ListJoinTokensRequest>,
+    ) -> Result<Response<auth_pb::ListJoinTokensResponse>, Status> {
+        Err(Status::unimplemented("join tokens are being built"))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        _: Request<auth_pb::RevokeJoinTokenRequest>,
+    ) -> Result<Response<auth_pb::RevokeJoinTokenResponse>, Status> {
+        Err(Status::unimplemented("join tokens are being built"))
+    }
 }
 
 /// Where a `Download` progress stream is: about to send the first state,

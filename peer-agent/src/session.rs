@@ -603,6 +603,7 @@ impl Session {
             advertise_addr: self.config.advertise_addr.clone(),
             load: Some(self.load()),
             agent_version: concat!("peer-agent ", env!("CARGO_PKG_VERSION")).to_string(),
+            ..Default::default()
         };
         let result = self
             .call_index(|mut c, t| async move { c.register_peer(with_bearer(request, &t)).await })

@@ -411,6 +411,7 @@ impl HostilePeer {
                     advertise_addr: addr.to_string(),
                     load: None,
                     agent_version: format!("hostile {misbehaviour:?}"),
+                    ..Default::default()
                 },
                 token,
             ))

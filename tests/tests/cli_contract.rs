@@ -343,6 +343,27 @@ impl AgentControl for ScriptedAgent {
             other => Err(Status::not_found(format!("no user {other}"))),
         }
     }
+
+    async fn create_invite(
+        &self,
+        _: Request<agent::CreateInviteRequest>,
+    ) -> Result<Response<agent::Invite>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        _: Request<auth::ListJoinTokensRequest>,
+    ) -> Result<Response<auth::ListJoinTokensResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        _: Request<auth::RevokeJoinTokenRequest>,
+    ) -> Result<Response<auth::RevokeJoinTokenResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
 }
 
 /// The scripted agent served on 127.0.0.1:0 until dropped.

@@ -261,6 +261,7 @@ impl Index {
             advertise_addr: addr.to_string(),
             load: Some(load),
             agent_version: "test".into(),
+            ..Default::default()
         });
         self.client
             .register_peer(request)

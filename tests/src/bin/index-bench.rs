@@ -367,6 +367,7 @@ async fn setup(
                     ),
                     load: Some(load),
                     agent_version: "index-bench".into(),
+                    ..Default::default()
                 },
                 &token,
             );

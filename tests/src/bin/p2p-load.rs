@@ -478,6 +478,7 @@ async fn simulated_agent(
         advertise_addr: format!("10.{}.{}.{}:50053", i / 65536, (i / 256) % 256, i % 256),
         load: Some(load(&mut rng)),
         agent_version: "p2p-load".into(),
+        ..Default::default()
     };
     let Some(registered) = timed(
         &mut calls.register,
