@@ -85,6 +85,12 @@ pub enum Error {
     /// No join token has that id.
     #[error("no join token has id {0:?}; `p2p join-tokens` lists them")]
     JoinTokenNotFound(String),
+    /// No usable credential came with a call that needs one.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// This server cannot do that as configured.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A bug or a broken invariant; details go to the log, not the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -143,7 +149,9 @@ impl From<Error> for Status {
             Error::BadCredentials
             | Error::Refresh(_)
             | Error::AccountUnusable(_)
-            | Error::JoinToken(_) => Status::unauthenticated(message),
+            | Error::JoinToken(_)
+            | Error::Unauthenticated(_) => Status::unauthenticated(message),
+            Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::Throttled {
                 retry_after_secs, ..
             } => {
