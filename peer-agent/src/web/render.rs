@@ -647,6 +647,16 @@ pub fn accounts(
         Some(viewer),
         flash,
         html! {
+            @if let Some(invite) = &invite {
+                section.card #new-invite aria-labelledby="new-invite-h" {
+                    h2 #new-invite-h { "The new invite" }
+                    p { strong { "Copy it now: it is shown only this once." } " Select the text and copy it; anyone who has it can join a machine, so hand it over like a password." }
+                    label for="invite-text" { "Invite" }
+                    textarea #invite-text readonly rows="4" spellcheck="false" autocomplete="off" { (invite) }
+                    p { "On the new machine, run:" }
+                    pre { code { "p2p join '" (invite) "'" } }
+                }
+            }
             section.card aria-labelledby="add-h" {
                 h2 #add-h { "Add an account" }
                 form #add-user method="post" action="/accounts/add" {
@@ -703,16 +713,6 @@ pub fn accounts(
                             }
                         }
                     }
-                }
-            }
-            @if let Some(invite) = &invite {
-                section.card #new-invite aria-labelledby="new-invite-h" {
-                    h2 #new-invite-h { "The new invite" }
-                    p { strong { "Copy it now: it is shown only this once." } " Select the text and copy it; anyone who has it can join a machine, so hand it over like a password." }
-                    label for="invite-text" { "Invite" }
-                    textarea #invite-text readonly rows="4" spellcheck="false" autocomplete="off" { (invite) }
-                    p { "On the new machine, run:" }
-                    pre { code { "p2p join '" (invite) "'" } }
                 }
             }
             section.card aria-labelledby="invite-h" {
