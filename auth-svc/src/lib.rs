@@ -87,6 +87,10 @@ pub async fn run(
     };
     let authority = Arc::new(authority::Authority::start(&config).await?);
     let verifier = authority.verifier();
+    let _announcer = match (&ca, config.no_announce) {
+        (Some(ca), false) => announce(&listener, ca.fingerprint(), &config.agent_index_url),
+        _ => None,
+    };
     let enrollment = Arc::new(enrollment::Enrollment::new(
         Arc::clone(&authority),
         ca,
@@ -163,4 +167,33 @@ async fn reload_keys_until_stopped(
 /// The CA certificate clients verify against, as PEM.
 fn ca_pem(ca: &enrollment::Ca) -> String {
     ca.cert_pem().to_string()
+}
+
+/// Announces this auth-svc on the LAN (mDNS) until dropped; a failure is
+/// logged, never fatal: joining by address still works.
+fn announce(
+    listener: &TcpListener,
+    fingerprint: &str,
+    index_url: &str,
+) -> Option<p2p_services::discovery::Announcer> {
+    let port = listener.local_addr().ok()?.port();
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let txt = [
+        ("v", "1".to_string()),
+        ("fp", fingerprint.to_string()),
+        ("index", index_url.to_string()),
+    ];
+    match p2p_services::discovery::announce(&format!("auth-svc on {host}"), port, &txt) {
+        Ok(announcer) => {
+            tracing::info!(port, "announced on the LAN by mDNS");
+            Some(announcer)
+        }
+        Err(err) => {
+            tracing::warn!(%err, "cannot announce on the LAN; machines can still join by address");
+            None
+        }
+    }
 }
