@@ -130,8 +130,12 @@ impl Follower {
         }
         if change == Change::Moved {
             match self.session.register_after_move().await {
-                Ok(()) => tracing::info!(advertised = %self.session.advertised(), "registered at the new address"),
-                Err(err) => tracing::warn!(%err, "cannot register at the new address yet; the heartbeat retries"),
+                Ok(()) => {
+                    tracing::info!(advertised = %self.session.advertised(), "registered at the new address")
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "cannot register at the new address yet; the heartbeat retries")
+                }
             }
         }
     }

@@ -241,7 +241,9 @@ pub fn server_addr(server: &str) -> String {
         .trim_start_matches("https://")
         .trim_end_matches('/');
     let has_port = match server.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok() && !host.ends_with(':'),
+        Some((host, port)) => {
+            !host.is_empty() && port.parse::<u16>().is_ok() && !host.ends_with(':')
+        }
         None => false,
     };
     if has_port && !(server.matches(':').count() > 1 && !server.starts_with('[')) {
@@ -264,7 +266,9 @@ async fn bounded<T>(
 ) -> Result<T, Error> {
     tokio::time::timeout(CALL_TIMEOUT, call)
         .await
-        .map_err(|_| Error::AuthUnavailable(format!("{what} got no answer within {CALL_TIMEOUT:?}")))?
+        .map_err(|_| {
+            Error::AuthUnavailable(format!("{what} got no answer within {CALL_TIMEOUT:?}"))
+        })?
         .map(tonic::Response::into_inner)
         .map_err(Error::from_auth)
 }
@@ -284,7 +288,11 @@ async fn issue_certificate(
         None => tonic::Request::new(message),
     };
     let mut client = EnrollmentServiceClient::new(channel.clone());
-    bounded("asking for a certificate", client.issue_agent_certificate(request)).await
+    bounded(
+        "asking for a certificate",
+        client.issue_agent_certificate(request),
+    )
+    .await
 }
 
 /// Joins the deployment whose auth-svc is at `server` and whose CA has
@@ -317,10 +325,8 @@ pub async fn join(
         Credential::Password { username, password } => {
             let pair = bounded(
                 "logging in",
-                AuthServiceClient::new(auth.clone()).login(auth_pb::LoginRequest {
-                    username,
-                    password,
-                }),
+                AuthServiceClient::new(auth.clone())
+                    .login(auth_pb::LoginRequest { username, password }),
             )
             .await?;
             let issued = issue_certificate(&auth, csr_pem, Some(&pair.access_token), None).await;

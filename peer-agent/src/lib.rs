@@ -332,7 +332,9 @@ impl Servers {
             });
         };
         let (peer_server_tls, peer_tls) = if config.peer_insecure_plaintext {
-            tracing::warn!("--peer-insecure-plaintext: chunks and peer tokens cross the network in clear");
+            tracing::warn!(
+                "--peer-insecure-plaintext: chunks and peer tokens cross the network in clear"
+            );
             (None, p2p_services::tls::ClientTls::Plaintext)
         } else {
             (

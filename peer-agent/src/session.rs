@@ -644,10 +644,7 @@ impl Session {
     /// had so the index stops offering the old address at once.
     pub async fn register_after_move(&self) -> Result<(), Error> {
         if let Some(old) = self.peer_id() {
-            *self
-                .previous_peer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(old);
+            *self.previous_peer.lock().unwrap_or_else(|e| e.into_inner()) = Some(old);
         }
         self.set_peer_id(None);
         if self.read_tokens().is_none() {
@@ -931,5 +928,29 @@ async fn heartbeat_loop(session: std::sync::Weak<Session>) {
         };
         drop(this);
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// Enrollment: the calls an admin's agent makes to invite machines.
+impl Session {
+    /// Calls auth-svc's EnrollmentService with a current token, as
+    /// [`Session::call_accounts`] does for AccountService.
+    pub async fn call_enrollment<R, F, Fut>(&self, call: F) -> Result<R, Error>
+    where
+        F: FnOnce(
+            p2p_proto::auth::v1::enrollment_service_client::EnrollmentServiceClient<Channel>,
+            String,
+        ) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let token = self.access_token().await?;
+        let client = p2p_proto::auth::v1::enrollment_service_client::EnrollmentServiceClient::new(
+            self.auth_channel(),
+        );
+        tokio::time::timeout(CALL_TIMEOUT, call(client, token))
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("auth-svc did not answer in time")))
+            .map(tonic::Response::into_inner)
+            .map_err(Error::from_auth)
     }
 }

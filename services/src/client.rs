@@ -112,9 +112,6 @@ mod fill_host_tests {
     #[test]
     fn an_empty_host_is_the_given_one() {
         assert_eq!(super::fill_host(":50052", "10.0.0.1"), "10.0.0.1:50052");
-        assert_eq!(
-            super::fill_host("idx1:1, :2", "srv"),
-            "idx1:1,srv:2"
-        );
+        assert_eq!(super::fill_host("idx1:1, :2", "srv"), "idx1:1,srv:2");
     }
 }

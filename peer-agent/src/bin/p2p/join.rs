@@ -130,8 +130,8 @@ async fn target(args: &JoinArgs, out: Output) -> Result<Target, Error> {
     let token = args.token.clone();
     if let Some(text) = args.server.as_deref().map(str::trim) {
         if text.starts_with("p2p-invite:") {
-            let invite =
-                p2p_services::invite::Invite::parse(text).map_err(|e| Error::Invalid(e.to_string()))?;
+            let invite = p2p_services::invite::Invite::parse(text)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
             if let Some(given) = &args.fingerprint
                 && p2p_services::tls::parse_fingerprint(given).as_deref()
                     != Some(invite.fingerprint.as_str())
@@ -180,9 +180,10 @@ async fn target(args: &JoinArgs, out: Output) -> Result<Target, Error> {
         .collect();
     match (matching.as_slice(), &wanted) {
         ([one], Some(fingerprint)) => {
-            let server = one.dial_addrs().into_iter().next().ok_or_else(|| {
-                Error::Invalid(format!("{} announced no address", one.instance))
-            })?;
+            let server =
+                one.dial_addrs().into_iter().next().ok_or_else(|| {
+                    Error::Invalid(format!("{} announced no address", one.instance))
+                })?;
             if !out.json {
                 eprintln!("found {} at {server}", one.instance);
             }
@@ -205,9 +206,9 @@ fn listing(found: &[Found], wanted: Option<&str>) -> String {
             .into();
     }
     let mut text = match wanted {
-        Some(fingerprint) => format!(
-            "no server on this LAN has the CA {fingerprint}; these announced themselves:\n"
-        ),
+        Some(fingerprint) => {
+            format!("no server on this LAN has the CA {fingerprint}; these announced themselves:\n")
+        }
         None => "servers on this LAN (compare the fingerprint with the one your admin gave \
                  you before you join):\n"
             .into(),
