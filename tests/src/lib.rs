@@ -1141,3 +1141,15 @@ pub fn issue_agent_cert(certs: &CertDir, name: &str, hosts: &[&str]) {
         .ensure_leaf(&ca, name, &hosts, CertRole::Agent, false)
         .expect("issue an agent certificate");
 }
+
+/// How a joined agent in `data_dir` reaches the servers: its deployment's
+/// CA and its own certificate as client certificate (what `p2p join`
+/// left in `<data-dir>/deployment/`).
+pub fn joined_state(data_dir: &Path) -> ClientTls {
+    let dir = data_dir.join("deployment");
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .unwrap_or_else(|e| panic!("read {name} in {}: {e}", dir.display()))
+    };
+    ClientTls::from_ca_pem(read("ca.pem")).with_identity(read("agent.pem"), read("agent-key.pem"))
+}
