@@ -265,6 +265,17 @@ impl Authority {
         self.new_session(account).await
     }
 
+    /// Starts a session for the account an agent certificate is bound to
+    /// (its TLS client certificate, verified against the CA by the TLS
+    /// layer): how a machine joined with a join token logs in, holding no
+    /// password. A disabled or deleted account gets nothing.
+    pub async fn login_with_certificate(&self, account_id: &str) -> Result<Session, Error> {
+        let account = self.usable_account(account_id, account_id).await?;
+        self.metrics.logins_succeeded.inc();
+        tracing::info!(username = %account.username, "logged in with an agent certificate");
+        self.new_session(account).await
+    }
+
     async fn check_login(
         &self,
         username: &str,

@@ -194,9 +194,11 @@ impl AgentApi {
             } else if let Some(reason) = self.session.registration_refused() {
                 Error::FailedPrecondition(format!(
                     "the index refused to register this agent: {reason}; the agent advertises \
-                     {} (set with --advertise or PEER_ADVERTISE) and registers on its next \
-                     retry once that is fixed",
-                    self.session.config().advertise_addr
+                     {} and registers on its next retry once that is fixed",
+                    match self.session.advertised() {
+                        addr if addr.is_empty() => "the address the index sees it at".to_string(),
+                        addr => format!("{addr} (set with --advertise or PEER_ADVERTISE)"),
+                    }
                 ))
             } else {
                 Error::IndexUnavailable(
@@ -760,7 +762,7 @@ impl AgentApi {
             logged_in: user.is_some(),
             user,
             peer_id: self.session.peer_id().unwrap_or_default(),
-            advertise_addr: config.advertise_addr.clone(),
+            advertise_addr: self.session.advertised(),
             index_url: config.index_url.clone(),
             auth_url: config.auth_url.clone(),
             data_dir: config.data_dir.to_string_lossy().into_owned(),

@@ -6,9 +6,6 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use p2p_services::local::Target;
 
-/// The agent's data dir when neither `--data-dir` nor `P2P_DATA_DIR` is
-/// given: the same default as `peer-agent --data-dir`.
-pub const DEFAULT_DATA_DIR: &str = "./p2p-data";
 /// The control socket's name in the agent's data dir.
 const SOCKET_FILE: &str = "control.sock";
 /// The TCP control token's name in the agent's data dir.
@@ -65,6 +62,27 @@ pub struct Cli {
 pub enum Invocation {
     #[command(flatten)]
     Agent(Command),
+    /// Join this machine to a deployment: trust its CA, get this agent's
+    /// certificate, remember the servers.
+    #[command(
+        long_about = "Join this machine to a deployment, once per machine.\n\n\
+            `p2p join` opens TLS to auth-svc and trusts the server only if its \
+            CA has the fingerprint you give (the server prints it at its first \
+            start; an admin's invite carries it). It then proves who you are \
+            (your password, or the join token in an invite), makes this \
+            agent's own key, and gets a certificate that names this machine's \
+            address. What it learned goes to the agent's data dir \
+            (<data-dir>/deployment/), so the agent needs no server flags: an \
+            agent waiting to be joined starts by itself, and is logged in.\n\n\
+            Without SERVER, servers announcing themselves on this LAN (mDNS) \
+            are listed; with --fingerprint, the one that has it is joined. \
+            Routed networks and VLANs that block multicast need the address.",
+        after_help = "Examples:\n  p2p join 10.0.0.1 --fingerprint sha256:3b1f...\n  \
+            p2p join 'p2p-invite:eyJ2IjoxLC...'\n  \
+            p2p join --fingerprint sha256:3b1f...     find the server on this LAN\n  \
+            p2p join                                list the servers on this LAN"
+    )]
+    Join(JoinArgs),
     /// Shell completions and the man page.
     #[command(flatten)]
     Manual(p2p_services::manual::Manual),
@@ -79,8 +97,10 @@ pub struct AgentArgs {
     #[arg(long, global = true, env = "P2P_AGENT")]
     pub agent: Option<String>,
 
-    /// The agent's data dir, where its socket and token are found.
-    #[arg(long, global = true, env = "P2P_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    /// The agent's data dir, where its socket and token are found (and
+    /// where `p2p join` keeps what it learned). Default: the agent's,
+    /// $XDG_DATA_HOME/p2p (~/.local/share/p2p).
+    #[arg(long, global = true, env = "P2P_DATA_DIR", default_value_os_t = peer_agent::config::default_data_dir())]
     pub data_dir: PathBuf,
 
     /// File holding the agent's control token, sent on TCP connections.
@@ -316,6 +336,33 @@ pub enum JoinTokensCommand {
         /// The token's id (not its secret).
         id: String,
     },
+}
+
+/// `p2p join` arguments.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// auth-svc's address (`HOST` or `HOST:PORT`, port 50051 by default),
+    /// or an invite (`p2p-invite:...`) from `p2p invite`. Omit it to look
+    /// for servers on this LAN.
+    pub server: Option<String>,
+    /// The CA fingerprint to trust (`sha256:` and 64 hex digits), as the
+    /// server printed it at its first start.
+    #[arg(long, env = "P2P_JOIN_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// A join token from an admin, instead of a password (unattended
+    /// machines; the agent then logs in with its certificate).
+    #[arg(long, env = "P2P_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The account to join as; prompted for when missing (not needed with
+    /// a join token).
+    #[arg(long, env = "P2P_USER")]
+    pub user: Option<String>,
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    /// How long to listen for servers on the LAN when no SERVER is given
+    /// (e.g. 3s).
+    #[arg(long, env = "P2P_JOIN_BROWSE", default_value = "3s", value_parser = p2p_services::config::parse_duration)]
+    pub browse: std::time::Duration,
 }
 
 /// `p2p login` arguments.

@@ -44,7 +44,7 @@ impl Output {
     }
 
     /// Prints `view` as JSON for scripts, or as `text` renders it for people.
-    fn show<T: Serialize>(&self, view: &T, text: impl FnOnce(&T) -> String) {
+    pub fn show<T: Serialize>(&self, view: &T, text: impl FnOnce(&T) -> String) {
         if self.json {
             self.json(view);
         } else {
@@ -77,6 +77,13 @@ impl Interceptor for ControlToken {
                 .insert("authorization", value.clone());
         }
         Ok(request)
+    }
+}
+
+impl Session {
+    /// The control API client.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
     }
 }
 
@@ -758,7 +765,7 @@ fn absolute(path: &Path) -> Result<PathBuf, Error> {
 
 /// The password from stdin, the environment or a no-echo prompt, in that
 /// order of preference.
-fn read_password(args: &PasswordArgs, prompt: &str) -> Result<String, Error> {
+pub fn read_password(args: &PasswordArgs, prompt: &str) -> Result<String, Error> {
     let what = "password";
     if args.password_stdin {
         let mut line = String::new();
@@ -786,7 +793,8 @@ fn read_password(args: &PasswordArgs, prompt: &str) -> Result<String, Error> {
     Ok(password)
 }
 
-fn prompt_line(what: &'static str) -> Result<String, Error> {
+/// A line typed at a prompt on stderr.
+pub fn prompt_line(what: &'static str) -> Result<String, Error> {
     let mut stderr = std::io::stderr();
     let _ = write!(stderr, "{what}: ");
     let _ = stderr.flush();

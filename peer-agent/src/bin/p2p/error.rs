@@ -98,6 +98,9 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// auth-svc refused the credential given to `p2p join`.
+    #[error("the server refused to join this machine: {0}")]
+    JoinRefused(String),
     /// Anything else the agent reported.
     #[error("the agent reported an error ({code:?}): {message}")]
     Agent { code: Code, message: String },
@@ -113,7 +116,7 @@ impl Error {
             | Error::AgentOfAnotherUser(_)
             | Error::AgentToken { .. }
             | Error::AgentTokenRefused(_) => 3,
-            Error::NotLoggedIn | Error::BadCredentials => 4,
+            Error::NotLoggedIn | Error::BadCredentials | Error::JoinRefused(_) => 4,
             Error::NoSuchFile(_)
             | Error::NoSuchPath { .. }
             | Error::NoSuchUser(_)
