@@ -99,3 +99,76 @@ async fn an_admin_invites_machines_and_manages_their_join_tokens_with_p2p() {
         assert!(out.stderr.contains("only admins"), "{out}");
     }
 }
+
+/// Runs `p2p --json join INVITE` for a new machine whose agent's data dir
+/// is `data_dir` (no agent runs there yet).
+async fn join(data_dir: &std::path::Path, invite: &str) -> p2p_tests::CliOutput {
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(p2p_tests::binary("p2p"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .args(["--json", "--data-dir"])
+            .arg(data_dir)
+            .args(["join", invite])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("p2p join finished in time")
+    .expect("run p2p join");
+    p2p_tests::CliOutput {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_joins_as_many_machines_as_it_has_uses_until_revoked() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    cluster.create_user("printer", false).await;
+    let admin = cluster.add_agent("admin", AgentOptions::default()).await;
+    admin.login(ADMIN_USER, ADMIN_PASSWORD).await;
+    let invite_for = |uses: &'static str| {
+        let admin = &admin;
+        async move {
+            let made = admin
+                .p2p_ok(&["--json", "invite", "--token-for", "printer", "--uses", uses])
+                .await
+                .json();
+            (
+                made["invite"].as_str().expect("invite").to_string(),
+                made["token"]["id"].as_str().expect("id").to_string(),
+            )
+        }
+    };
+
+    let (invite, _) = invite_for("1").await;
+    let first = join(&cluster.scratch_dir("machine-1"), &invite).await;
+    assert!(first.success(), "{first}");
+    assert_eq!(first.json()["user"], "printer", "{first}");
+    let second = join(&cluster.scratch_dir("machine-2"), &invite).await;
+    assert_eq!(second.code, Some(4), "{second}");
+    assert!(second.stderr.contains("used up"), "{second}");
+    assert!(
+        second.stderr.contains("p2p invite --token-for USER"),
+        "{second}"
+    );
+
+    let (invite, id) = invite_for("5").await;
+    admin.p2p_ok(&["join-tokens", "revoke", &id]).await;
+    let revoked = join(&cluster.scratch_dir("machine-3"), &invite).await;
+    assert_eq!(revoked.code, Some(4), "{revoked}");
+    assert!(revoked.stderr.contains("revoked"), "{revoked}");
+
+    let listed = admin.p2p_ok(&["--json", "join-tokens"]).await.json();
+    let uses_left: Vec<u64> = listed["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t["uses_left"].as_u64().unwrap_or(99))
+        .collect();
+    assert_eq!(uses_left, [5, 0], "refusals spend nothing: {listed}");
+}
