@@ -435,6 +435,11 @@ impl Cluster {
                 ("METRICS_LISTEN".to_string(), String::new()),
             ];
             env.extend(tls_env(&certs, "auth"));
+            // auth-svc holds the cluster's CA key, so EnrollmentService
+            // answers (GetDeployment, agent certificates, invites); a test
+            // cluster does not announce itself on the LAN.
+            env.push(("P2P_CA_KEY".into(), certs.ca_key().display().to_string()));
+            env.push(("P2P_NO_ANNOUNCE".into(), "true".into()));
             env.extend(options.auth_env.iter().cloned());
             Process {
                 name: "auth-svc".into(),
