@@ -14,6 +14,8 @@ use super::issue::{CertDir, Role};
 
 /// The server leaf's name in the pki directory (`server.pem`, a chain).
 pub const SERVER_LEAF: &str = "server";
+/// The CA's fingerprint as text, in the pki directory.
+pub const FINGERPRINT_FILE: &str = "ca.fingerprint";
 /// Re-issue the server certificate when it expires sooner than this.
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 /// Longest a start waits for another server process setting up the same
@@ -110,8 +112,16 @@ pub fn ensure(state_dir: &Path, extra: &[String]) -> Result<ServerPki, TlsError>
     if !fresh {
         certs.ensure_leaf(&ca, SERVER_LEAF, &names, Role::Server, true)?;
     }
+    let ca_fingerprint = ca.fingerprint()?;
+    // For people and scripts on the server (`p2p join --fingerprint-file`
+    // in compose): the same text the log shows.
+    super::issue::write(
+        &dir.join(FINGERPRINT_FILE),
+        &format!("{ca_fingerprint}\n"),
+        false,
+    )?;
     Ok(ServerPki {
-        ca_fingerprint: ca.fingerprint()?,
+        ca_fingerprint,
         certs,
         made_ca,
         issued_server: !fresh,
