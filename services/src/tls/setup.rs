@@ -184,8 +184,9 @@ pub struct ServerSetupArgs {
 pub struct ResolvedTls {
     /// The identity it serves with (`None`: plaintext).
     pub server: Option<super::ServerTls>,
-    /// How it verifies the servers it calls.
-    pub client: super::ClientTls,
+    /// How it verifies the servers it calls, when the state dir says
+    /// (else the flags say: [`super::TlsArgs::client`]).
+    pub client: Option<super::ClientTls>,
     /// The state dir's pki, when that is where the identity came from.
     pub pki: Option<ServerPki>,
 }
@@ -208,13 +209,13 @@ impl ServerSetupArgs {
                 };
                 Ok(ResolvedTls {
                     server: Some(server),
-                    client,
+                    client: Some(client),
                     pki: Some(pki),
                 })
             }
             _ => Ok(ResolvedTls {
                 server: flags.server()?,
-                client: flags.client()?,
+                client: None,
                 pki: None,
             }),
         }

@@ -351,7 +351,11 @@ pub struct JoinArgs {
     pub fingerprint: Option<String>,
     /// Read the fingerprint from this file instead (on a server made with
     /// --state-dir: STATE/pki/ca.fingerprint).
-    #[arg(long, env = "P2P_JOIN_FINGERPRINT_FILE", conflicts_with = "fingerprint")]
+    #[arg(
+        long,
+        env = "P2P_JOIN_FINGERPRINT_FILE",
+        conflicts_with = "fingerprint"
+    )]
     pub fingerprint_file: Option<std::path::PathBuf>,
     /// A join token from an admin, instead of a password (unattended
     /// machines; the agent then logs in with its certificate).
