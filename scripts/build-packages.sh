@@ -64,14 +64,16 @@ env_file peer-agent "every p2p-agent@USER" "agent.env" "These apply to the
 # (systemctl edit p2p-agent@USER)."
 
 # The packages' manifests are not workspace members (they build nothing):
-# the version is the workspace's.
+# the version is the workspace's. --fast: xz at a lighter level makes the
+# packages a fifth larger in a quarter of the time (9 s instead of 30 s
+# each here).
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 mkdir -p "$DEBS"
 for package in server agent; do
   echo "cargo deb: p2p-$package $version-$REVISION"
   CARGO_TARGET_DIR=$(realpath "$TARGET_DIR") cargo deb --locked --no-build --target "$TARGET" \
     --manifest-path "packaging/$package/Cargo.toml" --deb-version "$version-$REVISION" \
-    --output "$DEBS/" -q >/dev/null
+    --output "$DEBS/" --fast -q >/dev/null
 done
 echo "packages:"
 stat -c '  %n (%s bytes)' "$DEBS"/*_"$version-$REVISION"_*.deb
