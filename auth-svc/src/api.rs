@@ -24,7 +24,8 @@ pub const PUBLIC_METHODS: &[&str] = &[
     "/p2p.auth.v1.AuthService/GetSigningKeys",
 ];
 
-fn user_to_proto(account: Account) -> pb::User {
+/// An account as the contract shows it.
+pub fn user_to_proto(account: Account) -> pb::User {
     pb::User {
         id: account.id,
         username: account.username,

@@ -91,7 +91,7 @@ impl Authority {
     /// key, and creates the admin when there are no accounts yet.
     pub async fn start(config: &Config) -> Result<Self, Error> {
         config.validate()?;
-        let store = Store::open(&config.database_url).await?;
+        let store = Store::open(&config.database_url()).await?;
         let verify_window = keyring::verify_window(config.access_token_ttl);
         let stored = load_or_create_keys(&store).await?;
         let ring = KeyRing::from_stored(&stored, now_ms(), verify_window)?;
@@ -109,7 +109,11 @@ impl Authority {
             metrics: Metrics::new(),
         };
         authority
-            .bootstrap_admin(&config.admin_user, config.admin_password.clone())
+            .bootstrap_admin(
+                &config.admin_user,
+                config.admin_password.clone(),
+                config.admin_password_file().as_deref(),
+            )
             .await?;
         authority.update_user_gauge().await;
         Ok(authority)
@@ -189,7 +193,12 @@ impl Authority {
         Ok(self.current_keys().published.clone())
     }
 
-    async fn bootstrap_admin(&self, username: &str, password: Option<String>) -> Result<(), Error> {
+    async fn bootstrap_admin(
+        &self,
+        username: &str,
+        password: Option<String>,
+        password_file: Option<&std::path::Path>,
+    ) -> Result<(), Error> {
         if self.store.count_accounts().await? > 0 {
             return Ok(());
         }
@@ -207,6 +216,10 @@ impl Authority {
         let hash = password::hash(password.clone()).await?;
         if self.store.create_first_account(&admin, &hash).await? {
             if generated {
+                if let Some(file) = password_file {
+                    write_secret(file, &format!("{username}\n{password}\n"))?;
+                    tracing::warn!(file = %file.display(), "the first admin's name and password are also in this file (mode 0600); delete it once you changed the password");
+                }
                 // The one place a password reaches the log, on purpose: the
                 // operator has no other way to learn it.
                 tracing::warn!(
@@ -376,6 +389,15 @@ impl Authority {
         self.store
             .end_session(&tokens::refresh_token_hash(refresh_token), now_ms())
             .await
+    }
+
+    /// The account with this id as it is now; fails if it is disabled or
+    /// gone (`name` is for the message).
+    pub async fn usable_account(&self, id: &str, name: &str) -> Result<Account, Error> {
+        match self.store.account_by_id(id).await? {
+            Some(account) if !account.disabled => Ok(account),
+            _ => Err(Error::AccountUnusable(name.to_string())),
+        }
     }
 
     /// The caller's account as it is now; fails if it was disabled or
@@ -586,4 +608,21 @@ async fn load_or_create_keys(store: &Store) -> Result<Vec<StoredKey>, Error> {
     tracing::info!(kid = %key.kid, "generated a new token signing key");
     // Read back: a concurrently starting replica may have stored its own.
     store.signing_keys().await
+}
+
+/// Writes `text` to a new file only its owner reads (0600), refusing to
+/// replace one that exists.
+fn write_secret(path: &std::path::Path, text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        });
+    written.map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))
 }

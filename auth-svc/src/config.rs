@@ -26,9 +26,11 @@ pub struct Config {
     #[arg(long, env = "AUTH_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: String,
 
-    /// Database URL: sqlite://PATH (created if missing) or postgres://USER:PASS@HOST/DB.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://auth.db")]
-    pub database_url: String,
+    /// Database URL: sqlite://PATH (created if missing) or
+    /// postgres://USER:PASS@HOST/DB. Default: sqlite://STATE/auth.db with
+    /// --state-dir, else sqlite://auth.db.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
 
     /// Username of the admin created on first start (when there are no accounts).
     #[arg(long, env = "P2P_ADMIN_USER", default_value = "admin")]
@@ -59,6 +61,35 @@ pub struct Config {
     #[command(flatten)]
     pub tls: p2p_services::tls::TlsArgs,
 
+    /// The state dir: first start makes the CA, the server certificate and
+    /// the admin's password there (see `Config::admin_password_file`).
+    #[command(flatten)]
+    pub setup: p2p_services::tls::setup::ServerSetupArgs,
+
+    /// PEM key of the deployment's CA, for an operator who brings their own
+    /// CA (`p2p-certs ca`; --tls-ca is its certificate): auth-svc then signs
+    /// agents' certificates with it. With --state-dir the CA made there is
+    /// used instead.
+    #[arg(long, env = "P2P_CA_KEY")]
+    pub ca_key: Option<std::path::PathBuf>,
+
+    /// How long an agent's certificate lives (e.g. 7d, 36h). Agents renew
+    /// at two thirds of it, and at once when their address changes.
+    #[arg(long, env = "P2P_AGENT_CERT_LIFETIME", default_value = "7d", value_parser = parse_duration)]
+    pub agent_cert_lifetime: Duration,
+
+    /// Where joining agents are told index-svc is (`host:port`, several
+    /// comma-separated); an empty host (`:50052`) means the host they
+    /// reached auth-svc at.
+    #[arg(long, env = "P2P_AGENT_INDEX_URL", default_value = ":50052")]
+    pub agent_index_url: String,
+
+    /// Do not announce this server on the LAN by mDNS (DNS-SD
+    /// `_p2p-transfer._tcp`), which lets `p2p join` find it without an
+    /// address.
+    #[arg(long, env = "P2P_NO_ANNOUNCE")]
+    pub no_announce: bool,
+
     /// Logging flags.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -88,6 +119,12 @@ pub const MIN_PASSWORD_LENGTH_FLOOR: usize = 1;
 impl Config {
     /// Checks the values clap cannot check alone.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.agent_cert_lifetime < Duration::from_secs(3600) {
+            return Err(Error::Config {
+                flag: "--agent-cert-lifetime",
+                message: "must be at least 1h (agents renew at two thirds of it)".into(),
+            });
+        }
         if self.access_token_ttl < Duration::from_secs(1) {
             return Err(Error::Config {
                 flag: "--access-token-ttl",
@@ -125,6 +162,21 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.setup
+            .database_url(self.database_url.as_deref(), "auth.db", "sqlite://auth.db")
+    }
+
+    /// Where the generated admin password is written once, next to the
+    /// state (mode 0600), when there is a state dir.
+    pub fn admin_password_file(&self) -> Option<std::path::PathBuf> {
+        self.setup
+            .state_dir
+            .as_ref()
+            .map(|dir| dir.join("admin-password"))
     }
 
     /// Where `healthcheck` connects by default: the listen address, with a

@@ -76,6 +76,12 @@ pub enum Error {
     /// The caller may not do this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// No usable credential came with a call that needs one.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// This server cannot do that as configured.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A bug or a broken invariant; details go to the log, not the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -109,9 +115,11 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let message = err.to_string();
         match err {
-            Error::BadCredentials | Error::Refresh(_) | Error::AccountUnusable(_) => {
-                Status::unauthenticated(message)
-            }
+            Error::BadCredentials
+            | Error::Refresh(_)
+            | Error::AccountUnusable(_)
+            | Error::Unauthenticated(_) => Status::unauthenticated(message),
+            Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::Throttled {
                 retry_after_secs, ..
             } => {

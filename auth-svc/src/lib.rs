@@ -27,6 +27,7 @@ pub mod account;
 pub mod api;
 pub mod authority;
 pub mod config;
+pub mod enrollment;
 pub mod error;
 pub mod keyring;
 pub mod password;
@@ -39,6 +40,7 @@ use std::sync::Arc;
 
 use p2p_proto::auth::v1::account_service_server::AccountServiceServer;
 use p2p_proto::auth::v1::auth_service_server::AuthServiceServer;
+use p2p_proto::auth::v1::enrollment_service_server::EnrollmentServiceServer;
 use p2p_services::auth::RequireAuth;
 use p2p_services::metrics;
 use p2p_services::serve::GrpcServer;
@@ -59,9 +61,41 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     config.tls.warn_if_plaintext("auth-svc");
-    let tls = config.tls.server()?;
+    let tls = config.setup.resolve(&config.tls)?;
+    let ca = match (&tls.pki, &config.ca_key, &config.tls.tls_ca) {
+        (Some(pki), _, _) => {
+            p2p_services::tls::setup::log_setup(pki, "auth-svc");
+            Some(enrollment::Ca::from_files(
+                &pki.certs.ca_key(),
+                &pki.certs.ca_cert(),
+            )?)
+        }
+        (None, Some(key), Some(cert)) => Some(enrollment::Ca::from_files(key, cert)?),
+        (None, Some(_), None) => {
+            return Err(Error::Config {
+                flag: "--ca-key",
+                message: "needs --tls-ca, the certificate of that CA".into(),
+            });
+        }
+        (None, None, _) => None,
+    };
+    // Agents renew with their current certificate as client certificate.
+    let server_tls = match (tls.server, &ca) {
+        (Some(server), Some(ca)) => Some(server.verify_clients_with(&ca_pem(ca))?),
+        (server, _) => server,
+    };
     let authority = Arc::new(authority::Authority::start(&config).await?);
     let verifier = authority.verifier();
+    let _announcer = match (&ca, config.no_announce) {
+        (Some(ca), false) => announce(&listener, ca.fingerprint(), &config.agent_index_url),
+        _ => None,
+    };
+    let enrollment = Arc::new(enrollment::Enrollment::new(
+        Arc::clone(&authority),
+        ca,
+        config.agent_cert_lifetime,
+        config.agent_index_url.clone(),
+    ));
 
     // The metrics endpoint and the key reloader stop when the gRPC server's
     // shutdown fires (the sender is dropped). The metrics task is aborted at
@@ -88,10 +122,16 @@ pub async fn run(
         AccountServiceServer::new(api::AccountApi::new(Arc::clone(&authority))),
         verifier,
     );
+    let enroll = RequireAuth::new(
+        EnrollmentServiceServer::new(enrollment::EnrollmentApi::new(enrollment)),
+        authority.verifier(),
+    )
+    .with_public(enrollment::PUBLIC_METHODS);
     let served = GrpcServer::new()
-        .tls(tls)
+        .tls(server_tls)
         .add_service(auth)
         .add_service(accounts)
+        .add_service(enroll)
         .serve(listener, async move {
             shutdown.await;
             drop(stop_background);
@@ -119,6 +159,40 @@ async fn reload_keys_until_stopped(
                     tracing::warn!(%err, "cannot reload signing keys; using the ones loaded");
                 }
             }
+        }
+    }
+}
+
+/// The CA certificate clients verify against, as PEM.
+fn ca_pem(ca: &enrollment::Ca) -> String {
+    ca.cert_pem().to_string()
+}
+
+/// Announces this auth-svc on the LAN (mDNS) until dropped; a failure is
+/// logged, never fatal: joining by address still works.
+fn announce(
+    listener: &TcpListener,
+    fingerprint: &str,
+    index_url: &str,
+) -> Option<p2p_services::discovery::Announcer> {
+    let port = listener.local_addr().ok()?.port();
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let txt = [
+        ("v", "1".to_string()),
+        ("fp", fingerprint.to_string()),
+        ("index", index_url.to_string()),
+    ];
+    match p2p_services::discovery::announce(&format!("auth-svc on {host}"), port, &txt) {
+        Ok(announcer) => {
+            tracing::info!(port, "announced on the LAN by mDNS");
+            Some(announcer)
+        }
+        Err(err) => {
+            tracing::warn!(%err, "cannot announce on the LAN; machines can still join by address");
+            None
         }
     }
 }

@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
     }
     if let Some(Command::Healthcheck { addr }) = &config.command {
         let addr = addr.clone().unwrap_or_else(|| config.probe_addr());
-        let tls = match config.tls.client() {
+        let tls = match config.setup.client(&config.tls) {
             Ok(tls) => tls,
             Err(err) => {
                 eprintln!("auth-svc healthcheck: {err}");

@@ -72,9 +72,10 @@ pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "INDEX_LISTEN", default_value = "0.0.0.0:50052")]
     pub listen: String,
-    /// sqlite://PATH or postgres://USER:PASS@HOST/DB.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://index.db")]
-    pub database_url: String,
+    /// sqlite://PATH or postgres://USER:PASS@HOST/DB. Default:
+    /// sqlite://STATE/index.db with --state-dir, else sqlite://index.db.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Where auth-svc publishes its token signing keys (`host:port`).
     #[arg(long, env = "P2P_AUTH_URL", default_value = "127.0.0.1:50051")]
     pub auth_url: String,
@@ -111,6 +112,10 @@ pub struct Config {
     /// auth-svc against --tls-ca.
     #[command(flatten)]
     pub tls: p2p_services::tls::TlsArgs,
+    /// The state dir: first start makes the deployment's CA and the
+    /// servers' certificate there, unless auth-svc sharing it did already.
+    #[command(flatten)]
+    pub setup: p2p_services::tls::setup::ServerSetupArgs,
     /// Logging.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -243,6 +248,17 @@ async fn housekeeping(store: Store, lease: Lease, stop: CancellationToken) {
     }
 }
 
+impl Config {
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.setup.database_url(
+            self.database_url.as_deref(),
+            "index.db",
+            "sqlite://index.db",
+        )
+    }
+}
+
 /// Serves IndexService on `listener` until `shutdown` resolves: opens and
 /// migrates the database, warms the signing-key cache (starting anyway when
 /// auth-svc is down: keys are fetched on demand later), and serves every
@@ -256,10 +272,13 @@ pub async fn run(
     let flush_interval = config.flush_interval()?;
     let admission = config.admission()?;
     config.tls.warn_if_plaintext("index-svc");
-    let server_tls = config.tls.server()?;
-    let client_tls = config.tls.client()?;
+    let tls = config.setup.resolve(&config.tls)?;
+    if let Some(pki) = &tls.pki {
+        p2p_services::tls::setup::log_setup(pki, "index-svc");
+    }
+    let (server_tls, client_tls) = (tls.server, tls.client);
     client_tls.url(&config.auth_url)?;
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url()).await?;
     let verifier = TokenVerifier::remote(&config.auth_url, client_tls);
     match verifier.refresh().await {
         Ok(count) => tracing::info!(count, auth_url = %config.auth_url, "signing keys cached"),

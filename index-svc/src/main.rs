@@ -13,7 +13,7 @@ async fn main() -> ExitCode {
         return manual.print(Config::command());
     }
     if let Some(Command::Healthcheck { .. }) = &config.command {
-        let tls = match config.tls.client() {
+        let tls = match config.setup.client(&config.tls) {
             Ok(tls) => tls,
             Err(err) => {
                 eprintln!("index-svc healthcheck: {err}");

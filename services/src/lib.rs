@@ -18,12 +18,15 @@
 //! - [`health`]: the `healthcheck` probe binaries expose for containers.
 //! - [`local`]: APIs for this machine only: private Unix sockets, and the
 //!   file token that guards a TCP listener.
+//! - [`discovery`]: DNS-SD over mDNS: auth-svc announces itself on the LAN,
+//!   clients browse for it.
 
 pub mod admission;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod discovery;
 pub mod health;
 pub mod listen;
 pub mod local;

@@ -33,6 +33,9 @@ pub enum ServeError {
     /// The listener has no local address.
     #[error("listener has no local address: {0}")]
     LocalAddr(#[source] std::io::Error),
+    /// The TLS identity could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The services one binary exposes, built up with [`GrpcServer::add_service`] and
@@ -89,17 +92,10 @@ impl GrpcServer {
         F: Future<Output = ()> + Send,
     {
         let addr: SocketAddr = listener.local_addr().map_err(ServeError::LocalAddr)?;
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
         let tls = self.tls.clone();
         tracing::info!(%addr, services = ?self.names, tls = tls.is_some(), "serving gRPC");
         let (routes, shutdown) = self.with_standard_services(shutdown).await?;
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(identity) = &tls {
-            builder = builder.tls_config(identity.config())?;
-        }
-        builder
+        let router = tonic::transport::Server::builder()
             .layer(crate::metrics::RpcMetricsLayer)
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
@@ -107,9 +103,26 @@ impl GrpcServer {
             .max_frame_size(Some(MAX_FRAME_BYTES))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
+            .add_routes(routes);
+        match tls {
+            // Handshakes run in our own acceptor, so the identity can be
+            // replaced while serving (`ServerTls::replace`).
+            Some(tls) => {
+                let (streams, accept) = crate::tls::server::accept(listener, tls.acceptor()?);
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(streams);
+                let serve = router.serve_with_incoming_shutdown(incoming, shutdown);
+                let (served, ()) = tokio::join!(serve, accept);
+                served?;
+            }
+            None => {
+                let incoming = TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(Duration::from_secs(60)));
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await?;
+            }
+        }
         tracing::info!(%addr, "server stopped");
         Ok(())
     }

@@ -147,6 +147,33 @@ impl Host {
     pub fn socket(&self, port: u16) -> String {
         format!("{}:{port}", self.addr)
     }
+
+    /// Moves the host to `new` (in 10.77.0.0/24, not used by another host),
+    /// the way a DHCP lease change does: the old address goes, then the new
+    /// one comes, on the same link; running processes see both events.
+    /// `self.addr` follows. Use [`Lan::host_mut`] to keep the `Lan`'s view
+    /// current.
+    pub fn change_address(&mut self, new: Ipv4Addr) -> Result<(), LanError> {
+        assert!(
+            !self.netns.is_empty(),
+            "the loopback host's address cannot change"
+        );
+        let old = format!("{}/24", self.addr);
+        let new_cidr = format!("{new}/24");
+        run(&["ip", "-n", &self.netns, "addr", "del", &old, "dev", "eth0"])?;
+        run(&[
+            "ip",
+            "-n",
+            &self.netns,
+            "addr",
+            "add",
+            &new_cidr,
+            "dev",
+            "eth0",
+        ])?;
+        self.addr = new;
+        Ok(())
+    }
 }
 
 fn shape_dev(netns: &str, dev: &str, shape: LinkShape, with_delay: bool) -> Result<(), LanError> {
@@ -283,6 +310,12 @@ impl Lan {
     /// Host `i` (0-based).
     pub fn host(&self, i: usize) -> &Host {
         &self.hosts[i]
+    }
+
+    /// Host `i` (0-based), to change it (for example
+    /// [`Host::change_address`]).
+    pub fn host_mut(&mut self, i: usize) -> &mut Host {
+        &mut self.hosts[i]
     }
 
     /// Every host.
