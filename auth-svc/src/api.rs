@@ -107,7 +107,18 @@ impl AuthService for AuthApi {
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::TokenPair>, Status> {
         let client = request.remote_addr().map(|a| a.ip());
+        let certificate_account = request.peer_certs().and_then(|certs| {
+            certs
+                .first()
+                .and_then(|leaf| p2p_services::tls::issue::account_of(leaf))
+        });
         let message = request.into_inner();
+        if message.username.is_empty() && message.password.is_empty() {
+            if let Some(account) = certificate_account {
+                let session = self.authority.login_with_certificate(&account).await?;
+                return Ok(Response::new(session_to_proto(session)));
+            }
+        }
         let session = self
             .authority
             .login(&message.username, &message.password, client)

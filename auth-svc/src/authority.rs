@@ -13,7 +13,8 @@ use p2p_services::time::now_ms;
 
 use crate::account::{self, Account};
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, JoinTokenRejection};
+use crate::join_token::{self, JoinTokenRecord};
 use crate::keyring::{self, KEY_MAX_AGE, KeyRing};
 use crate::password;
 use crate::store::{NewRefreshToken, Store, StoredKey};
@@ -261,6 +262,17 @@ impl Authority {
             Err(_) => self.metrics.logins_failed.inc(),
         }
         let account = result?;
+        self.new_session(account).await
+    }
+
+    /// Starts a session for the account an agent certificate is bound to
+    /// (its TLS client certificate, verified against the CA by the TLS
+    /// layer): how a machine joined with a join token logs in, holding no
+    /// password. A disabled or deleted account gets nothing.
+    pub async fn login_with_certificate(&self, account_id: &str) -> Result<Session, Error> {
+        let account = self.usable_account(account_id, account_id).await?;
+        self.metrics.logins_succeeded.inc();
+        tracing::info!(username = %account.username, "logged in with an agent certificate");
         self.new_session(account).await
     }
 
@@ -586,6 +598,103 @@ impl Authority {
             .await?;
         tracing::info!(by = %admin.username, username, disabled, "changed account state");
         Ok(updated)
+    }
+}
+
+/// Join tokens: what an admin makes for an unattended machine, and the one
+/// thing a token may do, spend a use for its account (EnrollmentService
+/// calls [`Authority::redeem_join_token`] before it signs one certificate).
+impl Authority {
+    /// Makes a join token for `username`'s account, good for `uses`
+    /// certificates within `ttl` (admin only; the account must exist and
+    /// be enabled). Returns the record and the secret, which is never
+    /// stored and cannot be shown again.
+    pub async fn create_join_token(
+        &self,
+        admin: &Claims,
+        username: &str,
+        uses: u32,
+        ttl: Duration,
+        description: &str,
+    ) -> Result<(JoinTokenRecord, String), Error> {
+        let admin = self.require_admin(admin).await?;
+        let description = description.trim();
+        join_token::check_limits(uses, ttl, description).map_err(Error::InvalidArgument)?;
+        let target = self
+            .find(&AccountRef::Username(username.trim().to_string()))
+            .await?;
+        if target.disabled {
+            return Err(Error::InvalidArgument(format!(
+                "account {:?} is disabled; enable it before making a join token for it",
+                target.username
+            )));
+        }
+        let secret = join_token::new_secret();
+        let now = now_ms();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let record = JoinTokenRecord {
+            id: join_token::new_id(),
+            user_id: target.id,
+            username: target.username,
+            uses,
+            uses_left: uses,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            revoked: false,
+            description: description.to_string(),
+            created_by: admin.username,
+            created_at_ms: now,
+        };
+        self.store
+            .create_join_token(&record, &join_token::secret_hash(&secret))
+            .await?;
+        tracing::info!(
+            by = %record.created_by,
+            id = %record.id,
+            username = %record.username,
+            uses,
+            "made a join token"
+        );
+        Ok((record, secret))
+    }
+
+    /// Every join token, newest first (admin only).
+    pub async fn list_join_tokens(&self, admin: &Claims) -> Result<Vec<JoinTokenRecord>, Error> {
+        self.require_admin(admin).await?;
+        self.store.list_join_tokens().await
+    }
+
+    /// Revokes a join token at once (admin only). Idempotent.
+    pub async fn revoke_join_token(&self, admin: &Claims, id: &str) -> Result<(), Error> {
+        let admin = self.require_admin(admin).await?;
+        let id = id.trim();
+        if id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "id is empty: name the join token to revoke (`p2p join-tokens` lists them)".into(),
+            ));
+        }
+        self.store.revoke_join_token(id).await?;
+        tracing::info!(by = %admin.username, id, "revoked a join token");
+        Ok(())
+    }
+
+    /// Spends one use; the bound account, which must not be disabled.
+    /// A spent, expired, revoked or unknown token is refused with
+    /// [`Error::JoinToken`] saying which; a disabled account with
+    /// [`Error::JoinTokenAccountDisabled`], spending nothing.
+    pub async fn redeem_join_token(&self, secret: &str) -> Result<Account, Error> {
+        if !join_token::looks_like_secret(secret) {
+            return Err(Error::JoinToken(JoinTokenRejection::Unknown));
+        }
+        let account = self
+            .store
+            .redeem_join_token(&join_token::secret_hash(secret), now_ms())
+            .await?;
+        if account.disabled {
+            // Disabled after the use was taken: refuse all the same.
+            return Err(Error::JoinTokenAccountDisabled(account.username));
+        }
+        tracing::info!(username = %account.username, "spent a join token use");
+        Ok(account)
     }
 }
 

@@ -76,6 +76,15 @@ pub enum Error {
     /// The caller may not do this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// A join token cannot be used.
+    #[error("{0}")]
+    JoinToken(JoinTokenRejection),
+    /// A usable join token whose account is disabled.
+    #[error("the join token's account {0:?} is disabled; ask an administrator to enable it")]
+    JoinTokenAccountDisabled(String),
+    /// No join token has that id.
+    #[error("no join token has id {0:?}; `p2p join-tokens` lists them")]
+    JoinTokenNotFound(String),
     /// No usable credential came with a call that needs one.
     #[error("{0}")]
     Unauthenticated(String),
@@ -106,6 +115,28 @@ pub enum RefreshRejection {
     Reused,
 }
 
+/// Why a join token was refused. Each says which, and what to do; an
+/// unknown token says no more than that, so a guess learns nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinTokenRejection {
+    /// Not a token auth-svc knows (never made, mistyped, or its account
+    /// was deleted).
+    #[error("unknown join token: {ASK_FOR_INVITE}")]
+    Unknown,
+    /// Past its expiry.
+    #[error("join token expired: {ASK_FOR_INVITE}")]
+    Expired,
+    /// Revoked by an admin.
+    #[error("join token revoked: {ASK_FOR_INVITE}")]
+    Revoked,
+    /// Every use already spent.
+    #[error("join token used up (every use is spent): {ASK_FOR_INVITE}")]
+    Spent,
+}
+
+/// What to do about a refused join token.
+const ASK_FOR_INVITE: &str = "ask an admin for a new invite: p2p invite --token-for USER";
+
 /// Metadata key of a throttled login's answer: whole seconds to wait
 /// before the next attempt is accepted (the same hint every service sends
 /// when it sheds load).
@@ -118,6 +149,7 @@ impl From<Error> for Status {
             Error::BadCredentials
             | Error::Refresh(_)
             | Error::AccountUnusable(_)
+            | Error::JoinToken(_)
             | Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::Throttled {
@@ -133,9 +165,11 @@ impl From<Error> for Status {
                 Status::invalid_argument(message)
             }
             Error::UserExists(_) => Status::already_exists(message),
-            Error::UserNotFound(_) => Status::not_found(message),
+            Error::UserNotFound(_) | Error::JoinTokenNotFound(_) => Status::not_found(message),
             Error::LastAdmin(_) => Status::failed_precondition(message),
-            Error::PermissionDenied(_) => Status::permission_denied(message),
+            Error::PermissionDenied(_) | Error::JoinTokenAccountDisabled(_) => {
+                Status::permission_denied(message)
+            }
             Error::Database(_) | Error::OpenDatabase(_) => {
                 tracing::error!(error = %message, "database failure");
                 Status::unavailable("auth-svc cannot reach its database; try again shortly")

@@ -6,7 +6,7 @@
 //! and publishes its public keys so every other service verifies tokens
 //! locally. [`authority`] holds the rules, [`api`] the gRPC glue, [`store`]
 //! all SQL, [`throttle`] the login limits, [`keyring`] which keys sign and
-//! verify.
+//! verify, [`join_token`] the join tokens unattended machines enroll with.
 //!
 //! [`run`] serves until the shutdown future resolves; tests call it with a
 //! listener on `127.0.0.1:0`:
@@ -29,6 +29,7 @@ pub mod authority;
 pub mod config;
 pub mod enrollment;
 pub mod error;
+pub mod join_token;
 pub mod keyring;
 pub mod password;
 pub mod store;

@@ -16,7 +16,8 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::account::Account;
-use crate::error::{Error, RefreshRejection};
+use crate::error::{Error, JoinTokenRejection, RefreshRejection};
+use crate::join_token::JoinTokenRecord;
 use crate::throttle::{ClientAddr, FORGET_AFTER, FailedLogins, Failures};
 
 /// A stored signing key.
@@ -83,6 +84,26 @@ fn account_from_row(row: &AnyRow) -> Result<Account, Error> {
         role: Role::parse(&role)
             .ok_or_else(|| Error::Internal(format!("account has unknown role {role:?}")))?,
         disabled: row.try_get::<i64, _>("disabled")? != 0,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+fn join_token_from_row(row: &AnyRow) -> Result<JoinTokenRecord, Error> {
+    let count = |column: &str| -> Result<u32, Error> {
+        let value: i64 = row.try_get(column)?;
+        u32::try_from(value)
+            .map_err(|_| Error::Internal(format!("join token has {column} = {value}")))
+    };
+    Ok(JoinTokenRecord {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        username: row.try_get("username")?,
+        uses: count("uses")?,
+        uses_left: count("uses_left")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+        revoked: row.try_get::<i64, _>("revoked")? != 0,
+        description: row.try_get("description")?,
+        created_by: row.try_get("created_by")?,
         created_at_ms: row.try_get("created_at_ms")?,
     })
 }
@@ -286,15 +307,17 @@ impl Store {
         rows.iter().map(account_from_row).collect()
     }
 
-    /// Deletes an account and its refresh tokens, unless it is the last
+    /// Deletes an account, its refresh tokens and its join tokens, unless it is the last
     /// enabled admin.
     pub async fn delete_account(&self, id: &str) -> Result<(), Error> {
         let mut tx = self.guarded_transaction().await?;
         let target = Self::target(&mut tx, id, AdminChange::Delete).await?;
-        sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1")
-            .bind(&target.id)
-            .execute(&mut *tx)
-            .await?;
+        for table in ["refresh_tokens", "join_tokens"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
+                .bind(&target.id)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(&target.id)
             .execute(&mut *tx)
@@ -551,6 +574,120 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    // --- join tokens ---
+
+    /// Stores a new join token whose secret hashes to `secret_hash`.
+    pub async fn create_join_token(
+        &self,
+        token: &JoinTokenRecord,
+        secret_hash: &str,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO join_tokens (id, secret_hash, user_id, uses, uses_left, expires_at_ms, \
+             revoked, description, created_by, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&token.id)
+        .bind(secret_hash)
+        .bind(&token.user_id)
+        .bind(i64::from(token.uses))
+        .bind(i64::from(token.uses_left))
+        .bind(token.expires_at_ms)
+        .bind(flag(token.revoked))
+        .bind(&token.description)
+        .bind(&token.created_by)
+        .bind(token.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every join token, newest first, spent, expired and revoked ones too.
+    pub async fn list_join_tokens(&self) -> Result<Vec<JoinTokenRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT j.id, j.user_id, u.username, j.uses, j.uses_left, j.expires_at_ms, \
+             j.revoked, j.description, j.created_by, j.created_at_ms \
+             FROM join_tokens j JOIN users u ON u.id = j.user_id \
+             ORDER BY j.created_at_ms DESC, j.id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(join_token_from_row).collect()
+    }
+
+    /// Revokes the join token `id`; revoking it again changes nothing.
+    /// `JoinTokenNotFound` when no token has that id.
+    pub async fn revoke_join_token(&self, id: &str) -> Result<(), Error> {
+        let updated = sqlx::query("UPDATE join_tokens SET revoked = $1 WHERE id = $2")
+            .bind(flag(true))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::JoinTokenNotFound(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Spends one use of the join token whose secret hashes to
+    /// `secret_hash` and returns its account. The use is taken by one
+    /// statement that checks everything (not revoked, not expired at
+    /// `now_ms`, a use left, the account enabled), so two machines racing
+    /// for the last use cannot both win, on either backend: SQLite runs one
+    /// writer at a time, and PostgreSQL re-checks the conditions on the
+    /// locked row. When nothing was spent, says why.
+    pub async fn redeem_join_token(
+        &self,
+        secret_hash: &str,
+        now_ms: i64,
+    ) -> Result<Account, Error> {
+        let spent = sqlx::query(
+            "UPDATE join_tokens SET uses_left = uses_left - 1 \
+             WHERE secret_hash = $1 AND revoked = $2 AND expires_at_ms > $3 AND uses_left > 0 \
+             AND user_id IN (SELECT id FROM users WHERE disabled = $2) \
+             RETURNING user_id",
+        )
+        .bind(secret_hash)
+        .bind(flag(false))
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = spent {
+            let user_id: String = row.try_get("user_id")?;
+            // Deleted in between: the token went with it.
+            return self
+                .account_by_id(&user_id)
+                .await?
+                .ok_or(Error::JoinToken(JoinTokenRejection::Unknown));
+        }
+        let row = sqlx::query(
+            "SELECT j.revoked, j.expires_at_ms, j.uses_left, u.username, u.disabled \
+             FROM join_tokens j JOIN users u ON u.id = j.user_id WHERE j.secret_hash = $1",
+        )
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Err(Error::JoinToken(JoinTokenRejection::Unknown));
+        };
+        let rejection = if row.try_get::<i64, _>("revoked")? != 0 {
+            JoinTokenRejection::Revoked
+        } else if row.try_get::<i64, _>("expires_at_ms")? <= now_ms {
+            JoinTokenRejection::Expired
+        } else if row.try_get::<i64, _>("uses_left")? <= 0 {
+            JoinTokenRejection::Spent
+        } else if row.try_get::<i64, _>("disabled")? != 0 {
+            return Err(Error::JoinTokenAccountDisabled(row.try_get("username")?));
+        } else {
+            // Usable now: it changed between the two statements. Refusing
+            // is safe; the machine asks again.
+            return Err(Error::Internal(
+                "a join token changed while it was redeemed".into(),
+            ));
+        };
+        Err(Error::JoinToken(rejection))
     }
 
     // --- login throttling ---

@@ -133,6 +133,13 @@ impl Pending {
         self.holdings.remove(&(peer.clone(), file_id.clone()));
     }
 
+    /// Drops whatever is queued for a retired peer (its address changed),
+    /// so a flush never brings it back online.
+    pub fn forget_peer(&mut self, peer: &PeerId) {
+        self.renewals.remove(peer);
+        self.holdings.retain(|(holder, _), _| holder != peer);
+    }
+
     /// Drops every queued holding of a deleted file.
     pub fn forget_file(&mut self, file_id: &FileId) {
         self.holdings.retain(|(_, file), _| file != file_id);

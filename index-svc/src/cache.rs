@@ -167,6 +167,13 @@ impl Caches {
         inner.sources_generation += 1;
     }
 
+    /// Forgets every file's candidate sources: a peer's address changed.
+    pub fn forget_all_sources(&self) {
+        let mut inner = self.lock();
+        inner.sources.clear();
+        inner.sources_generation += 1;
+    }
+
     /// Forgets a file deleted through this replica.
     pub fn forget_file(&self, file_id: &FileId) {
         let mut inner = self.lock();

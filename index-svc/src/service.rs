@@ -272,7 +272,38 @@ impl IndexApi {
                     .into(),
             ));
         }
-        let addr = request.advertise_addr.trim().to_string();
+        let addr = match (request.advertise_addr.trim(), request.advertise_port) {
+            ("", 0) => {
+                return Err(Error::InvalidArgument(
+                    "send advertise_addr (host:port of your PeerService), or advertise_port to be \
+                     recorded at the address this call comes from"
+                        .into(),
+                ));
+            }
+            ("", port) => {
+                let port = u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
+                    Error::InvalidArgument(format!("advertise_port {port} is not a TCP port"))
+                })?;
+                let ip = caller.ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "the index cannot see this call's source address: send advertise_addr"
+                            .into(),
+                    )
+                })?;
+                std::net::SocketAddr::new(ip.to_canonical(), port).to_string()
+            }
+            (addr, _) => addr.to_string(),
+        };
+        let replaces = match request.replaces_peer_id.trim() {
+            "" => None,
+            text => Some(parse_peer("replaces_peer_id", text)?),
+        };
+        if let Some(old) = &replaces {
+            match self.check_owner(old, &claims.sub).await {
+                Ok(()) | Err(Error::PeerNotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
         let (host, port) =
             advertise::split(&addr, MAX_ADDR_BYTES).map_err(Error::InvalidArgument)?;
         self.advertise
@@ -294,6 +325,10 @@ impl IndexApi {
             .await?;
         self.caches.set_owner(&peer_id, &claims.sub);
         tracing::info!(%peer_id, user = %claims.name, %addr, "peer registered");
+        if let Some(old) = replaces.filter(|old| *old != peer_id) {
+            self.retire(claims, &old).await?;
+            tracing::info!(%old, new = %peer_id, %addr, "peer moved; its old address is no longer offered");
+        }
         Ok(pb::RegisterPeerResponse {
             peer_id: peer_id.to_string(),
             lease_ttl_ms: self.lease.ttl.as_millis() as u64,
@@ -305,9 +340,26 @@ impl IndexApi {
         })
     }
 
+    /// Takes the caller's own `old` peer offline at once, with anything
+    /// queued for it. An unknown peer is fine (already gone); another
+    /// user's is refused.
+    async fn retire(&self, claims: &Claims, old: &PeerId) -> Result<(), Error> {
+        match self.check_owner(old, &claims.sub).await {
+            Ok(()) => {}
+            Err(Error::PeerNotFound(_)) => return Ok(()),
+            Err(err) => return Err(err),
+        }
+        let _gate = self.queue.gate().await;
+        self.queue.with(|pending| pending.forget_peer(old));
+        self.store.retire_peer(old).await?;
+        self.caches.forget_all_sources();
+        Ok(())
+    }
+
     async fn heartbeat(
         &self,
         claims: &Claims,
+        caller: Option<std::net::IpAddr>,
         request: pb::HeartbeatRequest,
     ) -> Result<pb::HeartbeatResponse, Error> {
         let peer = parse_peer("peer_id", &request.peer_id)?;
@@ -323,7 +375,9 @@ impl IndexApi {
             .map_err(|full| self.busy(full))?;
         Ok(pb::HeartbeatResponse {
             lease_ttl_ms: self.lease.ttl.as_millis() as u64,
-            observed_ip: String::new(),
+            observed_ip: caller
+                .map(|ip| ip.to_canonical().to_string())
+                .unwrap_or_default(),
         })
     }
 
@@ -818,7 +872,8 @@ impl IndexService for IndexApi {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let claims = caller(&request)?;
-        reply(self.heartbeat(&claims, request.into_inner()).await)
+        let from = request.remote_addr().map(|a| a.ip());
+        reply(self.heartbeat(&claims, from, request.into_inner()).await)
     }
 
     async fn list_peers(

@@ -474,6 +474,16 @@ impl Store {
             .transpose()?)
     }
 
+    /// Takes `peer` offline at once (its lease lapses now): the agent
+    /// registered again at another address.
+    pub async fn retire_peer(&self, peer: &PeerId) -> Result<(), Error> {
+        sqlx::query("UPDATE peers SET last_seen_ms = 0 WHERE peer_id = $1")
+            .bind(peer.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Ok when `peer` exists and belongs to `user_id`.
     pub async fn check_peer_owner(&self, peer: &PeerId, user_id: &str) -> Result<(), Error> {
         match self.peer_owner(peer).await? {

@@ -30,6 +30,7 @@ suite!(
     two_replicas_on_one_database_agree,
     watch_files_delivers_publish_and_delete,
     an_advertised_address_must_be_the_callers_own_unless_allowed,
+    a_peer_that_moves_is_recorded_where_it_calls_from_and_its_old_address_retired,
     queued_heartbeats_and_bitfields_are_written_and_survive_a_clean_stop,
     a_queued_bitfield_never_undoes_stop_sharing_or_delete,
     past_capacity_calls_are_shed_with_a_retry_hint,
@@ -1517,4 +1518,90 @@ async fn an_advertised_address_must_be_the_callers_own_unless_allowed(db: Db) {
         "{}",
         refused.message()
     );
+}
+
+async fn a_peer_that_moves_is_recorded_where_it_calls_from_and_its_old_address_retired(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let mut index = Index::new(&server, &bob);
+    let old = index.register("10.0.3.1:7000", idle()).await;
+    let file = index
+        .publish(manifest("moves.bin", 31, 2), &old)
+        .await
+        .expect("publish");
+    let file_id = file.file.expect("file").file_id;
+    let before = index
+        .locate(&file_id, "", Vec::new())
+        .await
+        .expect("locate");
+    assert_eq!(before[0].address, "10.0.3.1:7000");
+
+    // The agent's address changed: it registers at the address the index
+    // sees, naming the peer id it had.
+    let moved = index
+        .client
+        .register_peer(index.req(pb::RegisterPeerRequest {
+            advertise_port: 7001,
+            replaces_peer_id: old.clone(),
+            load: Some(idle()),
+            ..Default::default()
+        }))
+        .await
+        .expect("register at the observed address")
+        .into_inner();
+    assert_eq!(moved.advertise_addr, "127.0.0.1:7001");
+    assert_eq!(moved.observed_ip, "127.0.0.1");
+    assert_ne!(moved.peer_id, old);
+    // At once, not after the lease: the old address is never offered again.
+    assert!(
+        index
+            .locate(&file_id, "", Vec::new())
+            .await
+            .expect("locate")
+            .is_empty(),
+        "the old address is retired at once"
+    );
+    index
+        .update_holdings(&moved.peer_id, &file_id, Vec::new(), true)
+        .await
+        .expect("the moved peer announces what it holds");
+    let after = index
+        .locate(&file_id, "", Vec::new())
+        .await
+        .expect("locate");
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].address, "127.0.0.1:7001");
+    let heartbeat = index
+        .client
+        .heartbeat(index.req(pb::HeartbeatRequest {
+            peer_id: moved.peer_id.clone(),
+            load: Some(idle()),
+        }))
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    assert_eq!(heartbeat.observed_ip, "127.0.0.1");
+
+    // Nobody retires another user's peer.
+    let carol = cluster.user("carol").await;
+    let mut as_carol = Index::new(&server, &carol);
+    let refused = as_carol
+        .client
+        .register_peer(as_carol.req(pb::RegisterPeerRequest {
+            advertise_port: 7002,
+            replaces_peer_id: moved.peer_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("another user's peer");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let missing = as_carol
+        .client
+        .register_peer(as_carol.req(pb::RegisterPeerRequest::default()))
+        .await
+        .expect_err("neither an address nor a port");
+    assert_eq!(missing.code(), Code::InvalidArgument, "{missing:?}");
 }

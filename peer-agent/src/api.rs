@@ -19,6 +19,7 @@ use p2p_proto::agent::v1 as pb;
 use p2p_proto::auth::v1 as auth_pb;
 use p2p_proto::index::v1 as index_pb;
 use p2p_services::client::with_bearer;
+use p2p_services::invite;
 use p2p_services::manifest::{FileId, Manifest, validate_name, wire};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,10 @@ const MAX_PAGES: usize = 1000;
 const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 /// How long a finished or failed download stays in [`AgentApi::transfers`].
 const KEEP_FINISHED: Duration = Duration::from_secs(30 * 60);
+/// Uses of a join token made with an invite when none are asked for.
+pub const INVITE_TOKEN_USES: u32 = 1;
+/// Lifetime of a join token made with an invite when none is asked for.
+pub const INVITE_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What to share: a file on this machine.
 #[derive(Debug, Clone, Default)]
@@ -189,9 +194,11 @@ impl AgentApi {
             } else if let Some(reason) = self.session.registration_refused() {
                 Error::FailedPrecondition(format!(
                     "the index refused to register this agent: {reason}; the agent advertises \
-                     {} (set with --advertise or PEER_ADVERTISE) and registers on its next \
-                     retry once that is fixed",
-                    self.session.config().advertise_addr
+                     {} and registers on its next retry once that is fixed",
+                    match self.session.advertised() {
+                        addr if addr.is_empty() => "the address the index sees it at".to_string(),
+                        addr => format!("{addr} (set with --advertise or PEER_ADVERTISE)"),
+                    }
                 ))
             } else {
                 Error::IndexUnavailable(
@@ -755,7 +762,7 @@ impl AgentApi {
             logged_in: user.is_some(),
             user,
             peer_id: self.session.peer_id().unwrap_or_default(),
-            advertise_addr: config.advertise_addr.clone(),
+            advertise_addr: self.session.advertised(),
             index_url: config.index_url.clone(),
             auth_url: config.auth_url.clone(),
             data_dir: config.data_dir.to_string_lossy().into_owned(),
@@ -841,6 +848,121 @@ impl AgentApi {
             .await?;
         Ok(())
     }
+
+    /// An invite for another machine (admins only; auth-svc decides): the
+    /// server this agent reaches auth-svc at, the deployment CA's
+    /// fingerprint (from `GetDeployment`, over the TLS this agent already
+    /// trusts), and, when `token_for_username` is set, a new join token for
+    /// that account ([`INVITE_TOKEN_USES`] and [`INVITE_TOKEN_TTL`] unless
+    /// asked otherwise). The token's secret is only in the invite text.
+    pub async fn create_invite(
+        &self,
+        request: pb::CreateInviteRequest,
+    ) -> Result<pb::Invite, Error> {
+        let server = invite_server(&self.session.config().auth_url)?;
+        let deployment = self
+            .session
+            .call_enrollment(|mut c, _| async move {
+                c.get_deployment(auth_pb::GetDeploymentRequest {}).await
+            })
+            .await?;
+        if !invite::is_fingerprint(&deployment.ca_fingerprint) {
+            return Err(Error::Remote {
+                service: "auth",
+                status: tonic::Status::internal(format!(
+                    "auth-svc named its CA by {:?}, not sha256: and 64 hex digits; \
+                     check that it runs the same version as this agent",
+                    deployment.ca_fingerprint
+                )),
+            });
+        }
+        let username = request.token_for_username.trim().to_string();
+        let (token, secret) = if username.is_empty() {
+            (None, None)
+        } else {
+            let create = auth_pb::CreateJoinTokenRequest {
+                username,
+                uses: if request.uses == 0 {
+                    INVITE_TOKEN_USES
+                } else {
+                    request.uses
+                },
+                ttl_seconds: if request.ttl_seconds == 0 {
+                    INVITE_TOKEN_TTL.as_secs()
+                } else {
+                    request.ttl_seconds
+                },
+                description: request.description,
+            };
+            let created = self
+                .session
+                .call_enrollment(|mut c, t| async move {
+                    c.create_join_token(with_bearer(create, &t)).await
+                })
+                .await?;
+            (created.token, Some(created.secret))
+        };
+        let text = invite::Invite {
+            server: server.clone(),
+            fingerprint: deployment.ca_fingerprint.clone(),
+            token: secret,
+        }
+        .encode();
+        Ok(pb::Invite {
+            invite: text,
+            server,
+            ca_fingerprint: deployment.ca_fingerprint,
+            token,
+        })
+    }
+
+    /// Every join token, newest first (admins only).
+    pub async fn list_join_tokens(&self) -> Result<Vec<auth_pb::JoinToken>, Error> {
+        let request = auth_pb::ListJoinTokensRequest {};
+        let listed = self
+            .session
+            .call_enrollment(|mut c, t| async move {
+                c.list_join_tokens(with_bearer(request, &t)).await
+            })
+            .await?;
+        Ok(listed.tokens)
+    }
+
+    /// Revokes a join token at once (admins only). Idempotent.
+    pub async fn revoke_join_token(&self, id: &str) -> Result<(), Error> {
+        let id = id.trim();
+        if id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "name the join token to revoke by its id (`p2p join-tokens` lists them)".into(),
+            ));
+        }
+        let request = auth_pb::RevokeJoinTokenRequest { id: id.to_string() };
+        self.session
+            .call_enrollment(|mut c, t| async move {
+                c.revoke_join_token(with_bearer(request, &t)).await
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// The `host:port` an invite names for auth-svc: this agent's
+/// `--auth-url` without its scheme or path, so the new machine dials what
+/// this one does.
+pub fn invite_server(auth_url: &str) -> Result<String, Error> {
+    let url = auth_url.trim();
+    let rest = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/');
+    let server = rest.split('/').next().unwrap_or_default();
+    invite::check_server(server).map_err(|err| {
+        Error::FailedPrecondition(format!(
+            "this agent's --auth-url {url:?} cannot go in an invite ({err}); \
+             give the agent --auth-url HOST:PORT as other machines reach auth-svc"
+        ))
+    })?;
+    Ok(server.to_string())
 }
 
 /// The next event of the feed; `None` when it ended or broke. Pending
@@ -892,4 +1014,25 @@ fn checked_manifest(file_id: &FileId, manifest: index_pb::Manifest) -> Result<Ma
         )));
     }
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invite_names_auth_svc_as_host_and_port() {
+        for (url, server) in [
+            ("https://auth.lan:50051", "auth.lan:50051"),
+            ("http://10.0.0.5:50051/", "10.0.0.5:50051"),
+            ("auth:50051", "auth:50051"),
+            (" https://[fe80::1]:50051 ", "[fe80::1]:50051"),
+        ] {
+            assert_eq!(invite_server(url).unwrap(), server, "{url}");
+        }
+        for url in ["https://auth.lan", "", "https://:50051"] {
+            let err = invite_server(url).unwrap_err();
+            assert!(err.to_string().contains("--auth-url"), "{url}: {err}");
+        }
+    }
 }

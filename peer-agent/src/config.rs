@@ -8,6 +8,24 @@ use clap::{Parser, Subcommand};
 use p2p_services::telemetry::TelemetryArgs;
 
 use crate::error::Error;
+use crate::session::Advertise;
+
+/// The data dir when none is given: `$XDG_DATA_HOME/p2p`, else
+/// `~/.local/share/p2p`, else `./p2p-data` (no home at all). The agent and
+/// `p2p` agree on it, so `p2p` finds the agent without flags.
+pub fn default_data_dir() -> PathBuf {
+    let xdg = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .map(|home| home.join(".local/share"));
+    match xdg.or(home) {
+        Some(base) => base.join("p2p"),
+        None => PathBuf::from("./p2p-data"),
+    }
+}
 
 /// The control socket's name in the data dir.
 pub const CONTROL_SOCKET_FILE: &str = "control.sock";
@@ -25,8 +43,10 @@ pub struct Config {
     /// Address the PeerService (FetchChunks) listens on.
     #[arg(long, env = "PEER_LISTEN", default_value = "0.0.0.0:50053")]
     pub listen: String,
-    /// `host:port` other agents reach the PeerService at. Default: the
-    /// listen address, with 127.0.0.1 when it listens on 0.0.0.0.
+    /// `host:port` other agents reach the PeerService at (for NAT).
+    /// Default: the listen address when it names a host; when it listens on
+    /// 0.0.0.0, the address the index sees this agent's calls come from,
+    /// followed when it changes (DHCP).
     #[arg(long, env = "PEER_ADVERTISE")]
     pub advertise: Option<String>,
     /// Unix socket of the local control API (AgentControl), created with
@@ -74,11 +94,13 @@ pub struct Config {
     /// header is refused, which stops DNS-rebinding attacks.
     #[arg(long, env = "P2P_WEB_ALLOW_HOSTS", value_delimiter = ',')]
     pub web_allow_host: Vec<String>,
-    /// Directory for the agent's database and partial downloads.
+    /// Directory for the agent's database, partial downloads and what
+    /// `p2p join` learned. Default: $XDG_DATA_HOME/p2p, i.e.
+    /// ~/.local/share/p2p.
     #[arg(
         long,
         env = "P2P_DATA_DIR",
-        default_value = "./p2p-data",
+        default_value_os_t = default_data_dir(),
         global = true
     )]
     pub data_dir: PathBuf,
@@ -93,11 +115,15 @@ pub struct Config {
     /// (`index.lan:50052`) is one replica per address; the agent looks it
     /// up again every 30 s and when every replica failed, and over TLS
     /// checks that each replica's certificate names the name.
-    #[arg(long, env = "P2P_INDEX_URL", default_value = "127.0.0.1:50052")]
-    pub index_url: String,
-    /// The auth service (`host:port`).
-    #[arg(long, env = "P2P_AUTH_URL", default_value = "127.0.0.1:50051")]
-    pub auth_url: String,
+    ///
+    /// Default: what `p2p join` learned. Without a join and without
+    /// these flags the agent waits for `p2p join`.
+    #[arg(long, env = "P2P_INDEX_URL")]
+    pub index_url: Option<String>,
+    /// The auth service (`host:port`). Default: the server `p2p join`
+    /// joined.
+    #[arg(long, env = "P2P_AUTH_URL")]
+    pub auth_url: Option<String>,
     /// Log in as this user at start (unattended agents), retrying with
     /// backoff until it works; `p2p status` shows why it has not yet.
     #[arg(long, env = "P2P_USER")]
@@ -199,14 +225,23 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("downloads"))
     }
 
-    /// The advertised address: the flag, or the bound peer address with
-    /// 127.0.0.1 standing in for an unspecified IP.
-    pub fn advertise_for(&self, bound: SocketAddr) -> String {
+    /// The advertised address: the flag, or the bound peer address when
+    /// it names a host, or else the address the index sees.
+    pub fn advertise_for(&self, bound: SocketAddr) -> Advertise {
         match &self.advertise {
-            Some(addr) if !addr.trim().is_empty() => addr.trim().to_string(),
-            _ if bound.ip().is_unspecified() => format!("127.0.0.1:{}", bound.port()),
-            _ => bound.to_string(),
+            Some(addr) if !addr.trim().is_empty() => Advertise::Fixed(addr.trim().to_string()),
+            _ if bound.ip().is_unspecified() => Advertise::Observed { port: bound.port() },
+            _ => Advertise::Fixed(bound.to_string()),
         }
+    }
+
+    /// Whether the servers are named by flags (or the environment) rather
+    /// than by `p2p join`.
+    pub fn servers_by_flags(&self) -> bool {
+        self.auth_url.is_some()
+            || self.index_url.is_some()
+            || self.tls.tls_ca.is_some()
+            || self.tls.insecure_plaintext
     }
 
     /// The control API's Unix socket.
@@ -426,15 +461,21 @@ mod tests {
     }
 
     #[test]
-    fn advertise_defaults_to_loopback_for_wildcard_listen() {
+    fn a_wildcard_listen_advertises_what_the_index_sees() {
         let config = Config::try_parse_from(["peer-agent"]).unwrap();
         assert_eq!(
             config.advertise_for("0.0.0.0:4000".parse().unwrap()),
-            "127.0.0.1:4000"
+            Advertise::Observed { port: 4000 }
         );
         assert_eq!(
             config.advertise_for("10.0.0.5:4000".parse().unwrap()),
-            "10.0.0.5:4000"
+            Advertise::Fixed("10.0.0.5:4000".into())
         );
+        let nat = Config::try_parse_from(["peer-agent", "--advertise", "1.2.3.4:9"]).unwrap();
+        assert_eq!(
+            nat.advertise_for("0.0.0.0:4000".parse().unwrap()),
+            Advertise::Fixed("1.2.3.4:9".into())
+        );
+        assert!(!config.servers_by_flags());
     }
 }

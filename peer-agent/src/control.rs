@@ -294,23 +294,26 @@ impl AgentControl for Control {
 
     async fn create_invite(
         &self,
-        _: Request<pb::CreateInviteRequest>,
+        request: Request<pb::CreateInviteRequest>,
     ) -> Result<Response<pb::Invite>, Status> {
-        Err(Status::unimplemented("invites are being built"))
+        let invite = self.api.create_invite(request.into_inner()).await?;
+        Ok(Response::new(invite))
     }
 
     async fn list_join_tokens(
         &self,
         _: Request<auth_pb::ListJoinTokensRequest>,
     ) -> Result<Response<auth_pb::ListJoinTokensResponse>, Status> {
-        Err(Status::unimplemented("join tokens are being built"))
+        let tokens = self.api.list_join_tokens().await?;
+        Ok(Response::new(auth_pb::ListJoinTokensResponse { tokens }))
     }
 
     async fn revoke_join_token(
         &self,
-        _: Request<auth_pb::RevokeJoinTokenRequest>,
+        request: Request<auth_pb::RevokeJoinTokenRequest>,
     ) -> Result<Response<auth_pb::RevokeJoinTokenResponse>, Status> {
-        Err(Status::unimplemented("join tokens are being built"))
+        self.api.revoke_join_token(&request.into_inner().id).await?;
+        Ok(Response::new(auth_pb::RevokeJoinTokenResponse {}))
     }
 }
 

@@ -32,11 +32,13 @@
 //! endpoint, the session's heartbeat and unattended login, the held-file
 //! sweep and the downloads all stop when the shutdown future resolves.
 
+pub mod address;
 pub mod api;
 pub mod config;
 pub mod control;
 pub mod disk;
 pub mod download;
+pub mod enrollment;
 pub mod entry;
 pub mod error;
 pub mod exchange;
@@ -91,6 +93,15 @@ pub async fn run(
     web: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let mut shutdown = Box::pin(shutdown);
+    let joined = if config.servers_by_flags() {
+        None
+    } else {
+        tokio::select! {
+            joined = wait_for_join(&config.data_dir) => Some(joined?),
+            () = &mut shutdown => return Ok(()),
+        }
+    };
     let local = |l: &TcpListener| {
         l.local_addr()
             .map_err(|e| Error::io("listener has no local address", e))
@@ -113,7 +124,7 @@ pub async fn run(
              it shares"
         );
     }
-    let advertise_addr = config.advertise_for(local(&peer_listener)?);
+    let advertise = config.advertise_for(local(&peer_listener)?);
     let data_dir = config.data_dir.clone();
     for dir in [
         data_dir.clone(),
@@ -125,15 +136,21 @@ pub async fn run(
     }
 
     config.tls.warn_if_plaintext("peer-agent");
-    let control_tls = config.tls.client()?;
-    let (peer_server_tls, peer_tls) = config.peer_tls()?;
-    let index_urls = index_client::parse_urls(&config.index_url);
+    let servers = Servers::of(&config, joined.as_ref())?;
+    let Servers {
+        auth_url,
+        index_url,
+        control_tls,
+        peer_server_tls,
+        peer_tls,
+    } = servers;
+    let index_urls = index_client::parse_urls(&index_url);
     if index_urls.is_empty() {
         return Err(Error::Config(
             "--index-url: name at least one index (host:port, several separated by commas)".into(),
         ));
     }
-    for (url, flag) in std::iter::once((&config.auth_url, "--auth-url"))
+    for (url, flag) in std::iter::once((&auth_url, "--auth-url"))
         .chain(index_urls.iter().map(|u| (u, "--index-url")))
     {
         control_tls
@@ -163,11 +180,11 @@ pub async fn run(
     }
     let session = Arc::new(Session::new(
         SessionConfig {
-            auth_url: config.auth_url.clone(),
-            index_url: config.index_url.clone(),
+            auth_url: auth_url.clone(),
+            index_url: index_url.clone(),
             control_tls: control_tls.clone(),
             peer_tls,
-            advertise_addr: advertise_addr.clone(),
+            advertise: advertise.clone(),
             data_dir: data_dir.clone(),
             max_uploads: config.max_uploads,
             max_upload_rate_bps: config.max_upload_rate,
@@ -185,12 +202,18 @@ pub async fn run(
     )));
     let _metrics = metrics::spawn(&config.metrics_listen, stop.clone().cancelled_owned()).await?;
 
-    let verifier = TokenVerifier::remote(&config.auth_url, control_tls);
+    let verifier = TokenVerifier::remote(&auth_url, control_tls);
     if let Err(err) = verifier.refresh().await {
         tracing::warn!(%err, "starting without signing keys; they are fetched when the first token arrives");
     }
-    if let (Some(user), Some(password)) = (&config.user, &config.password) {
-        session.login_unattended(user.clone(), password.clone());
+    match (&config.user, &config.password, &joined) {
+        (Some(user), Some(password), _) => {
+            session.login_unattended(user.clone(), password.clone());
+        }
+        (_, _, Some(joined)) if joined.deployment.login == enrollment::StartLogin::Certificate => {
+            session.login_unattended_with_certificate(joined.deployment.username.clone());
+        }
+        _ => {}
     }
 
     let peer_service = PeerServiceServer::new(ChunkServer::new(uploads))
@@ -208,8 +231,14 @@ pub async fn run(
     let control = AgentControlServer::new(Control::new(api.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    tracing::info!(advertise = %advertise_addr, data_dir = %data_dir.display(), "agent starting");
+    tracing::info!(advertise = ?advertise, data_dir = %data_dir.display(), "agent starting");
 
+    let follower = address::follow(
+        session.clone(),
+        joined,
+        peer_server_tls.clone(),
+        stop.clone(),
+    );
     let peer_server = GrpcServer::new()
         .tls(peer_server_tls)
         .add_service(RequireAuth::peer(
@@ -266,10 +295,98 @@ pub async fn run(
         downloads.shutdown().await;
     };
     let sweep = holdings::integrity::sweep(holdings.clone(), session.clone(), stop.clone());
-    let (result, (), ()) = tokio::join!(servers, watcher, sweep);
+    let (result, (), (), ()) = tokio::join!(servers, watcher, sweep, follower);
     session.stop_unattended();
     session.stop_heartbeat();
     drop(socket_file);
     result?;
     Ok(())
+}
+
+/// Where the servers are and how every link is secured: from the flags, or
+/// from what `p2p join` left in the data dir.
+struct Servers {
+    auth_url: String,
+    index_url: String,
+    control_tls: p2p_services::tls::ClientTls,
+    peer_server_tls: Option<p2p_services::tls::ServerTls>,
+    peer_tls: p2p_services::tls::ClientTls,
+}
+
+impl Servers {
+    fn of(config: &Config, joined: Option<&enrollment::Joined>) -> Result<Self, Error> {
+        let Some(joined) = joined else {
+            let (peer_server_tls, peer_tls) = config.peer_tls()?;
+            return Ok(Self {
+                auth_url: config
+                    .auth_url
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1:50051".into()),
+                index_url: config
+                    .index_url
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1:50052".into()),
+                control_tls: config.tls.client()?,
+                peer_server_tls,
+                peer_tls,
+            });
+        };
+        let (peer_server_tls, peer_tls) = if config.peer_insecure_plaintext {
+            tracing::warn!(
+                "--peer-insecure-plaintext: chunks and peer tokens cross the network in clear"
+            );
+            (None, p2p_services::tls::ClientTls::Plaintext)
+        } else {
+            (
+                Some(p2p_services::tls::ServerTls::from_pem(
+                    &joined.cert_pem,
+                    &joined.key_pem,
+                )?),
+                p2p_services::tls::ClientTls::from_ca_pem(&joined.ca_pem),
+            )
+        };
+        tracing::info!(
+            auth = %joined.deployment.auth_url,
+            index = %joined.deployment.index_url,
+            fingerprint = %joined.deployment.ca_fingerprint,
+            "joined deployment"
+        );
+        Ok(Self {
+            auth_url: joined.deployment.auth_url.clone(),
+            index_url: joined.deployment.index_url.clone(),
+            control_tls: joined.client_tls(),
+            peer_server_tls,
+            peer_tls,
+        })
+    }
+}
+
+/// The file an agent waiting for `p2p join` keeps in its data dir, so
+/// `p2p join` knows to wait for it to start and log it in.
+pub const WAITING_FOR_JOIN_FILE: &str = "waiting-for-join";
+
+/// What `p2p join` left in `data_dir`, waited for when it is not there
+/// yet: an agent installed and started before its machine joined (a
+/// systemd unit) then goes on by itself once `p2p join` ran.
+async fn wait_for_join(data_dir: &std::path::Path) -> Result<enrollment::Joined, Error> {
+    let mut told = false;
+    let marker = data_dir.join(WAITING_FOR_JOIN_FILE);
+    loop {
+        if let Some(joined) = enrollment::Joined::load(data_dir)? {
+            let _ = std::fs::remove_file(&marker);
+            return Ok(joined);
+        }
+        if !told {
+            std::fs::create_dir_all(data_dir)
+                .and_then(|()| std::fs::write(&marker, std::process::id().to_string()))
+                .map_err(|e| Error::io(format!("cannot write {}", marker.display()), e))?;
+            tracing::warn!(
+                data_dir = %data_dir.display(),
+                "not joined to a deployment yet: run `p2p join SERVER --fingerprint sha256:...` \
+                 (or `p2p join` to find servers on this LAN); this agent starts once it has"
+            );
+            told = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

@@ -116,7 +116,7 @@ pub struct SessionConfig {
     /// How sources' PeerServices are verified (the data path).
     pub peer_tls: ClientTls,
     /// Where other agents reach our PeerService.
-    pub advertise_addr: String,
+    pub advertise: Advertise,
     /// For the free-disk figure.
     pub data_dir: PathBuf,
     /// The cap on concurrent uploads reported in our load (`--max-uploads`,
@@ -127,12 +127,36 @@ pub struct SessionConfig {
     pub max_upload_rate_bps: u64,
 }
 
+/// Where other agents reach this agent's PeerService.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advertise {
+    /// This `host:port`, as given (`--advertise`, or a listen address
+    /// that names a host).
+    Fixed(String),
+    /// The address the index sees our calls come from, with this port:
+    /// it follows the machine when its address changes.
+    Observed {
+        /// The PeerService's port.
+        port: u16,
+    },
+}
+
 /// The agent's session with auth-svc and the index.
 #[derive(Debug)]
 pub struct Session {
     config: SessionConfig,
-    auth: Channel,
-    index: IndexClient,
+    auth: RwLock<Channel>,
+    index: RwLock<Arc<IndexClient>>,
+    /// The address the index recorded for us at the last registration.
+    advertised: RwLock<String>,
+    /// The address the index last saw our calls come from.
+    observed_ip: RwLock<Option<String>>,
+    /// The peer id we had before our address changed, named in the next
+    /// registration so the index retires it.
+    previous_peer: Mutex<Option<String>>,
+    /// Woken when the index sees us at another address than the one it
+    /// recorded (see [`Session::address_changed`]).
+    address_changed: tokio::sync::Notify,
     tokens: RwLock<Option<Tokens>>,
     peer_id: PeerIdentity,
     agent_key: AgentKey,
@@ -169,9 +193,20 @@ impl Session {
             p2p_services::client::channel(url, &config.control_tls)
                 .map_err(|e| Error::Config(format!("{flag} {url:?} is not a usable URL: {e}")))
         };
+        let advertised = match &config.advertise {
+            Advertise::Fixed(addr) => addr.clone(),
+            Advertise::Observed { .. } => String::new(),
+        };
         Ok(Self {
-            auth: channel(&config.auth_url, "--auth-url")?,
-            index: IndexClient::new(&config.index_url, &config.control_tls)?,
+            auth: RwLock::new(channel(&config.auth_url, "--auth-url")?),
+            index: RwLock::new(Arc::new(IndexClient::new(
+                &config.index_url,
+                &config.control_tls,
+            )?)),
+            advertised: RwLock::new(advertised),
+            observed_ip: RwLock::new(None),
+            previous_peer: Mutex::new(None),
+            address_changed: tokio::sync::Notify::new(),
             config,
             tokens: RwLock::new(None),
             peer_id: PeerIdentity::default(),
@@ -277,7 +312,7 @@ impl Session {
         }
         let _guard = self.peer_token_lock.lock().await;
         let access = self.access_token().await?;
-        let mut client = AuthServiceClient::new(self.auth.clone());
+        let mut client = AuthServiceClient::new(self.auth_channel());
         let issued = tokio::time::timeout(
             CALL_TIMEOUT,
             client.issue_peer_token(with_bearer(
@@ -326,8 +361,18 @@ impl Session {
     /// Logs in as `user` in the background, retrying with backoff until it
     /// works (see [`crate::unattended`]); a manual login or logout stops it.
     pub fn login_unattended(self: &Arc<Self>, user: String, password: String) {
+        self.login_unattended_as(user.clone(), user, password);
+    }
+
+    /// Like [`Session::login_unattended`], logging in with this agent's
+    /// certificate instead of a password (a machine joined with a join
+    /// token); `name` is the account, for status.
+    pub fn login_unattended_with_certificate(self: &Arc<Self>, name: String) {
+        self.login_unattended_as(name, String::new(), String::new());
+    }
+
+    fn login_unattended_as(self: &Arc<Self>, name: String, user: String, password: String) {
         let session = Arc::downgrade(self);
-        let name = user.clone();
         let log_in = move || {
             let (session, user, password) = (session.clone(), user.clone(), password.clone());
             async move {
@@ -370,7 +415,7 @@ impl Session {
         username: &str,
         password: &str,
     ) -> Result<auth_pb::TokenPair, Error> {
-        let mut client = AuthServiceClient::new(self.auth.clone());
+        let mut client = AuthServiceClient::new(self.auth_channel());
         Ok(tokio::time::timeout(
             CALL_TIMEOUT,
             client.login(auth_pb::LoginRequest {
@@ -393,7 +438,7 @@ impl Session {
         password: &str,
     ) -> Result<auth_pb::User, Error> {
         let pair = self.password_login(username, password).await?;
-        let mut client = AuthServiceClient::new(self.auth.clone());
+        let mut client = AuthServiceClient::new(self.auth_channel());
         let revoke = client.logout(auth_pb::LogoutRequest {
             refresh_token: pair.refresh_token,
         });
@@ -445,7 +490,7 @@ impl Session {
             .take();
         self.set_peer_id(None);
         if let Some(tokens) = tokens {
-            let mut client = AuthServiceClient::new(self.auth.clone());
+            let mut client = AuthServiceClient::new(self.auth_channel());
             let revoke = client.logout(auth_pb::LogoutRequest {
                 refresh_token: tokens.refresh,
             });
@@ -502,7 +547,7 @@ impl Session {
         if current.refresh != tokens.refresh {
             return Ok(current.access);
         }
-        let mut client = AuthServiceClient::new(self.auth.clone());
+        let mut client = AuthServiceClient::new(self.auth_channel());
         let refreshed = tokio::time::timeout(
             CALL_TIMEOUT,
             client.refresh(auth_pb::RefreshRequest {
@@ -532,8 +577,80 @@ impl Session {
     }
 
     /// The index replicas this session calls.
-    pub fn index(&self) -> &IndexClient {
-        &self.index
+    pub fn index(&self) -> Arc<IndexClient> {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The channel to auth-svc.
+    pub fn auth_channel(&self) -> Channel {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// New connections to auth-svc and the index, made with `tls` (a
+    /// renewed client certificate): after our address changed, the old
+    /// ones are dead but look alive until keepalive gives up on them.
+    pub fn reconnect(&self, tls: &ClientTls) -> Result<(), Error> {
+        let auth = p2p_services::client::channel(&self.config.auth_url, tls)
+            .map_err(|e| Error::Config(format!("--auth-url: {e}")))?;
+        let index = IndexClient::new(&self.config.index_url, tls)?;
+        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = auth;
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
+        Ok(())
+    }
+
+    /// The `host:port` other agents reach us at, as the index recorded it
+    /// (empty before the first registration when it is observed).
+    pub fn advertised(&self) -> String {
+        self.advertised
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The address the index last saw our calls come from.
+    pub fn observed_ip(&self) -> Option<String> {
+        self.observed_ip
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Resolves when the index saw our calls come from another address
+    /// than the one it records for us.
+    pub async fn address_changed(&self) {
+        self.address_changed.notified().await;
+    }
+
+    /// Notes what address the index saw; wakes [`Session::address_changed`]
+    /// when we advertise an observed address and this one differs.
+    fn note_observed(&self, observed: &str) {
+        if observed.is_empty() {
+            return;
+        }
+        *self.observed_ip.write().unwrap_or_else(|e| e.into_inner()) = Some(observed.to_string());
+        if let Advertise::Observed { .. } = self.config.advertise {
+            let advertised = self.advertised();
+            let host = advertised
+                .rsplit_once(':')
+                .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']'))
+                .unwrap_or_default();
+            if !host.is_empty() && host != observed {
+                self.address_changed.notify_one();
+            }
+        }
+    }
+
+    /// Registers again after our address changed, naming the peer id we
+    /// had so the index stops offering the old address at once.
+    pub async fn register_after_move(&self) -> Result<(), Error> {
+        if let Some(old) = self.peer_id() {
+            *self.previous_peer.lock().unwrap_or_else(|e| e.into_inner()) = Some(old);
+        }
+        self.set_peer_id(None);
+        if self.read_tokens().is_none() {
+            return Ok(());
+        }
+        self.register().await.map(|_| ())
     }
 
     /// Calls the index with a current token, a deadline per attempt,
@@ -547,7 +664,7 @@ impl Session {
     {
         let token = self.access_token().await?;
         let result = self
-            .index
+            .index()
             .call(move |client| call(client, token.clone()))
             .await;
         match result {
@@ -575,7 +692,7 @@ impl Session {
         let token = self.access_token().await?;
         tokio::time::timeout(
             CALL_TIMEOUT,
-            call(AccountServiceClient::new(self.auth.clone()), token),
+            call(AccountServiceClient::new(self.auth_channel()), token),
         )
         .await
         .unwrap_or_else(|_| Err(Status::deadline_exceeded("auth-svc did not answer in time")))
@@ -599,11 +716,22 @@ impl Session {
     /// Registers (again) with the index and re-announces every holding.
     /// Returns the heartbeat interval the index asks for.
     async fn register(&self) -> Result<Duration, Error> {
+        let (advertise_addr, advertise_port) = match &self.config.advertise {
+            Advertise::Fixed(addr) => (addr.clone(), 0),
+            Advertise::Observed { port } => (String::new(), u32::from(*port)),
+        };
+        let replaces_peer_id = self
+            .previous_peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default();
         let request = index_pb::RegisterPeerRequest {
-            advertise_addr: self.config.advertise_addr.clone(),
+            advertise_addr,
+            advertise_port,
+            replaces_peer_id,
             load: Some(self.load()),
             agent_version: concat!("peer-agent ", env!("CARGO_PKG_VERSION")).to_string(),
-            ..Default::default()
         };
         let result = self
             .call_index(|mut c, t| async move { c.register_peer(with_bearer(request, &t)).await })
@@ -616,7 +744,19 @@ impl Session {
             _ => None,
         };
         let response = result?;
-        tracing::info!(peer_id = %response.peer_id, "registered with the index");
+        self.previous_peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if !response.advertise_addr.is_empty() {
+            *self.advertised.write().unwrap_or_else(|e| e.into_inner()) =
+                response.advertise_addr.clone();
+        }
+        if !response.observed_ip.is_empty() {
+            *self.observed_ip.write().unwrap_or_else(|e| e.into_inner()) =
+                Some(response.observed_ip.clone());
+        }
+        tracing::info!(peer_id = %response.peer_id, advertised = %self.advertised(), "registered with the index");
         self.set_peer_id(Some(response.peer_id.clone()));
         self.announce_all(&response.peer_id).await;
         let interval = Duration::from_millis(response.heartbeat_interval_ms);
@@ -632,9 +772,11 @@ impl Session {
             peer_id: peer_id.to_string(),
             load: Some(self.load()),
         };
-        self.call_index(|mut c, t| async move { c.heartbeat(with_bearer(request, &t)).await })
-            .await
-            .map(|_| ())
+        let response = self
+            .call_index(|mut c, t| async move { c.heartbeat(with_bearer(request, &t)).await })
+            .await?;
+        self.note_observed(&response.observed_ip);
+        Ok(())
     }
 
     /// Tells the index what we hold of every file (after registering, since
@@ -786,5 +928,29 @@ async fn heartbeat_loop(session: std::sync::Weak<Session>) {
         };
         drop(this);
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// Enrollment: the calls an admin's agent makes to invite machines.
+impl Session {
+    /// Calls auth-svc's EnrollmentService with a current token, as
+    /// [`Session::call_accounts`] does for AccountService.
+    pub async fn call_enrollment<R, F, Fut>(&self, call: F) -> Result<R, Error>
+    where
+        F: FnOnce(
+            p2p_proto::auth::v1::enrollment_service_client::EnrollmentServiceClient<Channel>,
+            String,
+        ) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let token = self.access_token().await?;
+        let client = p2p_proto::auth::v1::enrollment_service_client::EnrollmentServiceClient::new(
+            self.auth_channel(),
+        );
+        tokio::time::timeout(CALL_TIMEOUT, call(client, token))
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("auth-svc did not answer in time")))
+            .map(tonic::Response::into_inner)
+            .map_err(Error::from_auth)
     }
 }

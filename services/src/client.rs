@@ -92,3 +92,26 @@ pub fn with_peer_credentials<T>(message: T, peer_token: &str, proof: &str) -> to
     }
     request
 }
+
+/// Fills in `host` where an address list (`a:1,:2`) leaves it out (`:2`):
+/// how auth-svc tells joining agents "the index is on my host".
+pub fn fill_host(list: &str, host: &str) -> String {
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| match entry.strip_prefix(':') {
+            Some(port) => format!("{host}:{port}"),
+            None => entry.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod fill_host_tests {
+    #[test]
+    fn an_empty_host_is_the_given_one() {
+        assert_eq!(super::fill_host(":50052", "10.0.0.1"), "10.0.0.1:50052");
+        assert_eq!(super::fill_host("idx1:1, :2", "srv"), "idx1:1,srv:2");
+    }
+}

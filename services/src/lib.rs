@@ -16,6 +16,8 @@
 //! - [`metrics`]: the Prometheus registry, the RPC metrics layer and the
 //!   `/metrics` endpoint.
 //! - [`health`]: the `healthcheck` probe binaries expose for containers.
+//! - [`invite`]: the invite string a new machine joins with (server, CA
+//!   fingerprint, optional join token).
 //! - [`local`]: APIs for this machine only: private Unix sockets, and the
 //!   file token that guards a TCP listener.
 //! - [`discovery`]: DNS-SD over mDNS: auth-svc announces itself on the LAN,
@@ -28,6 +30,7 @@ pub mod config;
 pub mod db;
 pub mod discovery;
 pub mod health;
+pub mod invite;
 pub mod listen;
 pub mod local;
 pub mod manifest;

@@ -24,6 +24,7 @@ struct ScriptedAgent {
     logged_in: AtomicBool,
     last_download: Mutex<Option<agent::DownloadRequest>>,
     last_share: Mutex<Option<agent::ShareRequest>>,
+    last_invite: Mutex<Option<agent::CreateInviteRequest>>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -346,23 +347,79 @@ impl AgentControl for ScriptedAgent {
 
     async fn create_invite(
         &self,
-        _: Request<agent::CreateInviteRequest>,
+        request: Request<agent::CreateInviteRequest>,
     ) -> Result<Response<agent::Invite>, Status> {
-        Err(Status::unimplemented("not scripted"))
+        self.session()?;
+        let request = request.into_inner();
+        *self.last_invite.lock().unwrap() = Some(request.clone());
+        let username = request.token_for_username;
+        match username.as_str() {
+            "nobody" => return Err(Status::not_found("no such user: \"nobody\"")),
+            "mallory" => {
+                return Err(Status::permission_denied(
+                    "this needs the admin role; ask an administrator",
+                ));
+            }
+            _ => {}
+        }
+        let with_token = !username.is_empty();
+        let invite = p2p_services::invite::Invite {
+            server: INVITE_SERVER.into(),
+            fingerprint: CA_FINGERPRINT.into(),
+            token: with_token.then(|| JOIN_SECRET.to_string()),
+        };
+        Ok(Response::new(agent::Invite {
+            invite: invite.encode(),
+            server: INVITE_SERVER.into(),
+            ca_fingerprint: CA_FINGERPRINT.into(),
+            token: with_token.then(|| join_token("0123456789abcdef", &username, false)),
+        }))
     }
 
     async fn list_join_tokens(
         &self,
         _: Request<auth::ListJoinTokensRequest>,
     ) -> Result<Response<auth::ListJoinTokensResponse>, Status> {
-        Err(Status::unimplemented("not scripted"))
+        self.session()?;
+        Ok(Response::new(auth::ListJoinTokensResponse {
+            tokens: vec![
+                join_token("0123456789abcdef", "printer", false),
+                join_token("fedcba9876543210", "lab", true),
+            ],
+        }))
     }
 
     async fn revoke_join_token(
         &self,
-        _: Request<auth::RevokeJoinTokenRequest>,
+        request: Request<auth::RevokeJoinTokenRequest>,
     ) -> Result<Response<auth::RevokeJoinTokenResponse>, Status> {
-        Err(Status::unimplemented("not scripted"))
+        self.session()?;
+        match request.into_inner().id.as_str() {
+            "0123456789abcdef" => Ok(Response::new(auth::RevokeJoinTokenResponse {})),
+            other => Err(Status::not_found(format!(
+                "no join token has id {other:?}; `p2p join-tokens` lists them"
+            ))),
+        }
+    }
+}
+
+const INVITE_SERVER: &str = "auth.lan:50051";
+const CA_FINGERPRINT: &str =
+    "sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const JOIN_SECRET: &str = "p2pjt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+/// A join token for `username`, one use of five left, far from expiry.
+fn join_token(id: &str, username: &str, revoked: bool) -> auth::JoinToken {
+    auth::JoinToken {
+        id: id.into(),
+        username: username.into(),
+        uses_left: 1,
+        uses: 5,
+        expires_at_ms: 4_102_444_800_000, // 2100-01-01
+        revoked,
+        description: format!("{username} machines"),
+        created_by: "admin".into(),
+        created_at_ms: 1_714_572_180_000,
     }
 }
 
@@ -710,4 +767,169 @@ async fn users_commands_map_agent_errors() {
     let missing = fake.p2p(&["users", "rm", "zed"], None).await;
     assert_eq!(missing.code, Some(5), "{missing}");
     assert!(missing.stderr.contains("no user named zed"), "{missing}");
+}
+
+#[tokio::test]
+async fn invite_prints_the_join_command_and_sends_the_token_options() {
+    let fake = Fake::start(true).await;
+    let plain = fake.p2p(&["invite"], None).await;
+    assert!(plain.success(), "{plain}");
+    assert!(
+        plain
+            .stdout
+            .starts_with("On the new machine, run:\n\n  p2p join 'p2p-invite:"),
+        "{plain}"
+    );
+    assert!(plain.stdout.contains("carries no join token"), "{plain}");
+    let sent = fake.agent.last_invite.lock().unwrap().clone().unwrap();
+    assert_eq!(sent.token_for_username, "");
+
+    let out = fake
+        .p2p(
+            &[
+                "invite",
+                "--token-for",
+                "printer",
+                "--uses",
+                "5",
+                "--expires",
+                "7d",
+                "--description",
+                "lab printers",
+            ],
+            None,
+        )
+        .await;
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout
+            .contains("join token 0123456789abcdef for printer"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("good for 5 machines until 2100-01-01 00:00"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("p2p join-tokens revoke 0123456789abcdef"),
+        "{out}"
+    );
+    let sent = fake.agent.last_invite.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        (
+            sent.token_for_username.as_str(),
+            sent.uses,
+            sent.ttl_seconds
+        ),
+        ("printer", 5, 7 * 86_400)
+    );
+    assert_eq!(sent.description, "lab printers");
+
+    let defaults = fake.p2p(&["invite", "--token-for", "printer"], None).await;
+    assert!(defaults.success(), "{defaults}");
+    let sent = fake.agent.last_invite.lock().unwrap().clone().unwrap();
+    assert_eq!((sent.uses, sent.ttl_seconds), (1, 86_400));
+
+    let json = fake
+        .p2p(&["--json", "invite", "--token-for", "printer"], None)
+        .await
+        .json();
+    let text = json["invite"].as_str().unwrap();
+    let parsed = p2p_services::invite::Invite::parse(text).unwrap();
+    assert_eq!(parsed.server, INVITE_SERVER);
+    assert_eq!(parsed.token.as_deref(), Some(JOIN_SECRET));
+    assert_eq!(json["server"], INVITE_SERVER);
+    assert_eq!(json["ca_fingerprint"], CA_FINGERPRINT);
+    assert_eq!(json["token"]["id"], "0123456789abcdef");
+    assert_eq!(json["token"]["state"], "active");
+    assert!(
+        json["token"].get("secret").is_none(),
+        "the secret is only in the invite"
+    );
+}
+
+#[tokio::test]
+async fn invite_errors_name_the_account_or_the_admin_rule() {
+    let fake = Fake::start(true).await;
+    let missing = fake.p2p(&["invite", "--token-for", "nobody"], None).await;
+    assert_eq!(missing.code, Some(5), "{missing}");
+    assert!(missing.stderr.contains("no user named nobody"), "{missing}");
+    let denied = fake.p2p(&["invite", "--token-for", "mallory"], None).await;
+    assert_eq!(denied.code, Some(6), "{denied}");
+    assert!(
+        denied.stderr.contains("only admins can make invites"),
+        "{denied}"
+    );
+    let usage = fake.p2p(&["invite", "--uses", "3"], None).await;
+    assert_eq!(
+        usage.code,
+        Some(2),
+        "token options need --token-for: {usage}"
+    );
+    let logged_out = Fake::start(false).await;
+    let out = logged_out.p2p(&["invite"], None).await;
+    assert_eq!(out.code, Some(4), "{out}");
+}
+
+#[tokio::test]
+async fn join_tokens_lists_for_people_and_scripts_and_revokes() {
+    let fake = Fake::start(true).await;
+    let table = fake.p2p(&["join-tokens"], None).await;
+    assert!(table.success(), "{table}");
+    let mut lines = table.stdout.lines();
+    let header = lines.next().unwrap();
+    for column in [
+        "ID",
+        "ACCOUNT",
+        "USES LEFT",
+        "EXPIRES",
+        "STATE",
+        "DESCRIPTION",
+    ] {
+        assert!(header.contains(column), "{table}");
+    }
+    let first = lines.next().unwrap();
+    for cell in [
+        "0123456789abcdef",
+        "printer",
+        "1/5",
+        "2100-01-01 00:00",
+        "active",
+        "printer machines",
+    ] {
+        assert!(first.contains(cell), "{cell}: {table}");
+    }
+    assert!(lines.next().unwrap().contains("revoked"), "{table}");
+
+    let json = fake.p2p(&["--json", "join-tokens"], None).await.json();
+    assert_eq!(json["tokens"][0]["uses_left"], 1);
+    assert_eq!(json["tokens"][1]["revoked"], true);
+    assert_eq!(json["tokens"][1]["state"], "revoked");
+
+    let revoked = fake
+        .p2p(&["join-tokens", "revoke", "0123456789abcdef"], None)
+        .await;
+    assert!(revoked.success(), "{revoked}");
+    assert!(
+        revoked
+            .stdout
+            .contains("revoked join token 0123456789abcdef"),
+        "{revoked}"
+    );
+    let json = fake
+        .p2p(
+            &["--json", "join-tokens", "revoke", "0123456789abcdef"],
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(json["ok"], true);
+    let missing = fake.p2p(&["join-tokens", "revoke", "nope"], None).await;
+    assert_eq!(missing.code, Some(5), "{missing}");
+    assert!(
+        missing.stderr.contains("no join token has id nope"),
+        "{missing}"
+    );
 }

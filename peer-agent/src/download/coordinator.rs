@@ -527,7 +527,7 @@ impl Swarm {
             chunk_count: self.shared.manifest.chunk_count(),
             caller: (!own.is_empty()).then(|| PeerHint {
                 peer_id: own,
-                address: ctx.session.config().advertise_addr.clone(),
+                address: ctx.session.advertised(),
             }),
             session: ctx.session.clone(),
             client: watch_client(channel, self.shared.manifest.chunk_count()),
@@ -596,7 +596,7 @@ impl Swarm {
     /// index named.
     async fn consider_hint(&mut self, hint: &PeerHint, lister: &str) {
         let ctx = &self.shared.ctx;
-        let peer = match check_hint(hint, &ctx.session.config().advertise_addr) {
+        let peer = match check_hint(hint, &ctx.session.advertised()) {
             Ok(peer) => peer,
             Err(detail) => {
                 tracing::debug!(lister, %detail, "ignoring a listed peer");

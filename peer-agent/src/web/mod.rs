@@ -137,6 +137,11 @@ pub fn router(web: Web) -> Router {
         .route("/accounts/disabled", post(account(AccountAction::Disabled)))
         .route("/accounts/password", post(account(AccountAction::Password)))
         .route("/accounts/delete", post(account(AccountAction::Delete)))
+        .route("/accounts/invite", post(pages::invite))
+        .route(
+            "/accounts/join-tokens/revoke",
+            post(pages::revoke_join_token),
+        )
         .route("/events/files", get(live::files))
         .route("/events/downloads", get(live::downloads))
         .route("/events/sharing", get(live::sharing))

@@ -7,6 +7,7 @@ use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use p2p_proto::agent::v1 as pb;
 use p2p_proto::auth::v1 as auth_pb;
 use serde::Deserialize;
 
@@ -434,13 +435,23 @@ pub async fn accounts(State(web): State<Web>, authed: Authed) -> Response {
     if let Err(refused) = authed.require_admin() {
         return refused.into_response();
     }
-    match web.api.list_users().await {
-        Ok(users) => {
-            let flash = take_flash(&web, &authed);
-            render::accounts(&authed.viewer(), flash, &users).into_response()
-        }
-        Err(err) => error_response(err),
-    }
+    let users = match web.api.list_users().await {
+        Ok(users) => users,
+        Err(err) => return error_response(err),
+    };
+    // The accounts stay usable when join tokens cannot be listed.
+    let listed = web
+        .api
+        .list_join_tokens()
+        .await
+        .map_err(|err| tonic::Status::from(err).message().to_string());
+    let tokens = match &listed {
+        Ok(tokens) => render::JoinTokens::Listed(tokens),
+        Err(why) => render::JoinTokens::Unavailable(why),
+    };
+    let flash = take_flash(&web, &authed);
+    let now_ms = p2p_services::time::now_ms();
+    render::accounts(&authed.viewer(), flash, &users, tokens, now_ms).into_response()
 }
 
 /// Fields of the account forms; which are used depends on the action.
@@ -541,6 +552,113 @@ pub async fn account_action(
     };
     let flash = match result {
         Ok(text) => Flash::ok(text),
+        Err(err) => failure(err),
+    };
+    after(&web, &authed, "/accounts", flash)
+}
+
+/// Fields of the invite form.
+#[derive(Debug, Deserialize)]
+pub struct InviteForm {
+    #[serde(default)]
+    csrf: String,
+    /// The account for a join token; empty: an invite without one.
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    uses: String,
+    #[serde(default)]
+    ttl_seconds: String,
+    #[serde(default)]
+    description: String,
+}
+
+/// A whole number from a form field; empty is 0 (the agent's default).
+fn form_number(text: &str, what: &str) -> Result<u64, Flash> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(0);
+    }
+    text.parse()
+        .map_err(|_| Flash::failed(format!("{what} must be a whole number; it was {text:?}.")))
+}
+
+/// `POST /accounts/invite` (admins only, CSRF checked): makes an invite
+/// through the agent API, with a join token when an account is named. The
+/// invite goes back in the flash (the session's memory), so the Accounts
+/// page shows it once after the redirect and it is never in a URL.
+pub async fn invite(
+    State(web): State<Web>,
+    Admin(authed): Admin,
+    Form(form): Form<InviteForm>,
+) -> Response {
+    if let Err(refused) = authed.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    let numbers = form_number(&form.uses, "Machines it may join").and_then(|uses| {
+        let ttl = form_number(&form.ttl_seconds, "Good for")?;
+        let uses = u32::try_from(uses)
+            .map_err(|_| Flash::failed("A join token is good for 1 to 1000 machines."))?;
+        Ok((uses, ttl))
+    });
+    let (uses, ttl_seconds) = match numbers {
+        Ok(numbers) => numbers,
+        Err(flash) => return after(&web, &authed, "/accounts", flash),
+    };
+    let username = form.username.trim().to_string();
+    let request = pb::CreateInviteRequest {
+        token_for_username: username.clone(),
+        uses,
+        ttl_seconds,
+        description: form.description,
+    };
+    let flash = match web.api.create_invite(request).await {
+        Ok(made) => {
+            let text = match &made.token {
+                Some(token) => format!(
+                    "Made an invite for {} with join token {}: it joins up to {} machine{} as {}.",
+                    made.server,
+                    token.id,
+                    token.uses,
+                    if token.uses == 1 { "" } else { "s" },
+                    token.username
+                ),
+                None => format!(
+                    "Made an invite for {}; the person on the new machine logs in with their own \
+                     password.",
+                    made.server
+                ),
+            };
+            Flash::invite(text, made.invite)
+        }
+        Err(err) => failure(err),
+    };
+    after(&web, &authed, "/accounts", flash)
+}
+
+/// Fields of a join token's Revoke button.
+#[derive(Debug, Deserialize)]
+pub struct RevokeForm {
+    #[serde(default)]
+    csrf: String,
+    id: String,
+}
+
+/// `POST /accounts/join-tokens/revoke` (admins only, CSRF checked).
+pub async fn revoke_join_token(
+    State(web): State<Web>,
+    Admin(authed): Admin,
+    Form(form): Form<RevokeForm>,
+) -> Response {
+    if let Err(refused) = authed.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    let id = form.id.trim().to_string();
+    let flash = match web.api.revoke_join_token(&id).await {
+        Ok(()) => Flash::ok(format!(
+            "Revoked join token {id}; machines that already joined with it keep their \
+             certificates."
+        )),
         Err(err) => failure(err),
     };
     after(&web, &authed, "/accounts", flash)

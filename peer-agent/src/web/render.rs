@@ -24,6 +24,10 @@ pub struct Flash {
     pub ok: bool,
     /// The text.
     pub text: String,
+    /// An invite just made, shown once by the Accounts page. It may hold a
+    /// join token's secret, so it travels only here, in the session's
+    /// memory, never in a URL.
+    pub invite: Option<String>,
 }
 
 impl Flash {
@@ -32,6 +36,7 @@ impl Flash {
         Self {
             ok: true,
             text: text.into(),
+            invite: None,
         }
     }
 
@@ -40,6 +45,15 @@ impl Flash {
         Self {
             ok: false,
             text: text.into(),
+            invite: None,
+        }
+    }
+
+    /// A success message with an invite to show once.
+    pub fn invite(text: impl Into<String>, invite: String) -> Self {
+        Self {
+            invite: Some(invite),
+            ..Self::ok(text)
         }
     }
 }
@@ -583,14 +597,66 @@ fn role_name(role: i32) -> &'static str {
     }
 }
 
-/// The Accounts page (admins only).
-pub fn accounts(viewer: &Viewer, flash: Option<Flash>, users: &[auth_pb::User]) -> Markup {
+/// Join tokens as the Accounts page lists them: what auth-svc returned, or
+/// why it could not be asked.
+#[derive(Debug, Clone, Copy)]
+pub enum JoinTokens<'a> {
+    /// Newest first.
+    Listed(&'a [auth_pb::JoinToken]),
+    /// The listing failed; the reason, in words.
+    Unavailable(&'a str),
+}
+
+/// A join token's state as of `now_ms`: `active`, `revoked`, `expired` or
+/// `used up`.
+pub fn join_token_state(token: &auth_pb::JoinToken, now_ms: i64) -> &'static str {
+    if token.revoked {
+        "revoked"
+    } else if token.expires_at_ms <= now_ms {
+        "expired"
+    } else if token.uses_left == 0 {
+        "used up"
+    } else {
+        "active"
+    }
+}
+
+/// The lifetimes the invite form offers, in seconds, and the one chosen
+/// unless the admin picks another (the agent's default).
+const INVITE_LIFETIMES: [(u64, &str); 4] = [
+    (3_600, "1 hour"),
+    (86_400, "1 day"),
+    (7 * 86_400, "7 days"),
+    (30 * 86_400, "30 days"),
+];
+
+/// The Accounts page (admins only): accounts, the invite form with the
+/// invite just made (once, from the flash), and the join tokens.
+pub fn accounts(
+    viewer: &Viewer,
+    mut flash: Option<Flash>,
+    users: &[auth_pb::User],
+    tokens: JoinTokens<'_>,
+    now_ms: i64,
+) -> Markup {
     let hidden = |name: &str, value: &str| html! { input type="hidden" name=(name) value=(value); };
+    let invite = flash.as_mut().and_then(|f| f.invite.take());
+    let default_lifetime = crate::api::INVITE_TOKEN_TTL.as_secs();
     layout(
         Page::Accounts,
         Some(viewer),
         flash,
         html! {
+            @if let Some(invite) = &invite {
+                section.card #new-invite aria-labelledby="new-invite-h" {
+                    h2 #new-invite-h { "The new invite" }
+                    p { strong { "Copy it now: it is shown only this once." } " Select the text and copy it; anyone who has it can join a machine, so hand it over like a password." }
+                    label for="invite-text" { "Invite" }
+                    textarea #invite-text readonly rows="4" spellcheck="false" autocomplete="off" { (invite) }
+                    p { "On the new machine, run:" }
+                    pre { code { "p2p join '" (invite) "'" } }
+                }
+            }
             section.card aria-labelledby="add-h" {
                 h2 #add-h { "Add an account" }
                 form #add-user method="post" action="/accounts/add" {
@@ -647,6 +713,71 @@ pub fn accounts(viewer: &Viewer, flash: Option<Flash>, users: &[auth_pb::User]) 
                             }
                         }
                     }
+                }
+            }
+            section.card aria-labelledby="invite-h" {
+                h2 #invite-h { "Invite a machine" }
+                p.hint { "An invite tells a new machine where auth-svc is and which CA to trust. Leave the account empty when a person there logs in with their own password; name an account to add a join token, so an unattended machine joins as that account." }
+                form #invite method="post" action="/accounts/invite" {
+                    (hidden("csrf", &viewer.csrf))
+                    p {
+                        label for="invite-account" { "Account for a join token (optional)" }
+                        input #invite-account name="username" autocomplete="off" list="account-names";
+                        datalist #account-names { @for user in users { option value=(user.username) {} } }
+                    }
+                    p { label for="invite-uses" { "Machines it may join" } input #invite-uses name="uses" type="number" min="1" max="1000" value="1"; }
+                    p {
+                        label for="invite-lifetime" { "Good for" }
+                        select #invite-lifetime name="ttl_seconds" {
+                            @for (seconds, label) in INVITE_LIFETIMES {
+                                option value=(seconds) selected[seconds == default_lifetime] { (label) }
+                            }
+                        }
+                    }
+                    p { label for="invite-description" { "Description" } input #invite-description name="description" maxlength="200" autocomplete="off" placeholder="lab printers"; }
+                    button type="submit" { "Make invite" }
+                }
+            }
+            section aria-labelledby="join-tokens-h" {
+                h2 #join-tokens-h { "Join tokens" }
+                @match tokens {
+                    JoinTokens::Unavailable(why) => p.flash.failed role="alert" { "Join tokens cannot be listed: " (why) },
+                    JoinTokens::Listed([]) => p.hint { "No join tokens yet. Name an account above to make one." },
+                    JoinTokens::Listed(tokens) => div.table-wrap {
+                        table #join-tokens {
+                            caption.visually-hidden { "Join tokens" }
+                            thead { tr {
+                                th scope="col" { "Id" }
+                                th scope="col" { "Account" }
+                                th scope="col" { "Uses left" }
+                                th scope="col" { "Expires" }
+                                th scope="col" { "State" }
+                                th scope="col" { "Description" }
+                                th scope="col" { "Actions" }
+                            } }
+                            tbody {
+                                @for token in tokens {
+                                    @let state = join_token_state(token, now_ms);
+                                    tr data-token=(token.id) {
+                                        td { code { (token.id) } }
+                                        td { (token.username) }
+                                        td { (token.uses_left) " of " (token.uses) }
+                                        td { (added(token.expires_at_ms)) }
+                                        td { (state) }
+                                        td { (token.description) }
+                                        td.actions {
+                                            @if !token.revoked {
+                                                form.inline method="post" action="/accounts/join-tokens/revoke" {
+                                                    (hidden("csrf", &viewer.csrf)) (hidden("id", &token.id))
+                                                    button.danger type="submit" aria-label=(format!("Revoke join token {}", token.id)) { "Revoke" }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    },
                 }
             }
         },
@@ -736,6 +867,112 @@ mod tests {
             html.contains("&lt;img src=x onerror=alert(1)&gt;.txt"),
             "{html}"
         );
+    }
+
+    fn admin() -> Viewer {
+        Viewer {
+            username: "root".into(),
+            admin: true,
+            os_account: "root (uid 0)".into(),
+            csrf: "csrf-token".into(),
+        }
+    }
+
+    fn token(id: &str, revoked: bool, description: &str) -> auth_pb::JoinToken {
+        auth_pb::JoinToken {
+            id: id.into(),
+            username: "printer".into(),
+            uses_left: 2,
+            uses: 5,
+            expires_at_ms: 2_000,
+            revoked,
+            description: description.into(),
+            created_by: "root".into(),
+            created_at_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn the_invite_just_made_is_shown_once_with_the_command_to_run() {
+        let invite = "p2p-invite:eyJ2IjoxfQ".to_string();
+        let flash = Flash::invite("Made an invite.", invite.clone());
+        let html = accounts(&admin(), Some(flash), &[], JoinTokens::Listed(&[]), 0).into_string();
+        assert!(html.contains("Made an invite."), "{html}");
+        assert!(html.contains("shown only this once"), "{html}");
+        assert!(html.contains(&format!(">{invite}</textarea>")), "{html}");
+        assert!(html.contains(&format!("p2p join '{invite}'")), "{html}");
+        let again = accounts(&admin(), None, &[], JoinTokens::Listed(&[]), 0).into_string();
+        assert!(!again.contains("p2p-invite:"), "{again}");
+        assert!(!again.contains("new-invite"), "{again}");
+    }
+
+    #[test]
+    fn the_invite_form_posts_with_the_csrf_token_and_offers_the_accounts() {
+        let users = [auth_pb::User {
+            username: "printer".into(),
+            ..Default::default()
+        }];
+        let html = accounts(&admin(), None, &users, JoinTokens::Listed(&[]), 0).into_string();
+        assert!(
+            html.contains(r#"<form id="invite" method="post" action="/accounts/invite">"#),
+            "{html}"
+        );
+        assert!(html.contains(r#"name="csrf" value="csrf-token""#), "{html}");
+        assert!(html.contains(r#"<option value="printer">"#), "{html}");
+        assert!(
+            html.contains(r#"<option value="86400" selected>1 day</option>"#),
+            "{html}"
+        );
+        assert!(html.contains("No join tokens yet"), "{html}");
+    }
+
+    #[test]
+    fn join_tokens_are_listed_with_revoke_buttons_and_escaped_descriptions() {
+        let tokens = [
+            token("aaaa", false, "<script>alert(1)</script>"),
+            token("bbbb", true, "old"),
+        ];
+        let html = accounts(&admin(), None, &[], JoinTokens::Listed(&tokens), 1_500).into_string();
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{html}"
+        );
+        assert!(html.contains(r#"<tr data-token="aaaa">"#), "{html}");
+        assert!(html.contains("2 of 5"), "{html}");
+        assert!(
+            html.contains(r#"action="/accounts/join-tokens/revoke""#),
+            "{html}"
+        );
+        assert!(html.contains(r#"name="id" value="aaaa""#), "{html}");
+        assert!(
+            !html.contains(r#"name="id" value="bbbb""#),
+            "a revoked token has no Revoke: {html}"
+        );
+        let failed = accounts(
+            &admin(),
+            None,
+            &[],
+            JoinTokens::Unavailable("auth: <down>"),
+            0,
+        )
+        .into_string();
+        assert!(
+            failed.contains("Join tokens cannot be listed: auth: &lt;down&gt;"),
+            "{failed}"
+        );
+    }
+
+    #[test]
+    fn a_join_tokens_state_is_judged_at_the_time_shown() {
+        assert_eq!(join_token_state(&token("a", false, ""), 1_999), "active");
+        assert_eq!(join_token_state(&token("a", false, ""), 2_000), "expired");
+        assert_eq!(join_token_state(&token("a", true, ""), 0), "revoked");
+        let spent = auth_pb::JoinToken {
+            uses_left: 0,
+            ..token("a", false, "")
+        };
+        assert_eq!(join_token_state(&spent, 0), "used up");
     }
 
     #[test]

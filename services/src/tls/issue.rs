@@ -70,6 +70,14 @@ pub enum SignError {
     },
 }
 
+/// A new key pair and a certificate request for it with no names (auth-svc
+/// names the address it sees): `(key_pem, csr_pem)`.
+pub fn new_key_and_request() -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate()?;
+    let csr = CertificateParams::default().serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
 /// The account id an agent certificate (DER) is bound to, from its
 /// `urn:p2p:account:` URI name; `None` for any other certificate.
 pub fn account_of(cert_der: &[u8]) -> Option<String> {
@@ -90,6 +98,13 @@ pub fn account_of(cert_der: &[u8]) -> Option<String> {
 /// The names (DNS names and IP addresses, as text) a certificate (DER)
 /// is valid for, and when it expires (Unix seconds).
 pub fn names_and_expiry(cert_der: &[u8]) -> Result<(Vec<String>, i64), TlsError> {
+    let (names, _, not_after) = names_and_validity(cert_der)?;
+    Ok((names, not_after))
+}
+
+/// Like [`names_and_expiry`], with when it became valid too:
+/// `(names, not_before, not_after)`, Unix seconds.
+pub fn names_and_validity(cert_der: &[u8]) -> Result<(Vec<String>, i64, i64), TlsError> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
         .map_err(|e| TlsError::Pem(format!("not an X.509 certificate: {e}")))?;
     let mut names = Vec::new();
@@ -113,7 +128,11 @@ pub fn names_and_expiry(cert_der: &[u8]) -> Result<(Vec<String>, i64), TlsError>
             }
         }
     }
-    Ok((names, cert.validity().not_after.timestamp()))
+    Ok((
+        names,
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
 }
 
 /// A leaf certificate and its key, as PEM.

@@ -6,9 +6,6 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use p2p_services::local::Target;
 
-/// The agent's data dir when neither `--data-dir` nor `P2P_DATA_DIR` is
-/// given: the same default as `peer-agent --data-dir`.
-pub const DEFAULT_DATA_DIR: &str = "./p2p-data";
 /// The control socket's name in the agent's data dir.
 const SOCKET_FILE: &str = "control.sock";
 /// The TCP control token's name in the agent's data dir.
@@ -21,6 +18,7 @@ Examples:
   p2p ls                          every file in the network
   p2p get talk.mp4 -o ~/Downloads download it from the swarm
   p2p web                         open the agent's web app (a one-time link)
+  p2p invite --token-for printer  an invite another machine joins with
   p2p --json status | jq .        machine-readable output for scripts
 
 The client talks to the peer-agent running on this machine through the
@@ -30,7 +28,7 @@ P2P_DATA_DIR, as for peer-agent), which only the agent's own user may open.
 --control-listen; over TCP the agent's control token is read from
 <data-dir>/control.token (or --agent-token-file).
 Exit codes: 0 success, 1 failure, 2 bad usage, 3 agent unreachable,
-4 not logged in, 5 no such file or user, 6 permission denied,
+4 not logged in, 5 no such file, user or join token, 6 permission denied,
 7 destination exists.";
 
 /// Command-line client of the P2P File Transfer network.
@@ -64,6 +62,27 @@ pub struct Cli {
 pub enum Invocation {
     #[command(flatten)]
     Agent(Command),
+    /// Join this machine to a deployment: trust its CA, get this agent's
+    /// certificate, remember the servers.
+    #[command(
+        long_about = "Join this machine to a deployment, once per machine.\n\n\
+            `p2p join` opens TLS to auth-svc and trusts the server only if its \
+            CA has the fingerprint you give (the server prints it at its first \
+            start; an admin's invite carries it). It then proves who you are \
+            (your password, or the join token in an invite), makes this \
+            agent's own key, and gets a certificate that names this machine's \
+            address. What it learned goes to the agent's data dir \
+            (<data-dir>/deployment/), so the agent needs no server flags: an \
+            agent waiting to be joined starts by itself, and is logged in.\n\n\
+            Without SERVER, servers announcing themselves on this LAN (mDNS) \
+            are listed; with --fingerprint, the one that has it is joined. \
+            Routed networks and VLANs that block multicast need the address.",
+        after_help = "Examples:\n  p2p join 10.0.0.1 --fingerprint sha256:3b1f...\n  \
+            p2p join 'p2p-invite:eyJ2IjoxLC...'\n  \
+            p2p join --fingerprint sha256:3b1f...     find the server on this LAN\n  \
+            p2p join                                list the servers on this LAN"
+    )]
+    Join(JoinArgs),
     /// Shell completions and the man page.
     #[command(flatten)]
     Manual(p2p_services::manual::Manual),
@@ -78,8 +97,10 @@ pub struct AgentArgs {
     #[arg(long, global = true, env = "P2P_AGENT")]
     pub agent: Option<String>,
 
-    /// The agent's data dir, where its socket and token are found.
-    #[arg(long, global = true, env = "P2P_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    /// The agent's data dir, where its socket and token are found (and
+    /// where `p2p join` keeps what it learned). Default: the agent's,
+    /// $XDG_DATA_HOME/p2p (~/.local/share/p2p).
+    #[arg(long, global = true, env = "P2P_DATA_DIR", default_value_os_t = peer_agent::config::default_data_dir())]
     pub data_dir: PathBuf,
 
     /// File holding the agent's control token, sent on TCP connections.
@@ -251,6 +272,97 @@ pub enum Command {
     /// Manage accounts (admins only).
     #[command(subcommand)]
     Users(UsersCommand),
+
+    /// Make an invite for another machine to join this network (admins only).
+    #[command(
+        long_about = "Make an invite: one string that tells a new machine where \
+            auth-svc is and which CA to trust, so `p2p join INVITE` there needs \
+            nothing else. The server is this agent's --auth-url, so make \
+            invites on an agent that reaches auth-svc at an address the new \
+            machine can reach too.\n\n\
+            Without --token-for, the person on the new machine logs in with \
+            their own password. With --token-for USER the invite also carries \
+            a new join token for an unattended machine: it gets certificates \
+            for USER's account, --uses times, until it --expires or is revoked \
+            (`p2p join-tokens revoke ID`). The token is shown only now: treat \
+            the invite like a password.",
+        after_help = "Examples:\n  p2p invite\n  \
+            p2p invite --token-for printer\n  \
+            p2p invite --token-for lab --uses 20 --expires 7d --description \"lab PCs\"\n  \
+            p2p --json invite --token-for printer | jq -r .invite"
+    )]
+    Invite(InviteArgs),
+
+    /// List join tokens, or revoke one (admins only).
+    #[command(
+        name = "join-tokens",
+        long_about = "List every join token, newest first, spent, expired and \
+            revoked ones too: its id, the account it joins machines to, the \
+            uses left of the uses it was made for, when it expires and its \
+            state. `p2p join-tokens revoke ID` stops one at once; machines \
+            that already joined with it keep their certificates.",
+        after_help = "Examples:\n  p2p join-tokens\n  p2p join-tokens revoke 3f9a1c0d5e7b2a46\n  \
+            p2p --json join-tokens | jq '.tokens[] | select(.state == \"active\")'"
+    )]
+    JoinTokens {
+        #[command(subcommand)]
+        action: Option<JoinTokensCommand>,
+    },
+}
+
+/// `p2p invite` arguments.
+#[derive(Debug, Args)]
+pub struct InviteArgs {
+    /// Also make a join token for this account, for an unattended machine.
+    #[arg(long, value_name = "USER")]
+    pub token_for: Option<String>,
+    /// How many machines the token may join (1-1000).
+    #[arg(long, default_value_t = 1, requires = "token_for")]
+    pub uses: u32,
+    /// How long the token stays good, e.g. 1h, 24h, 7d (at most 30d).
+    #[arg(long, default_value = "24h", value_parser = p2p_services::config::parse_duration, requires = "token_for")]
+    pub expires: std::time::Duration,
+    /// A note shown in `p2p join-tokens`, e.g. "lab printers".
+    #[arg(long, default_value = "", requires = "token_for")]
+    pub description: String,
+}
+
+/// `p2p join-tokens ...`.
+#[derive(Debug, Subcommand)]
+pub enum JoinTokensCommand {
+    /// Revoke a join token at once (its id from `p2p join-tokens`).
+    #[command(after_help = "Example:\n  p2p join-tokens revoke 3f9a1c0d5e7b2a46")]
+    Revoke {
+        /// The token's id (not its secret).
+        id: String,
+    },
+}
+
+/// `p2p join` arguments.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// auth-svc's address (`HOST` or `HOST:PORT`, port 50051 by default),
+    /// or an invite (`p2p-invite:...`) from `p2p invite`. Omit it to look
+    /// for servers on this LAN.
+    pub server: Option<String>,
+    /// The CA fingerprint to trust (`sha256:` and 64 hex digits), as the
+    /// server printed it at its first start.
+    #[arg(long, env = "P2P_JOIN_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// A join token from an admin, instead of a password (unattended
+    /// machines; the agent then logs in with its certificate).
+    #[arg(long, env = "P2P_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The account to join as; prompted for when missing (not needed with
+    /// a join token).
+    #[arg(long, env = "P2P_USER")]
+    pub user: Option<String>,
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    /// How long to listen for servers on the LAN when no SERVER is given
+    /// (e.g. 3s).
+    #[arg(long, env = "P2P_JOIN_BROWSE", default_value = "3s", value_parser = p2p_services::config::parse_duration)]
+    pub browse: std::time::Duration,
 }
 
 /// `p2p login` arguments.
@@ -348,6 +460,47 @@ mod tests {
         );
         let cli = Cli::try_parse_from(["p2p", "status", "--agent", "unix:/run/a.sock"]).unwrap();
         assert_eq!(cli.agent.target(), Target::Unix("/run/a.sock".into()));
+    }
+
+    #[test]
+    fn invite_takes_token_options_only_with_a_token() {
+        let cli = Cli::try_parse_from([
+            "p2p",
+            "invite",
+            "--token-for",
+            "lab",
+            "--uses",
+            "5",
+            "--expires",
+            "7d",
+        ])
+        .unwrap();
+        match cli.command {
+            Invocation::Agent(Command::Invite(args)) => {
+                assert_eq!(args.token_for.as_deref(), Some("lab"));
+                assert_eq!(args.uses, 5);
+                assert_eq!(args.expires.as_secs(), 7 * 86_400);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["p2p", "invite", "--uses", "5"]).is_err());
+        assert!(Cli::try_parse_from(["p2p", "invite"]).is_ok());
+    }
+
+    #[test]
+    fn join_tokens_lists_or_revokes() {
+        let cli = Cli::try_parse_from(["p2p", "join-tokens"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Invocation::Agent(Command::JoinTokens { action: None })
+        ));
+        let cli = Cli::try_parse_from(["p2p", "join-tokens", "revoke", "abc"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Invocation::Agent(Command::JoinTokens {
+                action: Some(JoinTokensCommand::Revoke { .. })
+            })
+        ));
     }
 
     #[test]

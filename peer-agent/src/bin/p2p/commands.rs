@@ -17,11 +17,14 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::cli::{AgentArgs, Command, LoginArgs, PasswordArgs, UsersCommand};
+use crate::cli::{
+    AgentArgs, Command, InviteArgs, JoinTokensCommand, LoginArgs, PasswordArgs, UsersCommand,
+};
 use crate::error::{Error, Subject, explain, is_broken_connection};
 use crate::progress::Progress;
 use crate::view::{
-    self, DownloadEvent, FileRow, PeerRow, SharedFile, StatusView, UserRow, WebLinkView,
+    self, DownloadEvent, FileRow, InviteView, JoinTokenRow, PeerRow, SharedFile, StatusView,
+    UserRow, WebLinkView,
 };
 
 /// How output is written: JSON documents for scripts or text for people.
@@ -41,7 +44,7 @@ impl Output {
     }
 
     /// Prints `view` as JSON for scripts, or as `text` renders it for people.
-    fn show<T: Serialize>(&self, view: &T, text: impl FnOnce(&T) -> String) {
+    pub fn show<T: Serialize>(&self, view: &T, text: impl FnOnce(&T) -> String) {
         if self.json {
             self.json(view);
         } else {
@@ -74,6 +77,13 @@ impl Interceptor for ControlToken {
                 .insert("authorization", value.clone());
         }
         Ok(request)
+    }
+}
+
+impl Session {
+    /// The control API client.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
     }
 }
 
@@ -200,6 +210,11 @@ pub async fn run(session: &mut Session, command: Command) -> Result<(), Error> {
         }) => users_add(session, name, admin, password).await,
         Command::Users(UsersCommand::Ls) => users_ls(session).await,
         Command::Users(UsersCommand::Rm { name }) => users_rm(session, name).await,
+        Command::Invite(args) => invite(session, args).await,
+        Command::JoinTokens { action: None } => join_tokens(session).await,
+        Command::JoinTokens {
+            action: Some(JoinTokensCommand::Revoke { id }),
+        } => revoke_join_token(session, id).await,
     }
 }
 
@@ -663,6 +678,78 @@ async fn users_rm(session: &mut Session, name: String) -> Result<(), Error> {
     Ok(())
 }
 
+async fn invite(session: &mut Session, args: InviteArgs) -> Result<(), Error> {
+    let token_for = args.token_for.unwrap_or_default();
+    let request = agent::CreateInviteRequest {
+        token_for_username: token_for.clone(),
+        uses: args.uses,
+        ttl_seconds: args.expires.as_secs(),
+        description: args.description,
+    };
+    let invite = session
+        .client
+        .create_invite(request)
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::PermissionDenied => invites_for_admins_only(),
+            _ => explain(s, Subject::User(&token_for)),
+        })?
+        .into_inner();
+    let view = InviteView::from_proto(invite, p2p_services::time::now_ms());
+    session.out.show(&view, InviteView::text);
+    Ok(())
+}
+
+async fn join_tokens(session: &mut Session) -> Result<(), Error> {
+    let response = session
+        .client
+        .list_join_tokens(auth::ListJoinTokensRequest {})
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::PermissionDenied => invites_for_admins_only(),
+            _ => explain(s, Subject::General),
+        })?
+        .into_inner();
+    let now_ms = p2p_services::time::now_ms();
+    let rows: Vec<JoinTokenRow> = response
+        .tokens
+        .into_iter()
+        .map(|t| JoinTokenRow::from_proto(t, now_ms))
+        .collect();
+    if session.out.json {
+        #[derive(Serialize)]
+        struct Tokens {
+            tokens: Vec<JoinTokenRow>,
+        }
+        session.out.json(&Tokens { tokens: rows });
+    } else {
+        print!("{}", view::join_tokens_table(&rows));
+    }
+    Ok(())
+}
+
+async fn revoke_join_token(session: &mut Session, id: String) -> Result<(), Error> {
+    session
+        .client
+        .revoke_join_token(auth::RevokeJoinTokenRequest { id: id.clone() })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::PermissionDenied => invites_for_admins_only(),
+            _ => explain(s, Subject::JoinToken(&id)),
+        })?;
+    done(
+        session.out,
+        &format!("revoked join token {id}; machines that joined with it keep their certificates"),
+    );
+    Ok(())
+}
+
+fn invites_for_admins_only() -> Error {
+    Error::PermissionDenied(
+        "only admins can make invites and join tokens: `p2p login` as an admin first".to_string(),
+    )
+}
+
 fn admins_only() -> Error {
     Error::PermissionDenied(
         "only admins can manage accounts: `p2p login` as an admin first".to_string(),
@@ -678,7 +765,7 @@ fn absolute(path: &Path) -> Result<PathBuf, Error> {
 
 /// The password from stdin, the environment or a no-echo prompt, in that
 /// order of preference.
-fn read_password(args: &PasswordArgs, prompt: &str) -> Result<String, Error> {
+pub fn read_password(args: &PasswordArgs, prompt: &str) -> Result<String, Error> {
     let what = "password";
     if args.password_stdin {
         let mut line = String::new();
@@ -706,7 +793,8 @@ fn read_password(args: &PasswordArgs, prompt: &str) -> Result<String, Error> {
     Ok(password)
 }
 
-fn prompt_line(what: &'static str) -> Result<String, Error> {
+/// A line typed at a prompt on stderr.
+pub fn prompt_line(what: &'static str) -> Result<String, Error> {
     let mut stderr = std::io::stderr();
     let _ = write!(stderr, "{what}: ");
     let _ = stderr.flush();

@@ -56,6 +56,9 @@ pub enum Error {
     /// No account with that name.
     #[error("no user named {0}: run `p2p users ls`")]
     NoSuchUser(String),
+    /// No join token with that id.
+    #[error("no join token has id {0}: run `p2p join-tokens` to see their ids")]
+    NoSuchJoinToken(String),
     /// The destination exists and `--force` was not given.
     #[error(
         "{0}: the destination already exists: pass --force to replace it, or -o to choose another"
@@ -95,6 +98,9 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// auth-svc refused the credential given to `p2p join`.
+    #[error("the server refused to join this machine: {0}")]
+    JoinRefused(String),
     /// Anything else the agent reported.
     #[error("the agent reported an error ({code:?}): {message}")]
     Agent { code: Code, message: String },
@@ -110,8 +116,11 @@ impl Error {
             | Error::AgentOfAnotherUser(_)
             | Error::AgentToken { .. }
             | Error::AgentTokenRefused(_) => 3,
-            Error::NotLoggedIn | Error::BadCredentials => 4,
-            Error::NoSuchFile(_) | Error::NoSuchPath { .. } | Error::NoSuchUser(_) => 5,
+            Error::NotLoggedIn | Error::BadCredentials | Error::JoinRefused(_) => 4,
+            Error::NoSuchFile(_)
+            | Error::NoSuchPath { .. }
+            | Error::NoSuchUser(_)
+            | Error::NoSuchJoinToken(_) => 5,
             Error::PermissionDenied(_) => 6,
             Error::DestinationExists(_) => 7,
             _ => 1,
@@ -135,6 +144,8 @@ pub enum Subject<'a> {
     Path(&'a str),
     /// An account.
     User(&'a str),
+    /// A join token, by its id.
+    JoinToken(&'a str),
 }
 
 /// Metadata the agent sets on a NotFound about a network file (the agent's
@@ -187,6 +198,7 @@ pub fn explain(status: tonic::Status, subject: Subject<'_>) -> Error {
             detail: message,
         },
         (Code::NotFound, Subject::User(name)) => Error::NoSuchUser(name.to_string()),
+        (Code::NotFound, Subject::JoinToken(id)) => Error::NoSuchJoinToken(id.to_string()),
         (Code::AlreadyExists, Subject::Download(_)) => Error::DestinationExists(message),
         (Code::PermissionDenied, Subject::Path(path)) => Error::NoSuchPath {
             path: path.to_string(),

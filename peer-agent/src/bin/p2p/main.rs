@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod error;
 mod format;
+mod join;
 mod progress;
 mod view;
 
@@ -19,19 +20,21 @@ use clap::{CommandFactory, Parser};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let command = match cli.command {
-        cli::Invocation::Manual(manual) => return manual.print(cli::Cli::command()),
-        cli::Invocation::Agent(command) => command,
-    };
     let out = commands::Output {
         json: cli.json,
         bars: !cli.json && std::io::stderr().is_terminal(),
     };
-    let result = async {
-        let mut session = commands::connect(&cli.agent, out).await?;
-        commands::run(&mut session, command).await
-    }
-    .await;
+    let result = match cli.command {
+        cli::Invocation::Manual(manual) => return manual.print(cli::Cli::command()),
+        cli::Invocation::Join(args) => join::run(&cli.agent, out, args).await,
+        cli::Invocation::Agent(command) => {
+            async {
+                let mut session = commands::connect(&cli.agent, out).await?;
+                commands::run(&mut session, command).await
+            }
+            .await
+        }
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -331,6 +331,146 @@ pub fn users_table(rows: &[UserRow]) -> String {
     table.render()
 }
 
+/// A join token as `p2p join-tokens` and `p2p invite` show it. Never its
+/// secret: that is only in an invite's text.
+#[derive(Debug, Serialize)]
+pub struct JoinTokenRow {
+    pub id: String,
+    /// The account machines joined with it belong to.
+    pub username: String,
+    pub uses: u32,
+    pub uses_left: u32,
+    pub expires_at_ms: i64,
+    pub revoked: bool,
+    /// `active`, `revoked`, `expired` or `used up`, as of `now_ms`.
+    pub state: &'static str,
+    pub description: String,
+    pub created_by: String,
+    pub created_at_ms: i64,
+}
+
+impl JoinTokenRow {
+    /// From an auth `JoinToken`, its state judged at `now_ms`.
+    pub fn from_proto(t: auth::JoinToken, now_ms: i64) -> Self {
+        let state = if t.revoked {
+            "revoked"
+        } else if t.expires_at_ms <= now_ms {
+            "expired"
+        } else if t.uses_left == 0 {
+            "used up"
+        } else {
+            "active"
+        };
+        Self {
+            id: t.id,
+            username: t.username,
+            uses: t.uses,
+            uses_left: t.uses_left,
+            expires_at_ms: t.expires_at_ms,
+            revoked: t.revoked,
+            state,
+            description: t.description,
+            created_by: t.created_by,
+            created_at_ms: t.created_at_ms,
+        }
+    }
+}
+
+/// The `p2p join-tokens` table.
+pub fn join_tokens_table(rows: &[JoinTokenRow]) -> String {
+    if rows.is_empty() {
+        return "no join tokens: make one with `p2p invite --token-for USER`\n".to_string();
+    }
+    let mut table = Table::new(&[
+        ("ID", Align::Left),
+        ("ACCOUNT", Align::Left),
+        ("USES LEFT", Align::Right),
+        ("EXPIRES", Align::Left),
+        ("STATE", Align::Left),
+        ("DESCRIPTION", Align::Left),
+    ]);
+    for row in rows {
+        table.row(vec![
+            row.id.clone(),
+            row.username.clone(),
+            format!("{}/{}", row.uses_left, row.uses),
+            format::local_time(row.expires_at_ms),
+            row.state.to_string(),
+            row.description.clone(),
+        ]);
+    }
+    table.render()
+}
+
+/// `p2p invite`: the invite and what to do with it.
+#[derive(Debug, Serialize)]
+pub struct InviteView {
+    /// The text to hand over (holds the join token's secret, if any).
+    pub invite: String,
+    /// Where it tells the new machine auth-svc is.
+    pub server: String,
+    pub ca_fingerprint: String,
+    /// The join token made with it, if any.
+    pub token: Option<JoinTokenRow>,
+}
+
+impl InviteView {
+    pub fn from_proto(invite: agent::Invite, now_ms: i64) -> Self {
+        Self {
+            invite: invite.invite,
+            server: invite.server,
+            ca_fingerprint: invite.ca_fingerprint,
+            token: invite.token.map(|t| JoinTokenRow::from_proto(t, now_ms)),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let mut text = format!(
+            "On the new machine, run:\n\n  p2p join '{}'\n\n\
+             It reaches auth-svc at {} and trusts only the CA {}.\n",
+            self.invite, self.server, self.ca_fingerprint
+        );
+        match &self.token {
+            Some(token) => text.push_str(&format!(
+                "It carries join token {} for {}: good for {} machine{} until {}. \
+                 This is the only time it is shown: keep it like a password, and \
+                 revoke it with `p2p join-tokens revoke {}` if it leaks.\n",
+                token.id,
+                token.username,
+                token.uses,
+                if token.uses == 1 { "" } else { "s" },
+                format::local_time(token.expires_at_ms),
+                token.id
+            )),
+            None => text.push_str(
+                "It carries no join token: the person there logs in with their own account's \
+                 password (`p2p invite --token-for USER` makes one for an unattended machine).\n",
+            ),
+        }
+        if loopback_host(&self.server) {
+            text.push_str(&format!(
+                "Warning: {} is this machine only; no other machine reaches auth-svc there. \
+                 Make the invite on an agent whose --auth-url is an address of the LAN.\n",
+                self.server
+            ));
+        }
+        text
+    }
+}
+
+/// Whether a `host:port` names this machine only.
+fn loopback_host(server: &str) -> bool {
+    let host = server
+        .rsplit_once(':')
+        .map_or(server, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Transfer counters of an agent.
 #[derive(Debug, Default, Serialize)]
 pub struct Counters {
