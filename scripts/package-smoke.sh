@@ -109,60 +109,31 @@ if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
   docker/systemd/build-image.sh
 fi
 
-# INTERIM, until auth-svc --state-dir and p2p join land on main: without
-# them the services are run in plaintext through drop-ins, and joining and
-# the transfer are skipped (loudly). Delete this block when both landed.
-bin_dir=$TARGET_DIR/x86_64-unknown-linux-gnu/release
-interim=false
-joinable=true
-if ! "$bin_dir/auth-svc" --help | grep -q -- '--state-dir'; then
-  echo "NOTICE: auth-svc has no --state-dir yet: plaintext drop-ins, no join"
-  interim=true
-fi
-"$bin_dir/p2p" join --help >/dev/null 2>&1 || joinable=false
-$joinable || echo "NOTICE: p2p has no join yet: skipping join, transfer and their upgrade checks"
-interim_dropin() {
-  local m=$1 unit=$2 db=${3:-}
-  on "$m" mkdir -p "/etc/systemd/system/$unit.d"
-  on "$m" sh -c "printf '[Service]\nEnvironment=P2P_INSECURE_PLAINTEXT=true %s\n' '$db' > /etc/systemd/system/$unit.d/interim.conf"
-}
-
 say "booting server, ws-a and ws-b (systemd as PID 1) on the private network $run"
 docker network create "$run" >/dev/null
 for m in server ws-a ws-b; do boot "$m"; done
 for m in server ws-a ws-b; do wait_for 60 "systemd on $m" booted "$m"; done
 
-if $interim; then
-  interim_dropin server p2p-auth.service DATABASE_URL=sqlite:///var/lib/p2p-server/auth.db
-  interim_dropin server p2p-index.service DATABASE_URL=sqlite:///var/lib/p2p-server/index.db
-  for m in ws-a ws-b; do interim_dropin "$m" p2p-agent@.service; done
-  tls=(--insecure-plaintext)
-else
-  tls=(--tls-ca /var/lib/p2p-server/pki/ca.pem)
-fi
-
 say "server: apt-get install ./$(basename "$server_v1")"
 install_deb server "$server_v1"
 for unit in p2p-auth p2p-index; do wait_for 30 "$unit to be active" active server "$unit"; done
 state=/var/lib/p2p-server
+tls=(--tls-ca "$state/pki/ca.pem")
 wait_for 60 "auth-svc to serve" on server auth-svc healthcheck "${tls[@]}"
 wait_for 60 "index-svc to serve" on server index-svc healthcheck "${tls[@]}"
 for unit in p2p-auth p2p-index; do
   [[ $(on server stat -c %U "/proc/$(main_pid server "$unit")") == p2p-server ]] \
     || { echo "error: $unit does not run as p2p-server" >&2; exit 1; }
 done
-if ! $interim; then
-  [[ $(on server stat -c '%U %a' "$state/admin-password") == "p2p-server 600" ]] \
-    || { echo "error: $state/admin-password is not p2p-server's alone" >&2; exit 1; }
-  [[ $(on server stat -c '%U %a' "$state/pki/ca-key.pem") == "p2p-server 600" ]] \
-    || { echo "error: the CA key is not p2p-server's alone" >&2; exit 1; }
-  admin_password=$(on server cat "$state/admin-password")
-  fingerprint=$(on server journalctl -u p2p-auth -o cat | grep -o 'sha256:[0-9a-f]\{64\}' | head -n 1)
-  [[ -n $fingerprint ]] || { echo "error: p2p-auth did not log the CA fingerprint" >&2; exit 1; }
-  ca_sum=$(on server sha256sum "$state/pki/ca.pem")
-else
-  ca_sum=$(on server sha256sum "$state/auth.db") admin_password="" fingerprint="(interim)"
-fi
+[[ $(on server stat -c '%U %a' "$state/admin-password") == "p2p-server 600" ]] \
+  || { echo "error: $state/admin-password is not p2p-server's alone" >&2; exit 1; }
+[[ $(on server stat -c '%U %a' "$state/pki/ca-key.pem") == "p2p-server 600" ]] \
+  || { echo "error: the CA key is not p2p-server's alone" >&2; exit 1; }
+# The first admin's name, then its password.
+admin_password=$(on server sed -n 2p "$state/admin-password")
+fingerprint=$(on server journalctl -u p2p-auth -o cat | grep -o 'sha256:[0-9a-f]\{64\}' | head -n 1)
+[[ -n $fingerprint ]] || { echo "error: p2p-auth did not log the CA fingerprint" >&2; exit 1; }
+ca_sum=$(on server sha256sum "$state/pki/ca.pem")
 say "server up: CA $fingerprint, admin password in $state/admin-password"
 on server sh -c 'test -s /usr/share/man/man1/auth-svc.1.gz && test -s /usr/share/bash-completion/completions/index-svc && test -s /usr/share/zsh/vendor-completions/_p2p-certs && test -s /usr/share/fish/vendor_completions.d/auth-svc.fish && grep -q "^#AUTH_LISTEN=" /etc/p2p/auth-svc.env'
 
@@ -172,30 +143,34 @@ for m in ws-a ws-b; do
   on "$m" useradd --create-home --shell /bin/bash alice
   on "$m" systemctl enable --now p2p-agent@alice
   wait_for 30 "p2p-agent@alice on $m" active "$m" p2p-agent@alice
-  # p2p finds the agent with no flags: its socket in alice's data dir.
-  wait_for 30 "the agent's control socket on $m" as_user "$m" alice p2p status
+  # Not joined yet: it runs and waits, saying so in the journal.
+  wait_for 30 "the agent on $m to wait for p2p join" \
+    sh -c "docker exec $run-$m journalctl -u p2p-agent@alice -o cat | grep -q 'not joined'"
   on "$m" test -s /usr/share/man/man1/p2p.1.gz
 done
+
+say "ws-a: p2p join server as admin (a password); adds the account bob and an invite for it"
+as_user ws-a alice env P2P_PASSWORD="$admin_password" p2p join server --fingerprint "$fingerprint" --user admin
+# p2p finds the agent with no flags: its socket in alice's data dir.
+wait_for 30 "the agent on ws-a to serve p2p" as_user ws-a alice p2p status
 as_user ws-a alice p2p status | sed 's/^/    /'
+bob_password=$(head -c 18 /dev/urandom | base64)
+echo "$bob_password" | docker exec -i -u alice -w /home/alice "$run-ws-a" p2p users add bob --password-stdin
+invite=$(as_user ws-a alice p2p invite --token-for bob | grep -o "p2p-invite:[^']*")
+say "ws-b: p2p join 'p2p-invite:…' (a join token for bob: no password)"
+as_user ws-b alice p2p join "$invite"
+wait_for 30 "the agent on ws-b to serve p2p" as_user ws-b alice p2p status
 
-if $joinable; then
-  say "ws-a: p2p join server as admin; adds the account bob"
-  as_user ws-a alice env P2P_PASSWORD="$admin_password" p2p join server --fingerprint "$fingerprint" --user admin
-  bob_password=$(head -c 18 /dev/urandom | base64)
-  echo "$bob_password" | docker exec -i -u alice -w /home/alice "$run-ws-a" p2p users add bob --password-stdin
-  say "ws-b: p2p join server as bob"
-  as_user ws-b alice env P2P_PASSWORD="$bob_password" p2p join server --fingerprint "$fingerprint" --user bob
-
-  say "ws-a shares a 5 MiB file; ws-b gets it"
-  on ws-a runuser -u alice -- sh -c 'head -c 5242880 /dev/urandom > /home/alice/report.bin'
-  as_user ws-a alice p2p share /home/alice/report.bin
-  wait_for 30 "ws-b to list report.bin" sh -c "docker exec -u alice -w /home/alice $run-ws-b p2p ls | grep -q report.bin"
-  as_user ws-b alice timeout 120 p2p get report.bin -o /home/alice/got.bin
-  sum_a=$(on ws-a sha256sum /home/alice/report.bin | cut -d' ' -f1)
-  sum_b=$(on ws-b sha256sum /home/alice/got.bin | cut -d' ' -f1)
-  [[ $sum_a == "$sum_b" ]] || { echo "error: ws-b's copy differs" >&2; exit 1; }
-  say "moved report.bin: $sum_a"
-fi
+say "ws-a shares a 5 MiB file; ws-b gets it"
+on ws-a runuser -u alice -- sh -c 'head -c 5242880 /dev/urandom > /home/alice/report.bin'
+as_user ws-a alice p2p share /home/alice/report.bin
+wait_for 30 "ws-b to list report.bin" sh -c "docker exec -u alice -w /home/alice $run-ws-b p2p ls | grep -q report.bin"
+# With no -o it lands in the agent's downloads dir, in alice's home.
+as_user ws-b alice timeout 120 p2p get report.bin
+sum_a=$(on ws-a sha256sum /home/alice/report.bin | cut -d' ' -f1)
+sum_b=$(on ws-b sha256sum /home/alice/.local/share/p2p/downloads/report.bin | cut -d' ' -f1)
+[[ $sum_a == "$sum_b" ]] || { echo "error: ws-b's copy differs" >&2; exit 1; }
+say "moved report.bin: $sum_a"
 
 say "upgrading every machine to revision 2"
 auth_pid=$(main_pid server p2p-auth)
@@ -208,12 +183,10 @@ for unit in p2p-auth p2p-index; do wait_for 30 "$unit to be active again" active
 on server dpkg-query -W -f '    ${Package} ${Version}\n' p2p-server
 wait_for 60 "auth-svc to serve after the upgrade" on server auth-svc healthcheck "${tls[@]}"
 wait_for 60 "index-svc to serve after the upgrade" on server index-svc healthcheck "${tls[@]}"
-if ! $interim; then
-  [[ $(on server sha256sum "$state/pki/ca.pem") == "$ca_sum" ]] \
-    || { echo "error: the upgrade changed the CA" >&2; exit 1; }
-  [[ $(on server cat "$state/admin-password") == "$admin_password" ]] \
-    || { echo "error: the upgrade changed the admin password file" >&2; exit 1; }
-fi
+[[ $(on server sha256sum "$state/pki/ca.pem") == "$ca_sum" ]] \
+  || { echo "error: the upgrade changed the CA" >&2; exit 1; }
+[[ $(on server sed -n 2p "$state/admin-password") == "$admin_password" ]] \
+  || { echo "error: the upgrade changed the admin password file" >&2; exit 1; }
 for m in ws-a ws-b; do
   agent_pid=$(main_pid "$m" p2p-agent@alice)
   install_deb "$m" "$agent_v2"
@@ -221,21 +194,22 @@ for m in ws-a ws-b; do
   [[ $(main_pid "$m" p2p-agent@alice) != "$agent_pid" ]] \
     || { echo "error: the upgrade did not restart the agent on $m" >&2; exit 1; }
 done
-if $joinable; then
-  say "state after the upgrade: bob's account, report.bin listed and fetched again"
-  wait_for 60 "ws-a to list bob" sh -c "docker exec -u alice -w /home/alice $run-ws-a p2p users ls | grep -qw bob"
-  wait_for 60 "ws-b to list report.bin" sh -c "docker exec -u alice -w /home/alice $run-ws-b p2p ls | grep -q report.bin"
-  as_user ws-b alice timeout 120 p2p get report.bin -o /home/alice/again.bin
-  [[ $(on ws-b sha256sum /home/alice/again.bin | cut -d' ' -f1) == "$sum_a" ]] \
-    || { echo "error: the copy fetched after the upgrade differs" >&2; exit 1; }
-fi
+say "state after the upgrade: bob's account, report.bin listed and fetched again"
+for m in ws-a ws-b; do
+  echo "    $m: $(as_user "$m" alice p2p status | grep '^session:')"
+done
+wait_for 60 "ws-a to list bob" sh -c "docker exec -u alice -w /home/alice $run-ws-a p2p users ls | grep -qw bob"
+wait_for 60 "ws-b to list report.bin" sh -c "docker exec -u alice -w /home/alice $run-ws-b p2p ls | grep -q report.bin"
+as_user ws-b alice timeout 120 p2p get report.bin -o /home/alice/again.bin
+[[ $(on ws-b sha256sum /home/alice/again.bin | cut -d' ' -f1) == "$sum_a" ]] \
+  || { echo "error: the copy fetched after the upgrade differs" >&2; exit 1; }
 
 say "removal keeps the state, purge deletes it"
 on ws-b apt-get remove -y -q p2p-agent >/dev/null 2>&1
-$interim || on ws-b test -d /home/alice/.local/share/p2p
+on ws-b test -d /home/alice/.local/share/p2p
 on server apt-get remove -y -q p2p-server >/dev/null 2>&1
 ! active server p2p-auth || { echo "error: p2p-auth still runs after removal" >&2; exit 1; }
-on server test -s "$state/auth.db"
+on server test -s "$state/pki/ca.pem"
 on server apt-get purge -y -q p2p-server >/dev/null 2>&1
 ! on server test -e "$state" || { echo "error: purge left $state" >&2; exit 1; }
 
