@@ -758,6 +758,11 @@ impl AgentApi {
                 })
             })
             .collect();
+        // Read afresh: the address follower renews the certificate.
+        let joined = crate::enrollment::Joined::load(&config.data_dir)
+            .ok()
+            .flatten();
+        let cert = joined.as_ref().and_then(|j| j.cert_info().ok());
         pb::StatusResponse {
             logged_in: user.is_some(),
             user,
@@ -776,7 +781,15 @@ impl AgentApi {
             held_file_problems,
             free_disk_bytes: crate::disk::free_disk_bytes(&config.data_dir),
             login_error: self.session.login_error().unwrap_or_default(),
-            ..Default::default()
+            ca_fingerprint: joined
+                .as_ref()
+                .map(|j| j.deployment.ca_fingerprint.clone())
+                .unwrap_or_default(),
+            cert_address: cert
+                .as_ref()
+                .and_then(|c| c.names.first().cloned())
+                .unwrap_or_default(),
+            cert_not_after_ms: cert.as_ref().map_or(0, |c| c.not_after * 1000),
         }
     }
 

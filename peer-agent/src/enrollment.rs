@@ -295,6 +295,26 @@ async fn issue_certificate(
     .await
 }
 
+/// A server whose CA was checked against the fingerprint the user gave,
+/// before anything secret is sent to it.
+#[derive(Debug, Clone)]
+pub struct Trusted {
+    /// auth-svc, `host:port`.
+    pub auth_url: String,
+    /// Its CA, PEM.
+    pub ca_pem: String,
+}
+
+/// Checks that auth-svc at `server` is vouched for by the CA with
+/// `fingerprint`, and learns that CA.
+pub async fn trust(server: &str, fingerprint: &str) -> Result<Trusted, Error> {
+    let auth_url = server_addr(server);
+    let ca_pem = pin::fetch_pinned_ca(&auth_url, fingerprint)
+        .await
+        .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+    Ok(Trusted { auth_url, ca_pem })
+}
+
 /// Joins the deployment whose auth-svc is at `server` and whose CA has
 /// `fingerprint`, proving the account with `credential`, and keeps what
 /// it learned in `data_dir` (replacing an earlier join).
@@ -304,10 +324,16 @@ pub async fn join(
     fingerprint: &str,
     credential: Credential,
 ) -> Result<Joined, Error> {
-    let auth_url = server_addr(server);
-    let ca_pem = pin::fetch_pinned_ca(&auth_url, fingerprint)
-        .await
-        .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+    join_trusted(data_dir, trust(server, fingerprint).await?, credential).await
+}
+
+/// [`join`], once the server is [`trust`]ed.
+pub async fn join_trusted(
+    data_dir: &Path,
+    trusted: Trusted,
+    credential: Credential,
+) -> Result<Joined, Error> {
+    let Trusted { auth_url, ca_pem } = trusted;
     let trust = ClientTls::from_ca_pem(&ca_pem);
     let auth = channel(&auth_url, &trust)?;
     let deployment = bounded(

@@ -435,6 +435,11 @@ impl Cluster {
                 ("METRICS_LISTEN".to_string(), String::new()),
             ];
             env.extend(tls_env(&certs, "auth"));
+            // auth-svc holds the cluster's CA key, so EnrollmentService
+            // answers (GetDeployment, agent certificates, invites); a test
+            // cluster does not announce itself on the LAN.
+            env.push(("P2P_CA_KEY".into(), certs.ca_key().display().to_string()));
+            env.push(("P2P_NO_ANNOUNCE".into(), "true".into()));
             env.extend(options.auth_env.iter().cloned());
             Process {
                 name: "auth-svc".into(),
@@ -1140,4 +1145,16 @@ pub fn issue_agent_cert(certs: &CertDir, name: &str, hosts: &[&str]) {
     certs
         .ensure_leaf(&ca, name, &hosts, CertRole::Agent, false)
         .expect("issue an agent certificate");
+}
+
+/// How a joined agent in `data_dir` reaches the servers: its deployment's
+/// CA and its own certificate as client certificate (what `p2p join`
+/// left in `<data-dir>/deployment/`).
+pub fn joined_state(data_dir: &Path) -> ClientTls {
+    let dir = data_dir.join("deployment");
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .unwrap_or_else(|e| panic!("read {name} in {}: {e}", dir.display()))
+    };
+    ClientTls::from_ca_pem(read("ca.pem")).with_identity(read("agent.pem"), read("agent-key.pem"))
 }

@@ -143,6 +143,9 @@ pub struct HostProcess {
     health_addr: String,
     /// How the probe verifies it.
     health_tls: ClientTls,
+    /// A CA file the process makes at start: the probe trusts it once it
+    /// exists (servers that set themselves up).
+    health_ca: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -180,6 +183,21 @@ impl HostProcess {
     /// Spawns the process and waits until it reports healthy.
     async fn start(&mut self) -> Result<(), String> {
         self.spawn()?;
+        if let Some(ca) = &self.health_ca {
+            let deadline = Instant::now() + START_TIMEOUT;
+            while !ca.exists() {
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "{} made no CA at {} within {START_TIMEOUT:?}\n{}",
+                        self.name,
+                        ca.display(),
+                        self.log_tail()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            self.health_tls = ClientTls::from_ca_file(ca).map_err(|e| e.to_string())?;
+        }
         let channel = match p2p_services::local::Target::parse(&self.health_addr) {
             p2p_services::local::Target::Unix(path) => p2p_services::local::unix_channel(&path),
             p2p_services::local::Target::Tcp(addr) => {
@@ -328,6 +346,7 @@ impl MultiHost {
             log: dir.path().join("auth-svc.log"),
             health_addr: services.socket(AUTH_PORT),
             health_tls: tls.clone(),
+            health_ca: None,
             child: None,
         };
         auth.args
@@ -356,6 +375,7 @@ impl MultiHost {
             log: dir.path().join("index-svc.log"),
             health_addr: services.socket(INDEX_PORT),
             health_tls: tls.clone(),
+            health_ca: None,
             child: None,
         };
         index.start().await.unwrap_or_else(|e| panic!("{e}"));
@@ -367,6 +387,148 @@ impl MultiHost {
             lan,
             dir,
         }
+    }
+
+    /// Like [`MultiHost::start`], but the servers set themselves up as a
+    /// real LAN's do: both get `--state-dir` (one directory) and no TLS
+    /// flags, so the first start makes the CA and the server certificate,
+    /// and auth-svc announces itself by mDNS. Agents join with
+    /// [`MultiHost::add_joining_agent`] and `p2p join`.
+    pub async fn start_self_setup(hosts: usize, shape: LinkShape) -> MultiHost {
+        let dir = tempfile::Builder::new()
+            .prefix("p2p-join-")
+            .tempdir()
+            .expect("create the temp dir");
+        let lan = Lan::create(hosts, shape).unwrap_or_else(|e| panic!("build the LAN: {e}"));
+        let services = lan.host(0).clone();
+        let state = dir.path().join("server");
+        let certs = CertDir::new(p2p_services::tls::setup::pki_dir(&state));
+        let state_arg = state.display().to_string();
+        let mut auth = HostProcess {
+            name: "auth-svc".into(),
+            host: services.clone(),
+            program: binary("auth-svc"),
+            args: [
+                "--listen",
+                &format!("0.0.0.0:{AUTH_PORT}"),
+                "--metrics-listen",
+                "",
+                "--state-dir",
+                &state_arg,
+                "--admin-user",
+                ADMIN_USER,
+                "--admin-password",
+                ADMIN_PASSWORD,
+                "--agent-index-url",
+                &format!(":{INDEX_PORT}"),
+                "--agent-cert-lifetime",
+                "1d",
+            ]
+            .map(String::from)
+            .to_vec(),
+            log: dir.path().join("auth-svc.log"),
+            health_addr: services.socket(AUTH_PORT),
+            health_tls: ClientTls::Plaintext,
+            health_ca: Some(certs.ca_cert()),
+            child: None,
+        };
+        auth.start().await.unwrap_or_else(|e| panic!("{e}"));
+        let tls = auth.health_tls.clone();
+        let mut index = HostProcess {
+            name: "index-svc".into(),
+            host: services.clone(),
+            program: binary("index-svc"),
+            args: [
+                "--listen",
+                &format!("0.0.0.0:{INDEX_PORT}"),
+                "--metrics-listen",
+                "",
+                "--state-dir",
+                &state_arg,
+                "--auth-url",
+                &services.socket(AUTH_PORT),
+                "--lease-ttl",
+                "6s",
+                "--heartbeat-interval",
+                "1s",
+            ]
+            .map(String::from)
+            .to_vec(),
+            log: dir.path().join("index-svc.log"),
+            health_addr: services.socket(INDEX_PORT),
+            health_tls: tls.clone(),
+            health_ca: None,
+            child: None,
+        };
+        index.start().await.unwrap_or_else(|e| panic!("{e}"));
+        MultiHost {
+            auth,
+            index,
+            certs,
+            tls,
+            lan,
+            dir,
+        }
+    }
+
+    /// The CA fingerprint of a self-set-up LAN, as an operator reads it.
+    pub fn ca_fingerprint(&self) -> String {
+        p2p_services::tls::pem_fingerprint(
+            std::fs::read(self.certs.ca_cert()).expect("read the LAN's CA"),
+        )
+        .expect("the CA's fingerprint")
+    }
+
+    /// Starts an agent on host `host` for `name` with no server flags and
+    /// no certificate: only a data dir and a wildcard listen address, as a
+    /// workstation's unit starts it. It waits for `p2p join` (see
+    /// [`HostAgent::join`]); [`HostAgent::wait_started`] waits for it.
+    pub fn add_joining_agent(&self, host: usize, name: &str, extra_args: &[&str]) -> HostAgent {
+        let host = self.lan.host(host).clone();
+        let data_dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&data_dir).expect("create agent data dir");
+        let mut args: Vec<String> = [
+            "--listen",
+            &format!("0.0.0.0:{PEER_PORT}"),
+            "--metrics-listen",
+            "",
+            "--web-listen",
+            "",
+            "--data-dir",
+            &data_dir.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let mut process = HostProcess {
+            name: format!("peer-agent {name}"),
+            host: host.clone(),
+            program: binary("peer-agent"),
+            args,
+            log: self.dir.path().join(format!("{name}.log")),
+            health_addr: data_dir.join("control.sock").display().to_string(),
+            health_tls: ClientTls::Plaintext,
+            health_ca: None,
+            child: None,
+        };
+        process.spawn().unwrap_or_else(|e| panic!("{e}"));
+        HostAgent {
+            name: name.to_string(),
+            host,
+            data_dir,
+            process,
+        }
+    }
+
+    /// The LAN's hosts, to change an address (DHCP).
+    pub fn lan_mut(&mut self) -> &mut Lan {
+        &mut self.lan
+    }
+
+    /// A channel to auth-svc opened from host `host` with `tls`, for calls
+    /// a workstation makes itself.
+    pub fn auth_channel_from(&self, host: usize, tls: &ClientTls) -> Channel {
+        channel_in(self.lan.host(host), &self.auth.health_addr, tls)
     }
 
     /// The LAN (host 0 runs the services).
@@ -473,6 +635,7 @@ impl MultiHost {
             log: self.dir.path().join(format!("{name}.log")),
             health_addr: data_dir.join("control.sock").display().to_string(),
             health_tls: ClientTls::Plaintext,
+            health_ca: None,
             child: None,
         };
         process.start().await.unwrap_or_else(|e| panic!("{e}"));
@@ -545,6 +708,32 @@ impl HostAgent {
     /// The process id (stable across [`HostAgent::pause`]/[`HostAgent::resume`]).
     pub fn pid(&self) -> u32 {
         self.process.child.as_ref().expect("running").id()
+    }
+
+    /// Waits until the agent serves its control API (after `p2p join`).
+    pub async fn wait_started(&mut self) {
+        let channel = p2p_services::local::unix_channel(&self.data_dir.join("control.sock"));
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !healthy(channel.clone()).await {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not start within {START_TIMEOUT:?} of joining\n{}",
+                self.name,
+                self.process.log_tail()
+            );
+            assert!(
+                self.process.is_running(),
+                "{} exited\n{}",
+                self.name,
+                self.process.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The host it runs on, to change its address.
+    pub fn host_mut(&mut self) -> &mut Host {
+        &mut self.host
     }
 
     /// SIGSTOP: the machine went to sleep.

@@ -497,6 +497,11 @@ async fn the_seeds_windows_work_in_a_real_browser() {
     text_of(&a, "tr[data-username='carol']").await;
     screenshot(&a, "accounts").await;
 
+    // ... and invites an unattended machine for carol: the invite is shown
+    // once (never in the address bar), its join token is listed and can be
+    // revoked from the same page.
+    invite_a_machine(&a, &cluster, "carol").await;
+
     // ... who logs in on B once B's owner has logged the agent out: a web
     // login never switches an agent to another account.
     click(&b, "form.logout button").await;
@@ -537,6 +542,16 @@ async fn the_seeds_windows_work_in_a_real_browser() {
     let csrf = csrf_of(&b, "form.logout").await;
     let forged = serde_json::json!({"csrf": csrf, "username": "mallory", "password": "mallory-password", "role": "admin"});
     assert_eq!(post_from_page(&b, "/accounts/add", forged).await, 403);
+    let forged_invite = serde_json::json!({"csrf": csrf, "username": "carol", "uses": "1000"});
+    assert_eq!(
+        post_from_page(&b, "/accounts/invite", forged_invite).await,
+        403
+    );
+    let forged_revoke = serde_json::json!({"csrf": csrf, "id": "0123456789abcdef"});
+    assert_eq!(
+        post_from_page(&b, "/accounts/join-tokens/revoke", forged_revoke).await,
+        403
+    );
     // A POST without the CSRF token is refused too.
     let no_token = serde_json::json!({"file": file_id, "network": "true"});
     assert_eq!(post_from_page(&b, "/files/remove", no_token).await, 403);
@@ -551,4 +566,75 @@ async fn the_seeds_windows_work_in_a_real_browser() {
 
     a.close().await.expect("close browser A");
     b.close().await.expect("close browser B");
+}
+
+/// Drives the Accounts page's "Invite a machine" form for `username`, as an
+/// admin's browser on that page: checks the invite it shows once, then
+/// revokes its join token with the table's button.
+async fn invite_a_machine(browser: &Client, cluster: &Cluster, username: &str) {
+    let field = |id: &'static str| async move {
+        browser
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("no #{id}: {e}"))
+    };
+    field("invite-account")
+        .await
+        .send_keys(username)
+        .await
+        .expect("type the account");
+    let uses = field("invite-uses").await;
+    uses.clear().await.expect("clear uses");
+    uses.send_keys("2").await.expect("type uses");
+    field("invite-description")
+        .await
+        .send_keys("lab <b>pcs</b>")
+        .await
+        .expect("type the description");
+    click(browser, "#invite button[type=submit]").await;
+    let flash = text_of(browser, "p.flash.ok").await;
+    assert!(flash.contains(username), "{flash}");
+    let text = field("invite-text")
+        .await
+        .prop("value")
+        .await
+        .expect("the invite's text")
+        .unwrap_or_default();
+    let invite = p2p_services::invite::Invite::parse(&text).expect("the page shows a valid invite");
+    assert_eq!(invite.server, cluster.auth_addr());
+    assert!(
+        invite
+            .token
+            .as_deref()
+            .is_some_and(|t| t.starts_with("p2pjt_")),
+        "{invite:?}"
+    );
+    let shown = text_of(browser, "#new-invite pre").await;
+    assert_eq!(shown, format!("p2p join '{text}'"));
+    let url = browser.current_url().await.expect("url");
+    assert!(url.as_str().ends_with("/accounts"), "{url}");
+    screenshot(browser, "accounts-invite").await;
+
+    let row = text_of(browser, "#join-tokens tbody tr").await;
+    for cell in [username, "2 of 2", "active", "lab <b>pcs</b>"] {
+        assert!(row.contains(cell), "{cell:?} not in {row:?}");
+    }
+    browser.refresh().await.expect("reload");
+    text_of(browser, "#join-tokens").await;
+    assert!(
+        shows_none(browser, "#new-invite").await,
+        "the invite was shown twice"
+    );
+    let source = browser.source().await.expect("page source");
+    assert!(
+        !source.contains("p2pjt_"),
+        "the secret is still on the page"
+    );
+
+    click(browser, "#join-tokens button.danger").await;
+    let flash = text_of(browser, "p.flash.ok").await;
+    assert!(flash.contains("Revoked join token"), "{flash}");
+    let row = text_of(browser, "#join-tokens tbody tr").await;
+    assert!(row.contains("revoked"), "{row}");
+    assert!(shows_none(browser, "#join-tokens button.danger").await);
 }

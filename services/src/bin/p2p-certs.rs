@@ -57,6 +57,20 @@ enum Command {
     /// Issue an agent's certificate (its PeerService), making the CA first
     /// if there is none.
     Agent(Leaf),
+    /// Print a CA's fingerprint: what `p2p join --fingerprint` takes.
+    /// Without FILE, the CA in --dir, or in a server's --state-dir.
+    #[command(after_help = "Examples:\n  p2p-certs fingerprint --dir tls\n  \
+        p2p-certs fingerprint --state-dir /var/lib/p2p-server\n  p2p-certs fingerprint ca.pem")]
+    Fingerprint {
+        /// A CA certificate (PEM).
+        file: Option<PathBuf>,
+        /// Where the certificates live.
+        #[arg(long, env = "P2P_TLS_DIR", default_value = "tls")]
+        dir: PathBuf,
+        /// A server's state dir (its CA is in STATE/pki/).
+        #[arg(long, env = "P2P_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// Make the CA and several certificates at once, keeping what exists:
     /// what docker compose runs on every start.
     Bundle {
@@ -116,6 +130,26 @@ fn run(command: Command) -> Result<(), p2p_services::tls::TlsError> {
             let certs = CertDir::new(dir);
             let (_, made) = certs.ensure_ca()?;
             report(made, &certs.ca_cert().display().to_string());
+            return Ok(());
+        }
+        Command::Fingerprint {
+            file,
+            dir,
+            state_dir,
+        } => {
+            let path = match (file, state_dir) {
+                (Some(file), _) => file,
+                (None, Some(state)) => {
+                    CertDir::new(p2p_services::tls::setup::pki_dir(&state)).ca_cert()
+                }
+                (None, None) => CertDir::new(dir).ca_cert(),
+            };
+            let pem = std::fs::read(&path).map_err(|source| p2p_services::tls::TlsError::Read {
+                what: "CA certificate",
+                path: path.clone(),
+                source,
+            })?;
+            println!("{}", p2p_services::tls::pem_fingerprint(pem)?);
             return Ok(());
         }
         Command::Server(leaf) => (leaf, Role::Server),

@@ -102,12 +102,15 @@ impl ServerCertVerifier for PinVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let mut pinned = None;
-        for cert in std::iter::once(end_entity).chain(intermediates) {
+        for (i, cert) in std::iter::once(end_entity).chain(intermediates).enumerate() {
             let fingerprint = spki_fingerprint(cert).unwrap_or_else(|_| "unreadable".into());
             if fingerprint == self.expected && pinned.is_none() {
                 pinned = Some(cert.clone().into_owned());
             }
-            seen.fingerprints.push(fingerprint);
+            // The CAs a chain names are after the server's own certificate.
+            if i > 0 || intermediates.is_empty() {
+                seen.fingerprints.push(fingerprint);
+            }
         }
         let Some(ca) = pinned else {
             return Err(rustls::Error::General("CA fingerprint mismatch".into()));

@@ -47,6 +47,10 @@ struct Target {
 /// Runs `p2p join`.
 pub async fn run(agent: &AgentArgs, out: Output, args: JoinArgs) -> Result<(), Error> {
     let target = target(&args, out).await?;
+    // The server proves itself before anything is asked of the user.
+    let trusted = enrollment::trust(&target.server, &target.fingerprint)
+        .await
+        .map_err(join_error)?;
     let credential = match &target.token {
         Some(token) => Credential::JoinToken(token.clone()),
         None => {
@@ -58,14 +62,9 @@ pub async fn run(agent: &AgentArgs, out: Output, args: JoinArgs) -> Result<(), E
             Credential::Password { username, password }
         }
     };
-    let joined = enrollment::join(
-        &agent.data_dir,
-        &target.server,
-        &target.fingerprint,
-        credential.clone(),
-    )
-    .await
-    .map_err(join_error)?;
+    let joined = enrollment::join_trusted(&agent.data_dir, trusted, credential.clone())
+        .await
+        .map_err(join_error)?;
     let info = joined
         .cert_info()
         .map_err(|e| Error::Invalid(e.to_string()))?;

@@ -521,6 +521,11 @@ pub struct StatusView {
     pub advertise_addr: String,
     pub index_url: String,
     pub auth_url: String,
+    /// The deployment's CA, when the agent joined with `p2p join`.
+    pub ca_fingerprint: String,
+    /// What this agent's certificate names, and until when (ms).
+    pub cert_address: String,
+    pub cert_not_after_ms: i64,
     pub data_dir: String,
     pub index_reachable: bool,
     pub active_downloads: u32,
@@ -561,6 +566,9 @@ impl StatusView {
             advertise_addr: s.advertise_addr,
             index_url: s.index_url,
             auth_url: s.auth_url,
+            ca_fingerprint: s.ca_fingerprint,
+            cert_address: s.cert_address,
+            cert_not_after_ms: s.cert_not_after_ms,
             data_dir: s.data_dir,
             index_reachable: s.index_reachable,
             active_downloads: s.active_downloads,
@@ -631,6 +639,19 @@ impl StatusView {
                 ),
             ),
             ("auth", or_dash(&self.auth_url)),
+        ];
+        if !self.ca_fingerprint.is_empty() {
+            lines.push(("deployment CA", self.ca_fingerprint.clone()));
+            lines.push((
+                "certificate",
+                format!(
+                    "for {}, until {} (renews by itself)",
+                    or_dash(&self.cert_address),
+                    format::local_time(self.cert_not_after_ms)
+                ),
+            ));
+        }
+        lines.extend([
             ("data dir", or_dash(&self.data_dir)),
             ("free disk", format::bytes(self.free_disk_bytes)),
             (
@@ -678,7 +699,7 @@ impl StatusView {
                 ),
             ),
             ("rejected chunks", c.chunks_rejected.to_string()),
-        ];
+        ]);
         for p in &self.problems {
             lines.push((
                 "not offered",
