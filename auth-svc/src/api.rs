@@ -113,11 +113,12 @@ impl AuthService for AuthApi {
                 .and_then(|leaf| p2p_services::tls::issue::account_of(leaf))
         });
         let message = request.into_inner();
-        if message.username.is_empty() && message.password.is_empty() {
-            if let Some(account) = certificate_account {
-                let session = self.authority.login_with_certificate(&account).await?;
-                return Ok(Response::new(session_to_proto(session)));
-            }
+        if message.username.is_empty()
+            && message.password.is_empty()
+            && let Some(account) = certificate_account
+        {
+            let session = self.authority.login_with_certificate(&account).await?;
+            return Ok(Response::new(session_to_proto(session)));
         }
         let session = self
             .authority

@@ -231,28 +231,51 @@ impl EnrollmentService for EnrollmentApi {
 
     async fn create_join_token(
         &self,
-        _: Request<pb::CreateJoinTokenRequest>,
+        request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreatedJoinToken>, Status> {
-        Err(Status::unimplemented("join tokens are being built"))
+        let caller = claims(&request)?.clone();
+        let message = request.into_inner();
+        let (record, secret) = self
+            .inner
+            .authority
+            .create_join_token(
+                &caller,
+                &message.username,
+                message.uses,
+                Duration::from_secs(message.ttl_seconds),
+                &message.description,
+            )
+            .await?;
+        Ok(Response::new(pb::CreatedJoinToken {
+            token: Some(crate::join_token::to_proto(&record)),
+            secret,
+        }))
     }
 
     async fn list_join_tokens(
         &self,
-        _: Request<pb::ListJoinTokensRequest>,
+        request: Request<pb::ListJoinTokensRequest>,
     ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
-        Err(Status::unimplemented("join tokens are being built"))
+        let caller = claims(&request)?.clone();
+        let tokens = self.inner.authority.list_join_tokens(&caller).await?;
+        Ok(Response::new(pb::ListJoinTokensResponse {
+            tokens: tokens.iter().map(crate::join_token::to_proto).collect(),
+        }))
     }
 
     async fn revoke_join_token(
         &self,
-        _: Request<pb::RevokeJoinTokenRequest>,
+        request: Request<pb::RevokeJoinTokenRequest>,
     ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
-        Err(Status::unimplemented("join tokens are being built"))
+        let caller = claims(&request)?.clone();
+        self.inner
+            .authority
+            .revoke_join_token(&caller, &request.get_ref().id)
+            .await?;
+        Ok(Response::new(pb::RevokeJoinTokenResponse {}))
     }
 }
 
-async fn redeem_join_token(_: &Authority, _: &str) -> Result<Account, Error> {
-    Err(Error::FailedPrecondition(
-        "join tokens are being built".into(),
-    ))
+async fn redeem_join_token(authority: &Authority, secret: &str) -> Result<Account, Error> {
+    authority.redeem_join_token(secret).await
 }

@@ -82,7 +82,7 @@ pub async fn run(
     };
     // Agents renew with their current certificate as client certificate.
     let server_tls = match (tls.server, &ca) {
-        (Some(server), Some(ca)) => Some(server.verify_clients_with(&ca_pem(ca))?),
+        (Some(server), Some(ca)) => Some(server.verify_clients_with(ca.cert_pem())?),
         (server, _) => server,
     };
     let authority = Arc::new(authority::Authority::start(&config).await?);
@@ -162,11 +162,6 @@ async fn reload_keys_until_stopped(
             }
         }
     }
-}
-
-/// The CA certificate clients verify against, as PEM.
-fn ca_pem(ca: &enrollment::Ca) -> String {
-    ca.cert_pem().to_string()
 }
 
 /// Announces this auth-svc on the LAN (mDNS) until dropped; a failure is

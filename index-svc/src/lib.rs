@@ -276,7 +276,11 @@ pub async fn run(
     if let Some(pki) = &tls.pki {
         p2p_services::tls::setup::log_setup(pki, "index-svc");
     }
-    let (server_tls, client_tls) = (tls.server, tls.client);
+    let server_tls = tls.server;
+    let client_tls = match tls.client {
+        Some(client) => client,
+        None => config.tls.client()?,
+    };
     client_tls.url(&config.auth_url)?;
     let store = Store::open(&config.database_url()).await?;
     let verifier = TokenVerifier::remote(&config.auth_url, client_tls);

@@ -240,18 +240,19 @@ pub fn server_addr(server: &str) -> String {
         .trim()
         .trim_start_matches("https://")
         .trim_end_matches('/');
-    let has_port = match server.rsplit_once(':') {
-        Some((host, port)) => {
-            !host.is_empty() && port.parse::<u16>().is_ok() && !host.ends_with(':')
-        }
-        None => false,
-    };
-    if has_port && !(server.matches(':').count() > 1 && !server.starts_with('[')) {
-        server.to_string()
-    } else if server.contains(':') && !server.starts_with('[') {
-        format!("[{server}]:{DEFAULT_AUTH_PORT}")
-    } else {
-        format!("{server}:{DEFAULT_AUTH_PORT}")
+    if server.starts_with('[') {
+        return if server.contains("]:") {
+            server.to_string()
+        } else {
+            format!("{server}:{DEFAULT_AUTH_PORT}")
+        };
+    }
+    if let Ok(std::net::IpAddr::V6(_)) = server.parse::<std::net::IpAddr>() {
+        return format!("[{server}]:{DEFAULT_AUTH_PORT}");
+    }
+    match server.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => server.to_string(),
+        _ => format!("{server}:{DEFAULT_AUTH_PORT}"),
     }
 }
 

@@ -217,11 +217,11 @@ pub async fn fetch_pinned_ca(addr: &str, fingerprint: &str) -> Result<String, Pi
         connector
             .connect(server_name, tcp)
             .await
-            .map_err(|e| e.to_string())
             .map(drop)
-            .or_else(|reason| {
+            .map_err(|e| {
+                let reason = e.to_string();
                 let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                Err(if let Some(invalid) = &seen.invalid {
+                if let Some(invalid) = &seen.invalid {
                     PinError::Invalid {
                         addr: addr.to_string(),
                         reason: invalid.clone(),
@@ -237,7 +237,7 @@ pub async fn fetch_pinned_ca(addr: &str, fingerprint: &str) -> Result<String, Pi
                         addr: addr.to_string(),
                         reason,
                     }
-                })
+                }
             })
     };
     tokio::time::timeout(PIN_TIMEOUT, attempt)

@@ -14,6 +14,8 @@ use super::issue::{CertDir, Role};
 
 /// The server leaf's name in the pki directory (`server.pem`, a chain).
 pub const SERVER_LEAF: &str = "server";
+/// The CA's fingerprint as text, in the pki directory.
+pub const FINGERPRINT_FILE: &str = "ca.fingerprint";
 /// Re-issue the server certificate when it expires sooner than this.
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 /// Longest a start waits for another server process setting up the same
@@ -110,8 +112,16 @@ pub fn ensure(state_dir: &Path, extra: &[String]) -> Result<ServerPki, TlsError>
     if !fresh {
         certs.ensure_leaf(&ca, SERVER_LEAF, &names, Role::Server, true)?;
     }
+    let ca_fingerprint = ca.fingerprint()?;
+    // For people and scripts on the server (`p2p join --fingerprint-file`
+    // in compose): the same text the log shows.
+    super::issue::write(
+        &dir.join(FINGERPRINT_FILE),
+        &format!("{ca_fingerprint}\n"),
+        false,
+    )?;
     Ok(ServerPki {
-        ca_fingerprint: ca.fingerprint()?,
+        ca_fingerprint,
         certs,
         made_ca,
         issued_server: !fresh,
@@ -174,8 +184,9 @@ pub struct ServerSetupArgs {
 pub struct ResolvedTls {
     /// The identity it serves with (`None`: plaintext).
     pub server: Option<super::ServerTls>,
-    /// How it verifies the servers it calls.
-    pub client: super::ClientTls,
+    /// How it verifies the servers it calls, when the state dir says
+    /// (else the flags say: [`super::TlsArgs::client`]).
+    pub client: Option<super::ClientTls>,
     /// The state dir's pki, when that is where the identity came from.
     pub pki: Option<ServerPki>,
 }
@@ -198,13 +209,13 @@ impl ServerSetupArgs {
                 };
                 Ok(ResolvedTls {
                     server: Some(server),
-                    client,
+                    client: Some(client),
                     pki: Some(pki),
                 })
             }
             _ => Ok(ResolvedTls {
                 server: flags.server()?,
-                client: flags.client()?,
+                client: None,
                 pki: None,
             }),
         }

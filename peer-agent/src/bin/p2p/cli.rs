@@ -349,6 +349,14 @@ pub struct JoinArgs {
     /// server printed it at its first start.
     #[arg(long, env = "P2P_JOIN_FINGERPRINT")]
     pub fingerprint: Option<String>,
+    /// Read the fingerprint from this file instead (on a server made with
+    /// --state-dir: STATE/pki/ca.fingerprint).
+    #[arg(
+        long,
+        env = "P2P_JOIN_FINGERPRINT_FILE",
+        conflicts_with = "fingerprint"
+    )]
+    pub fingerprint_file: Option<std::path::PathBuf>,
     /// A join token from an admin, instead of a password (unattended
     /// machines; the agent then logs in with its certificate).
     #[arg(long, env = "P2P_JOIN_TOKEN", hide_env_values = true)]

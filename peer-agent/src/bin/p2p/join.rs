@@ -45,7 +45,14 @@ struct Target {
 }
 
 /// Runs `p2p join`.
-pub async fn run(agent: &AgentArgs, out: Output, args: JoinArgs) -> Result<(), Error> {
+pub async fn run(agent: &AgentArgs, out: Output, mut args: JoinArgs) -> Result<(), Error> {
+    if let Some(file) = &args.fingerprint_file {
+        let text = std::fs::read_to_string(file).map_err(|source| Error::Path {
+            path: file.display().to_string(),
+            source,
+        })?;
+        args.fingerprint = Some(text.trim().to_string());
+    }
     let target = target(&args, out).await?;
     // The server proves itself before anything is asked of the user.
     let trusted = enrollment::trust(&target.server, &target.fingerprint)
