@@ -11,9 +11,12 @@
 #   3. server: apt-get install ./p2p-server_*.deb, which starts p2p-auth and
 #      p2p-index; reads the admin password and the CA fingerprint;
 #   4. workstations: apt-get install ./p2p-agent_*.deb, systemctl enable
-#      --now p2p-agent@USER, p2p join; one shares a file, the other gets it;
+#      --now p2p-agent@USER; ws-a joins with the admin's password and makes
+#      bob's account and an invite with a join token, ws-b joins with that
+#      invite; ws-a shares a file, ws-b gets it;
 #   5. upgrades every machine to revision 2 and checks the services were
-#      restarted and the state survived (same CA, same accounts, the file
+#      restarted and the state survived (same CA, same accounts, ws-b
+#      logged in again by its certificate, ws-a after `p2p login`, the file
 #      still listed and fetched again);
 #   6. removes the server package (state kept), then purges it (state gone).
 #
@@ -132,7 +135,8 @@ done
 # The first admin's name, then its password.
 admin_password=$(on server sed -n 2p "$state/admin-password")
 fingerprint=$(on server journalctl -u p2p-auth -o cat | grep -o 'sha256:[0-9a-f]\{64\}' | head -n 1)
-[[ -n $fingerprint ]] || { echo "error: p2p-auth did not log the CA fingerprint" >&2; exit 1; }
+[[ -n $fingerprint && $(on server cat "$state/pki/ca.fingerprint") == "$fingerprint" ]] \
+  || { echo "error: p2p-auth did not log the CA fingerprint of $state/pki/ca.fingerprint" >&2; exit 1; }
 ca_sum=$(on server sha256sum "$state/pki/ca.pem")
 say "server up: CA $fingerprint, admin password in $state/admin-password"
 on server sh -c 'test -s /usr/share/man/man1/auth-svc.1.gz && test -s /usr/share/bash-completion/completions/index-svc && test -s /usr/share/zsh/vendor-completions/_p2p-certs && test -s /usr/share/fish/vendor_completions.d/auth-svc.fish && grep -q "^#AUTH_LISTEN=" /etc/p2p/auth-svc.env'
@@ -195,9 +199,12 @@ for m in ws-a ws-b; do
     || { echo "error: the upgrade did not restart the agent on $m" >&2; exit 1; }
 done
 say "state after the upgrade: bob's account, report.bin listed and fetched again"
-for m in ws-a ws-b; do
-  echo "    $m: $(as_user "$m" alice p2p status | grep '^session:')"
-done
+# ws-b joined with a join token: its agent logs in with its certificate.
+# ws-a joined with a password, which nothing keeps: log in again.
+wait_for 30 "ws-b's agent to log in by itself" \
+  sh -c "docker exec -u alice -w /home/alice $run-ws-b p2p status | grep -q '^session: *logged in as bob'"
+wait_for 30 "the agent on ws-a to serve p2p after the upgrade" as_user ws-a alice p2p status
+as_user ws-a alice env P2P_PASSWORD="$admin_password" p2p login admin
 wait_for 60 "ws-a to list bob" sh -c "docker exec -u alice -w /home/alice $run-ws-a p2p users ls | grep -qw bob"
 wait_for 60 "ws-b to list report.bin" sh -c "docker exec -u alice -w /home/alice $run-ws-b p2p ls | grep -q report.bin"
 as_user ws-b alice timeout 120 p2p get report.bin -o /home/alice/again.bin
