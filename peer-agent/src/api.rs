@@ -200,6 +200,13 @@ impl AgentApi {
                         addr => format!("{addr} (set with --advertise or PEER_ADVERTISE)"),
                     }
                 ))
+            } else if self.session.index_reachable() {
+                // The index answers: it is not the cause, so do not call it
+                // unreachable.
+                Error::FailedPrecondition(
+                    "this agent is registering with the index right now: try again in a moment"
+                        .into(),
+                )
             } else {
                 Error::IndexUnavailable(
                     "this agent is not registered with the index yet; it keeps retrying".into(),
