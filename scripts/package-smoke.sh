@@ -16,7 +16,7 @@
 #      invite; ws-a shares a file, ws-b gets it;
 #   5. upgrades every machine to revision 2 and checks the services were
 #      restarted and the state survived (same CA, same accounts, ws-b
-#      logged in again by its certificate, ws-a after `p2p login`, the file
+#      logged in again by their certificates, the file
 #      still listed and fetched again);
 #   6. removes the server package (state kept), then purges it (state gone).
 #
@@ -199,12 +199,12 @@ for m in ws-a ws-b; do
     || { echo "error: the upgrade did not restart the agent on $m" >&2; exit 1; }
 done
 say "state after the upgrade: bob's account, report.bin listed and fetched again"
-# ws-b joined with a join token: its agent logs in with its certificate.
-# ws-a joined with a password, which nothing keeps: log in again.
+# Both agents log themselves in again with their certificates: ws-b joined
+# with a join token (as bob), ws-a with the admin's password (as admin).
 wait_for 30 "ws-b's agent to log in by itself" \
   sh -c "docker exec -u alice -w /home/alice $run-ws-b p2p status | grep -q '^session: *logged in as bob'"
-wait_for 30 "the agent on ws-a to serve p2p after the upgrade" as_user ws-a alice p2p status
-as_user ws-a alice env P2P_PASSWORD="$admin_password" p2p login admin
+wait_for 30 "ws-a's agent to log in by itself" \
+  sh -c "docker exec -u alice -w /home/alice $run-ws-a p2p status | grep -q '^session: *logged in as admin'"
 wait_for 60 "ws-a to list bob" sh -c "docker exec -u alice -w /home/alice $run-ws-a p2p users ls | grep -qw bob"
 wait_for 60 "ws-b to list report.bin" sh -c "docker exec -u alice -w /home/alice $run-ws-b p2p ls | grep -q report.bin"
 as_user ws-b alice timeout 120 p2p get report.bin -o /home/alice/again.bin

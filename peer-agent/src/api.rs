@@ -225,7 +225,11 @@ impl AgentApi {
         if username.trim().is_empty() {
             return Err(Error::InvalidArgument("username is empty".into()));
         }
-        self.session.login(username.trim(), password).await
+        let result = self.session.login(username.trim(), password).await;
+        if result.is_ok() {
+            crate::enrollment::remember_logout(&self.session.config().data_dir, false);
+        }
+        result
     }
 
     /// A person proving who they are to a front end that has no session of
@@ -261,6 +265,8 @@ impl AgentApi {
     /// Ends the agent's session.
     pub async fn logout(&self) {
         self.session.logout().await;
+        // A joined agent stays logged out across restarts until a login.
+        crate::enrollment::remember_logout(&self.session.config().data_dir, true);
     }
 
     /// Every network file whose name contains `name_contains`.

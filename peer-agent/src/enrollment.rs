@@ -36,10 +36,44 @@ const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StartLogin {
-    /// Not at all: the user logs in (`p2p login`, the web app).
+    /// Not at all: the user logs in (`p2p login`, the web app). What an
+    /// operator may write in `deployment.json` for a shared machine.
     Manual,
-    /// With its certificate: a machine joined with a join token.
+    /// With its certificate, as the account it joined as, unless the user
+    /// logged out (see [`logged_out`]): what `p2p join` writes, so an agent
+    /// that starts with the machine serves at once.
     Certificate,
+}
+
+/// The file that says the user logged out, so the agent does not log
+/// itself in again at its next start.
+const LOGGED_OUT_FILE: &str = "logged-out";
+
+/// Whether the user of the agent in `data_dir` logged out (and has not
+/// logged in since).
+pub fn logged_out(data_dir: &Path) -> bool {
+    data_dir.join(DIR).join(LOGGED_OUT_FILE).exists()
+}
+
+/// Records a logout (`true`) or a login (`false`) of a joined agent; an
+/// agent that never joined keeps nothing.
+pub fn remember_logout(data_dir: &Path, out: bool) {
+    let dir = data_dir.join(DIR);
+    if !dir.join("deployment.json").exists() {
+        return;
+    }
+    let marker = dir.join(LOGGED_OUT_FILE);
+    let result = if out {
+        std::fs::write(&marker, b"")
+    } else {
+        match std::fs::remove_file(&marker) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    };
+    if let Err(err) = result {
+        tracing::warn!(path = %marker.display(), %err, "cannot record the login state");
+    }
 }
 
 /// `deployment.json`.
@@ -365,7 +399,7 @@ pub async fn join_trusted(
                 }),
             )
             .await;
-            (issued?, StartLogin::Manual)
+            (issued?, StartLogin::Certificate)
         }
         Credential::JoinToken(token) => (
             issue_certificate(&auth, csr_pem, None, Some(token)).await?,

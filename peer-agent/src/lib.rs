@@ -210,7 +210,10 @@ pub async fn run(
         (Some(user), Some(password), _) => {
             session.login_unattended(user.clone(), password.clone());
         }
-        (_, _, Some(joined)) if joined.deployment.login == enrollment::StartLogin::Certificate => {
+        (_, _, Some(joined))
+            if joined.deployment.login == enrollment::StartLogin::Certificate
+                && !enrollment::logged_out(&data_dir) =>
+        {
             session.login_unattended_with_certificate(joined.deployment.username.clone());
         }
         _ => {}

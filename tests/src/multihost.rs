@@ -744,6 +744,14 @@ impl HostAgent {
         }
     }
 
+    /// Stops the agent (SIGKILL, as a crash or power cut) and starts it
+    /// again with the same arguments, waiting until it serves.
+    pub async fn restart(&mut self) {
+        self.process.kill();
+        self.process.spawn().unwrap_or_else(|e| panic!("{e}"));
+        self.wait_started().await;
+    }
+
     /// The host it runs on, to change its address.
     pub fn host_mut(&mut self) -> &mut Host {
         &mut self.host

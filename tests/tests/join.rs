@@ -141,6 +141,36 @@ async fn workstations_join_by_address_by_mdns_and_by_invite_and_a_file_moves() {
         let got = agent.get(&id, &mh.scratch_dir(name).join("copy.bin")).await;
         assert_same_content(&original, &got);
     }
+
+    // A joined agent logs itself in with its certificate when it starts
+    // again (a reboot), though it keeps no password...
+    alice.restart().await;
+    eventually(
+        Duration::from_secs(30),
+        "alice's agent to log in by itself after a restart",
+        || async {
+            let status = alice.status().await;
+            (status.logged_in && status.user.is_some_and(|u| u.username == "alice")).then_some(())
+        },
+    )
+    .await;
+    // ...until its user logs out: then it stays out across restarts.
+    alice.p2p_ok(&["logout"]).await;
+    alice.restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = alice.status().await;
+    assert!(
+        !status.logged_in,
+        "logged in again after an explicit logout: {status:?}"
+    );
+    alice.login("alice", USER_PASSWORD).await;
+    alice.restart().await;
+    eventually(
+        Duration::from_secs(30),
+        "alice's agent to log in by itself after a login",
+        || async { alice.status().await.logged_in.then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -87,18 +87,13 @@ pub async fn run(agent: &AgentArgs, out: Output, mut args: JoinArgs) -> Result<(
         }
         Credential::JoinToken(_) => false,
     };
-    let next = match (&credential, agent_logged_in) {
-        (_, true) => "the agent is running and logged in: try `p2p ls`".to_string(),
-        (Credential::JoinToken(_), false) => {
-            "a running agent starts with it now; else start the agent (`sudo systemctl enable \
-             --now p2p-agent@$USER` with the p2p-agent package, or peer-agent): it logs in with \
-             its certificate"
-                .to_string()
-        }
-        (Credential::Password { username, .. }, false) => format!(
-            "start the agent (`sudo systemctl enable --now p2p-agent@$USER` with the p2p-agent \
-             package, or peer-agent), then `p2p login {username}`"
-        ),
+    let next = if agent_logged_in {
+        "the agent is running and logged in: try `p2p ls`".to_string()
+    } else {
+        "a waiting agent starts with it now; else start the agent (`sudo systemctl enable --now \
+         p2p-agent@$USER` with the p2p-agent package, or peer-agent): it logs in with its \
+         certificate at every start, until `p2p logout`"
+            .to_string()
     };
     let report = Joined {
         ok: true,
