@@ -81,8 +81,44 @@ pub async fn follow(
 }
 
 impl Follower {
+    /// Adopts a certificate `p2p join` wrote since (the machine joined
+    /// again, say after its certificate expired while it was off).
+    fn adopt_rejoin(&mut self) {
+        let Some(current) = &self.joined else {
+            return;
+        };
+        let Ok(Some(on_disk)) = Joined::load(&self.session.config().data_dir) else {
+            return;
+        };
+        if on_disk.cert_pem == current.cert_pem {
+            return;
+        }
+        if on_disk.deployment.auth_url != current.deployment.auth_url
+            || on_disk.ca_pem != current.ca_pem
+        {
+            tracing::warn!(
+                auth = %on_disk.deployment.auth_url,
+                "this machine joined another deployment; restart the agent to use it"
+            );
+            return;
+        }
+        if let Some(server) = &self.server_tls
+            && let Err(err) = server.replace(&on_disk.cert_pem, &on_disk.key_pem)
+        {
+            tracing::warn!(%err, "cannot use the certificate p2p join wrote");
+            return;
+        }
+        if let Err(err) = self.session.reconnect(&on_disk.client_tls()) {
+            tracing::warn!(%err, "cannot reconnect with the certificate p2p join wrote");
+        }
+        tracing::info!("using the certificate p2p join wrote");
+        self.joined = Some(on_disk);
+        self.retry_at = None;
+    }
+
     /// What changed since the last check, if anything.
     async fn check(&mut self) -> Option<Change> {
+        self.adopt_rejoin();
         let local = self.route_source().await;
         if local.is_some() && local != self.local {
             tracing::info!(from = ?self.local, to = ?local, "this machine's address changed");

@@ -150,6 +150,30 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
+    /// A process to run on `host`, probed at `health_addr` (a
+    /// `host:port` verified with `health_tls`, or a Unix socket path).
+    fn new(
+        name: impl Into<String>,
+        host: &Host,
+        program: PathBuf,
+        args: Vec<String>,
+        log: PathBuf,
+        health_addr: String,
+        health_tls: ClientTls,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            host: host.clone(),
+            program,
+            args,
+            log,
+            health_addr,
+            health_tls,
+            health_ca: None,
+            child: None,
+        }
+    }
+
     fn spawn(&mut self) -> Result<(), String> {
         let mut log = std::fs::OpenOptions::new()
             .create(true)
@@ -327,11 +351,11 @@ impl MultiHost {
                 certs.key(name).display().to_string(),
             ]
         };
-        let mut auth = HostProcess {
-            name: "auth-svc".into(),
-            host: services.clone(),
-            program: binary("auth-svc"),
-            args: [
+        let mut auth = HostProcess::new(
+            "auth-svc",
+            &services,
+            binary("auth-svc"),
+            [
                 "--listen",
                 &format!("0.0.0.0:{AUTH_PORT}"),
                 "--metrics-listen",
@@ -343,12 +367,10 @@ impl MultiHost {
             ]
             .map(String::from)
             .to_vec(),
-            log: dir.path().join("auth-svc.log"),
-            health_addr: services.socket(AUTH_PORT),
-            health_tls: tls.clone(),
-            health_ca: None,
-            child: None,
-        };
+            dir.path().join("auth-svc.log"),
+            services.socket(AUTH_PORT),
+            tls.clone(),
+        );
         auth.args
             .extend(["--admin-password".into(), ADMIN_PASSWORD.into()]);
         auth.args.extend(tls_args("auth"));
@@ -367,17 +389,15 @@ impl MultiHost {
         .to_vec();
         args.extend(tls_args("index"));
         args.extend(index_args.iter().map(|a| a.to_string()));
-        let mut index = HostProcess {
-            name: "index-svc".into(),
-            host: services.clone(),
-            program: binary("index-svc"),
+        let mut index = HostProcess::new(
+            "index-svc",
+            &services,
+            binary("index-svc"),
             args,
-            log: dir.path().join("index-svc.log"),
-            health_addr: services.socket(INDEX_PORT),
-            health_tls: tls.clone(),
-            health_ca: None,
-            child: None,
-        };
+            dir.path().join("index-svc.log"),
+            services.socket(INDEX_PORT),
+            tls.clone(),
+        );
         index.start().await.unwrap_or_else(|e| panic!("{e}"));
         MultiHost {
             auth,
@@ -404,11 +424,11 @@ impl MultiHost {
         let state = dir.path().join("server");
         let certs = CertDir::new(p2p_services::tls::setup::pki_dir(&state));
         let state_arg = state.display().to_string();
-        let mut auth = HostProcess {
-            name: "auth-svc".into(),
-            host: services.clone(),
-            program: binary("auth-svc"),
-            args: [
+        let mut auth = HostProcess::new(
+            "auth-svc",
+            &services,
+            binary("auth-svc"),
+            [
                 "--listen",
                 &format!("0.0.0.0:{AUTH_PORT}"),
                 "--metrics-listen",
@@ -426,19 +446,18 @@ impl MultiHost {
             ]
             .map(String::from)
             .to_vec(),
-            log: dir.path().join("auth-svc.log"),
-            health_addr: services.socket(AUTH_PORT),
-            health_tls: ClientTls::Plaintext,
-            health_ca: Some(certs.ca_cert()),
-            child: None,
-        };
+            dir.path().join("auth-svc.log"),
+            services.socket(AUTH_PORT),
+            ClientTls::Plaintext,
+        );
+        auth.health_ca = Some(certs.ca_cert());
         auth.start().await.unwrap_or_else(|e| panic!("{e}"));
         let tls = auth.health_tls.clone();
-        let mut index = HostProcess {
-            name: "index-svc".into(),
-            host: services.clone(),
-            program: binary("index-svc"),
-            args: [
+        let mut index = HostProcess::new(
+            "index-svc",
+            &services,
+            binary("index-svc"),
+            [
                 "--listen",
                 &format!("0.0.0.0:{INDEX_PORT}"),
                 "--metrics-listen",
@@ -454,12 +473,10 @@ impl MultiHost {
             ]
             .map(String::from)
             .to_vec(),
-            log: dir.path().join("index-svc.log"),
-            health_addr: services.socket(INDEX_PORT),
-            health_tls: tls.clone(),
-            health_ca: None,
-            child: None,
-        };
+            dir.path().join("index-svc.log"),
+            services.socket(INDEX_PORT),
+            tls.clone(),
+        );
         index.start().await.unwrap_or_else(|e| panic!("{e}"));
         MultiHost {
             auth,
@@ -500,17 +517,15 @@ impl MultiHost {
         .map(String::from)
         .to_vec();
         args.extend(extra_args.iter().map(|a| a.to_string()));
-        let mut process = HostProcess {
-            name: format!("peer-agent {name}"),
-            host: host.clone(),
-            program: binary("peer-agent"),
+        let mut process = HostProcess::new(
+            format!("peer-agent {name}"),
+            &host,
+            binary("peer-agent"),
             args,
-            log: self.dir.path().join(format!("{name}.log")),
-            health_addr: data_dir.join("control.sock").display().to_string(),
-            health_tls: ClientTls::Plaintext,
-            health_ca: None,
-            child: None,
-        };
+            self.dir.path().join(format!("{name}.log")),
+            data_dir.join("control.sock").display().to_string(),
+            ClientTls::Plaintext,
+        );
         process.spawn().unwrap_or_else(|e| panic!("{e}"));
         HostAgent {
             name: name.to_string(),
@@ -627,17 +642,15 @@ impl MultiHost {
         .map(String::from)
         .to_vec();
         args.extend(extra_args.iter().map(|a| a.to_string()));
-        let mut process = HostProcess {
-            name: format!("peer-agent {name}"),
-            host: host.clone(),
-            program: binary("peer-agent"),
+        let mut process = HostProcess::new(
+            format!("peer-agent {name}"),
+            &host,
+            binary("peer-agent"),
             args,
-            log: self.dir.path().join(format!("{name}.log")),
-            health_addr: data_dir.join("control.sock").display().to_string(),
-            health_tls: ClientTls::Plaintext,
-            health_ca: None,
-            child: None,
-        };
+            self.dir.path().join(format!("{name}.log")),
+            data_dir.join("control.sock").display().to_string(),
+            ClientTls::Plaintext,
+        );
         process.start().await.unwrap_or_else(|e| panic!("{e}"));
         let agent = HostAgent {
             name: name.to_string(),

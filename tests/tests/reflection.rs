@@ -75,7 +75,11 @@ async fn each_server_lists_only_the_services_it_serves() {
         (
             "auth-svc",
             vec!["-cacert", &ca, cluster.auth_addr()],
-            vec!["p2p.auth.v1.AuthService", "p2p.auth.v1.AccountService"],
+            vec![
+                "p2p.auth.v1.AuthService",
+                "p2p.auth.v1.AccountService",
+                "p2p.auth.v1.EnrollmentService",
+            ],
         ),
         (
             "index-svc",

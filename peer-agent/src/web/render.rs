@@ -800,6 +800,10 @@ pub fn status(viewer: &Viewer, flash: Option<Flash>, s: &pb::StatusResponse) -> 
                 dt { "Advertised address" } dd { code { (s.advertise_addr) } }
                 dt { "Index" } dd { code { (s.index_url) } " · " (if s.index_reachable { "reachable" } else { "unreachable: check that index-svc runs" }) }
                 dt { "Auth" } dd { code { (s.auth_url) } }
+                @if !s.ca_fingerprint.is_empty() {
+                    dt { "Deployment CA" } dd { code { (s.ca_fingerprint) } }
+                    dt { "Certificate" } dd { "for " code { (s.cert_address) } ", until " (added(s.cert_not_after_ms)) " (renews by itself)" }
+                }
                 dt { "Data directory" } dd { code { (s.data_dir) } " · " (human(s.free_disk_bytes)) " free" }
                 dt { "Shared files" } dd { (s.shared_files) }
                 dt { "Active downloads" } dd { (s.active_downloads) }

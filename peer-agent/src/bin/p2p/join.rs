@@ -90,13 +90,14 @@ pub async fn run(agent: &AgentArgs, out: Output, mut args: JoinArgs) -> Result<(
     let next = match (&credential, agent_logged_in) {
         (_, true) => "the agent is running and logged in: try `p2p ls`".to_string(),
         (Credential::JoinToken(_), false) => {
-            "start the agent (peer-agent, or systemctl --user enable --now p2p-agent): it logs \
-             in with its certificate"
+            "a running agent starts with it now; else start the agent (`sudo systemctl enable \
+             --now p2p-agent@$USER` with the p2p-agent package, or peer-agent): it logs in with \
+             its certificate"
                 .to_string()
         }
         (Credential::Password { username, .. }, false) => format!(
-            "start the agent (peer-agent, or systemctl --user enable --now p2p-agent), then \
-             `p2p login {username}`"
+            "start the agent (`sudo systemctl enable --now p2p-agent@$USER` with the p2p-agent \
+             package, or peer-agent), then `p2p login {username}`"
         ),
     };
     let report = Joined {
