@@ -1,7 +1,7 @@
 # Sourced (not run) by the compose smoke tests: the compose command for
 # the files in COMPOSE_FILES, a project and scratch dir of the caller's own
 # (PROJECT_PREFIX + pid), an admin password, teardown on exit (logs first
-# when failing), and bounded waits.
+# when failing), bounded waits, and the check that an agent joined.
 #
 #   COMPOSE_FILES=(docker-compose.yml) PROJECT_PREFIX=p2psmoke
 #   source scripts/compose-lib.sh
@@ -42,3 +42,27 @@ wait_for() {
 cid() { compose ps -q "$1"; }
 healthy() { [[ $(docker inspect --format '{{.State.Health.Status}}' "$(cid "$1")") == healthy ]]; }
 p2p() { local svc=$1; shift; compose exec -T "$svc" /p2p "$@"; }
+# joined SERVICE: its join-* service exited 0, the join logged the agent
+# in as the admin, and the agent is advertised at its container's address,
+# the one its certificate names (what a downloader checks).
+joined() {
+  local svc=$1 join=join-${1#peer-} status ip
+  [[ $(docker inspect --format '{{.State.Status}} {{.State.ExitCode}}' "$(cid "$join")") == "exited 0" ]] || return 1
+  status=$(p2p "$svc" --json status) || return 1
+  ip=$(docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$(cid "$svc")")
+  python3 -c '
+import json, sys
+s = json.loads(sys.argv[1])
+user = (s.get("user") or {}).get("username")
+ip = sys.argv[3]
+ok = (s["logged_in"] and user == sys.argv[2] and s["cert_address"] == ip
+      and s["advertise_addr"] == ip + ":50053")
+sys.exit(0 if ok else 1)' "$status" "${P2P_ADMIN_USER:-admin}" "$ip"
+}
+# wait_joined SERVICE...: waits for each to have joined (see `joined`).
+wait_joined() {
+  local svc
+  for svc in "$@"; do
+    wait_for 60 "$svc to join and be logged in by p2p join" joined "$svc"
+  done
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The PostgreSQL deployment, tested for real: PostgreSQL from the locally
 # built p2p/postgres image (docker/postgres/build-image.sh, nothing pulled),
-# auth-svc and two index-svc replicas on it, agents given both replicas.
+# auth-svc and two index-svc replicas on it, agents joined with both
+# replicas (what auth-svc tells joining agents).
 # A file moves; during a larger download each index replica in turn is
 # stopped (the download completes, whichever replica the agent preferred);
 # restarting the replicas changes nothing (the file is still listed, with
@@ -41,9 +42,14 @@ for svc in postgres auth index index-2 peer-a peer-b; do
   wait_for 180 "$svc to be healthy" healthy "$svc"
 done
 compose ps
+wait_joined peer-a peer-b
+for svc in peer-a peer-b; do
+  index_url=$(p2p "$svc" --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["index_url"])')
+  [[ $index_url == "index:50052,index-2:50052" ]] || fail "$svc joined with the index list $index_url, not both replicas"
+done
 
 echo "--- a user, logged in on two agents"
-docker cp "$(cid auth)":/tls/ca.pem "$WORK/ca.pem"
+docker cp "$(cid auth)":/state/pki/ca.pem "$WORK/ca.pem"
 ADMIN_TOKEN=$(grpcurl -cacert "$WORK/ca.pem" -d "{\"username\":\"admin\",\"password\":\"$P2P_ADMIN_PASSWORD\"}" \
   127.0.0.1:50051 p2p.auth.v1.AuthService/Login | python3 -c 'import json,sys; print(json.load(sys.stdin)["accessToken"])')
 grpcurl -cacert "$WORK/ca.pem" -H "authorization: Bearer $ADMIN_TOKEN" \

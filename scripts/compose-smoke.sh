@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The compose deployment, tested for real: build the static images, start
-# the stack, create a user with grpcurl, share a file on peer-a, download it
+# the stack, check each agent joined through `p2p join` (logged in as the
+# admin, advertised at the address its certificate names), create a user
+# with grpcurl, share a file on peer-a, download it
 # on peer-b and peer-c through the `p2p` client inside the containers,
 # compare checksums, check the published control port wants the agent's
 # control token, stop peer-a in the middle of a larger download and check
@@ -24,9 +26,11 @@ for svc in auth index peer-a peer-b peer-c; do
   wait_for 120 "$svc to be healthy" healthy "$svc"
 done
 compose ps
+echo "--- the agents joined with p2p join"
+wait_joined peer-a peer-b peer-c
 
-echo "--- grpcurl against the running stack (TLS, trusting the stack's CA)"
-docker cp "$(compose ps -q auth)":/tls/ca.pem "$WORK/ca.pem"
+echo "--- grpcurl against the running stack (TLS, trusting the CA the servers made)"
+docker cp "$(cid auth)":/state/pki/ca.pem "$WORK/ca.pem"
 if grpcurl -plaintext -max-time 5 127.0.0.1:50051 list >/dev/null 2>&1; then fail "auth-svc answered plaintext"; fi
 grpcurl -cacert "$WORK/ca.pem" 127.0.0.1:50051 list >"$WORK/auth-list" || fail "auth-svc reflection"
 grep -q p2p.auth.v1.AuthService "$WORK/auth-list" || fail "auth-svc reflection lists no AuthService"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole system on this machine: auth-svc, index-svc and two agents
-# on loopback with SQLite, logs both agents in as the admin, shares a file on
+# Runs the whole system on this machine: auth-svc and index-svc on loopback
+# with one state dir (their CA, certificate and SQLite databases), two
+# agents joined to them with `p2p join` as the admin, shares a file on
 # agent A and downloads it on agent B, then keeps everything running until
 # Ctrl-C so you can try the `p2p` client. `--once` stops after the demo.
 #
@@ -17,7 +18,6 @@ BIN=$PWD/target/debug
 DIR=${P2P_LOCAL_DIR:-$(mktemp -d /tmp/p2p-local.XXXXXX)}
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
-ADMIN_PASSWORD=${P2P_ADMIN_PASSWORD:-$(head -c 15 /dev/urandom | base64 | tr -d '/+=')}
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -37,49 +37,60 @@ wait_for() {
   done
 }
 
-# TLS on every link: a CA for this run and a certificate per process, made
-# once and kept with the state (p2p-certs keeps what exists).
-TLS=$DIR/tls
-"$BIN/p2p-certs" server --dir "$TLS" --name auth --host localhost --host 127.0.0.1 >/dev/null
-"$BIN/p2p-certs" server --dir "$TLS" --name index --host localhost --host 127.0.0.1 >/dev/null
-"$BIN/p2p-certs" agent --dir "$TLS" --name agent-a --host 127.0.0.1 >/dev/null
-"$BIN/p2p-certs" agent --dir "$TLS" --name agent-b --host 127.0.0.1 >/dev/null
-export P2P_TLS_CA=$TLS/ca.pem
-tls_of() { echo "--tls-cert $TLS/$1.pem --tls-key $TLS/$1-key.pem"; }
-
-export RUST_LOG=${RUST_LOG:-info}
-# shellcheck disable=SC2046
-P2P_ADMIN_PASSWORD=$ADMIN_PASSWORD "$BIN/auth-svc" --listen 127.0.0.1:50051 $(tls_of auth) \
-  --database-url "sqlite://$DIR/auth.db" --metrics-listen 127.0.0.1:9101 2>"$DIR/auth.log" &
+# The servers set themselves up in one state dir: the first start makes the
+# deployment's CA and the servers' certificate in $SERVER/pki/ (kept after),
+# and the databases are SQLite files beside it. Without P2P_ADMIN_PASSWORD,
+# auth-svc makes the first admin's password and keeps it in
+# $SERVER/admin-password (0600), which also makes a rerun on the same
+# P2P_LOCAL_DIR work. No mDNS announcement: everything is on loopback.
+SERVER=$DIR/server
+export RUST_LOG=${RUST_LOG:-info} P2P_NO_ANNOUNCE=true
+"$BIN/auth-svc" --state-dir "$SERVER" --listen 127.0.0.1:50051 \
+  --metrics-listen 127.0.0.1:9101 2>"$DIR/auth.log" &
 PIDS+=($!)
-wait_for 30 auth-svc "$BIN/auth-svc" --listen 127.0.0.1:50051 healthcheck
-# shellcheck disable=SC2046
-"$BIN/index-svc" --listen 127.0.0.1:50052 --database-url "sqlite://$DIR/index.db" $(tls_of index) \
+wait_for 30 auth-svc "$BIN/auth-svc" --state-dir "$SERVER" --listen 127.0.0.1:50051 healthcheck
+"$BIN/index-svc" --state-dir "$SERVER" --listen 127.0.0.1:50052 \
   --auth-url 127.0.0.1:50051 --metrics-listen 127.0.0.1:9102 2>"$DIR/index.log" &
 PIDS+=($!)
-wait_for 30 index-svc "$BIN/index-svc" --listen 127.0.0.1:50052 healthcheck
+wait_for 30 index-svc "$BIN/index-svc" --state-dir "$SERVER" --listen 127.0.0.1:50052 healthcheck
+if [[ -n ${P2P_ADMIN_PASSWORD:-} ]]; then
+  ADMIN_PASSWORD=$P2P_ADMIN_PASSWORD
+elif [[ -f $SERVER/admin-password ]]; then
+  ADMIN_PASSWORD=$(sed -n 2p "$SERVER/admin-password")
+else
+  echo "no admin password: $SERVER/admin-password is gone; set P2P_ADMIN_PASSWORD" >&2
+  exit 1
+fi
 
+# The agents start knowing nothing of the servers and wait for `p2p join`,
+# which trusts auth-svc only if its CA has the fingerprint the server wrote
+# (on another machine it comes from auth-svc's log or an invite), gives the
+# agent a certificate for the address auth-svc sees (127.0.0.1 here, which
+# the agent advertises as it listens there) and logs the waiting agent in.
 # Each agent's control API is the Unix socket in its data dir; `p2p` finds
 # it through --data-dir or P2P_DATA_DIR.
 start_agent() {
   local name=$1 peer=$2 metrics=$3 web=$4
-  # shellcheck disable=SC2046
-  P2P_USER=admin P2P_PASSWORD=$ADMIN_PASSWORD "$BIN/peer-agent" --listen "127.0.0.1:$peer" \
-    --data-dir "$DIR/agent-$name" --metrics-listen "127.0.0.1:$metrics" \
-    --web-listen "127.0.0.1:$web" \
-    $(tls_of "agent-$name") --index-url 127.0.0.1:50052 --auth-url 127.0.0.1:50051 2>"$DIR/agent-$name.log" &
+  "$BIN/peer-agent" --data-dir "$DIR/agent-$name" --listen "127.0.0.1:$peer" \
+    --metrics-listen "127.0.0.1:$metrics" --web-listen "127.0.0.1:$web" 2>"$DIR/agent-$name.log" &
   PIDS+=($!)
 }
 p2p_on() { local name=$1; shift; "$BIN/p2p" --data-dir "$DIR/agent-$name" "$@"; }
 logged_in() { p2p_on "$1" --json status | grep -q '"logged_in": *true'; }
 start_agent a 50053 9103 50055
 start_agent b 50063 9113 50065
-wait_for 60 "agent A to log in" logged_in a
-wait_for 60 "agent B to log in" logged_in b
+for name in a b; do
+  wait_for 30 "agent ${name^^} to wait for p2p join" test -e "$DIR/agent-$name/waiting-for-join" -o -S "$DIR/agent-$name/control.sock"
+  P2P_PASSWORD=$ADMIN_PASSWORD p2p_on "$name" join 127.0.0.1:50051 \
+    --fingerprint-file "$SERVER/pki/ca.fingerprint" --user admin
+  wait_for 60 "agent ${name^^} to log in" logged_in "$name"
+done
 
 echo
 echo "sharing a 32 MiB demo file on agent A and downloading it on agent B:"
-head -c $((32 * 1024 * 1024)) /dev/urandom > "$DIR/demo.bin"
+# Kept for a rerun on the same P2P_LOCAL_DIR, which then shares the same
+# file again rather than a second one by the same name.
+[[ -s $DIR/demo.bin ]] || head -c $((32 * 1024 * 1024)) /dev/urandom > "$DIR/demo.bin"
 p2p_on a share "$DIR/demo.bin"
 p2p_on b ls
 p2p_on b get demo.bin -o "$DIR/demo-copy.bin" --force
@@ -108,7 +119,7 @@ admin with the password above:
 Try:
   export PATH=$BIN:\$PATH P2P_DATA_DIR=$DIR/agent-b
   p2p ls; p2p peers; p2p status; p2p share SOME_FILE; p2p get NAME
-  grpcurl -cacert $TLS/ca.pem 127.0.0.1:50051 list
+  grpcurl -cacert $SERVER/pki/ca.pem 127.0.0.1:50051 list
 EOF2
 if $ONCE; then exit 0; fi
 echo "Ctrl-C stops everything."

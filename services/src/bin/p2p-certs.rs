@@ -1,7 +1,8 @@
 //! `p2p-certs`: the deployment's certificate tooling. Makes a private CA and
 //! issues the certificates auth-svc, index-svc and each agent present.
-//! Idempotent: what exists is kept (unless `--force`), so scripts and
-//! compose can run it on every start.
+//! For operators who bring their own CA; servers started with
+//! `--state-dir` make theirs. Idempotent: what exists is kept (unless
+//! `--force`), so a start script can run it on every start.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,8 +72,8 @@ enum Command {
         #[arg(long, env = "P2P_STATE_DIR")]
         state_dir: Option<PathBuf>,
     },
-    /// Make the CA and several certificates at once, keeping what exists:
-    /// what docker compose runs on every start.
+    /// Make the CA and several certificates at once, keeping what exists,
+    /// so a start script can run it on every start.
     Bundle {
         /// Where the certificates live.
         #[arg(long, env = "P2P_TLS_DIR", default_value = "tls")]
