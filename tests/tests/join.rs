@@ -98,6 +98,24 @@ async fn workstations_join_by_address_by_mdns_and_by_invite_and_a_file_moves() {
     assert_eq!(report["address"], mh.lan().host(1).addr.to_string());
     assert_eq!(report["agent_logged_in"], true, "{joined}");
     alice.wait_started().await;
+    // A script that joins at every start (compose) changes nothing the
+    // second time.
+    let cert = std::fs::read(alice.data_dir().join("deployment/agent.pem")).unwrap();
+    let again = alice
+        .p2p_ok(&[
+            "--json",
+            "join",
+            &server,
+            "--fingerprint",
+            &fingerprint,
+            "--if-not-joined",
+        ])
+        .await;
+    assert_eq!(again.json()["already_joined"], true, "{again}");
+    assert_eq!(
+        std::fs::read(alice.data_dir().join("deployment/agent.pem")).unwrap(),
+        cert
+    );
 
     // With no address at all: found by mDNS, trusted by the fingerprint.
     let mut bob = mh.add_joining_agent(2, "bob", &[]);

@@ -367,6 +367,11 @@ pub struct JoinArgs {
     pub user: Option<String>,
     #[command(flatten)]
     pub password: PasswordArgs,
+    /// Do nothing (and exit 0) when this data dir already joined the
+    /// deployment with this CA: for scripts and compose, which run the join
+    /// at every start.
+    #[arg(long, env = "P2P_JOIN_IF_NOT_JOINED")]
+    pub if_not_joined: bool,
     /// How long to listen for servers on the LAN when no SERVER is given
     /// (e.g. 3s).
     #[arg(long, env = "P2P_JOIN_BROWSE", default_value = "3s", value_parser = p2p_services::config::parse_duration)]

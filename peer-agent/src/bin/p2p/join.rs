@@ -54,6 +54,27 @@ pub async fn run(agent: &AgentArgs, out: Output, mut args: JoinArgs) -> Result<(
         args.fingerprint = Some(text.trim().to_string());
     }
     let target = target(&args, out).await?;
+    if args.if_not_joined
+        && let Ok(Some(joined)) = enrollment::Joined::load(&agent.data_dir)
+        && p2p_services::tls::parse_fingerprint(&target.fingerprint).as_deref()
+            == Some(joined.deployment.ca_fingerprint.as_str())
+    {
+        let message = format!(
+            "already joined the deployment at {} (CA {}) as {}: nothing to do",
+            joined.deployment.auth_url,
+            joined.deployment.ca_fingerprint,
+            joined.deployment.username
+        );
+        if out.json {
+            println!(
+                "{}",
+                serde_json::json!({"ok": true, "already_joined": true, "message": message})
+            );
+        } else {
+            println!("{message}");
+        }
+        return Ok(());
+    }
     // The server proves itself before anything is asked of the user.
     let trusted = enrollment::trust(&target.server, &target.fingerprint)
         .await
