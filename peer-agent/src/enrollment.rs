@@ -204,9 +204,24 @@ impl Joined {
     }
 
     /// How to reach the servers: trusting only the deployment's CA and
-    /// presenting this agent's certificate.
+    /// presenting this agent's certificate while it is valid. An expired
+    /// one is left out: auth-svc would refuse the handshake, and with it a
+    /// password login; the machine then joins again (`p2p join`).
     pub fn client_tls(&self) -> ClientTls {
-        ClientTls::from_ca_pem(&self.ca_pem).with_identity(&self.cert_pem, &self.key_pem)
+        let trust = ClientTls::from_ca_pem(&self.ca_pem);
+        let now = chrono::Utc::now().timestamp();
+        match self.cert_info() {
+            Ok(info) if info.not_after > now + 60 => {
+                trust.with_identity(&self.cert_pem, &self.key_pem)
+            }
+            _ => {
+                tracing::warn!(
+                    "this agent's certificate has expired (the machine was off longer than its \
+                     lifetime): run `p2p join` again"
+                );
+                trust
+            }
+        }
     }
 
     /// A new certificate for this agent (a new key too) from auth-svc,
