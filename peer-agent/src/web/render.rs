@@ -802,7 +802,10 @@ pub fn status(viewer: &Viewer, flash: Option<Flash>, s: &pb::StatusResponse) -> 
                 dt { "Auth" } dd { code { (s.auth_url) } }
                 @if !s.ca_fingerprint.is_empty() {
                     dt { "Deployment CA" } dd { code { (s.ca_fingerprint) } }
-                    dt { "Certificate" } dd { "for " code { (s.cert_address) } ", until " (added(s.cert_not_after_ms)) " (renews by itself)" }
+                    dt { "Certificate" } dd {
+                        "for " code { (s.cert_address) } ", until " (added(s.cert_not_after_ms))
+                        (if s.cert_not_after_ms <= p2p_services::time::now_ms() { " (expired: run p2p join again)" } else { " (renews by itself)" })
+                    }
                 }
                 dt { "Data directory" } dd { code { (s.data_dir) } " · " (human(s.free_disk_bytes)) " free" }
                 dt { "Shared files" } dd { (s.shared_files) }

@@ -642,12 +642,18 @@ impl StatusView {
         ];
         if !self.ca_fingerprint.is_empty() {
             lines.push(("deployment CA", self.ca_fingerprint.clone()));
+            let expired = self.cert_not_after_ms <= p2p_services::time::now_ms();
             lines.push((
                 "certificate",
                 format!(
-                    "for {}, until {} (renews by itself)",
+                    "for {}, until {} ({})",
                     or_dash(&self.cert_address),
-                    format::local_time(self.cert_not_after_ms)
+                    format::local_time(self.cert_not_after_ms),
+                    if expired {
+                        "EXPIRED: run `p2p join` again"
+                    } else {
+                        "renews by itself"
+                    }
                 ),
             ));
         }
