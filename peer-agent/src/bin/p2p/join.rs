@@ -4,6 +4,7 @@
 //! agent's data dir. Then, if an agent is waiting there, it waits for it to
 //! start and logs it in with the same password.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use p2p_proto::agent::v1 as agent;
@@ -213,6 +214,33 @@ async fn target(args: &JoinArgs, out: Output) -> Result<Target, Error> {
             Ok(Target {
                 server,
                 fingerprint: fingerprint.clone(),
+                token,
+            })
+        }
+        // One server and nobody named a fingerprint: a person at a
+        // terminal compares it with the one their admin gave, as with an
+        // SSH host key; a script must name it.
+        ([one], None) if !out.json && std::io::stdin().is_terminal() => {
+            let fingerprint = one.fingerprint().map(str::to_string).ok_or_else(|| {
+                Error::Invalid(format!("{} announced no CA fingerprint", one.instance))
+            })?;
+            let server =
+                one.dial_addrs().into_iter().next().ok_or_else(|| {
+                    Error::Invalid(format!("{} announced no address", one.instance))
+                })?;
+            eprintln!(
+                "found {} at {server}\nits CA fingerprint is {fingerprint}\n\
+                 join it only if this is the fingerprint your admin gave you (the server logged \
+                 it at its first start)",
+                one.instance
+            );
+            let answer = commands::prompt_line("join it? [y/N]")?;
+            if !matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
+                return Err(Error::Invalid("not joined".into()));
+            }
+            Ok(Target {
+                server,
+                fingerprint,
                 token,
             })
         }
