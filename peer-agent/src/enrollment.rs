@@ -8,7 +8,7 @@
 //! - `agent.pem` / `agent-key.pem` (0600): this agent's certificate chain,
 //!   naming the address auth-svc saw it at, and the key it made itself.
 //!
-//! [`join`] makes them; [`Joined::renew`] replaces the certificate (a new
+//! [`trust`] and [`join_trusted`] make them; [`Joined::renew`] replaces the certificate (a new
 //! key each time) with the current one as TLS client certificate, which is
 //! what auth-svc accepts for renewal. The key never leaves this machine;
 //! the CA key never leaves the server.
@@ -175,27 +175,30 @@ impl Joined {
     /// (the agent waiting for a join) never sees half; `deployment.json`
     /// last, since its presence means "joined".
     fn save(&self) -> Result<(), Error> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| io("create", &self.dir, e))?;
-        write(&self.dir.join("ca.pem"), &self.ca_pem, false)?;
+        issue::write(&self.dir.join("ca.pem"), &self.ca_pem, false)?;
         self.save_certificate()?;
         let json = serde_json::to_string_pretty(&self.deployment)
             .map_err(|e| Error::Config(format!("cannot encode the deployment: {e}")))?;
-        write(&self.dir.join("deployment.json"), &json, false)
+        Ok(issue::write(
+            &self.dir.join("deployment.json"),
+            &json,
+            false,
+        )?)
     }
 
     /// Writes the key, then the certificate.
     fn save_certificate(&self) -> Result<(), Error> {
-        write(&self.dir.join("agent-key.pem"), &self.key_pem, true)?;
-        write(&self.dir.join("agent.pem"), &self.cert_pem, false)
+        issue::write(&self.dir.join("agent-key.pem"), &self.key_pem, true)?;
+        Ok(issue::write(
+            &self.dir.join("agent.pem"),
+            &self.cert_pem,
+            false,
+        )?)
     }
 
     /// What this agent's certificate is valid for, and until when.
     pub fn cert_info(&self) -> Result<CertInfo, Error> {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
-            .map_err(|e| Error::Config(format!("the agent certificate is not PEM: {e}")))?;
-        let (names, not_before, not_after) = issue::names_and_validity(&der)?;
+        let (names, not_before, not_after) = issue::names_and_validity(self.cert_pem.as_bytes())?;
         Ok(CertInfo {
             names,
             not_before,
@@ -239,25 +242,6 @@ impl Joined {
         renewed.save_certificate()?;
         Ok(renewed)
     }
-}
-
-/// Writes `text` to `path` through a temporary file; 0600 when `secret`.
-fn write(path: &Path, text: &str, secret: bool) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let result = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .and_then(|mut file| {
-            file.write_all(text.as_bytes())?;
-            file.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    result.map_err(|e| io("write", path, e))
 }
 
 /// How the joining user proves who they are.
@@ -365,19 +349,9 @@ pub async fn trust(server: &str, fingerprint: &str) -> Result<Trusted, Error> {
     Ok(Trusted { auth_url, ca_pem })
 }
 
-/// Joins the deployment whose auth-svc is at `server` and whose CA has
-/// `fingerprint`, proving the account with `credential`, and keeps what
-/// it learned in `data_dir` (replacing an earlier join).
-pub async fn join(
-    data_dir: &Path,
-    server: &str,
-    fingerprint: &str,
-    credential: Credential,
-) -> Result<Joined, Error> {
-    join_trusted(data_dir, trust(server, fingerprint).await?, credential).await
-}
-
-/// [`join`], once the server is [`trust`]ed.
+/// Joins the deployment of a [`trust`]ed auth-svc, proving the account
+/// with `credential`, and keeps what it learned in `data_dir` (replacing an
+/// earlier join).
 pub async fn join_trusted(
     data_dir: &Path,
     trusted: Trusted,

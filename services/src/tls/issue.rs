@@ -95,16 +95,18 @@ pub fn account_of(cert_der: &[u8]) -> Option<String> {
         })
 }
 
-/// The names (DNS names and IP addresses, as text) a certificate (DER)
-/// is valid for, and when it expires (Unix seconds).
-pub fn names_and_expiry(cert_der: &[u8]) -> Result<(Vec<String>, i64), TlsError> {
-    let (names, _, not_after) = names_and_validity(cert_der)?;
-    Ok((names, not_after))
+/// The names (DNS names and IP addresses, as text) the first certificate
+/// in PEM text is valid for, and its validity: `(names, not_before,
+/// not_after)`, Unix seconds.
+pub fn names_and_validity(cert_pem: &[u8]) -> Result<(Vec<String>, i64, i64), TlsError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(cert_pem)
+        .map_err(|e| TlsError::Pem(format!("the certificate is not PEM: {e}")))?;
+    der_names_and_validity(&der)
 }
 
-/// Like [`names_and_expiry`], with when it became valid too:
-/// `(names, not_before, not_after)`, Unix seconds.
-pub fn names_and_validity(cert_der: &[u8]) -> Result<(Vec<String>, i64, i64), TlsError> {
+fn der_names_and_validity(cert_der: &[u8]) -> Result<(Vec<String>, i64, i64), TlsError> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
         .map_err(|e| TlsError::Pem(format!("not an X.509 certificate: {e}")))?;
     let mut names = Vec::new();
@@ -414,7 +416,7 @@ impl CertDir {
 
 /// Writes `text` to `path` (creating its directory), mode 0600 when
 /// `secret`, through a temporary file so a reader never sees half.
-pub(super) fn write(path: &Path, text: &str, secret: bool) -> Result<(), TlsError> {
+pub fn write(path: &Path, text: &str, secret: bool) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let err = |source| TlsError::Write {

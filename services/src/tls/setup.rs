@@ -94,15 +94,10 @@ pub fn ensure(state_dir: &Path, extra: &[String]) -> Result<ServerPki, TlsError>
     }
     let current = std::fs::read(certs.cert(SERVER_LEAF))
         .ok()
-        .and_then(|pem| {
-            use rustls::pki_types::CertificateDer;
-            use rustls::pki_types::pem::PemObject;
-            CertificateDer::from_pem_slice(&pem).ok()
-        })
-        .and_then(|der| super::issue::names_and_expiry(&der).ok());
+        .and_then(|pem| super::issue::names_and_validity(&pem).ok());
     let now = chrono::Utc::now().timestamp();
     let fresh = match &current {
-        Some((have, not_after)) => {
+        Some((have, _, not_after)) => {
             names.iter().all(|n| have.contains(n))
                 && *not_after > now + RENEW_BEFORE.as_secs() as i64
                 && certs.key(SERVER_LEAF).exists()
