@@ -294,16 +294,19 @@ impl IndexApi {
             }
             (addr, _) => addr.to_string(),
         };
+        // Checked before registering, so a refusal leaves nothing behind;
+        // an unknown peer is fine (already gone).
         let replaces = match request.replaces_peer_id.trim() {
             "" => None,
-            text => Some(parse_peer("replaces_peer_id", text)?),
-        };
-        if let Some(old) = &replaces {
-            match self.check_owner(old, &claims.sub).await {
-                Ok(()) | Err(Error::PeerNotFound(_)) => {}
-                Err(err) => return Err(err),
+            text => {
+                let old = parse_peer("replaces_peer_id", text)?;
+                match self.check_owner(&old, &claims.sub).await {
+                    Ok(()) => Some(old),
+                    Err(Error::PeerNotFound(_)) => None,
+                    Err(err) => return Err(err),
+                }
             }
-        }
+        };
         let (host, port) =
             advertise::split(&addr, MAX_ADDR_BYTES).map_err(Error::InvalidArgument)?;
         self.advertise
@@ -326,7 +329,7 @@ impl IndexApi {
         self.caches.set_owner(&peer_id, &claims.sub);
         tracing::info!(%peer_id, user = %claims.name, %addr, "peer registered");
         if let Some(old) = replaces.filter(|old| *old != peer_id) {
-            self.retire(claims, &old).await?;
+            self.retire(&old).await?;
             tracing::info!(%old, new = %peer_id, %addr, "peer moved; its old address is no longer offered");
         }
         Ok(pb::RegisterPeerResponse {
@@ -340,15 +343,9 @@ impl IndexApi {
         })
     }
 
-    /// Takes the caller's own `old` peer offline at once, with anything
-    /// queued for it. An unknown peer is fine (already gone); another
-    /// user's is refused.
-    async fn retire(&self, claims: &Claims, old: &PeerId) -> Result<(), Error> {
-        match self.check_owner(old, &claims.sub).await {
-            Ok(()) => {}
-            Err(Error::PeerNotFound(_)) => return Ok(()),
-            Err(err) => return Err(err),
-        }
+    /// Takes `old` (the caller's own, checked by the caller) offline at
+    /// once, with anything queued for it.
+    async fn retire(&self, old: &PeerId) -> Result<(), Error> {
         let _gate = self.queue.gate().await;
         self.queue.with(|pending| pending.forget_peer(old));
         self.store.retire_peer(old).await?;
