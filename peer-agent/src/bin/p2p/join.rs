@@ -1,8 +1,8 @@
 //! `p2p join`: the one command that joins a machine. It needs no running
-//! agent: it talks to auth-svc itself (through
-//! `peer_agent::enrollment::join`) and leaves what it learned in the
-//! agent's data dir. Then, if an agent is waiting there, it waits for it to
-//! start and logs it in with the same password.
+//! agent: it talks to auth-svc itself (`peer_agent::enrollment::trust`,
+//! then `join_trusted`) and leaves what it learned in the agent's data
+//! dir. Then, if an agent is waiting there, it waits for it to start and
+//! logs it in with the same password.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -204,10 +204,7 @@ async fn target(args: &JoinArgs, out: Output) -> Result<Target, Error> {
         .collect();
     match (matching.as_slice(), &wanted) {
         ([one], Some(fingerprint)) => {
-            let server =
-                one.dial_addrs().into_iter().next().ok_or_else(|| {
-                    Error::Invalid(format!("{} announced no address", one.instance))
-                })?;
+            let server = first_address(one)?;
             if !out.json {
                 eprintln!("found {} at {server}", one.instance);
             }
@@ -224,10 +221,7 @@ async fn target(args: &JoinArgs, out: Output) -> Result<Target, Error> {
             let fingerprint = one.fingerprint().map(str::to_string).ok_or_else(|| {
                 Error::Invalid(format!("{} announced no CA fingerprint", one.instance))
             })?;
-            let server =
-                one.dial_addrs().into_iter().next().ok_or_else(|| {
-                    Error::Invalid(format!("{} announced no address", one.instance))
-                })?;
+            let server = first_address(one)?;
             eprintln!(
                 "found {} at {server}\nits CA fingerprint is {fingerprint}\n\
                  join it only if this is the fingerprint your admin gave you (the server logged \
@@ -246,6 +240,15 @@ async fn target(args: &JoinArgs, out: Output) -> Result<Target, Error> {
         }
         _ => Err(Error::Invalid(listing(&found, wanted.as_deref()))),
     }
+}
+
+/// The address to dial a server found on the LAN at.
+fn first_address(found: &Found) -> Result<String, Error> {
+    found
+        .dial_addrs()
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Invalid(format!("{} announced no address", found.instance)))
 }
 
 /// What was found, and what to type next.
