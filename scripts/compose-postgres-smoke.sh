@@ -89,12 +89,21 @@ echo "the download completed"
 echo "--- restarting the stopped replica changes nothing"
 compose start index-2
 wait_for 60 "index-2 to be healthy again" healthy index-2
+# ListFiles through one replica; how many complete copies it counts.
+big_files() {
+  grpcurl -cacert "$WORK/ca.pem" -H "authorization: Bearer $ADMIN_TOKEN" \
+    -d '{"name_contains":"big.bin"}' 127.0.0.1:$1 p2p.index.v1.IndexService/ListFiles
+}
+complete_copies() {
+  big_files "$1" | python3 -c 'import json,sys; f=json.load(sys.stdin)["files"]; print(f[0].get("completeCopies",0) if f else 0)'
+}
+two_copies() { [[ $(complete_copies "$1") == 2 ]]; }
 for port in 50052 50057; do
-  files=$(grpcurl -cacert "$WORK/ca.pem" -H "authorization: Bearer $ADMIN_TOKEN" \
-    -d '{"name_contains":"big.bin"}' 127.0.0.1:$port p2p.index.v1.IndexService/ListFiles) \
-    || fail "ListFiles through port $port"
-  copies=$(python3 -c 'import json,sys; f=json.load(sys.stdin)["files"]; print(f[0].get("completeCopies",0) if f else 0)' <<<"$files")
-  [[ $copies == 2 ]] || fail "the replica on port $port shows $copies complete copies of big.bin, not 2: $files"
+  # peer-b reports its finished download when it finishes, and its
+  # heartbeat reports it again if no replica took that report.
+  if ! (wait_for 20 "two complete copies through port $port" two_copies $port); then
+    fail "the replica on port $port shows $(complete_copies $port) complete copies of big.bin, not 2: $(big_files $port)"
+  fi
 done
 p2p peer-b ls | grep -q small.bin || fail "small.bin is no longer listed"
 echo "compose PostgreSQL smoke test passed in $(( $(date +%s) - started )) s"

@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
         };
     }
     telemetry::init(config.telemetry.log_format);
+    let shutdown = shutdown::signal();
     let listener = match listen::bind(&config.listen).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -39,7 +40,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match auth_svc::run(config, listener, shutdown::signal()).await {
+    match auth_svc::run(config, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("auth-svc stopped: {err}");

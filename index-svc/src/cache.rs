@@ -21,6 +21,12 @@
 //!   replica wrote, a lease that lapsed or a load another replica flushed
 //!   is seen within that plus the writer's flush interval.
 //!
+//! - **counts** (a listing filter → how many files it matches): kept for
+//!   the files' generation they were counted in (see
+//!   [`crate::store::Store::files_generation`]), which the database bumps
+//!   on every change that could alter them, whoever makes it. Up to
+//!   [`MAX_COUNTS`] filters (then cleared).
+//!
 //! Who is online and who holds what is otherwise always read from the
 //! database (plus this replica's unflushed writes, see [`crate::batch`]).
 
@@ -30,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use p2p_services::manifest::{FileId, Manifest};
 
+use crate::listing::Filter;
 use crate::peer::PeerId;
 use crate::selection::Candidate;
 
@@ -45,6 +52,8 @@ pub const MAX_MANIFEST_HASH_BYTES: usize = 32 << 20;
 pub const SOURCES_TTL: Duration = Duration::from_secs(1);
 /// Most files whose candidate sources are remembered at once.
 pub const MAX_SOURCE_LISTS: usize = 1024;
+/// Most listing filters whose counts are remembered.
+pub const MAX_COUNTS: usize = 256;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -55,6 +64,7 @@ struct Inner {
     sources: HashMap<FileId, (Arc<Vec<Candidate>>, Instant)>,
     /// Bumped by every forget, so a read that overlapped one is not kept.
     sources_generation: u64,
+    counts: HashMap<Filter, (i64, u64)>,
 }
 
 /// The replica-local caches. Cheap to clone.
@@ -100,6 +110,28 @@ impl Caches {
         if inner.files.len() < MAX_FILES {
             inner.files.insert(file_id.clone(), (chunk_count, now));
         }
+    }
+
+    /// How many files `filter` matched in the files' `generation`.
+    pub fn count(&self, filter: &Filter, generation: i64) -> Option<u64> {
+        let inner = self.lock();
+        let (counted_in, count) = inner.counts.get(filter)?;
+        (*counted_in == generation).then_some(*count)
+    }
+
+    /// Remembers how many files `filter` matched, counted after reading
+    /// the files' `generation`.
+    pub fn set_count(&self, filter: &Filter, generation: i64, count: u64) {
+        let mut inner = self.lock();
+        if inner.counts.len() >= MAX_COUNTS {
+            inner
+                .counts
+                .retain(|_, (counted_in, _)| *counted_in == generation);
+            if inner.counts.len() >= MAX_COUNTS {
+                inner.counts.clear();
+            }
+        }
+        inner.counts.insert(filter.clone(), (generation, count));
     }
 
     /// A cached manifest.

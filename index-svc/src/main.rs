@@ -29,6 +29,7 @@ async fn main() -> ExitCode {
         };
     }
     telemetry::init(config.telemetry.log_format);
+    let shutdown = shutdown::signal();
     let listener = match listen::bind(&config.listen).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -36,7 +37,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match index_svc::run(config, listener, shutdown::signal()).await {
+    match index_svc::run(config, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");

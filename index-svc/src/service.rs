@@ -13,7 +13,7 @@ use futures::Stream;
 use p2p_proto::index::v1 as pb;
 use p2p_proto::index::v1::index_service_server::IndexService;
 use p2p_services::auth::{Claims, claims};
-use p2p_services::manifest::{Bitfield, FileId, Manifest, wire};
+use p2p_services::manifest::{Bitfield, EntryKind, FileId, Manifest, wire};
 use p2p_services::metrics;
 use p2p_services::time::now_ms;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ use crate::cache::Caches;
 use crate::error::Error;
 use crate::events::{EventCursor, FileEventKind, StoredEvent};
 use crate::lease::Lease;
-use crate::listing::{self, PageCursor};
+use crate::listing::{self, Filter, Order, PageCursor, SortKey, TokenError};
 use crate::peer::{Holding, PeerId, PeerLoad, PeerRecord};
 use crate::selection::{self, Candidate, REPORT_WINDOW, Ranked, ReportReason};
 use crate::store::{FileSummary, HoldingUpdate, NewPeer, NewReport, Owner, Renewal, Store};
@@ -183,6 +183,27 @@ fn load_to_proto(load: &PeerLoad) -> pb::PeerLoad {
     }
 }
 
+/// The order a ListFiles request asks for.
+fn sort_order(request: &pb::ListFilesRequest) -> Result<Order, Error> {
+    let key = match pb::FileSort::try_from(request.sort) {
+        Ok(pb::FileSort::Unspecified) => return Ok(Order::NEWEST_FIRST),
+        Ok(pb::FileSort::Name) => SortKey::Name,
+        Ok(pb::FileSort::Size) => SortKey::Size,
+        Ok(pb::FileSort::Added) => SortKey::Added,
+        Ok(pb::FileSort::Holders) => SortKey::Holders,
+        Err(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "sort {} is not one of name (1), size (2), added (3) or holders (4)",
+                request.sort
+            )));
+        }
+    };
+    Ok(Order {
+        key,
+        descending: request.descending,
+    })
+}
+
 fn file_to_proto(file: FileSummary) -> pb::FileInfo {
     pb::FileInfo {
         file_id: file.file_id.to_string(),
@@ -196,6 +217,8 @@ fn file_to_proto(file: FileSummary) -> pb::FileInfo {
         complete_copies: file.complete_copies,
         chunk_size_bytes: file.chunk_size_bytes,
         chunk_count: file.chunk_count,
+        kind: file.kind.code(),
+        entry_count: file.entry_count,
     }
 }
 
@@ -464,30 +487,69 @@ impl IndexApi {
                 listing::MAX_FILTER_BYTES
             )));
         }
+        let order = sort_order(&request)?;
         let cursor = match request.page_token.trim() {
             "" => None,
-            token => Some(PageCursor::decode(token).ok_or_else(|| {
-                Error::InvalidArgument(
+            token => Some(PageCursor::decode(token, order).map_err(|err| match err {
+                TokenError::Garbled => Error::InvalidArgument(
                     "page_token is not one this index issued; start again without it".into(),
-                )
+                ),
+                TokenError::OtherOrder { issued_for } => Error::InvalidArgument(format!(
+                    "page_token was issued for the list sorted by {}, not by {}; \
+                     start again without it when changing the sort",
+                    issued_for.label(),
+                    order.label()
+                )),
             })?),
         };
-        let mut files = self
-            .store
-            .list_files(
-                &listing::contains_pattern(&request.name_contains),
+        let kind = match request.kind {
+            None => None,
+            Some(code) => Some(match pb::EntryKind::try_from(code) {
+                Ok(kind) => EntryKind::from_code(i64::from(kind as i32)),
+                Err(_) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "kind {code} is neither a file (0) nor a folder (1)"
+                    )));
+                }
+            }),
+        };
+        let owner_name = request.owner_name.trim();
+        if owner_name.len() > listing::MAX_FILTER_BYTES {
+            return Err(Error::TooLarge(format!(
+                "owner_name is {} bytes; at most {}",
+                owner_name.len(),
+                listing::MAX_FILTER_BYTES
+            )));
+        }
+        let filter = Filter {
+            name_contains: request.name_contains,
+            owner_name: (!owner_name.is_empty()).then(|| owner_name.to_string()),
+            kind,
+        };
+        let (files, total_count) = tokio::join!(
+            self.store.list_files(
+                &filter,
+                order,
                 cursor.as_ref(),
                 limit + 1,
                 self.lease.online_after(now_ms()),
-            )
-            .await?;
+            ),
+            async {
+                match request.include_total {
+                    true => self.count_matching(&filter).await.map(Some),
+                    false => Ok(None),
+                }
+            }
+        );
+        let (mut files, total_count) = (files?, total_count?);
         let next_page_token = if files.len() > limit as usize {
             files.truncate(limit as usize);
             files
                 .last()
                 .map(|f| {
                     PageCursor {
-                        added_at_ms: f.added_at_ms,
+                        order,
+                        value: Store::sort_value(f, order),
                         file_id: f.file_id.to_string(),
                     }
                     .encode()
@@ -499,7 +561,20 @@ impl IndexApi {
         Ok(pb::ListFilesResponse {
             files: files.into_iter().map(file_to_proto).collect(),
             next_page_token,
+            total_count,
         })
+    }
+
+    /// How many files `filter` matches, counted at most once per change
+    /// to the files (see [`Caches::count`]).
+    async fn count_matching(&self, filter: &Filter) -> Result<u64, Error> {
+        let generation = self.store.files_generation().await?;
+        if let Some(count) = self.caches.count(filter, generation) {
+            return Ok(count);
+        }
+        let count = self.store.count_matching(filter).await?;
+        self.caches.set_count(filter, generation, count);
+        Ok(count)
     }
 
     async fn get_file(&self, request: pb::GetFileRequest) -> Result<pb::GetFileResponse, Error> {

@@ -11,13 +11,13 @@
 use std::time::Duration;
 
 use p2p_services::db::{self, Backend, Migrations};
-use p2p_services::manifest::{Bitfield, FileId, Manifest};
+use p2p_services::manifest::{Bitfield, EntryKind, FileId, Manifest};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use crate::error::Error;
 use crate::events::{FileEventKind, StoredEvent};
-use crate::listing::{self, PageCursor};
+use crate::listing::{self, Filter, KeyValue, Order, PageCursor, SortKey};
 use crate::peer::{Holding, PeerId, PeerLoad, PeerRecord};
 use crate::selection::{Candidate, Report, ReportReason};
 
@@ -63,6 +63,12 @@ pub struct FileSummary {
     pub chunk_size_bytes: u32,
     /// Number of chunks.
     pub chunk_count: u32,
+    /// A single file or a folder.
+    pub kind: EntryKind,
+    /// Files in a folder; 0 for a file.
+    pub entry_count: u32,
+    /// Holders recorded, online or not (what the holders sort compares).
+    pub holder_count: i64,
 }
 
 /// A heartbeat to write (queued by `crate::batch` until its flush).
@@ -177,18 +183,26 @@ fn to_u32(v: i64) -> u32 {
     u32::try_from(v.max(0)).unwrap_or(u32::MAX)
 }
 
-/// The columns of a [`FileSummary`]; `$1` is the online cutoff.
-macro_rules! summary_select {
+/// The columns of a [`FileSummary`] from a row set aliased `f`; `$1` is
+/// the online cutoff.
+macro_rules! summary_columns {
     () => {
         "SELECT f.file_id, f.name, f.size_bytes, f.mime_type, f.owner_id, f.owner_name, \
-                f.added_at_ms, f.chunk_size_bytes, f.chunk_count, \
+                f.added_at_ms, f.chunk_size_bytes, f.chunk_count, f.kind, f.entry_count, \
+                f.holder_count, \
                 (SELECT COUNT(*) FROM holdings h JOIN peers p ON p.peer_id = h.peer_id \
                   WHERE h.file_id = f.file_id AND (h.complete = 1 OR h.chunks_held > 0) \
                     AND p.last_seen_ms > $1) AS online_holders, \
                 (SELECT COUNT(*) FROM holdings h JOIN peers p ON p.peer_id = h.peer_id \
                   WHERE h.file_id = f.file_id AND h.complete = 1 \
-                    AND p.last_seen_ms > $1) AS complete_copies \
-         FROM files f "
+                    AND p.last_seen_ms > $1) AS complete_copies "
+    };
+}
+
+/// [`summary_columns`] of the `files` table.
+macro_rules! summary_select {
+    () => {
+        concat!(summary_columns!(), "FROM files f ")
     };
 }
 
@@ -216,6 +230,9 @@ fn summary_from_row(row: &AnyRow) -> Result<FileSummary, Error> {
         complete_copies: to_u32(row.try_get("complete_copies")?),
         chunk_size_bytes: to_u32(row.try_get("chunk_size_bytes")?),
         chunk_count: to_u32(row.try_get("chunk_count")?),
+        kind: EntryKind::from_code(row.try_get("kind")?),
+        entry_count: to_u32(row.try_get("entry_count")?),
+        holder_count: row.try_get("holder_count")?,
     })
 }
 
@@ -254,6 +271,17 @@ fn holding_columns(holding: &Holding, chunk_count: u32) -> (i64, Vec<u8>, i64) {
     }
 }
 
+/// Whether a holding (complete, chunks held) shows its peer as a holder.
+fn shows_as_holder(holding: Option<(bool, i64)>) -> bool {
+    holding.is_some_and(|(complete, held)| complete || held > 0)
+}
+
+/// How the number of holders shown changes when a holding goes from
+/// `before` to `after`: -1, 0 or 1.
+pub fn holder_delta(before: Option<(bool, i64)>, after: Option<(bool, i64)>) -> i64 {
+    i64::from(shows_as_holder(after)) - i64::from(shows_as_holder(before))
+}
+
 /// Whether going from `before` (complete, chunks held) to `after` changes
 /// what holder counts show.
 pub fn holders_changed(before: Option<(bool, i64)>, after: Option<(bool, i64)>) -> bool {
@@ -264,6 +292,57 @@ pub fn holders_changed(before: Option<(bool, i64)>, after: Option<(bool, i64)>) 
         (None, None) => false,
         (None, Some((_, shown))) | (Some((_, shown)), None) => shown,
         (Some(b), Some(a)) => b != a,
+    }
+}
+
+/// The columns of `files` a listing page carries to [`summary_columns`].
+const LISTED_COLUMNS: &str = "f.file_id, f.name, f.size_bytes, f.mime_type, f.owner_id, \
+     f.owner_name, f.added_at_ms, f.chunk_size_bytes, f.chunk_count, f.kind, f.entry_count, \
+     f.name_folded, f.holder_count";
+
+/// The SQL conditions of `filter` over `files f`, numbering placeholders
+/// from `next` (left after the last one used); bind them with
+/// [`bind_filter`], in the same order.
+fn filter_conditions(filter: &Filter, next: &mut usize) -> Vec<String> {
+    let mut conditions = Vec::new();
+    let mut placeholder = || {
+        let n = *next;
+        *next += 1;
+        n
+    };
+    if !filter.name_contains.is_empty() {
+        conditions.push(format!(
+            "COALESCE(f.name_folded, LOWER(f.name)) LIKE ${} ESCAPE '\\'",
+            placeholder()
+        ));
+    }
+    if filter.owner_name.is_some() {
+        conditions.push(format!("f.owner_name = ${}", placeholder()));
+    }
+    if filter.kind.is_some() {
+        conditions.push(format!("f.kind = ${}", placeholder()));
+    }
+    conditions
+}
+
+fn bind_filter<'q>(mut query: AnyQuery<'q>, filter: &Filter) -> AnyQuery<'q> {
+    if !filter.name_contains.is_empty() {
+        query = query.bind(listing::contains_pattern(&filter.name_contains));
+    }
+    if let Some(owner) = &filter.owner_name {
+        query = query.bind(owner.clone());
+    }
+    if let Some(kind) = filter.kind {
+        query = query.bind(i64::from(kind.code()));
+    }
+    query
+}
+
+fn where_clause(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
     }
 }
 
@@ -557,8 +636,8 @@ impl Store {
         let created = sqlx::query(
             "INSERT INTO files (file_id, name, size_bytes, mime_type, chunk_size_bytes, \
                  chunk_count, chunk_hashes, file_hash, owner_id, owner_name, added_at_ms, \
-                 name_folded) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 name_folded, kind, entry_count, folder_layout, chunk_chaining_values) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
              ON CONFLICT (file_id) DO NOTHING RETURNING file_id",
         )
         .bind(file_id.as_str())
@@ -573,6 +652,12 @@ impl Store {
         .bind(&owner.username)
         .bind(now_ms)
         .bind(listing::fold_name(&manifest.name))
+        .bind(i64::from(manifest.kind().code()))
+        .bind(i64::from(manifest.entry_count()))
+        .bind(manifest.folder_layout_bytes())
+        .bind(
+            (!manifest.chunk_chaining_values.is_empty()).then(|| manifest.chaining_values_bytes()),
+        )
         .fetch_optional(&mut *tx)
         .await?
         .is_some();
@@ -640,7 +725,30 @@ impl Store {
         .execute(&mut **tx)
         .await?
         .rows_affected();
-        Ok(written > 0 && holders_changed(before, Some((complete == 1, held))))
+        let after = Some((complete == 1, held));
+        if written > 0 {
+            Self::count_holder(tx, file_id, before, after).await?;
+        }
+        Ok(written > 0 && holders_changed(before, after))
+    }
+
+    /// Keeps `files.holder_count` in step with a holding going from
+    /// `before` to `after`, in the transaction that changes it.
+    async fn count_holder(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        file_id: &FileId,
+        before: Option<(bool, i64)>,
+        after: Option<(bool, i64)>,
+    ) -> Result<(), Error> {
+        let delta = holder_delta(before, after);
+        if delta != 0 {
+            sqlx::query("UPDATE files SET holder_count = holder_count + $1 WHERE file_id = $2")
+                .bind(delta)
+                .bind(file_id.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn holding_state(
@@ -697,43 +805,106 @@ impl Store {
             .transpose()
     }
 
-    /// Files whose folded name ([`listing::fold_name`]) matches
-    /// `name_pattern` (a `LIKE` pattern escaped with `\`), newest first,
-    /// after `cursor`, at most `limit`. A row an older replica wrote
-    /// without a folded name falls back to the database's `LOWER` until
-    /// the next start-up fills it in.
+    /// One page of the files `filter` matches, in `order`, strictly
+    /// after `cursor`, at most `limit`. The page is picked from the sort's
+    /// index first and holders are counted for its rows only, so a page
+    /// costs the same whatever the network's size (the name filter, a
+    /// substring, still scans). A row an older replica wrote without a
+    /// folded name matches the name filter through the database's `LOWER`
+    /// until the next start-up fills it in.
     pub async fn list_files(
         &self,
-        name_pattern: &str,
+        filter: &Filter,
+        order: Order,
         cursor: Option<&PageCursor>,
         limit: u32,
         online_after_ms: i64,
     ) -> Result<Vec<FileSummary>, Error> {
-        let (after_ms, after_id) = match cursor {
-            Some(c) => (c.added_at_ms, c.file_id.as_str()),
-            None => (i64::MAX, ""),
+        let column = match order.key {
+            SortKey::Name => "f.name_folded",
+            SortKey::Size => "f.size_bytes",
+            SortKey::Added => "f.added_at_ms",
+            SortKey::Holders => "f.holder_count",
         };
-        let rows = sqlx::query(concat!(
-            summary_select!(),
-            "WHERE COALESCE(f.name_folded, LOWER(f.name)) LIKE $2 ESCAPE '\\' \
-               AND (f.added_at_ms < $3 OR (f.added_at_ms = $3 AND f.file_id > $4)) \
-             ORDER BY f.added_at_ms DESC, f.file_id LIMIT $5"
-        ))
-        .bind(online_after_ms)
-        .bind(name_pattern)
-        .bind(after_ms)
-        .bind(after_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let (direction, after) = if order.descending {
+            ("DESC", "<")
+        } else {
+            ("ASC", ">")
+        };
+        let mut next = 2;
+        let mut conditions = filter_conditions(filter, &mut next);
+        if cursor.is_some() {
+            conditions.push(format!(
+                "({column}, f.file_id) {after} (${}, ${})",
+                next,
+                next + 1
+            ));
+            next += 2;
+        }
+        let sql = format!(
+            concat!(
+                summary_columns!(),
+                "FROM (SELECT {listed} FROM files f {where_} \
+                   ORDER BY {column} {direction}, f.file_id {direction} LIMIT ${limit}) f \
+                 ORDER BY {column} {direction}, f.file_id {direction}"
+            ),
+            listed = LISTED_COLUMNS,
+            where_ = where_clause(&conditions),
+            limit = next,
+            column = column,
+            direction = direction,
+        );
+        let mut query = bind_filter(sqlx::query(&sql).bind(online_after_ms), filter);
+        if let Some(cursor) = cursor {
+            query = match &cursor.value {
+                KeyValue::Text(text) => query.bind(text.clone()),
+                KeyValue::Number(n) => query.bind(*n),
+            }
+            .bind(cursor.file_id.clone());
+        }
+        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
         rows.iter().map(summary_from_row).collect()
+    }
+
+    /// How many files `filter` matches.
+    pub async fn count_matching(&self, filter: &Filter) -> Result<u64, Error> {
+        let mut next = 1;
+        let conditions = filter_conditions(filter, &mut next);
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM files f {}",
+            where_clause(&conditions)
+        );
+        let row = bind_filter(sqlx::query(&sql), filter)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(row.try_get("n")?))
+    }
+
+    /// The files' generation: bumped (by triggers) whenever a file is
+    /// added or removed or its name, owner or kind changes, so a count of
+    /// the files a filter matches holds while it stays the same.
+    pub async fn files_generation(&self) -> Result<i64, Error> {
+        let row = sqlx::query("SELECT generation FROM files_generation WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("generation")?)
+    }
+
+    /// The sort key of a listed file in `order`, for its page token.
+    pub fn sort_value(file: &FileSummary, order: Order) -> KeyValue {
+        match order.key {
+            SortKey::Name => KeyValue::Text(listing::fold_name(&file.name)),
+            SortKey::Size => KeyValue::Number(to_i64(file.size_bytes)),
+            SortKey::Added => KeyValue::Number(file.added_at_ms),
+            SortKey::Holders => KeyValue::Number(file.holder_count),
+        }
     }
 
     /// The stored manifest of a file.
     pub async fn manifest(&self, file_id: &FileId) -> Result<Option<Manifest>, Error> {
         let Some(row) = sqlx::query(
-            "SELECT name, size_bytes, mime_type, chunk_size_bytes, chunk_hashes, file_hash \
-             FROM files WHERE file_id = $1",
+            "SELECT name, size_bytes, mime_type, chunk_size_bytes, chunk_hashes, file_hash, \
+             folder_layout, chunk_chaining_values FROM files WHERE file_id = $1",
         )
         .bind(file_id.as_str())
         .fetch_optional(&self.pool)
@@ -744,14 +915,18 @@ impl Store {
         let chunk_size: i64 = row.try_get("chunk_size_bytes")?;
         let hashes: Vec<u8> = row.try_get("chunk_hashes")?;
         let file_hash: Vec<u8> = row.try_get("file_hash")?;
-        Manifest::from_parts(
+        let layout: Vec<u8> = row.try_get("folder_layout")?;
+        let cvs: Option<Vec<u8>> = row.try_get("chunk_chaining_values")?;
+        Manifest::from_stored(
             row.try_get("name")?,
             to_u64(row.try_get("size_bytes")?),
             row.try_get("mime_type")?,
             to_u32(chunk_size),
             &hashes,
             &file_hash,
+            &layout,
         )
+        .and_then(|m| m.with_chaining_values(cvs.as_deref().unwrap_or_default()))
         .map(Some)
         .map_err(|e| Error::Corrupt(format!("stored manifest of {file_id}: {e}")))
     }
@@ -827,6 +1002,7 @@ impl Store {
             .bind(peer.as_str())
             .execute(&mut *tx)
             .await?;
+        Self::count_holder(&mut tx, file_id, before, None).await?;
         if holders_changed(before, None) {
             Self::log_event(&mut tx, FileEventKind::HoldersChanged, file_id, "", now_ms).await?;
         }
@@ -1039,6 +1215,15 @@ mod tests {
         assert!(holders_changed(Some((false, 5)), Some((true, 8))));
         assert!(holders_changed(Some((true, 8)), None));
         assert!(!holders_changed(None, None));
+    }
+
+    #[test]
+    fn holder_count_moves_only_when_a_holder_appears_or_goes() {
+        assert_eq!(holder_delta(None, Some((false, 1))), 1);
+        assert_eq!(holder_delta(None, Some((false, 0))), 0);
+        assert_eq!(holder_delta(Some((false, 3)), Some((true, 8))), 0);
+        assert_eq!(holder_delta(Some((true, 8)), None), -1);
+        assert_eq!(holder_delta(Some((false, 0)), None), 0);
     }
 
     #[test]

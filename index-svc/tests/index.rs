@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use p2p_proto::index::v1 as pb;
 use p2p_services::manifest::Bitfield;
-use support::{Cluster, Db, Index, busy, eventually, idle, manifest};
+use support::{Cluster, Db, Index, busy, eventually, folder_manifest, idle, manifest, manifest_v2};
 use tonic::Code;
 
 suite!(
@@ -17,6 +17,8 @@ suite!(
     list_filter_ignores_case_in_every_script,
     names_from_before_folding_are_filtered_after_restart,
     bad_manifests_are_invalid_argument,
+    a_folder_is_one_entry_and_its_tree_survives_storage,
+    hostile_folder_manifests_are_refused,
     unknown_file_is_not_found,
     delete_by_non_owner_is_denied_and_admin_may_delete,
     missing_or_bad_token_is_unauthenticated,
@@ -37,6 +39,7 @@ suite!(
     watch_files_resumes_on_another_replica_without_loss_or_repeat,
     concurrent_registrations_each_get_their_own_peer_id,
     a_registration_the_database_refuses_fails_alone,
+    a_v2_manifest_keeps_its_chaining_values_and_v1_stays_v1,
 );
 
 /// A burst of registrations (committed in groups) gives every agent its
@@ -675,6 +678,9 @@ async fn bad_manifests_are_invalid_argument(db: Db) {
     let mut m = good.clone();
     m.chunk_hashes.pop();
     cases.push(("ragged chunk hashes", m));
+    let mut m = manifest_v2("ok.bin", 7, 3);
+    m.chunk_chaining_values[5] ^= 1;
+    cases.push(("chaining values that do not make the file hash", m));
     for name in ["", "a/b", "..", "..\\x", "bell\u{7}", &"n".repeat(256)] {
         let mut m = good.clone();
         m.name = name.to_string();
@@ -695,6 +701,105 @@ async fn bad_manifests_are_invalid_argument(db: Db) {
         .await
         .expect_err("no manifest");
     assert_eq!(missing.code(), Code::InvalidArgument);
+    assert!(index.list("", 0, "").await.expect("list").files.is_empty());
+}
+
+/// A folder is published as one entry that says FOLDER, and another
+/// replica (reading the database, not a cache) gives back the same tree.
+async fn a_folder_is_one_entry_and_its_tree_survives_storage(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let one = cluster.index(&[]).await;
+    let two = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let mut index = Index::new(&one, &bob);
+    let peer = index.register("10.0.7.1:7000", idle()).await;
+    let big = vec![3u8; support::CHUNK as usize + 5];
+    let sent = folder_manifest(
+        "Course",
+        &[
+            ("week 1/notes.txt", b"notes"),
+            ("week 1/empty.txt", b""),
+            ("Лекции/видео.bin", &big),
+            ("講義/資料.pdf", b"pdf"),
+        ],
+        &["week 2", "week 3/later"],
+    );
+    let published = index.publish(sent.clone(), &peer).await.expect("publish");
+    let file = published.file.expect("file info");
+    assert_eq!(file.kind, pb::EntryKind::Folder as i32);
+    assert_eq!(file.entry_count, 4);
+    assert_eq!(
+        file.chunk_count, 4,
+        "one chunk per small file, two for the big one, none for the empty one"
+    );
+    assert_eq!(file.size_bytes, big.len() as u64 + 8);
+    let mut other = Index::new(&two, &bob);
+    let got = other
+        .client
+        .get_file(other.req(pb::GetFileRequest {
+            file_id: file.file_id.clone(),
+        }))
+        .await
+        .expect("get the folder")
+        .into_inner()
+        .manifest
+        .expect("manifest");
+    assert_eq!(got.folder, sent.folder);
+    assert_eq!(got.chunk_hashes, sent.chunk_hashes);
+    assert_eq!(got.chunk_size_bytes, 0, "older agents must refuse a folder");
+    assert_eq!(got.file_id, file.file_id);
+    let listed = other.list("", 0, "").await.expect("list").files;
+    assert_eq!(listed[0].kind, pb::EntryKind::Folder as i32);
+}
+
+/// Folder manifests that would write outside the destination, collide or
+/// flood are refused with INVALID_ARGUMENT naming the problem, and nothing
+/// is stored.
+async fn hostile_folder_manifests_are_refused(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let mut index = Index::new(&server, &bob);
+    let good = folder_manifest("Tree", &[("a/b.txt", b"b"), ("c.txt", b"c")], &[]);
+    let with_path = |path: &str| {
+        let mut m = good.clone();
+        m.folder.as_mut().expect("folder").files[0].path = path.to_string();
+        m
+    };
+    let mut cases = vec![
+        ("../x", with_path("../x"), "refused"),
+        ("absolute", with_path("/etc/passwd"), "absolute"),
+        ("dot dot inside", with_path("a/../../x"), "refused"),
+        ("empty component", with_path("a//b.txt"), "empty component"),
+        ("duplicate", with_path("c.txt"), "twice"),
+    ];
+    let mut m = good.clone();
+    let folder = m.folder.as_mut().expect("folder");
+    folder.empty_dirs = (0..100_001).map(|i| format!("d{i:06}")).collect();
+    cases.push(("too many entries", m, "at most 100000"));
+    let mut m = good.clone();
+    m.chunk_size_bytes = support::CHUNK;
+    cases.push(("folder read as a file", m, "must be 0"));
+    let mut m = good.clone();
+    m.folder.as_mut().expect("folder").version = 2;
+    cases.push(("unknown layout", m, "version 2"));
+    let mut m = good.clone();
+    m.folder.as_mut().expect("folder").files[0].size_bytes += 1;
+    cases.push(("sizes disagree", m, "add up to"));
+    for (what, m, says) in cases {
+        let err = index.publish(m, "").await.expect_err(what);
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{what}: {}",
+            err.message()
+        );
+        assert!(err.message().contains(says), "{what}: {}", err.message());
+    }
     assert!(index.list("", 0, "").await.expect("list").files.is_empty());
 }
 
@@ -1604,4 +1709,35 @@ async fn a_peer_that_moves_is_recorded_where_it_calls_from_and_its_old_address_r
         .await
         .expect_err("neither an address nor a port");
     assert_eq!(missing.code(), Code::InvalidArgument, "{missing:?}");
+}
+
+async fn a_v2_manifest_keeps_its_chaining_values_and_v1_stays_v1(db: Db) {
+    let Some(cluster) = Cluster::start(db).await else {
+        return;
+    };
+    let server = cluster.index(&[]).await;
+    let bob = cluster.user("bob").await;
+    let mut index = Index::new(&server, &bob);
+    for (sent, seed) in [
+        (manifest_v2("v2.bin", 21, 5), 21),
+        (manifest("v1.bin", 22, 5), 22),
+    ] {
+        let file_id = index
+            .publish(sent.clone(), "")
+            .await
+            .unwrap_or_else(|s| panic!("publish seed {seed}: {s}"))
+            .file
+            .expect("file info")
+            .file_id;
+        let got = index
+            .client
+            .get_file(index.req(pb::GetFileRequest { file_id }))
+            .await
+            .expect("get file")
+            .into_inner()
+            .manifest
+            .expect("manifest");
+        assert_eq!(got.chunk_chaining_values, sent.chunk_chaining_values);
+        assert_eq!(got.chunk_hashes, sent.chunk_hashes);
+    }
 }

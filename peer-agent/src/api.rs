@@ -30,11 +30,14 @@ use crate::error::Error;
 use crate::holdings::Holdings;
 use crate::holdings::fingerprint::{Fingerprint, compare};
 use crate::holdings::store::Kind;
+use crate::listing::Page;
 use crate::session::Session;
 use crate::stats::Stats;
 
 /// Largest page asked of the index when listing every file.
 const LIST_PAGE: u32 = 1000;
+/// Largest page a front end may ask for (the index's own limit).
+pub const MAX_LIST_PAGE: u32 = 1000;
 /// Most pages read when listing (1,000,000 files).
 const MAX_PAGES: usize = 1000;
 /// How often [`AgentApi::follow_files`] re-checks without an index event
@@ -69,6 +72,9 @@ pub struct Shared {
     pub already_published: bool,
     /// Its size.
     pub size_bytes: u64,
+    /// For a folder, what was left out: symbolic links and special files
+    /// (relative paths), never followed.
+    pub skipped: Vec<String>,
 }
 
 /// One download some front end asked for, with where it goes.
@@ -271,32 +277,137 @@ impl AgentApi {
 
     /// Every network file whose name contains `name_contains`.
     async fn list_network(&self, name_contains: &str) -> Result<Vec<index_pb::FileInfo>, Error> {
-        let mut files = Vec::new();
-        let mut page_token = String::new();
-        for _ in 0..MAX_PAGES {
-            let request = index_pb::ListFilesRequest {
-                name_contains: name_contains.to_string(),
-                page_size: LIST_PAGE,
+        let request = pb::ListFilesRequest {
+            name_contains: name_contains.to_string(),
+            ..Default::default()
+        };
+        Ok(self.list_index(&request).await?.files)
+    }
+
+    /// The index's answer to a listing: one page, or (`page_size` 0)
+    /// every page, with the total when asked for.
+    async fn list_index(
+        &self,
+        request: &pb::ListFilesRequest,
+    ) -> Result<index_pb::ListFilesResponse, Error> {
+        let all = request.page_size == 0;
+        let mut listed = index_pb::ListFilesResponse::default();
+        let mut page_token = request.page_token.clone();
+        for page_number in 0..MAX_PAGES {
+            let ask = index_pb::ListFilesRequest {
+                name_contains: request.name_contains.clone(),
+                page_size: if all { LIST_PAGE } else { request.page_size },
                 page_token: page_token.clone(),
+                sort: request.sort,
+                descending: request.descending,
+                owner_name: request.owner_name.clone(),
+                kind: request.kind,
+                include_total: request.include_total && page_number == 0,
             };
             let page = self
                 .session
-                .call_index(|mut c, t| async move { c.list_files(with_bearer(request, &t)).await })
+                .call_index(|mut c, t| async move { c.list_files(with_bearer(ask, &t)).await })
                 .await?;
-            files.extend(page.files);
-            if page.next_page_token.is_empty() {
+            listed.files.extend(page.files);
+            listed.total_count = listed.total_count.or(page.total_count);
+            listed.next_page_token = page.next_page_token;
+            if !all || listed.next_page_token.is_empty() {
                 break;
             }
-            page_token = page.next_page_token;
+            page_token = std::mem::take(&mut listed.next_page_token);
         }
-        Ok(files)
+        Ok(listed)
     }
 
-    /// Every network file whose name contains `name_contains`, with this
-    /// agent's local state of each.
-    pub async fn list_files(&self, name_contains: &str) -> Result<Vec<pb::NetworkFile>, Error> {
-        let network = self.list_network(name_contains).await?;
-        Ok(network.into_iter().map(|f| self.network_file(f)).collect())
+    /// One page of the network's entries (`page_size` 0: all of them) in
+    /// the request's order and filters, with this agent's local state of
+    /// each.
+    pub async fn list_files(
+        &self,
+        request: &pb::ListFilesRequest,
+    ) -> Result<pb::ListFilesResponse, Error> {
+        if request.page_size > MAX_LIST_PAGE {
+            return Err(Error::InvalidArgument(format!(
+                "page_size {} is over {MAX_LIST_PAGE}; page through with next_page_token, \
+                 or ask for 0 to list everything",
+                request.page_size
+            )));
+        }
+        let listed = self.list_index(request).await?;
+        Ok(pb::ListFilesResponse {
+            files: listed
+                .files
+                .into_iter()
+                .map(|f| self.network_file(f))
+                .collect(),
+            next_page_token: listed.next_page_token,
+            total_count: listed.total_count,
+        })
+    }
+
+    /// What is directly inside the folder entry `path` names (an entry,
+    /// optionally followed by `/` and a path inside it): `limit` entries
+    /// (0: 100, at most 1000) from `offset`, and how many there are.
+    pub async fn list_folder(
+        &self,
+        path: &str,
+        offset: u32,
+        limit: u32,
+    ) -> Result<pb::ListFolderResponse, Error> {
+        self.require_login()?;
+        let (entry, inner) = match path.split_once('/') {
+            Some((entry, inner)) => (entry, inner.trim_end_matches('/')),
+            None => (path, ""),
+        };
+        let file_id = self.resolve_file(entry).await?;
+        let request = index_pb::GetFileRequest {
+            file_id: file_id.to_string(),
+        };
+        let response = self
+            .session
+            .call_index(|mut c, t| async move { c.get_file(with_bearer(request, &t)).await })
+            .await?;
+        let info = response.file.clone().unwrap_or_default();
+        let manifest = checked_manifest(
+            &file_id,
+            response.manifest.ok_or_else(|| {
+                Error::NotFound(format!("the index has no manifest of {file_id}"))
+            })?,
+        )?;
+        let folder = manifest.folder.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{} is a file, not a folder; `p2p ls` lists the network's entries",
+                manifest.name
+            ))
+        })?;
+        let children = folder.children(inner).ok_or_else(|| {
+            Error::NotFound(format!(
+                "{} has no folder at {inner:?}; `p2p ls {}/` lists its top",
+                manifest.name, manifest.name
+            ))
+        })?;
+        let limit = match limit {
+            0 => 100,
+            n => n.min(1000),
+        } as usize;
+        let total = children.len() as u32;
+        let entries = children
+            .into_iter()
+            .skip(offset as usize)
+            .take(limit)
+            .map(|c| pb::FolderEntry {
+                name: c.name,
+                is_folder: c.is_folder,
+                size_bytes: c.size_bytes,
+                file_count: c.file_count,
+            })
+            .collect();
+        Ok(pb::ListFolderResponse {
+            folder: Some(self.network_file(info)),
+            path: inner.to_string(),
+            entries,
+            total,
+        })
     }
 
     /// The index's live feed of file changes (`WatchFiles`), from now on
@@ -314,50 +425,134 @@ impl AgentApi {
             .await
     }
 
-    /// Follows the listing of `name_contains`: calls `send` with the files
-    /// at once and again whenever they change (an index-svc `WatchFiles`
-    /// event, or this agent's own state, checked every [`FOLLOW_EVERY`]),
-    /// until `send` returns false or the agent shuts down. Both front ends'
+    /// Follows one page of the listing (`request` as for
+    /// [`AgentApi::list_files`]): calls `send` with the page at once, then
+    /// with each change to it, until `send` returns false or the agent
+    /// shuts down, or `until` resolves (the viewer went away: a view with
+    /// nothing new to send would not notice otherwise). Both front ends'
     /// live views are this one loop.
-    pub async fn follow_files<F, Fut>(&self, name_contains: &str, mut send: F)
-    where
-        F: FnMut(Result<Vec<pb::NetworkFile>, Error>) -> Fut,
+    ///
+    /// It follows index-svc's `WatchFiles` by cursor and applies each event
+    /// to the page ([`Page`]): a published or re-held file is one row
+    /// added, updated or moved, a deleted one a row removed. It lists the
+    /// page again only when it (re)connects to the feed, and then sends
+    /// the differences. This agent's own state of the shown rows (a
+    /// download moving) is looked at every [`FOLLOW_EVERY`], without asking
+    /// the index.
+    pub async fn follow_files<F, Fut>(
+        &self,
+        request: &pb::ListFilesRequest,
+        until: impl std::future::Future<Output = ()>,
+        mut send: F,
+    ) where
+        F: FnMut(Result<pb::FileChange, Error>) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let mut shown: Option<Vec<pb::NetworkFile>> = None;
+        tokio::pin!(until);
+        let mut page: Option<Page> = None;
         let mut watch: Option<tonic::Streaming<index_pb::FileEvent>> = None;
+        let mut listed = false;
         // Where the feed got to, so a replacement stream (another replica,
         // after a failover) carries on from there instead of from "now".
         let mut resume_after = 0;
         let mut tick = tokio::time::interval(FOLLOW_EVERY);
         loop {
-            match self.list_files(name_contains).await {
-                Ok(files) if shown.as_ref() != Some(&files) => {
-                    if !send(Ok(files.clone())).await {
-                        return;
-                    }
-                    shown = Some(files);
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    if !send(Err(err)).await {
-                        return;
-                    }
-                    shown = None;
-                }
-            }
             if watch.is_none() {
+                // Subscribed before listing: an event between the two is
+                // applied to a page that may already show it, which is
+                // harmless (an upsert of the same row sends nothing).
                 watch = self.watch_files(resume_after).await.ok();
+                listed = false;
             }
-            tokio::select! {
+            if !listed {
+                let changes = match self.list_files(request).await {
+                    Ok(response) => {
+                        listed = true;
+                        match &mut page {
+                            Some(page) => page.replace(&response).into_iter().map(Ok).collect(),
+                            None => {
+                                page = Some(Page::new(request, &response));
+                                vec![Ok(pb::FileChange {
+                                    change: Some(pb::file_change::Change::Page(response)),
+                                    ..Default::default()
+                                })]
+                            }
+                        }
+                    }
+                    Err(err) => vec![Err(err)],
+                };
+                for change in changes {
+                    if !send(change).await {
+                        return;
+                    }
+                }
+            }
+            let changes = tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-                event = next_change(&mut watch) => match event {
-                    Some(event) => resume_after = resume_after.max(event.resume_after_seq),
-                    None => watch = None,
+                () = &mut until => return,
+                _ = tick.tick() => match &mut page {
+                    Some(page) => page.refresh(|f| self.network_file(f)),
+                    None => Vec::new(),
                 },
+                event = next_change(&mut watch) => match (event, &mut page) {
+                    (Some(event), Some(page)) => {
+                        resume_after = resume_after.max(event.resume_after_seq);
+                        self.apply_event(page, request, event).await
+                    }
+                    (Some(event), None) => {
+                        resume_after = resume_after.max(event.resume_after_seq);
+                        Vec::new()
+                    }
+                    (None, _) => {
+                        watch = None;
+                        Vec::new()
+                    }
+                },
+            };
+            for change in changes {
+                if !send(Ok(change)).await {
+                    return;
+                }
             }
         }
+    }
+
+    /// The changes one index event makes to a followed page, with the new
+    /// total when the request counts and the event may have moved it.
+    async fn apply_event(
+        &self,
+        page: &mut Page,
+        request: &pb::ListFilesRequest,
+        event: index_pb::FileEvent,
+    ) -> Vec<pb::FileChange> {
+        let kind = index_pb::FileEventKind::try_from(event.kind)
+            .unwrap_or(index_pb::FileEventKind::Unspecified);
+        let (change, recount) = match (kind, event.file) {
+            (index_pb::FileEventKind::Deleted, file) => {
+                let name = file.map(|f| f.name).unwrap_or_default();
+                (page.remove(&event.file_id), page.may_count(&name))
+            }
+            (_, Some(file)) => {
+                let counted = kind == index_pb::FileEventKind::Published && page.matches(&file);
+                (page.upsert(self.network_file(file)), counted)
+            }
+            (_, None) => (None, false),
+        };
+        let mut changes: Vec<pb::FileChange> = change.into_iter().collect();
+        if request.include_total && recount {
+            let count = pb::ListFilesRequest {
+                page_size: 1,
+                page_token: String::new(),
+                ..request.clone()
+            };
+            if let Ok(counted) = self.list_index(&count).await {
+                changes.push(pb::FileChange {
+                    total_count: counted.total_count,
+                    ..Default::default()
+                });
+            }
+        }
+        changes
     }
 
     /// Resolves a file id, unique id prefix or exact name to a full id.
@@ -459,9 +654,9 @@ impl AgentApi {
         }
         let meta = std::fs::metadata(&path)
             .map_err(|e| Error::io(format!("cannot share {}", path.display()), e))?;
-        if !meta.is_file() {
+        if !meta.is_file() && !meta.is_dir() {
             return Err(Error::InvalidArgument(format!(
-                "{} is not a regular file",
+                "{} is neither a regular file nor a folder",
                 path.display()
             )));
         }
@@ -482,18 +677,42 @@ impl AgentApi {
             options.mime_type.trim().to_string()
         };
         let peer_id = self.peer_id()?;
-        let total = meta.len();
-        let before = Fingerprint::of(&path)
-            .map_err(|e| Error::io(format!("cannot share {}", path.display()), e))?;
         let hashed = Arc::new(AtomicU64::new(0));
         let cancel = Arc::new(AtomicBool::new(false));
-        let hashing = tokio::spawn(crate::disk::hash_into_manifest(
-            path.clone(),
-            name,
-            mime_type,
-            hashed.clone(),
-            cancel.clone(),
-        ));
+        let (total, before, skipped, hashing) = if meta.is_dir() {
+            let root = path.clone();
+            let scan = tokio::task::spawn_blocking(move || crate::disk::folder::scan(&root))
+                .await
+                .map_err(|e| Error::io("folder scan failed", std::io::Error::other(e)))??;
+            let before = crate::holdings::fingerprint::of_folder(
+                &path,
+                scan.files.iter().map(|(p, _)| p.as_str()),
+            )
+            .map_err(|e| Error::io(format!("cannot share {}", path.display()), e))?;
+            let skipped = scan.skipped.clone();
+            for link in &skipped {
+                tracing::info!(folder = %path.display(), entry = %link, "not shared: a symbolic link or special file");
+            }
+            let hashing = tokio::spawn(crate::disk::folder::hash_folder(
+                path.clone(),
+                name,
+                scan.clone(),
+                hashed.clone(),
+                cancel.clone(),
+            ));
+            (scan.total_bytes(), before, skipped, hashing)
+        } else {
+            let before = Fingerprint::of(&path)
+                .map_err(|e| Error::io(format!("cannot share {}", path.display()), e))?;
+            let hashing = tokio::spawn(crate::disk::hash_into_manifest(
+                path.clone(),
+                name,
+                mime_type,
+                hashed.clone(),
+                cancel.clone(),
+            ));
+            (meta.len(), before, Vec::new(), hashing)
+        };
         let _stop_hashing = StopOnDrop(cancel.clone());
         tokio::pin!(hashing);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -510,7 +729,7 @@ impl AgentApi {
                 () = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
             }
         };
-        if compare(&before, Fingerprint::of(&path)).is_some() {
+        if compare(&before, crate::holdings::fingerprint_of(&manifest, &path)).is_some() {
             return Err(Error::InvalidArgument(format!(
                 "{} changed while it was being hashed; share it again once it is written",
                 path.display()
@@ -535,6 +754,7 @@ impl AgentApi {
             file: published.file,
             already_published: !published.created,
             size_bytes: manifest.size_bytes,
+            skipped,
         })
     }
 
@@ -619,8 +839,9 @@ impl AgentApi {
     }
 
     /// Starts (or joins) the download of `file` (id, id prefix or exact
-    /// name) to `destination` (empty: the downloads dir) and returns its
-    /// progress and the resolved destination.
+    /// name, optionally followed by `/` and a path inside a folder to get
+    /// only that file or subfolder) to `destination` (empty: the downloads
+    /// dir) and returns its progress and the resolved destination.
     pub async fn download(
         &self,
         file: &str,
@@ -628,7 +849,12 @@ impl AgentApi {
         force: bool,
     ) -> Result<(watch::Receiver<Progress>, PathBuf), Error> {
         self.require_login()?;
-        let file_id = self.resolve_file(file).await?;
+        // A name never holds `/`: what follows one is a path in a folder.
+        let (entry, inner) = match file.split_once('/') {
+            Some((entry, inner)) => (entry, inner.trim_end_matches('/')),
+            None => (file, ""),
+        };
+        let file_id = self.resolve_file(entry).await?;
         // One call for the manifest and the first sources; GetFile only
         // when an older index leaves the manifest out.
         let (manifest, located) =
@@ -639,9 +865,35 @@ impl AgentApi {
                 },
                 Err(err) => return Err(not_in_network(&file_id, err)),
             };
-        let destination =
-            resolve_destination(&self.downloads_dir, destination, &manifest.name, force)?;
-        let rx = self.downloads.start(manifest, destination.clone(), located);
+        let only = if inner.is_empty() {
+            None
+        } else {
+            let folder = manifest.folder.as_ref().ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{} is a file, not a folder: get it without \"/{inner}\"",
+                    manifest.name
+                ))
+            })?;
+            Some(folder.select(inner).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "{} has no file or folder at {inner:?}; `p2p ls {}/` lists what it holds",
+                    manifest.name, manifest.name
+                ))
+            })?)
+        };
+        let leaf = match &only {
+            Some(part) => part
+                .base
+                .rsplit('/')
+                .next()
+                .unwrap_or(&part.base)
+                .to_string(),
+            None => manifest.name.clone(),
+        };
+        let destination = resolve_destination(&self.downloads_dir, destination, &leaf, force)?;
+        let rx = self
+            .downloads
+            .start(manifest, destination.clone(), located, only)?;
         let mut transfers = self.lock_transfers();
         transfers.retain(|w| w.destination != destination);
         transfers.push(Watched {
@@ -716,7 +968,13 @@ impl AgentApi {
             // A shared file is the user's own: it is never deleted. Nor is
             // whatever now sits where a changed download was.
             if state.kind != Kind::Shared && holding.problem().is_none() {
-                match tokio::fs::remove_file(&state.path).await {
+                let removed = if holding.manifest.folder.is_some() && state.kind == Kind::Downloaded
+                {
+                    tokio::fs::remove_dir_all(&state.path).await
+                } else {
+                    tokio::fs::remove_file(&state.path).await
+                };
+                match removed {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
@@ -753,6 +1011,7 @@ impl AgentApi {
             chunks_rejected: Stats::get(&s.chunks_rejected),
             chunks_from_partial_sources: Stats::get(&s.chunks_from_partial_sources),
             chunks_served_while_downloading: Stats::get(&s.chunks_served_while_downloading),
+            chunks_served_framed: Stats::get(&s.chunks_served_framed),
         };
         let held = self.holdings.all();
         let shared_files = held

@@ -162,6 +162,12 @@ pub struct Config {
     /// the short-lived peer tokens then cross in clear.
     #[arg(long, env = "P2P_PEER_INSECURE_PLAINTEXT")]
     pub peer_insecure_plaintext: bool,
+    /// Serve and fetch chunks only with FetchChunks (gRPC), never as
+    /// `p2p-chunks/1` frames beside it on the same TLS port: how an agent
+    /// from before the framing behaves. The framing needs TLS, so with
+    /// --peer-insecure-plaintext it is off anyway.
+    #[arg(long, env = "P2P_NO_CHUNK_FRAMING")]
+    pub no_chunk_framing: bool,
     /// Telemetry.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{AgentApi, ShareOptions};
 use crate::download::{Progress, Stage};
+use crate::listing;
 
 /// The AgentControl implementation.
 #[derive(Debug, Clone)]
@@ -124,6 +125,7 @@ impl AgentControl for Control {
                         total_bytes,
                         file: None,
                         already_published: false,
+                        skipped: Vec::new(),
                     };
                     // A full channel only drops one progress tick.
                     !matches!(
@@ -137,6 +139,7 @@ impl AgentControl for Control {
                 total_bytes: shared.size_bytes,
                 file: shared.file,
                 already_published: shared.already_published,
+                skipped: shared.skipped,
             });
             let _ = tx.send(last.map_err(Status::from)).await;
         });
@@ -149,32 +152,86 @@ impl AgentControl for Control {
         &self,
         request: Request<pb::ListFilesRequest>,
     ) -> Result<Response<pb::ListFilesResponse>, Status> {
-        let filter = request.into_inner().name_contains;
-        let files = self.api.list_files(&filter).await?;
-        Ok(Response::new(pb::ListFilesResponse { files }))
+        Ok(Response::new(
+            self.api.list_files(&request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_folder(
+        &self,
+        request: Request<pb::ListFolderRequest>,
+    ) -> Result<Response<pb::ListFolderResponse>, Status> {
+        let request = request.into_inner();
+        let listing = self
+            .api
+            .list_folder(&request.path, request.offset, request.limit)
+            .await?;
+        Ok(Response::new(listing))
     }
 
     type WatchFilesStream = BoxStream<pb::ListFilesResponse>;
 
+    /// The older whole-listing stream, kept for older clients: the
+    /// followed page with every change applied, sent whole.
     async fn watch_files(
         &self,
         request: Request<pb::ListFilesRequest>,
     ) -> Result<Response<Self::WatchFilesStream>, Status> {
         self.api.require_login()?;
-        let filter = request.into_inner().name_contains;
+        let request = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let api = self.api.clone();
         // Owned by the response stream: it ends when the caller goes away
         // (the send fails) or the agent shuts down.
         tokio::spawn(async move {
-            api.follow_files(&filter, |listing| {
+            let mut rows = Vec::new();
+            let mut shown: Option<Vec<pb::NetworkFile>> = None;
+            let gone = tx.clone();
+            api.follow_files(&request, async move { gone.closed().await }, |change| {
+                let item = match change {
+                    Ok(change) => {
+                        listing::apply_change(&mut rows, &change);
+                        (shown.as_ref() != Some(&rows)).then(|| {
+                            shown = Some(rows.clone());
+                            Ok(pb::ListFilesResponse {
+                                files: rows.clone(),
+                                ..Default::default()
+                            })
+                        })
+                    }
+                    Err(err) => Some(Err(Status::from(err))),
+                };
                 let tx = tx.clone();
                 async move {
-                    let item = listing
-                        .map(|files| pb::ListFilesResponse { files })
-                        .map_err(Status::from);
-                    tx.send(item).await.is_ok()
+                    match item {
+                        Some(item) => tx.send(item).await.is_ok(),
+                        None => !tx.is_closed(),
+                    }
                 }
+            })
+            .await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type FollowFilesStream = BoxStream<pb::FileChange>;
+
+    async fn follow_files(
+        &self,
+        request: Request<pb::ListFilesRequest>,
+    ) -> Result<Response<Self::FollowFilesStream>, Status> {
+        self.api.require_login()?;
+        let request = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let api = self.api.clone();
+        // Owned by the response stream, as for WatchFiles.
+        tokio::spawn(async move {
+            let gone = tx.clone();
+            api.follow_files(&request, async move { gone.closed().await }, |change| {
+                let tx = tx.clone();
+                async move { tx.send(change.map_err(Status::from)).await.is_ok() }
             })
             .await;
         });

@@ -1,7 +1,9 @@
 //! File I/O on the data path: positional chunk reads and writes on the
 //! blocking pool (never a whole file in memory), hashing a file into a
 //! manifest on all cores, the final verify-fsync-rename of a download, and
-//! free space for the heartbeat.
+//! free space for the heartbeat. [`folder`] does the same for folders.
+
+pub mod folder;
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -10,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use blake3::hazmat::HasherExt;
 use bytes::Bytes;
-use p2p_services::manifest::{Hash, Manifest, chunk_size_for};
+use p2p_services::manifest::{Hash, Manifest, chunk_size_for, tree};
 
 use crate::error::Error;
 
@@ -233,7 +236,11 @@ pub async fn hash_into_manifest(
             .map_err(|e| Error::io(context("stat"), e))?
             .len();
         let chunk_size = chunk_size_for(size_bytes);
-        let mut whole = blake3::Hasher::new();
+        // Manifest v2: each chunk's chaining value, from which the whole-file
+        // hash is built, so sharing still reads and hashes each byte twice.
+        let tree = tree::usable(size_bytes, u64::from(chunk_size));
+        let mut whole = (!tree).then(blake3::Hasher::new);
+        let mut cvs: Vec<Hash> = Vec::new();
         let mut chunk_hashes = Vec::new();
         let mut buf = vec![0u8; chunk_size as usize];
         let mut total = 0u64;
@@ -251,7 +258,17 @@ pub async fn hash_into_manifest(
                     .finalize()
                     .as_bytes(),
             );
-            whole.update_rayon(&buf[..n]);
+            match &mut whole {
+                Some(whole) => {
+                    whole.update_rayon(&buf[..n]);
+                }
+                None => cvs.push(
+                    blake3::Hasher::new()
+                        .set_input_offset(total)
+                        .update_rayon(&buf[..n])
+                        .finalize_non_root(),
+                ),
+            }
             total += n as u64;
             hashed.store(total, Ordering::Relaxed);
         }
@@ -261,14 +278,20 @@ pub async fn hash_into_manifest(
                 std::io::Error::other("the file changed size while it was being hashed"),
             ));
         }
+        let file_hash = match whole {
+            Some(whole) => *whole.finalize().as_bytes(),
+            None => tree::root(&cvs, u64::from(chunk_size), size_bytes)
+                .ok_or_else(|| Error::io(context("hash"), std::io::Error::other("chunk tree")))?,
+        };
         Ok(Manifest::from_parts(
             name,
             size_bytes,
             mime_type,
             chunk_size,
             &chunk_hashes,
-            whole.finalize().as_bytes(),
-        )?)
+            &file_hash,
+        )?
+        .with_chaining_values(&cvs.concat())?)
     })
     .await
 }

@@ -44,6 +44,7 @@ pub mod error;
 pub mod exchange;
 pub mod holdings;
 pub mod index_client;
+pub mod listing;
 pub mod picker;
 pub mod rate;
 pub mod session;
@@ -193,13 +194,20 @@ pub async fn run(
         stats.clone(),
         stop.clone(),
     )?);
-    let downloads = Downloads::new(Arc::new(DownloadContext::new(
-        session.clone(),
-        holdings.clone(),
-        stats.clone(),
-        data_dir.join("partial"),
-        stop.clone(),
-    )));
+    // The chunk framing needs ALPN, so TLS; --no-chunk-framing emulates an
+    // agent from before it.
+    let framing =
+        session.config().peer_tls.is_tls() && peer_server_tls.is_some() && !config.no_chunk_framing;
+    let downloads = Downloads::new(Arc::new(
+        DownloadContext::new(
+            session.clone(),
+            holdings.clone(),
+            stats.clone(),
+            data_dir.join("partial"),
+            stop.clone(),
+        )
+        .with_framing(framing),
+    ));
     let _metrics = metrics::spawn(&config.metrics_listen, stop.clone().cancelled_owned()).await?;
 
     let verifier = TokenVerifier::remote(&auth_url, control_tls);
@@ -219,6 +227,16 @@ pub async fn run(
         _ => {}
     }
 
+    let (framed_tx, framed_rx) = tokio::sync::mpsc::channel(upload::framed::QUEUE);
+    let framed_server = upload::framed::serve(
+        upload::framed::FramedServer {
+            uploads: uploads.clone(),
+            verifier: verifier.clone(),
+            identity: session.identity(),
+        },
+        framed_rx,
+        stop.clone(),
+    );
     let peer_service = PeerServiceServer::new(ChunkServer::new(uploads))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -242,8 +260,14 @@ pub async fn run(
         peer_server_tls.clone(),
         stop.clone(),
     );
-    let peer_server = GrpcServer::new()
-        .tls(peer_server_tls)
+    let peer_server = GrpcServer::new().tls(peer_server_tls);
+    let peer_server = if framing {
+        peer_server.beside(p2p_services::framing::ALPN, framed_tx)
+    } else {
+        drop(framed_tx);
+        peer_server
+    };
+    let peer_server = peer_server
         .add_service(RequireAuth::peer(
             peer_service,
             verifier,
@@ -298,7 +322,7 @@ pub async fn run(
         downloads.shutdown().await;
     };
     let sweep = holdings::integrity::sweep(holdings.clone(), session.clone(), stop.clone());
-    let (result, (), (), ()) = tokio::join!(servers, watcher, sweep, follower);
+    let (result, (), (), (), ()) = tokio::join!(servers, watcher, sweep, follower, framed_server);
     session.stop_unattended();
     session.stop_heartbeat();
     drop(socket_file);

@@ -23,6 +23,7 @@ async fn main() -> ExitCode {
         };
     }
     telemetry::init(config.telemetry.log_format);
+    let shutdown = shutdown::signal();
     let listeners = async {
         let peer = listen::bind(&config.listen).await?;
         let control = match config.control_listen() {
@@ -42,7 +43,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match peer_agent::run(config, peer, control, web, shutdown::signal()).await {
+    match peer_agent::run(config, peer, control, web, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(%err, "peer-agent stopped");

@@ -14,6 +14,21 @@
 //! seeder only" until the next announcement). A random order makes such
 //! collisions rare, so the seeder sends each chunk about once.
 //!
+//! Sources are not equally fast: on a LAN of wired desktops and Wi-Fi
+//! laptops a laptop uploads at a tenth of a desktop's rate. The picker
+//! measures each source's chunk time (the time between its deliveries
+//! while it has work, a moving average, as Dragonfly times each parent's
+//! pieces) and uses it twice, both times comparing sources with each other,
+//! never with a rate fixed in advance:
+//! - a seeder may be asked for a chunk whose only partial holders are
+//!   [`SLOWER`] times slower than the seeder (otherwise every chunk a seeder
+//!   handed to a laptop would have to crawl out of the laptop's uplink);
+//! - a downloader whose own uploads are that much slower than what its
+//!   sources deliver is a poor relay: it asks seeders for fresh chunks only
+//!   when its peers have nothing for it, so the seeder's one copy goes to
+//!   the hosts that pass it on fastest (BitTorrent's super-seeding and
+//!   choking reward fast uploaders the same way).
+//!
 //! Stripes make them rarer still: the downloaders that can see each other
 //! as partial holders sort their peer ids, and each prefers, among equally
 //! rare chunks, those of its own stripe (a fixed hash of the index modulo
@@ -21,6 +36,7 @@
 //! the same chunk only when one has exhausted its stripe.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use p2p_services::manifest::Bitfield;
 
@@ -29,6 +45,16 @@ pub type SourceKey = u64;
 
 /// Most sources fetching the same chunk at once during the endgame.
 const MAX_DUPLICATES: usize = 2;
+
+/// How many times slower than another a source must be to count as slow
+/// next to it. Two: a chunk from a source at half the speed takes as long
+/// as two from the faster one, so below that the faster one's queue is as
+/// likely to be the later one; above it, waiting for the slow source costs
+/// more than the copy the faster one sends again.
+pub const SLOWER: u32 = 2;
+
+/// Weight of the newest delivery in a source's chunk time.
+const CHUNK_TIME_WEIGHT: f64 = 0.25;
 
 /// The piece picker of one download.
 #[derive(Debug)]
@@ -43,6 +69,40 @@ pub struct Picker {
     choosers: Vec<SourceKey>,
     /// Sources that have delivered a verified chunk.
     delivering: HashSet<SourceKey>,
+    /// How fast each source has delivered.
+    timing: HashMap<SourceKey, Timing>,
+    /// How long this agent's own uploads take per chunk and stream, when
+    /// known (see [`Self::set_own_chunk_time`]).
+    own_chunk_time: Option<Duration>,
+}
+
+/// How fast one source delivers: its chunk time, measured from when it
+/// was given work or delivered last, whichever is later.
+#[derive(Debug, Default, Clone, Copy)]
+struct Timing {
+    /// When it was last given work while it had none.
+    busy_since: Option<Instant>,
+    /// When it last delivered a chunk.
+    last: Option<Instant>,
+    /// Moving average of the seconds between its deliveries while busy.
+    chunk_s: Option<f64>,
+}
+
+impl Timing {
+    fn delivered(&mut self, now: Instant) {
+        let from = match (self.busy_since, self.last) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(from) = from {
+            let took = now.saturating_duration_since(from).as_secs_f64();
+            self.chunk_s = Some(match self.chunk_s {
+                Some(avg) => avg + CHUNK_TIME_WEIGHT * (took - avg),
+                None => took,
+            });
+        }
+        self.last = Some(now);
+    }
 }
 
 /// This downloader's share of the file among `count` concurrent downloaders.
@@ -103,7 +163,85 @@ impl Picker {
             in_flight: HashMap::new(),
             choosers: Vec::new(),
             delivering: HashSet::new(),
+            timing: HashMap::new(),
+            own_chunk_time: None,
         }
+    }
+
+    /// A source's chunk time for this download, once it has delivered.
+    pub fn chunk_time(&self, key: SourceKey) -> Option<Duration> {
+        let s = self.timing.get(&key)?.chunk_s?;
+        Some(Duration::from_secs_f64(s))
+    }
+
+    /// Tells the picker how fast this agent uploads: `rate_bps` over the
+    /// last second, on `streams` upload streams now, in chunks of
+    /// `chunk_bytes`. Each partial source is also a downloader that may
+    /// call us, so a chunk takes `chunk_bytes` × partial sources / `rate_bps`
+    /// to reach one of them. Judged only while every one of them could be
+    /// calling (at least as many streams as partial sources): an upload
+    /// that is low because nobody asks says nothing about the link.
+    pub fn set_own_upload(&mut self, rate_bps: u64, streams: u32, chunk_bytes: u32) {
+        let peers = self
+            .sources
+            .keys()
+            .filter(|k| !self.choosers.contains(k))
+            .count();
+        self.own_chunk_time = (peers > 0 && streams as usize >= peers && rate_bps > 0).then(|| {
+            Duration::from_secs_f64(f64::from(chunk_bytes) * peers as f64 / rate_bps as f64)
+        });
+    }
+
+    /// The sources [`SLOWER`] times slower than `fast` at `now`; none while
+    /// `fast` has not been timed. A source with work that has not
+    /// delivered for longer than its chunk time is judged by how long it
+    /// has been at it, so a source too slow to deliver its first chunk yet
+    /// (a laptop on a 2 Mbit/s uplink shared by seven callers) counts as
+    /// slow as soon as it has taken longer than [`SLOWER`] of the fast
+    /// one's chunks.
+    fn slower_than(&self, fast: SourceKey, now: Instant) -> HashSet<SourceKey> {
+        let Some(f) = self.timing.get(&fast).and_then(|t| t.chunk_s) else {
+            return HashSet::new();
+        };
+        let working: HashSet<SourceKey> = self.in_flight.values().flatten().copied().collect();
+        let slow = |key: &SourceKey, timing: &Timing| {
+            let waited = timing
+                .busy_since
+                .filter(|_| working.contains(key))
+                .map(|since| {
+                    let from = timing.last.map_or(since, |last| last.max(since));
+                    now.saturating_duration_since(from).as_secs_f64()
+                });
+            match (timing.chunk_s, waited) {
+                (None, None) => false,
+                (s, w) => s.unwrap_or(0.0).max(w.unwrap_or(0.0)) > f64::from(SLOWER) * f,
+            }
+        };
+        self.timing
+            .iter()
+            .filter(|&(key, timing)| *key != fast && slow(key, timing))
+            .map(|(key, _)| *key)
+            .collect()
+    }
+
+    /// Whether this agent passes chunks on [`SLOWER`] times slower than its
+    /// partial sources deliver them (median): it should leave a seeder's
+    /// fresh chunks to peers that relay them faster.
+    pub fn is_slow_relay(&self) -> bool {
+        let Some(own) = self.own_chunk_time else {
+            return false;
+        };
+        let mut peers: Vec<f64> = self
+            .timing
+            .iter()
+            .filter(|(k, _)| !self.choosers.contains(k) && self.sources.contains_key(k))
+            .filter_map(|(_, t)| t.chunk_s)
+            .collect();
+        if peers.is_empty() {
+            return false;
+        }
+        peers.sort_by(f64::total_cmp);
+        own.as_secs_f64() > f64::from(SLOWER) * peers[peers.len() / 2]
     }
 
     /// Adds a source or replaces what it holds.
@@ -152,14 +290,52 @@ impl Picker {
     /// downloaders themselves; with several choosers each gets its own
     /// share of those, so two seeders do not send the same chunk. `None`
     /// when there are none: the other sources can give the rest.
-    pub fn seed_pool(&self, key: SourceKey) -> Option<Bitfield> {
+    ///
+    /// A partial source [`SLOWER`] times slower than the chooser does not
+    /// count as a holder (nor, in the endgame, as a fetcher), so a chunk a
+    /// slow laptop holds can still come from the seeder. A slow relay (see
+    /// [`Self::is_slow_relay`]) gets `None` while a peer has a chunk for it.
+    pub fn seed_pool(&mut self, key: SourceKey) -> Option<Bitfield> {
+        self.seed_pool_at(key, Instant::now())
+    }
+
+    /// [`Self::seed_pool`] at `now`.
+    pub fn seed_pool_at(&mut self, key: SourceKey, now: Instant) -> Option<Bitfield> {
         let holds = self.sources.get(&key)?;
         let choosers = self.choosers.len() as u32;
         let rank = self.choosers.iter().position(|k| *k == key)? as u32;
+        let partial: Vec<(SourceKey, &Bitfield)> = self
+            .sources
+            .iter()
+            .filter(|(k, _)| !self.choosers.contains(k))
+            .map(|(k, b)| (*k, b))
+            .collect();
+        if self.is_slow_relay()
+            && self
+                .have
+                .missing()
+                .any(|i| !self.in_flight.contains_key(&i) && partial.iter().any(|(_, b)| b.get(i)))
+        {
+            return None;
+        }
+        let slow = self.slower_than(key, now);
+        let counted: Vec<&Bitfield> = partial
+            .iter()
+            .filter(|(k, _)| !slow.contains(k))
+            .map(|(_, b)| *b)
+            .collect();
+        let endgame = self.all_missing_in_flight();
         let only_choosers = |i: u32| {
+            let fetching = match self.in_flight.get(&i) {
+                None => false,
+                Some(fetchers) if endgame => {
+                    fetchers.iter().any(|f| *f == key || !slow.contains(f))
+                }
+                Some(_) => true,
+            };
             holds.get(i)
-                && self.availability[i as usize] <= choosers
-                && !self.in_flight.contains_key(&i)
+                && !fetching
+                && (self.availability[i as usize] <= choosers || !counted.iter().any(|b| b.get(i)))
         };
         let share = |i: u32| choosers <= 1 || tie_order(i, CHOOSER_SEED) % choosers == rank;
         let mut pool = Bitfield::empty(self.have.len());
@@ -178,6 +354,10 @@ impl Picker {
                 any = true;
             }
         }
+        if any {
+            // A chooser has one call at a time: it is busy from now.
+            self.timing.entry(key).or_default().busy_since = Some(now);
+        }
         any.then_some(pool)
     }
 
@@ -195,6 +375,7 @@ impl Picker {
     pub fn remove_source(&mut self, key: SourceKey) {
         self.choosers.retain(|k| *k != key);
         self.delivering.remove(&key);
+        self.timing.remove(&key);
         if let Some(old) = self.sources.remove(&key) {
             for i in old.held() {
                 self.availability[i as usize] -= 1;
@@ -224,6 +405,11 @@ impl Picker {
     /// 5 s timeout), so it neither counts towards that limit nor takes a
     /// duplicate of a chunk a delivering source is already fetching.
     pub fn pick(&mut self, key: SourceKey, max: usize) -> Vec<u32> {
+        self.pick_at(key, max, Instant::now())
+    }
+
+    /// [`Self::pick`] at `now`.
+    pub fn pick_at(&mut self, key: SourceKey, max: usize, now: Instant) -> Vec<u32> {
         let Some(holds) = self.sources.get(&key) else {
             return Vec::new();
         };
@@ -264,6 +450,9 @@ impl Picker {
         } else {
             Vec::new()
         };
+        if !picked.is_empty() && !self.in_flight.values().any(|f| f.contains(&key)) {
+            self.timing.entry(key).or_default().busy_since = Some(now);
+        }
         for &i in &picked {
             self.in_flight.entry(i).or_default().push(key);
         }
@@ -284,6 +473,12 @@ impl Picker {
     /// delivering from now on (see [`Self::pick`]). Returns false when the
     /// chunk was already held (a duplicate from the endgame).
     pub fn received_from(&mut self, key: SourceKey, index: u32) -> bool {
+        self.received_from_at(key, index, Instant::now())
+    }
+
+    /// [`Self::received_from`] at `now`.
+    pub fn received_from_at(&mut self, key: SourceKey, index: u32, now: Instant) -> bool {
+        self.timing.entry(key).or_default().delivered(now);
         self.delivering.insert(key);
         self.in_flight.remove(&index);
         if self.have.get(index) {
@@ -341,7 +536,11 @@ pub(crate) fn tie_order(index: u32, seed: u32) -> u32 {
     x ^ (x >> 16)
 }
 
-fn take_smallest<K: Ord>(items: &mut Vec<u32>, max: usize, key: impl Fn(u32) -> K) -> Vec<u32> {
+pub(crate) fn take_smallest<K: Ord>(
+    items: &mut Vec<u32>,
+    max: usize,
+    key: impl Fn(u32) -> K,
+) -> Vec<u32> {
     if max == 0 || items.is_empty() {
         return Vec::new();
     }
@@ -390,6 +589,138 @@ mod tests {
             picker.received_from(2, i);
         }
         assert!(picker.seed_pool(1).is_none());
+    }
+
+    /// A picker of `len` missing chunks whose source 1 is a seeder.
+    fn seeded(len: u32) -> Picker {
+        let mut picker = Picker::new(Bitfield::empty(len), 1);
+        picker.upsert_source(1, Bitfield::full(len));
+        picker.set_chooser(1, true);
+        picker
+    }
+
+    /// Times source `key` as delivering a chunk every `every`, with chunks
+    /// of `indexes` (the picker's own pick for a partial source, the seed
+    /// pool for a chooser), from `start`; returns when it finished.
+    fn timed(
+        picker: &mut Picker,
+        key: SourceKey,
+        indexes: &[u32],
+        every: Duration,
+        start: Instant,
+    ) -> Instant {
+        let mut now = start;
+        for &i in indexes {
+            now += every;
+            picker.received_from_at(key, i, now);
+        }
+        now
+    }
+
+    #[test]
+    fn a_chunk_only_a_slow_peer_holds_can_come_from_the_seeder() {
+        let start = Instant::now();
+        let mut picker = seeded(8);
+        picker.upsert_source(2, field(8, &[0, 1, 2]));
+        picker.upsert_source(3, field(8, &[3, 4]));
+        assert!(
+            !picker.seed_pool_at(1, start).unwrap().get(0),
+            "not timed yet"
+        );
+        // The seeder delivers a chunk every 0.1 s, peer 2 (a laptop) every
+        // second, peer 3 every 0.15 s.
+        let pool: Vec<u32> = picker
+            .seed_pool_at(1, start)
+            .unwrap()
+            .held()
+            .take(2)
+            .collect();
+        let t = timed(&mut picker, 1, &pool, Duration::from_millis(100), start);
+        let own = picker.pick_at(2, 1, t);
+        let t2 = timed(&mut picker, 2, &own, Duration::from_secs(1), t);
+        let own = picker.pick_at(2, 1, t2);
+        let t2 = timed(&mut picker, 2, &own, Duration::from_secs(1), t2);
+        let own = picker.pick_at(3, 1, t);
+        timed(&mut picker, 3, &own, Duration::from_millis(150), t);
+        assert!(picker.chunk_time(2).unwrap() > 5 * picker.chunk_time(1).unwrap());
+        let pool = picker.seed_pool_at(1, t2).unwrap();
+        let left_with_peer_2: Vec<u32> = (0..3).filter(|&i| !picker.have().get(i)).collect();
+        assert_eq!(left_with_peer_2.len(), 1);
+        assert!(pool.get(left_with_peer_2[0]), "only the slow peer holds it");
+        let left_with_peer_3: Vec<u32> = (3..5).filter(|&i| !picker.have().get(i)).collect();
+        assert!(
+            left_with_peer_3.iter().all(|&i| !pool.get(i)),
+            "peer 3 is about as fast as the seeder: it serves its own"
+        );
+    }
+
+    #[test]
+    fn a_slow_relay_leaves_fresh_chunks_to_its_peers() {
+        let start = Instant::now();
+        let mut picker = seeded(8);
+        picker.upsert_source(2, field(8, &[0, 1]));
+        let own = picker.pick_at(2, 1, start);
+        timed(&mut picker, 2, &own, Duration::from_millis(100), start);
+        // We pass a 256 KiB chunk to our one peer at 1 Mbit/s: 2 s a chunk,
+        // 20 times slower than peer 2 delivers.
+        picker.set_own_upload(131_072, 1, 262_144);
+        assert!(picker.is_slow_relay());
+        assert!(
+            picker.seed_pool_at(1, start).is_none(),
+            "peer 2 still has chunk 1"
+        );
+        picker.pick_at(2, 1, start);
+        assert!(
+            picker.seed_pool_at(1, start).is_some(),
+            "with nothing left at its peers it asks the seeder"
+        );
+        // Uploading as fast as the peer delivers, or not asked at all, it
+        // is no slow relay.
+        picker.set_own_upload(2_621_440, 1, 262_144);
+        assert!(!picker.is_slow_relay());
+        picker.set_own_upload(131_072, 0, 262_144);
+        assert!(!picker.is_slow_relay());
+    }
+
+    #[test]
+    fn in_the_endgame_a_seeder_may_race_a_slow_peer() {
+        let start = Instant::now();
+        let mut picker = seeded(4);
+        picker.upsert_source(2, Bitfield::full(4));
+        assert!(
+            picker.seed_pool_at(1, start).is_none(),
+            "peer 2 holds it all"
+        );
+        // Seeder at 0.1 s a chunk (chunks 0 and 1), peer 2 at 2 s.
+        let t = timed(&mut picker, 1, &[0, 1], Duration::from_millis(100), start);
+        let slow = picker.pick_at(2, 1, start);
+        let t2 = timed(&mut picker, 2, &slow, Duration::from_secs(2), start);
+        let outstanding = picker.pick_at(2, 2, t2);
+        assert!(picker.in_endgame());
+        let pool = picker.seed_pool_at(1, t.max(t2)).unwrap();
+        assert_eq!(sorted(pool.held().collect()), sorted(outstanding));
+    }
+
+    #[test]
+    fn a_peer_too_slow_to_deliver_its_first_chunk_counts_as_slow() {
+        let start = Instant::now();
+        let mut picker = seeded(4);
+        picker.upsert_source(2, field(4, &[2, 3]));
+        // The seeder delivers chunks 0 and 1 at 0.1 s each; peer 2 is asked
+        // for chunk 2 and 3 and delivers nothing.
+        timed(&mut picker, 1, &[0, 1], Duration::from_millis(100), start);
+        let asked = picker.pick_at(2, 2, start);
+        assert_eq!(sorted(asked), vec![2, 3]);
+        assert!(picker.in_endgame());
+        assert!(
+            picker
+                .seed_pool_at(1, start + Duration::from_millis(150))
+                .is_none(),
+            "0.15 s into its first chunk it is no slower than the seeder yet"
+        );
+        let later = start + Duration::from_secs(1);
+        let pool = picker.seed_pool_at(1, later).expect("a pool");
+        assert_eq!(sorted(pool.held().collect()), vec![2, 3]);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! implements [`Withdraw`]). It never reaches into serving: the upload
 //! limits in our load come from [`SessionConfig`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,6 +164,13 @@ pub struct Session {
     peer_token_lock: tokio::sync::Mutex<()>,
     proofs: Mutex<HashMap<String, (String, i64)>>,
     index_reachable: AtomicBool,
+    /// Held while a holding is reported to the index, so reports reach it
+    /// in the order their states were read: a stale partial report cannot
+    /// overtake a later "complete".
+    report_lock: tokio::sync::Mutex<()>,
+    /// Files whose last report to the index failed; the heartbeat reports
+    /// their current state again until one succeeds.
+    unreported: Mutex<HashSet<FileId>>,
     registration_refused: Mutex<Option<String>>,
     refresh_lock: tokio::sync::Mutex<()>,
     heartbeat: Mutex<Option<JoinHandle<()>>>,
@@ -215,6 +222,8 @@ impl Session {
             peer_token_lock: tokio::sync::Mutex::new(()),
             proofs: Mutex::new(HashMap::new()),
             index_reachable: AtomicBool::new(false),
+            report_lock: tokio::sync::Mutex::new(()),
+            unreported: Mutex::new(HashSet::new()),
             registration_refused: Mutex::new(None),
             refresh_lock: tokio::sync::Mutex::new(()),
             heartbeat: Mutex::new(None),
@@ -783,53 +792,106 @@ impl Session {
     /// the index may have forgotten us).
     async fn announce_all(&self, peer_id: &str) {
         for holding in self.holdings.all() {
-            let state = holding.snapshot();
-            if state.problem.is_some() {
-                // The index may still list it from before we restarted.
-                if let Err(err) = self.stop_sharing(peer_id, holding.file_id.as_str()).await {
-                    tracing::debug!(file = %holding.file_id, %err, "cannot withdraw a changed file");
-                }
-                continue;
-            }
-            if state.kind == Kind::Partial && state.bitfield.count() == 0 {
-                continue;
-            }
-            let result = self
-                .announce(
-                    peer_id,
-                    holding.file_id.as_str(),
-                    &state.bitfield,
-                    state.kind != Kind::Partial,
-                )
-                .await;
-            match result {
-                Err(Error::Remote { status, .. })
-                    if status.code() == Code::NotFound && state.kind == Kind::Shared =>
-                {
-                    let manifest = p2p_services::manifest::wire::to_proto(&holding.manifest);
-                    let request = index_pb::PublishFileRequest {
-                        manifest: Some(manifest),
-                        peer_id: peer_id.to_string(),
-                    };
-                    if let Err(err) = self
-                        .call_index(|mut c, t| async move {
-                            c.publish_file(with_bearer(request, &t)).await
-                        })
-                        .await
-                    {
-                        tracing::warn!(file = %holding.file_id, %err, "cannot republish a shared file");
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(file = %holding.file_id, %err, "cannot announce a holding")
-                }
-                Ok(()) => {}
-            }
+            self.report(peer_id, &holding.file_id).await;
         }
     }
 
-    /// Tells the index which chunks of `file_id` we hold.
+    /// Reports again each holding whose last report failed.
+    async fn report_unreported(&self, peer_id: &str) {
+        let files: HashSet<FileId> = std::mem::take(&mut *self.unreported_files());
+        if !files.is_empty() {
+            tracing::info!(files = files.len(), "reporting holdings the index missed");
+        }
+        for file in files {
+            self.report(peer_id, &file).await;
+        }
+    }
+
+    fn unreported_files(&self) -> std::sync::MutexGuard<'_, HashSet<FileId>> {
+        self.unreported.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes whether the report of `file` reached the index.
+    fn reported(&self, file: &FileId, outcome: &Result<(), Error>) {
+        let mut unreported = self.unreported_files();
+        if outcome.is_ok() {
+            unreported.remove(file);
+        } else {
+            unreported.insert(file.clone());
+        }
+    }
+
+    /// Reports the current state of our holding of `file`: withdrawn when it
+    /// changed on disk, complete or the chunks we have, published again
+    /// when the index lost a file we share. Read under the report lock, so
+    /// the index ends with the latest state.
+    async fn report(&self, peer_id: &str, file: &FileId) {
+        let _ordered = self.report_lock.lock().await;
+        let Some(holding) = self.holdings.get(file) else {
+            self.unreported_files().remove(file);
+            return;
+        };
+        let state = holding.snapshot();
+        if state.problem.is_some() {
+            // The index may still list it from before we restarted.
+            let outcome = self.stop_sharing(peer_id, file.as_str()).await;
+            if let Err(err) = &outcome {
+                tracing::debug!(%file, %err, "cannot withdraw a changed file");
+            }
+            self.reported(file, &outcome);
+            return;
+        }
+        if state.kind == Kind::Partial && state.bitfield.count() == 0 {
+            self.unreported_files().remove(file);
+            return;
+        }
+        let complete = state.kind != Kind::Partial;
+        let mut outcome = self
+            .update_holdings(peer_id, file.as_str(), &state.bitfield, complete)
+            .await;
+        if let Err(Error::Remote { status, .. }) = &outcome
+            && status.code() == Code::NotFound
+            && state.kind == Kind::Shared
+        {
+            let manifest = p2p_services::manifest::wire::to_proto(&holding.manifest);
+            let request = index_pb::PublishFileRequest {
+                manifest: Some(manifest),
+                peer_id: peer_id.to_string(),
+            };
+            outcome = self
+                .call_index(
+                    |mut c, t| async move { c.publish_file(with_bearer(request, &t)).await },
+                )
+                .await
+                .map(|_| ());
+            if let Err(err) = &outcome {
+                tracing::warn!(%file, %err, "cannot republish a shared file");
+            }
+        } else if let Err(err) = &outcome {
+            tracing::warn!(%file, %err, "cannot announce a holding; the heartbeat retries");
+        }
+        self.reported(file, &outcome);
+    }
+
+    /// Tells the index which chunks of `file_id` we hold. A failed report
+    /// is made again, from the holding's state then, by the heartbeat.
     pub async fn announce(
+        &self,
+        peer_id: &str,
+        file_id: &FileId,
+        bitfield: &p2p_services::manifest::Bitfield,
+        complete: bool,
+    ) -> Result<(), Error> {
+        let outcome = {
+            let _ordered = self.report_lock.lock().await;
+            self.update_holdings(peer_id, file_id.as_str(), bitfield, complete)
+                .await
+        };
+        self.reported(file_id, &outcome);
+        outcome
+    }
+
+    async fn update_holdings(
         &self,
         peer_id: &str,
         file_id: &str,
@@ -894,6 +956,10 @@ async fn heartbeat_loop(session: std::sync::Weak<Session>) {
                         tracing::info!("the index forgot this agent; registering again");
                         this.set_peer_id(None);
                         this.register().await.map(|i| interval = i)
+                    }
+                    Ok(()) => {
+                        this.report_unreported(&peer_id).await;
+                        Ok(())
                     }
                     other => other,
                 }

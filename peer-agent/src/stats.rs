@@ -27,6 +27,8 @@ pub struct Stats {
     pub chunks_from_partial_sources: AtomicU64,
     /// Chunks sent of a file this agent was itself still downloading.
     pub chunks_served_while_downloading: AtomicU64,
+    /// Of `chunks_served`, those sent as `p2p-chunks/1` frames.
+    pub chunks_served_framed: AtomicU64,
     /// FetchChunks streams being served.
     pub active_uploads: AtomicU32,
     /// Upload bytes per second.
@@ -60,6 +62,18 @@ impl Stats {
                 .fetch_add(1, Ordering::Relaxed);
         }
         self.upload_meter.record(bytes);
+    }
+
+    /// Counts one chunk of those [`Self::chunk_served`] counted as sent in
+    /// a `p2p-chunks/1` frame.
+    pub fn chunk_served_framed(&self) {
+        metrics::counter(
+            "p2p_agent_chunks_served_framed_total",
+            "Chunks sent to other agents as p2p-chunks/1 frames.",
+            &[],
+        )
+        .inc();
+        self.chunks_served_framed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one verified chunk received.

@@ -11,6 +11,8 @@
 //!   and the tower wrapper that puts verified claims in request extensions.
 //! - [`config`]: value parsers shared by every binary's flags (durations).
 //! - [`client`]: channels to other services and the bearer header.
+//! - [`framing`]: the `p2p-chunks/1` frames that carry chunks beside
+//!   HTTP/2 on the PeerService's TLS listener.
 //! - [`manifest`]: file ids, chunk geometry, bitfields, names and manifest
 //!   validation shared by index-svc and peer-agent.
 //! - [`metrics`]: the Prometheus registry, the RPC metrics layer and the
@@ -29,6 +31,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod discovery;
+pub mod framing;
 pub mod health;
 pub mod invite;
 pub mod listen;

@@ -44,6 +44,19 @@ pub struct GrpcServer {
     routes: Routes,
     names: Vec<&'static str>,
     tls: Option<crate::tls::ServerTls>,
+    beside: Vec<Beside>,
+}
+
+/// The TLS connections that negotiated another protocol than HTTP/2 by
+/// ALPN: where a server hands them over.
+pub type BesideSender =
+    tokio::sync::mpsc::Sender<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
+/// Another protocol served on the same TLS listener, chosen by ALPN.
+#[derive(Clone)]
+struct Beside {
+    protocol: &'static [u8],
+    connections: BesideSender,
 }
 
 impl Default for GrpcServer {
@@ -59,6 +72,7 @@ impl GrpcServer {
             routes: Routes::default(),
             names: Vec::new(),
             tls: None,
+            beside: Vec::new(),
         }
     }
 
@@ -66,6 +80,19 @@ impl GrpcServer {
     /// when the operator asked for it, or in an in-process test).
     pub fn tls(mut self, tls: Option<crate::tls::ServerTls>) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Also offers `protocol` by ALPN on the TLS listener (preferred to
+    /// HTTP/2 when a client offers both) and hands each connection that
+    /// negotiates it to `connections`, whose owner serves it; when that
+    /// channel is full or closed the connection is dropped. Without TLS
+    /// there is no ALPN, and only gRPC is served.
+    pub fn beside(mut self, protocol: &'static [u8], connections: BesideSender) -> Self {
+        self.beside.push(Beside {
+            protocol,
+            connections,
+        });
         self
     }
 
@@ -87,12 +114,13 @@ impl GrpcServer {
 
     /// Serves on `listener` until `shutdown` resolves, then drains in-flight
     /// calls and returns.
-    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> Result<(), ServeError>
+    pub async fn serve<F>(mut self, listener: TcpListener, shutdown: F) -> Result<(), ServeError>
     where
         F: Future<Output = ()> + Send,
     {
         let addr: SocketAddr = listener.local_addr().map_err(ServeError::LocalAddr)?;
         let tls = self.tls.clone();
+        let beside = std::mem::take(&mut self.beside);
         tracing::info!(%addr, services = ?self.names, tls = tls.is_some(), "serving gRPC");
         let (routes, shutdown) = self.with_standard_services(shutdown).await?;
         let router = tonic::transport::Server::builder()
@@ -108,8 +136,13 @@ impl GrpcServer {
             // Handshakes run in our own acceptor, so the identity can be
             // replaced while serving (`ServerTls::replace`).
             Some(tls) => {
-                let (streams, accept) = crate::tls::server::accept(listener, tls.acceptor()?);
-                let incoming = tokio_stream::wrappers::ReceiverStream::new(streams);
+                let protocols: Vec<&[u8]> = beside.iter().map(|b| b.protocol).collect();
+                let (streams, accept) =
+                    crate::tls::server::accept(listener, tls.acceptor_for(&protocols)?);
+                let incoming = tokio_stream::StreamExt::filter_map(
+                    tokio_stream::wrappers::ReceiverStream::new(streams),
+                    move |accepted| hand_over(accepted, &beside),
+                );
                 let serve = router.serve_with_incoming_shutdown(incoming, shutdown);
                 let (served, ()) = tokio::join!(serve, accept);
                 served?;
@@ -126,6 +159,26 @@ impl GrpcServer {
         tracing::info!(%addr, "server stopped");
         Ok(())
     }
+}
+
+/// Hands a connection that negotiated one of the `beside` protocols to
+/// its owner; gives back the rest for gRPC.
+fn hand_over(
+    accepted: std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    beside: &[Beside],
+) -> Option<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    let stream = match accepted {
+        Ok(stream) => stream,
+        Err(err) => return Some(Err(err)),
+    };
+    let protocol = crate::tls::server::negotiated(&stream);
+    let Some(to) = beside.iter().find(|b| Some(b.protocol) == protocol) else {
+        return Some(Ok(stream));
+    };
+    if let Err(err) = to.connections.try_send(stream) {
+        tracing::debug!(protocol = %String::from_utf8_lossy(to.protocol), %err, "dropping a connection: its server is busy or gone");
+    }
+    None
 }
 
 /// The services every server adds to its own: health and both versions

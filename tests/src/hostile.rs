@@ -3,7 +3,10 @@
 //! file completely, then answers FetchChunks with wrong bytes, short
 //! chunks, chunks for indexes nobody asked for, or a stream that never
 //! ends; or lies on its holdings stream (`WatchHoldings`): claims chunks it
-//! does not serve, floods updates, lists junk peer addresses.
+//! does not serve, floods updates, lists junk peer addresses; or speaks
+//! the chunk framing (`p2p-chunks/1`) and breaks it: a truncated frame, an
+//! oversized one, the wrong chunk, wrong bytes, or a frame dripped a byte
+//! at a time (slow loris).
 //!
 //! Ownership: a [`HostilePeer`] owns its server task and its heartbeat task
 //! in a `JoinSet`; both are aborted when it drops (the server is also told
@@ -51,6 +54,39 @@ pub enum Misbehaviour {
     FloodUpdates,
     /// Genuine chunks, and every update lists junk peer addresses.
     JunkPeers,
+    /// Speaks the chunk framing (`p2p-chunks/1`) and cuts the connection
+    /// in the middle of the first chunk frame.
+    FramedTruncated,
+    /// Speaks the framing and announces a chunk frame of 64 MiB, far
+    /// longer than the chunk asked for, then sends nothing more.
+    FramedOversized,
+    /// Speaks the framing and sends the genuine chunk after the one asked
+    /// for, with that chunk's index and length.
+    FramedWrongIndex,
+    /// Speaks the framing and sends the chunk asked for, its length right,
+    /// every byte flipped.
+    FramedWrongBytes,
+    /// Speaks the framing and sends the first chunk's frame one byte every
+    /// [`SLOW_LORIS_GAP`].
+    FramedSlowLoris,
+}
+
+/// How long a [`Misbehaviour::FramedSlowLoris`] peer waits between bytes.
+pub const SLOW_LORIS_GAP: Duration = Duration::from_millis(200);
+
+impl Misbehaviour {
+    /// Whether the peer lies in `p2p-chunks/1` frames (and answers
+    /// FetchChunks honestly).
+    pub fn is_framed(self) -> bool {
+        matches!(
+            self,
+            Self::FramedTruncated
+                | Self::FramedOversized
+                | Self::FramedWrongIndex
+                | Self::FramedWrongBytes
+                | Self::FramedSlowLoris
+        )
+    }
 }
 
 /// How fast a [`Misbehaviour::FloodUpdates`] peer sends (in bursts of 100).
@@ -92,6 +128,10 @@ pub struct HostileStats {
     pub updates_sent: AtomicU64,
     /// Holdings streams not yet dropped by the server.
     pub open_watches: AtomicI64,
+    /// `FETCH` frames received.
+    pub framed_requests: AtomicU64,
+    /// Framed connections not yet closed.
+    pub open_connections: AtomicI64,
 }
 
 impl HostileStats {
@@ -118,6 +158,16 @@ impl HostileStats {
     /// Holdings streams still open.
     pub fn open_watches(&self) -> i64 {
         self.open_watches.load(Ordering::Relaxed)
+    }
+
+    /// `FETCH` frames received so far.
+    pub fn framed_requests(&self) -> u64 {
+        self.framed_requests.load(Ordering::Relaxed)
+    }
+
+    /// Framed connections not yet closed.
+    pub fn open_connections(&self) -> i64 {
+        self.open_connections.load(Ordering::Relaxed)
     }
 
     /// The bearer tokens callers sent so far, each with the peer proof
@@ -180,7 +230,12 @@ impl HostileService {
             | Misbehaviour::Honest
             | Misbehaviour::FalseClaims
             | Misbehaviour::FloodUpdates
-            | Misbehaviour::JunkPeers => Chunk {
+            | Misbehaviour::JunkPeers
+            | Misbehaviour::FramedTruncated
+            | Misbehaviour::FramedOversized
+            | Misbehaviour::FramedWrongIndex
+            | Misbehaviour::FramedWrongBytes
+            | Misbehaviour::FramedSlowLoris => Chunk {
                 index,
                 data: self.genuine(index).into(),
             },
@@ -343,6 +398,136 @@ impl PeerService for HostileService {
     }
 }
 
+impl HostileService {
+    /// Serves the framed connections handed over until `connections`
+    /// closes, each in a task of its own set (aborted when this ends).
+    async fn serve_framed(
+        self,
+        mut connections: tokio::sync::mpsc::Receiver<
+            impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        >,
+    ) {
+        let mut tasks = JoinSet::new();
+        while let Some(stream) = connections.recv().await {
+            let service = self.clone();
+            tasks.spawn(async move { service.framed_connection(stream).await });
+        }
+    }
+
+    /// One framed connection: takes any `HELLO`, then lies in its answer
+    /// to the first `FETCH` and holds the connection (or closes it).
+    async fn framed_connection(
+        &self,
+        mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    ) {
+        use p2p_services::framing::{self, Fetch, Kind};
+        use tokio::io::AsyncWriteExt;
+        self.stats.open_connections.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenConnection(self.stats.clone());
+        let Ok(Some(_)) = framing::read_small(&mut stream, &[Kind::Hello]).await else {
+            return;
+        };
+        if stream.write_all(&framing::ready()).await.is_err() {
+            return;
+        }
+        let _ = stream.flush().await;
+        let Ok(Some((_, body))) = framing::read_small(&mut stream, &[Kind::Fetch]).await else {
+            return;
+        };
+        let Ok(fetch) = Fetch::decode(&body) else {
+            return;
+        };
+        self.stats.framed_requests.fetch_add(1, Ordering::Relaxed);
+        let count = self.chunk_count();
+        let asked = fetch
+            .ranges
+            .first()
+            .map(|&(start, _)| start)
+            .or_else(|| {
+                (0..count).find(|&i| {
+                    fetch
+                        .any_of
+                        .get(i as usize / 8)
+                        .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
+                })
+            })
+            .unwrap_or(0)
+            .min(count.saturating_sub(1));
+        let genuine = self.genuine(asked);
+        let frame = |index: u32, data: &[u8]| {
+            let mut out = framing::chunk_prefix(index, data.len() as u32).to_vec();
+            out.extend_from_slice(data);
+            out
+        };
+        let bytes = match self.misbehaviour {
+            Misbehaviour::FramedTruncated => {
+                let whole = frame(asked, &genuine);
+                whole[..whole.len() / 2].to_vec()
+            }
+            Misbehaviour::FramedOversized => {
+                framing::chunk_prefix(asked, p2p_services::manifest::MAX_CHUNK_BYTES).to_vec()
+            }
+            Misbehaviour::FramedWrongIndex => {
+                // A chunk not asked for: the next one for named chunks, one
+                // the caller does not lack for "any n" (or one past the
+                // end when it lacks them all).
+                let offered = |i: u32| {
+                    fetch
+                        .any_of
+                        .get(i as usize / 8)
+                        .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
+                };
+                let other = if fetch.ranges.is_empty() {
+                    (0..count).find(|&i| !offered(i)).unwrap_or(count)
+                } else {
+                    (asked + 1) % count
+                };
+                frame(other, &self.genuine(other.min(count - 1)))
+            }
+            Misbehaviour::FramedWrongBytes => {
+                let flipped: Vec<u8> = genuine.iter().map(|b| b ^ 0x5a).collect();
+                frame(asked, &flipped)
+            }
+            Misbehaviour::FramedSlowLoris => {
+                let whole = frame(asked, &genuine);
+                for byte in whole {
+                    if stream.write_all(&[byte]).await.is_err() || stream.flush().await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(SLOW_LORIS_GAP).await;
+                }
+                return;
+            }
+            _ => return,
+        };
+        self.stats.chunks_sent.fetch_add(1, Ordering::Relaxed);
+        if stream.write_all(&bytes).await.is_err() {
+            return;
+        }
+        let _ = stream.flush().await;
+        if self.misbehaviour == Misbehaviour::FramedTruncated {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        // Hold the connection until the downloader hangs up.
+        let mut sink = [0u8; 1024];
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// Decrements the open-connection count when a framed connection ends.
+struct OpenConnection(Arc<HostileStats>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A hostile peer registered at the index as a complete holder of one file.
 pub struct HostilePeer {
     addr: SocketAddr,
@@ -393,13 +578,21 @@ impl HostilePeer {
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut tasks = JoinSet::new();
+        let server = p2p_services::serve::GrpcServer::new().tls(tls);
+        let server = if misbehaviour.is_framed() {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            tasks.spawn(service.clone().serve_framed(rx));
+            server.beside(p2p_services::framing::ALPN, tx)
+        } else {
+            server
+        };
         tasks.spawn(async move {
-            let server = p2p_services::serve::GrpcServer::new()
-                .tls(tls)
-                .add_service(PeerServiceServer::new(service))
-                .serve(listener, async {
-                    let _ = stopped.await;
-                });
+            let server =
+                server
+                    .add_service(PeerServiceServer::new(service))
+                    .serve(listener, async {
+                        let _ = stopped.await;
+                    });
             if let Err(err) = server.await {
                 eprintln!("hostile peer server failed: {err}");
             }

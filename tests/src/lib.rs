@@ -21,6 +21,7 @@ pub mod audit;
 pub mod hostile;
 pub mod multihost;
 pub mod netns;
+pub mod seed;
 
 use std::future::Future;
 use std::io::{BufRead, Write};

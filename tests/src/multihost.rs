@@ -825,6 +825,7 @@ pub fn restore(host: &Host) {
 pub fn rate(rate_mbit: u32) -> LinkShape {
     LinkShape {
         rate_mbit: Some(rate_mbit),
+        down_mbit: None,
         delay: None,
         queue: None,
     }

@@ -1,8 +1,8 @@
 //! An emulated LAN on one machine: each host is a network namespace with
 //! its own address, joined by a veth pair to a bridge that lives in a
 //! "switch" namespace of its own, so nothing touches the machine's real
-//! network. Links can be shaped with `tc` (token bucket rate each way,
-//! netem delay where the kernel has it), cut and restored.
+//! network. Links can be shaped with `tc` (token bucket rate each way, up
+//! and down apart, netem delay where the kernel has it), cut and restored.
 //!
 //! Addresses (10.77.0.0/24) exist only inside the namespaces a [`Lan`]
 //! creates; every namespace is deleted when the `Lan` drops. Needs root and
@@ -16,8 +16,13 @@ use std::time::Duration;
 /// How a host's link is shaped, both directions.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LinkShape {
-    /// Rate limit in megabits per second each way; `None` leaves it unshaped.
+    /// Rate limit in megabits per second each way, or the host's upload
+    /// alone when `down_mbit` is set; `None` leaves it unshaped.
     pub rate_mbit: Option<u32>,
+    /// The host's download rate in megabits per second when it differs
+    /// from its upload (a Wi-Fi laptop: 30 down, 10 up); `None`:
+    /// `rate_mbit` both ways.
+    pub down_mbit: Option<u32>,
     /// One-way delay added on the host's egress (needs sch_netem).
     pub delay: Option<Duration>,
     /// How long a packet may wait in a rate-limited link's queue (`tbf`
@@ -137,10 +142,15 @@ impl Host {
         .map(drop)
     }
 
-    /// Replaces the shaping of this host's link, both directions.
+    /// Replaces the shaping of this host's link, both directions: the
+    /// host side's egress is its upload, the switch side's its download.
     pub fn shape(&self, shape: LinkShape) -> Result<(), LanError> {
         shape_dev(&self.netns, "eth0", shape, true)?;
-        shape_dev(&self.switch_ns, &self.switch_port, shape, false)
+        let down = LinkShape {
+            rate_mbit: shape.down_mbit.or(shape.rate_mbit),
+            ..shape
+        };
+        shape_dev(&self.switch_ns, &self.switch_port, down, false)
     }
 
     /// `host:port` on this host.
@@ -357,39 +367,64 @@ pub struct LinkSample {
     pub sent: Vec<u64>,
     /// Bytes received by host `i` so far.
     pub received: Vec<u64>,
+    /// `flows[to][from]`: bytes host `from` has sent to host `to` so far
+    /// (IP packets through the bridge); empty when the switch cannot
+    /// count flows (no nftables).
+    pub flows: Vec<Vec<u64>>,
 }
 
 /// Samples every host's counters until [`LinkMeter::stop`]. One sampling
-/// process lives in the switch namespace (no process per sample, so the
-/// meter costs next to no CPU).
+/// process lives in the switch namespace (no process per sample for the
+/// link counters; the per-flow counters cost one `nft` per sample).
 #[derive(Debug)]
 pub struct LinkMeter {
     child: std::process::Child,
     reader: Option<std::thread::JoinHandle<Vec<LinkSample>>>,
 }
 
-/// Prints `/proc/net/dev` of its namespace every `argv[1]` seconds, each
-/// dump followed by a line `.`.
-const SAMPLER: &str = "import sys, time\nevery = float(sys.argv[1])\nwhile True:\n    with open('/proc/net/dev') as f:\n        sys.stdout.write(f.read() + '.\\n')\n    sys.stdout.flush()\n    time.sleep(every)\n";
+/// Prints `/proc/net/dev` of its namespace every `argv[1]` seconds, then,
+/// when `argv[2]` is `flows`, the bridge's flow counters as one JSON line
+/// after `flows `; each dump followed by a line `.`.
+const SAMPLER: &str = "import sys, time, subprocess\nevery = float(sys.argv[1])\nflows = sys.argv[2] == 'flows'\nwhile True:\n    with open('/proc/net/dev') as f:\n        sys.stdout.write(f.read())\n    if flows:\n        out = subprocess.run(['nft', '-j', 'list', 'set', 'bridge', 'p2pacct', 'flows'], capture_output=True, text=True).stdout\n        sys.stdout.write('flows ' + out.replace('\\n', '') + '\\n')\n    sys.stdout.write('.\\n')\n    sys.stdout.flush()\n    time.sleep(every)\n";
+
+/// The nftables rules that count bytes per (source, destination) address
+/// pair crossing the bridge: one hash lookup per packet.
+const FLOW_RULES: &str = "add table bridge p2pacct\ndelete table bridge p2pacct\nadd table bridge p2pacct\nadd set bridge p2pacct flows { type ipv4_addr . ipv4_addr; size 4096; flags dynamic; counter; }\nadd chain bridge p2pacct pairs { type filter hook forward priority 0; }\nadd rule bridge p2pacct pairs update @flows { ip saddr . ip daddr }\n";
 
 impl Lan {
-    /// Starts sampling every host's link counters every `every`.
+    /// Starts sampling every host's link counters, and the bytes each host
+    /// sent each other host, every `every`.
     pub fn link_meter(&self, every: Duration) -> Result<LinkMeter, LanError> {
-        use std::io::BufRead;
+        use std::io::{BufRead, Write};
+        let flows = Command::new("ip")
+            .args(["netns", "exec", &self.switch_ns, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()
+            .and_then(|mut nft| {
+                nft.stdin.take()?.write_all(FLOW_RULES.as_bytes()).ok()?;
+                nft.wait().ok().filter(|s| s.success())
+            })
+            .is_some();
         let command = format!("ip netns exec {} python3 -c <sampler>", self.switch_ns);
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.switch_ns, "python3", "-c", SAMPLER])
             .arg(every.as_secs_f64().to_string())
+            .arg(if flows { "flows" } else { "links" })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .map_err(|source| LanError::Spawn { command, source })?;
         let stdout = child.stdout.take().expect("piped stdout");
         let ports: Vec<String> = self.hosts.iter().map(|h| h.switch_port.clone()).collect();
+        let addrs: Vec<Ipv4Addr> = self.hosts.iter().map(|h| h.addr).collect();
         let reader = std::thread::spawn(move || {
             let mut samples = Vec::new();
             let mut sent = vec![0; ports.len()];
             let mut received = vec![0; ports.len()];
+            let mut flows = Vec::new();
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if line == "." {
@@ -397,7 +432,12 @@ impl Lan {
                         at: std::time::Instant::now(),
                         sent: sent.clone(),
                         received: received.clone(),
+                        flows: std::mem::take(&mut flows),
                     });
+                    continue;
+                }
+                if let Some(json) = line.strip_prefix("flows ") {
+                    flows = flow_matrix(json, &addrs);
                     continue;
                 }
                 let Some((name, counters)) = line.split_once(':') else {
@@ -425,6 +465,37 @@ impl Lan {
     }
 }
 
+/// `flows[to][from]` in bytes from `nft -j list set` output: every element
+/// `{"elem": {"val": {"concat": [from, to]}, "counter": {"bytes": ..}}}`
+/// between two of `addrs`. Empty when the output cannot be read.
+fn flow_matrix(json: &str, addrs: &[Ipv4Addr]) -> Vec<Vec<u64>> {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let host = |v: &serde_json::Value| {
+        let addr: Ipv4Addr = v.as_str()?.parse().ok()?;
+        addrs.iter().position(|a| *a == addr)
+    };
+    let mut matrix = vec![vec![0; addrs.len()]; addrs.len()];
+    let elements = value["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item["set"]["elem"].as_array())
+        .flatten();
+    for element in elements {
+        let elem = &element["elem"];
+        let pair = elem["val"]["concat"].as_array();
+        let bytes = elem["counter"]["bytes"].as_u64();
+        if let (Some([from, to]), Some(bytes)) = (pair.map(Vec::as_slice), bytes)
+            && let (Some(from), Some(to)) = (host(from), host(to))
+        {
+            matrix[to][from] = bytes;
+        }
+    }
+    matrix
+}
+
 impl LinkMeter {
     /// Stops sampling and returns the samples, oldest first.
     pub fn stop(mut self) -> Vec<LinkSample> {
@@ -441,5 +512,23 @@ impl Drop for LinkMeter {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_counters_become_a_matrix_of_hosts() {
+        // What `nft -j list set` printed for two flows on nftables 1.0.6,
+        // plus one from an address that is no host of the LAN.
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}, {"set": {"family": "bridge", "name": "flows", "table": "p2pacct", "type": ["ipv4_addr", "ipv4_addr"], "handle": 1, "size": 4096, "elem": [{"elem": {"val": {"concat": ["10.77.0.2", "10.77.0.3"]}, "counter": {"packets": 3, "bytes": 4500}}}, {"elem": {"val": {"concat": ["10.77.0.3", "10.77.0.1"]}, "counter": {"packets": 1, "bytes": 60}}}, {"elem": {"val": {"concat": ["10.9.9.9", "10.77.0.1"]}, "counter": {"packets": 1, "bytes": 99}}}], "stmt": [{"counter": null}]}}]}"#;
+        let addrs: Vec<Ipv4Addr> = (1..=3).map(|i| Ipv4Addr::new(10, 77, 0, i)).collect();
+        let flows = flow_matrix(json, &addrs);
+        assert_eq!(flows[2][1], 4500, "host 1 sent host 2 4500 bytes");
+        assert_eq!(flows[0][2], 60);
+        assert_eq!(flows.iter().flatten().sum::<u64>(), 4560);
+        assert!(flow_matrix("not json", &addrs).is_empty());
     }
 }

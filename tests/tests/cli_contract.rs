@@ -67,6 +67,8 @@ fn file_info() -> index::FileInfo {
         complete_copies: 2,
         chunk_size_bytes: 256 * 1024,
         chunk_count: 16,
+        kind: index::EntryKind::File as i32,
+        entry_count: 0,
     }
 }
 
@@ -132,9 +134,42 @@ impl AgentControl for ScriptedAgent {
                 total_bytes: total,
                 file: Some(file_info()),
                 already_published: false,
+                skipped: vec!["docs/link".into()],
             }),
         ];
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
+    async fn list_folder(
+        &self,
+        request: Request<agent::ListFolderRequest>,
+    ) -> Result<Response<agent::ListFolderResponse>, Status> {
+        self.session()?;
+        let request = request.into_inner();
+        if request.path.trim_end_matches('/') != "Course" {
+            return Err(Status::not_found(format!("no folder at {}", request.path)));
+        }
+        let entries = vec![
+            agent::FolderEntry {
+                name: "week 1".into(),
+                is_folder: true,
+                size_bytes: 3 * 1024 * 1024,
+                file_count: 12,
+            },
+            agent::FolderEntry {
+                name: "syllabus.pdf".into(),
+                is_folder: false,
+                size_bytes: 2048,
+                file_count: 1,
+            },
+        ];
+        let total = entries.len() as u32;
+        Ok(Response::new(agent::ListFolderResponse {
+            folder: None,
+            path: String::new(),
+            entries: entries.into_iter().skip(request.offset as usize).collect(),
+            total,
+        }))
     }
 
     async fn list_files(
@@ -154,7 +189,10 @@ impl AgentControl for ScriptedAgent {
         } else {
             vec![]
         };
-        Ok(Response::new(agent::ListFilesResponse { files }))
+        Ok(Response::new(agent::ListFilesResponse {
+            files,
+            ..Default::default()
+        }))
     }
 
     type WatchFilesStream = BoxStream<agent::ListFilesResponse>;
@@ -166,8 +204,18 @@ impl AgentControl for ScriptedAgent {
         request: Request<agent::ListFilesRequest>,
     ) -> Result<Response<Self::WatchFilesStream>, Status> {
         let first = self.list_files(request).await?.into_inner();
-        let messages = vec![Ok(first), Ok(agent::ListFilesResponse { files: vec![] })];
+        let messages = vec![Ok(first), Ok(agent::ListFilesResponse::default())];
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
+    type FollowFilesStream = BoxStream<agent::FileChange>;
+
+    /// The CLI follows with WatchFiles; this fake has no page to follow.
+    async fn follow_files(
+        &self,
+        _request: Request<agent::ListFilesRequest>,
+    ) -> Result<Response<Self::FollowFilesStream>, Status> {
+        Err(Status::unimplemented("the fake agent follows no page"))
     }
 
     type DownloadStream = BoxStream<agent::DownloadProgress>;
@@ -639,6 +687,24 @@ async fn share_sends_an_absolute_path_and_prints_the_id() {
     let missing = fake.p2p(&["share", "missing.bin"], None).await;
     assert_eq!(missing.code, Some(5), "{missing}");
     assert!(missing.stderr.contains("cannot share"), "{missing}");
+}
+
+#[tokio::test]
+async fn ls_inside_a_folder_prints_its_subfolders_then_files() {
+    let fake = Fake::start(true).await;
+    let out = fake.p2p(&["ls", "Course/"], None).await;
+    assert!(out.success(), "{out}");
+    let lines: Vec<_> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].contains("week 1/") && lines[0].contains("12 files"),
+        "{out}"
+    );
+    assert!(lines[1].ends_with("syllabus.pdf"), "{out}");
+    let json = fake.p2p(&["--json", "ls", "Course/"], None).await.json();
+    assert_eq!(json["entries"][0]["is_folder"], true, "{json}");
+    let missing = fake.p2p(&["ls", "Nope/"], None).await;
+    assert!(!missing.success(), "{missing}");
 }
 
 #[tokio::test]

@@ -61,12 +61,27 @@ async fn index_reason(
 /// One honest complete source (alice), one hostile source claiming the same
 /// file (registered as mallory), one downloader (bob): the download must
 /// finish byte for byte, and a liar must be rejected and reported.
-async fn download_survives(misbehaviour: Misbehaviour, seed: u64) {
+/// An honest source (alice, uploading at `honest_rate`), a hostile one
+/// claiming the same file (registered as mallory) and a downloader (bob),
+/// once bob has the file and it checked out byte for byte.
+struct BesideALiar {
+    cluster: Cluster,
+    alice: p2p_tests::Agent,
+    bob: p2p_tests::Agent,
+    hostile: HostilePeer,
+    id: String,
+}
+
+async fn download_beside_a_liar(
+    misbehaviour: Misbehaviour,
+    seed: u64,
+    honest_rate: &str,
+) -> BesideALiar {
     let cluster = Cluster::start(ClusterOptions::default()).await;
     let alice = cluster
         .add_user_agent(
             "alice",
-            AgentOptions::default().max_upload_rate(HONEST_RATE),
+            AgentOptions::default().max_upload_rate(honest_rate),
         )
         .await;
     let bob = cluster.add_user_agent("bob", AgentOptions::default()).await;
@@ -89,6 +104,23 @@ async fn download_survives(misbehaviour: Misbehaviour, seed: u64) {
         .await
         .unwrap_or_else(|_| panic!("the download hung with a {misbehaviour:?} peer"));
     assert_same_content(&original, &got);
+    BesideALiar {
+        cluster,
+        alice,
+        bob,
+        hostile,
+        id,
+    }
+}
+
+async fn download_survives(misbehaviour: Misbehaviour, seed: u64) {
+    let BesideALiar {
+        cluster,
+        alice,
+        bob,
+        hostile,
+        id,
+    } = download_beside_a_liar(misbehaviour, seed, HONEST_RATE).await;
     eprintln!(
         "{misbehaviour:?} peer: {} requests, {} chunks sent",
         hostile.stats().requests(),
@@ -458,4 +490,79 @@ async fn a_token_from_another_deployment_is_unauthenticated() {
     let token = cluster.access_token(ADMIN_USER, ADMIN_PASSWORD).await;
     let honest = [HonestAgent::of(&alice).await];
     assert_nothing_lost(cluster.index_client(), &token, &[id], &honest).await;
+}
+
+/// One honest complete source (alice), one source that breaks the chunk
+/// framing (registered as mallory), one downloader (bob): the download
+/// finishes byte for byte from alice, mallory is reported, and bob holds
+/// no connection to it.
+async fn framing_breaker_is_dropped(misbehaviour: Misbehaviour, seed: u64) {
+    // A slow loris is found out after the stall timeout (10 s): the honest
+    // source must still be sending by then.
+    let honest_rate = match misbehaviour {
+        Misbehaviour::FramedSlowLoris => "256KiB",
+        _ => HONEST_RATE,
+    };
+    let BesideALiar {
+        cluster,
+        alice,
+        bob,
+        hostile,
+        id,
+    } = download_beside_a_liar(misbehaviour, seed, honest_rate).await;
+    assert!(
+        hostile.stats().framed_requests() > 0,
+        "the hostile peer was never sent a FETCH frame, so the test proves nothing"
+    );
+    if misbehaviour != Misbehaviour::FramedSlowLoris {
+        let counters = bob.status().await.counters.unwrap_or_default();
+        assert!(
+            counters.chunks_rejected > 0,
+            "nothing from the {misbehaviour:?} peer was rejected: {counters:?}"
+        );
+    }
+    let token = cluster.access_token("bob", USER_PASSWORD).await;
+    eventually(
+        Duration::from_secs(15),
+        "the index to record a bad report against the hostile peer",
+        || async {
+            let reason = index_reason(&cluster, &token, &id, hostile.peer_id()).await?;
+            reason.contains("bad report").then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "the downloader to close every framed connection to the hostile peer",
+        || async { (hostile.stats().open_connections() == 0).then_some(()) },
+    )
+    .await;
+
+    let honest = [HonestAgent::of(&alice).await, HonestAgent::of(&bob).await];
+    assert_nothing_lost(cluster.index_client(), &token, &[id], &honest).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_frame_drops_the_source_and_the_file_is_correct() {
+    framing_breaker_is_dropped(Misbehaviour::FramedTruncated, 31).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_frame_is_refused_before_its_bytes_are_read() {
+    framing_breaker_is_dropped(Misbehaviour::FramedOversized, 32).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_framed_chunk_with_the_wrong_index_is_rejected_and_reported() {
+    framing_breaker_is_dropped(Misbehaviour::FramedWrongIndex, 33).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_framed_chunk_whose_bytes_do_not_match_is_rejected_and_reported() {
+    framing_breaker_is_dropped(Misbehaviour::FramedWrongBytes, 34).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_loris_source_is_dropped_as_stalled() {
+    framing_breaker_is_dropped(Misbehaviour::FramedSlowLoris, 35).await;
 }

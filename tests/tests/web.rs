@@ -13,7 +13,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use p2p_tests::{ADMIN_PASSWORD, ADMIN_USER, AgentHandle, AgentOptions, Cluster, ClusterOptions};
+use p2p_tests::{
+    ADMIN_PASSWORD, ADMIN_USER, AgentHandle, AgentOptions, Cluster, ClusterOptions, USER_PASSWORD,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// How long any one thing the browser waits for may take.
@@ -116,20 +118,47 @@ async fn screenshot(browser: &Client, name: &str) {
     std::fs::write(screenshots_dir().join(format!("{name}.png")), png).expect("save screenshot");
 }
 
-async fn text_of(browser: &Client, css: &str) -> String {
-    match browser
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(css))
-        .await
-    {
-        Ok(element) => element.text().await.expect("element text"),
-        Err(e) => {
-            let url = browser.current_url().await.map(|u| u.to_string());
-            let page = browser.source().await.unwrap_or_default();
-            panic!("no {css} on the page ({e}) at {url:?}:\n{page}")
+/// What `read` gets from the element `css` selects, once it is there. A
+/// live update can replace the element between finding and reading it (a
+/// stale element reference): then it is found again, within the same
+/// bound.
+async fn read_element<T, F, Fut>(browser: &Client, css: &str, read: F) -> T
+where
+    F: Fn(fantoccini::elements::Element) -> Fut,
+    Fut: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let element = match browser
+            .wait()
+            .at_most(left)
+            .for_element(Locator::Css(css))
+            .await
+        {
+            Ok(element) => element,
+            Err(e) => {
+                let url = browser.current_url().await.map(|u| u.to_string());
+                let page = browser.source().await.unwrap_or_default();
+                panic!("no {css} on the page ({e}) at {url:?}:\n{page}")
+            }
+        };
+        match read(element).await {
+            Ok(value) => return value,
+            Err(e) if e.is_stale_element_reference() && tokio::time::Instant::now() < deadline => {}
+            Err(e) => panic!("{css}: {e}"),
         }
     }
+}
+
+/// The text of the element `css` selects, once it is there.
+async fn text_of(browser: &Client, css: &str) -> String {
+    read_element(browser, css, |e| async move { e.text().await }).await
+}
+
+/// The attribute `name` of the element `css` selects, once it is there.
+async fn attr_of(browser: &Client, css: &str, name: &str) -> Option<String> {
+    read_element(browser, css, |e| async move { e.attr(name).await }).await
 }
 
 /// Opens `url` (a one-time link from `p2p web`, or the login page of a
@@ -208,25 +237,26 @@ async fn row_of(browser: &Client, name: &str) -> String {
     .await
 }
 
-/// Clicks the element `css` selects once it is there. A live update can
-/// replace the element between finding and clicking it (a stale element
-/// reference): then it is found again, within the same bound.
+/// Clicks the element `css` selects once it is there (found again if a
+/// live update replaced it).
 async fn click(browser: &Client, css: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let element = browser
-            .wait()
-            .at_most(left)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css} to click: {e}"));
-        match element.click().await {
-            Ok(_) => return,
-            Err(e) if e.is_stale_element_reference() && tokio::time::Instant::now() < deadline => {}
-            Err(e) => panic!("click {css}: {e}"),
-        }
-    }
+    read_element(browser, css, |e| async move { e.click().await.map(drop) }).await
+}
+
+/// Opens the Share page of the web app at `web` and picks `path` (a file,
+/// or a folder for a folder input) in the file input `input`.
+async fn choose_on_share_page(browser: &Client, web: &str, input: &str, path: &Path) {
+    browser
+        .goto(&format!("http://{web}/share"))
+        .await
+        .expect("open share");
+    browser
+        .find(Locator::Id(input))
+        .await
+        .expect("file input")
+        .send_keys(path.to_str().expect("utf-8 path"))
+        .await
+        .expect("choose what to upload");
 }
 
 /// POSTs a form from inside the page (same origin, with its cookie) and
@@ -376,15 +406,7 @@ async fn the_seeds_windows_work_in_a_real_browser() {
     let upload_dir = cluster.scratch_dir("upload");
     let original = upload_dir.join(MARKUP_NAME);
     p2p_tests::write_random(&original, UPLOAD_BYTES, 12);
-    a.goto(&format!("http://{web_a}/share"))
-        .await
-        .expect("open share");
-    a.find(Locator::Id("upload-file"))
-        .await
-        .expect("file input")
-        .send_keys(original.to_str().expect("utf-8 path"))
-        .await
-        .expect("choose the file");
+    choose_on_share_page(&a, &web_a, "upload-file", &original).await;
     screenshot(&a, "share").await;
     click(&a, "#upload button[type=submit]").await;
     let flash = text_of(&a, "p.flash.ok").await;
@@ -424,12 +446,10 @@ async fn the_seeds_windows_work_in_a_real_browser() {
     let done = format!("article.download[data-file-id='{file_id}'][data-stage='done']");
     let percent = text_of(&b, &format!("{done} .percent")).await;
     assert_eq!(percent, "100 %");
-    let bar = b
-        .find(Locator::Css(&format!("{done} progress")))
-        .await
-        .expect("progress bar");
     assert_eq!(
-        bar.attr("value").await.expect("value").as_deref(),
+        attr_of(&b, &format!("{done} progress"), "value")
+            .await
+            .as_deref(),
         Some("100")
     );
     screenshot(&b, "downloads").await;
@@ -637,4 +657,207 @@ async fn invite_a_machine(browser: &Client, cluster: &Cluster, username: &str) {
     let row = text_of(browser, "#join-tokens tbody tr").await;
     assert!(row.contains("revoked"), "{row}");
     assert!(shows_none(browser, "#join-tokens button.danger").await);
+}
+
+/// The names in the Files table, top to bottom. A live update can replace
+/// a row while it is read (a stale element reference): then the table is
+/// read again, within the usual bound.
+async fn shown_names(browser: &Client) -> Vec<String> {
+    p2p_tests::eventually(WAIT, "a steady read of the Files table", || async {
+        let mut names = Vec::new();
+        for cell in browser
+            .find_all(Locator::Css("tr[data-file-id] td.name"))
+            .await
+            .expect("query the rows")
+        {
+            match cell.text().await {
+                Ok(name) => names.push(name),
+                Err(e) if e.is_stale_element_reference() => return None,
+                Err(e) => panic!("a name in the Files table: {e}"),
+            }
+        }
+        Some(names)
+    })
+    .await
+}
+
+/// Waits until the Files table's first row is `name`.
+async fn first_row_is(browser: &Client, name: &str) {
+    p2p_tests::eventually(WAIT, &format!("{name} first in the table"), || async {
+        let names = shown_names(browser).await;
+        (names.first().map(String::as_str) == Some(name)).then_some(())
+    })
+    .await;
+}
+
+/// A network of 30,000 entries: the Files page opens on page 1 of 100
+/// rows, pages on, sorts by a column header (and back), searches, and
+/// shows a share from elsewhere as one added row in the open page, not a
+/// reload.
+///
+/// The entries are published through index-svc's PublishFile, as agents
+/// do (about 600 a second in a debug build, so most of this test's time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_big_network_pages_sorts_searches_and_grows_live() {
+    const ENTRIES: u64 = 30_000;
+    let Some(driver) = start_driver().await else {
+        return;
+    };
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let p2p_tests::seed::Publishers { agent, alice, bob } =
+        p2p_tests::seed::Publishers::start(&cluster).await;
+    let took = p2p_tests::seed::publish_many(cluster.index_client(), &alice, ENTRIES, 1, |n| {
+        format!("entry-{n:05}.txt")
+    })
+    .await;
+    eprintln!("seeded {ENTRIES} entries in {took:?}");
+    let web = agent.web_addr().to_string();
+    let c = browser(&driver).await;
+    log_in(&c, &agent.web_link().await, "alice", USER_PASSWORD).await;
+
+    c.goto(&format!("http://{web}/files"))
+        .await
+        .expect("open files");
+    assert!(
+        text_of(&c, "#files-pager")
+            .await
+            .starts_with("Page 1 of 300 · 30000 in all"),
+        "{}",
+        text_of(&c, "#files-pager").await
+    );
+    let newest = shown_names(&c).await;
+    assert_eq!(newest.len(), 100);
+    click(&c, "#next-page").await;
+    p2p_tests::eventually(WAIT, "page 2", || async {
+        text_of(&c, "#files-pager")
+            .await
+            .starts_with("Page 2 of 300")
+            .then_some(())
+    })
+    .await;
+    let second = shown_names(&c).await;
+    assert_eq!(second.len(), 100);
+    assert!(
+        second.iter().all(|n| !newest.contains(n)),
+        "page 2 repeats page 1"
+    );
+
+    click(&c, "a[data-sort=name]").await;
+    first_row_is(&c, "entry-00000.txt").await;
+    assert!(
+        text_of(&c, "#files-pager")
+            .await
+            .starts_with("Page 1 of 300")
+    );
+    click(&c, "a[data-sort=name]").await;
+    first_row_is(&c, "entry-29999.txt").await;
+    click(&c, "a[data-sort=size]").await;
+    first_row_is(&c, "entry-00000.txt").await;
+
+    let search = c.find(Locator::Id("q")).await.expect("the search field");
+    search.send_keys("ENTRY-2999").await.expect("type a search");
+    click(&c, "form.filter button[type=submit]").await;
+    p2p_tests::eventually(WAIT, "the search's 10 rows", || async {
+        (shown_names(&c).await.len() == 10).then_some(())
+    })
+    .await;
+    assert!(text_of(&c, "#files-pager").await.contains("10 in all"));
+
+    // Back to the first page, newest first, marked so a reload would show.
+    c.goto(&format!("http://{web}/files"))
+        .await
+        .expect("open files again");
+    first_row_is(&c, &newest[0]).await;
+    c.execute("window.notReloaded = true; return null;", vec![])
+        .await
+        .expect("mark the page");
+    p2p_tests::seed::publish_many(cluster.index_client(), &bob, 1, 2, |_| {
+        "shared-elsewhere.txt".to_string()
+    })
+    .await;
+    first_row_is(&c, "shared-elsewhere.txt").await;
+    let names = shown_names(&c).await;
+    assert_eq!(names.len(), 101, "one row added, none replaced");
+    assert_eq!(names[1..], newest[..], "the other rows stay as they were");
+    let marked = c
+        .execute("return window.notReloaded === true;", vec![])
+        .await
+        .expect("read the mark");
+    assert_eq!(marked, serde_json::json!(true), "the page was reloaded");
+    p2p_tests::eventually(WAIT, "the total to follow", || async {
+        text_of(&c, "#files-total").await.eq("30001").then_some(())
+    })
+    .await;
+    screenshot(&c, "files-paged").await;
+    c.close().await.expect("close the browser");
+}
+
+/// A folder picked in the browser is uploaded and shared as one entry; on
+/// another agent its page lists what is inside with breadcrumbs, and its
+/// Download button brings the whole tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_folder_uploads_from_the_browser_and_downloads_from_its_page() {
+    let Some(driver) = start_driver().await else {
+        return;
+    };
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let agent_a = cluster.add_agent("a", AgentOptions::default()).await;
+    let agent_b = cluster.add_agent("b", AgentOptions::default()).await;
+    let (web_a, web_b) = (
+        agent_a.web_addr().to_string(),
+        agent_b.web_addr().to_string(),
+    );
+    let a = browser(&driver).await;
+    let b = browser(&driver).await;
+    log_in(&a, &agent_a.web_link().await, ADMIN_USER, ADMIN_PASSWORD).await;
+    log_in(&b, &agent_b.web_link().await, ADMIN_USER, ADMIN_PASSWORD).await;
+
+    let root = cluster.scratch_dir("upload").join("Ноты <i>");
+    std::fs::create_dir_all(root.join("sub/deeper")).expect("make the tree");
+    p2p_tests::write_random(&root.join("top.bin"), 300_000, 1);
+    p2p_tests::write_random(&root.join("sub/a.bin"), 70_000, 2);
+    p2p_tests::write_random(&root.join("sub/deeper/b 的.bin"), 5_000, 3);
+    std::fs::write(root.join("sub/empty.txt"), b"").expect("write");
+
+    choose_on_share_page(&a, &web_a, "upload-folder-files", &root).await;
+    click(&a, "#upload-folder button[type=submit]").await;
+    let flash = text_of(&a, "p.flash.ok").await;
+    assert!(flash.contains("Ноты <i>"), "no share confirmation: {flash}");
+
+    // B opens the folder from its Files page, then a subfolder, and comes
+    // back through the breadcrumbs.
+    b.goto(&format!("http://{web_b}/files"))
+        .await
+        .expect("open files on B");
+    click(&b, "td.name a[href^='/folder?id=']").await;
+    assert_eq!(
+        text_of(&b, "ol.breadcrumbs [aria-current=page]").await,
+        "Ноты <i>"
+    );
+    assert!(
+        shows_none(&b, "td i").await,
+        "a name was rendered as markup"
+    );
+    click(&b, "tr[data-entry='sub'] a").await;
+    assert_eq!(
+        text_of(&b, "ol.breadcrumbs [aria-current=page]").await,
+        "sub"
+    );
+    text_of(&b, "tr[data-entry='empty.txt']").await;
+    screenshot(&b, "folder").await;
+    click(&b, "ol.breadcrumbs li:nth-child(2) a").await;
+    text_of(&b, "tr[data-entry='top.bin']").await;
+
+    // The folder's own Download button fetches the whole tree.
+    click(&b, "div.folder-head form.download button").await;
+    text_of(&b, "article.download[data-stage='done']").await;
+    let got = agent_b.data_dir().join("downloads").join("Ноты <i>");
+    for file in [
+        "top.bin",
+        "sub/a.bin",
+        "sub/deeper/b 的.bin",
+        "sub/empty.txt",
+    ] {
+        p2p_tests::assert_same_content(&root.join(file), &got.join(file));
+    }
 }

@@ -304,11 +304,21 @@ impl Index {
         page_size: u32,
         page_token: &str,
     ) -> Result<pb::ListFilesResponse, tonic::Status> {
-        let request = self.req(pb::ListFilesRequest {
+        self.list_with(pb::ListFilesRequest {
             name_contains: filter.to_string(),
             page_size,
             page_token: page_token.to_string(),
-        });
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// ListFiles with every field of the request the caller's.
+    pub async fn list_with(
+        &mut self,
+        request: pb::ListFilesRequest,
+    ) -> Result<pb::ListFilesResponse, tonic::Status> {
+        let request = self.req(request);
         self.client
             .list_files(request)
             .await
@@ -391,7 +401,52 @@ pub fn manifest(name: &str, seed: u64, chunks: u32) -> pb::Manifest {
         chunk_size_bytes: CHUNK,
         chunk_hashes: hashes,
         file_hash: whole.finalize().as_bytes().to_vec(),
+        // v1: the index's tests publish manifests as older agents do.
+        ..Default::default()
     }
+}
+
+/// A folder manifest of `files` (path and content, in any order) and
+/// `empty_dirs`, cut into [`CHUNK`]-byte chunks, as an agent publishes it.
+pub fn folder_manifest(name: &str, files: &[(&str, &[u8])], empty_dirs: &[&str]) -> pb::Manifest {
+    use p2p_services::manifest::{Folder, FolderFile, Manifest, wire};
+    let mut files = files.to_vec();
+    files.sort_unstable_by_key(|(path, _)| *path);
+    let mut hashes = Vec::new();
+    let entries = files
+        .iter()
+        .map(|(path, data)| {
+            for chunk in data.chunks(CHUNK as usize) {
+                hashes.extend_from_slice(blake3::hash(chunk).as_bytes());
+            }
+            FolderFile {
+                path: path.to_string(),
+                size_bytes: data.len() as u64,
+                file_hash: *blake3::hash(data).as_bytes(),
+            }
+        })
+        .collect();
+    let mut dirs: Vec<String> = empty_dirs.iter().map(|d| d.to_string()).collect();
+    dirs.sort_unstable();
+    let folder = Folder::new(entries, dirs, CHUNK).expect("a valid folder");
+    wire::to_proto(&Manifest::for_folder(name.into(), folder, &hashes).expect("a valid manifest"))
+}
+
+/// [`manifest`] as a v2 manifest: with every chunk's BLAKE3 chaining value.
+pub fn manifest_v2(name: &str, seed: u64, chunks: u32) -> pb::Manifest {
+    let mut m = manifest(name, seed, chunks);
+    let mut offset = 0u64;
+    for index in 0..u64::from(chunks) {
+        let len = (m.size_bytes - offset).min(u64::from(CHUNK)) as usize;
+        let byte = (seed.wrapping_mul(31).wrapping_add(index) % 251) as u8;
+        m.chunk_chaining_values
+            .extend_from_slice(&p2p_services::manifest::tree::chaining_value(
+                offset,
+                &vec![byte; len],
+            ));
+        offset += len as u64;
+    }
+    m
 }
 
 /// An idle peer's load with limits.

@@ -339,6 +339,7 @@ impl Swarm {
                 }
                 _ = tick.tick() => {
                     self.publish(progress);
+                    self.tell_own_upload();
                     if self.shared.holding.save_due() {
                         let shared = &self.shared;
                         shared.ctx.holdings.flush(&shared.holding, &shared.part).await?;
@@ -363,6 +364,18 @@ impl Swarm {
                 )
             });
         });
+    }
+
+    /// Tells the picker how fast this agent uploads, so it can tell whether
+    /// we relay chunks slower than our peers (see `crate::picker`).
+    fn tell_own_upload(&self) {
+        let stats = &self.shared.ctx.stats;
+        let rate_bps = stats.upload_meter.rate_bps(1);
+        let streams = stats.active_uploads.load(Ordering::Relaxed);
+        let chunk_bytes = self.shared.manifest.chunk_size_bytes;
+        self.shared
+            .picker()
+            .set_own_upload(rate_bps, streams, chunk_bytes);
     }
 
     /// Whether the data path runs without TLS, where only the index vouches
@@ -395,7 +408,7 @@ impl Swarm {
             return;
         }
         self.last_announced = (Instant::now(), have.count());
-        let file_id = self.shared.holding.file_id.as_str();
+        let file_id = &self.shared.holding.file_id;
         if let Err(err) = self
             .shared
             .ctx
@@ -514,6 +527,7 @@ impl Swarm {
             source_peer_id: peer.peer_id.clone(),
             shared: self.shared.clone(),
             client: super::peer_client(channel.clone()),
+            framed: ctx.framed_pool(&peer.address),
             complete,
             claims_own: claims_own.clone(),
             delivered: delivered.clone(),

@@ -22,6 +22,7 @@
 
 mod coordinator;
 mod exchange;
+mod framed;
 mod tree;
 mod worker;
 
@@ -34,6 +35,7 @@ use std::time::Duration;
 use p2p_proto::index::v1 as index_pb;
 use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
 use p2p_services::client::MAX_MESSAGE_BYTES;
+use p2p_services::manifest::folder::Selection;
 use p2p_services::manifest::{Bitfield, FileId, Manifest};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -118,6 +120,9 @@ pub struct DownloadContext {
     /// Cancelled when the agent stops.
     pub shutdown: CancellationToken,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Whether chunks are fetched as `p2p-chunks/1` frames where a source
+    /// offers them (needs TLS).
+    framing: bool,
 }
 
 impl DownloadContext {
@@ -136,7 +141,22 @@ impl DownloadContext {
             partial_dir,
             shutdown,
             channels: Mutex::new(HashMap::new()),
+            framing: false,
         }
+    }
+
+    /// Also fetches chunks as `p2p-chunks/1` frames from sources that
+    /// offer them, falling back to FetchChunks for the rest.
+    pub fn with_framing(mut self, framing: bool) -> Self {
+        self.framing = framing && self.session.config().peer_tls.is_tls();
+        self
+    }
+
+    /// A pool of framed connections to the source at `address`, when
+    /// this agent uses the framing.
+    pub(crate) fn framed_pool(&self, address: &str) -> Option<framed::Pool> {
+        self.framing
+            .then(|| framed::Pool::new(address.to_string(), self.session.config().peer_tls.clone()))
     }
 
     /// One channel per source address, reused across calls and downloads.
@@ -177,6 +197,8 @@ struct Running {
     /// Destinations of later requests for the same file: each gets its own
     /// copy of the verified file once the one transfer is done.
     also_to: Vec<PathBuf>,
+    /// The part of a folder this download fetches (`None`: all of it).
+    only: Option<String>,
 }
 
 /// Every running download, by file.
@@ -230,20 +252,39 @@ impl Downloads {
         manifest: Manifest,
         destination: PathBuf,
         located: Option<index_pb::LocateSourcesResponse>,
-    ) -> watch::Receiver<Progress> {
+        only: Option<Selection>,
+    ) -> Result<watch::Receiver<Progress>, Error> {
         let file_id = manifest.file_id();
         let mut running = self.lock();
+        let base = only.as_ref().map(|o| o.base.clone());
         if let Some(existing) = running.get_mut(&file_id) {
+            if existing.only != base {
+                return Err(Error::InvalidArgument(format!(
+                    "another part of {} is downloading right now; get this part once it is done, or cancel it (`p2p cancel`)",
+                    manifest.name
+                )));
+            }
             if existing.destination != destination && !existing.also_to.contains(&destination) {
                 existing.also_to.push(destination);
             }
-            return existing.progress.clone();
+            return Ok(existing.progress.clone());
         }
+        let total_bytes = match (&only, &manifest.folder) {
+            (Some(selection), Some(folder)) => selection
+                .files
+                .iter()
+                .map(|&i| folder.files()[i].size_bytes)
+                .sum(),
+            _ => manifest.size_bytes,
+        };
         let (tx, rx) = watch::channel(Progress {
             stage: Stage::Locating,
             file_id: file_id.clone(),
-            name: manifest.name.clone(),
-            total_bytes: manifest.size_bytes,
+            name: match &only {
+                Some(selection) => format!("{}/{}", manifest.name, selection.base),
+                None => manifest.name.clone(),
+            },
+            total_bytes,
             have_bytes: 0,
             rate_bps: 0,
             sources_in_use: 0,
@@ -261,15 +302,24 @@ impl Downloads {
                 cancel: cancel.clone(),
                 destination: destination.clone(),
                 also_to: Vec::new(),
+                only: base,
             },
         );
         drop(running);
         let this = self.clone();
         crate::stats::active_downloads_gauge().inc();
+        let manifest = Arc::new(manifest);
         self.tasks.spawn(async move {
-            let result =
-                run_download(&this.ctx, Arc::new(manifest), destination, located, &tx, cancel)
-                    .await;
+            let result = run_download(
+                &this.ctx,
+                manifest.clone(),
+                destination,
+                located,
+                only.clone(),
+                &tx,
+                cancel,
+            )
+            .await;
             // Taken under the same lock that adds to it: a request that comes
             // later finds no running download and copies the held file itself.
             let also_to = this
@@ -280,7 +330,22 @@ impl Downloads {
             let mut failed_copies = Vec::new();
             if let Ok(done) = &result {
                 for to in also_to {
-                    if let Err(err) = copy_held(done.clone(), to.clone()).await {
+                    let copied = match &manifest.folder {
+                        // The finished copy is laid out as every
+                        // destination of this request: copy it as it is.
+                        Some(folder) if only.as_ref().is_none_or(|o| !o.is_file) => {
+                            let (folder, from, to, only) =
+                                (folder.clone(), done.clone(), to.clone(), only.clone());
+                            tokio::task::spawn_blocking(move || {
+                                crate::disk::folder::copy_tree(&folder, only.as_ref(), &from, &to, true)
+                            })
+                            .await
+                            .map_err(|e| Error::io("copy task failed", std::io::Error::other(e)))
+                            .and_then(|r| r)
+                        }
+                        _ => copy_held(done.clone(), to.clone()).await,
+                    };
+                    if let Err(err) = copied {
                         tracing::warn!(file = %file_id, path = %to.display(), %err, "cannot copy a finished download");
                         failed_copies.push((to, Status::from(err)));
                     }
@@ -302,7 +367,7 @@ impl Downloads {
                 }
             });
         });
-        rx
+        Ok(rx)
     }
 
     /// Stops the running download of `file`; false when none runs.
@@ -332,6 +397,7 @@ async fn run_download(
     manifest: Arc<Manifest>,
     destination: PathBuf,
     located: Option<index_pb::LocateSourcesResponse>,
+    only: Option<Selection>,
     progress: &watch::Sender<Progress>,
     cancel: CancellationToken,
 ) -> Result<PathBuf, Error> {
@@ -342,7 +408,7 @@ async fn run_download(
         .start_partial((*manifest).clone(), &part_path, &destination)
         .await?;
     if holding.is_complete() {
-        if let Some(done) = copy_from_held(ctx, &holding, &destination).await? {
+        if let Some(done) = copy_from_held(ctx, &holding, &destination, only.as_ref()).await? {
             return Ok(done);
         }
         // The held copy was deleted, moved or edited: fetch it again.
@@ -366,20 +432,40 @@ async fn run_download(
         }
         return Err(err);
     }
-    let (part, existed) = PartFile::open(state.path.clone(), manifest.size_bytes).await?;
+    let (part, existed) = PartFile::open(state.path.clone(), manifest.part_len()).await?;
     if !existed && state.bitfield.count() > 0 {
         tracing::warn!(file = %file_id, "partial file vanished; starting over");
         ctx.holdings.reset_partial(&holding).await?;
     }
     let have = holding.bitfield();
     let resumed_chunks = have.count();
-    let have_bytes = held_bytes(&manifest, &have);
+    // A part of a folder: the chunks of the rest count as had for the
+    // picker, so the swarm asks only for the part's.
+    let mut picker_have = have.clone();
+    let mut have_bytes = held_bytes(&manifest, &have);
+    if let (Some(selection), Some(folder)) = (&only, &manifest.folder) {
+        let mut wanted = Bitfield::empty(manifest.chunk_count());
+        for &file in &selection.files {
+            for chunk in folder.chunks_of(file) {
+                wanted.set(chunk);
+            }
+        }
+        for chunk in wanted.missing().collect::<Vec<_>>() {
+            picker_have.set(chunk);
+        }
+        have_bytes = wanted
+            .held()
+            .filter(|&i| have.get(i))
+            .filter_map(|i| manifest.chunk_len(i))
+            .map(u64::from)
+            .sum();
+    }
     progress.send_modify(|p| {
         p.resumed_chunks = resumed_chunks;
         p.have_bytes = have_bytes;
     });
     let shared = Arc::new(Shared {
-        picker: Mutex::new(Picker::new(have, rand::random())),
+        picker: Mutex::new(Picker::new(picker_have, rand::random())),
         work_changed: Notify::new(),
         complete: Notify::new(),
         have_bytes: AtomicU64::new(have_bytes),
@@ -401,24 +487,38 @@ async fn run_download(
         p.have_bytes = p.total_bytes;
         p.sources_in_use = 0;
     });
-    let computed = whole_file_hash(&shared, &state.path).await?;
-    if let Err(err) =
+    let finalized = if manifest.folder.is_some() {
+        if only.is_some() {
+            ctx.holdings.flush(&holding, &part).await?;
+        }
+        crate::disk::folder::finalize_folder(
+            part,
+            manifest.clone(),
+            destination.clone(),
+            only.clone(),
+        )
+        .await
+    } else {
+        let computed = whole_file_hash(&shared, &state.path).await?;
         crate::disk::finalize(part, manifest.file_hash, computed, destination.clone()).await
-    {
+    };
+    if let Err(err) = finalized {
         if matches!(err, Error::Corrupt(_)) {
             ctx.holdings.reset_partial(&holding).await?;
         }
         return Err(err);
     }
+    if only.is_some() {
+        // The rest of the folder is still missing: the holding stays
+        // partial, serving the chunks it has.
+        tracing::info!(file = %file_id, path = %destination.display(), "part of a folder downloaded");
+        return Ok(destination);
+    }
     ctx.holdings.finish_download(&holding, &destination).await?;
     if let Some(peer_id) = ctx.session.peer_id() {
         let full = Bitfield::full(manifest.chunk_count());
-        if let Err(err) = ctx
-            .session
-            .announce(&peer_id, file_id.as_str(), &full, true)
-            .await
-        {
-            tracing::warn!(file = %file_id, %err, "cannot announce the finished download; the heartbeat will");
+        if let Err(err) = ctx.session.announce(&peer_id, &file_id, &full, true).await {
+            tracing::warn!(file = %file_id, %err, "cannot announce the finished download; the heartbeat retries");
         }
     }
     tracing::info!(file = %file_id, path = %destination.display(), "download complete");
@@ -440,7 +540,7 @@ async fn whole_file_hash(
         };
         let offset = shared.manifest.chunk_offset(index);
         let data = crate::disk::read_chunk(part_path.to_path_buf(), offset, len).await?;
-        tree.record(index, &data);
+        tree.record(index, None, &data);
     }
     Ok(tree.root())
 }
@@ -451,6 +551,7 @@ async fn copy_from_held(
     ctx: &DownloadContext,
     holding: &Holding,
     destination: &Path,
+    only: Option<&Selection>,
 ) -> Result<Option<PathBuf>, Error> {
     if !ctx.holdings.verify(holding) {
         return Ok(None);
@@ -460,11 +561,26 @@ async fn copy_from_held(
         return Ok(Some(held_at));
     }
     crate::space::check_copy(destination, holding.manifest.size_bytes)?;
-    match copy_held(held_at, destination.to_path_buf()).await {
+    let copied = match holding.manifest.folder.clone() {
+        Some(folder) => {
+            let (to, only) = (destination.to_path_buf(), only.cloned());
+            tokio::task::spawn_blocking(move || {
+                crate::disk::folder::copy_tree(&folder, only.as_ref(), &held_at, &to, false)
+            })
+            .await
+            .map_err(|e| Error::io("copy task failed", std::io::Error::other(e)))?
+        }
+        None => copy_held(held_at, destination.to_path_buf()).await,
+    };
+    match copied {
         Ok(()) if ctx.holdings.verify(holding) => Ok(Some(destination.to_path_buf())),
         Ok(()) => {
             // Changed while we copied it: the copy cannot be trusted.
-            let _ = tokio::fs::remove_file(destination).await;
+            if holding.manifest.folder.is_some() {
+                let _ = tokio::fs::remove_dir_all(destination).await;
+            } else {
+                let _ = tokio::fs::remove_file(destination).await;
+            }
             Ok(None)
         }
         Err(_) if !ctx.holdings.verify(holding) => Ok(None),

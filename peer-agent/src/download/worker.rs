@@ -25,6 +25,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::Shared;
+use super::framed::{self, Fault};
 use crate::error::Error;
 use crate::picker::{SourceKey, to_ranges};
 
@@ -72,6 +73,9 @@ pub(super) struct Worker {
     pub(super) source_peer_id: String,
     pub(super) shared: Arc<Shared>,
     pub(super) client: PeerServiceClient<Channel>,
+    /// Framed connections to the source, when we speak the framing; the
+    /// worker falls back to `client` when the source does not.
+    pub(super) framed: Option<framed::Pool>,
     pub(super) complete: bool,
     /// Set while what we know the source holds comes from its own holdings
     /// stream: then a NOT_FOUND for a chunk is a false claim.
@@ -209,6 +213,15 @@ impl Worker {
                 reason: None,
                 detail: e.to_string(),
             })?;
+        if let Some(pool) = &self.framed {
+            match pool.checkout(&token, &proof).await {
+                Ok(Some(connection)) => {
+                    return self.fetch_framed(pool, connection, chunks, any).await;
+                }
+                Ok(None) => {}
+                Err(fault) => return Err(self.fault(fault, any.is_some())),
+            }
+        }
         let request = FetchChunksRequest {
             file_id: shared.holding.file_id.to_string(),
             ranges: to_ranges(chunks)
@@ -240,49 +253,147 @@ impl Worker {
                     // A chooser may send fewer than asked, or none.
                     return Ok(n);
                 }
-                return Err(WorkerEnd::Failed {
-                    reason: Some(index_pb::ReportReason::Unreachable),
-                    detail: format!("stream ended after {n} of {expected} chunks"),
-                });
+                return Err(short_stream(n, expected));
             };
-            let index = match any {
-                Some((pool, _)) if pool.get(chunk.index) => chunk.index,
-                Some(_) => u32::MAX,
-                None => chunks.get(n).copied().unwrap_or(u32::MAX),
-            };
-            if chunk.index != index || !shared.manifest.chunk_matches(index, &chunk.data) {
-                shared.ctx.stats.chunk_rejected();
-                return Err(WorkerEnd::Failed {
-                    reason: Some(index_pb::ReportReason::Corrupt),
-                    detail: format!(
-                        "asked for chunk {index}, got chunk {} of {} bytes that does not match the manifest",
-                        chunk.index,
-                        chunk.data.len()
-                    ),
-                });
-            }
-            let len = chunk.data.len() as u64;
-            if let Some(tree) = &shared.tree {
-                tree.record(index, &chunk.data);
-            }
-            shared
-                .part
-                .write_at(shared.manifest.chunk_offset(index), chunk.data)
-                .await
-                .map_err(WorkerEnd::Fatal)?;
-            let newly = shared.picker().received_from(self.key, index);
-            self.delivered.store(true, Ordering::Relaxed);
-            if newly {
-                shared.ctx.holdings.mark_verified(&shared.holding, index);
-                shared.have_bytes.fetch_add(len, Ordering::Relaxed);
-                shared.meter.record(len);
-                shared.ctx.stats.chunk_downloaded(len, !self.complete);
-                if shared.is_complete() {
-                    shared.complete.notify_one();
-                }
-            }
+            let index = wanted(chunks, any, n, chunk.index);
+            self.take(index, chunk.index, chunk.data).await?;
         }
         Ok(expected)
+    }
+
+    /// [`Self::fetch_inner`] on a framed connection, given back to `pool`
+    /// once the answer was read to its end.
+    async fn fetch_framed(
+        &self,
+        pool: &framed::Pool,
+        mut connection: framed::Connection,
+        chunks: &[u32],
+        any: Option<(&Bitfield, usize)>,
+    ) -> Result<usize, WorkerEnd> {
+        let shared = &self.shared;
+        let fetch = p2p_services::framing::Fetch {
+            file_id: shared.holding.file_id.to_string(),
+            ranges: to_ranges(chunks),
+            any_of: any
+                .map(|(pool, _)| pool.as_bytes().to_vec())
+                .unwrap_or_default(),
+            any_count: any.map_or(0, |(_, n)| n as u32),
+        };
+        let chose = any.is_some();
+        connection
+            .send(&fetch, STALL_TIMEOUT)
+            .await
+            .map_err(|f| self.fault(f, chose))?;
+        let expected = any.map_or(chunks.len(), |(_, n)| n);
+        let mut n = 0;
+        loop {
+            let length = |got: u32| {
+                (n < expected)
+                    .then(|| wanted(chunks, any, n, got))
+                    .filter(|&index| index == got)
+                    .and_then(|index| shared.manifest.chunk_len(index))
+            };
+            let next = match connection.next(length, STALL_TIMEOUT).await {
+                Ok(next) => next,
+                // A busy source or a chunk it lacks ends the answer, not
+                // the connection (the source is asked again soon): keep it.
+                Err(Fault::Status(status))
+                    if matches!(status.code(), Code::ResourceExhausted | Code::NotFound) =>
+                {
+                    pool.put_back(connection);
+                    return Err(self.fault(Fault::Status(status), chose));
+                }
+                Err(fault) => return Err(self.fault(fault, chose)),
+            };
+            let Some((index, data)) = next else {
+                if n < expected && !chose {
+                    return Err(short_stream(n, expected));
+                }
+                pool.put_back(connection);
+                return Ok(n);
+            };
+            self.take(index, index, data).await?;
+            n += 1;
+        }
+    }
+
+    /// Verifies a chunk that came as `got` where `index` was wanted, writes
+    /// it at its offset and records it.
+    async fn take(&self, index: u32, got: u32, data: bytes::Bytes) -> Result<(), WorkerEnd> {
+        let shared = &self.shared;
+        let verified = (got == index)
+            .then(|| shared.manifest.verify_chunk(index, &data))
+            .flatten();
+        let Some(chaining_value) = verified else {
+            shared.ctx.stats.chunk_rejected();
+            return Err(WorkerEnd::Failed {
+                reason: Some(index_pb::ReportReason::Corrupt),
+                detail: format!(
+                    "asked for chunk {index}, got chunk {got} of {} bytes that does not match the manifest",
+                    data.len()
+                ),
+            });
+        };
+        let len = data.len() as u64;
+        if let Some(tree) = &shared.tree {
+            tree.record(index, chaining_value, &data);
+        }
+        shared
+            .part
+            .write_at(shared.manifest.chunk_offset(index), data)
+            .await
+            .map_err(WorkerEnd::Fatal)?;
+        let newly = shared.picker().received_from(self.key, index);
+        self.delivered.store(true, Ordering::Relaxed);
+        if newly {
+            shared.ctx.holdings.mark_verified(&shared.holding, index);
+            shared.have_bytes.fetch_add(len, Ordering::Relaxed);
+            shared.meter.record(len);
+            shared.ctx.stats.chunk_downloaded(len, !self.complete);
+            if shared.is_complete() {
+                shared.complete.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// How a framed fetch's failure ends this worker: an `ERROR` as the
+    /// same status from FetchChunks would; a broken frame as a corrupt
+    /// chunk.
+    fn fault(&self, fault: Fault, chose: bool) -> WorkerEnd {
+        match fault {
+            Fault::Status(status) => self.classify(status, chose),
+            Fault::Protocol(detail) => {
+                self.shared.ctx.stats.chunk_rejected();
+                WorkerEnd::Failed {
+                    reason: Some(index_pb::ReportReason::Corrupt),
+                    detail,
+                }
+            }
+            Fault::Io(detail) => WorkerEnd::Failed {
+                reason: Some(index_pb::ReportReason::Unreachable),
+                detail,
+            },
+            Fault::Stalled => stalled(),
+        }
+    }
+}
+
+/// The chunk the `n`th answer to a call must be, given it says it is
+/// `got`: the `n`th named chunk, or for "any n" `got` itself when it is
+/// one of those offered (`u32::MAX`, no chunk, otherwise).
+fn wanted(chunks: &[u32], any: Option<(&Bitfield, usize)>, n: usize, got: u32) -> u32 {
+    match any {
+        Some((pool, _)) if pool.get(got) => got,
+        Some(_) => u32::MAX,
+        None => chunks.get(n).copied().unwrap_or(u32::MAX),
+    }
+}
+
+fn short_stream(n: usize, expected: usize) -> WorkerEnd {
+    WorkerEnd::Failed {
+        reason: Some(index_pb::ReportReason::Unreachable),
+        detail: format!("stream ended after {n} of {expected} chunks"),
     }
 }
 

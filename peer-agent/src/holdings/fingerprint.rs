@@ -25,12 +25,47 @@ impl Fingerprint {
         if !meta.is_file() {
             return Err(std::io::Error::other("not a regular file"));
         }
-        Ok(Self {
+        Ok(Self::of_meta(&meta))
+    }
+
+    fn of_meta(meta: &std::fs::Metadata) -> Self {
+        Self {
             size_bytes: meta.len(),
             mtime_ns: meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
             inode: meta.ino(),
-        })
+        }
     }
+}
+
+/// What every file of a held folder looked like, in the folder's file
+/// order, folded into one [`Fingerprint`] (its size the files' total, its
+/// time and inode fields a digest of every file's), so the store keeps one
+/// record per holding whatever its kind. A file of the folder that is
+/// deleted, replaced or edited changes it.
+pub fn of_folder<'a>(
+    root: &Path,
+    paths: impl Iterator<Item = &'a str>,
+) -> std::io::Result<Fingerprint> {
+    let mut digest = blake3::Hasher::new();
+    let mut size_bytes = 0u64;
+    for path in paths {
+        let meta = std::fs::symlink_metadata(root.join(path))?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        let file = Fingerprint::of_meta(&meta);
+        size_bytes += file.size_bytes;
+        digest.update(&file.size_bytes.to_le_bytes());
+        digest.update(&file.mtime_ns.to_le_bytes());
+        digest.update(&file.inode.to_le_bytes());
+    }
+    let folded = digest.finalize();
+    let bytes = folded.as_bytes();
+    Ok(Fingerprint {
+        size_bytes,
+        mtime_ns: i64::from_le_bytes(bytes[..8].try_into().unwrap_or_default()),
+        inode: u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default()),
+    })
 }
 
 /// Why a held file can no longer be served.

@@ -54,7 +54,15 @@ pub struct Holding {
     /// When verified chunks were last written to the store, and whether
     /// some have been verified since (see [`Holdings::mark_verified`]).
     saved: Mutex<(Option<std::time::Instant>, bool)>,
+    /// When a folder's files last all matched (see [`FOLDER_CHECK_EVERY`]).
+    folder_checked: Mutex<Option<std::time::Instant>>,
 }
+
+/// A held folder's files are all `stat`ed at most this often by
+/// [`Holdings::verify`] (a folder of 10,000 files would otherwise cost
+/// 10,000 `stat`s per chunk served). A file edited within this window may
+/// still be read once; its downloader's hash check refuses the chunk.
+pub const FOLDER_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Verified chunks are written to the store, after their data is synced to
 /// disk, at most this often per file while downloading (and when the
@@ -143,9 +151,10 @@ impl Holding {
     /// the chunks it was serving in that moment, and its downloaders
     /// dropped it just when the endgame needed it.
     pub async fn read_chunk(&self, index: u32) -> Result<Option<bytes::Bytes>, Error> {
-        let Some(len) = self.manifest.chunk_len(index) else {
+        let Some(place) = self.manifest.chunk_place(index) else {
             return Ok(None);
         };
+        let len = place.len;
         let offset = self.manifest.chunk_offset(index);
         let mut changes = self.subscribe();
         let (path, partial) = {
@@ -155,6 +164,13 @@ impl Holding {
             }
             (state.path.clone(), state.kind == Kind::Partial)
         };
+        if !partial && let (Some(file), Some(folder)) = (place.file, &self.manifest.folder) {
+            // A complete folder is read from the file the chunk belongs to.
+            let file_path = crate::disk::folder::inside(&path, &folder.files()[file].path)?;
+            return crate::disk::read_chunk(file_path, place.offset, len)
+                .await
+                .map(Some);
+        }
         let err = match crate::disk::read_chunk(path.clone(), offset, len).await {
             Ok(data) => return Ok(Some(data)),
             Err(err) if partial => err,
@@ -174,7 +190,8 @@ impl Holding {
         .ok()
         .flatten();
         match moved {
-            Some(now) => crate::disk::read_chunk(now, offset, len).await.map(Some),
+            // Moved into place: read it there (a folder from its files).
+            Some(_) => Box::pin(self.read_chunk(index)).await,
             None => Err(err),
         }
     }
@@ -293,6 +310,17 @@ fn describe(problem: Problem, kind: Kind) -> &'static str {
     }
 }
 
+/// What the held file or folder at `path` looks like now (for a folder,
+/// every file of its manifest: [`fingerprint::of_folder`]).
+pub fn fingerprint_of(manifest: &Manifest, path: &Path) -> std::io::Result<Fingerprint> {
+    match &manifest.folder {
+        None => Fingerprint::of(path),
+        Some(folder) => {
+            fingerprint::of_folder(path, folder.files().iter().map(|f| f.path.as_str()))
+        }
+    }
+}
+
 /// Total length of the chunks marked in `bitfield`.
 pub fn held_bytes(manifest: &Manifest, bitfield: &Bitfield) -> u64 {
     bitfield
@@ -317,7 +345,7 @@ impl Holdings {
         for mut file in store.all().await? {
             if file.kind != Kind::Partial && file.fingerprint.is_none() {
                 // Recorded before fingerprints: trust the file as it is now.
-                file.fingerprint = Fingerprint::of(&file.path).ok();
+                file.fingerprint = fingerprint_of(&file.manifest, &file.path).ok();
                 if file.fingerprint.is_some() {
                     store.save(&file).await?;
                 }
@@ -347,7 +375,23 @@ impl Holdings {
                 (_, Some(recorded)) => (state.path.clone(), recorded),
             }
         };
-        let Some(problem) = compare(&recorded, Fingerprint::of(&path)) else {
+        let folder = holding.manifest.folder.is_some();
+        if folder {
+            let checked = holding
+                .folder_checked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if checked.is_some_and(|at| at.elapsed() < FOLDER_CHECK_EVERY) {
+                return true;
+            }
+        }
+        let Some(problem) = compare(&recorded, fingerprint_of(&holding.manifest, &path)) else {
+            if folder {
+                *holding
+                    .folder_checked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+            }
             return true;
         };
         holding.lock().problem = Some(problem);
@@ -473,7 +517,7 @@ impl Holdings {
     /// Turns a finished partial into a downloaded file served from `path`,
     /// fingerprinted as it is now.
     pub async fn finish_download(&self, holding: &Holding, path: &Path) -> Result<(), Error> {
-        let fingerprint = Fingerprint::of(path)
+        let fingerprint = fingerprint_of(&holding.manifest, path)
             .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
         {
             let mut state = holding.lock();
@@ -533,6 +577,7 @@ fn holding_of(file: LocalFile) -> Holding {
         peers: Mutex::new(PeerBook::default()),
         peer_changes: watch::Sender::new(0),
         saved: Mutex::new((None, false)),
+        folder_checked: Mutex::new(None),
     }
 }
 

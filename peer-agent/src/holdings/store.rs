@@ -87,7 +87,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT file_id, name, size_bytes, mime_type, chunk_size_bytes, chunk_hashes, \
              file_hash, path, destination, kind, bitfield, file_size_bytes, file_mtime_ns, \
-             file_inode FROM local_files",
+             file_inode, folder_layout, chunk_chaining_values FROM local_files",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -110,9 +110,11 @@ impl Store {
         sqlx::query(
             "INSERT INTO local_files (file_id, name, size_bytes, mime_type, chunk_size_bytes, \
              chunk_hashes, file_hash, path, destination, kind, bitfield, updated_at_ms, \
-             file_size_bytes, file_mtime_ns, file_inode) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             file_size_bytes, file_mtime_ns, file_inode, folder_layout, chunk_chaining_values) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
              ON CONFLICT (file_id) DO UPDATE SET name = excluded.name, path = excluded.path, \
+             chunk_chaining_values = CASE WHEN length(excluded.chunk_chaining_values) > 0 \
+                 THEN excluded.chunk_chaining_values ELSE local_files.chunk_chaining_values END, \
              destination = excluded.destination, kind = excluded.kind, \
              bitfield = excluded.bitfield, updated_at_ms = excluded.updated_at_ms, \
              file_size_bytes = excluded.file_size_bytes, file_mtime_ns = excluded.file_mtime_ns, \
@@ -138,6 +140,8 @@ impl Store {
         .bind(file.fingerprint.map_or(-1, |f| f.size_bytes as i64))
         .bind(file.fingerprint.map_or(0, |f| f.mtime_ns))
         .bind(file.fingerprint.map_or(0, |f| f.inode as i64))
+        .bind(m.folder_layout_bytes())
+        .bind(m.chaining_values_bytes())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -178,14 +182,17 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<LocalFile, String> {
     let get_blob = |col: &str| -> Result<Vec<u8>, String> {
         row.try_get::<Vec<u8>, _>(col).map_err(|e| e.to_string())
     };
-    let manifest = Manifest::from_parts(
+    let chaining_values = get_blob("chunk_chaining_values")?;
+    let manifest = Manifest::from_stored(
         get_text("name")?,
         u64::try_from(get_int("size_bytes")?).map_err(|e| e.to_string())?,
         get_text("mime_type")?,
         u32::try_from(get_int("chunk_size_bytes")?).map_err(|e| e.to_string())?,
         &get_blob("chunk_hashes")?,
         &get_blob("file_hash")?,
+        &get_blob("folder_layout")?,
     )
+    .and_then(|m| m.with_chaining_values(&chaining_values))
     .map_err(|e| e.to_string())?;
     let kind_text = get_text("kind")?;
     let kind = Kind::parse(&kind_text).ok_or_else(|| format!("unknown kind {kind_text:?}"))?;
@@ -218,6 +225,11 @@ mod tests {
             .chunks(65_536)
             .flat_map(|c| *blake3::hash(c).as_bytes())
             .collect();
+        let cvs: Vec<u8> = data
+            .chunks(65_536)
+            .enumerate()
+            .flat_map(|(i, c)| p2p_services::manifest::tree::chaining_value(i as u64 * 65_536, c))
+            .collect();
         Manifest::from_parts(
             "a.bin".into(),
             data.len() as u64,
@@ -226,6 +238,7 @@ mod tests {
             &hashes,
             blake3::hash(&data).as_bytes(),
         )
+        .and_then(|m| m.with_chaining_values(&cvs))
         .unwrap()
     }
 
@@ -255,6 +268,11 @@ mod tests {
         let all = store.all().await.unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].kind, Kind::Partial);
+        assert_eq!(
+            all[0].manifest.chunk_chaining_values, file.manifest.chunk_chaining_values,
+            "a v2 manifest stays v2"
+        );
+        assert_eq!(all[0].manifest.chunk_chaining_values.len(), 5);
         assert_eq!(all[0].bitfield.held().collect::<Vec<_>>(), vec![2]);
         assert_eq!(all[0].destination, file.destination);
         store.forget(&id).await.unwrap();

@@ -7,7 +7,10 @@
 //!   [`Uploads`], the limits every stream shares;
 //! - [`exchange`]: the source end of `WatchHoldings` (the contract both
 //!   ends keep is [`crate::exchange`]);
-//! - [`seeding`]: which chunks a caller that asks for "any n" gets.
+//! - [`seeding`]: which chunks a caller that asks for "any n" gets;
+//! - [`framed`]: the same chunks as `p2p-chunks/1` frames on the TLS
+//!   listener, beside HTTP/2. [`Uploads::open`] and [`UploadStream`] are
+//!   what both paths share: the checks, limits and reads live there once.
 //!
 //! The token and proof are checked by `RequireAuth` once per call, before
 //! a call gets here. A FetchChunks call names its chunks, or asks for "any
@@ -23,10 +26,12 @@
 //! shared by all streams; a semaphore caps concurrent streams.
 
 pub mod exchange;
+pub mod framed;
 pub mod seeding;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
@@ -37,7 +42,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use self::seeding::SeedChoice;
+use self::seeding::{Link, SeedChoice};
 use crate::holdings::{Holding, Holdings};
 use crate::rate::TokenBucket;
 use crate::stats::{ActiveUpload, Stats};
@@ -103,11 +108,99 @@ impl Uploads {
     /// [`SeedChoice`]).
     fn choose(&self, holding: &Holding, lacks: &Bitfield, n: usize) -> Vec<u32> {
         let held = holding.bitfield();
+        // This call's own upload is not counted yet.
+        let link = match self.stats.active_uploads.load(Ordering::Relaxed) {
+            0 => Link::Idle,
+            _ => Link::Busy,
+        };
         let mut seeding = self.seeding();
         seeding
             .entry(holding.file_id.clone())
             .or_insert_with(|| SeedChoice::new(holding.manifest.chunk_count(), rand::random()))
-            .choose(lacks, &held, n)
+            .choose(lacks, &held, n, link)
+    }
+
+    /// The held file a call names, if this agent holds it and its copy on
+    /// disk still matches what was recorded.
+    fn served(&self, file_id: &str) -> Result<Arc<Holding>, Status> {
+        let file_id =
+            FileId::parse(file_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let holding = self
+            .holdings
+            .get(&file_id)
+            .ok_or_else(|| Status::not_found(format!("this agent does not hold file {file_id}")))?;
+        if !self.holdings.verify(&holding) {
+            return Err(gone(&holding));
+        }
+        Ok(holding)
+    }
+
+    /// Checks what a caller asks for (FetchChunks or a `FETCH` frame: the
+    /// rules, limits and answers live here once for both) and takes an
+    /// upload slot: the chunks to send, in order.
+    pub fn open(self: &Arc<Self>, ask: Ask<'_>) -> Result<UploadStream, Status> {
+        let holding = self.served(ask.file_id)?;
+        let file_id = holding.file_id.clone();
+        let chosen = ask.ranges.is_empty() && !ask.any_of.is_empty();
+        let indexes = if chosen {
+            let lacks = Bitfield::from_bytes(ask.any_of, holding.manifest.chunk_count())
+                .map_err(|e| Status::invalid_argument(format!("any_of: {e}")))?;
+            let n = ask.any_count;
+            if n == 0 || u64::from(n) > MAX_CHUNKS_PER_REQUEST {
+                return Err(Status::invalid_argument(format!(
+                    "any_count is {n}; ask for 1 to {MAX_CHUNKS_PER_REQUEST} chunks"
+                )));
+            }
+            let indexes = self.choose(&holding, &lacks, n as usize);
+            if indexes.is_empty() && !lacks.held().any(|i| holding.holds(i)) {
+                return Err(Status::not_found(format!(
+                    "this agent holds none of the chunks asked for of file {file_id}"
+                )));
+            }
+            // Empty: all of them were just handed to others (an empty
+            // stream says "from your peers").
+            indexes
+        } else {
+            requested_chunks(ask.ranges, holding.manifest.chunk_count()).map_err(|e| match e {
+                RangeError::PastEnd { .. } => Status::out_of_range(e.to_string()),
+                _ => Status::invalid_argument(e.to_string()),
+            })?
+        };
+        if let Some(missing) = indexes.iter().find(|&&i| !holding.holds(i)) {
+            return Err(Status::not_found(format!(
+                "this agent does not hold chunk {missing} of file {file_id}"
+            )));
+        }
+        let permit = match &self.slots {
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    if chosen {
+                        for &i in &indexes {
+                            self.unsend(&file_id, i);
+                        }
+                    }
+                    return Err(Status::resource_exhausted(format!(
+                        "agent is serving its maximum of {} uploads; try another source",
+                        self.max_uploads
+                    )));
+                }
+            },
+            None => None,
+        };
+        Ok(UploadStream {
+            chosen,
+            _active: ActiveUpload::start(self.stats.clone()),
+            uploads: self.clone(),
+            holding,
+            indexes: indexes.into_iter(),
+            _permit: permit,
+        })
+    }
+
+    /// How long a stream may wait for its caller to take the next chunk.
+    pub fn stall_timeout(&self) -> std::time::Duration {
+        self.stall_timeout
     }
 
     fn unsend(&self, file: &FileId, index: u32) {
@@ -171,24 +264,25 @@ impl ChunkServer {
     pub fn new(uploads: Arc<Uploads>) -> Self {
         Self { uploads }
     }
-
-    /// The held file a call names, if this agent holds it and its copy on
-    /// disk still matches what was recorded.
-    fn served(&self, file_id: &str) -> Result<Arc<Holding>, Status> {
-        let file_id =
-            FileId::parse(file_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let holding =
-            self.uploads.holdings.get(&file_id).ok_or_else(|| {
-                Status::not_found(format!("this agent does not hold file {file_id}"))
-            })?;
-        if !self.uploads.holdings.verify(&holding) {
-            return Err(gone(&holding));
-        }
-        Ok(holding)
-    }
 }
 
-struct StreamState {
+/// What one caller asks one stream for: a `FetchChunksRequest`'s fields,
+/// from FetchChunks or from a `FETCH` frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The file, as the caller wrote its id.
+    pub file_id: &'a str,
+    /// Named chunks as (start, count) runs, in the order wanted.
+    pub ranges: &'a [(u32, u32)],
+    /// Instead of `ranges`: the bitfield of chunks the caller lacks.
+    pub any_of: &'a [u8],
+    /// How many of `any_of` this agent chooses.
+    pub any_count: u32,
+}
+
+/// One stream's chunks to send, holding its upload slot until dropped;
+/// chosen chunks not sent are given back to "any n" (see [`seeding`]).
+pub struct UploadStream {
     /// The source chose the chunks: give back those not sent.
     chosen: bool,
     uploads: Arc<Uploads>,
@@ -198,7 +292,7 @@ struct StreamState {
     _active: ActiveUpload,
 }
 
-impl Drop for StreamState {
+impl Drop for UploadStream {
     fn drop(&mut self) {
         if self.chosen {
             for i in self.indexes.by_ref() {
@@ -222,7 +316,7 @@ impl PeerService for ChunkServer {
     ) -> Result<Response<Self::WatchHoldingsStream>, Status> {
         let from = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
-        let holding = self.served(&request.file_id)?;
+        let holding = self.uploads.served(&request.file_id)?;
         let permit = self.uploads.watchers.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "agent is serving its maximum of {MAX_WATCHERS} holdings streams; rely on the index"
@@ -259,65 +353,13 @@ impl PeerService for ChunkServer {
         request: Request<FetchChunksRequest>,
     ) -> Result<Response<Self::FetchChunksStream>, Status> {
         let request = request.into_inner();
-        let holding = self.served(&request.file_id)?;
-        let file_id = holding.file_id.clone();
-        let chosen = request.ranges.is_empty() && !request.any_of.is_empty();
-        let indexes = if chosen {
-            let lacks = Bitfield::from_bytes(&request.any_of, holding.manifest.chunk_count())
-                .map_err(|e| Status::invalid_argument(format!("any_of: {e}")))?;
-            let n = request.any_count;
-            if n == 0 || u64::from(n) > MAX_CHUNKS_PER_REQUEST {
-                return Err(Status::invalid_argument(format!(
-                    "any_count is {n}; ask for 1 to {MAX_CHUNKS_PER_REQUEST} chunks"
-                )));
-            }
-            let indexes = self.uploads.choose(&holding, &lacks, n as usize);
-            if indexes.is_empty() && !lacks.held().any(|i| holding.holds(i)) {
-                return Err(Status::not_found(format!(
-                    "this agent holds none of the chunks asked for of file {file_id}"
-                )));
-            }
-            // Empty: all of them were just handed to others (an empty
-            // stream says "from your peers").
-            indexes
-        } else {
-            let ranges: Vec<(u32, u32)> =
-                request.ranges.iter().map(|r| (r.start, r.count)).collect();
-            requested_chunks(&ranges, holding.manifest.chunk_count()).map_err(|e| match e {
-                RangeError::PastEnd { .. } => Status::out_of_range(e.to_string()),
-                _ => Status::invalid_argument(e.to_string()),
-            })?
-        };
-        if let Some(missing) = indexes.iter().find(|&&i| !holding.holds(i)) {
-            return Err(Status::not_found(format!(
-                "this agent does not hold chunk {missing} of file {file_id}"
-            )));
-        }
-        let permit = match &self.uploads.slots {
-            Some(slots) => match slots.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    if chosen {
-                        for &i in &indexes {
-                            self.uploads.unsend(&file_id, i);
-                        }
-                    }
-                    return Err(Status::resource_exhausted(format!(
-                        "agent is serving its maximum of {} uploads; try another source",
-                        self.uploads.max_uploads
-                    )));
-                }
-            },
-            None => None,
-        };
-        let state = StreamState {
-            chosen,
-            _active: ActiveUpload::start(self.uploads.stats.clone()),
-            uploads: self.uploads.clone(),
-            holding,
-            indexes: indexes.into_iter(),
-            _permit: permit,
-        };
+        let ranges: Vec<(u32, u32)> = request.ranges.iter().map(|r| (r.start, r.count)).collect();
+        let state = self.uploads.open(Ask {
+            file_id: &request.file_id,
+            ranges: &ranges,
+            any_of: &request.any_of,
+            any_count: request.any_count,
+        })?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let producer = tokio::spawn(produce(state, tx));
         let stream = OwnedStream {
@@ -332,14 +374,10 @@ impl PeerService for ChunkServer {
 /// stream; ends on the first error, when the caller is gone, when it stops
 /// reading for the stall timeout, or on shutdown. Dropping `state` frees
 /// the upload slot.
-async fn produce(mut state: StreamState, tx: tokio::sync::mpsc::Sender<Result<Chunk, Status>>) {
-    while let Some(index) = state.indexes.next() {
-        let shutdown = state.uploads.shutdown.clone();
-        let item = tokio::select! {
-            () = shutdown.cancelled() => Err(Status::unavailable("the agent is shutting down; try another source")),
-            item = next_chunk(&state, index) => item,
-        };
+async fn produce(mut state: UploadStream, tx: tokio::sync::mpsc::Sender<Result<Chunk, Status>>) {
+    while let Some(item) = state.next().await {
         let failed = item.is_err();
+        let item = item.map(|(index, data)| Chunk { index, data });
         match tx.send_timeout(item, state.uploads.stall_timeout).await {
             Ok(()) if !failed => {}
             Ok(()) => return,
@@ -381,7 +419,27 @@ impl<T> Stream for OwnedStream<T> {
     }
 }
 
-async fn next_chunk(state: &StreamState, index: u32) -> Result<Chunk, Status> {
+impl UploadStream {
+    /// The file this stream serves.
+    pub fn file_id(&self) -> &FileId {
+        &self.holding.file_id
+    }
+
+    /// The next chunk to send (its index and bytes), `None` once all were
+    /// sent. An error is the stream's last item; shutdown is one.
+    pub async fn next(&mut self) -> Option<Result<(u32, Bytes), Status>> {
+        let index = self.indexes.next()?;
+        let shutdown = self.uploads.shutdown.clone();
+        Some(tokio::select! {
+            () = shutdown.cancelled() => Err(Status::unavailable("the agent is shutting down; try another source")),
+            item = next_chunk(self, index) => item,
+        })
+    }
+}
+
+/// Reads chunk `index` to send: drawn from the rate limit, checked against
+/// the file's fingerprint before and after the read.
+async fn next_chunk(state: &UploadStream, index: u32) -> Result<(u32, Bytes), Status> {
     let holding = &state.holding;
     let not_held = || {
         Status::not_found(format!(
@@ -419,7 +477,7 @@ async fn next_chunk(state: &StreamState, index: u32) -> Result<Chunk, Status> {
         .uploads
         .stats
         .chunk_served(u64::from(len), !holding.is_complete());
-    Ok(Chunk { index, data })
+    Ok((index, data))
 }
 
 /// The answer for a file whose copy here was deleted, moved or edited.

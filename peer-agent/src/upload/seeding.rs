@@ -13,6 +13,14 @@
 //! was most of what a seeder sent beyond one copy at N = 32. It still fills
 //! its link: while unsent chunks remain, every caller gets up to n at once.
 //!
+//! Those waits keep a busy seeder's link for chunks the swarm lacks. A
+//! seeder with no other upload under way has nothing better to send: a
+//! caller that lacks only chunks it handed out recently gets the ones
+//! handed out longest ago at once. That is the end of a mixed LAN: the
+//! last chunks the seeder gave went to laptops, whose slow uplinks would
+//! otherwise keep every wired downloader waiting out those timers while
+//! the seeder's link sat idle.
+//!
 //! Pure logic, no I/O: the chunk server keeps one [`SeedChoice`] per file it
 //! serves this way (see `crate::upload`).
 
@@ -20,13 +28,23 @@ use std::time::{Duration, Instant};
 
 use p2p_services::manifest::Bitfield;
 
-use crate::picker::tie_order;
+use crate::picker::{take_smallest, tie_order};
 
 /// A chunk already handed out goes out again only this long after.
 pub const RESEND_AFTER: Duration = Duration::from_secs(2);
 /// A chunk handed out that a caller has since shown it holds goes out
 /// again only this long after (in case every holder left).
 pub const RESEND_SPREAD_AFTER: Duration = Duration::from_secs(4);
+
+/// Whether a source's link has other uploads under way when it chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Other uploads are under way: chunks handed out recently wait.
+    Busy,
+    /// No other upload: chunks handed out recently go out again at once
+    /// rather than leave the link idle.
+    Idle,
+}
 
 /// How many times this source handed out each chunk of one file, and when
 /// last.
@@ -54,8 +72,9 @@ impl SeedChoice {
     /// Up to `n` chunks among those the caller lacks (`lacks`) and this
     /// source holds (`held`), least handed out first; each counts as handed
     /// out from now on (give back what was not sent with [`Self::unsend`]).
-    pub fn choose(&mut self, lacks: &Bitfield, held: &Bitfield, n: usize) -> Vec<u32> {
-        self.choose_at(lacks, held, n, Instant::now())
+    /// `link` says whether other uploads are under way.
+    pub fn choose(&mut self, lacks: &Bitfield, held: &Bitfield, n: usize, link: Link) -> Vec<u32> {
+        self.choose_at(lacks, held, n, Instant::now(), link)
     }
 
     /// [`Self::choose`] at `now`.
@@ -65,6 +84,7 @@ impl SeedChoice {
         held: &Bitfield,
         n: usize,
         now: Instant,
+        link: Link,
     ) -> Vec<u32> {
         if n == 0 || lacks.len() as usize != self.sent.len() || held.len() != lacks.len() {
             return Vec::new();
@@ -84,12 +104,17 @@ impl SeedChoice {
             self.last[i as usize].is_none_or(|at| now.duration_since(at) >= wait)
         };
         let mut candidates: Vec<u32> = lacks.held().filter(|&i| held.get(i) && due(i)).collect();
-        let key = |i: u32| (self.sent[i as usize], tie_order(i, seed));
-        if candidates.len() > n {
-            candidates.select_nth_unstable_by_key(n - 1, |&i| key(i));
-            candidates.truncate(n);
-        }
-        candidates.sort_by_key(|&i| key(i));
+        let candidates = if candidates.is_empty() && link == Link::Idle {
+            // Nothing better to send: the longest-waiting first.
+            let mut waiting: Vec<u32> = lacks.held().filter(|&i| held.get(i)).collect();
+            let last = &self.last;
+            take_smallest(&mut waiting, n, |i| (last[i as usize], tie_order(i, seed)))
+        } else {
+            let sent = &self.sent;
+            take_smallest(&mut candidates, n, |i| {
+                (sent[i as usize], tie_order(i, seed))
+            })
+        };
         for &i in &candidates {
             self.sent[i as usize] = self.sent[i as usize].saturating_add(1);
             self.last[i as usize] = Some(now);
@@ -130,7 +155,7 @@ mod tests {
         let mut given = Vec::new();
         // Four downloaders that lack everything ask in turn, 3 at a time.
         for _ in 0..64usize.div_ceil(3) {
-            given.extend(choice.choose(&all(64), &all(64), 3));
+            given.extend(choice.choose(&all(64), &all(64), 3, Link::Busy));
         }
         given.truncate(64);
         given.sort_unstable();
@@ -149,7 +174,7 @@ mod tests {
         for i in (0..8).filter(|&i| i != 5) {
             held.set(i);
         }
-        let mut got = choice.choose(&lacks, &held, 10);
+        let mut got = choice.choose(&lacks, &held, 10, Link::Busy);
         got.sort_unstable();
         assert_eq!(got, vec![1, 2]);
     }
@@ -157,49 +182,110 @@ mod tests {
     #[test]
     fn a_lone_downloader_is_given_as_much_as_it_asks() {
         let mut choice = SeedChoice::new(100, 3);
-        assert_eq!(choice.choose(&all(100), &all(100), 8).len(), 8);
+        assert_eq!(choice.choose(&all(100), &all(100), 8, Link::Busy).len(), 8);
     }
 
     #[test]
     fn a_chunk_handed_out_goes_out_again_only_after_a_while() {
         let start = Instant::now();
         let mut choice = SeedChoice::new(4, 3);
-        assert_eq!(choice.choose_at(&all(4), &all(4), 4, start).len(), 4);
-        assert!(choice.choose_at(&all(4), &all(4), 4, start).is_empty());
+        assert_eq!(
+            choice
+                .choose_at(&all(4), &all(4), 4, start, Link::Busy)
+                .len(),
+            4
+        );
+        assert!(
+            choice
+                .choose_at(&all(4), &all(4), 4, start, Link::Busy)
+                .is_empty()
+        );
         let later = start + RESEND_AFTER;
-        assert_eq!(choice.choose_at(&all(4), &all(4), 2, later).len(), 2);
+        assert_eq!(
+            choice
+                .choose_at(&all(4), &all(4), 2, later, Link::Busy)
+                .len(),
+            2
+        );
     }
 
     #[test]
     fn a_chunk_a_caller_already_holds_waits_longer_to_go_out_again() {
         let start = Instant::now();
         let mut choice = SeedChoice::new(4, 3);
-        assert_eq!(choice.choose_at(&all(4), &all(4), 4, start).len(), 4);
+        assert_eq!(
+            choice
+                .choose_at(&all(4), &all(4), 4, start, Link::Busy)
+                .len(),
+            4
+        );
         // A second caller already holds chunk 0: it is in the swarm.
         let mut lacks = all(4);
         lacks.clear(0);
-        assert!(choice.choose_at(&lacks, &all(4), 4, start).is_empty());
+        assert!(
+            choice
+                .choose_at(&lacks, &all(4), 4, start, Link::Busy)
+                .is_empty()
+        );
         let later = start + RESEND_AFTER;
-        let mut again = choice.choose_at(&all(4), &all(4), 4, later);
+        let mut again = choice.choose_at(&all(4), &all(4), 4, later, Link::Busy);
         again.sort_unstable();
         assert_eq!(again, vec![1, 2, 3], "chunk 0 is held by a peer");
         let much_later = start + RESEND_SPREAD_AFTER;
-        assert_eq!(choice.choose_at(&all(4), &all(4), 1, much_later), vec![0]);
+        assert_eq!(
+            choice.choose_at(&all(4), &all(4), 1, much_later, Link::Busy),
+            vec![0]
+        );
     }
 
     #[test]
     fn unsent_chunks_are_chosen_again_first() {
         let mut choice = SeedChoice::new(4, 0);
-        let first = choice.choose(&all(4), &all(4), 1)[0];
-        choice.choose(&all(4), &all(4), 3);
+        let first = choice.choose(&all(4), &all(4), 1, Link::Busy)[0];
+        choice.choose(&all(4), &all(4), 3, Link::Busy);
         choice.unsend(first);
         assert_eq!(choice.sent(first), 0);
-        assert_eq!(choice.choose(&all(4), &all(4), 1), vec![first]);
+        assert_eq!(choice.choose(&all(4), &all(4), 1, Link::Busy), vec![first]);
     }
 
     #[test]
     fn a_bitfield_of_the_wrong_length_gets_nothing() {
         let mut choice = SeedChoice::new(4, 0);
-        assert!(choice.choose(&all(5), &all(5), 2).is_empty());
+        assert!(choice.choose(&all(5), &all(5), 2, Link::Busy).is_empty());
+    }
+
+    #[test]
+    fn an_idle_link_sends_again_what_a_busy_one_would_make_wait_for() {
+        let mut choice = SeedChoice::new(4, 3);
+        let start = Instant::now();
+        assert_eq!(
+            choice
+                .choose_at(&all(4), &all(4), 4, start, Link::Busy)
+                .len(),
+            4
+        );
+        let soon = start + Duration::from_millis(100);
+        assert!(
+            choice
+                .choose_at(&all(4), &all(4), 2, soon, Link::Busy)
+                .is_empty(),
+            "a busy link leaves them to the swarm"
+        );
+        // Chunk 2 goes out again a little later: idle, the others come first.
+        let later = soon + Duration::from_millis(100);
+        let mut lacks = Bitfield::empty(4);
+        lacks.set(2);
+        assert_eq!(
+            choice.choose_at(&lacks, &all(4), 1, later, Link::Idle),
+            vec![2]
+        );
+        let again = choice.choose_at(&all(4), &all(4), 4, later, Link::Idle);
+        assert_eq!(again.len(), 4);
+        assert_eq!(again[3], 2, "the one handed out last goes last");
+        // Fresh chunks still come before any resend, idle or not.
+        let mut fresh = SeedChoice::new(4, 3);
+        let first = fresh.choose_at(&all(4), &all(4), 1, start, Link::Idle);
+        let second = fresh.choose_at(&all(4), &all(4), 1, start, Link::Idle);
+        assert_ne!(first, second);
     }
 }

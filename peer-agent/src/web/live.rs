@@ -19,6 +19,8 @@ use super::Web;
 use super::guard::Authed;
 use super::pages::FilesQuery;
 use super::render;
+use p2p_proto::agent::v1 as pb;
+use p2p_services::manifest::FileId;
 
 /// How often the Downloads and Share feeds look at progress.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
@@ -29,13 +31,39 @@ fn sse(rx: mpsc::Receiver<Result<Event, Infallible>>) -> Events {
     Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
 }
 
-/// `GET /events/files?q=`: the Files table's rows, as HTML, on each change.
+/// `GET /events/files?...`: changes to the Files page with the same query
+/// ([`FilesQuery`]): a `row` event with one row's HTML (its `data-after`
+/// says where it goes) for a row added, updated or moved, a `remove`
+/// event with a file id, a `total` event with the new count, and `html`
+/// (the whole page's rows) only when the page the browser shows (`v`)
+/// is not the one the agent lists on connecting.
 pub async fn files(State(web): State<Web>, authed: Authed, Query(q): Query<FilesQuery>) -> Events {
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, rx) = mpsc::channel(16);
     let feed = web.clone();
     web.tasks
         .spawn(async move { feed_files(feed, authed, q, tx).await });
     sse(rx)
+}
+
+/// The SSE event that shows `change` on the page.
+fn file_event(viewer: &render::Viewer, shown: &str, change: pb::FileChange) -> Option<Event> {
+    use pb::file_change::Change;
+    match change.change {
+        Some(Change::Page(page)) => {
+            let html = render::file_rows(viewer, &page.files);
+            (render::version(&html) != shown).then(|| Event::default().event("html").data(html.0))
+        }
+        Some(Change::Upsert(row)) => {
+            let html = render::file_row(viewer, &row, Some(&change.after_file_id));
+            Some(Event::default().event("row").data(html.0))
+        }
+        Some(Change::RemovedFileId(file_id)) => FileId::parse(&file_id)
+            .ok()
+            .map(|id| Event::default().event("remove").data(id.to_string())),
+        None => change
+            .total_count
+            .map(|total| Event::default().event("total").data(total.to_string())),
+    }
 }
 
 async fn feed_files(
@@ -45,29 +73,29 @@ async fn feed_files(
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
     let viewer = authed.viewer();
-    let mut shown = query.v;
     let api = web.api.clone();
-    api.follow_files(&query.q, |listing| {
-        let html = listing.ok().map(|files| render::file_rows(&viewer, &files));
-        let valid = still_valid(&web, &authed);
-        let event = match html {
-            _ if !valid => Some(Event::default().event("ended").data("log in again")),
-            Some(html) if render::version(&html) != shown => {
-                shown = render::version(&html);
-                Some(Event::default().event("html").data(html.0))
+    let gone = tx.clone();
+    api.follow_files(
+        &query.request(),
+        async move { gone.closed().await },
+        |change| {
+            let valid = still_valid(&web, &authed);
+            let event = match change {
+                _ if !valid => Some(Event::default().event("ended").data("log in again")),
+                Ok(change) => file_event(&viewer, &query.v, change),
+                // The index is briefly unreachable: keep showing what the page
+                // has.
+                Err(_) => None,
+            };
+            let tx = tx.clone();
+            async move {
+                match event {
+                    Some(event) => tx.send(Ok(event)).await.is_ok() && valid,
+                    None => !tx.is_closed(),
+                }
             }
-            // Unchanged, or the index is briefly unreachable: keep showing
-            // what the page has.
-            _ => None,
-        };
-        let tx = tx.clone();
-        async move {
-            match event {
-                Some(event) => tx.send(Ok(event)).await.is_ok() && valid,
-                None => !tx.is_closed(),
-            }
-        }
-    })
+        },
+    )
     .await;
 }
 

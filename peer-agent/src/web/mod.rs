@@ -13,6 +13,7 @@
 //! [`serve`] owns every task it starts (the server and each live feed, in
 //! a `TaskTracker`); all stop when the shutdown token is cancelled.
 
+pub mod folder;
 pub mod guard;
 pub mod live;
 pub mod pages;
@@ -128,6 +129,11 @@ pub fn router(web: Web) -> Router {
             "/share/upload",
             post(upload::upload).layer(DefaultBodyLimit::disable()),
         )
+        .route(
+            "/share/upload-folder",
+            post(upload::upload_folder).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/folder", get(folder::page))
         .route("/downloads", get(pages::downloads))
         .route("/peers", get(pages::peers))
         .route("/status", get(pages::status))

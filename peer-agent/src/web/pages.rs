@@ -240,32 +240,28 @@ pub async fn logout(
         .into_response()
 }
 
-/// `?q=` on the Files page.
-#[derive(Debug, Deserialize, Default)]
-pub struct FilesQuery {
-    /// The name filter.
-    #[serde(default)]
-    pub q: String,
-    /// What the page already shows ([`render::version`]).
-    #[serde(default)]
-    pub v: String,
-}
+pub use super::render::FilesQuery;
 
-/// `GET /files`.
+/// `GET /files`: one page of the network's entries, as the query orders
+/// and filters them.
 pub async fn files(
     State(web): State<Web>,
     authed: Authed,
     Query(q): Query<FilesQuery>,
 ) -> Response {
     let viewer = authed.viewer();
-    let (rows, flash) = match web.api.list_files(&q.q).await {
-        Ok(files) => (
-            render::file_rows(&viewer, &files),
+    let (listing, flash) = match web.api.list_files(&q.request()).await {
+        Ok(page) => (
+            render::FilesListing {
+                files: page.files,
+                next_page_token: page.next_page_token,
+                total_count: page.total_count,
+            },
             take_flash(&web, &authed),
         ),
-        Err(err) => (render::file_rows(&viewer, &[]), Some(failure(err))),
+        Err(err) => (render::FilesListing::default(), Some(failure(err))),
     };
-    render::files(&viewer, flash, &q.q, rows).into_response()
+    render::files(&viewer, flash, &q, &listing).into_response()
 }
 
 /// A per-file action's fields.

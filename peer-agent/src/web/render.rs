@@ -272,32 +272,224 @@ fn local_label(file: &pb::NetworkFile) -> String {
     }
 }
 
-/// The Files page: filter, the live table, and where it gets updates.
-pub fn files(viewer: &Viewer, flash: Option<Flash>, filter: &str, rows: Markup) -> Markup {
-    let live = format!("/events/files?q={}&v={}", urlencode(filter), version(&rows));
+/// Rows on one page of the Files table.
+pub const FILES_PAGE_ROWS: u32 = 100;
+
+/// The Files page's address (`/files?...`): name filter, owner and kind
+/// filters, order and page. The live feed takes the same query, plus `v`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct FilesQuery {
+    /// The name filter.
+    #[serde(default)]
+    pub q: String,
+    /// Only this user's entries (exact username); empty: anyone's.
+    #[serde(default)]
+    pub owner: String,
+    /// `file` or `folder`; anything else: both.
+    #[serde(default)]
+    pub kind: String,
+    /// `name`, `size`, `added` or `holders`; anything else: newest first.
+    #[serde(default)]
+    pub sort: String,
+    /// `desc` for largest (Z, newest, most held) first.
+    #[serde(default)]
+    pub dir: String,
+    /// The page token of the page shown (empty: the first page).
+    #[serde(default)]
+    pub after: String,
+    /// The number of the page shown, for "page 3 of 300".
+    #[serde(default)]
+    pub n: Option<u32>,
+    /// What the page already shows ([`version`]).
+    #[serde(default)]
+    pub v: String,
+}
+
+impl FilesQuery {
+    fn sort_key(&self) -> index_pb::FileSort {
+        match self.sort.as_str() {
+            "name" => index_pb::FileSort::Name,
+            "size" => index_pb::FileSort::Size,
+            "added" => index_pb::FileSort::Added,
+            "holders" => index_pb::FileSort::Holders,
+            _ => index_pb::FileSort::Unspecified,
+        }
+    }
+
+    fn descending(&self) -> bool {
+        self.dir == "desc"
+    }
+
+    /// The page number shown (1 for the first).
+    pub fn page_number(&self) -> u32 {
+        if self.after.is_empty() {
+            1
+        } else {
+            self.n.unwrap_or(2).max(2)
+        }
+    }
+
+    /// The listing this address shows: one page of [`FILES_PAGE_ROWS`],
+    /// counted.
+    pub fn request(&self) -> pb::ListFilesRequest {
+        pb::ListFilesRequest {
+            name_contains: self.q.trim().to_string(),
+            page_size: FILES_PAGE_ROWS,
+            page_token: self.after.clone(),
+            sort: self.sort_key() as i32,
+            descending: self.descending(),
+            owner_name: self.owner.trim().to_string(),
+            kind: match self.kind.as_str() {
+                "file" => Some(index_pb::EntryKind::File as i32),
+                "folder" => Some(index_pb::EntryKind::Folder as i32),
+                _ => None,
+            },
+            include_total: true,
+        }
+    }
+
+    /// The query string of this address with another order and page.
+    fn query_string(&self, sort: &str, dir: &str, after: &str, n: u32) -> String {
+        let mut pairs = vec![
+            ("q", self.q.as_str()),
+            ("owner", self.owner.as_str()),
+            ("kind", self.kind.as_str()),
+            ("sort", sort),
+            ("dir", dir),
+            ("after", after),
+        ];
+        pairs.retain(|(_, v)| !v.is_empty());
+        let n = n.to_string();
+        if !after.is_empty() {
+            pairs.push(("n", &n));
+        }
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    /// `/files` sorted by `sort` (the same column again turns the order
+    /// round), from the first page.
+    fn sorted_by(&self, sort: &str) -> String {
+        let dir = if self.sort == sort && !self.descending() {
+            "desc"
+        } else {
+            ""
+        };
+        format!("/files?{}", self.query_string(sort, dir, "", 1))
+    }
+
+    /// `/files` at another page of the same listing.
+    fn at_page(&self, after: &str, n: u32) -> String {
+        format!(
+            "/files?{}",
+            self.query_string(&self.sort, &self.dir, after, n)
+        )
+    }
+}
+
+/// One page of the Files table as listed.
+#[derive(Debug, Clone, Default)]
+pub struct FilesListing {
+    /// The rows.
+    pub files: Vec<pb::NetworkFile>,
+    /// The next page's token; empty on the last page.
+    pub next_page_token: String,
+    /// Entries matching the filters, when the index counted them.
+    pub total_count: Option<u64>,
+}
+
+/// `/files`: the filters, one sortable page of the network's entries
+/// that the live feed keeps current, and the way to the other pages.
+pub fn files(
+    viewer: &Viewer,
+    flash: Option<Flash>,
+    query: &FilesQuery,
+    listing: &FilesListing,
+) -> Markup {
+    let rows = file_rows(viewer, &listing.files);
+    let live = format!(
+        "/events/files?{}&v={}",
+        query.query_string(&query.sort, &query.dir, &query.after, query.page_number()),
+        version(&rows)
+    );
+    let page = query.page_number();
+    let pages = listing
+        .total_count
+        .map(|t| t.div_ceil(u64::from(FILES_PAGE_ROWS)).max(1));
+    let header = |label: &str, sort: &str| {
+        let aria = match (query.sort == sort, query.descending()) {
+            (false, _) => None,
+            (true, false) => Some("ascending"),
+            (true, true) => Some("descending"),
+        };
+        html! {
+            th scope="col" aria-sort=[aria] {
+                a.sort href=(query.sorted_by(sort)) data-sort=(sort) { (label) }
+            }
+        }
+    };
     layout(
         Page::Files,
         Some(viewer),
         flash,
         html! {
             form.filter method="get" action="/files" role="search" {
-                label for="q" { "Filter by name" }
-                input #q name="q" type="search" value=(filter);
-                button type="submit" { "Filter" }
+                div.field {
+                    label for="q" { "Name" }
+                    input #q name="q" type="search" value=(query.q);
+                }
+                div.field {
+                    label for="owner" { "Owner" }
+                    input #owner name="owner" value=(query.owner) placeholder="anyone";
+                }
+                div.field {
+                    label for="kind" { "Type" }
+                    select #kind name="kind" {
+                        option value="" selected[query.kind.is_empty()] { "Files and folders" }
+                        option value="file" selected[query.kind == "file"] { "Files" }
+                        option value="folder" selected[query.kind == "folder"] { "Folders" }
+                    }
+                }
+                @if !query.sort.is_empty() {
+                    input type="hidden" name="sort" value=(query.sort);
+                }
+                @if !query.dir.is_empty() {
+                    input type="hidden" name="dir" value=(query.dir);
+                }
+                button type="submit" { "Search" }
             }
             p.live-note #files-live aria-live="polite" { "Updates live." }
+            p.pager #files-pager {
+                "Page " (page)
+                @if let Some(pages) = pages { " of " (pages.max(u64::from(page))) }
+                @if let Some(total) = listing.total_count {
+                    " · " span #files-total { (total) } " in all"
+                }
+                @if page > 1 {
+                    " · " a #first-page href=(query.at_page("", 1)) { "First page" }
+                }
+                @if !listing.next_page_token.is_empty() {
+                    " · " a #next-page rel="next" href=(query.at_page(&listing.next_page_token, page + 1)) { "Next page" }
+                }
+            }
             div.table-wrap {
                 table #files {
                     caption.visually-hidden { "Files in the network" }
                     thead {
                         tr {
-                            th scope="col" { "No" }
-                            th scope="col" { "Name" }
-                            th scope="col" { "Size" }
+                            (header("Name", "name"))
+                            (header("Size", "size"))
                             th scope="col" { "Type" }
                             th scope="col" { "Owner" }
-                            th scope="col" { "Added" }
-                            th scope="col" { abbr title="online holders / complete copies" { "Holders" } }
+                            (header("Added", "added"))
+                            th scope="col" aria-sort=[(query.sort == "holders").then_some(if query.descending() { "descending" } else { "ascending" })] {
+                                a.sort href=(query.sorted_by("holders")) data-sort="holders" {
+                                    abbr title="online holders / complete copies" { "Holders" }
+                                }
+                            }
                             th scope="col" { "Here" }
                             th scope="col" { "Actions" }
                         }
@@ -309,40 +501,64 @@ pub fn files(viewer: &Viewer, flash: Option<Flash>, filter: &str, rows: Markup) 
     )
 }
 
-/// The Files table's rows (also what the live feed sends).
+/// The Files table's rows (also what the live feed sends when it lists
+/// the page again).
 pub fn file_rows(viewer: &Viewer, files: &[pb::NetworkFile]) -> Markup {
     html! {
         @if files.is_empty() {
-            tr { td colspan="9" { "No files yet. Share one on the Share page." } }
+            tr.empty { td colspan="8" { "No files here. Share one on the Share page, or change the search." } }
         }
-        @for (n, file) in files.iter().enumerate() {
-            @if let Some(info) = &file.file {
-                @let state = pb::LocalState::try_from(file.local_state).unwrap_or(pb::LocalState::None);
-                @let mine = info.owner_name == viewer.username;
-                tr data-file-id=(info.file_id) {
-                    td { (n + 1) }
-                    td.name { (info.name) }
-                    td { (human(info.size_bytes)) }
-                    td { (info.mime_type) }
-                    td { (info.owner_name) }
-                    td { (added(info.added_at_ms)) }
-                    td { (info.online_holders) " / " (info.complete_copies) }
-                    td.here { (local_label(file)) }
-                    td.actions {
-                        @if state == pb::LocalState::Downloading {
-                            (action("/files/cancel", &viewer.csrf, &info.file_id, "Cancel", &format!("Cancel the download of {}", info.name), None))
-                        } @else if state != pb::LocalState::Complete {
-                            (download_form(viewer, info))
-                        }
-                        @if state != pb::LocalState::None || !file.local_problem.is_empty() {
-                            (action("/files/remove", &viewer.csrf, &info.file_id, "Remove here", &format!("Remove the copy of {} on this agent", info.name), None))
-                        }
-                        @if mine || viewer.admin {
-                            (action("/files/remove", &viewer.csrf, &info.file_id, "Remove from network", &format!("Remove {} from the network", info.name), Some(("network", "true"))))
-                        }
-                    }
+        @for file in files {
+            (file_row(viewer, file, None))
+        }
+    }
+}
+
+/// One row of the Files table; with `after` (the live feed's added or
+/// moved row), the id of the row it follows (empty: the first).
+pub fn file_row(viewer: &Viewer, file: &pb::NetworkFile, after: Option<&str>) -> Markup {
+    let Some(info) = &file.file else {
+        return html! {};
+    };
+    let state = pb::LocalState::try_from(file.local_state).unwrap_or(pb::LocalState::None);
+    let mine = info.owner_name == viewer.username;
+    let folder = info.kind == index_pb::EntryKind::Folder as i32;
+    html! {
+        tr data-file-id=(info.file_id) data-after=[after] {
+            td.name { (entry_name(info)) }
+            td { (human(info.size_bytes)) }
+            td.kind {
+                @if folder { "Folder" } @else { (info.mime_type) }
+            }
+            td { (info.owner_name) }
+            td { (added(info.added_at_ms)) }
+            td { (info.online_holders) " / " (info.complete_copies) }
+            td.here { (local_label(file)) }
+            td.actions {
+                @if state == pb::LocalState::Downloading {
+                    (action("/files/cancel", &viewer.csrf, &info.file_id, "Cancel", &format!("Cancel the download of {}", info.name), None))
+                } @else if state != pb::LocalState::Complete {
+                    (download_form(viewer, info))
+                }
+                @if state != pb::LocalState::None || !file.local_problem.is_empty() {
+                    (action("/files/remove", &viewer.csrf, &info.file_id, "Remove here", &format!("Remove the copy of {} on this agent", info.name), None))
+                }
+                @if mine || viewer.admin {
+                    (action("/files/remove", &viewer.csrf, &info.file_id, "Remove from network", &format!("Remove {} from the network", info.name), Some(("network", "true"))))
                 }
             }
+        }
+    }
+}
+
+/// An entry's name in a listing: a folder's links to its page.
+fn entry_name(info: &index_pb::FileInfo) -> Markup {
+    html! {
+        @if info.kind == index_pb::EntryKind::Folder as i32 {
+            a href=(format!("/folder?id={}", urlencode(&info.file_id))) { (info.name) "/" }
+            " " small.hint { (info.entry_count) " files" }
+        } @else {
+            (info.name)
         }
     }
 }
@@ -441,8 +657,20 @@ pub fn share(
                     button type="submit" { "Upload and share" }
                 }
             }
+            section.card aria-labelledby="upload-folder-h" {
+                h2 #upload-folder-h { "Upload a folder from this browser" }
+                p.hint { "Every file in the folder is streamed to " code { (uploads_dir) } ", then the folder is shared as one entry. Browsers do not send empty folders." }
+                form #upload-folder method="post" action="/share/upload-folder" enctype="multipart/form-data" {
+                    input type="hidden" name="csrf" value=(viewer.csrf);
+                    p {
+                        label for="upload-folder-files" { "Folder" }
+                        input #upload-folder-files name="file" type="file" webkitdirectory multiple required;
+                    }
+                    button type="submit" { "Upload and share the folder" }
+                }
+            }
             section.card aria-labelledby="path-h" {
-                h2 #path-h { "Share a file on the agent's machine" }
+                h2 #path-h { "Share a file or folder on the agent's machine" }
                 p.hint { "The agent reads the file as its OS user, " strong { (viewer.os_account) } ", and offers it to everyone in the network." }
                 form method="post" action="/share/path" {
                     input type="hidden" name="csrf" value=(viewer.csrf);
@@ -459,6 +687,114 @@ pub fn share(
                         label.inline for="replace" { "Replace an earlier share of this path that changed" }
                     }
                     button type="submit" { "Share" }
+                }
+            }
+        },
+    )
+}
+
+/// The page of one folder of the network at `listing.path` inside it:
+/// breadcrumbs, its subfolders and files (`per_page` from `offset`), and a
+/// Download button for the folder, each subfolder and each file.
+pub fn folder(
+    viewer: &Viewer,
+    flash: Option<Flash>,
+    listing: &pb::ListFolderResponse,
+    offset: u32,
+    per_page: u32,
+) -> Markup {
+    let info = listing
+        .folder
+        .as_ref()
+        .and_then(|f| f.file.clone())
+        .unwrap_or_default();
+    let id = info.file_id.clone();
+    let here = |path: &str| format!("/folder?id={}&path={}", urlencode(&id), urlencode(path));
+    let inner = |name: &str| {
+        if listing.path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", listing.path)
+        }
+    };
+    let mut crumbs = vec![(info.name.clone(), String::new())];
+    let mut walked = String::new();
+    for part in listing.path.split('/').filter(|p| !p.is_empty()) {
+        walked = if walked.is_empty() {
+            part.to_string()
+        } else {
+            format!("{walked}/{part}")
+        };
+        crumbs.push((part.to_string(), walked.clone()));
+    }
+    let shown = listing.entries.len() as u32;
+    let get = |path: &str, label: String| {
+        let target = if path.is_empty() {
+            id.clone()
+        } else {
+            format!("{id}/{path}")
+        };
+        html! {
+            form.inline.download method="post" action="/files/download" {
+                input type="hidden" name="csrf" value=(viewer.csrf);
+                input type="hidden" name="file" value=(target);
+                button type="submit" aria-label=(label) { "Download" }
+            }
+        }
+    };
+    layout(
+        Page::Files,
+        Some(viewer),
+        flash,
+        html! {
+            nav aria-label="Breadcrumb" {
+                ol.breadcrumbs {
+                    li { a href="/files" { "Files" } }
+                    @for (i, (name, path)) in crumbs.iter().enumerate() {
+                        li {
+                            @if i + 1 == crumbs.len() {
+                                span aria-current="page" { (name) }
+                            } @else {
+                                a href=(here(path)) { (name) }
+                            }
+                        }
+                    }
+                }
+            }
+            div.folder-head {
+                (get(&listing.path, format!("Download {}", crumbs.last().map_or("", |c| c.0.as_str()))))
+                span.hint { (listing.total) " entries here; " (human(info.size_bytes)) " in the whole folder." }
+            }
+            div.table-wrap {
+                table #folder {
+                    caption.visually-hidden { "Inside " (info.name) }
+                    thead { tr { th scope="col" { "Name" } th scope="col" { "Size" } th scope="col" { "Files" } th scope="col" { "Actions" } } }
+                    tbody {
+                        @for entry in &listing.entries {
+                            @let path = inner(&entry.name);
+                            tr data-entry=(entry.name) {
+                                td {
+                                    @if entry.is_folder {
+                                        a href=(here(&path)) { (entry.name) "/" }
+                                    } @else {
+                                        (entry.name)
+                                    }
+                                }
+                                td { (human(entry.size_bytes)) }
+                                td { (entry.file_count) }
+                                td { (get(&path, format!("Download {}", entry.name))) }
+                            }
+                        }
+                    }
+                }
+            }
+            nav aria-label="Pages" {
+                @if offset > 0 {
+                    a href=(format!("{}&offset={}", here(&listing.path), offset.saturating_sub(per_page))) { "Previous page" }
+                    " "
+                }
+                @if offset + shown < listing.total {
+                    a href=(format!("{}&offset={}", here(&listing.path), offset + shown)) { "Next page" }
                 }
             }
         },

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 pub mod issue;
@@ -237,6 +238,54 @@ impl ClientTls {
     /// than the dialled IP address.
     pub fn config_for_name(&self, server_name: &str) -> Option<ClientTlsConfig> {
         self.config().map(|config| config.domain_name(server_name))
+    }
+}
+
+impl ClientTls {
+    /// A TLS connection to `addr` (`host:port`) outside tonic, offering the
+    /// `alpn` protocols: the server's certificate is verified against the
+    /// CA and the dialled host as a channel's is, within
+    /// [`HANDSHAKE_TIMEOUT`]. No client certificate is presented (the data
+    /// path authenticates with peer tokens). `InvalidInput` when this
+    /// setting is plaintext or `addr` has no usable host.
+    pub async fn connect_raw(
+        &self,
+        addr: &str,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        use std::io::{Error, ErrorKind};
+        let Self::Verify { ca, .. } = self else {
+            return Err(Error::new(ErrorKind::InvalidInput, "TLS is off"));
+        };
+        let host = match addr.rsplit_once(':') {
+            Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+            None => addr,
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{addr:?}: {e}")))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.get_ref()) {
+            let cert = cert.map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            connector.connect(name, tcp).await
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
+            .await
+            .map_err(|_| Error::new(ErrorKind::TimedOut, "TLS connection timed out"))?
     }
 }
 

@@ -125,6 +125,14 @@ impl ServerTls {
 
     /// The rustls acceptor for one listener (HTTP/2 by ALPN).
     pub fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+        self.acceptor_for(&[])
+    }
+
+    /// The rustls acceptor for one listener that also offers `extra` ALPN
+    /// protocols, preferred to HTTP/2 when a client offers them; the
+    /// caller tells the connections apart by
+    /// [`negotiated`].
+    pub fn acceptor_for(&self, extra: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -139,7 +147,11 @@ impl ServerTls {
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(self.current.clone());
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = extra
+            .iter()
+            .map(|p| p.to_vec())
+            .chain([b"h2".to_vec()])
+            .collect();
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }
@@ -195,6 +207,11 @@ pub fn accept(
         handshakes.shutdown().await;
     };
     (rx, run)
+}
+
+/// The ALPN protocol a finished handshake settled on, if any.
+pub fn negotiated(stream: &TlsStream<TcpStream>) -> Option<&[u8]> {
+    stream.get_ref().1.alpn_protocol()
 }
 
 /// The socket options every server connection gets.

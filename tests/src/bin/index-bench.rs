@@ -205,6 +205,7 @@ fn random_manifest(index: u32, chunks: u32, rng: &mut impl Rng) -> pb::Manifest 
         chunk_size_bytes: chunk,
         chunk_hashes: hashes,
         file_hash,
+        ..Default::default()
     }
 }
 

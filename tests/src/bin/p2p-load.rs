@@ -12,7 +12,9 @@
 //!    agent waits the `retry-after` hint, as agents do. It reports p50/p99/max
 //!    per RPC, shed and failed calls, and each index-svc's CPU and RSS
 //!    (`--index-replicas` start several on one database; agents are spread
-//!    over them);
+//!    over them). With `--listers`, people on the Files view call
+//!    ListFiles (a first page, sorted and counted) meanwhile, over
+//!    `--listed-entries` published beforehand;
 //! 2. runs M concurrent FetchChunks callers (default 100) against the agent,
 //!    started with `--max-upload-rate` and `--max-uploads`: aggregate
 //!    bytes/s against the limit, how many calls were refused with
@@ -43,8 +45,8 @@ use p2p_proto::auth::v1::auth_service_client::AuthServiceClient;
 use p2p_proto::auth::v1::{CreateUserRequest, LoginRequest, Role};
 use p2p_proto::index::v1::index_service_client::IndexServiceClient;
 use p2p_proto::index::v1::{
-    HeartbeatRequest, LocateSourcesRequest, Manifest, PeerLoad, PublishFileRequest,
-    RegisterPeerRequest, UpdateHoldingsRequest,
+    FileSort, HeartbeatRequest, ListFilesRequest, LocateSourcesRequest, Manifest, PeerLoad,
+    PublishFileRequest, RegisterPeerRequest, UpdateHoldingsRequest,
 };
 use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
 use p2p_proto::peer::v1::{ChunkRange, FetchChunksRequest};
@@ -131,6 +133,19 @@ struct Cli {
     /// Length of the FetchChunks run, in seconds.
     #[arg(long, env = "P2P_LOAD_FETCH_SECS", default_value_t = 30)]
     fetch_secs: u64,
+    /// Tiny entries published before the index run, so the listers below
+    /// page through a network of this size (30,000 for the Files view's
+    /// figure).
+    #[arg(long, env = "P2P_LOAD_LISTED_ENTRIES", default_value_t = 0)]
+    listed_entries: u64,
+    /// People looking at the Files view during the index run: each calls
+    /// ListFiles for a first page of 100 (a sort picked at random, the
+    /// total counted) every --list-ms.
+    #[arg(long, env = "P2P_LOAD_LISTERS", default_value_t = 0)]
+    listers: usize,
+    /// Milliseconds between one lister's ListFiles calls.
+    #[arg(long, env = "P2P_LOAD_LIST_MS", default_value_t = 1000)]
+    list_ms: u64,
     /// Skip the index run.
     #[arg(long)]
     skip_index: bool,
@@ -341,6 +356,7 @@ struct AgentCalls {
     heartbeat: Calls,
     locate: Calls,
     update: Calls,
+    list: Calls,
 }
 
 /// A channel to a service or agent PeerService (TLS).
@@ -455,6 +471,55 @@ async fn timed<T>(
         tokio::time::sleep_until((tokio::time::Instant::now() + wait + jitter).min(deadline)).await;
     }
     result.ok().map(tonic::Response::into_inner)
+}
+
+/// One person on the Files view until `deadline`: a first page of 100 in
+/// a random order, counted, every `every`.
+async fn lister(
+    mut index: IndexServiceClient<Channel>,
+    token: Arc<String>,
+    every: Duration,
+    measure_from: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+) -> AgentCalls {
+    let mut calls = AgentCalls::default();
+    let mut warmup = Calls::default();
+    // People do not look in step: each starts at a random point of the
+    // period, as the simulated agents' heartbeats do.
+    let offset = every.mul_f64(rand::random::<f64>());
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sorts = [
+        FileSort::Unspecified,
+        FileSort::Name,
+        FileSort::Size,
+        FileSort::Added,
+        FileSort::Holders,
+    ];
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => return calls,
+            _ = tick.tick() => {}
+        }
+        let request = ListFilesRequest {
+            page_size: 100,
+            sort: sorts[rand::random::<usize>() % sorts.len()] as i32,
+            descending: rand::random(),
+            include_total: true,
+            ..Default::default()
+        };
+        let target = if tokio::time::Instant::now() < measure_from {
+            &mut warmup
+        } else {
+            &mut calls.list
+        };
+        timed(
+            target,
+            deadline,
+            index.list_files(with_bearer(request, &token)),
+        )
+        .await;
+    }
 }
 
 /// One simulated agent until `deadline`.
@@ -609,6 +674,17 @@ async fn index_run(
         ));
     }
     let files = Arc::new(files);
+    if cli.listed_entries > 0 {
+        let took =
+            p2p_tests::seed::publish_many(client(0), &tokens[0], cli.listed_entries, 7, |n| {
+                format!("listed-{n:06}.txt")
+            })
+            .await;
+        println!(
+            "published {} entries to list in {took:.1?}",
+            cli.listed_entries
+        );
+    }
     let secs = cli.index_secs.saturating_sub(cli.warmup_secs).max(1) as f64;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cli.index_secs);
     let measure_from = tokio::time::Instant::now() + Duration::from_secs(cli.warmup_secs);
@@ -637,6 +713,15 @@ async fn index_run(
             deadline,
         ));
     }
+    for i in 0..cli.listers {
+        agents.spawn(lister(
+            client(i),
+            tokens[i % tokens.len()].clone(),
+            Duration::from_millis(cli.list_ms.max(10)),
+            measure_from,
+            deadline,
+        ));
+    }
     let mut total = AgentCalls::default();
     while let Some(joined) = agents.join_next().await {
         let calls = joined.context("a simulated agent panicked")?;
@@ -644,6 +729,7 @@ async fn index_run(
         total.heartbeat.merge(calls.heartbeat);
         total.locate.merge(calls.locate);
         total.update.merge(calls.update);
+        total.list.merge(calls.list);
     }
     let elapsed = run_started.elapsed().as_secs_f64();
     let replicas: Vec<serde_json::Value> = index_pids
@@ -661,15 +747,21 @@ async fn index_run(
     let generator_cpu_percent = (cpu_secs(std::process::id()) - own_cpu_before) / elapsed * 100.0;
     let machine_load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let (rss, hwm) = memory_bytes(index_pids[0]);
-    let shed = total.register.shed + total.heartbeat.shed + total.locate.shed + total.update.shed;
+    let shed = total.register.shed
+        + total.heartbeat.shed
+        + total.locate.shed
+        + total.update.shed
+        + total.list.shed;
     let all = total.register.latencies_us.len()
         + total.heartbeat.latencies_us.len()
         + total.locate.latencies_us.len()
-        + total.update.latencies_us.len();
+        + total.update.latencies_us.len()
+        + total.list.latencies_us.len();
     let errors = total.register.error_count()
         + total.heartbeat.error_count()
         + total.locate.error_count()
-        + total.update.error_count();
+        + total.update.error_count()
+        + total.list.error_count();
     Ok(serde_json::json!({
         "agents": cli.agents,
         "users": cli.users,
@@ -692,7 +784,10 @@ async fn index_run(
             "Heartbeat": total.heartbeat.summary(secs),
             "LocateSources": total.locate.summary(secs),
             "UpdateHoldings": total.update.summary(secs),
+            "ListFiles": total.list.summary(secs),
         },
+        "listed_entries": cli.listed_entries,
+        "listers": cli.listers,
         "index_rss_bytes": rss,
         "index_peak_rss_bytes": hwm,
     }))
@@ -1044,6 +1139,7 @@ fn print_table(
             "Heartbeat",
             "LocateSources",
             "UpdateHoldings",
+            "ListFiles",
         ] {
             let r = &index["rpcs"][rpc];
             println!(

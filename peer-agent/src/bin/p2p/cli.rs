@@ -155,11 +155,16 @@ pub enum Command {
             HOLDERS is online holders / complete copies. LOCAL is the share of \
             the file on this machine (\"-\" when none). ID is abbreviated; any \
             unique prefix works wherever a file is expected.\n\n\
+            The table shows one page (100 entries unless --limit says \
+            otherwise) and says on stderr which page it is and how to get \
+            the next; --all prints every entry. With --json, every entry \
+            is printed unless --page or --limit asks for one page, so \
+            scripts see what they always did.\n\n\
             With --watch, the table is printed again whenever it changes \
             (files published or removed, holders coming and going, this \
             agent's downloads moving) until Ctrl-C; with --json, one JSON \
             line per change.",
-        after_help = "Examples:\n  p2p ls\n  p2p ls .iso\n  p2p ls --watch\n  p2p --json ls | jq '.files[].name'"
+        after_help = "Examples:\n  p2p ls\n  p2p ls .iso\n  p2p ls --sort size --desc --page 2\n  p2p ls --owner ann --kind folder\n  p2p ls --watch\n  p2p ls --all > every-file.txt\n  p2p --json ls | jq '.files[].name'"
     )]
     Ls {
         /// Show only files whose name contains this (case-insensitive).
@@ -167,19 +172,31 @@ pub enum Command {
         /// Keep listing: print the table again at every change.
         #[arg(long, short = 'w')]
         watch: bool,
+        #[command(flatten)]
+        page: LsPage,
     },
 
-    /// Publish local files to the network.
+    /// Publish local files and folders to the network.
     #[command(
-        long_about = "Publish local files to the network. The agent hashes each \
-            file into chunks, publishes its manifest to the index and serves it \
-            from where it is (the file is not copied). Prints each file's id.\n\n\
+        long_about = "Publish local files and folders to the network. The agent \
+            hashes each file into chunks, publishes its manifest to the index and \
+            serves it from where it is (the file is not copied). Prints each \
+            file's id.\n\n\
+            A folder is one entry: every regular file under it, with its path, \
+            and its empty folders. Symbolic links (to files or folders, inside \
+            the folder or out of it), sockets, FIFOs and devices are skipped and \
+            listed, never followed, so nothing outside the folder is shared. \
+            Names must be UTF-8 without control characters or `..`, at most 255 \
+            bytes each, and a folder holds at most 100,000 entries. A file edited \
+            or deleted inside a shared folder stops the folder being served \
+            until you share it again.\n\n\
             Paths are made absolute here and read by the agent, so the agent \
             must be able to read them.",
-        after_help = "Examples:\n  p2p share report.pdf\n  p2p share ~/isos/*.iso"
+        after_help = "Examples:\n  p2p share report.pdf\n  p2p share ~/isos/*.iso\n  \
+            p2p share ~/courses/networks"
     )]
     Share {
-        /// Files to share.
+        /// Files or folders to share.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// A file shared before and changed since replaces its old entry:
@@ -520,4 +537,53 @@ mod tests {
     fn share_needs_a_path() {
         assert!(Cli::try_parse_from(["p2p", "share"]).is_err());
     }
+}
+
+/// Which page of `p2p ls`, in which order, of which entries.
+#[derive(Debug, Args, Default)]
+pub struct LsPage {
+    /// Only entries this user published (exact username).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Only files, or only folders.
+    #[arg(long, value_enum)]
+    pub kind: Option<LsKind>,
+    /// The order: name, size, date (added) or holders; newest first when
+    /// not given.
+    #[arg(long, value_enum)]
+    pub sort: Option<LsSort>,
+    /// Largest (Z, newest, most held) first.
+    #[arg(long)]
+    pub desc: bool,
+    /// The page to print, 1 for the first.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub page: Option<u32>,
+    /// Entries per page (1 to 1000; 100 unless given).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+    /// Print every entry instead of one page.
+    #[arg(long, conflicts_with_all = ["page", "limit"])]
+    pub all: bool,
+}
+
+/// `p2p ls --kind`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LsKind {
+    /// Single files.
+    File,
+    /// Shared folders.
+    Folder,
+}
+
+/// `p2p ls --sort`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LsSort {
+    /// By name, ignoring case.
+    Name,
+    /// By size.
+    Size,
+    /// By when it was first shared.
+    Date,
+    /// By how many agents hold it.
+    Holders,
 }

@@ -18,13 +18,14 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::cli::{
-    AgentArgs, Command, InviteArgs, JoinTokensCommand, LoginArgs, PasswordArgs, UsersCommand,
+    AgentArgs, Command, InviteArgs, JoinTokensCommand, LoginArgs, LsKind, LsPage, LsSort,
+    PasswordArgs, UsersCommand,
 };
 use crate::error::{Error, Subject, explain, is_broken_connection};
 use crate::progress::Progress;
 use crate::view::{
-    self, DownloadEvent, FileRow, InviteView, JoinTokenRow, PeerRow, SharedFile, StatusView,
-    UserRow, WebLinkView,
+    self, DownloadEvent, FileRow, FolderRow, InviteView, JoinTokenRow, PeerRow, SharedFile,
+    StatusView, UserRow, WebLinkView,
 };
 
 /// How output is written: JSON documents for scripts or text for people.
@@ -186,11 +187,13 @@ pub async fn run(session: &mut Session, command: Command) -> Result<(), Error> {
         Command::Ls {
             filter,
             watch: false,
-        } => ls(session, filter.unwrap_or_default()).await,
+            page,
+        } => ls(session, filter.unwrap_or_default(), page).await,
         Command::Ls {
             filter,
             watch: true,
-        } => ls_watch(session, filter.unwrap_or_default()).await,
+            page,
+        } => ls_watch(session, filter.unwrap_or_default(), page).await,
         Command::Share { paths, replace } => share(session, paths, replace).await,
         Command::Get {
             file,
@@ -275,27 +278,144 @@ async fn logout(session: &mut Session) -> Result<(), Error> {
     Ok(())
 }
 
-async fn ls(session: &mut Session, filter: String) -> Result<(), Error> {
-    let response = session
-        .client
-        .list_files(agent::ListFilesRequest {
-            name_contains: filter.clone(),
-        })
-        .await
-        .map_err(|s| explain(s, Subject::General))?
-        .into_inner();
-    print_files(session, &filter, response);
+/// Entries per page of `p2p ls` when `--limit` is not given.
+const LS_PAGE: u32 = 100;
+
+/// What `p2p ls` asks the agent for: one page (`page_size` > 0) or all.
+fn ls_request(filter: &str, page: &LsPage, json: bool) -> agent::ListFilesRequest {
+    let all = page.all || (json && page.page.is_none() && page.limit.is_none());
+    agent::ListFilesRequest {
+        name_contains: filter.to_string(),
+        page_size: if all {
+            0
+        } else {
+            page.limit.unwrap_or(LS_PAGE)
+        },
+        page_token: String::new(),
+        sort: match page.sort {
+            None => index::FileSort::Unspecified,
+            Some(LsSort::Name) => index::FileSort::Name,
+            Some(LsSort::Size) => index::FileSort::Size,
+            Some(LsSort::Date) => index::FileSort::Added,
+            Some(LsSort::Holders) => index::FileSort::Holders,
+        } as i32,
+        descending: page.desc,
+        owner_name: page.owner.clone().unwrap_or_default(),
+        kind: page.kind.map(|k| match k {
+            LsKind::File => index::EntryKind::File as i32,
+            LsKind::Folder => index::EntryKind::Folder as i32,
+        }),
+        include_total: !all,
+    }
+}
+
+async fn ls(session: &mut Session, filter: String, page: LsPage) -> Result<(), Error> {
+    if filter.contains('/') {
+        return ls_folder(session, filter).await;
+    }
+    let mut request = ls_request(&filter, &page, session.out.json);
+    let wanted = page.page.unwrap_or(1);
+    let mut response;
+    let mut number = 1;
+    let mut total = None;
+    loop {
+        response = session
+            .client
+            .list_files(request.clone())
+            .await
+            .map_err(|s| explain(s, Subject::General))?
+            .into_inner();
+        total = total.or(response.total_count);
+        if number == wanted || response.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = std::mem::take(&mut response.next_page_token);
+        request.include_total = false;
+        number += 1;
+    }
+    if request.page_size > 0 {
+        if number < wanted {
+            eprintln!("there are only {number} pages; this is the last");
+        }
+        let pages = total.map(|t| t.div_ceil(u64::from(request.page_size)).max(1));
+        let mut hint = match (pages, total) {
+            (Some(pages), Some(total)) => format!("page {number} of {pages} ({total} entries)"),
+            _ => format!("page {number}"),
+        };
+        if !response.next_page_token.is_empty() {
+            hint.push_str(&format!(
+                "; next: --page {}, or --all for every entry",
+                number + 1
+            ));
+        }
+        eprintln!("{hint}");
+    }
+    let narrowed = page.owner.is_some() || page.kind.is_some();
+    print_files(session, &filter, narrowed, response);
+    Ok(())
+}
+
+/// `p2p ls NAME/path`: what is inside a folder entry, every page.
+async fn ls_folder(session: &mut Session, path: String) -> Result<(), Error> {
+    let mut rows = Vec::new();
+    let mut header = None;
+    loop {
+        let page = session
+            .client
+            .list_folder(agent::ListFolderRequest {
+                path: path.clone(),
+                offset: rows.len() as u32,
+                limit: 1000,
+            })
+            .await
+            .map_err(|s| explain(s, Subject::File(&path)))?
+            .into_inner();
+        let done =
+            page.entries.is_empty() || rows.len() + page.entries.len() >= page.total as usize;
+        rows.extend(page.entries.iter().map(FolderRow::from_proto));
+        header.get_or_insert(page);
+        if done {
+            break;
+        }
+    }
+    let header = header.unwrap_or_default();
+    if session.out.json {
+        #[derive(Serialize)]
+        struct Listing<'a> {
+            folder: Option<FileRow>,
+            path: &'a str,
+            entries: &'a [FolderRow],
+        }
+        session.out.json(&Listing {
+            folder: header.folder.map(FileRow::from_proto),
+            path: &header.path,
+            entries: &rows,
+        });
+        return Ok(());
+    }
+    for row in &rows {
+        println!("{}", row.line());
+    }
+    if let Some(problem) = header
+        .folder
+        .as_ref()
+        .map(|f| f.local_problem.as_str())
+        .filter(|p| !p.is_empty())
+    {
+        eprintln!("this agent's copy: {problem}");
+    }
     Ok(())
 }
 
 /// `p2p ls --watch`: the listing again at every change, until Ctrl-C or
 /// the agent stops.
-async fn ls_watch(session: &mut Session, filter: String) -> Result<(), Error> {
+async fn ls_watch(session: &mut Session, filter: String, page: LsPage) -> Result<(), Error> {
+    let mut request = ls_request(&filter, &page, session.out.json);
+    request.include_total = false;
+    let narrowed = page.owner.is_some() || page.kind.is_some();
     let mut stream = session
         .client
-        .watch_files(agent::ListFilesRequest {
-            name_contains: filter.clone(),
-        })
+        .watch_files(request)
         .await
         .map_err(|s| explain(s, Subject::General))?
         .into_inner();
@@ -314,7 +434,7 @@ async fn ls_watch(session: &mut Session, filter: String) -> Result<(), Error> {
                     println!("{}", chrono::Local::now().format("%H:%M:%S"));
                 }
                 first = false;
-                print_files(session, &filter, listing);
+                print_files(session, &filter, narrowed, listing);
             }
             None => {
                 return Err(explain(
@@ -326,7 +446,13 @@ async fn ls_watch(session: &mut Session, filter: String) -> Result<(), Error> {
     }
 }
 
-fn print_files(session: &Session, filter: &str, response: agent::ListFilesResponse) {
+/// Prints a listing; `narrowed` when an owner or kind filter was given.
+fn print_files(
+    session: &Session,
+    filter: &str,
+    narrowed: bool,
+    response: agent::ListFilesResponse,
+) {
     let rows: Vec<FileRow> = response
         .files
         .into_iter()
@@ -338,6 +464,8 @@ fn print_files(session: &Session, filter: &str, response: agent::ListFilesRespon
             files: Vec<FileRow>,
         }
         session.out.json(&Files { files: rows });
+    } else if rows.is_empty() && narrowed {
+        println!("no entry matches these filters");
     } else if rows.is_empty() && filter.is_empty() {
         println!("no files in the network yet: share one with `p2p share PATH`");
     } else if rows.is_empty() {
@@ -372,6 +500,11 @@ async fn share(session: &mut Session, paths: Vec<PathBuf>, replace: bool) -> Res
                 .map_err(|s| explain(s, Subject::Path(&shown)))?;
             let Some(message) = message else { break };
             progress.update(message.hashed_bytes, message.total_bytes, None);
+            for entry in &message.skipped {
+                eprintln!(
+                    "{shown}: skipped {entry} (a symbolic link or special file; never followed)"
+                );
+            }
             if let Some(file) = message.file {
                 result = Some(SharedFile::from_proto(
                     shown.clone(),
@@ -481,6 +614,7 @@ async fn cancel(session: &mut Session, file: String) -> Result<(), Error> {
         .client
         .list_files(agent::ListFilesRequest {
             name_contains: file.clone(),
+            ..Default::default()
         })
         .await
         .map_err(|s| explain(s, Subject::File(&file)))?

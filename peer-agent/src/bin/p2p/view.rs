@@ -11,6 +11,44 @@ use serde::Serialize;
 
 use crate::format::{self, Align, Table};
 
+/// One entry inside a folder, as `p2p ls NAME/` shows it.
+#[derive(Debug, Serialize)]
+pub struct FolderRow {
+    pub name: String,
+    pub is_folder: bool,
+    pub size_bytes: u64,
+    /// Files in it, subfolders included; 1 for a file.
+    pub file_count: u32,
+}
+
+impl FolderRow {
+    /// The row for one `FolderEntry` from the agent.
+    pub fn from_proto(entry: &agent::FolderEntry) -> Self {
+        Self {
+            name: entry.name.clone(),
+            is_folder: entry.is_folder,
+            size_bytes: entry.size_bytes,
+            file_count: entry.file_count,
+        }
+    }
+
+    /// One line for people: size, then the name (a folder's ends in `/`
+    /// and says how many files it holds).
+    pub fn line(&self) -> String {
+        let size = format::bytes(self.size_bytes);
+        if self.is_folder {
+            let files = if self.file_count == 1 {
+                "file"
+            } else {
+                "files"
+            };
+            format!("{size:>10}  {}/  ({} {files})", self.name, self.file_count)
+        } else {
+            format!("{size:>10}  {}", self.name)
+        }
+    }
+}
+
 /// One network file as `p2p ls` shows it.
 #[derive(Debug, Serialize)]
 pub struct FileRow {
@@ -481,6 +519,7 @@ pub struct Counters {
     pub chunks_rejected: u64,
     pub chunks_from_partial_sources: u64,
     pub chunks_served_while_downloading: u64,
+    pub chunks_served_framed: u64,
 }
 
 /// `p2p web`: the one-time link into the agent's web app.
@@ -602,6 +641,7 @@ impl StatusView {
                 chunks_rejected: c.chunks_rejected,
                 chunks_from_partial_sources: c.chunks_from_partial_sources,
                 chunks_served_while_downloading: c.chunks_served_while_downloading,
+                chunks_served_framed: c.chunks_served_framed,
             },
         }
     }
@@ -689,10 +729,11 @@ impl StatusView {
             (
                 "uploaded",
                 format!(
-                    "{} in {} chunks ({} while downloading)",
+                    "{} in {} chunks ({} while downloading, {} as frames)",
                     format::bytes(c.bytes_uploaded),
                     c.chunks_served,
-                    c.chunks_served_while_downloading
+                    c.chunks_served_while_downloading,
+                    c.chunks_served_framed
                 ),
             ),
             (

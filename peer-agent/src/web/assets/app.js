@@ -7,6 +7,9 @@
 function followLive(element) {
   const note = document.querySelector(".live-note");
   const source = new EventSource(element.dataset.live);
+  // A browser keeps at most six connections to the agent: a page being
+  // left (or kept in the back-forward cache) gives its feed's back at once.
+  window.addEventListener("pagehide", () => source.close());
   // A form being submitted must not be replaced under the browser's feet.
   let submitting = false;
   element.addEventListener("submit", () => {
@@ -28,6 +31,42 @@ function followLive(element) {
       }
     }
     if (note) note.textContent = "Updates live.";
+  });
+  // Row by row (the Files page): a "row" event carries one row, added,
+  // updated or moved after the row its data-after names; "remove" names a
+  // row to take away; "total" is the new count of matches.
+  const rowIn = (id) => id ? element.querySelector('tr[data-file-id="' + CSS.escape(id) + '"]') : null;
+  source.addEventListener("row", (event) => {
+    if (submitting) return;
+    const template = document.createElement("template");
+    template.innerHTML = event.data;
+    const row = template.content.querySelector("tr[data-file-id]");
+    if (!row) return;
+    const old = rowIn(row.dataset.fileId);
+    if (old && old.contains(document.activeElement)) {
+      // Keep the row the user is working in; update its cells only.
+      old.querySelectorAll("td:not(.actions)").forEach((cell, i) => {
+        const fresh = row.querySelectorAll("td:not(.actions)")[i];
+        if (fresh) cell.replaceWith(fresh.cloneNode(true));
+      });
+      return;
+    }
+    if (old) old.remove();
+    element.querySelectorAll("tr.empty").forEach((r) => r.remove());
+    const after = rowIn(row.dataset.after);
+    delete row.dataset.after;
+    if (after) after.after(row);
+    else element.prepend(row);
+    if (note) note.textContent = "Updates live.";
+  });
+  source.addEventListener("remove", (event) => {
+    if (submitting) return;
+    const old = rowIn(event.data);
+    if (old) old.remove();
+  });
+  source.addEventListener("total", (event) => {
+    const total = document.getElementById("files-total");
+    if (total) total.textContent = event.data;
   });
   source.addEventListener("ended", () => {
     source.close();

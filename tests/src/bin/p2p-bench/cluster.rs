@@ -3,12 +3,13 @@
 //! with the index, and the `p2p` commands that share a file or ask an agent
 //! for its status. Every one is a [`Proc`] owned by its caller.
 
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use p2p_tests::netns::Host;
+use p2p_tests::netns::{Host, Lan};
 
 use crate::process::{Proc, bin, spawn, wait_until};
 
@@ -23,9 +24,11 @@ pub fn set_up_tls(data_path_tls: bool) -> Result<()> {
     Ok(())
 }
 
-/// Points `command` at the run's CA and at the certificate for `ip`.
-fn with_tls(command: &mut Command, ip: &str) -> Result<()> {
-    let (dir, data_path_tls) = TLS.get().context("TLS is set up first in main")?;
+/// The run's CA certificate, and the certificate and key for `ip` (made
+/// on first use): the files every process of the run, nginx included,
+/// presents or trusts.
+pub fn tls_files(ip: &str) -> Result<[std::path::PathBuf; 3]> {
+    let (dir, _) = TLS.get().context("TLS is set up first in main")?;
     let certs = p2p_services::tls::issue::CertDir::new(dir.path());
     let (ca, _) = certs.ensure_ca()?;
     let name = format!("host-{ip}");
@@ -36,11 +39,18 @@ fn with_tls(command: &mut Command, ip: &str) -> Result<()> {
         p2p_services::tls::issue::Role::Agent,
         false,
     )?;
+    Ok([certs.ca_cert(), certs.cert(&name), certs.key(&name)])
+}
+
+/// Points `command` at the run's CA and at the certificate for `ip`.
+fn with_tls(command: &mut Command, ip: &str) -> Result<()> {
+    let (_, data_path_tls) = TLS.get().context("TLS is set up first in main")?;
+    let [ca, cert, key] = tls_files(ip)?;
     command
-        .env("P2P_TLS_CA", certs.ca_cert())
-        .env("P2P_TLS_CERT", certs.cert(&name))
-        .env("P2P_TLS_KEY", certs.key(&name));
-    if !data_path_tls {
+        .env("P2P_TLS_CA", ca)
+        .env("P2P_TLS_CERT", cert)
+        .env("P2P_TLS_KEY", key);
+    if !*data_path_tls {
         command.env("P2P_PEER_INSECURE_PLAINTEXT", "true");
     }
     Ok(())
@@ -141,9 +151,51 @@ pub fn start_agent(
     Ok(proc)
 }
 
+/// The P2P processes of a benchmark LAN: auth-svc and index-svc on host
+/// 0, the seeder's agent on host 1, one agent per downloader on hosts 2..
+pub struct LanAgents {
+    /// auth-svc, then index-svc.
+    pub services: Vec<Proc>,
+    pub seeder: Proc,
+    pub peers: Vec<Proc>,
+}
+
+/// Starts [`LanAgents`] for `n` downloaders on `lan`, data dirs `seeder`
+/// and `peerI` under `dir`; the seeder gets `seeder_env`, the others `env`.
+pub fn start_lan_agents(
+    lan: &Lan,
+    n: usize,
+    dir: &Path,
+    seeder_env: &[(String, String)],
+    env: &[(String, String)],
+) -> Result<LanAgents> {
+    let services = lan.host(0);
+    let mut procs = Vec::new();
+    start_services(services, dir, &mut procs)?;
+    let seeder = start_agent(lan.host(1), services, dir, "seeder", seeder_env)?;
+    let peers = (0..n)
+        .map(|i| start_agent(lan.host(i + 2), services, dir, &format!("peer{i}"), env))
+        .collect::<Result<_>>()?;
+    Ok(LanAgents {
+        services: procs,
+        seeder,
+        peers,
+    })
+}
+
 /// Starts agent number `i` on loopback (no namespaces), with the services
 /// of [`start_services`] on loopback too, and waits until it is registered.
 pub fn start_loopback_agent(dir: &Path, name: &str, i: u16) -> Result<Proc> {
+    start_loopback_agent_with(dir, name, i, &[])
+}
+
+/// [`start_loopback_agent`] with more environment for the agent.
+pub fn start_loopback_agent_with(
+    dir: &Path,
+    name: &str,
+    i: u16,
+    env: &[(&str, &str)],
+) -> Result<Proc> {
     let data = dir.join(name);
     std::fs::create_dir_all(&data)?;
     let mut agent = Command::new(bin("peer-agent")?);
@@ -164,7 +216,8 @@ pub fn start_loopback_agent(dir: &Path, name: &str, i: u16) -> Result<Proc> {
         .arg(&data)
         .env("P2P_USER", "admin")
         .env("P2P_PASSWORD", ADMIN_PASSWORD)
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied());
     with_tls(&mut agent, "127.0.0.1")?;
     let proc = spawn(agent, "peer-agent", &dir.join(format!("{name}.log")))?;
     let p2p = bin("p2p")?;
@@ -186,6 +239,36 @@ pub fn share(mut p2p: Command, data: &Path, file: &Path) -> Result<()> {
         bail!("share failed: {}", String::from_utf8_lossy(&shared.stderr));
     }
     Ok(())
+}
+
+/// Starts `p2p` (the `Command`, on whichever host runs it) `--json get
+/// NAME -o OUT` through the agent with data dir `data`; its stderr is kept
+/// for [`finished`].
+pub fn get(mut p2p: Command, data: &Path, name: &str, out: &Path) -> Result<Proc> {
+    let child = p2p
+        .env("P2P_DATA_DIR", data)
+        .args(["--json", "get", name, "-o"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    Ok(Proc(child))
+}
+
+/// Whether the `p2p get` of [`get`] returned; an error with what it
+/// printed when it failed.
+pub fn finished(get: &mut Proc) -> Result<bool> {
+    let Some(status) = get.0.try_wait()? else {
+        return Ok(false);
+    };
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = get.0.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("a download failed: {err}");
+    }
+    Ok(true)
 }
 
 /// What `p2p` (the `Command`, on whichever host runs it) `--json status`

@@ -1,7 +1,13 @@
-//! `p2p-bench datapath`: one FetchChunks source to one downloader on
-//! loopback, against a raw TCP copy of the same bytes between two
-//! processes (this binary's hidden `tcp-source` and `tcp-sink`
-//! subcommands), with both agents' CPU time and peak RSS.
+//! `p2p-bench datapath`: one source to one downloader on loopback with TLS,
+//! in the same run and interleaved, `--runs` times: a raw TCP copy between
+//! two processes that writes and fsyncs (this binary's hidden `tcp-source`
+//! and `tcp-sink` subcommands), two agents moving chunks as `p2p-chunks/1`
+//! frames, two agents kept to FetchChunks (`--no-chunk-framing`, the path
+//! every agent used before the framing), and `curl` fetching the file over
+//! HTTPS from nginx (one worker, certificate from our own CA), its output
+//! fsynced too. For each: throughput, CPU seconds per GiB on each side
+//! (only what was spent during the transfer) and the load average when it
+//! ran; the medians with their range.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,145 +18,376 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use p2p_tests::netns::Host;
 
-use crate::cluster::{self, start_loopback_agent, start_services};
+use crate::cluster::{self, start_loopback_agent_with, start_services};
 use crate::payload::{file_hash, random_file};
-use crate::process::bin;
+use crate::process::{Proc, bin, spawn, wait_until};
 use crate::usage::{cpu_seconds, peak_rss_bytes};
 
-/// Runs the benchmark on a `size_mib` file; prints the figures and writes
-/// `datapath.json` to `out`.
-pub fn datapath(out: &Path, size_mib: u64) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let size = size_mib << 20;
-    let source = dir.path().join("payload.bin");
-    random_file(&source, size, 7)?;
-    let me = std::env::current_exe()?;
+/// Where nginx listens.
+const NGINX_PORT: u16 = 50443;
+const GIB: f64 = (1u64 << 30) as f64;
 
-    // Raw TCP baselines: two processes, kernel loopback, 1 MiB reads; once
-    // dropping the bytes, once writing them to a file and fsyncing it (what
-    // a download has to do as well).
-    let tcp_s = raw_tcp_copy(&me, &source, None)?;
-    let tcp_bps = size as f64 / tcp_s;
-    let tcp_disk_s = raw_tcp_copy(&me, &source, Some(&dir.path().join("tcp-copy.bin")))?;
-    let tcp_disk_bps = size as f64 / tcp_disk_s;
-    let _ = std::fs::remove_file(dir.path().join("tcp-copy.bin"));
+/// What is measured side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Case {
+    RawTcp,
+    Framed,
+    FetchChunks,
+    CurlNginx,
+}
 
-    // FetchChunks: services and two agents on loopback.
-    let mut procs = Vec::new();
-    let local = Host::loopback();
-    start_services(&local, dir.path(), &mut procs)?;
-    let a = start_loopback_agent(dir.path(), "a", 0)?;
-    let b = start_loopback_agent(dir.path(), "b", 1)?;
-    let p2p = bin("p2p")?;
-    cluster::share(Command::new(&p2p), &dir.path().join("a"), &source)?;
-    let copy = dir.path().join("copy.bin");
-    let started = Instant::now();
-    let mut get = Command::new(&p2p)
-        .env("P2P_DATA_DIR", dir.path().join("b"))
-        .args(["--json", "get", "payload.bin", "-o"])
-        .arg(&copy)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    // When the last chunk was in: the agent's progress stream sends each
-    // state when the next one begins, so the last `downloading` line leaves
-    // as verification starts. The rest is the whole-file hash, fsync and
-    // rename.
-    let mut chunks_in_s = None;
-    for line in std::io::BufRead::lines(std::io::BufReader::new(
-        get.stdout.take().context("get stdout")?,
-    )) {
-        if line?.contains("\"downloading\"") {
-            chunks_in_s = Some(started.elapsed().as_secs_f64());
+impl Case {
+    const ALL: [Case; 4] = [
+        Case::RawTcp,
+        Case::Framed,
+        Case::FetchChunks,
+        Case::CurlNginx,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Case::RawTcp => "raw TCP + fsync",
+            Case::Framed => "agents, p2p-chunks/1 frames",
+            Case::FetchChunks => "agents, FetchChunks",
+            Case::CurlNginx => "curl + nginx (HTTPS) + fsync",
         }
     }
-    let got = get.wait_with_output()?;
-    let ours_s = started.elapsed().as_secs_f64();
-    if !got.status.success() {
-        bail!("download failed: {}", String::from_utf8_lossy(&got.stderr));
+
+    fn key(self) -> &'static str {
+        match self {
+            Case::RawTcp => "raw_tcp_fsync",
+            Case::Framed => "framed",
+            Case::FetchChunks => "fetchchunks",
+            Case::CurlNginx => "curl_nginx",
+        }
     }
-    let chunks_in_s = chunks_in_s.unwrap_or(ours_s);
-    if file_hash(&copy)? != file_hash(&source)? {
-        bail!("downloaded copy differs");
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    seconds: f64,
+    source_cpu_s: f64,
+    downloader_cpu_s: f64,
+    source_rss: u64,
+    downloader_rss: u64,
+    load: f64,
+}
+
+/// Runs the benchmark `runs` times on a `size_mib` file; prints the figures
+/// and writes them to the JSON file `out`.
+pub fn datapath(out: &Path, size_mib: u64, runs: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let size = size_mib << 20;
+    let me = std::env::current_exe()?;
+    let mut procs = Vec::new();
+    start_services(&Host::loopback(), dir.path(), &mut procs)?;
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www)?;
+    let nginx = start_nginx(dir.path(), &www)?;
+    let ca = cluster::tls_files("127.0.0.1")?[0].clone();
+
+    let mut samples: Vec<(Case, Sample)> = Vec::new();
+    for run in 0..runs {
+        // One file for the raw copy and curl (served from www), one per
+        // agent pair (each pair shares its own content, so no agent of an
+        // earlier run is ever a source).
+        let plain = www.join("payload.bin");
+        random_file(&plain, size, 1000 + run as u64)?;
+        for case in Case::ALL {
+            let sample = match case {
+                Case::RawTcp => raw_tcp_copy(&me, &plain, &dir.path().join("tcp-copy.bin"))?,
+                Case::CurlNginx => curl(&nginx, &ca, &dir.path().join("curl-copy.bin"), &plain)?,
+                Case::Framed | Case::FetchChunks => {
+                    agents(dir.path(), case, run, size, case == Case::FetchChunks)?
+                }
+            };
+            println!(
+                "run {run}: {:<30} {:>8.1} MiB/s  source {:.2} CPU-s/GiB  downloader {:.2} CPU-s/GiB  load {:.2}",
+                case.name(),
+                size as f64 / sample.seconds / 1048576.0,
+                sample.source_cpu_s / (size as f64 / GIB),
+                sample.downloader_cpu_s / (size as f64 / GIB),
+                sample.load
+            );
+            samples.push((case, sample));
+        }
+        let _ = std::fs::remove_file(&plain);
     }
-    let ours_bps = size as f64 / ours_s;
-    let rss_a = peak_rss_bytes(a.0.id()).unwrap_or(0);
-    let rss_b = peak_rss_bytes(b.0.id()).unwrap_or(0);
-    let ratio = ours_bps / tcp_bps;
-    let transfer_bps = size as f64 / chunks_in_s;
-    let (cpu_a, cpu_b) = (
-        cpu_seconds(a.0.id()).unwrap_or(0.0),
-        cpu_seconds(b.0.id()).unwrap_or(0.0),
-    );
-    println!("data path, {size_mib} MiB on loopback:");
-    println!("  raw TCP     {:>8.1} MiB/s", tcp_bps / 1048576.0);
-    println!(
-        "  raw TCP to a file + fsync {:>8.1} MiB/s",
-        tcp_disk_bps / 1048576.0
-    );
-    println!(
-        "  FetchChunks {:>8.1} MiB/s  ({:.1}% of raw TCP, includes hashing and the final whole-file check)",
-        ours_bps / 1048576.0,
-        ratio * 100.0
-    );
-    println!(
-        "  chunks only {:>8.1} MiB/s  ({:.1}% of raw TCP: until the last chunk was verified and written, {:.2} s of {:.2} s)",
-        transfer_bps / 1048576.0,
-        transfer_bps / tcp_bps * 100.0,
-        chunks_in_s,
-        ours_s
-    );
-    println!(
-        "  vs raw TCP to a file: {:.1}% (whole download), {:.1}% (chunks only)",
-        ours_bps / tcp_disk_bps * 100.0,
-        transfer_bps / tcp_disk_bps * 100.0
-    );
-    println!("  CPU time    source agent {cpu_a:.2} s, downloading agent {cpu_b:.2} s");
-    println!(
-        "  peak RSS    source agent {:.1} MiB, downloading agent {:.1} MiB",
-        rss_a as f64 / 1048576.0,
-        rss_b as f64 / 1048576.0
-    );
-    let json = serde_json::json!({
-        "size_bytes": size, "raw_tcp_bytes_per_s": tcp_bps, "fetchchunks_bytes_per_s": ours_bps,
-        "ratio": ratio, "source_agent_peak_rss_bytes": rss_a, "downloader_agent_peak_rss_bytes": rss_b,
-        "raw_tcp_s": tcp_s, "raw_tcp_to_file_s": tcp_disk_s, "raw_tcp_to_file_bytes_per_s": tcp_disk_bps,
-        "ratio_to_raw_tcp_to_file": ours_bps / tcp_disk_bps, "fetchchunks_s": ours_s, "last_chunk_in_s": chunks_in_s,
-        "chunks_only_bytes_per_s": transfer_bps, "chunks_only_ratio": transfer_bps / tcp_bps,
-        "source_agent_cpu_s": cpu_a, "downloader_agent_cpu_s": cpu_b,
-    });
+
+    let gib = size as f64 / GIB;
+    println!("\ndata path, {size_mib} MiB on loopback with TLS, median [min–max] of {runs}:");
+    let mut json = serde_json::Map::new();
+    json.insert("size_bytes".into(), size.into());
+    json.insert("runs".into(), runs.into());
+    let raw_median = figures(&samples, Case::RawTcp, |s| size as f64 / s.seconds).0;
+    for case in Case::ALL {
+        let mibs = figures(&samples, case, |s| size as f64 / s.seconds / 1048576.0);
+        let src = figures(&samples, case, |s| s.source_cpu_s / gib);
+        let dst = figures(&samples, case, |s| s.downloader_cpu_s / gib);
+        let load = figures(&samples, case, |s| s.load);
+        let share = figures(&samples, case, |s| {
+            size as f64 / s.seconds / raw_median * 100.0
+        });
+        println!(
+            "  {:<30} {} MiB/s ({} % of raw)  source {} CPU-s/GiB  downloader {} CPU-s/GiB  load {}",
+            case.name(),
+            show(mibs, 0),
+            show(share, 0),
+            show(src, 2),
+            show(dst, 2),
+            show(load, 2)
+        );
+        let rss = samples
+            .iter()
+            .filter(|(c, _)| *c == case)
+            .map(|(_, s)| (s.source_rss, s.downloader_rss))
+            .fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)));
+        json.insert(
+            case.key().into(),
+            serde_json::json!({
+                "mib_per_s": triple(mibs), "percent_of_raw_tcp": triple(share),
+                "source_cpu_s_per_gib": triple(src), "downloader_cpu_s_per_gib": triple(dst),
+                "load_average": triple(load),
+                "source_peak_rss_bytes": rss.0, "downloader_peak_rss_bytes": rss.1,
+            }),
+        );
+    }
     std::fs::write(
-        out.join("datapath.json"),
-        serde_json::to_string_pretty(&json)?,
+        out,
+        serde_json::to_string_pretty(&serde_json::Value::Object(json))?,
     )?;
-    println!("wrote {}/datapath.json", out.display());
-    drop((a, b, procs));
+    println!("wrote {}", out.display());
+    drop((nginx, procs));
     Ok(())
 }
 
-/// Seconds one raw TCP copy of `source` takes between two processes.
-fn raw_tcp_copy(me: &Path, source: &Path, to_file: Option<&Path>) -> Result<f64> {
-    let mut sink = Command::new(me);
-    sink.args(["tcp-sink", "127.0.0.1:0"]);
-    if let Some(path) = to_file {
-        sink.arg("--to-file").arg(path);
+/// One case's values of `f`, as (median, min, max).
+fn figures(samples: &[(Case, Sample)], case: Case, f: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
+    let v: Vec<f64> = samples
+        .iter()
+        .filter(|(c, _)| *c == case)
+        .map(|(_, s)| f(s))
+        .collect();
+    median(&v)
+}
+
+/// (median, min, max) of `v`.
+fn median(v: &[f64]) -> (f64, f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => (0.0, 0.0, 0.0),
+        n => (v[n / 2], v[0], v[n - 1]),
     }
-    let mut sink = sink.stdout(Stdio::piped()).spawn()?;
+}
+
+fn show((median, min, max): (f64, f64, f64), digits: usize) -> String {
+    format!("{median:.digits$} [{min:.digits$}–{max:.digits$}]")
+}
+
+fn triple((median, min, max): (f64, f64, f64)) -> serde_json::Value {
+    serde_json::json!({ "median": median, "min": min, "max": max })
+}
+
+/// The 1-minute load average now.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Two fresh agents on loopback: `a` shares a new file, `b` gets it, each
+/// one's CPU counted from just before the get to just after.
+fn agents(
+    dir: &Path,
+    case: Case,
+    run: usize,
+    size: u64,
+    fetch_chunks_only: bool,
+) -> Result<Sample> {
+    let here = dir.join(format!("{}-{run}", case.key()));
+    std::fs::create_dir_all(&here)?;
+    let env: &[(&str, &str)] = if fetch_chunks_only {
+        &[("P2P_NO_CHUNK_FRAMING", "true")]
+    } else {
+        &[]
+    };
+    let slot = if fetch_chunks_only { 2 } else { 0 };
+    let a = start_loopback_agent_with(&here, "a", slot, env)?;
+    let b = start_loopback_agent_with(&here, "b", slot + 1, env)?;
+    let name = format!("payload-{}-{run}.bin", case.key());
+    let source = here.join(&name);
+    random_file(&source, size, 2000 + run as u64 * 10 + slot as u64)?;
+    let p2p = bin("p2p")?;
+    cluster::share(Command::new(&p2p), &here.join("a"), &source)?;
+    let copy = here.join("copy.bin");
+    let load = load_average();
+    let (cpu_a, cpu_b) = (cpu_seconds(a.0.id()), cpu_seconds(b.0.id()));
+    let started = Instant::now();
+    let got = Command::new(&p2p)
+        .env("P2P_DATA_DIR", here.join("b"))
+        .args(["--json", "get", &name, "-o"])
+        .arg(&copy)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !got.status.success() {
+        bail!("download failed: {}", String::from_utf8_lossy(&got.stderr));
+    }
+    let sample = Sample {
+        seconds,
+        source_cpu_s: cpu_seconds(a.0.id()).unwrap_or(0.0) - cpu_a.unwrap_or(0.0),
+        downloader_cpu_s: cpu_seconds(b.0.id()).unwrap_or(0.0) - cpu_b.unwrap_or(0.0),
+        source_rss: peak_rss_bytes(a.0.id()).unwrap_or(0),
+        downloader_rss: peak_rss_bytes(b.0.id()).unwrap_or(0),
+        load,
+    };
+    if file_hash(&copy)? != file_hash(&source)? {
+        bail!("downloaded copy differs");
+    }
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&here);
+    Ok(sample)
+}
+
+/// nginx serving `www` over HTTPS on loopback with the run's certificate
+/// for 127.0.0.1: one process, no master, access log off.
+fn start_nginx(dir: &Path, www: &Path) -> Result<Proc> {
+    let [_, cert, key] = cluster::tls_files("127.0.0.1")?;
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(&prefix)?;
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\nuser root;\n\
+             error_log {p}/error.log;\npid {p}/nginx.pid;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
+               fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+               server {{\n    listen 127.0.0.1:{NGINX_PORT} ssl;\n    ssl_certificate {cert};\n\
+                 ssl_certificate_key {key};\n    ssl_protocols TLSv1.3;\n    root {www};\n  }}\n}}\n",
+            p = prefix.display(),
+            cert = cert.display(),
+            key = key.display(),
+            www = www.display(),
+        ),
+    )?;
+    let mut nginx = Command::new("nginx");
+    nginx
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-e")
+        .arg(prefix.join("error.log"))
+        .arg("-c")
+        .arg(&conf);
+    let proc = spawn(nginx, "nginx", &prefix.join("stderr.log"))?;
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "nginx to listen",
+        || TcpStream::connect(("127.0.0.1", NGINX_PORT)).is_ok(),
+    )?;
+    Ok(proc)
+}
+
+/// `curl` fetching `served` (in nginx's root) to `copy`, then an fsync
+/// of the copy; curl's CPU from `/usr/bin/time`, nginx's from /proc.
+fn curl(nginx: &Proc, ca: &Path, copy: &Path, served: &Path) -> Result<Sample> {
+    let name = served
+        .file_name()
+        .context("served file name")?
+        .to_string_lossy();
+    let times = copy.with_extension("time");
+    let load = load_average();
+    let nginx_cpu = cpu_seconds(nginx.0.id()).unwrap_or(0.0);
+    let started = Instant::now();
+    let status = Command::new("/usr/bin/time")
+        .args(["-f", "%U %S", "-o"])
+        .arg(&times)
+        .args(["curl", "-sS", "--fail", "--cacert"])
+        .arg(ca)
+        .arg("-o")
+        .arg(copy)
+        .arg(format!("https://127.0.0.1:{NGINX_PORT}/{name}"))
+        .status()?;
+    std::fs::File::open(copy)?.sync_all()?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("curl failed: {status}");
+    }
+    let curl_cpu = cpu_from_time(&times)?;
+    let sample = Sample {
+        seconds,
+        source_cpu_s: cpu_seconds(nginx.0.id()).unwrap_or(0.0) - nginx_cpu,
+        downloader_cpu_s: curl_cpu,
+        source_rss: peak_rss_bytes(nginx.0.id()).unwrap_or(0),
+        downloader_rss: 0,
+        load,
+    };
+    if file_hash(copy)? != file_hash(served)? {
+        bail!("curl's copy differs");
+    }
+    let _ = std::fs::remove_file(copy);
+    let _ = std::fs::remove_file(&times);
+    Ok(sample)
+}
+
+/// User + system seconds from a `/usr/bin/time -f "%U %S"` output file.
+fn cpu_from_time(path: &Path) -> Result<f64> {
+    let text = std::fs::read_to_string(path)?;
+    let line = text.lines().last().context("empty time output")?;
+    line.split_whitespace()
+        .map(|v| v.parse::<f64>().context("time output"))
+        .sum()
+}
+
+/// One raw TCP copy of `source` between two processes, the sink writing
+/// it to `copy` and fsyncing it; both processes' CPU from `/usr/bin/time`.
+fn raw_tcp_copy(me: &Path, source: &Path, copy: &Path) -> Result<Sample> {
+    let sink_times = copy.with_extension("sink-time");
+    let source_times = copy.with_extension("source-time");
+    let load = load_average();
+    let mut sink = Command::new("/usr/bin/time")
+        .args(["-f", "%U %S", "-o"])
+        .arg(&sink_times)
+        .arg(me)
+        .args(["tcp-sink", "127.0.0.1:0", "--to-file"])
+        .arg(copy)
+        .stdout(Stdio::piped())
+        .spawn()?;
     let mut sink_out = std::io::BufReader::new(sink.stdout.take().context("sink stdout")?);
     let mut addr = String::new();
     std::io::BufRead::read_line(&mut sink_out, &mut addr)?;
     let started = Instant::now();
-    let status = Command::new(me)
+    let status = Command::new("/usr/bin/time")
+        .args(["-f", "%U %S", "-o"])
+        .arg(&source_times)
+        .arg(me)
         .args(["tcp-source", addr.trim()])
         .arg(source)
         .status()?;
     let mut result = String::new();
     sink_out.read_to_string(&mut result)?;
     sink.wait()?;
+    let seconds = started.elapsed().as_secs_f64();
     if !status.success() {
         bail!("raw TCP copy failed");
     }
-    Ok(started.elapsed().as_secs_f64())
+    let sample = Sample {
+        seconds,
+        source_cpu_s: cpu_from_time(&source_times)?,
+        downloader_cpu_s: cpu_from_time(&sink_times)?,
+        source_rss: 0,
+        downloader_rss: 0,
+        load,
+    };
+    for file in [copy, &sink_times, &source_times] {
+        let _ = std::fs::remove_file(file);
+    }
+    Ok(sample)
 }
 
 /// `tcp-sink`: accepts one connection on `listen` (printing the address

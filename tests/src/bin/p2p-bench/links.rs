@@ -26,17 +26,24 @@ pub struct LinkUse {
     /// (seconds, seeder sent Mbit/s, downloaders' received Mbit/s: mean,
     /// min) per sample interval.
     pub timeline: Vec<(f64, f64, f64, f64)>,
+    /// (seconds, `flows[to][from]`: bytes host `from` sent host `to` since
+    /// the start) per sample, when the switch counted flows: who each host
+    /// got its bytes from, over time.
+    #[serde(skip)]
+    pub flows: Vec<(f64, Vec<Vec<u64>>)>,
 }
 
 /// How often the switch's counters are read while a swarm runs.
 pub const LINK_SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
-/// [`LinkUse`] of one run: host 1 is the seeder, hosts 2.. the downloaders
-/// (finished after `done_s`).
+/// [`LinkUse`] of one run: host 1 is the seeder (uploading at most
+/// `seeder_up_bps` bytes/s), hosts 2.. the downloaders (downloading at
+/// most `down_bps`, finished after `done_s`).
 pub fn link_use(
     samples: &[LinkSample],
     started: Instant,
-    rate_bps: f64,
+    seeder_up_bps: f64,
+    down_bps: &[f64],
     done_s: &[f64],
 ) -> Option<LinkUse> {
     let first = samples.iter().rposition(|s| s.at <= started).unwrap_or(0);
@@ -59,7 +66,7 @@ pub fn link_use(
             .filter(|w| t(&w[0]) >= from && t(&w[1]) <= done)
             .filter(|w| {
                 let secs = (t(&w[1]) - t(&w[0])).max(1e-3);
-                (got(&w[1]) - got(&w[0])) as f64 / secs < rate_bps / 2.0
+                (got(&w[1]) - got(&w[0])) as f64 / secs < down_bps[i] / 2.0
             })
             .map(|w| t(&w[1]) - t(&w[0]))
             .fold(0.0, |a, b| a + b);
@@ -87,12 +94,31 @@ pub fn link_use(
             )
         })
         .collect();
+    let flows = samples
+        .iter()
+        .filter(|s| s.flows.len() == base.flows.len() && !s.flows.is_empty())
+        .map(|s| {
+            let since: Vec<Vec<u64>> = s
+                .flows
+                .iter()
+                .zip(&base.flows)
+                .map(|(now, then)| {
+                    now.iter()
+                        .zip(then)
+                        .map(|(a, b)| a.saturating_sub(*b))
+                        .collect()
+                })
+                .collect();
+            (t(s), since)
+        })
+        .collect();
     Some(LinkUse {
         first_chunk_s: median(first_chunk)?,
         seeder_busy_s,
-        seeder_link_use: seeder_sent(busy) as f64 / (rate_bps * seeder_busy_s.max(1e-3)),
+        seeder_link_use: seeder_sent(busy) as f64 / (seeder_up_bps * seeder_busy_s.max(1e-3)),
         starved_s: median(starved)?,
         timeline,
+        flows,
     })
 }
 

@@ -7,11 +7,14 @@
 //!   opentracker) on the same LAN in the same run, and against the
 //!   Kurose & Ross lower bounds; with index requests per downloader per
 //!   second and agents' CPU-seconds per GiB delivered. Needs root.
-//! - `datapath`: one FetchChunks source to one downloader on loopback,
-//!   against a raw TCP copy of the same bytes between two processes, with
-//!   the peak RSS of both agents.
+//! - `datapath`: one source to one downloader on loopback with TLS, as
+//!   `p2p-chunks/1` frames and with FetchChunks, beside a raw TCP copy
+//!   that fsyncs and curl fetching from nginx over HTTPS, interleaved
+//!   `--runs` times: throughput and CPU-seconds per GiB on each side.
 //! - `hash`: BLAKE3 throughput on one core and on all cores, and the time
 //!   `p2p share` takes on a large file.
+//! - `folder`: a folder of many small files to N downloaders on the
+//!   emulated LAN, against aria2c with a multi-file torrent. Needs root.
 //!
 //! Build in release mode first: `cargo build --release --workspace --bins`,
 //! then run `target/release/p2p-bench --help`. The binaries it starts are
@@ -23,7 +26,8 @@
 //!   `bittorrent` (aria2c) and `mesh` (raw TCP), and `case` (the plan and
 //!   what a case measured); `report` prints the tables and writes the
 //!   result files, `plot` draws the SVG.
-//! - `datapath` and `hash`: the other two benchmarks.
+//! - `datapath`, `hash` and `folder`: the other benchmarks (`folder`
+//!   reuses `bittorrent` for its baseline).
 //! - Below them all: `cluster` (auth-svc, index-svc and agents with TLS as
 //!   deployed), `process` (child processes), `usage` (CPU and memory from
 //!   /proc), `payload` (the test file and its hash), `stats` (medians and
@@ -40,6 +44,7 @@ mod bittorrent;
 mod case;
 mod cluster;
 mod datapath;
+mod folder;
 mod hash;
 mod links;
 mod mesh;
@@ -51,7 +56,7 @@ mod stats;
 mod swarm;
 mod usage;
 
-use case::{AgentEnv, SwarmPlan};
+use case::{AgentEnv, HostClass, SwarmPlan};
 
 #[derive(Parser)]
 #[command(
@@ -80,9 +85,20 @@ enum Bench {
         /// File sizes in MiB, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "64,256")]
         size_mib: Vec<u64>,
-        /// Link rate of every host, each way, in Mbit/s.
+        /// Link rate of every host, each way, in Mbit/s (with --class: of
+        /// the host running auth-svc and index-svc only).
         #[arg(long, default_value_t = 100)]
         rate_mbit: u32,
+        /// A class of downloaders on a mixed LAN, NAME=COUNT:DOWN/UP in
+        /// Mbit/s (repeatable, e.g. --class wired=4:100/100 --class
+        /// wifi=4:30/10): N is their sum, and each class's slowest host is
+        /// reported against its own link.
+        #[arg(long = "class", value_parser = HostClass::parse, conflicts_with = "n")]
+        classes: Vec<HostClass>,
+        /// The class whose link the seeder has (it adds no downloader);
+        /// default: the first --class.
+        #[arg(long, requires = "classes")]
+        seeder_class: Option<String>,
         /// One-way delay added on every host's link, in ms (needs sch_netem).
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
@@ -124,12 +140,50 @@ enum Bench {
         /// File size in MiB.
         #[arg(long, default_value_t = 2048)]
         size_mib: u64,
+        /// How many times to measure every case, interleaved.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Base name of the result file (`<name>.json`), so that sets of
+        /// runs (an A/B's two sides) do not overwrite each other.
+        #[arg(long, default_value = "datapath")]
+        name: String,
     },
     /// BLAKE3 throughput and `p2p share` time.
     Hash {
         /// File size in MiB.
         #[arg(long, default_value_t = 2048)]
         size_mib: u64,
+    },
+    /// A folder of many small files to N downloaders on an emulated LAN vs
+    /// aria2c with a multi-file torrent (root).
+    Folder {
+        /// Files in the folder (nested two levels deep, 100 x 10 folders).
+        #[arg(long, default_value_t = 10_000)]
+        files: usize,
+        /// Smallest file in KiB (sizes are uniform, seeded).
+        #[arg(long, default_value_t = 1)]
+        min_kib: u64,
+        /// Largest file in KiB.
+        #[arg(long, default_value_t = 64)]
+        max_kib: u64,
+        /// Downloaders.
+        #[arg(long, default_value_t = 4)]
+        n: usize,
+        /// Link rate of every host, each way, in Mbit/s.
+        #[arg(long, default_value_t = 100)]
+        rate_mbit: u32,
+        /// Skip the BitTorrent baseline.
+        #[arg(long)]
+        no_bt: bool,
+        /// Runs; the summary shows the median and the range.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Give up on one download after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+        /// Base name of the result file (`<name>.json`).
+        #[arg(long, default_value = "folder")]
+        name: String,
     },
     /// (internal) raw TCP sink: accept one connection, count bytes.
     #[command(hide = true)]
@@ -155,6 +209,8 @@ fn main() -> Result<()> {
             n,
             size_mib,
             rate_mbit,
+            classes,
+            seeder_class,
             delay_ms,
             no_http,
             no_bt,
@@ -173,6 +229,8 @@ fn main() -> Result<()> {
                     ns: n,
                     sizes: size_mib,
                     rate_mbit,
+                    classes,
+                    seeder_class,
                     delay_ms,
                     http: !no_http,
                     bt: !no_bt,
@@ -187,13 +245,43 @@ fn main() -> Result<()> {
                 },
             )
         }
-        Bench::Datapath { size_mib } => {
+        Bench::Datapath {
+            size_mib,
+            runs,
+            name,
+        } => {
             std::fs::create_dir_all(&cli.out)?;
-            datapath::datapath(&cli.out, size_mib)
+            datapath::datapath(&cli.out.join(format!("{name}.json")), size_mib, runs.max(1))
         }
         Bench::Hash { size_mib } => {
             std::fs::create_dir_all(&cli.out)?;
             hash::hash(&cli.out, size_mib)
+        }
+        Bench::Folder {
+            files,
+            min_kib,
+            max_kib,
+            n,
+            rate_mbit,
+            no_bt,
+            runs,
+            timeout_s,
+            name,
+        } => {
+            std::fs::create_dir_all(&cli.out)?;
+            folder::folder(
+                &cli.out.join(name),
+                &folder::FolderPlan {
+                    files,
+                    min_kib,
+                    max_kib,
+                    n,
+                    rate_mbit,
+                    runs: runs.max(1),
+                    timeout: Duration::from_secs(timeout_s),
+                    bt: !no_bt,
+                },
+            )
         }
         Bench::TcpSink { listen, to_file } => datapath::tcp_sink(&listen, to_file.as_deref()),
         Bench::TcpSource { addr, file } => datapath::tcp_source(&addr, &file),

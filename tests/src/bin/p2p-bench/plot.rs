@@ -1,7 +1,135 @@
-//! The SVG plot of `p2p-bench swarm`: a grouped bar chart of the time each
-//! way took to deliver the file, per (N, F), on a log scale.
+//! The SVG plots of `p2p-bench swarm`: a grouped bar chart of the time each
+//! way took to deliver the file, per (N, F), on a log scale; and one run's
+//! timeline, per downloader and per source, from the switch's flow
+//! counters.
 
 use crate::case::SwarmCase;
+
+/// Each host of a case's LAN by name, in host order: `index`, `seeder`,
+/// then `peer<i>/<class>`.
+pub fn host_names(case: &SwarmCase) -> Vec<String> {
+    let mut names = vec!["index".to_string(), "seeder".to_string()];
+    for (i, class) in case.mix.downloader_classes().iter().enumerate() {
+        names.push(format!("peer{i}/{}", class.name));
+    }
+    names
+}
+
+/// One panel per downloader: the MiB it has received from each source
+/// over time (one line per source, coloured by the source's class; the
+/// seeder black), its total, and a dashed line at its class's bound (its
+/// link with TCP framing). `None` when the switch counted no flows.
+pub fn timeline_svg(case: &SwarmCase) -> Option<String> {
+    let flows = &case.links.as_ref()?.flows;
+    let end_s = flows.last()?.0.max(0.1);
+    let classes = case.mix.downloader_classes();
+    let names = host_names(case);
+    let palette = [
+        "#2b7bb9", "#d9534f", "#5cb85c", "#f0ad4e", "#8e44ad", "#7f8c8d",
+    ];
+    let colour = |host: usize| match host {
+        1 => "#000000",
+        h => {
+            let class = &classes[h - 2].name;
+            let k = case
+                .mix
+                .classes
+                .iter()
+                .position(|c| c.name == *class)
+                .unwrap_or(0);
+            palette[k % palette.len()]
+        }
+    };
+    let mib = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
+    let f_mib = mib(case.size_bytes) * 1.05;
+    let (panel_w, panel_h, cols) = (300.0, 170.0, 4usize);
+    let rows = case.n.div_ceil(cols);
+    let width = 20.0 + cols as f64 * (panel_w + 20.0);
+    let height = 60.0 + rows as f64 * (panel_h + 50.0);
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='10' y='18' font-size='13'>MiB each downloader received from each source over time (s): N={}, F={} MiB, ours, run 1</text>\n",
+        case.n,
+        case.size_bytes >> 20
+    );
+    let mut legend_x = 10.0;
+    let mut legend = vec![("seeder".to_string(), "#000000")];
+    for (k, class) in case.mix.classes.iter().enumerate() {
+        legend.push((
+            format!(
+                "from {} ({}/{})",
+                class.name, class.down_mbit, class.up_mbit
+            ),
+            palette[k % palette.len()],
+        ));
+    }
+    for (label, c) in &legend {
+        svg += &format!(
+            "<rect x='{legend_x}' y='28' width='12' height='12' fill='{c}'/><text x='{}' y='38'>{label}</text>\n",
+            legend_x + 16.0
+        );
+        legend_x += 40.0 + 7.0 * label.len() as f64;
+    }
+    svg += &format!(
+        "<text x='{legend_x}' y='38'>thick grey: total; dashed: the host's link bound</text>\n"
+    );
+    for to in 2..case.n + 2 {
+        let d = to - 2;
+        let (x0, y0) = (
+            30.0 + (d % cols) as f64 * (panel_w + 20.0),
+            70.0 + (d / cols) as f64 * (panel_h + 50.0),
+        );
+        let x = |t: f64| x0 + panel_w * t / end_s;
+        let y = |m: f64| y0 + panel_h - panel_h * m / f_mib;
+        let done = case.per_host_s.get(d).copied().unwrap_or(end_s);
+        svg += &format!(
+            "<rect x='{x0}' y='{y0}' width='{panel_w}' height='{panel_h}' fill='none' stroke='#ccc'/>\n<text x='{x0}' y='{}'>{} done {done:.2} s</text>\n<text x='{x0}' y='{}' fill='#666'>0</text><text x='{}' y='{}' fill='#666' text-anchor='end'>{end_s:.0} s</text><text x='{}' y='{}' fill='#666'>{:.0} MiB</text>\n",
+            y0 - 4.0,
+            names[to],
+            y0 + panel_h + 12.0,
+            x0 + panel_w,
+            y0 + panel_h + 12.0,
+            x0 + 3.0,
+            y(mib(case.size_bytes)) + 12.0,
+            mib(case.size_bytes),
+        );
+        let bound = case.mix.class_bound_s(classes[d], case.size_bytes);
+        svg += &format!(
+            "<line x1='{x0}' y1='{}' x2='{:.1}' y2='{:.1}' stroke='#999' stroke-dasharray='4 3'/>\n",
+            y(0.0),
+            x(bound.min(end_s)),
+            y(mib(case.size_bytes) * bound.min(end_s) / bound),
+        );
+        let line = |points: Vec<(f64, f64)>, stroke: &str, w: f64, title: &str| {
+            let path: Vec<String> = points
+                .iter()
+                .map(|(t, m)| format!("{:.1},{:.1}", x(*t), y(*m)))
+                .collect();
+            format!(
+                "<polyline points='{}' fill='none' stroke='{stroke}' stroke-width='{w}'><title>{title}</title></polyline>\n",
+                path.join(" ")
+            )
+        };
+        let total: Vec<(f64, f64)> = flows
+            .iter()
+            .map(|(t, m)| (*t, mib(m[to].iter().sum())))
+            .collect();
+        svg += &line(total, "#bbb", 4.0, &format!("{} total", names[to]));
+        for from in 1..case.n + 2 {
+            let got = flows.last().map_or(0, |(_, m)| m[to][from]);
+            if from == to || mib(got) < 0.5 {
+                continue;
+            }
+            let points = flows.iter().map(|(t, m)| (*t, mib(m[to][from]))).collect();
+            svg += &line(
+                points,
+                colour(from),
+                1.2,
+                &format!("from {}: {:.1} MiB", names[from], mib(got)),
+            );
+        }
+    }
+    Some(svg + "</svg>\n")
+}
 
 /// A grouped bar chart per (N, F): ours, aria2, the raw TCP mesh, HTTP, the
 /// P2P bound and the client-server bound (the median run of each case).

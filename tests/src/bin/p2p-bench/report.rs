@@ -2,7 +2,9 @@
 //! finishes, the median (range) table over the runs of each case, and the
 //! result files `<base>.json` (every run and the summaries), `<base>.csv`
 //! (one row per run), `<base>.timeline.csv` (the links during each case's
-//! first run) and `<base>.svg` (drawn by `plot`).
+//! first run), `<base>.flows.csv` (who sent each host how much, over that
+//! run), `<base>.svg` and `<base>.N<n>-<F>MiB.timeline.svg` (drawn by
+//! `plot`).
 
 use std::path::Path;
 
@@ -10,7 +12,7 @@ use anyhow::Result;
 
 use crate::case::{AgentEnv, SwarmCase, SwarmPlan};
 use crate::links::{LinkUse, LoadedRtt};
-use crate::plot::swarm_svg;
+use crate::plot::{host_names, swarm_svg, timeline_svg};
 use crate::stats::Spread;
 
 /// The table of runs, printed a row at a time as each run finishes, and
@@ -18,6 +20,7 @@ use crate::stats::Spread;
 /// `<base>.timeline.csv`.
 pub struct RunTable {
     timeline: String,
+    flows: String,
 }
 
 impl RunTable {
@@ -49,7 +52,8 @@ impl RunTable {
             "seed use",
             "starved"
         );
-        Self { timeline }
+        let flows = String::from("n,size_mib,t_s,to,from,bytes\n");
+        Self { timeline, flows }
     }
 
     /// Prints the row of run `run` (from 0) of a case of `size_mib`, with
@@ -117,6 +121,27 @@ impl RunTable {
                 m.user_s_per_gib
             );
         }
+        for class in &case.mix.classes {
+            let bound = case.mix.class_bound_s(class, case.size_bytes);
+            let cell = |per_host: Option<&[f64]>| {
+                per_host
+                    .and_then(|t| {
+                        let slowest = case.mix.slowest_per_class(t, case.size_bytes);
+                        slowest.into_iter().find(|(name, ..)| *name == class.name)
+                    })
+                    .map_or("-".into(), |(_, s, x)| format!("{s:.2} s ({x:.2} x)"))
+            };
+            println!(
+                "    class {} ({} x {}/{} Mbit/s, bound {bound:.2} s), slowest host: ours {}; aria2 {}; raw mesh {}",
+                class.name,
+                class.count,
+                class.down_mbit,
+                class.up_mbit,
+                cell(Some(&case.per_host_s)),
+                cell(case.bt.as_ref().map(|b| b.per_host_s.as_slice())),
+                cell(case.mesh.as_ref().map(|m| m.per_host_s.as_slice())),
+            );
+        }
         if run == 0
             && let Some(links) = &case.links
         {
@@ -124,6 +149,17 @@ impl RunTable {
                 self.timeline.push_str(&format!(
                     "{n},{size_mib},{t:.2},{seeder:.1},{mean:.1},{min:.1}\n"
                 ));
+            }
+            let names = host_names(case);
+            for (t, flows) in &links.flows {
+                for (to, from_all) in flows.iter().enumerate() {
+                    for (from, bytes) in from_all.iter().enumerate().filter(|(_, b)| **b > 0) {
+                        self.flows.push_str(&format!(
+                            "{n},{size_mib},{t:.2},{},{},{bytes}\n",
+                            names[to], names[from]
+                        ));
+                    }
+                }
             }
         }
     }
@@ -191,11 +227,57 @@ pub fn write(base: &Path, plan: &SwarmPlan, cases: &[SwarmCase], table: RunTable
             Spread::show(s.spread(|c| c.mesh.as_ref().map(|m| m.user_s_per_gib)), 1),
         );
     }
+    println!(
+        "\neach class's slowest host, median (range) of {} run(s):",
+        plan.runs
+    );
+    println!(
+        "| N | F | class | hosts | down/up (Mbit/s) | bound (s) | ours (s) | ours / bound | aria2 (s) | aria2 / bound | raw mesh (s) | raw mesh / bound |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for s in &summaries {
+        let c = s.runs[0];
+        for class in &c.mix.classes {
+            let of = |per_host: &[f64], which: usize| {
+                c.mix
+                    .slowest_per_class(per_host, c.size_bytes)
+                    .into_iter()
+                    .find(|(name, ..)| *name == class.name)
+                    .map(|(_, t, x)| if which == 0 { t } else { x })
+            };
+            let ours = |w| s.spread(|c| of(&c.per_host_s, w));
+            let bt = |w| s.spread(|c| c.bt.as_ref().and_then(|b| of(&b.per_host_s, w)));
+            let mesh = |w| s.spread(|c| c.mesh.as_ref().and_then(|m| of(&m.per_host_s, w)));
+            println!(
+                "| {} | {} MiB | {} | {} | {}/{} | {:.2} | {} | {} | {} | {} | {} | {} |",
+                c.n,
+                c.size_bytes >> 20,
+                class.name,
+                class.count,
+                class.down_mbit,
+                class.up_mbit,
+                c.mix.class_bound_s(class, c.size_bytes),
+                Spread::show(ours(0), 2),
+                Spread::show(ours(1), 2),
+                Spread::show(bt(0), 2),
+                Spread::show(bt(1), 2),
+                Spread::show(mesh(0), 2),
+                Spread::show(mesh(1), 2),
+            );
+        }
+    }
     let runs: Vec<serde_json::Value> = cases
         .iter()
         .map(|c| {
             serde_json::json!({
                 "n": c.n, "size_bytes": c.size_bytes, "rate_mbit": rate_mbit, "delay_ms": delay_ms,
+                "mix": c.mix,
+                "class_bounds_s": c.mix.classes.iter().map(|k| (k.name.clone(), c.mix.class_bound_s(k, c.size_bytes))).collect::<Vec<_>>(),
+                "slowest_per_class": {
+                    "ours": c.mix.slowest_per_class(&c.per_host_s, c.size_bytes),
+                    "aria2": c.bt.as_ref().map(|b| c.mix.slowest_per_class(&b.per_host_s, c.size_bytes)),
+                    "raw_mesh": c.mesh.as_ref().map(|m| c.mix.slowest_per_class(&m.per_host_s, c.size_bytes)),
+                },
                 "ours_s": c.ours_s, "http_s": c.http_s, "p2p_bound_s": c.p2p_bound_s,
                 "client_server_bound_s": c.cs_bound_s, "ours_over_p2p_bound": c.ours_s / c.p2p_bound_s,
                 "seeder_uploaded_multiple_of_f": c.seeder_upload_multiple,
@@ -267,8 +349,20 @@ pub fn write(base: &Path, plan: &SwarmPlan, cases: &[SwarmCase], table: RunTable
         })
         .collect();
     std::fs::write(path("svg"), swarm_svg(&medians, rate_mbit))?;
+    for c in &medians {
+        if let Some(svg) = timeline_svg(c) {
+            std::fs::write(
+                path(&format!("N{}-{}MiB.timeline.svg", c.n, c.size_bytes >> 20)),
+                svg,
+            )?;
+        }
+    }
     std::fs::write(path("timeline.csv"), table.timeline)?;
-    println!("wrote {}.{{json,csv,svg}}", base.display());
+    std::fs::write(path("flows.csv"), table.flows)?;
+    println!(
+        "wrote {}.{{json,csv,svg,timeline.csv,flows.csv}}",
+        base.display()
+    );
     Ok(())
 }
 

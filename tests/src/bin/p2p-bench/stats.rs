@@ -36,6 +36,11 @@ impl Spread {
         })
     }
 
+    /// The median.
+    pub fn median(self) -> f64 {
+        self.median
+    }
+
     /// `median (min-max)` with `digits` decimals, the median alone when
     /// the range is empty, `-` when there is nothing.
     pub fn show(this: Option<Self>, digits: usize) -> String {

@@ -5,17 +5,16 @@
 //! central HTTP server on the seeder host. What it measured goes into a
 //! [`SwarmCase`]; `report` prints and writes the cases.
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use p2p_tests::netns::{Host, Lan, LinkShape};
 
 use crate::bittorrent::bittorrent_case;
-use crate::case::{AgentEnv, AgentRecord, SwarmCase, SwarmPlan};
-use crate::cluster::{self, start_agent, start_services};
+use crate::case::{AgentEnv, AgentRecord, Mix, SwarmCase, SwarmPlan};
+use crate::cluster;
 use crate::links::{LINK_SAMPLE_EVERY, RTT_SAMPLE_AT, link_use, sample_rtt};
 use crate::mesh::mesh_case;
 use crate::payload::{file_hash, random_file};
@@ -49,16 +48,28 @@ pub fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
     }
     let shape = LinkShape {
         rate_mbit: Some(plan.rate_mbit),
+        down_mbit: None,
         delay: (plan.delay_ms > 0).then(|| Duration::from_millis(plan.delay_ms)),
         queue: Some(Duration::from_millis(plan.queue_ms)),
+    };
+    let mixes = if plan.classes.is_empty() {
+        plan.ns
+            .iter()
+            .map(|&n| Mix::uniform(n, plan.rate_mbit))
+            .collect()
+    } else {
+        vec![
+            Mix::of(plan.classes.clone(), plan.seeder_class.as_deref())
+                .map_err(anyhow::Error::msg)?,
+        ]
     };
     let mut cases = Vec::new();
     let mut table = report::RunTable::start();
     for &size_mib in &plan.sizes {
-        for &n in &plan.ns {
+        for mix in &mixes {
             for run in 0..plan.runs {
                 let case = swarm_case(
-                    n,
+                    mix,
                     size_mib,
                     shape,
                     (plan.http, plan.bt, plan.mesh),
@@ -84,43 +95,48 @@ fn netem_available() -> bool {
 
 /// Runs one case once on a LAN of its own: ours, then those of aria2c, the
 /// raw TCP mesh and HTTP that are asked for, on the same hosts and file.
+/// Host 0 (the services) has `shape`; the seeder and the downloaders the
+/// links of their classes in `mix`.
 #[allow(clippy::too_many_lines)]
 fn swarm_case(
-    n: usize,
+    mix: &Mix,
     size_mib: u64,
     shape: LinkShape,
     (http, bt, mesh): (bool, bool, bool),
     timeout: Duration,
     env: &AgentEnv,
 ) -> Result<SwarmCase> {
+    let n = mix.n();
     let size = size_mib << 20;
-    let rate_bps = f64::from(shape.rate_mbit.unwrap_or(100)) * 1e6 / 8.0;
     let f = size as f64;
-    let cs_bound_s = (n as f64 * f / rate_bps).max(f / rate_bps);
-    let p2p_bound_s = (f / rate_bps).max(n as f64 * f / (rate_bps + n as f64 * rate_bps));
+    let cs_bound_s = mix.cs_bound_s(size);
+    let p2p_bound_s = mix.p2p_bound_s(size);
+    let bps = |mbit: u32| f64::from(mbit) * 1e6 / 8.0;
+    let seeder_up_bps = bps(mix.seeder.up_mbit);
+    let down_bps: Vec<f64> = mix
+        .downloader_classes()
+        .iter()
+        .map(|c| bps(c.down_mbit))
+        .collect();
 
     let dir = tempfile::tempdir()?;
     if std::env::var_os("P2P_BENCH_KEEP").is_some() {
         eprintln!("keeping {}", dir.path().display());
     }
     let lan = Lan::create(n + 2, shape)?;
+    lan.host(1).shape(mix.seeder.shape(shape))?;
+    for (i, class) in mix.downloader_classes().iter().enumerate() {
+        lan.host(i + 2).shape(class.shape(shape))?;
+    }
     let services = lan.host(0).clone();
     let seeder = lan.host(1).clone();
-    let mut procs = Vec::new();
-    start_services(&services, dir.path(), &mut procs)?;
     let p2p = bin("p2p")?;
     let seeder_env: Vec<(String, String)> = env.all.iter().chain(&env.seeder).cloned().collect();
-    let seed_agent = start_agent(&seeder, &services, dir.path(), "seeder", &seeder_env)?;
-    let mut agents = Vec::new();
-    for i in 0..n {
-        agents.push(start_agent(
-            lan.host(i + 2),
-            &services,
-            dir.path(),
-            &format!("peer{i}"),
-            &env.all,
-        )?);
-    }
+    let cluster::LanAgents {
+        services: procs,
+        seeder: seed_agent,
+        peers: agents,
+    } = cluster::start_lan_agents(&lan, n, dir.path(), &seeder_env, &env.all)?;
     let source = dir.path().join("seeder").join("payload.bin");
     random_file(&source, size, size_mib ^ n as u64)?;
     let want = file_hash(&source)?;
@@ -136,16 +152,13 @@ fn swarm_case(
     let mut gets = Vec::new();
     for i in 0..n {
         let out = dir.path().join(format!("peer{i}")).join("payload-copy.bin");
-        let child = lan
-            .host(i + 2)
-            .command(&p2p)
-            .env("P2P_DATA_DIR", dir.path().join(format!("peer{i}")))
-            .args(["--json", "get", "payload.bin", "-o"])
-            .arg(&out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        gets.push((Proc(child), out, None::<f64>));
+        let get = cluster::get(
+            lan.host(i + 2).command(&p2p),
+            &dir.path().join(format!("peer{i}")),
+            "payload.bin",
+            &out,
+        )?;
+        gets.push((get, out, None::<f64>));
     }
     let deadline = started + timeout;
     while gets.iter().any(|g| g.2.is_none()) {
@@ -153,14 +166,7 @@ fn swarm_case(
             bail!("swarm case N={n} F={size_mib}MiB timed out");
         }
         for (proc, _, done) in gets.iter_mut().filter(|g| g.2.is_none()) {
-            if let Some(status) = proc.0.try_wait()? {
-                if !status.success() {
-                    let mut err = String::new();
-                    if let Some(mut e) = proc.0.stderr.take() {
-                        let _ = e.read_to_string(&mut err);
-                    }
-                    bail!("a download failed: {err}");
-                }
+            if cluster::finished(proc)? {
                 *done = Some(started.elapsed().as_secs_f64());
             }
         }
@@ -186,7 +192,7 @@ fn swarm_case(
         .and_then(|p| cpu_seconds(p.0.id()))
         .unwrap_or(0.0);
     let per_host_s: Vec<f64> = gets.iter().filter_map(|g| g.2).collect();
-    let links = link_use(&samples, started, rate_bps, &per_host_s);
+    let links = link_use(&samples, started, seeder_up_bps, &down_bps, &per_host_s);
     let ours_s = per_host_s.iter().cloned().fold(0.0, f64::max);
     let mut records = vec![agent_record(
         &seeder,
@@ -306,6 +312,7 @@ fn swarm_case(
     }
     Ok(SwarmCase {
         n,
+        mix: mix.clone(),
         size_bytes: size,
         ours_s,
         http_s,
