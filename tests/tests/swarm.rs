@@ -196,6 +196,7 @@ async fn assert_seeder_uploaded_at_most(seeder: &Agent, size: usize, max_copies:
         .unwrap_or_default()
         .bytes_uploaded;
     let copies = uploaded as f64 / size as f64;
+    println!("the seeder uploaded {copies:.3} copies of the file");
     assert!(
         copies <= max_copies,
         "the seeder uploaded {uploaded} bytes, {copies:.3} copies of the file; at most {max_copies:.2}"

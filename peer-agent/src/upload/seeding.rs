@@ -14,12 +14,24 @@
 //! its link: while unsent chunks remain, every caller gets up to n at once.
 //!
 //! Those waits keep a busy seeder's link for chunks the swarm lacks. A
-//! seeder with no other upload under way has nothing better to send: a
-//! caller that lacks only chunks it handed out recently gets the ones
-//! handed out longest ago at once. That is the end of a mixed LAN: the
-//! last chunks the seeder gave went to laptops, whose slow uplinks would
-//! otherwise keep every wired downloader waiting out those timers while
-//! the seeder's link sat idle.
+//! seeder with no other upload under way has nothing better to send, but
+//! "idle" alone is no reason to send a chunk twice: between two calls
+//! every link is idle for a moment, and on busy cores those moments are
+//! many. What marks a chunk worth sending again is that its taker is slow
+//! to pass it on. The seeder learns how long its chunks take to show up
+//! in the swarm: a chunk is *seen* when a caller's bitfield no longer
+//! lacks it (the caller holds it, or knows a fast peer that does), and
+//! the time from handing it out to that is its sighting delay. A chunk is
+//! *late* when it has waited more than [`LATE_FACTOR`] times the median of
+//! the recent sighting delays without being seen, or when it was seen
+//! only that late (its holders are slow relays, such as a laptop behind a
+//! 10 Mbit/s uplink). An idle seeder sends late chunks again at once, the
+//! longest-waiting first; no other chunk goes out again before its timer.
+//! That is the end of a mixed LAN: the last chunks the seeder gave went to
+//! laptops, whose slow links would otherwise keep every wired downloader
+//! waiting out those timers while the seeder's link sat idle. On a LAN of
+//! equal hosts, chunks are seen at about the same delay, none is late, and
+//! a seeder still uploads about one copy.
 //!
 //! Pure logic, no I/O: the chunk server keeps one [`SeedChoice`] per file it
 //! serves this way (see `crate::upload`).
@@ -35,14 +47,21 @@ pub const RESEND_AFTER: Duration = Duration::from_secs(2);
 /// A chunk handed out that a caller has since shown it holds goes out
 /// again only this long after (in case every holder left).
 pub const RESEND_SPREAD_AFTER: Duration = Duration::from_secs(4);
+/// A chunk is late once it has waited this many times the median
+/// sighting delay without being seen (or was seen only that late).
+pub const LATE_FACTOR: u32 = 2;
+/// Sighting delays kept for the median: the most recent this many.
+const SIGHTINGS_KEPT: usize = 64;
+/// No chunk is late before this many sightings give a median.
+const SIGHTINGS_NEEDED: usize = 8;
 
 /// Whether a source's link has other uploads under way when it chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
     /// Other uploads are under way: chunks handed out recently wait.
     Busy,
-    /// No other upload: chunks handed out recently go out again at once
-    /// rather than leave the link idle.
+    /// No other upload: late chunks (see the module's documentation) go
+    /// out again at once rather than leave the link idle.
     Idle,
 }
 
@@ -54,7 +73,42 @@ pub struct SeedChoice {
     last: Vec<Option<Instant>>,
     /// Handed out, and since seen held by a caller.
     spread: Bitfield,
+    /// When each chunk was last handed out, while no caller has shown it
+    /// since.
+    unseen_since: Vec<Option<Instant>>,
+    /// Seen only later than the late threshold after it was last handed
+    /// out: its holders pass it on slowly.
+    seen_late: Bitfield,
+    sightings: Sightings,
     seed: u32,
+}
+
+/// The recent sighting delays: how long chunks took from being handed out
+/// to showing up in a caller's bitfield.
+#[derive(Debug, Clone, Default)]
+struct Sightings {
+    delays: std::collections::VecDeque<Duration>,
+}
+
+impl Sightings {
+    fn record(&mut self, delay: Duration) {
+        if self.delays.len() == SIGHTINGS_KEPT {
+            self.delays.pop_front();
+        }
+        self.delays.push_back(delay);
+    }
+
+    /// How long a chunk may wait to be seen before it is late; `None`
+    /// until enough chunks were seen to tell.
+    fn late_after(&self) -> Option<Duration> {
+        if self.delays.len() < SIGHTINGS_NEEDED {
+            return None;
+        }
+        let mut sorted: Vec<Duration> = self.delays.iter().copied().collect();
+        let mid = sorted.len() / 2;
+        let (_, median, _) = sorted.select_nth_unstable(mid);
+        Some(*median * LATE_FACTOR)
+    }
 }
 
 impl SeedChoice {
@@ -65,6 +119,9 @@ impl SeedChoice {
             sent: vec![0; chunk_count as usize],
             last: vec![None; chunk_count as usize],
             spread: Bitfield::empty(chunk_count),
+            unseen_since: vec![None; chunk_count as usize],
+            seen_late: Bitfield::empty(chunk_count),
+            sightings: Sightings::default(),
             seed,
         }
     }
@@ -89,9 +146,17 @@ impl SeedChoice {
         if n == 0 || lacks.len() as usize != self.sent.len() || held.len() != lacks.len() {
             return Vec::new();
         }
+        let late_after = self.sightings.late_after();
         for i in lacks.missing() {
             if self.last[i as usize].is_some() {
                 self.spread.set(i);
+            }
+            if let Some(at) = self.unseen_since[i as usize].take() {
+                let delay = now.saturating_duration_since(at);
+                if late_after.is_some_and(|late| delay > late) {
+                    self.seen_late.set(i);
+                }
+                self.sightings.record(delay);
             }
         }
         let seed = self.seed;
@@ -104,20 +169,35 @@ impl SeedChoice {
             self.last[i as usize].is_none_or(|at| now.duration_since(at) >= wait)
         };
         let mut candidates: Vec<u32> = lacks.held().filter(|&i| held.get(i) && due(i)).collect();
-        let candidates = if candidates.is_empty() && link == Link::Idle {
-            // Nothing better to send: the longest-waiting first.
-            let mut waiting: Vec<u32> = lacks.held().filter(|&i| held.get(i)).collect();
-            let last = &self.last;
-            take_smallest(&mut waiting, n, |i| (last[i as usize], tie_order(i, seed)))
-        } else {
-            let sent = &self.sent;
-            take_smallest(&mut candidates, n, |i| {
-                (sent[i as usize], tie_order(i, seed))
-            })
+        let candidates = match late_after {
+            Some(late) if candidates.is_empty() && link == Link::Idle => {
+                // Nothing better to send: the late chunks, longest-waiting
+                // first.
+                let is_late = |i: u32| {
+                    self.seen_late.get(i)
+                        || self.unseen_since[i as usize]
+                            .is_some_and(|at| now.saturating_duration_since(at) > late)
+                };
+                let mut waiting: Vec<u32> = lacks
+                    .held()
+                    .filter(|&i| held.get(i) && is_late(i))
+                    .collect();
+                let last = &self.last;
+                take_smallest(&mut waiting, n, |i| (last[i as usize], tie_order(i, seed)))
+            }
+            _ => {
+                let sent = &self.sent;
+                take_smallest(&mut candidates, n, |i| {
+                    (sent[i as usize], tie_order(i, seed))
+                })
+            }
         };
         for &i in &candidates {
             self.sent[i as usize] = self.sent[i as usize].saturating_add(1);
             self.last[i as usize] = Some(now);
+            // A new taker: whether it passes the chunk on late is its own.
+            self.unseen_since[i as usize] = Some(now);
+            self.seen_late.clear(i);
         }
         candidates
     }
@@ -129,7 +209,9 @@ impl SeedChoice {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 self.last[index as usize] = None;
+                self.unseen_since[index as usize] = None;
                 self.spread.clear(index);
+                self.seen_late.clear(index);
             }
         }
     }
@@ -254,35 +336,109 @@ mod tests {
         assert!(choice.choose(&all(5), &all(5), 2, Link::Busy).is_empty());
     }
 
+    /// A bitfield of `n` chunks lacking exactly `lacking`.
+    fn lacking(n: u32, lacking: &[u32]) -> Bitfield {
+        let mut field = Bitfield::empty(n);
+        for &i in lacking {
+            field.set(i);
+        }
+        field
+    }
+
+    /// A seeder of 16 chunks that handed out chunks 0..10 at `start` and
+    /// saw all ten held 100 ms later: late after 200 ms.
+    fn seen_ten(start: Instant) -> SeedChoice {
+        let mut choice = SeedChoice::new(16, 5);
+        let first = lacking(16, &(0..10).collect::<Vec<_>>());
+        assert_eq!(
+            choice
+                .choose_at(&first, &all(16), 10, start, Link::Busy)
+                .len(),
+            10
+        );
+        let rest = lacking(16, &(10..16).collect::<Vec<_>>());
+        let at = start + Duration::from_millis(100);
+        assert_eq!(
+            choice.choose_at(&rest, &all(16), 6, at, Link::Busy).len(),
+            6
+        );
+        assert_eq!(
+            choice.sightings.late_after(),
+            Some(Duration::from_millis(200))
+        );
+        choice
+    }
+
     #[test]
-    fn an_idle_link_sends_again_what_a_busy_one_would_make_wait_for() {
-        let mut choice = SeedChoice::new(4, 3);
+    fn an_idle_link_sends_nothing_twice_before_chunks_are_seen() {
         let start = Instant::now();
+        let mut choice = SeedChoice::new(4, 3);
         assert_eq!(
             choice
                 .choose_at(&all(4), &all(4), 4, start, Link::Busy)
                 .len(),
             4
         );
-        let soon = start + Duration::from_millis(100);
+        let later = start + Duration::from_secs(1);
         assert!(
             choice
-                .choose_at(&all(4), &all(4), 2, soon, Link::Busy)
+                .choose_at(&all(4), &all(4), 4, later, Link::Idle)
                 .is_empty(),
-            "a busy link leaves them to the swarm"
+            "no sighting delays yet, so nothing is late"
         );
-        // Chunk 2 goes out again a little later: idle, the others come first.
-        let later = soon + Duration::from_millis(100);
-        let mut lacks = Bitfield::empty(4);
-        lacks.set(2);
-        assert_eq!(
-            choice.choose_at(&lacks, &all(4), 1, later, Link::Idle),
-            vec![2]
+    }
+
+    #[test]
+    fn an_idle_link_sends_again_only_chunks_late_to_be_seen() {
+        let start = Instant::now();
+        let mut choice = seen_ten(start);
+        // Chunks 10..16 went out at +100 ms. At +250 ms they are not late
+        // yet: an idle link leaves them to their takers.
+        let soon = start + Duration::from_millis(250);
+        assert!(
+            choice
+                .choose_at(&lacking(16, &[10, 11]), &all(16), 2, soon, Link::Idle)
+                .is_empty()
         );
-        let again = choice.choose_at(&all(4), &all(4), 4, later, Link::Idle);
-        assert_eq!(again.len(), 4);
-        assert_eq!(again[3], 2, "the one handed out last goes last");
-        // Fresh chunks still come before any resend, idle or not.
+        // At +350 ms they are: idle, they go again; busy, they wait.
+        let later = start + Duration::from_millis(350);
+        assert!(
+            choice
+                .choose_at(&lacking(16, &[10, 11]), &all(16), 2, later, Link::Busy)
+                .is_empty()
+        );
+        let mut again = choice.choose_at(&lacking(16, &[10, 11]), &all(16), 2, later, Link::Idle);
+        again.sort_unstable();
+        assert_eq!(again, vec![10, 11]);
+        // Sent again, they are no longer late: a new taker has them.
+        assert!(
+            choice
+                .choose_at(&lacking(16, &[10, 11]), &all(16), 2, later, Link::Idle)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_chunk_seen_late_goes_again_to_an_idle_link() {
+        let start = Instant::now();
+        let mut choice = seen_ten(start);
+        // Chunks 10..16 are seen at +600 ms, late (a slow taker); chunk 0
+        // is asked for again, seen in time.
+        let at = start + Duration::from_millis(600);
+        assert!(
+            choice
+                .choose_at(&lacking(16, &[0]), &all(16), 1, at, Link::Idle)
+                .is_empty(),
+            "chunk 0 was seen in time: its holders pass it on"
+        );
+        let mut again = choice.choose_at(&lacking(16, &[0, 12, 13]), &all(16), 4, at, Link::Idle);
+        again.sort_unstable();
+        assert_eq!(again, vec![12, 13], "held only by a slow relay");
+    }
+
+    #[test]
+    fn fresh_chunks_come_before_any_resend() {
+        let start = Instant::now();
         let mut fresh = SeedChoice::new(4, 3);
         let first = fresh.choose_at(&all(4), &all(4), 1, start, Link::Idle);
         let second = fresh.choose_at(&all(4), &all(4), 1, start, Link::Idle);
