@@ -80,7 +80,7 @@ impl FramedServer {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let Some(until) = self.hello(&mut stream).await else {
+        let Some((until, caller)) = self.hello(&mut stream).await else {
             let _ = stream.shutdown().await;
             return;
         };
@@ -119,15 +119,16 @@ impl FramedServer {
                     return;
                 }
             };
-            if !self.answer(&mut stream, &fetch).await {
+            if !self.answer(&mut stream, &fetch, &caller).await {
                 return;
             }
         }
     }
 
     /// Reads and checks `HELLO`, answers `READY` or `ERROR`; the instant
-    /// the credentials stop being good for this connection.
-    async fn hello<S>(&self, stream: &mut S) -> Option<Instant>
+    /// the credentials stop being good for this connection, and the
+    /// calling agent's key.
+    async fn hello<S>(&self, stream: &mut S) -> Option<(Instant, String)>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -171,11 +172,11 @@ impl FramedServer {
         let token_left = claims.exp - p2p_services::time::now_ms() / 1000;
         let left = PEER_PROOF_TTL.min(Duration::from_secs(token_left.max(0) as u64));
         send(stream, &framing::ready()).await.ok()?;
-        Some(Instant::now() + left)
+        Some((Instant::now() + left, claims.cnf))
     }
 
     /// Answers one `FETCH`; false when the connection must close.
-    async fn answer<S>(&self, stream: &mut S, fetch: &Fetch) -> bool
+    async fn answer<S>(&self, stream: &mut S, fetch: &Fetch, caller: &str) -> bool
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -184,6 +185,7 @@ impl FramedServer {
             ranges: &fetch.ranges,
             any_of: &fetch.any_of,
             any_count: fetch.any_count,
+            caller,
         });
         let mut chunks = match opened {
             Ok(chunks) => chunks,

@@ -106,7 +106,7 @@ impl Uploads {
 
     /// Chooses up to `n` of the chunks a caller lacks for it (see
     /// [`SeedChoice`]).
-    fn choose(&self, holding: &Holding, lacks: &Bitfield, n: usize) -> Vec<u32> {
+    fn choose(&self, holding: &Holding, lacks: &Bitfield, n: usize, caller: &str) -> Vec<u32> {
         let held = holding.bitfield();
         // This call's own upload is not counted yet.
         let link = match self.stats.active_uploads.load(Ordering::Relaxed) {
@@ -117,7 +117,7 @@ impl Uploads {
         seeding
             .entry(holding.file_id.clone())
             .or_insert_with(|| SeedChoice::new(holding.manifest.chunk_count(), rand::random()))
-            .choose(lacks, &held, n, link)
+            .choose(lacks, &held, n, link, caller)
     }
 
     /// The held file a call names, if this agent holds it and its copy on
@@ -151,7 +151,7 @@ impl Uploads {
                     "any_count is {n}; ask for 1 to {MAX_CHUNKS_PER_REQUEST} chunks"
                 )));
             }
-            let indexes = self.choose(&holding, &lacks, n as usize);
+            let indexes = self.choose(&holding, &lacks, n as usize, ask.caller);
             if indexes.is_empty() && !lacks.held().any(|i| holding.holds(i)) {
                 return Err(Status::not_found(format!(
                     "this agent holds none of the chunks asked for of file {file_id}"
@@ -278,6 +278,9 @@ pub struct Ask<'a> {
     pub any_of: &'a [u8],
     /// How many of `any_of` this agent chooses.
     pub any_count: u32,
+    /// The calling agent's key from its verified peer token (empty if
+    /// none): who the seeder hands chosen chunks to (see [`seeding`]).
+    pub caller: &'a str,
 }
 
 /// One stream's chunks to send, holding its upload slot until dropped;
@@ -352,6 +355,11 @@ impl PeerService for ChunkServer {
         &self,
         request: Request<FetchChunksRequest>,
     ) -> Result<Response<Self::FetchChunksStream>, Status> {
+        let caller = request
+            .extensions()
+            .get::<p2p_services::auth::PeerClaims>()
+            .map(|claims| claims.cnf.clone())
+            .unwrap_or_default();
         let request = request.into_inner();
         let ranges: Vec<(u32, u32)> = request.ranges.iter().map(|r| (r.start, r.count)).collect();
         let state = self.uploads.open(Ask {
@@ -359,6 +367,7 @@ impl PeerService for ChunkServer {
             ranges: &ranges,
             any_of: &request.any_of,
             any_count: request.any_count,
+            caller: &caller,
         })?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let producer = tokio::spawn(produce(state, tx));

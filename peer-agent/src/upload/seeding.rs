@@ -24,9 +24,20 @@
 //! the time from handing it out to that is its sighting delay. A chunk is
 //! *late* when it has waited more than [`LATE_FACTOR`] times the median of
 //! the recent sighting delays without being seen, or when it was seen
-//! only that late (its holders are slow relays, such as a laptop behind a
-//! 10 Mbit/s uplink). An idle seeder sends late chunks again at once, the
-//! longest-waiting first; no other chunk goes out again before its timer.
+//! only that late (its holders are slow relays). A laptop behind a
+//! 10 Mbit/s uplink may receive as fast as anyone and announce its chunks
+//! in time; what gives it away is that the chunks it took are asked for
+//! again (a caller asks a seeder only for chunks no peer it judges fast
+//! holds) more than that late after they were seen. The seeder scores each
+//! taker (each calling agent, by its key) by the share of its chunks asked
+//! for again; a taker whose share is at least [`SLOW_TAKER_SHARE`] and
+//! more than twice the lower quartile's is a slow relay, and its chunks
+//! asked for again are late too. On 2 starved cores every downloader
+//! judges its peers slow now and then, so every taker's share rises alike
+//! and none stands out: comparing takers, not trusting each ask, is what
+//! keeps such a seeder at about one copy. An idle seeder sends late chunks
+//! again at once, the longest-waiting first; no other chunk goes out again
+//! before its timer.
 //! That is the end of a mixed LAN: the last chunks the seeder gave went to
 //! laptops, whose slow links would otherwise keep every wired downloader
 //! waiting out those timers while the seeder's link sat idle. On a LAN of
@@ -54,6 +65,17 @@ pub const LATE_FACTOR: u32 = 2;
 const SIGHTINGS_KEPT: usize = 64;
 /// No chunk is late before this many sightings give a median.
 const SIGHTINGS_NEEDED: usize = 8;
+/// Nor sooner than this after it went out or was seen: a chunk takes at
+/// least a round trip and its own transfer to show up, whatever a caller
+/// that already held it made of the median.
+const LATE_AT_LEAST: Duration = Duration::from_millis(50);
+/// A taker is a slow relay only if at least this share of its chunks was
+/// asked for again late (and more than twice the lower quartile's share).
+pub const SLOW_TAKER_SHARE: f64 = 0.5;
+/// A taker is scored once this many of the chunks it took were seen.
+const TAKER_SEEN_NEEDED: u32 = 4;
+/// Most takers scored per file; later ones are not scored.
+const TAKERS_KEPT: usize = 1024;
 
 /// Whether a source's link has other uploads under way when it chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,8 +101,62 @@ pub struct SeedChoice {
     /// Seen only later than the late threshold after it was last handed
     /// out: its holders pass it on slowly.
     seen_late: Bitfield,
+    /// When each chunk was first seen after it was last handed out.
+    seen_at: Vec<Option<Instant>>,
+    /// Who each chunk was last handed to (an index into `takers`).
+    taken_by: Vec<Option<u16>>,
+    /// Asked for again, late, since it was last handed out.
+    asked_again: Bitfield,
+    takers: Takers,
     sightings: Sightings,
     seed: u32,
+}
+
+/// The calling agents chunks were handed to, each with how many of its
+/// chunks were seen and how many of those were asked for again late.
+#[derive(Debug, Clone, Default)]
+struct Takers {
+    index: std::collections::HashMap<String, u16>,
+    seen: Vec<u32>,
+    asked_again: Vec<u32>,
+}
+
+impl Takers {
+    /// The index of `caller` (its key), added if new; `None` for a caller
+    /// with no key or past [`TAKERS_KEPT`].
+    fn of(&mut self, caller: &str) -> Option<u16> {
+        if caller.is_empty() {
+            return None;
+        }
+        if let Some(&i) = self.index.get(caller) {
+            return Some(i);
+        }
+        if self.seen.len() >= TAKERS_KEPT {
+            return None;
+        }
+        let i = self.seen.len() as u16;
+        self.index.insert(caller.to_owned(), i);
+        self.seen.push(0);
+        self.asked_again.push(0);
+        Some(i)
+    }
+
+    /// Which takers are slow relays (see the module's documentation).
+    fn slow(&self) -> Vec<bool> {
+        let share = |t: usize| {
+            (self.seen[t] >= TAKER_SEEN_NEEDED)
+                .then(|| f64::from(self.asked_again[t]) / f64::from(self.seen[t]))
+        };
+        let mut scored: Vec<f64> = (0..self.seen.len()).filter_map(share).collect();
+        if scored.len() < 2 {
+            return vec![false; self.seen.len()];
+        }
+        scored.sort_by(f64::total_cmp);
+        let quartile = scored[scored.len() / 4];
+        (0..self.seen.len())
+            .map(|t| share(t).is_some_and(|r| r >= SLOW_TAKER_SHARE && r > 2.0 * quartile))
+            .collect()
+    }
 }
 
 /// The recent sighting delays: how long chunks took from being handed out
@@ -107,7 +183,7 @@ impl Sightings {
         let mut sorted: Vec<Duration> = self.delays.iter().copied().collect();
         let mid = sorted.len() / 2;
         let (_, median, _) = sorted.select_nth_unstable(mid);
-        Some(*median * LATE_FACTOR)
+        Some((*median * LATE_FACTOR).max(LATE_AT_LEAST))
     }
 }
 
@@ -121,6 +197,10 @@ impl SeedChoice {
             spread: Bitfield::empty(chunk_count),
             unseen_since: vec![None; chunk_count as usize],
             seen_late: Bitfield::empty(chunk_count),
+            seen_at: vec![None; chunk_count as usize],
+            taken_by: vec![None; chunk_count as usize],
+            asked_again: Bitfield::empty(chunk_count),
+            takers: Takers::default(),
             sightings: Sightings::default(),
             seed,
         }
@@ -129,9 +209,17 @@ impl SeedChoice {
     /// Up to `n` chunks among those the caller lacks (`lacks`) and this
     /// source holds (`held`), least handed out first; each counts as handed
     /// out from now on (give back what was not sent with [`Self::unsend`]).
-    /// `link` says whether other uploads are under way.
-    pub fn choose(&mut self, lacks: &Bitfield, held: &Bitfield, n: usize, link: Link) -> Vec<u32> {
-        self.choose_at(lacks, held, n, Instant::now(), link)
+    /// `link` says whether other uploads are under way; `caller` is the
+    /// calling agent's key (empty if unknown).
+    pub fn choose(
+        &mut self,
+        lacks: &Bitfield,
+        held: &Bitfield,
+        n: usize,
+        link: Link,
+        caller: &str,
+    ) -> Vec<u32> {
+        self.choose_at(lacks, held, n, Instant::now(), link, caller)
     }
 
     /// [`Self::choose`] at `now`.
@@ -142,6 +230,7 @@ impl SeedChoice {
         n: usize,
         now: Instant,
         link: Link,
+        caller: &str,
     ) -> Vec<u32> {
         if n == 0 || lacks.len() as usize != self.sent.len() || held.len() != lacks.len() {
             return Vec::new();
@@ -157,6 +246,24 @@ impl SeedChoice {
                     self.seen_late.set(i);
                 }
                 self.sightings.record(delay);
+                self.seen_at[i as usize] = Some(now);
+                if let Some(t) = self.taken_by[i as usize] {
+                    self.takers.seen[usize::from(t)] += 1;
+                }
+            }
+        }
+        // Chunks asked for again, late after they were seen: their takers'
+        // relays are slow for this caller.
+        if let Some(late) = late_after {
+            for i in lacks.held() {
+                let seen_long_ago = self.seen_at[i as usize]
+                    .is_some_and(|at| now.saturating_duration_since(at) > late);
+                if seen_long_ago && !self.asked_again.get(i) {
+                    self.asked_again.set(i);
+                    if let Some(t) = self.taken_by[i as usize] {
+                        self.takers.asked_again[usize::from(t)] += 1;
+                    }
+                }
             }
         }
         let seed = self.seed;
@@ -173,10 +280,14 @@ impl SeedChoice {
             Some(late) if candidates.is_empty() && link == Link::Idle => {
                 // Nothing better to send: the late chunks, longest-waiting
                 // first.
+                let slow = self.takers.slow();
                 let is_late = |i: u32| {
+                    let taken_by_slow =
+                        self.taken_by[i as usize].is_some_and(|t| slow[usize::from(t)]);
                     self.seen_late.get(i)
                         || self.unseen_since[i as usize]
                             .is_some_and(|at| now.saturating_duration_since(at) > late)
+                        || (taken_by_slow && self.asked_again.get(i))
                 };
                 let mut waiting: Vec<u32> = lacks
                     .held()
@@ -192,7 +303,11 @@ impl SeedChoice {
                 })
             }
         };
+        let taker = self.takers.of(caller);
         for &i in &candidates {
+            self.taken_by[i as usize] = taker;
+            self.seen_at[i as usize] = None;
+            self.asked_again.clear(i);
             self.sent[i as usize] = self.sent[i as usize].saturating_add(1);
             self.last[i as usize] = Some(now);
             // A new taker: whether it passes the chunk on late is its own.
@@ -210,6 +325,9 @@ impl SeedChoice {
             if *count == 0 {
                 self.last[index as usize] = None;
                 self.unseen_since[index as usize] = None;
+                self.seen_at[index as usize] = None;
+                self.taken_by[index as usize] = None;
+                self.asked_again.clear(index);
                 self.spread.clear(index);
                 self.seen_late.clear(index);
             }
@@ -237,7 +355,7 @@ mod tests {
         let mut given = Vec::new();
         // Four downloaders that lack everything ask in turn, 3 at a time.
         for _ in 0..64usize.div_ceil(3) {
-            given.extend(choice.choose(&all(64), &all(64), 3, Link::Busy));
+            given.extend(choice.choose(&all(64), &all(64), 3, Link::Busy, ""));
         }
         given.truncate(64);
         given.sort_unstable();
@@ -256,7 +374,7 @@ mod tests {
         for i in (0..8).filter(|&i| i != 5) {
             held.set(i);
         }
-        let mut got = choice.choose(&lacks, &held, 10, Link::Busy);
+        let mut got = choice.choose(&lacks, &held, 10, Link::Busy, "");
         got.sort_unstable();
         assert_eq!(got, vec![1, 2]);
     }
@@ -264,7 +382,10 @@ mod tests {
     #[test]
     fn a_lone_downloader_is_given_as_much_as_it_asks() {
         let mut choice = SeedChoice::new(100, 3);
-        assert_eq!(choice.choose(&all(100), &all(100), 8, Link::Busy).len(), 8);
+        assert_eq!(
+            choice.choose(&all(100), &all(100), 8, Link::Busy, "").len(),
+            8
+        );
     }
 
     #[test]
@@ -273,19 +394,19 @@ mod tests {
         let mut choice = SeedChoice::new(4, 3);
         assert_eq!(
             choice
-                .choose_at(&all(4), &all(4), 4, start, Link::Busy)
+                .choose_at(&all(4), &all(4), 4, start, Link::Busy, "")
                 .len(),
             4
         );
         assert!(
             choice
-                .choose_at(&all(4), &all(4), 4, start, Link::Busy)
+                .choose_at(&all(4), &all(4), 4, start, Link::Busy, "")
                 .is_empty()
         );
         let later = start + RESEND_AFTER;
         assert_eq!(
             choice
-                .choose_at(&all(4), &all(4), 2, later, Link::Busy)
+                .choose_at(&all(4), &all(4), 2, later, Link::Busy, "")
                 .len(),
             2
         );
@@ -297,7 +418,7 @@ mod tests {
         let mut choice = SeedChoice::new(4, 3);
         assert_eq!(
             choice
-                .choose_at(&all(4), &all(4), 4, start, Link::Busy)
+                .choose_at(&all(4), &all(4), 4, start, Link::Busy, "")
                 .len(),
             4
         );
@@ -306,16 +427,16 @@ mod tests {
         lacks.clear(0);
         assert!(
             choice
-                .choose_at(&lacks, &all(4), 4, start, Link::Busy)
+                .choose_at(&lacks, &all(4), 4, start, Link::Busy, "")
                 .is_empty()
         );
         let later = start + RESEND_AFTER;
-        let mut again = choice.choose_at(&all(4), &all(4), 4, later, Link::Busy);
+        let mut again = choice.choose_at(&all(4), &all(4), 4, later, Link::Busy, "");
         again.sort_unstable();
         assert_eq!(again, vec![1, 2, 3], "chunk 0 is held by a peer");
         let much_later = start + RESEND_SPREAD_AFTER;
         assert_eq!(
-            choice.choose_at(&all(4), &all(4), 1, much_later, Link::Busy),
+            choice.choose_at(&all(4), &all(4), 1, much_later, Link::Busy, ""),
             vec![0]
         );
     }
@@ -323,17 +444,24 @@ mod tests {
     #[test]
     fn unsent_chunks_are_chosen_again_first() {
         let mut choice = SeedChoice::new(4, 0);
-        let first = choice.choose(&all(4), &all(4), 1, Link::Busy)[0];
-        choice.choose(&all(4), &all(4), 3, Link::Busy);
+        let first = choice.choose(&all(4), &all(4), 1, Link::Busy, "")[0];
+        choice.choose(&all(4), &all(4), 3, Link::Busy, "");
         choice.unsend(first);
         assert_eq!(choice.sent(first), 0);
-        assert_eq!(choice.choose(&all(4), &all(4), 1, Link::Busy), vec![first]);
+        assert_eq!(
+            choice.choose(&all(4), &all(4), 1, Link::Busy, ""),
+            vec![first]
+        );
     }
 
     #[test]
     fn a_bitfield_of_the_wrong_length_gets_nothing() {
         let mut choice = SeedChoice::new(4, 0);
-        assert!(choice.choose(&all(5), &all(5), 2, Link::Busy).is_empty());
+        assert!(
+            choice
+                .choose(&all(5), &all(5), 2, Link::Busy, "")
+                .is_empty()
+        );
     }
 
     /// A bitfield of `n` chunks lacking exactly `lacking`.
@@ -352,14 +480,16 @@ mod tests {
         let first = lacking(16, &(0..10).collect::<Vec<_>>());
         assert_eq!(
             choice
-                .choose_at(&first, &all(16), 10, start, Link::Busy)
+                .choose_at(&first, &all(16), 10, start, Link::Busy, "")
                 .len(),
             10
         );
         let rest = lacking(16, &(10..16).collect::<Vec<_>>());
         let at = start + Duration::from_millis(100);
         assert_eq!(
-            choice.choose_at(&rest, &all(16), 6, at, Link::Busy).len(),
+            choice
+                .choose_at(&rest, &all(16), 6, at, Link::Busy, "")
+                .len(),
             6
         );
         assert_eq!(
@@ -375,14 +505,14 @@ mod tests {
         let mut choice = SeedChoice::new(4, 3);
         assert_eq!(
             choice
-                .choose_at(&all(4), &all(4), 4, start, Link::Busy)
+                .choose_at(&all(4), &all(4), 4, start, Link::Busy, "")
                 .len(),
             4
         );
         let later = start + Duration::from_secs(1);
         assert!(
             choice
-                .choose_at(&all(4), &all(4), 4, later, Link::Idle)
+                .choose_at(&all(4), &all(4), 4, later, Link::Idle, "")
                 .is_empty(),
             "no sighting delays yet, so nothing is late"
         );
@@ -397,23 +527,24 @@ mod tests {
         let soon = start + Duration::from_millis(250);
         assert!(
             choice
-                .choose_at(&lacking(16, &[10, 11]), &all(16), 2, soon, Link::Idle)
+                .choose_at(&lacking(16, &[10, 11]), &all(16), 2, soon, Link::Idle, "")
                 .is_empty()
         );
         // At +350 ms they are: idle, they go again; busy, they wait.
         let later = start + Duration::from_millis(350);
         assert!(
             choice
-                .choose_at(&lacking(16, &[10, 11]), &all(16), 2, later, Link::Busy)
+                .choose_at(&lacking(16, &[10, 11]), &all(16), 2, later, Link::Busy, "")
                 .is_empty()
         );
-        let mut again = choice.choose_at(&lacking(16, &[10, 11]), &all(16), 2, later, Link::Idle);
+        let mut again =
+            choice.choose_at(&lacking(16, &[10, 11]), &all(16), 2, later, Link::Idle, "");
         again.sort_unstable();
         assert_eq!(again, vec![10, 11]);
         // Sent again, they are no longer late: a new taker has them.
         assert!(
             choice
-                .choose_at(&lacking(16, &[10, 11]), &all(16), 2, later, Link::Idle)
+                .choose_at(&lacking(16, &[10, 11]), &all(16), 2, later, Link::Idle, "")
                 .is_empty()
         );
     }
@@ -427,21 +558,86 @@ mod tests {
         let at = start + Duration::from_millis(600);
         assert!(
             choice
-                .choose_at(&lacking(16, &[0]), &all(16), 1, at, Link::Idle)
+                .choose_at(&lacking(16, &[0]), &all(16), 1, at, Link::Idle, "")
                 .is_empty(),
             "chunk 0 was seen in time: its holders pass it on"
         );
-        let mut again = choice.choose_at(&lacking(16, &[0, 12, 13]), &all(16), 4, at, Link::Idle);
+        let mut again =
+            choice.choose_at(&lacking(16, &[0, 12, 13]), &all(16), 4, at, Link::Idle, "");
         again.sort_unstable();
         assert_eq!(again, vec![12, 13], "held only by a slow relay");
+    }
+
+    /// A seeder of 16 chunks that handed 8 to "fast" and the other 8 to
+    /// "slow" at `start` (returned in that order), all seen 100 ms later:
+    /// late after 200 ms.
+    fn two_takers(start: Instant) -> (SeedChoice, Vec<u32>, Vec<u32>) {
+        let mut choice = SeedChoice::new(16, 5);
+        let mut fast = choice.choose_at(&all(16), &all(16), 8, start, Link::Busy, "fast");
+        let mut slow = choice.choose_at(&all(16), &all(16), 8, start, Link::Busy, "slow");
+        fast.sort_unstable();
+        slow.sort_unstable();
+        assert_eq!(fast.len() + slow.len(), 16);
+        let at = start + Duration::from_millis(100);
+        assert!(
+            choice
+                .choose_at(&Bitfield::empty(16), &all(16), 1, at, Link::Busy, "w")
+                .is_empty()
+        );
+        assert_eq!(
+            choice.sightings.late_after(),
+            Some(Duration::from_millis(200))
+        );
+        (choice, fast, slow)
+    }
+
+    #[test]
+    fn chunks_a_slow_relay_took_go_again_when_asked_for_late() {
+        let start = Instant::now();
+        let (mut choice, fast, slow) = two_takers(start);
+        let at = start + Duration::from_millis(400);
+        // Two of the fast taker's chunks asked for again: a quarter of its
+        // chunks, so it passes its chunks on.
+        assert!(
+            choice
+                .choose_at(&lacking(16, &fast[..2]), &all(16), 2, at, Link::Idle, "w")
+                .is_empty()
+        );
+        // Six of the slow taker's: three quarters, more than twice the
+        // fast one's share. A slow relay: its chunks go again.
+        let mut again =
+            choice.choose_at(&lacking(16, &slow[..6]), &all(16), 6, at, Link::Idle, "w");
+        again.sort_unstable();
+        assert_eq!(again, slow[..6]);
+        // The fast taker's are still left to it.
+        assert!(
+            choice
+                .choose_at(&lacking(16, &fast[..2]), &all(16), 2, at, Link::Idle, "w2")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn takers_asked_again_alike_are_no_slow_relays() {
+        let start = Instant::now();
+        let (mut choice, fast, slow) = two_takers(start);
+        let at = start + Duration::from_millis(400);
+        // Six of each taker's chunks asked for again: starved cores, not a
+        // slow link. Nobody stands out, nothing goes twice.
+        let asked: Vec<u32> = fast[..6].iter().chain(&slow[..6]).copied().collect();
+        assert!(
+            choice
+                .choose_at(&lacking(16, &asked), &all(16), 12, at, Link::Idle, "w")
+                .is_empty()
+        );
     }
 
     #[test]
     fn fresh_chunks_come_before_any_resend() {
         let start = Instant::now();
         let mut fresh = SeedChoice::new(4, 3);
-        let first = fresh.choose_at(&all(4), &all(4), 1, start, Link::Idle);
-        let second = fresh.choose_at(&all(4), &all(4), 1, start, Link::Idle);
+        let first = fresh.choose_at(&all(4), &all(4), 1, start, Link::Idle, "");
+        let second = fresh.choose_at(&all(4), &all(4), 1, start, Link::Idle, "");
         assert_ne!(first, second);
     }
 }
