@@ -38,9 +38,10 @@
 //! keeps such a seeder at about one copy. An idle seeder sends late chunks
 //! again at once, the longest-waiting first; no other chunk goes out again
 //! before its timer.
-//! That is the end of a mixed LAN: the last chunks the seeder gave went to
-//! laptops, whose slow links would otherwise keep every wired downloader
-//! waiting out those timers while the seeder's link sat idle. On a LAN of
+//!
+//! Late chunks are how a mixed LAN ends: the last chunks the seeder gave
+//! went to laptops, whose slow links would otherwise keep every wired
+//! downloader waiting out those timers while the seeder's link sat idle. On a LAN of
 //! equal hosts, chunks are seen at about the same delay, none is late, and
 //! a seeder still uploads about one copy.
 //!
