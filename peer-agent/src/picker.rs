@@ -510,11 +510,7 @@ impl Picker {
 
     /// The chunks still needed, as a bitfield (for LocateSources).
     pub fn wanted(&self) -> Bitfield {
-        let mut wanted = Bitfield::empty(self.have.len());
-        for i in self.have.missing() {
-            wanted.set(i);
-        }
-        wanted
+        Bitfield::of(self.have.len(), self.have.missing())
     }
 
     /// Whether any known source holds a chunk still needed.
@@ -738,11 +734,7 @@ mod tests {
     }
 
     fn field(len: u32, held: &[u32]) -> Bitfield {
-        let mut f = Bitfield::empty(len);
-        for &i in held {
-            f.set(i);
-        }
-        f
+        Bitfield::of(len, held.iter().copied())
     }
 
     fn sorted(mut v: Vec<u32>) -> Vec<u32> {

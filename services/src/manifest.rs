@@ -606,8 +606,13 @@ impl Bitfield {
 
     /// Every chunk held.
     pub fn full(len: u32) -> Self {
+        Self::of(len, 0..len)
+    }
+
+    /// Chunks `held` held, of `len`; indexes past the end are ignored.
+    pub fn of(len: u32, held: impl IntoIterator<Item = u32>) -> Self {
         let mut field = Self::empty(len);
-        for i in 0..len {
+        for i in held {
             field.set(i);
         }
         field
