@@ -96,13 +96,11 @@ pub struct SeedChoice {
     last: Vec<Option<Instant>>,
     /// Handed out, and since seen held by a caller.
     spread: Bitfield,
-    /// When each chunk was last handed out, while no caller has shown it
-    /// since.
-    unseen_since: Vec<Option<Instant>>,
     /// Seen only later than the late threshold after it was last handed
     /// out: its holders pass it on slowly.
     seen_late: Bitfield,
-    /// When each chunk was first seen after it was last handed out.
+    /// When each chunk was first seen after it was last handed out; `None`
+    /// while a chunk handed out is not seen yet (see [`Self::unseen_since`]).
     seen_at: Vec<Option<Instant>>,
     /// Who each chunk was last handed to (an index into `takers`).
     taken_by: Vec<Option<u16>>,
@@ -196,7 +194,6 @@ impl SeedChoice {
             sent: vec![0; chunk_count as usize],
             last: vec![None; chunk_count as usize],
             spread: Bitfield::empty(chunk_count),
-            unseen_since: vec![None; chunk_count as usize],
             seen_late: Bitfield::empty(chunk_count),
             seen_at: vec![None; chunk_count as usize],
             taken_by: vec![None; chunk_count as usize],
@@ -241,7 +238,7 @@ impl SeedChoice {
             if self.last[i as usize].is_some() {
                 self.spread.set(i);
             }
-            if let Some(at) = self.unseen_since[i as usize].take() {
+            if let Some(at) = self.unseen_since(i) {
                 let delay = now.saturating_duration_since(at);
                 if late_after.is_some_and(|late| delay > late) {
                     self.seen_late.set(i);
@@ -286,7 +283,8 @@ impl SeedChoice {
                     let taken_by_slow =
                         self.taken_by[i as usize].is_some_and(|t| slow[usize::from(t)]);
                     self.seen_late.get(i)
-                        || self.unseen_since[i as usize]
+                        || self
+                            .unseen_since(i)
                             .is_some_and(|at| now.saturating_duration_since(at) > late)
                         || (taken_by_slow && self.asked_again.get(i))
                 };
@@ -312,10 +310,14 @@ impl SeedChoice {
             self.sent[i as usize] = self.sent[i as usize].saturating_add(1);
             self.last[i as usize] = Some(now);
             // A new taker: whether it passes the chunk on late is its own.
-            self.unseen_since[i as usize] = Some(now);
             self.seen_late.clear(i);
         }
         candidates
+    }
+
+    /// When chunk `i` was last handed out, if no caller has shown it since.
+    fn unseen_since(&self, i: u32) -> Option<Instant> {
+        self.last[i as usize].filter(|_| self.seen_at[i as usize].is_none())
     }
 
     /// Gives back a chunk [`Self::choose`] counted but that was not sent
@@ -325,7 +327,6 @@ impl SeedChoice {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 self.last[index as usize] = None;
-                self.unseen_since[index as usize] = None;
                 self.seen_at[index as usize] = None;
                 self.taken_by[index as usize] = None;
                 self.asked_again.clear(index);
@@ -367,14 +368,8 @@ mod tests {
     #[test]
     fn only_chunks_the_caller_lacks_and_the_source_holds_are_chosen() {
         let mut choice = SeedChoice::new(8, 1);
-        let mut lacks = Bitfield::empty(8);
-        lacks.set(1);
-        lacks.set(2);
-        lacks.set(5);
-        let mut held = Bitfield::empty(8);
-        for i in (0..8).filter(|&i| i != 5) {
-            held.set(i);
-        }
+        let lacks = Bitfield::of(8, [1, 2, 5]);
+        let held = Bitfield::of(8, (0..8).filter(|&i| i != 5));
         let mut got = choice.choose(&lacks, &held, 10, Link::Busy, "");
         got.sort_unstable();
         assert_eq!(got, vec![1, 2]);
@@ -467,11 +462,7 @@ mod tests {
 
     /// A bitfield of `n` chunks lacking exactly `lacking`.
     fn lacking(n: u32, lacking: &[u32]) -> Bitfield {
-        let mut field = Bitfield::empty(n);
-        for &i in lacking {
-            field.set(i);
-        }
-        field
+        Bitfield::of(n, lacking.iter().copied())
     }
 
     /// A seeder of 16 chunks that handed out chunks 0..10 at `start` and
