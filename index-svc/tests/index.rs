@@ -476,14 +476,7 @@ async fn publish_is_idempotent_and_makes_the_publisher_a_holder(db: Db) {
         "the first publish names the file"
     );
 
-    let got = index
-        .client
-        .get_file(index.req(pb::GetFileRequest {
-            file_id: file.file_id.clone(),
-        }))
-        .await
-        .expect("get file")
-        .into_inner();
+    let got = index.get_file(&file.file_id).await.expect("get file");
     let m = got.manifest.expect("manifest");
     let sent = manifest("Holiday.mp4", 1, 4);
     assert_eq!(m.chunk_hashes, sent.chunk_hashes);
@@ -737,13 +730,9 @@ async fn a_folder_is_one_entry_and_its_tree_survives_storage(db: Db) {
     assert_eq!(file.size_bytes, big.len() as u64 + 8);
     let mut other = Index::new(&two, &bob);
     let got = other
-        .client
-        .get_file(other.req(pb::GetFileRequest {
-            file_id: file.file_id.clone(),
-        }))
+        .get_file(&file.file_id)
         .await
         .expect("get the folder")
-        .into_inner()
         .manifest
         .expect("manifest");
     assert_eq!(got.folder, sent.folder);
@@ -811,13 +800,7 @@ async fn unknown_file_is_not_found(db: Db) {
     let bob = cluster.user("bob").await;
     let mut index = Index::new(&server, &bob);
     let unknown = "ab".repeat(32);
-    let get = index
-        .client
-        .get_file(index.req(pb::GetFileRequest {
-            file_id: unknown.clone(),
-        }))
-        .await
-        .expect_err("unknown file");
+    let get = index.get_file(&unknown).await.expect_err("unknown file");
     assert_eq!(get.code(), Code::NotFound);
     let locate = index
         .locate(&unknown, "", Vec::new())
@@ -831,10 +814,7 @@ async fn unknown_file_is_not_found(db: Db) {
         .expect_err("unknown file");
     assert_eq!(delete.code(), Code::NotFound);
     let malformed = index
-        .client
-        .get_file(index.req(pb::GetFileRequest {
-            file_id: "../etc/passwd".into(),
-        }))
+        .get_file("../etc/passwd")
         .await
         .expect_err("malformed id");
     assert_eq!(malformed.code(), Code::InvalidArgument);
@@ -886,13 +866,7 @@ async fn delete_by_non_owner_is_denied_and_admin_may_delete(db: Db) {
         .await
         .expect("admin deletes");
     for id in &ids {
-        let gone = as_bob
-            .client
-            .get_file(as_bob.req(pb::GetFileRequest {
-                file_id: id.clone(),
-            }))
-            .await
-            .expect_err("deleted");
+        let gone = as_bob.get_file(id).await.expect_err("deleted");
         assert_eq!(gone.code(), Code::NotFound);
     }
     let peers = as_bob.peers(true).await;
@@ -1433,13 +1407,9 @@ async fn index_keeps_everything_across_restart(db: Db) {
     let server = cluster.index(&[]).await;
     let mut index = Index::new(&server, &bob);
     let got = index
-        .client
-        .get_file(index.req(pb::GetFileRequest {
-            file_id: file_id.clone(),
-        }))
+        .get_file(&file_id)
         .await
-        .expect("file survives restart")
-        .into_inner();
+        .expect("file survives restart");
     assert_eq!(got.file.expect("file").name, "keep.bin");
     assert_eq!(
         index.register("10.0.5.1:7000", idle()).await,
@@ -1730,11 +1700,9 @@ async fn a_v2_manifest_keeps_its_chaining_values_and_v1_stays_v1(db: Db) {
             .expect("file info")
             .file_id;
         let got = index
-            .client
-            .get_file(index.req(pb::GetFileRequest { file_id }))
+            .get_file(&file_id)
             .await
             .expect("get file")
-            .into_inner()
             .manifest
             .expect("manifest");
         assert_eq!(got.chunk_chaining_values, sent.chunk_chaining_values);

@@ -298,6 +298,14 @@ impl Index {
             .map(|r| r.into_inner())
     }
 
+    /// GetFile for `file_id`.
+    pub async fn get_file(&mut self, file_id: &str) -> Result<pb::GetFileResponse, tonic::Status> {
+        let request = self.req(pb::GetFileRequest {
+            file_id: file_id.to_string(),
+        });
+        self.client.get_file(request).await.map(|r| r.into_inner())
+    }
+
     pub async fn list(
         &mut self,
         filter: &str,
