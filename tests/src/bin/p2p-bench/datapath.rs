@@ -5,9 +5,11 @@
 //! frames, two agents kept to FetchChunks (`--no-chunk-framing`, the path
 //! every agent used before the framing), and `curl` fetching the file over
 //! HTTPS from nginx (one worker, certificate from our own CA), its output
-//! fsynced too. For each: throughput, CPU seconds per GiB on each side
-//! (only what was spent during the transfer) and the load average when it
-//! ran; the medians with their range.
+//! fsynced too. Each run starts at the next case, and every case writes
+//! its copy into memory just freed ([`warm_free_pages`]). For each:
+//! throughput, CPU seconds per GiB on each side (only what was spent
+//! during the transfer) and the load average when it ran; the medians
+//! with their range.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -94,7 +96,10 @@ pub fn datapath(out: &Path, size_mib: u64, runs: usize) -> Result<()> {
         // earlier run is ever a source).
         let plain = www.join("payload.bin");
         random_file(&plain, size, 1000 + run as u64)?;
-        for case in Case::ALL {
+        // Each run starts at the next case, so no case always follows the
+        // same one.
+        for case in Case::ALL.iter().cycle().skip(run).take(Case::ALL.len()) {
+            let case = *case;
             let sample = match case {
                 Case::RawTcp => raw_tcp_copy(&me, &plain, &dir.path().join("tcp-copy.bin"))?,
                 Case::CurlNginx => curl(&nginx, &ca, &dir.path().join("curl-copy.bin"), &plain)?,
@@ -223,6 +228,7 @@ fn agents(
     let p2p = bin("p2p")?;
     cluster::share(Command::new(&p2p), &here.join("a"), &source)?;
     let copy = here.join("copy.bin");
+    warm_free_pages(&copy, size)?;
     let load = load_average();
     let (cpu_a, cpu_b) = (cpu_seconds(a.0.id()), cpu_seconds(b.0.id()));
     let started = Instant::now();
@@ -251,6 +257,30 @@ fn agents(
     drop((a, b));
     let _ = std::fs::remove_dir_all(&here);
     Ok(sample)
+}
+
+/// Writes `size` bytes beside `copy` and deletes them, just before a case
+/// starts its clock, so that every case writes its copy into memory the
+/// guest freed a moment ago. In this VM, memory freed for more than about
+/// two seconds goes back to the host (virtio-balloon free page reporting),
+/// and writing the page cache into it costs a host fault per page: 1 GiB
+/// took 0.2 s to write into memory just freed and 0.85 s five seconds
+/// later. Without this, whichever case had just written its source file
+/// (the agents' own, each pair sharing new content) met that cost and the
+/// others did not.
+fn warm_free_pages(copy: &Path, size: u64) -> Result<()> {
+    let scratch = copy.with_extension("warm");
+    let mut out = std::fs::File::create(&scratch)?;
+    let block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        out.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    drop(out);
+    std::fs::remove_file(&scratch)?;
+    Ok(())
 }
 
 /// nginx serving `www` over HTTPS on loopback with the run's certificate
@@ -301,6 +331,7 @@ fn curl(nginx: &Proc, ca: &Path, copy: &Path, served: &Path) -> Result<Sample> {
         .context("served file name")?
         .to_string_lossy();
     let times = copy.with_extension("time");
+    warm_free_pages(copy, std::fs::metadata(served)?.len())?;
     let load = load_average();
     let nginx_cpu = cpu_seconds(nginx.0.id()).unwrap_or(0.0);
     let started = Instant::now();
@@ -349,6 +380,7 @@ fn cpu_from_time(path: &Path) -> Result<f64> {
 fn raw_tcp_copy(me: &Path, source: &Path, copy: &Path) -> Result<Sample> {
     let sink_times = copy.with_extension("sink-time");
     let source_times = copy.with_extension("source-time");
+    warm_free_pages(copy, std::fs::metadata(source)?.len())?;
     let load = load_average();
     let mut sink = Command::new("/usr/bin/time")
         .args(["-f", "%U %S", "-o"])
