@@ -5,8 +5,10 @@
 //! and down apart, netem delay where the kernel has it), cut and restored.
 //!
 //! Addresses (10.77.0.0/24) exist only inside the namespaces a [`Lan`]
-//! creates; every namespace is deleted when the `Lan` drops. Needs root and
-//! iproute2; [`Lan::unavailable_reason`] says why a test must skip.
+//! creates; every namespace is deleted when the `Lan` drops, and the first
+//! `Lan` a process creates first deletes those a killed run left (named
+//! for a process that no longer exists). Needs root and iproute2;
+//! [`Lan::unavailable_reason`] says why a test must skip.
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
@@ -56,6 +58,45 @@ pub enum LanError {
 }
 
 static NEXT_LAN: AtomicU32 = AtomicU32::new(0);
+/// Whether this process has swept the namespaces killed runs left.
+static SWEPT: std::sync::Once = std::sync::Once::new();
+
+/// Deletes namespace `name`, killing what still runs in it first (its
+/// processes would keep its interfaces).
+fn remove_netns(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", name]).status();
+}
+
+/// The process a [`Lan`]'s namespace was made by, from its name
+/// (`p2p<pid>x<lan>…`).
+fn netns_owner(name: &str) -> Option<u32> {
+    let (pid, _) = name.strip_prefix("p2p")?.split_once('x')?;
+    pid.parse().ok()
+}
+
+/// Deletes the namespaces of LANs whose process is gone: a benchmark or
+/// test killed before its `Lan` dropped (Ctrl-C, a timeout) leaves its
+/// hosts, their agents and their addresses behind.
+fn sweep_left_behind() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(pid) = netns_owner(name) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("removing network namespace {name}: process {pid}, which made it, is gone");
+            remove_netns(name);
+        }
+    }
+}
 
 fn run(args: &[&str]) -> Result<Output, LanError> {
     let command = args.join(" ");
@@ -267,6 +308,7 @@ impl Lan {
     /// Builds `count` hosts (at most 200) with links shaped by `shape`.
     pub fn create(count: usize, shape: LinkShape) -> Result<Self, LanError> {
         assert!(count <= 200, "a Lan holds at most 200 hosts");
+        SWEPT.call_once(sweep_left_behind);
         let tag = format!(
             "p2p{}x{}",
             std::process::id(),
@@ -337,23 +379,9 @@ impl Lan {
 impl Drop for Lan {
     fn drop(&mut self) {
         for host in &self.hosts {
-            // Processes still running inside would keep the namespace's
-            // interfaces; kill them first.
-            if let Ok(out) = Command::new("ip")
-                .args(["netns", "pids", &host.netns])
-                .output()
-            {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            }
-            let _ = Command::new("ip")
-                .args(["netns", "del", &host.netns])
-                .status();
+            remove_netns(&host.netns);
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.switch_ns])
-            .status();
+        remove_netns(&self.switch_ns);
     }
 }
 
@@ -518,6 +546,47 @@ impl Drop for LinkMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_namespace_names_the_process_that_made_it() {
+        assert_eq!(netns_owner("p2p4242x0h3"), Some(4242));
+        assert_eq!(netns_owner("p2p4242x12sw"), Some(4242));
+        assert_eq!(netns_owner("p2pfoo"), None);
+        assert_eq!(netns_owner("other7x0"), None);
+        assert_eq!(netns_owner("p2px0h1"), None);
+    }
+
+    #[test]
+    fn namespaces_a_killed_run_left_are_removed() {
+        if Lan::unavailable_reason().is_some() {
+            return;
+        }
+        // A process that has exited: its pid names no process now.
+        let mut child = Command::new("true").spawn().expect("spawn true");
+        let dead = child.id();
+        child.wait().expect("wait");
+        if std::path::Path::new(&format!("/proc/{dead}")).exists() {
+            return; // reused already; nothing to test with
+        }
+        let left = format!("p2p{dead}x0h0");
+        run(&["ip", "netns", "add", &left]).expect("add a namespace");
+        let ours = format!("p2p{}x999h0", std::process::id());
+        run(&["ip", "netns", "add", &ours]).expect("add our own namespace");
+        sweep_left_behind();
+        let list = run(&["ip", "netns", "list"]).expect("list");
+        let list = String::from_utf8_lossy(&list.stdout);
+        let names: Vec<&str> = list
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        remove_netns(&ours);
+        remove_netns(&left);
+        assert!(!names.contains(&left.as_str()), "left behind: {names:?}");
+        assert!(
+            names.contains(&ours.as_str()),
+            "a live run's namespace was removed: {names:?}"
+        );
+    }
 
     #[test]
     fn flow_counters_become_a_matrix_of_hosts() {
