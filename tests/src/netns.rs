@@ -72,8 +72,14 @@ fn remove_netns(name: &str) {
     let _ = Command::new("ip").args(["netns", "del", name]).status();
 }
 
-/// The process a [`Lan`]'s namespace was made by, from its name
-/// (`p2p<pid>x<lan>…`).
+/// The prefix of every namespace of LAN number `lan` of process `pid`:
+/// `p2p<pid>x<lan>`, then `sw` for its switch and `h<i>` for its hosts.
+fn lan_tag(pid: u32, lan: u32) -> String {
+    format!("p2p{pid}x{lan}")
+}
+
+/// The process a [`Lan`]'s namespace was made by, from its name (see
+/// [`lan_tag`]).
 fn netns_owner(name: &str) -> Option<u32> {
     let (pid, _) = name.strip_prefix("p2p")?.split_once('x')?;
     pid.parse().ok()
@@ -309,11 +315,7 @@ impl Lan {
     pub fn create(count: usize, shape: LinkShape) -> Result<Self, LanError> {
         assert!(count <= 200, "a Lan holds at most 200 hosts");
         SWEPT.call_once(sweep_left_behind);
-        let tag = format!(
-            "p2p{}x{}",
-            std::process::id(),
-            NEXT_LAN.fetch_add(1, Ordering::Relaxed)
-        );
+        let tag = lan_tag(std::process::id(), NEXT_LAN.fetch_add(1, Ordering::Relaxed));
         let switch_ns = format!("{tag}sw");
         run(&["ip", "netns", "add", &switch_ns])?;
         let mut lan = Self {
@@ -549,6 +551,7 @@ mod tests {
 
     #[test]
     fn a_namespace_names_the_process_that_made_it() {
+        assert_eq!(netns_owner(&format!("{}h3", lan_tag(4242, 0))), Some(4242));
         assert_eq!(netns_owner("p2p4242x0h3"), Some(4242));
         assert_eq!(netns_owner("p2p4242x12sw"), Some(4242));
         assert_eq!(netns_owner("p2pfoo"), None);
@@ -568,9 +571,9 @@ mod tests {
         if std::path::Path::new(&format!("/proc/{dead}")).exists() {
             return; // reused already; nothing to test with
         }
-        let left = format!("p2p{dead}x0h0");
+        let left = format!("{}h0", lan_tag(dead, 0));
         run(&["ip", "netns", "add", &left]).expect("add a namespace");
-        let ours = format!("p2p{}x999h0", std::process::id());
+        let ours = format!("{}h0", lan_tag(std::process::id(), 999));
         run(&["ip", "netns", "add", &ours]).expect("add our own namespace");
         sweep_left_behind();
         let list = run(&["ip", "netns", "list"]).expect("list");
