@@ -2,16 +2,17 @@
 //! on loopback with TLS: two current agents move chunks as frames, and an
 //! agent started with `--no-chunk-framing` (how an agent from before the
 //! framing behaves) still serves current downloaders and downloads from
-//! current sources, with FetchChunks. Sources that break the framing are
-//! in `hostile.rs`.
+//! current sources, with FetchChunks. A source answers `FETCH`es sent
+//! back to back in turn, as downloaders pipeline them. Sources that break
+//! the framing are in `hostile.rs`.
 
 use p2p_tests::AgentHandle as _;
 
-use p2p_services::framing::{self, Hello, Kind};
+use p2p_services::framing::{self, Fetch, Hello, Kind};
 use p2p_tests::{
     AgentOptions, Cluster, ClusterOptions, USER_PASSWORD, assert_same_content, random_file,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Size of the files these tests move: several chunks.
 const FILE_BYTES: usize = 3 * 1024 * 1024 + 17;
@@ -127,4 +128,106 @@ async fn a_hello_without_a_peer_token_is_refused_as_fetch_chunks_refuses_it() {
     // The source closes the connection after refusing it.
     let after = framing::read_small(&mut stream, &[Kind::Ready, Kind::Error]).await;
     assert!(matches!(after, Ok(None) | Err(_)), "{after:?}");
+}
+
+/// A downloader keeps a second `FETCH` on the wire while the first is
+/// answered, on the one connection it holds to a source: the source must
+/// answer them in the order they arrived, each to its `END`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_answers_fetches_sent_back_to_back_in_turn() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let alice = cluster
+        .add_user_agent("alice", AgentOptions::default())
+        .await;
+    let original = random_file(&cluster.scratch_dir("input"), FILE_BYTES, 13);
+    let id = alice.share(&original).await;
+    let info = alice
+        .network_file(&id)
+        .await
+        .and_then(|f| f.file)
+        .expect("shared file listed");
+    let chunk = info.chunk_size_bytes as usize;
+    let last = info.chunk_count - 1;
+    cluster.create_user("bob", false).await;
+    let alice_id = alice.status().await.peer_id;
+    let creds = cluster
+        .peer_credentials("bob", USER_PASSWORD, &alice_id)
+        .await;
+
+    let mut stream = cluster
+        .tls()
+        .connect_raw(alice.peer_addr(), &[framing::ALPN])
+        .await
+        .expect("connect to alice's PeerService");
+    let hello = Hello {
+        token: creds.token,
+        proof: creds.proof,
+    };
+    stream.write_all(&hello.encode()).await.expect("send HELLO");
+    stream.flush().await.expect("flush");
+    let ready = framing::read_small(&mut stream, &[Kind::Ready, Kind::Error])
+        .await
+        .expect("a well-formed frame")
+        .expect("an answer to HELLO");
+    assert_eq!(
+        ready.0,
+        Kind::Ready,
+        "{:?}",
+        String::from_utf8_lossy(&ready.1)
+    );
+
+    // Three FETCHes, all sent before any answer is read.
+    let asked: [&[(u32, u32)]; 3] = [&[(3, 2)], &[(0, 1)], &[(last, 1)]];
+    for ranges in asked {
+        let fetch = Fetch {
+            file_id: id.clone(),
+            ranges: ranges.to_vec(),
+            any_of: Vec::new(),
+            any_count: 0,
+        };
+        stream.write_all(&fetch.encode()).await.expect("send FETCH");
+    }
+    stream.flush().await.expect("flush");
+
+    let bytes = std::fs::read(&original).expect("read the original");
+    let mut answered = Vec::new();
+    for _ in asked {
+        let mut chunks = Vec::new();
+        loop {
+            let header = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                framing::read_header(&mut stream),
+            )
+            .await
+            .expect("a frame within 10 s")
+            .expect("a well-formed frame")
+            .expect("a frame before the close");
+            let mut body = vec![0; header.len as usize];
+            stream
+                .read_exact(&mut body)
+                .await
+                .expect("the frame's body");
+            match header.kind {
+                Kind::Chunk => {
+                    let (index, data) = body.split_at(framing::CHUNK_PREFIX_BYTES);
+                    let index = u32::from_be_bytes(index.try_into().expect("4 bytes"));
+                    let at = index as usize * chunk;
+                    let end = (at + chunk).min(bytes.len());
+                    assert!(data == &bytes[at..end], "chunk {index} is not the file's");
+                    chunks.push(index);
+                }
+                Kind::End => {
+                    let sent = framing::decode_end(&body).expect("an END body");
+                    assert_eq!(sent as usize, chunks.len());
+                    break;
+                }
+                other => panic!(
+                    "{other:?} in an answer: {:?}",
+                    String::from_utf8_lossy(&body)
+                ),
+            }
+        }
+        answered.push(chunks);
+    }
+    assert_eq!(answered, vec![vec![3, 4], vec![0], vec![last]]);
 }

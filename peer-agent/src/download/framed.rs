@@ -1,37 +1,50 @@
 //! The downloader end of the chunk framing (`p2p-chunks/1`, contract in
 //! `proto/proto/p2p/peer/v1/chunks.md`, codec in
-//! `p2p_services::framing`): a source's [`Pool`] of authenticated
-//! connections, and reading one `FETCH`'s answer from a [`Connection`].
+//! `p2p_services::framing`): a source's [`Pool`], holding one
+//! authenticated [`Connection`], and reading one `FETCH`'s [`Answer`].
 //!
 //! A connection offers `p2p-chunks/1` then `h2` by ALPN: a source that
 //! picks `h2` (an agent from before the framing, or one started with
 //! `--no-chunk-framing`) does not speak it, and the pool says so once,
 //! after which the worker uses FetchChunks for that source. A connection
-//! sends `HELLO` once and is reused for later `FETCH`es until its proof is
-//! [`MAX_AGE`] old. Each chunk frame's length is checked against the
-//! chunk it must be before its bytes are read, and the bytes land in the
-//! connection's own buffer, whose memory is reused once the chunk is
-//! written; so a connection holds at most one chunk however hostile its
-//! source.
+//! sends `HELLO` once and takes new `FETCH`es until its proof is
+//! [`MAX_AGE`] old.
+//!
+//! The calls in flight to one source share its one connection: each
+//! sends its `FETCH` as soon as it is made, and reads its answer once the
+//! answers to the `FETCH`es sent before it have been read (a source
+//! answers them in the order they arrive). So the next call's chunks
+//! follow the current call's with no round trip between them, and a
+//! source's uplink is shared between its downloaders, one TCP flow each,
+//! however many calls each keeps in flight. A call that fails or is
+//! dropped before its answer's end leaves the stream out of step: the
+//! connection is then broken, the calls waiting behind it fail with it,
+//! and the next call connects again.
+//!
+//! Each chunk frame's length is checked against the chunk it must be
+//! before its bytes are read, and the bytes land in the connection's own
+//! buffer, whose memory is reused once the chunk is written; so a
+//! connection holds at most one chunk however hostile its source.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use p2p_services::framing::{self, Fetch, Hello, Kind};
 use p2p_services::tls::ClientTls;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tokio_rustls::client::TlsStream;
 use tonic::{Code, Status};
 
-/// A connection is not reused once its `HELLO` is this old: sources honour
-/// a proof for [`p2p_services::auth::PEER_PROOF_TTL`] after it, and ours
-/// may already be up to a minute old when sent.
+/// A connection takes no new `FETCH` once its `HELLO` is this old: sources
+/// honour a proof for [`p2p_services::auth::PEER_PROOF_TTL`] after it, and
+/// ours may already be up to a minute old when sent.
 pub const MAX_AGE: Duration = Duration::from_secs(50);
-/// Most idle connections a pool keeps (one per call in flight).
-const MAX_IDLE: usize = 2;
+/// The turn of a broken connection: no answer on it is read any more.
+const BROKEN: u64 = u64::MAX;
 
 /// Why a framed fetch failed, for the worker to classify.
 #[derive(Debug)]
@@ -47,19 +60,32 @@ pub enum Fault {
     Stalled,
 }
 
-/// One authenticated connection to a source.
+type Stream = TlsStream<TcpStream>;
+
+/// One authenticated connection to a source, shared by the calls in
+/// flight to it.
 pub struct Connection {
-    stream: TlsStream<TcpStream>,
     hello_at: Instant,
+    writer: Mutex<WriteHalf<Stream>>,
+    reader: Arc<Mutex<Reader>>,
+    /// `FETCH`es sent whole so far: the next one's ticket. Changed only
+    /// under `writer`.
+    sent: AtomicU64,
+    /// The ticket whose answer is read next, or [`BROKEN`].
+    turn: watch::Sender<u64>,
+}
+
+struct Reader {
+    stream: ReadHalf<Stream>,
     buf: BytesMut,
 }
 
-/// A source's framed connections, and whether it speaks the framing.
+/// A source's framed connection, and whether it speaks the framing.
 pub struct Pool {
     address: String,
     tls: ClientTls,
     offered: AtomicBool,
-    idle: Mutex<Vec<Connection>>,
+    current: Mutex<Option<Arc<Connection>>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -78,7 +104,7 @@ impl Pool {
             address,
             tls,
             offered: AtomicBool::new(true),
-            idle: Mutex::new(Vec::new()),
+            current: Mutex::new(None),
         }
     }
 
@@ -88,17 +114,21 @@ impl Pool {
         self.offered.load(Ordering::Relaxed)
     }
 
-    /// An idle connection, or a new one that said `HELLO` with `token` and
-    /// `proof`; `None` when the source does not speak the framing.
-    pub async fn checkout(&self, token: &str, proof: &str) -> Result<Option<Connection>, Fault> {
-        let reused = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.retain(|c| c.hello_at.elapsed() < MAX_AGE);
-            idle.pop()
-        };
-        if let Some(connection) = reused {
-            return Ok(Some(connection));
+    /// The source's connection, or a new one that said `HELLO` with `token`
+    /// and `proof` when there is none that takes new `FETCH`es; `None`
+    /// when the source does not speak the framing. A call made while the
+    /// connection is being opened waits for it (within the handshake
+    /// timeouts) rather than open another.
+    pub async fn checkout(
+        &self,
+        token: &str,
+        proof: &str,
+    ) -> Result<Option<Arc<Connection>>, Fault> {
+        let mut current = self.current.lock().await;
+        if let Some(connection) = current.as_ref().filter(|c| c.takes_fetches()) {
+            return Ok(Some(connection.clone()));
         }
+        *current = None;
         if !self.offered() {
             return Ok(None);
         }
@@ -127,52 +157,161 @@ impl Pool {
             Ok(Err(err)) => Err(fault(err)),
             Ok(Ok(None)) => Err(Fault::Io("the source closed the connection".into())),
             Ok(Ok(Some((Kind::Error, body)))) => Err(error_status(&body)),
-            Ok(Ok(Some(_))) => Ok(Some(Connection {
-                stream,
-                hello_at,
-                buf: BytesMut::new(),
-            })),
-        }
-    }
-
-    /// Gives back a connection whose last answer was read to its end.
-    pub fn put_back(&self, connection: Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE && connection.hello_at.elapsed() < MAX_AGE {
-            idle.push(connection);
+            Ok(Ok(Some(_))) => {
+                let connection = Arc::new(Connection::new(stream, hello_at));
+                *current = Some(connection.clone());
+                Ok(Some(connection))
+            }
         }
     }
 }
 
 impl Connection {
-    /// Sends one `FETCH`, within `stall`.
-    pub async fn send(&mut self, fetch: &Fetch, stall: Duration) -> Result<(), Fault> {
-        let write = async {
-            self.stream.write_all(&fetch.encode()).await?;
-            self.stream.flush().await
-        };
-        match tokio::time::timeout(stall, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Fault::Io(e.to_string())),
-            Err(_) => Err(Fault::Stalled),
+    fn new(stream: Stream, hello_at: Instant) -> Self {
+        let (read, write) = tokio::io::split(stream);
+        Self {
+            hello_at,
+            writer: Mutex::new(write),
+            reader: Arc::new(Mutex::new(Reader {
+                stream: read,
+                buf: BytesMut::new(),
+            })),
+            sent: AtomicU64::new(0),
+            turn: watch::Sender::new(0),
         }
     }
 
-    /// The next chunk of the current answer, `None` at its `END`.
-    /// `expected(index)` is the length chunk `index` must have here, or
-    /// `None` when it was not asked for; the whole frame must arrive
-    /// within `stall`.
+    /// Whether a new `FETCH` may go on this connection.
+    fn takes_fetches(&self) -> bool {
+        *self.turn.borrow() != BROKEN && self.hello_at.elapsed() < MAX_AGE
+    }
+
+    fn break_off(&self) {
+        self.turn.send_replace(BROKEN);
+    }
+
+    /// Sends one `FETCH`, within `stall`; its answer is read through the
+    /// [`Answer`] returned.
+    pub async fn send(self: &Arc<Self>, fetch: &Fetch, stall: Duration) -> Result<Answer, Fault> {
+        let mut writer = self.writer.lock().await;
+        if *self.turn.borrow() == BROKEN {
+            return Err(broken());
+        }
+        let ticket = self.sent.load(Ordering::Relaxed);
+        let write = async {
+            writer.write_all(&fetch.encode()).await?;
+            writer.flush().await
+        };
+        let result = match tokio::time::timeout(stall, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Fault::Io(e.to_string())),
+            Err(_) => Err(Fault::Stalled),
+        };
+        if let Err(fault) = result {
+            // Part of a FETCH may be on the wire: the stream is out of step.
+            self.break_off();
+            return Err(fault);
+        }
+        self.sent.store(ticket + 1, Ordering::Relaxed);
+        Ok(Answer {
+            connection: self.clone(),
+            ticket,
+            reader: None,
+            began: None,
+            ended: false,
+        })
+    }
+}
+
+/// The answer to one `FETCH`, read in its turn.
+pub struct Answer {
+    connection: Arc<Connection>,
+    ticket: u64,
+    reader: Option<OwnedMutexGuard<Reader>>,
+    /// When its turn came: how long the source then takes to send it is
+    /// what it delivers at, without the answers before it.
+    began: Option<Instant>,
+    ended: bool,
+}
+
+impl Answer {
+    /// The next chunk of this answer, `None` at its `END`. `expected(index)`
+    /// is the length chunk `index` must have here, or `None` when it was
+    /// not asked for; the whole frame must arrive within `stall`. The first
+    /// call first waits for the answers before this one to be read: a wait
+    /// each of those bounds with its own stall timeouts, since a call that
+    /// fails or is dropped mid-answer breaks the connection and this one
+    /// then fails too.
     pub async fn next(
         &mut self,
         expected: impl Fn(u32) -> Option<u32>,
         stall: Duration,
     ) -> Result<Option<(u32, Bytes)>, Fault> {
-        match tokio::time::timeout(stall, self.read_frame(expected)).await {
+        if self.reader.is_none() {
+            let ticket = self.ticket;
+            let mut turn = self.connection.turn.subscribe();
+            let now = *turn
+                .wait_for(|&t| t == ticket || t == BROKEN)
+                .await
+                .map_err(|_| broken())?;
+            if now == BROKEN {
+                return Err(broken());
+            }
+            self.reader = Some(self.connection.reader.clone().lock_owned().await);
+            self.began = Some(Instant::now());
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return Err(broken());
+        };
+        let read = match tokio::time::timeout(stall, reader.read_frame(expected)).await {
             Ok(result) => result,
             Err(_) => Err(Fault::Stalled),
+        };
+        match &read {
+            Ok(None) => self.end(),
+            // The answer ends here; the connection stays in step.
+            Err(Fault::Status(_)) => self.end(),
+            _ => {}
         }
+        read
     }
 
+    /// When this answer's turn came (its first read), if it has.
+    pub fn began(&self) -> Option<Instant> {
+        self.began
+    }
+
+    /// The answer was read to its end: the next one's turn.
+    fn end(&mut self) {
+        self.ended = true;
+        self.reader = None;
+        self.connection
+            .turn
+            .send_if_modified(|t| match *t == self.ticket {
+                true => {
+                    *t += 1;
+                    true
+                }
+                false => false,
+            });
+    }
+
+    /// Gives the connection up: its stream is out of step after this
+    /// answer (a source that sent a short answer).
+    pub fn abandon(mut self) {
+        self.ended = false;
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.connection.break_off();
+        }
+    }
+}
+
+impl Reader {
     async fn read_frame(
         &mut self,
         expected: impl Fn(u32) -> Option<u32>,
@@ -239,6 +378,10 @@ impl Connection {
         }
         Ok(Some((index, self.buf.split().freeze())))
     }
+}
+
+fn broken() -> Fault {
+    Fault::Io("an earlier call on this connection failed".into())
 }
 
 /// The status an `ERROR` body carries.

@@ -195,14 +195,16 @@ impl Worker {
             picker.release(self.key, i);
         }
         drop(picker);
-        result.map(|received| (received > 0).then(|| started.elapsed()))
+        result.map(|(received, began)| (received > 0).then(|| began.unwrap_or(started).elapsed()))
     }
 
+    /// The chunks received, and when the source began to answer if that
+    /// was later than the call (a framed call's turn on its connection).
     async fn fetch_inner(
         &self,
         chunks: &[u32],
         any: Option<(&Bitfield, usize)>,
-    ) -> Result<usize, WorkerEnd> {
+    ) -> Result<(usize, Option<Instant>), WorkerEnd> {
         let shared = &self.shared;
         let (token, proof) = shared
             .ctx
@@ -216,7 +218,7 @@ impl Worker {
         if let Some(pool) = &self.framed {
             match pool.checkout(&token, &proof).await {
                 Ok(Some(connection)) => {
-                    return self.fetch_framed(pool, connection, chunks, any).await;
+                    return self.fetch_framed(connection, chunks, any).await;
                 }
                 Ok(None) => {}
                 Err(fault) => return Err(self.fault(fault, any.is_some())),
@@ -251,25 +253,24 @@ impl Worker {
             let Some(chunk) = message else {
                 if any.is_some() {
                     // A chooser may send fewer than asked, or none.
-                    return Ok(n);
+                    return Ok((n, None));
                 }
                 return Err(short_stream(n, expected));
             };
             let index = wanted(chunks, any, n, chunk.index);
             self.take(index, chunk.index, chunk.data).await?;
         }
-        Ok(expected)
+        Ok((expected, None))
     }
 
     /// [`Self::fetch_inner`] on a framed connection, given back to `pool`
     /// once the answer was read to its end.
     async fn fetch_framed(
         &self,
-        pool: &framed::Pool,
-        mut connection: framed::Connection,
+        connection: Arc<framed::Connection>,
         chunks: &[u32],
         any: Option<(&Bitfield, usize)>,
-    ) -> Result<usize, WorkerEnd> {
+    ) -> Result<(usize, Option<Instant>), WorkerEnd> {
         let shared = &self.shared;
         let fetch = p2p_services::framing::Fetch {
             file_id: shared.holding.file_id.to_string(),
@@ -280,7 +281,7 @@ impl Worker {
             any_count: any.map_or(0, |(_, n)| n as u32),
         };
         let chose = any.is_some();
-        connection
+        let mut answer = connection
             .send(&fetch, STALL_TIMEOUT)
             .await
             .map_err(|f| self.fault(f, chose))?;
@@ -293,24 +294,16 @@ impl Worker {
                     .filter(|&index| index == got)
                     .and_then(|index| shared.manifest.chunk_len(index))
             };
-            let next = match connection.next(length, STALL_TIMEOUT).await {
-                Ok(next) => next,
-                // A busy source or a chunk it lacks ends the answer, not
-                // the connection (the source is asked again soon): keep it.
-                Err(Fault::Status(status))
-                    if matches!(status.code(), Code::ResourceExhausted | Code::NotFound) =>
-                {
-                    pool.put_back(connection);
-                    return Err(self.fault(Fault::Status(status), chose));
-                }
-                Err(fault) => return Err(self.fault(fault, chose)),
-            };
+            let next = answer
+                .next(length, STALL_TIMEOUT)
+                .await
+                .map_err(|fault| self.fault(fault, chose))?;
             let Some((index, data)) = next else {
                 if n < expected && !chose {
+                    answer.abandon();
                     return Err(short_stream(n, expected));
                 }
-                pool.put_back(connection);
-                return Ok(n);
+                return Ok((n, answer.began()));
             };
             self.take(index, index, data).await?;
             n += 1;
@@ -399,7 +392,9 @@ fn short_stream(n: usize, expected: usize) -> WorkerEnd {
 
 /// How much one source is asked for at a time: `depth` calls of `batch`
 /// chunks, adjusted after every call so a call takes about
-/// [`REQUEST_TARGET`]. Starts at one chunk, one call.
+/// [`REQUEST_TARGET`]. Starts at one chunk, one call. A framed call is
+/// timed from when its turn on the connection came, so the answer it
+/// waited behind is not taken for a slow source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pace {
     depth: usize,
