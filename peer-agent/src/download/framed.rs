@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use p2p_services::framing::{self, Fetch, Hello, Kind};
 use p2p_services::tls::ClientTls;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tokio_rustls::client::TlsStream;
@@ -60,14 +60,15 @@ pub enum Fault {
     Stalled,
 }
 
+/// What a framed connection runs on.
 type Stream = TlsStream<TcpStream>;
 
 /// One authenticated connection to a source, shared by the calls in
-/// flight to it.
-pub struct Connection {
+/// flight to it (generic over the stream only for the tests).
+pub struct Connection<S = Stream> {
     hello_at: Instant,
-    writer: Mutex<WriteHalf<Stream>>,
-    reader: Arc<Mutex<Reader>>,
+    writer: Mutex<WriteHalf<S>>,
+    reader: Arc<Mutex<Reader<S>>>,
     /// `FETCH`es sent whole so far: the next one's ticket. Changed only
     /// under `writer`.
     sent: AtomicU64,
@@ -75,8 +76,8 @@ pub struct Connection {
     turn: watch::Sender<u64>,
 }
 
-struct Reader {
-    stream: ReadHalf<Stream>,
+struct Reader<S> {
+    stream: ReadHalf<S>,
     buf: BytesMut,
 }
 
@@ -166,8 +167,19 @@ impl Pool {
     }
 }
 
-impl Connection {
-    fn new(stream: Stream, hello_at: Instant) -> Self {
+impl<S> Connection<S> {
+    /// Whether a new `FETCH` may go on this connection.
+    fn takes_fetches(&self) -> bool {
+        *self.turn.borrow() != BROKEN && self.hello_at.elapsed() < MAX_AGE
+    }
+
+    fn break_off(&self) {
+        self.turn.send_replace(BROKEN);
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
+    fn new(stream: S, hello_at: Instant) -> Self {
         let (read, write) = tokio::io::split(stream);
         Self {
             hello_at,
@@ -181,18 +193,13 @@ impl Connection {
         }
     }
 
-    /// Whether a new `FETCH` may go on this connection.
-    fn takes_fetches(&self) -> bool {
-        *self.turn.borrow() != BROKEN && self.hello_at.elapsed() < MAX_AGE
-    }
-
-    fn break_off(&self) {
-        self.turn.send_replace(BROKEN);
-    }
-
     /// Sends one `FETCH`, within `stall`; its answer is read through the
     /// [`Answer`] returned.
-    pub async fn send(self: &Arc<Self>, fetch: &Fetch, stall: Duration) -> Result<Answer, Fault> {
+    pub async fn send(
+        self: &Arc<Self>,
+        fetch: &Fetch,
+        stall: Duration,
+    ) -> Result<Answer<S>, Fault> {
         let mut writer = self.writer.lock().await;
         if *self.turn.borrow() == BROKEN {
             return Err(broken());
@@ -224,17 +231,17 @@ impl Connection {
 }
 
 /// The answer to one `FETCH`, read in its turn.
-pub struct Answer {
-    connection: Arc<Connection>,
+pub struct Answer<S = Stream> {
+    connection: Arc<Connection<S>>,
     ticket: u64,
-    reader: Option<OwnedMutexGuard<Reader>>,
+    reader: Option<OwnedMutexGuard<Reader<S>>>,
     /// When its turn came: how long the source then takes to send it is
     /// what it delivers at, without the answers before it.
     began: Option<Instant>,
     ended: bool,
 }
 
-impl Answer {
+impl<S: AsyncRead + AsyncWrite + Send + 'static> Answer<S> {
     /// The next chunk of this answer, `None` at its `END`. `expected(index)`
     /// is the length chunk `index` must have here, or `None` when it was
     /// not asked for; the whole frame must arrive within `stall`. The first
@@ -303,7 +310,7 @@ impl Answer {
     }
 }
 
-impl Drop for Answer {
+impl<S> Drop for Answer<S> {
     fn drop(&mut self) {
         if !self.ended {
             self.connection.break_off();
@@ -311,7 +318,7 @@ impl Drop for Answer {
     }
 }
 
-impl Reader {
+impl<S: AsyncRead + Send> Reader<S> {
     async fn read_frame(
         &mut self,
         expected: impl Fn(u32) -> Option<u32>,
@@ -396,5 +403,142 @@ fn fault(err: framing::FrameError) -> Fault {
     match err {
         framing::FrameError::Io(e) => Fault::Io(e.to_string()),
         other => Fault::Protocol(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::DuplexStream;
+
+    use super::*;
+
+    const LEN: usize = 8;
+    const STALL: Duration = Duration::from_secs(5);
+
+    fn connection() -> (Arc<Connection<DuplexStream>>, DuplexStream) {
+        let (ours, source) = tokio::io::duplex(1 << 16);
+        (Arc::new(Connection::new(ours, Instant::now())), source)
+    }
+
+    fn fetch(index: u32) -> Fetch {
+        Fetch {
+            file_id: "f".into(),
+            ranges: vec![(index, 1)],
+            any_of: Vec::new(),
+            any_count: 0,
+        }
+    }
+
+    /// Every chunk is `LEN` bytes of its index.
+    fn length(index: u32) -> Option<u32> {
+        (index < 10).then_some(LEN as u32)
+    }
+
+    async fn send_chunk(source: &mut DuplexStream, index: u32) {
+        source
+            .write_all(&framing::chunk_prefix(index, LEN as u32))
+            .await
+            .unwrap();
+        source.write_all(&[index as u8; LEN]).await.unwrap();
+    }
+
+    async fn fetched(source: &mut DuplexStream) -> Fetch {
+        let (_, body) = framing::read_small(source, &[Kind::Fetch])
+            .await
+            .unwrap()
+            .unwrap();
+        Fetch::decode(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_in_the_order_their_fetches_went_out() {
+        let (connection, mut source) = connection();
+        let mut first = connection.send(&fetch(0), STALL).await.unwrap();
+        let mut second = connection.send(&fetch(1), STALL).await.unwrap();
+        // Both FETCHes are on the wire before any answer.
+        assert_eq!(fetched(&mut source).await.ranges, vec![(0, 1)]);
+        assert_eq!(fetched(&mut source).await.ranges, vec![(1, 1)]);
+
+        // The second call reads first, but must wait for its turn.
+        let waiting = tokio::spawn(async move {
+            let chunk = second.next(length, STALL).await.unwrap().unwrap();
+            let end = second.next(length, STALL).await.unwrap();
+            (chunk, end)
+        });
+        send_chunk(&mut source, 0).await;
+        source.write_all(&framing::end(1)).await.unwrap();
+        send_chunk(&mut source, 1).await;
+        source.write_all(&framing::end(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "read the first answer out of turn");
+
+        let (index, data) = first.next(length, STALL).await.unwrap().unwrap();
+        assert_eq!((index, &data[..]), (0, &[0u8; LEN][..]));
+        assert!(first.next(length, STALL).await.unwrap().is_none());
+        let ((index, data), end) = tokio::time::timeout(STALL, waiting)
+            .await
+            .expect("the second answer is read once the first ended")
+            .unwrap();
+        assert_eq!((index, &data[..]), (1, &[1u8; LEN][..]));
+        assert!(end.is_none());
+        assert!(connection.takes_fetches());
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_inside_its_answer_breaks_the_connection() {
+        let (connection, mut source) = connection();
+        let mut first = connection.send(&fetch(0), STALL).await.unwrap();
+        let mut second = connection.send(&fetch(1), STALL).await.unwrap();
+        send_chunk(&mut source, 0).await;
+        assert!(first.next(length, STALL).await.unwrap().is_some());
+        // Its END is never read: the stream is out of step from here.
+        drop(first);
+        assert!(matches!(
+            second.next(length, STALL).await,
+            Err(Fault::Io(_))
+        ));
+        assert!(!connection.takes_fetches());
+        assert!(matches!(
+            connection.send(&fetch(2), STALL).await,
+            Err(Fault::Io(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_leaves_the_connection_in_step() {
+        let (connection, mut source) = connection();
+        let mut first = connection.send(&fetch(0), STALL).await.unwrap();
+        let mut second = connection.send(&fetch(1), STALL).await.unwrap();
+        source
+            .write_all(&framing::error(Code::ResourceExhausted as i32, "busy"))
+            .await
+            .unwrap();
+        send_chunk(&mut source, 1).await;
+        source.write_all(&framing::end(1)).await.unwrap();
+
+        match first.next(length, STALL).await {
+            Err(Fault::Status(status)) => assert_eq!(status.code(), Code::ResourceExhausted),
+            other => panic!("{other:?}"),
+        }
+        drop(first);
+        let (index, _) = second.next(length, STALL).await.unwrap().unwrap();
+        assert_eq!(index, 1);
+        assert!(second.next(length, STALL).await.unwrap().is_none());
+        assert!(connection.takes_fetches());
+    }
+
+    #[tokio::test]
+    async fn a_chunk_for_another_call_breaks_the_framing() {
+        let (connection, mut source) = connection();
+        let mut first = connection.send(&fetch(0), STALL).await.unwrap();
+        // The source answers the first FETCH with the chunk of a later one.
+        send_chunk(&mut source, 1).await;
+        let wanted_zero = |index: u32| (index == 0).then_some(LEN as u32);
+        assert!(matches!(
+            first.next(wanted_zero, STALL).await,
+            Err(Fault::Protocol(_))
+        ));
+        drop(first);
+        assert!(!connection.takes_fetches());
     }
 }
