@@ -47,25 +47,13 @@ pub struct FramedServer {
     pub identity: PeerIdentity,
 }
 
-/// A connection whose round trip the kernel can tell (for [`super::pacer`]).
-pub trait RoundTrip {
-    /// The smoothed round trip now and the least it has been.
-    fn round_trip(&self) -> Option<(Duration, Duration)>;
-}
-
-impl RoundTrip for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
-    fn round_trip(&self) -> Option<(Duration, Duration)> {
-        super::pacer::round_trip(self.get_ref().0)
-    }
-}
-
 /// Serves the connections handed over on `connections` until `shutdown`.
 pub async fn serve<S>(
     server: FramedServer,
     mut connections: mpsc::Receiver<S>,
     shutdown: CancellationToken,
 ) where
-    S: AsyncRead + AsyncWrite + RoundTrip + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -90,7 +78,7 @@ impl FramedServer {
     /// One connection, from `HELLO` to its close.
     async fn connection<S>(&self, mut stream: S)
     where
-        S: AsyncRead + AsyncWrite + RoundTrip + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         let Some((until, caller)) = self.hello(&mut stream).await else {
             let _ = stream.shutdown().await;
@@ -190,7 +178,7 @@ impl FramedServer {
     /// Answers one `FETCH`; false when the connection must close.
     async fn answer<S>(&self, stream: &mut S, fetch: &Fetch, caller: &str) -> bool
     where
-        S: AsyncRead + AsyncWrite + RoundTrip + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         let opened = self.uploads.open(Ask {
             file_id: &fetch.file_id,
@@ -221,9 +209,6 @@ impl FramedServer {
                 Ok(Ok(())) => {
                     sent += 1;
                     self.uploads.stats.chunk_served_framed();
-                    if let Some((rtt, least)) = stream.round_trip() {
-                        self.uploads.pacer.observe(rtt, least);
-                    }
                 }
                 Ok(Err(_)) => return false,
                 Err(_) => {

@@ -9,9 +9,7 @@
 //!   ends keep is [`crate::exchange`]);
 //! - [`seeding`]: which chunks a caller that asks for "any n" gets;
 //! - [`framed`]: the same chunks as `p2p-chunks/1` frames on the TLS
-//!   listener, beside HTTP/2;
-//! - [`pacer`]: the pace of chunks served from a file still downloading
-//!   here, which keeps our uplink's queue short. [`Uploads::open`] and [`UploadStream`] are
+//!   listener, beside HTTP/2. [`Uploads::open`] and [`UploadStream`] are
 //!   what both paths share: the checks, limits and reads live there once.
 //!
 //! The token and proof are checked by `RequireAuth` once per call, before
@@ -29,7 +27,6 @@
 
 pub mod exchange;
 pub mod framed;
-pub mod pacer;
 pub mod seeding;
 
 use std::pin::Pin;
@@ -76,8 +73,6 @@ pub struct Uploads {
     /// What each file's "any n" callers were handed, per file.
     seeding: std::sync::Mutex<std::collections::HashMap<FileId, SeedChoice>>,
     watchers: Arc<Semaphore>,
-    /// The pace of chunks served from files still downloading here.
-    pacer: pacer::Pacer,
 }
 
 impl Uploads {
@@ -102,7 +97,6 @@ impl Uploads {
             shutdown,
             seeding: std::sync::Mutex::new(std::collections::HashMap::new()),
             watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
-            pacer: pacer::Pacer::new(),
         }
     }
 
@@ -470,10 +464,6 @@ async fn next_chunk(state: &UploadStream, index: u32) -> Result<(u32, Bytes), St
         return Err(not_held());
     };
     state.uploads.bucket.take(u64::from(len)).await;
-    if !holding.is_complete() {
-        // We are downloading it too: keep our uplink's queue short.
-        state.uploads.pacer.take(u64::from(len)).await;
-    }
     let data = match holding.read_chunk(index).await {
         Ok(Some(data)) if state.uploads.holdings.verify(holding) => data,
         Ok(Some(_)) => return Err(gone(holding)),
