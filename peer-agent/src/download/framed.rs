@@ -19,7 +19,8 @@
 //! however many calls each keeps in flight. A call that fails or is
 //! dropped before its answer's end leaves the stream out of step: the
 //! connection is then broken, the calls waiting behind it fail with it,
-//! and the next call connects again.
+//! and the next call connects again. So does an `ERROR` other than "busy"
+//! or "not held", after which the source may close the connection.
 //!
 //! Each chunk frame's length is checked against the chunk it must be
 //! before its bytes are read, and the bytes land in the connection's own
@@ -276,8 +277,15 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Answer<S> {
         };
         match &read {
             Ok(None) => self.end(),
-            // The answer ends here; the connection stays in step.
-            Err(Fault::Status(_)) => self.end(),
+            // A busy source, or a chunk it no longer holds: the answer
+            // ends here and the connection stays in step. After any other
+            // `ERROR` the source may close it (it does for an expired
+            // proof): the next call connects again.
+            Err(Fault::Status(status))
+                if matches!(status.code(), Code::ResourceExhausted | Code::NotFound) =>
+            {
+                self.end()
+            }
             _ => {}
         }
         read
@@ -525,6 +533,25 @@ mod tests {
         assert_eq!(index, 1);
         assert!(second.next(length, STALL).await.unwrap().is_none());
         assert!(connection.takes_fetches());
+    }
+
+    #[tokio::test]
+    async fn an_error_the_source_may_close_after_ends_the_connection() {
+        let (connection, mut source) = connection();
+        let mut first = connection.send(&fetch(0), STALL).await.unwrap();
+        source
+            .write_all(&framing::error(
+                Code::Unauthenticated as i32,
+                "proof expired",
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(
+            first.next(length, STALL).await,
+            Err(Fault::Status(_))
+        ));
+        drop(first);
+        assert!(!connection.takes_fetches());
     }
 
     #[tokio::test]
