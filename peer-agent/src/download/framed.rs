@@ -28,7 +28,7 @@
 //! connection holds at most one chunk however hostile its source.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -68,13 +68,16 @@ type Stream = TlsStream<TcpStream>;
 /// flight to it (generic over the stream only for the tests).
 pub struct Connection<S = Stream> {
     hello_at: Instant,
-    writer: Mutex<WriteHalf<S>>,
+    writer: Mutex<Writer<S>>,
     reader: Arc<Mutex<Reader<S>>>,
-    /// `FETCH`es sent whole so far: the next one's ticket. Changed only
-    /// under `writer`.
-    sent: AtomicU64,
     /// The ticket whose answer is read next, or [`BROKEN`].
     turn: watch::Sender<u64>,
+}
+
+struct Writer<S> {
+    stream: WriteHalf<S>,
+    /// `FETCH`es sent whole so far: the next one's ticket.
+    sent: u64,
 }
 
 struct Reader<S> {
@@ -184,12 +187,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         let (read, write) = tokio::io::split(stream);
         Self {
             hello_at,
-            writer: Mutex::new(write),
+            writer: Mutex::new(Writer {
+                stream: write,
+                sent: 0,
+            }),
             reader: Arc::new(Mutex::new(Reader {
                 stream: read,
                 buf: BytesMut::new(),
             })),
-            sent: AtomicU64::new(0),
             turn: watch::Sender::new(0),
         }
     }
@@ -205,10 +210,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         if *self.turn.borrow() == BROKEN {
             return Err(broken());
         }
-        let ticket = self.sent.load(Ordering::Relaxed);
+        let ticket = writer.sent;
         let write = async {
-            writer.write_all(&fetch.encode()).await?;
-            writer.flush().await
+            writer.stream.write_all(&fetch.encode()).await?;
+            writer.stream.flush().await
         };
         let result = match tokio::time::timeout(stall, write).await {
             Ok(Ok(())) => Ok(()),
@@ -220,7 +225,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             self.break_off();
             return Err(fault);
         }
-        self.sent.store(ticket + 1, Ordering::Relaxed);
+        writer.sent = ticket + 1;
         Ok(Answer {
             connection: self.clone(),
             ticket,

@@ -263,8 +263,8 @@ impl Worker {
         Ok((expected, None))
     }
 
-    /// [`Self::fetch_inner`] on a framed connection, given back to `pool`
-    /// once the answer was read to its end.
+    /// [`Self::fetch_inner`] on the source's framed connection: the
+    /// `FETCH` goes out at once, its answer is read in its turn.
     async fn fetch_framed(
         &self,
         connection: Arc<framed::Connection>,
