@@ -89,19 +89,28 @@ fn netns_owner(name: &str) -> Option<u32> {
 /// test killed before its `Lan` dropped (Ctrl-C, a timeout) leaves its
 /// hosts, their agents and their addresses behind.
 fn sweep_left_behind() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(pid) = netns_owner(name) else {
+    for name in netns_names() {
+        let Some(pid) = netns_owner(&name) else {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("removing network namespace {name}: process {pid}, which made it, is gone");
-            remove_netns(name);
+            remove_netns(&name);
         }
     }
+}
+
+/// The names `ip netns list` prints (each line is a name, then maybe an
+/// id); none if it cannot run.
+fn netns_names() -> Vec<String> {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
 }
 
 fn run(args: &[&str]) -> Result<Output, LanError> {
@@ -576,17 +585,12 @@ mod tests {
         let ours = format!("{}h0", lan_tag(std::process::id(), 999));
         run(&["ip", "netns", "add", &ours]).expect("add our own namespace");
         sweep_left_behind();
-        let list = run(&["ip", "netns", "list"]).expect("list");
-        let list = String::from_utf8_lossy(&list.stdout);
-        let names: Vec<&str> = list
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .collect();
+        let names = netns_names();
         remove_netns(&ours);
         remove_netns(&left);
-        assert!(!names.contains(&left.as_str()), "left behind: {names:?}");
+        assert!(!names.contains(&left), "left behind: {names:?}");
         assert!(
-            names.contains(&ours.as_str()),
+            names.contains(&ours),
             "a live run's namespace was removed: {names:?}"
         );
     }
