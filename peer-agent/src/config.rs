@@ -135,6 +135,15 @@ pub struct Config {
     /// with an optional unit (10MiB, 500KB, 100Mbit). 0 means unlimited.
     #[arg(long, env = "P2P_MAX_UPLOAD_RATE", default_value = "0", value_parser = parse_rate)]
     pub max_upload_rate: u64,
+    /// The DiffServ mark (DSCP) on the packets of this agent's uploads over
+    /// the chunk framing: a name (AF11, CS1, LE, ...), a number from 0 to
+    /// 63, or `off`. The default, AF11 ("high-throughput data"), lets this
+    /// host's own queue send its downloads' requests and acknowledgements
+    /// ahead of its uploads: Linux's default queue sorts AF11 into its bulk
+    /// band, Wi-Fi into its background category. Without it, a host whose
+    /// uplink is full downloads slower than its peers.
+    #[arg(long, env = "P2P_UPLOAD_DSCP", default_value = "AF11", value_parser = p2p_services::dscp::parse_mark)]
+    pub upload_dscp: std::option::Option<p2p_services::dscp::Dscp>,
     /// Most FetchChunks streams served at once (0 means unlimited). A
     /// downloader turned away (RESOURCE_EXHAUSTED) asks again shortly and
     /// meanwhile fetches from other peers.
@@ -382,6 +391,20 @@ mod tests {
         assert_eq!(parse_rate("1.5GB/s"), Ok(1_500_000_000));
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn uploads_are_marked_bulk_unless_told_otherwise() {
+        use p2p_services::dscp::Dscp;
+        let config = Config::try_parse_from(["peer-agent"]).unwrap();
+        assert_eq!(config.upload_dscp, Some(Dscp::BULK));
+        let off = Config::try_parse_from(["peer-agent", "--upload-dscp", "off"]).unwrap();
+        assert_eq!(off.upload_dscp, None);
+        let cs1 = Config::try_parse_from(["peer-agent", "--upload-dscp", "cs1"]).unwrap();
+        assert_eq!(cs1.upload_dscp.map(Dscp::value), Some(8));
+        let bad = Config::try_parse_from(["peer-agent", "--upload-dscp", "fast"])
+            .expect_err("not a DSCP");
+        assert!(bad.to_string().contains("0 to 63"), "{bad}");
     }
 
     #[test]

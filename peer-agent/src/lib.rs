@@ -262,7 +262,7 @@ pub async fn run(
     );
     let peer_server = GrpcServer::new().tls(peer_server_tls);
     let peer_server = if framing {
-        peer_server.beside(p2p_services::framing::ALPN, framed_tx)
+        peer_server.beside(p2p_services::framing::ALPN, framed_tx, config.upload_dscp)
     } else {
         drop(framed_tx);
         peer_server

@@ -31,6 +31,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod discovery;
+pub mod dscp;
 pub mod framing;
 pub mod health;
 pub mod invite;

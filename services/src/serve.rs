@@ -20,6 +20,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::client::{CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES};
+use crate::dscp::Dscp;
 
 /// Why a server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,7 @@ pub type BesideSender =
 struct Beside {
     protocol: &'static [u8],
     connections: BesideSender,
+    mark: Option<Dscp>,
 }
 
 impl Default for GrpcServer {
@@ -87,11 +89,19 @@ impl GrpcServer {
     /// HTTP/2 when a client offers both) and hands each connection that
     /// negotiates it to `connections`, whose owner serves it; when that
     /// channel is full or closed the connection is dropped. Without TLS
-    /// there is no ALPN, and only gRPC is served.
-    pub fn beside(mut self, protocol: &'static [u8], connections: BesideSender) -> Self {
+    /// there is no ALPN, and only gRPC is served. With `mark`, every packet
+    /// the server sends on those connections carries that DSCP (an agent
+    /// marks its uploads as bulk: [`Dscp::BULK`]).
+    pub fn beside(
+        mut self,
+        protocol: &'static [u8],
+        connections: BesideSender,
+        mark: Option<Dscp>,
+    ) -> Self {
         self.beside.push(Beside {
             protocol,
             connections,
+            mark,
         });
         self
     }
@@ -175,6 +185,11 @@ fn hand_over(
     let Some(to) = beside.iter().find(|b| Some(b.protocol) == protocol) else {
         return Some(Ok(stream));
     };
+    if let Some(mark) = to.mark
+        && let Err(err) = mark.mark(stream.get_ref().0)
+    {
+        tracing::debug!(%mark, %err, "cannot mark a connection; it is served unmarked");
+    }
     if let Err(err) = to.connections.try_send(stream) {
         tracing::debug!(protocol = %String::from_utf8_lossy(to.protocol), %err, "dropping a connection: its server is busy or gone");
     }

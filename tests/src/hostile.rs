@@ -582,7 +582,7 @@ impl HostilePeer {
         let server = if misbehaviour.is_framed() {
             let (tx, rx) = tokio::sync::mpsc::channel(8);
             tasks.spawn(service.clone().serve_framed(rx));
-            server.beside(p2p_services::framing::ALPN, tx)
+            server.beside(p2p_services::framing::ALPN, tx, None)
         } else {
             server
         };

@@ -34,7 +34,7 @@ use p2p_proto::index::v1::index_service_client::IndexServiceClient;
 use p2p_proto::index::v1::{ListPeersRequest, Peer, PeerState};
 use tonic::transport::{Channel, Uri};
 
-use crate::netns::{Host, Lan, LanError, LinkShape};
+use crate::netns::{Host, HostQueue, Lan, LanError, LinkShape};
 use crate::{ADMIN_PASSWORD, ADMIN_USER, AgentHandle, USER_PASSWORD, binary};
 
 /// auth-svc's port on the services host.
@@ -828,5 +828,6 @@ pub fn rate(rate_mbit: u32) -> LinkShape {
         down_mbit: None,
         delay: None,
         queue: None,
+        host_queue: HostQueue::default(),
     }
 }

@@ -28,8 +28,42 @@ pub struct LinkShape {
     /// One-way delay added on the host's egress (needs sch_netem).
     pub delay: Option<Duration>,
     /// How long a packet may wait in a rate-limited link's queue (`tbf`
-    /// latency); `None`: [`DEFAULT_QUEUE`].
+    /// latency; in each band of [`HostQueue::Bands`]); `None`:
+    /// [`DEFAULT_QUEUE`].
     pub queue: Option<Duration>,
+    /// How the host's own egress queue (its upload) orders what waits in
+    /// it. The switch's port towards the host (its download) is one FIFO
+    /// whatever this says.
+    pub host_queue: HostQueue,
+}
+
+/// How a host's own egress queue orders the packets waiting in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostQueue {
+    /// Two bands, the way Linux's default queue (`pfifo_fast`, which this
+    /// kernel has) sorts a host's own packets: those whose TOS byte asks
+    /// for throughput (the legacy bits `0x08`, which a bulk DSCP such as
+    /// AF11 carries) wait until the rest have gone. Each band holds
+    /// [`LinkShape::queue`] of the rate. Built as `tbf` with an `htb`
+    /// of two priorities under it, since this kernel has no `prio` qdisc.
+    #[default]
+    Bands,
+    /// One FIFO for every packet, as the switch's port is (the model of
+    /// every figure before 2026-12-07).
+    Fifo,
+}
+
+impl std::str::FromStr for HostQueue {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "bands" => Ok(Self::Bands),
+            "fifo" => Ok(Self::Fifo),
+            _ => Err(format!("`{s}` is no host queue: bands or fifo")),
+        }
+    }
 }
 
 /// A shaped link's queue unless told otherwise: 100 ms of the rate.
@@ -204,9 +238,32 @@ impl Host {
         shape_dev(&self.netns, "eth0", shape, true)?;
         let down = LinkShape {
             rate_mbit: shape.down_mbit.or(shape.rate_mbit),
+            host_queue: HostQueue::Fifo,
             ..shape
         };
         shape_dev(&self.switch_ns, &self.switch_port, down, false)
+    }
+
+    /// Bytes this host has sent through each band of its egress queue
+    /// ([`HostQueue::Bands`]) since its link was shaped: the first band,
+    /// then the bulk one. `None` when its queue has no bands.
+    pub fn sent_by_band(&self) -> Result<Option<(u64, u64)>, LanError> {
+        let out = run(&[
+            "ip", "netns", "exec", &self.netns, "tc", "-s", "class", "show", "dev", "eth0",
+        ])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // `class htb 2:10 ...` then ` Sent <bytes> bytes <packets> pkt ...`.
+        let sent = |class: &str| -> Option<u64> {
+            let mut lines = text.lines();
+            lines.find(|l| l.split_whitespace().nth(2) == Some(class))?;
+            let line = lines.next()?;
+            line.split_whitespace()
+                .skip_while(|w| *w != "Sent")
+                .nth(1)?
+                .parse()
+                .ok()
+        };
+        Ok(sent("2:10").zip(sent("2:20")))
     }
 
     /// `host:port` on this host.
@@ -253,26 +310,36 @@ fn shape_dev(netns: &str, dev: &str, shape: LinkShape, with_delay: bool) -> Resu
             // Burst: at least 10 ms worth of bytes so the bucket does not
             // starve a fast sender between timer ticks.
             let burst = (u64::from(rate) * 1_000_000 / 8 / 100).max(64 * 1024);
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                netns,
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                dev,
-                "root",
-                "tbf",
-                "rate",
-                &format!("{rate}mbit"),
-                "burst",
-                &burst.to_string(),
-                "latency",
-                &format!("{}us", shape.queue.unwrap_or(DEFAULT_QUEUE).as_micros()),
-            ])
-            .map(drop)
+            let queue = shape.queue.unwrap_or(DEFAULT_QUEUE);
+            let tc = |args: String| -> Result<(), LanError> {
+                let mut command = vec!["ip", "netns", "exec", netns, "tc"];
+                command.extend(args.split_whitespace());
+                run(&command).map(drop)
+            };
+            tc(format!(
+                "qdisc add dev {dev} root handle 1: tbf rate {rate}mbit burst {burst} latency {}us",
+                queue.as_micros()
+            ))?;
+            if shape.host_queue == HostQueue::Fifo {
+                return Ok(());
+            }
+            // Under the bucket, strict priority: both classes may take
+            // the whole rate and the first is served first. Each band is
+            // a byte FIFO of `queue` at the rate, as the bucket's own was.
+            let band_bytes = (u128::from(rate) * 1_000_000 / 8 * queue.as_micros() / 1_000_000)
+                .max(u128::from(burst));
+            tc(format!("qdisc add dev {dev} parent 1:1 handle 2: htb default 10"))?;
+            tc(format!("class add dev {dev} parent 2: classid 2:1 htb rate 10gbit quantum 200000"))?;
+            for (band, priority) in [(10, 0), (20, 1)] {
+                tc(format!(
+                    "class add dev {dev} parent 2:1 classid 2:{band} htb rate 10gbit quantum 200000 prio {priority}"
+                ))?;
+                tc(format!("qdisc add dev {dev} parent 2:{band} bfifo limit {band_bytes}"))?;
+            }
+            // pfifo_fast's bulk band: IPTOS_TOS(tos) is 0x08-0x0e.
+            tc(format!(
+                "filter add dev {dev} parent 2: protocol ip prio 1 u32 match ip tos 0x08 0x18 flowid 2:20"
+            ))
         }
         (rate, Some(delay)) => {
             let mut args: Vec<String> = [

@@ -136,6 +136,58 @@ async fn download_finishes_when_a_holder_is_cut_off_and_the_holder_rejoins_when_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_sources_uploads_wait_in_its_hosts_bulk_band_unless_marking_is_off() {
+    skip_without_lan!();
+    let mh = MultiHost::start(4, rate(LINK_MBIT), &[]).await;
+    let alice = mh.add_user_agent(1, "alice", &[]).await;
+    let carol = mh.add_user_agent(2, "carol", &["--upload-dscp", "off"]).await;
+    let bob = mh.add_user_agent(3, "bob", &[]).await;
+    let size = 8 * 1024 * 1024;
+    let from_alice = random_file(&mh.scratch_dir("alice-input"), size, 81);
+    let from_carol = random_file(&mh.scratch_dir("carol-input"), size, 82);
+    let alice_file = alice.share(&from_alice).await;
+    let carol_file = carol.share(&from_carol).await;
+    let bands = |agent: &HostAgent| {
+        agent
+            .host()
+            .sent_by_band()
+            .expect("read the host's queue")
+            .expect("the host's queue has bands")
+    };
+    let (alice_before, carol_before, bob_before) = (bands(&alice), bands(&carol), bands(&bob));
+
+    let out = mh.scratch_dir("out");
+    assert_same_content(&from_alice, &bob.get(&alice_file, &out.join("a.bin")).await);
+    assert_same_content(&from_carol, &bob.get(&carol_file, &out.join("c.bin")).await);
+
+    let sent = |agent: &HostAgent, before: (u64, u64)| {
+        let (first, bulk) = bands(agent);
+        (first - before.0, bulk - before.1)
+    };
+    let (alice_first, alice_bulk) = sent(&alice, alice_before);
+    let (carol_first, carol_bulk) = sent(&carol, carol_before);
+    let (bob_first, bob_bulk) = sent(&bob, bob_before);
+    eprintln!(
+        "sent, first band / bulk band: alice {alice_first} / {alice_bulk}, \
+         carol {carol_first} / {carol_bulk}, bob {bob_first} / {bob_bulk}"
+    );
+    // The chunks a marked source sends wait in the bulk band; what it
+    // sends besides (heartbeats, holdings) does not.
+    assert!(alice_bulk >= size as u64, "alice's uploads were not marked bulk");
+    assert!(alice_first < size as u64 / 4, "alice's uploads went in the first band");
+    // `--upload-dscp off`: every packet in the first band.
+    assert!(carol_first >= size as u64, "carol's uploads were not sent");
+    assert_eq!(carol_bulk, 0, "carol marked her uploads though told not to");
+    // The downloader's requests and acknowledgements are never bulk (a
+    // connection a peer opens to its own framed listener may be: a few
+    // packets).
+    assert!(
+        bob_bulk < 4096 && bob_first > 16 * bob_bulk,
+        "the downloader's requests and acknowledgements were marked bulk"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn index_outage_spares_running_downloads_and_new_ones_fail_clearly_until_it_returns() {
     skip_without_lan!();
     let mut mh = MultiHost::start(4, rate(LINK_MBIT), &[]).await;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use p2p_tests::netns::LinkShape;
+use p2p_tests::netns::{HostQueue, LinkShape};
 
 use crate::links::{LinkUse, LoadedRtt};
 
@@ -33,6 +33,7 @@ pub struct SwarmPlan {
     pub runs: usize,
     pub timeout: Duration,
     pub queue_ms: u64,
+    pub host_queue: HostQueue,
     pub env: AgentEnv,
 }
 

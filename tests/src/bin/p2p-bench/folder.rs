@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use p2p_tests::netns::{Lan, LinkShape};
+use p2p_tests::netns::{HostQueue, Lan, LinkShape};
 use rand::{Rng, RngCore, SeedableRng};
 
 use crate::bittorrent::{Seeded, await_leechers};
@@ -83,6 +83,7 @@ pub fn folder(base: &Path, plan: &FolderPlan) -> Result<()> {
         down_mbit: None,
         delay: None,
         queue: None,
+        host_queue: HostQueue::default(),
     };
     let mut runs = Vec::new();
     for run in 0..plan.runs {

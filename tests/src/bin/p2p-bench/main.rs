@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use p2p_tests::netns::DEFAULT_QUEUE;
+use p2p_tests::netns::{DEFAULT_QUEUE, HostQueue};
 
 mod bittorrent;
 mod case;
@@ -125,6 +125,13 @@ enum Bench {
         /// `tbf` latency; a diagnostic: the published figures use 100).
         #[arg(long, default_value_t = DEFAULT_QUEUE.as_millis() as u64)]
         queue_ms: u64,
+        /// How each host's own egress queue orders its packets: `bands`
+        /// (Linux's default queue: packets marked for throughput, such as
+        /// the agents' AF11 uploads, wait behind the rest) or `fifo` (one
+        /// queue for everything, the model before 2026-12-07). The
+        /// switch's ports are FIFOs either way.
+        #[arg(long, default_value = "bands")]
+        host_queue: HostQueue,
         /// An environment variable for every agent, the seeder included
         /// (KEY=VALUE, repeatable), to compare an agent setting, e.g.
         /// P2P_MAX_UPLOAD_RATE=94Mbit. Recorded in the JSON.
@@ -219,6 +226,7 @@ fn main() -> Result<()> {
             timeout_s,
             name,
             queue_ms,
+            host_queue,
             agent_env,
             seeder_env,
         } => {
@@ -238,6 +246,7 @@ fn main() -> Result<()> {
                     runs: runs.max(1),
                     timeout: Duration::from_secs(timeout_s),
                     queue_ms,
+                    host_queue,
                     env: AgentEnv {
                         all: agent_env,
                         seeder: seeder_env,

@@ -288,6 +288,7 @@ pub fn write(base: &Path, plan: &SwarmPlan, cases: &[SwarmCase], table: RunTable
                 "links": c.links,
                 "loaded_rtt": c.loaded_rtt,
                 "queue_ms": plan.queue_ms,
+                "host_queue": plan.host_queue,
                 "agent_env": AgentEnv::listed(&plan.env.all),
                 "seeder_env": AgentEnv::listed(&plan.env.seeder),
                 "index_loop_requests_per_downloader_per_s": c.index_loop_rps_per_downloader,

@@ -51,6 +51,7 @@ pub fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
         down_mbit: None,
         delay: (plan.delay_ms > 0).then(|| Duration::from_millis(plan.delay_ms)),
         queue: Some(Duration::from_millis(plan.queue_ms)),
+        host_queue: plan.host_queue,
     };
     let mixes = if plan.classes.is_empty() {
         plan.ns
