@@ -3,6 +3,9 @@
 //! "switch" namespace of its own, so nothing touches the machine's real
 //! network. Links can be shaped with `tc` (token bucket rate each way, up
 //! and down apart, netem delay where the kernel has it), cut and restored.
+//! A host's own egress queue (its upload) sorts its packets in two bands
+//! as Linux's default queue does, so a bulk DSCP waits behind the rest
+//! ([`HostQueue`]); the switch's port towards a host is one FIFO.
 //!
 //! Addresses (10.77.0.0/24) exist only inside the namespaces a [`Lan`]
 //! creates; every namespace is deleted when the `Lan` drops, and the first
