@@ -162,7 +162,8 @@ mod tests {
     async fn a_marked_socket_sends_with_the_mark_and_bulk_priority() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
         let (client, (server, _)) = (client.unwrap(), accepted.unwrap());
         Dscp::BULK.mark(&server).unwrap();
         let socket = socket2::SockRef::from(&server);

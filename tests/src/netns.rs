@@ -252,7 +252,16 @@ impl Host {
     /// then the bulk one. `None` when its queue has no bands.
     pub fn sent_by_band(&self) -> Result<Option<(u64, u64)>, LanError> {
         let out = run(&[
-            "ip", "netns", "exec", &self.netns, "tc", "-s", "class", "show", "dev", "eth0",
+            "ip",
+            "netns",
+            "exec",
+            &self.netns,
+            "tc",
+            "-s",
+            "class",
+            "show",
+            "dev",
+            "eth0",
         ])?;
         let text = String::from_utf8_lossy(&out.stdout);
         // `class htb 2:10 ...` then ` Sent <bytes> bytes <packets> pkt ...`.
@@ -331,13 +340,19 @@ fn shape_dev(netns: &str, dev: &str, shape: LinkShape, with_delay: bool) -> Resu
             // a byte FIFO of `queue` at the rate, as the bucket's own was.
             let band_bytes = (u128::from(rate) * 1_000_000 / 8 * queue.as_micros() / 1_000_000)
                 .max(u128::from(burst));
-            tc(format!("qdisc add dev {dev} parent 1:1 handle 2: htb default 10"))?;
-            tc(format!("class add dev {dev} parent 2: classid 2:1 htb rate 10gbit quantum 200000"))?;
+            tc(format!(
+                "qdisc add dev {dev} parent 1:1 handle 2: htb default 10"
+            ))?;
+            tc(format!(
+                "class add dev {dev} parent 2: classid 2:1 htb rate 10gbit quantum 200000"
+            ))?;
             for (band, priority) in [(10, 0), (20, 1)] {
                 tc(format!(
                     "class add dev {dev} parent 2:1 classid 2:{band} htb rate 10gbit quantum 200000 prio {priority}"
                 ))?;
-                tc(format!("qdisc add dev {dev} parent 2:{band} bfifo limit {band_bytes}"))?;
+                tc(format!(
+                    "qdisc add dev {dev} parent 2:{band} bfifo limit {band_bytes}"
+                ))?;
             }
             // pfifo_fast's bulk band: IPTOS_TOS(tos) is 0x08-0x0e.
             tc(format!(

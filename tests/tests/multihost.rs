@@ -140,7 +140,9 @@ async fn a_sources_uploads_wait_in_its_hosts_bulk_band_unless_marking_is_off() {
     skip_without_lan!();
     let mh = MultiHost::start(4, rate(LINK_MBIT), &[]).await;
     let alice = mh.add_user_agent(1, "alice", &[]).await;
-    let carol = mh.add_user_agent(2, "carol", &["--upload-dscp", "off"]).await;
+    let carol = mh
+        .add_user_agent(2, "carol", &["--upload-dscp", "off"])
+        .await;
     let bob = mh.add_user_agent(3, "bob", &[]).await;
     let size = 8 * 1024 * 1024;
     let from_alice = random_file(&mh.scratch_dir("alice-input"), size, 81);
@@ -173,8 +175,14 @@ async fn a_sources_uploads_wait_in_its_hosts_bulk_band_unless_marking_is_off() {
     );
     // The chunks a marked source sends wait in the bulk band; what it
     // sends besides (heartbeats, holdings) does not.
-    assert!(alice_bulk >= size as u64, "alice's uploads were not marked bulk");
-    assert!(alice_first < size as u64 / 4, "alice's uploads went in the first band");
+    assert!(
+        alice_bulk >= size as u64,
+        "alice's uploads were not marked bulk"
+    );
+    assert!(
+        alice_first < size as u64 / 4,
+        "alice's uploads went in the first band"
+    );
     // `--upload-dscp off`: every packet in the first band.
     assert!(carol_first >= size as u64, "carol's uploads were not sent");
     assert_eq!(carol_bulk, 0, "carol marked her uploads though told not to");
