@@ -251,18 +251,7 @@ impl Host {
     /// ([`HostQueue::Bands`]) since its link was shaped: the first band,
     /// then the bulk one. `None` when its queue has no bands.
     pub fn sent_by_band(&self) -> Result<Option<(u64, u64)>, LanError> {
-        let out = run(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.netns,
-            "tc",
-            "-s",
-            "class",
-            "show",
-            "dev",
-            "eth0",
-        ])?;
+        let out = tc(&self.netns, "-s class show dev eth0")?;
         let text = String::from_utf8_lossy(&out.stdout);
         // `class htb 2:10 ...` then ` Sent <bytes> bytes <packets> pkt ...`.
         let sent = |class: &str| -> Option<u64> {
@@ -275,7 +264,7 @@ impl Host {
                 .parse()
                 .ok()
         };
-        Ok(sent("2:10").zip(sent("2:20")))
+        Ok(sent(FIRST_BAND).zip(sent(BULK_BAND)))
     }
 
     /// `host:port` on this host.
@@ -311,10 +300,20 @@ impl Host {
     }
 }
 
+/// The classes of [`HostQueue::Bands`]: the first band, and the bulk one
+/// served only when the first is empty.
+const FIRST_BAND: &str = "2:10";
+const BULK_BAND: &str = "2:20";
+
+/// Runs `tc` with `args` (split on whitespace) in namespace `netns`.
+fn tc(netns: &str, args: &str) -> Result<Output, LanError> {
+    let mut command = vec!["ip", "netns", "exec", netns, "tc"];
+    command.extend(args.split_whitespace());
+    run(&command)
+}
+
 fn shape_dev(netns: &str, dev: &str, shape: LinkShape, with_delay: bool) -> Result<(), LanError> {
-    let _ = run(&[
-        "ip", "netns", "exec", netns, "tc", "qdisc", "del", "dev", dev, "root",
-    ]);
+    let _ = tc(netns, &format!("qdisc del dev {dev} root"));
     let delay = shape.delay.filter(|_| with_delay);
     match (shape.rate_mbit, delay) {
         (None, None) => Ok(()),
@@ -323,12 +322,8 @@ fn shape_dev(netns: &str, dev: &str, shape: LinkShape, with_delay: bool) -> Resu
             // starve a fast sender between timer ticks.
             let burst = (u64::from(rate) * 1_000_000 / 8 / 100).max(64 * 1024);
             let queue = shape.queue.unwrap_or(DEFAULT_QUEUE);
-            let tc = |args: String| -> Result<(), LanError> {
-                let mut command = vec!["ip", "netns", "exec", netns, "tc"];
-                command.extend(args.split_whitespace());
-                run(&command).map(drop)
-            };
-            tc(format!(
+            let here = |args: String| tc(netns, &args).map(drop);
+            here(format!(
                 "qdisc add dev {dev} root handle 1: tbf rate {rate}mbit burst {burst} latency {}us",
                 queue.as_micros()
             ))?;
@@ -340,42 +335,38 @@ fn shape_dev(netns: &str, dev: &str, shape: LinkShape, with_delay: bool) -> Resu
             // a byte FIFO of `queue` at the rate, as the bucket's own was.
             let band_bytes = (u128::from(rate) * 1_000_000 / 8 * queue.as_micros() / 1_000_000)
                 .max(u128::from(burst));
-            tc(format!(
+            // Unclassified packets go to the first band, 2:10.
+            here(format!(
                 "qdisc add dev {dev} parent 1:1 handle 2: htb default 10"
             ))?;
-            tc(format!(
+            here(format!(
                 "class add dev {dev} parent 2: classid 2:1 htb rate 10gbit quantum 200000"
             ))?;
-            for (band, priority) in [(10, 0), (20, 1)] {
-                tc(format!(
-                    "class add dev {dev} parent 2:1 classid 2:{band} htb rate 10gbit quantum 200000 prio {priority}"
+            for (band, priority) in [(FIRST_BAND, 0), (BULK_BAND, 1)] {
+                here(format!(
+                    "class add dev {dev} parent 2:1 classid {band} htb rate 10gbit quantum 200000 prio {priority}"
                 ))?;
-                tc(format!(
-                    "qdisc add dev {dev} parent 2:{band} bfifo limit {band_bytes}"
+                here(format!(
+                    "qdisc add dev {dev} parent {band} bfifo limit {band_bytes}"
                 ))?;
             }
             // pfifo_fast's bulk band: IPTOS_TOS(tos) is 0x08-0x0e.
-            tc(format!(
-                "filter add dev {dev} parent 2: protocol ip prio 1 u32 match ip tos 0x08 0x18 flowid 2:20"
+            here(format!(
+                "filter add dev {dev} parent 2: protocol ip prio 1 u32 match ip tos 0x08 0x18 flowid {BULK_BAND}"
             ))
         }
         (rate, Some(delay)) => {
-            let mut args: Vec<String> = [
-                "ip", "netns", "exec", netns, "tc", "qdisc", "add", "dev", dev, "root", "netem",
-                "delay",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.push(format!("{}us", delay.as_micros()));
-            if let Some(rate) = rate {
-                args.push("rate".into());
-                args.push(format!("{rate}mbit"));
-            }
-            args.push("limit".into());
-            args.push("100000".into());
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            run(&refs).map(drop)
+            let rate = rate
+                .map(|rate| format!("rate {rate}mbit"))
+                .unwrap_or_default();
+            tc(
+                netns,
+                &format!(
+                    "qdisc add dev {dev} root netem delay {}us {rate} limit 100000",
+                    delay.as_micros()
+                ),
+            )
+            .map(drop)
         }
     }
 }
