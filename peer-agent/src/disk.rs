@@ -7,7 +7,7 @@
 //! runtime thread, and the blocking pool only when the disk would make
 //! them wait. Handing each chunk to a pool thread and back costs a thread
 //! wake each way: on the benchmark VM a 1 GiB transfer on loopback ran at
-//! 62 % of a raw TCP copy with every chunk on the pool and at 83 % without
+//! 62 % of a raw TCP copy with every chunk on the pool and at 79 % without
 //! (`BENCHMARKS.md`, 2b).
 //! - A read first asks for the chunk with `RWF_NOWAIT`: a chunk in the
 //!   page cache (a file just shared, downloaded or served) is copied at
