@@ -193,13 +193,14 @@ impl PartFile {
         if self.writes_in_place() {
             let began = std::time::Instant::now();
             let written = self.write_now(offset, &data);
-            if began.elapsed() > INLINE_WRITE_BUDGET {
+            let took = began.elapsed();
+            if took > INLINE_WRITE_BUDGET {
                 tracing::debug!(
                     path = %self.path.display(),
-                    took_ms = began.elapsed().as_millis() as u64,
+                    took_ms = took.as_millis() as u64,
                     "a chunk write waited for the disk; writing this file on the blocking pool for a while"
                 );
-                *self.pooled() = Some(std::time::Instant::now() + POOLED_WRITES_FOR);
+                *self.pooled() = Some(began + took + POOLED_WRITES_FOR);
             }
             return written;
         }
