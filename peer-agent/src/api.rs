@@ -1012,6 +1012,8 @@ impl AgentApi {
             chunks_from_partial_sources: Stats::get(&s.chunks_from_partial_sources),
             chunks_served_while_downloading: Stats::get(&s.chunks_served_while_downloading),
             chunks_served_framed: Stats::get(&s.chunks_served_framed),
+            holdings_streams_served: Stats::get(&s.holdings_streams_served),
+            holdings_streams_framed: Stats::get(&s.holdings_streams_framed),
         };
         let held = self.holdings.all();
         let shared_files = held

@@ -172,9 +172,10 @@ pub struct Config {
     #[arg(long, env = "P2P_PEER_INSECURE_PLAINTEXT")]
     pub peer_insecure_plaintext: bool,
     /// Serve and fetch chunks only with FetchChunks (gRPC), never as
-    /// `p2p-chunks/1` frames beside it on the same TLS port: how an agent
-    /// from before the framing behaves. The framing needs TLS, so with
-    /// --peer-insecure-plaintext it is off anyway.
+    /// `p2p-chunks/1` frames beside it on the same TLS port, and holdings
+    /// only with WatchHoldings, never as `p2p-holdings/1` frames: how an
+    /// agent from before the framings behaves. The framings need TLS, so
+    /// with --peer-insecure-plaintext they are off anyway.
     #[arg(long, env = "P2P_NO_CHUNK_FRAMING")]
     pub no_chunk_framing: bool,
     /// Telemetry.

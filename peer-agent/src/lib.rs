@@ -194,8 +194,8 @@ pub async fn run(
         stats.clone(),
         stop.clone(),
     )?);
-    // The chunk framing needs ALPN, so TLS; --no-chunk-framing emulates an
-    // agent from before it.
+    // The framings (chunks and holdings) need ALPN, so TLS;
+    // --no-chunk-framing emulates an agent from before them.
     let framing =
         session.config().peer_tls.is_tls() && peer_server_tls.is_some() && !config.no_chunk_framing;
     let downloads = Downloads::new(Arc::new(
@@ -262,7 +262,14 @@ pub async fn run(
     );
     let peer_server = GrpcServer::new().tls(peer_server_tls);
     let peer_server = if framing {
-        peer_server.beside(p2p_services::framing::ALPN, framed_tx, config.upload_dscp)
+        peer_server
+            .beside(
+                p2p_services::framing::ALPN,
+                framed_tx.clone(),
+                config.upload_dscp,
+            )
+            // Holdings are news a downloader waits for, not bulk: unmarked.
+            .beside(p2p_services::framing::HOLDINGS_ALPN, framed_tx, None)
     } else {
         drop(framed_tx);
         peer_server

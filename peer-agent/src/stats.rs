@@ -29,6 +29,11 @@ pub struct Stats {
     pub chunks_served_while_downloading: AtomicU64,
     /// Of `chunks_served`, those sent as `p2p-chunks/1` frames.
     pub chunks_served_framed: AtomicU64,
+    /// Holdings streams opened to watchers, either way.
+    pub holdings_streams_served: AtomicU64,
+    /// Of `holdings_streams_served`, those served as `p2p-holdings/1`
+    /// frames.
+    pub holdings_streams_framed: AtomicU64,
     /// FetchChunks streams being served.
     pub active_uploads: AtomicU32,
     /// Upload bytes per second.
@@ -74,6 +79,21 @@ impl Stats {
         )
         .inc();
         self.chunks_served_framed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one holdings stream opened to a watcher, `framed` when it is
+    /// a `p2p-holdings/1` connection.
+    pub fn holdings_stream_served(&self, framed: bool) {
+        metrics::counter(
+            "p2p_agent_holdings_streams_total",
+            "Holdings streams opened to other agents' downloads, by how they are carried.",
+            &[("carried", if framed { "frames" } else { "grpc" })],
+        )
+        .inc();
+        self.holdings_streams_served.fetch_add(1, Ordering::Relaxed);
+        if framed {
+            self.holdings_streams_framed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts one verified chunk received.

@@ -18,6 +18,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// The ALPN protocol name a client offers (before `h2`) and a server that
 /// speaks the framing selects.
 pub const ALPN: &[u8] = b"p2p-chunks/1";
+/// The ALPN protocol name of the holdings stream as frames (`WATCH`, then
+/// `HOLDINGS` until either end closes): `PeerService/WatchHoldings`
+/// without HTTP/2, on a connection of its own.
+pub const HOLDINGS_ALPN: &[u8] = b"p2p-holdings/1";
 /// Bytes in a frame header.
 pub const HEADER_BYTES: usize = 5;
 /// Bytes of a `CHUNK` body before the chunk's data (its index).
@@ -29,11 +33,18 @@ pub const MAX_HELLO_BYTES: u32 = 16 * 1024;
 pub const MAX_FETCH_BYTES: u32 = 64 * 1024;
 /// Largest `ERROR` body.
 pub const MAX_ERROR_BYTES: u32 = 4 * 1024;
+/// Largest `WATCH` body: a `WatchHoldingsRequest` (a file id and a hint).
+pub const MAX_WATCH_BYTES: u32 = 4 * 1024;
+/// Largest `HOLDINGS` body: a `HoldingsUpdate` whose bitfield has
+/// [`crate::manifest::MAX_CHUNKS`] bits, and 16 KiB for the rest.
+pub const MAX_HOLDINGS_BYTES: u32 = (crate::manifest::MAX_CHUNKS / 8) as u32 + 16 * 1024;
 /// Largest `CHUNK` body: the largest chunk and its index.
 pub const MAX_CHUNK_FRAME_BYTES: u32 = crate::manifest::MAX_CHUNK_BYTES + CHUNK_PREFIX_BYTES as u32;
 
-/// A frame's kind: the first four go from the downloader to the source,
-/// the rest back.
+/// A frame's kind: those below `0x80` go from the downloader to the
+/// source, the rest back. `WATCH` and `HOLDINGS` belong to
+/// [`HOLDINGS_ALPN`] connections, the rest (but `HELLO`, `READY` and
+/// `ERROR`, which both use) to [`ALPN`] ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
@@ -41,6 +52,9 @@ pub enum Kind {
     Hello = 0x01,
     /// Client: the chunks it wants (a `FetchChunksRequest`).
     Fetch = 0x02,
+    /// Client: the file whose holdings to follow (a `WatchHoldingsRequest`
+    /// in protobuf).
+    Watch = 0x03,
     /// Server: the credentials are good; send `FETCH`es.
     Ready = 0x81,
     /// Server: one chunk, its index then its bytes.
@@ -49,6 +63,8 @@ pub enum Kind {
     End = 0x83,
     /// Server: the current `FETCH` (or the `HELLO`) failed.
     Error = 0x84,
+    /// Server: one holdings update (a `HoldingsUpdate` in protobuf).
+    Holdings = 0x85,
 }
 
 impl Kind {
@@ -57,10 +73,12 @@ impl Kind {
         Some(match byte {
             0x01 => Self::Hello,
             0x02 => Self::Fetch,
+            0x03 => Self::Watch,
             0x81 => Self::Ready,
             0x82 => Self::Chunk,
             0x83 => Self::End,
             0x84 => Self::Error,
+            0x85 => Self::Holdings,
             _ => return None,
         })
     }
@@ -74,6 +92,8 @@ impl Kind {
             Self::End => 4,
             Self::Chunk => MAX_CHUNK_FRAME_BYTES,
             Self::Error => MAX_ERROR_BYTES,
+            Self::Watch => MAX_WATCH_BYTES,
+            Self::Holdings => MAX_HOLDINGS_BYTES,
         }
     }
 }
@@ -164,8 +184,8 @@ pub async fn read_small<R: AsyncRead + Unpin>(
     Ok(Some((header.kind, body)))
 }
 
-/// A whole frame: header and body.
-fn frame(kind: Kind, body: &[u8]) -> Vec<u8> {
+/// A whole frame: header and body (the body within the kind's limit).
+pub fn frame(kind: Kind, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
     out.extend_from_slice(
         &Header {

@@ -6,7 +6,8 @@
 //! does not serve, floods updates, lists junk peer addresses; or speaks
 //! the chunk framing (`p2p-chunks/1`) and breaks it: a truncated frame, an
 //! oversized one, the wrong chunk, wrong bytes, or a frame dripped a byte
-//! at a time (slow loris).
+//! at a time (slow loris); or tells its holdings lies as `p2p-holdings/1`
+//! frames.
 //!
 //! Ownership: a [`HostilePeer`] owns its server task and its heartbeat task
 //! in a `JoinSet`; both are aborted when it drops (the server is also told
@@ -69,12 +70,30 @@ pub enum Misbehaviour {
     /// Speaks the framing and sends the first chunk's frame one byte every
     /// [`SLOW_LORIS_GAP`].
     FramedSlowLoris,
+    /// [`Self::FalseClaims`], its holdings stream as `p2p-holdings/1`
+    /// frames.
+    FramedFalseClaims,
+    /// [`Self::FloodUpdates`], as `p2p-holdings/1` frames.
+    FramedFloodUpdates,
+    /// [`Self::JunkPeers`], as `p2p-holdings/1` frames.
+    FramedJunkPeers,
 }
 
 /// How long a [`Misbehaviour::FramedSlowLoris`] peer waits between bytes.
 pub const SLOW_LORIS_GAP: Duration = Duration::from_millis(200);
 
 impl Misbehaviour {
+    /// The lie, and whether the peer tells its holdings stream as
+    /// `p2p-holdings/1` frames (and not over gRPC).
+    fn holdings_framed(self) -> (Self, bool) {
+        match self {
+            Self::FramedFalseClaims => (Self::FalseClaims, true),
+            Self::FramedFloodUpdates => (Self::FloodUpdates, true),
+            Self::FramedJunkPeers => (Self::JunkPeers, true),
+            other => (other, false),
+        }
+    }
+
     /// Whether the peer lies in `p2p-chunks/1` frames (and answers
     /// FetchChunks honestly).
     pub fn is_framed(self) -> bool {
@@ -188,12 +207,67 @@ impl HostileStats {
 #[derive(Clone)]
 struct HostileService {
     misbehaviour: Misbehaviour,
+    /// Tells its holdings lies only as `p2p-holdings/1` frames; its
+    /// WatchHoldings is then UNIMPLEMENTED, so a test sees which path ran.
+    framed_holdings: bool,
     content: Arc<Vec<u8>>,
     chunk_size: usize,
     stats: Arc<HostileStats>,
 }
 
 impl HostileService {
+    /// Whether the peer lies on its holdings stream.
+    fn lies_on_holdings(&self) -> bool {
+        matches!(
+            self.misbehaviour,
+            Misbehaviour::FalseClaims | Misbehaviour::FloodUpdates | Misbehaviour::JunkPeers
+        )
+    }
+
+    /// The holdings stream it sends, over gRPC or as frames: counted open
+    /// while it lasts.
+    fn lying_updates(&self) -> impl Stream<Item = HoldingsUpdate> + Send + 'static {
+        let misbehaviour = self.misbehaviour;
+        self.stats.open_watches.fetch_add(1, Ordering::Relaxed);
+        let guard = OpenWatch(self.stats.clone());
+        let stats = self.stats.clone();
+        futures::stream::unfold((0u64, guard), move |(n, guard)| {
+            let stats = stats.clone();
+            async move {
+                let mut update = HoldingsUpdate {
+                    complete: n == 0,
+                    ..Default::default()
+                };
+                match misbehaviour {
+                    Misbehaviour::FloodUpdates => {
+                        if n > 0 {
+                            update.have = vec![0];
+                        }
+                        if n > 0 && n % 100 == 0 {
+                            tokio::time::sleep(Duration::from_millis(
+                                100_000 / FLOOD_UPDATES_PER_SEC,
+                            ))
+                            .await;
+                        }
+                    }
+                    Misbehaviour::JunkPeers => {
+                        if n > 0 {
+                            tokio::time::sleep(Duration::from_millis(150)).await;
+                        }
+                        update.peers = junk_peers();
+                    }
+                    _ => {
+                        if n > 0 {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                stats.updates_sent.fetch_add(1, Ordering::Relaxed);
+                Some((update, (n + 1, guard)))
+            }
+        })
+    }
+
     fn chunk_count(&self) -> u32 {
         self.content.len().div_ceil(self.chunk_size) as u32
     }
@@ -235,7 +309,10 @@ impl HostileService {
             | Misbehaviour::FramedOversized
             | Misbehaviour::FramedWrongIndex
             | Misbehaviour::FramedWrongBytes
-            | Misbehaviour::FramedSlowLoris => Chunk {
+            | Misbehaviour::FramedSlowLoris
+            | Misbehaviour::FramedFalseClaims
+            | Misbehaviour::FramedFloodUpdates
+            | Misbehaviour::FramedJunkPeers => Chunk {
                 index,
                 data: self.genuine(index).into(),
             },
@@ -284,51 +361,12 @@ impl PeerService for HostileService {
         &self,
         _request: Request<WatchHoldingsRequest>,
     ) -> Result<Response<UpdateStream>, Status> {
-        let misbehaviour = self.misbehaviour;
-        if !matches!(
-            misbehaviour,
-            Misbehaviour::FalseClaims | Misbehaviour::FloodUpdates | Misbehaviour::JunkPeers
-        ) {
-            return Err(Status::unimplemented("this peer does not watch holdings"));
+        if !self.lies_on_holdings() || self.framed_holdings {
+            return Err(Status::unimplemented(
+                "this peer does not watch holdings over gRPC",
+            ));
         }
-        self.stats.open_watches.fetch_add(1, Ordering::Relaxed);
-        let guard = OpenWatch(self.stats.clone());
-        let stats = self.stats.clone();
-        let stream = futures::stream::unfold((0u64, guard), move |(n, guard)| {
-            let stats = stats.clone();
-            async move {
-                let mut update = HoldingsUpdate {
-                    complete: n == 0,
-                    ..Default::default()
-                };
-                match misbehaviour {
-                    Misbehaviour::FloodUpdates => {
-                        if n > 0 {
-                            update.have = vec![0];
-                        }
-                        if n > 0 && n % 100 == 0 {
-                            tokio::time::sleep(Duration::from_millis(
-                                100_000 / FLOOD_UPDATES_PER_SEC,
-                            ))
-                            .await;
-                        }
-                    }
-                    Misbehaviour::JunkPeers => {
-                        if n > 0 {
-                            tokio::time::sleep(Duration::from_millis(150)).await;
-                        }
-                        update.peers = junk_peers();
-                    }
-                    _ => {
-                        if n > 0 {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    }
-                }
-                stats.updates_sent.fetch_add(1, Ordering::Relaxed);
-                Some((Ok(update), (n + 1, guard)))
-            }
-        });
+        let stream = futures::StreamExt::map(self.lying_updates(), Ok);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -519,6 +557,45 @@ impl HostileService {
     }
 }
 
+impl HostileService {
+    /// Serves `p2p-holdings/1` connections until `connections` closes:
+    /// takes any `HELLO` and `WATCH`, then writes its lying updates as
+    /// `HOLDINGS` frames until the downloader hangs up.
+    async fn serve_framed_holdings(
+        self,
+        mut connections: tokio::sync::mpsc::Receiver<
+            impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        >,
+    ) {
+        use p2p_services::framing::{self, Kind};
+        use prost::Message as _;
+        use tokio::io::AsyncWriteExt;
+        let mut tasks = JoinSet::new();
+        while let Some(mut stream) = connections.recv().await {
+            let service = self.clone();
+            tasks.spawn(async move {
+                let Ok(Some(_)) = framing::read_small(&mut stream, &[Kind::Hello]).await else {
+                    return;
+                };
+                if stream.write_all(&framing::ready()).await.is_err() {
+                    return;
+                }
+                let _ = stream.flush().await;
+                let Ok(Some(_)) = framing::read_small(&mut stream, &[Kind::Watch]).await else {
+                    return;
+                };
+                let mut updates = std::pin::pin!(service.lying_updates());
+                while let Some(update) = futures::StreamExt::next(&mut updates).await {
+                    let frame = framing::frame(Kind::Holdings, &update.encode_to_vec());
+                    if stream.write_all(&frame).await.is_err() || stream.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+}
+
 /// Decrements the open-connection count when a framed connection ends.
 struct OpenConnection(Arc<HostileStats>);
 
@@ -566,8 +643,10 @@ impl HostilePeer {
             .manifest
             .expect("GetFile carries the manifest");
         let stats = Arc::new(HostileStats::default());
+        let (lie, framed_holdings) = misbehaviour.holdings_framed();
         let service = HostileService {
-            misbehaviour,
+            misbehaviour: lie,
+            framed_holdings,
             content: Arc::new(content),
             chunk_size: manifest.chunk_size_bytes as usize,
             stats: stats.clone(),
@@ -583,6 +662,13 @@ impl HostilePeer {
             let (tx, rx) = tokio::sync::mpsc::channel(8);
             tasks.spawn(service.clone().serve_framed(rx));
             server.beside(p2p_services::framing::ALPN, tx, None)
+        } else {
+            server
+        };
+        let server = if framed_holdings {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            tasks.spawn(service.clone().serve_framed_holdings(rx));
+            server.beside(p2p_services::framing::HOLDINGS_ALPN, tx, None)
         } else {
             server
         };
@@ -614,7 +700,7 @@ impl HostilePeer {
             .peer_id;
         index
             .update_holdings(with_bearer(
-                if misbehaviour == Misbehaviour::FalseClaims {
+                if lie == Misbehaviour::FalseClaims {
                     let mut first = vec![
                         0u8;
                         (manifest

@@ -17,6 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Size of the files these tests move: several chunks.
 const FILE_BYTES: usize = 3 * 1024 * 1024 + 17;
 
+/// An upload limit under which a download of [`FILE_BYTES`] takes most of
+/// a second, so its holdings streams are open well before it ends.
+const SLOW: &str = "4MiB";
+
 fn without_framing() -> AgentOptions {
     AgentOptions {
         env: vec![("P2P_NO_CHUNK_FRAMING".into(), "true".into())],
@@ -27,8 +31,9 @@ fn without_framing() -> AgentOptions {
 #[tokio::test(flavor = "multi_thread")]
 async fn current_agents_move_chunks_as_frames() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
+    // Slow enough that bob's holdings stream opens before the last chunk.
     let alice = cluster
-        .add_user_agent("alice", AgentOptions::default())
+        .add_user_agent("alice", AgentOptions::default().max_upload_rate(SLOW))
         .await;
     let bob = cluster.add_user_agent("bob", AgentOptions::default()).await;
     let original = random_file(&cluster.scratch_dir("input"), FILE_BYTES, 11);
@@ -44,12 +49,22 @@ async fn current_agents_move_chunks_as_frames() {
         served.chunks_served_framed, served.chunks_served,
         "every chunk between current agents goes as a frame: {served:?}"
     );
+    assert!(
+        served.holdings_streams_served > 0,
+        "bob never watched alice's holdings: {served:?}"
+    );
+    assert_eq!(
+        served.holdings_streams_framed, served.holdings_streams_served,
+        "every holdings stream between current agents goes as frames: {served:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_without_framing_serves_and_downloads_with_fetch_chunks() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
-    let old = cluster.add_user_agent("alice", without_framing()).await;
+    let old = cluster
+        .add_user_agent("alice", without_framing().max_upload_rate(SLOW))
+        .await;
     let current = cluster.add_user_agent("bob", AgentOptions::default()).await;
     let input = cluster.scratch_dir("input");
 
@@ -66,6 +81,11 @@ async fn an_agent_without_framing_serves_and_downloads_with_fetch_chunks() {
         "the old agent served nothing: {served:?}"
     );
     assert_eq!(served.chunks_served_framed, 0, "{served:?}");
+    assert!(
+        served.holdings_streams_served > 0,
+        "the current agent never watched the old one's holdings: {served:?}"
+    );
+    assert_eq!(served.holdings_streams_framed, 0, "{served:?}");
 
     // An old downloader asks a current source with FetchChunks.
     let second = random_file(&input, FILE_BYTES, 13);
@@ -80,6 +100,7 @@ async fn an_agent_without_framing_serves_and_downloads_with_fetch_chunks() {
         "the current agent served nothing: {served:?}"
     );
     assert_eq!(served.chunks_served_framed, 0, "{served:?}");
+    assert_eq!(served.holdings_streams_framed, 0, "{served:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -248,6 +248,21 @@ async fn a_peer_that_lists_junk_addresses_is_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_claims_chunks_it_does_not_serve_in_holdings_frames_is_reported() {
+    holdings_liar_is_reported(Misbehaviour::FramedFalseClaims, 34).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_floods_holdings_frames_is_cut_off_and_reported() {
+    holdings_liar_is_reported(Misbehaviour::FramedFloodUpdates, 35).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_lists_junk_addresses_in_holdings_frames_is_reported() {
+    holdings_liar_is_reported(Misbehaviour::FramedJunkPeers, 36).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn wrong_bytes_are_rejected_reported_and_the_file_is_correct() {
     download_survives(Misbehaviour::WrongBytes, 61).await;
 }

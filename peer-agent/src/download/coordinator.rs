@@ -545,6 +545,7 @@ impl Swarm {
             }),
             session: ctx.session.clone(),
             client: watch_client(channel, self.shared.manifest.chunk_count()),
+            framed: ctx.framed_watch(&peer.address),
             events: self.events_tx.clone(),
         };
         let watcher = self.watchers.spawn(watcher.run());

@@ -1,6 +1,6 @@
-//! The downloader end of the holdings stream (`PeerService/WatchHoldings`,
-//! its contract in [`crate::exchange`]): a [`Watcher`] reads one source's
-//! stream for one download and turns each update into [`WatchEvent`]s for
+//! The downloader end of the holdings stream (its contract in
+//! [`crate::exchange`]): a [`Watcher`] reads one source's stream for one
+//! download and turns each update into [`WatchEvent`]s for
 //! the coordinator: what the source holds, what it just verified, and the
 //! peers it knows (not checked yet: the coordinator runs
 //! [`check_hint`](crate::exchange::check_hint) on each). It drops a source
@@ -8,6 +8,13 @@
 //! coordinator reports and bans it) on a malformed update, an index past
 //! the end, more than [`MAX_UPDATES_PER_SEC`] sustained, or too many peers
 //! in one update.
+//!
+//! Over TLS a watcher first offers `p2p-holdings/1` by ALPN: the same
+//! request and updates as `WATCH` and `HOLDINGS` frames on a connection of
+//! their own (`proto/proto/p2p/peer/v1/chunks.md`), without HTTP/2's and
+//! tonic's work per message. A source that picks `h2` instead (an agent
+//! from before it) is watched with `PeerService/WatchHoldings` from then
+//! on. Either way the updates meet the same checks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +22,15 @@ use std::time::Duration;
 use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
 use p2p_proto::peer::v1::{HoldingsUpdate, PeerHint, WatchHoldingsRequest};
 use p2p_services::client::with_peer_credentials;
+use p2p_services::framing::{self, FrameError, Hello, Kind};
 use p2p_services::manifest::Bitfield;
+use p2p_services::tls::ClientTls;
+use prost::Message as _;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -76,6 +89,10 @@ pub struct Watcher {
     pub session: Arc<crate::session::Session>,
     /// The source's client (see [`watch_client`]).
     pub client: PeerServiceClient<Channel>,
+    /// The source's address and how to reach it over TLS, when this agent
+    /// uses the framings: the stream is then first tried as
+    /// `p2p-holdings/1`.
+    pub framed: Option<(String, ClientTls)>,
     /// Where events go.
     pub events: mpsc::Sender<(SourceKey, WatchEvent)>,
 }
@@ -83,7 +100,7 @@ pub struct Watcher {
 impl Watcher {
     /// Reads the stream until it ends; every event, and the end, goes to
     /// the coordinator.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let key = self.key;
         let events = self.events.clone();
         let mut attempt = 1;
@@ -102,7 +119,7 @@ impl Watcher {
     }
 
     /// The stream until it ends, or `Err` when the call did not open.
-    async fn watch(&self) -> Result<WatchEnd, Status> {
+    async fn watch(&mut self) -> Result<WatchEnd, Status> {
         let request = WatchHoldingsRequest {
             file_id: self.file_id.clone(),
             caller: self.caller.clone(),
@@ -112,6 +129,15 @@ impl Watcher {
             Err(err) => return Ok(WatchEnd::Closed(err.to_string())),
         };
         let (token, proof) = (&token, &proof);
+        if let Some((address, tls)) = &self.framed {
+            match open_framed(address, tls, token, proof, &request).await? {
+                Some(stream) => return Ok(self.follow(Updates::Framed(Box::new(stream))).await),
+                None => {
+                    tracing::debug!(peer = %self.source_peer_id, "source does not speak p2p-holdings/1; watching over gRPC");
+                    self.framed = None;
+                }
+            }
+        }
         let mut client = self.client.clone();
         let response = match tokio::time::timeout(
             SILENT_DROP,
@@ -123,16 +149,19 @@ impl Watcher {
             Ok(Err(status)) => return Err(status),
             Ok(Ok(response)) => response,
         };
-        Ok(self.follow(response.into_inner()).await)
+        Ok(self
+            .follow(Updates::Grpc(Box::new(response.into_inner())))
+            .await)
     }
 
-    async fn follow(&self, mut stream: tonic::Streaming<HoldingsUpdate>) -> WatchEnd {
+    async fn follow(&self, mut stream: Updates) -> WatchEnd {
         let mut budget = Budget::new();
         let mut first = true;
+        let max_bytes = (self.chunk_count as usize).div_ceil(8) + MAX_UPDATE_BYTES;
         loop {
-            let update = match tokio::time::timeout(SILENT_DROP, stream.message()).await {
+            let update = match tokio::time::timeout(SILENT_DROP, stream.next(max_bytes)).await {
                 Err(_) => return WatchEnd::Silent,
-                Ok(Err(status)) => return ended(&status),
+                Ok(Err(end)) => return end,
                 Ok(Ok(None)) => return WatchEnd::Closed("the source ended the stream".into()),
                 Ok(Ok(Some(update))) => update,
             };
@@ -153,6 +182,105 @@ impl Watcher {
             }
             first = false;
         }
+    }
+}
+
+/// A holdings stream as it arrives: gRPC messages or `HOLDINGS` frames.
+enum Updates {
+    Grpc(Box<tonic::Streaming<HoldingsUpdate>>),
+    Framed(Box<TlsStream<TcpStream>>),
+}
+
+impl Updates {
+    /// The next update, `None` when the source ended the stream cleanly;
+    /// a framed update is at most `max_bytes`, as the gRPC client's
+    /// decoding limit has it.
+    async fn next(&mut self, max_bytes: usize) -> Result<Option<HoldingsUpdate>, WatchEnd> {
+        let stream = match self {
+            Self::Grpc(stream) => return stream.message().await.map_err(|s| ended(&s)),
+            Self::Framed(stream) => stream,
+        };
+        match framing::read_small(stream, &[Kind::Holdings, Kind::Error]).await {
+            Ok(None) => Ok(None),
+            Ok(Some((Kind::Holdings, body))) if body.len() > max_bytes => {
+                Err(WatchEnd::Misbehaved(format!(
+                    "sent a holdings update of {} bytes; at most {max_bytes}",
+                    body.len()
+                )))
+            }
+            Ok(Some((Kind::Holdings, body))) => {
+                HoldingsUpdate::decode(&body[..]).map(Some).map_err(|e| {
+                    WatchEnd::Misbehaved(format!("sent a malformed holdings update: {e}"))
+                })
+            }
+            Ok(Some((_, body))) => Err(match framing::decode_error(&body) {
+                Ok((code, message)) => ended(&Status::new(Code::from_i32(code), message)),
+                Err(err) => WatchEnd::Misbehaved(err.to_string()),
+            }),
+            Err(FrameError::Io(err)) => Err(WatchEnd::Closed(format!(
+                "the holdings connection failed: {err}"
+            ))),
+            Err(err) => Err(WatchEnd::Misbehaved(format!(
+                "broke the holdings framing: {err}"
+            ))),
+        }
+    }
+}
+
+/// Opens a `p2p-holdings/1` stream to the source at `address`: TLS,
+/// `HELLO` with `token` and `proof`, then `WATCH`. `None` when the source
+/// chose `h2` (it does not speak it); `Err` as a gRPC call that did not
+/// open would fail (`UNAVAILABLE` when the source cannot be reached, so
+/// the caller tries again).
+async fn open_framed(
+    address: &str,
+    tls: &ClientTls,
+    token: &str,
+    proof: &str,
+    request: &WatchHoldingsRequest,
+) -> Result<Option<TlsStream<TcpStream>>, Status> {
+    let mut stream = tls
+        .connect_raw(address, &[framing::HOLDINGS_ALPN, b"h2"])
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot connect to {address}: {e}")))?;
+    if stream.get_ref().1.alpn_protocol() != Some(framing::HOLDINGS_ALPN) {
+        let _ = stream.shutdown().await;
+        return Ok(None);
+    }
+    let hello = Hello {
+        token: token.to_string(),
+        proof: proof.to_string(),
+    };
+    let open = async {
+        stream.write_all(&hello.encode()).await?;
+        stream.flush().await?;
+        let answer = framing::read_small(&mut stream, &[Kind::Ready, Kind::Error]).await?;
+        if matches!(answer, Some((Kind::Ready, _))) {
+            let watch = framing::frame(Kind::Watch, &request.encode_to_vec());
+            stream.write_all(&watch).await?;
+            stream.flush().await?;
+        }
+        Ok::<_, FrameError>(answer)
+    };
+    match tokio::time::timeout(p2p_services::tls::HANDSHAKE_TIMEOUT, open).await {
+        Err(_) => Err(Status::unavailable(format!(
+            "{address} did not answer HELLO within {:?}",
+            p2p_services::tls::HANDSHAKE_TIMEOUT
+        ))),
+        Ok(Err(FrameError::Io(err))) => Err(Status::unavailable(format!(
+            "the holdings connection to {address} failed: {err}"
+        ))),
+        Ok(Err(err)) => Err(Status::internal(format!(
+            "{address} broke the holdings framing: {err}"
+        ))),
+        Ok(Ok(None)) => Err(Status::unavailable(format!(
+            "{address} closed the holdings connection"
+        ))),
+        Ok(Ok(Some((Kind::Ready, _)))) => Ok(Some(stream)),
+        Ok(Ok(Some((_, body)))) => Err(match framing::decode_error(&body) {
+            Ok((code, message)) => Status::new(Code::from_i32(code), message),
+            Err(err) => Status::internal(format!("{address} sent a malformed ERROR: {err}")),
+        }),
     }
 }
 

@@ -37,6 +37,7 @@ use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
 use p2p_services::client::MAX_MESSAGE_BYTES;
 use p2p_services::manifest::folder::Selection;
 use p2p_services::manifest::{Bitfield, FileId, Manifest};
+use p2p_services::tls::ClientTls;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -145,8 +146,9 @@ impl DownloadContext {
         }
     }
 
-    /// Also fetches chunks as `p2p-chunks/1` frames from sources that
-    /// offer them, falling back to FetchChunks for the rest.
+    /// Also fetches chunks as `p2p-chunks/1` frames, and watches holdings
+    /// as `p2p-holdings/1` frames, from sources that offer them, falling
+    /// back to FetchChunks and WatchHoldings for the rest.
     pub fn with_framing(mut self, framing: bool) -> Self {
         self.framing = framing && self.session.config().peer_tls.is_tls();
         self
@@ -157,6 +159,13 @@ impl DownloadContext {
     pub(crate) fn framed_pool(&self, address: &str) -> Option<framed::Pool> {
         self.framing
             .then(|| framed::Pool::new(address.to_string(), self.session.config().peer_tls.clone()))
+    }
+
+    /// The address of a source and how to reach it over TLS, for a
+    /// `p2p-holdings/1` stream, when this agent uses the framings.
+    pub(crate) fn framed_watch(&self, address: &str) -> Option<(String, ClientTls)> {
+        self.framing
+            .then(|| (address.to_string(), self.session.config().peer_tls.clone()))
     }
 
     /// One channel per source address, reused across calls and downloads.

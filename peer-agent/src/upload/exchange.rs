@@ -1,10 +1,16 @@
-//! The source end of the holdings stream (`PeerService/WatchHoldings`,
-//! its contract in [`crate::exchange`]): for one watcher of one file, the
-//! bitfield, then every chunk verified here, and the peers this agent knows
-//! for the file, paced and bounded as the contract says. A caller that
-//! names itself ([`caller_hint`]) joins the file's peer book, so the
-//! downloads here and the other watchers hear of it.
+//! The source end of the holdings stream (its contract in
+//! [`crate::exchange`]): for one watcher of one file, the bitfield, then
+//! every chunk verified here, and the peers this agent knows for the file,
+//! paced and bounded as the contract says. A caller that names itself
+//! ([`caller_hint`]) joins the file's peer book, so the downloads here and
+//! the other watchers hear of it.
+//!
+//! Two front doors open a stream, `PeerService/WatchHoldings` (gRPC) and a
+//! `p2p-holdings/1` connection (`super::framed`); both go through
+//! [`super::Uploads::watch`] and [`serve_updates`], and differ only in the
+//! [`UpdateSink`] the updates go to.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,16 +37,59 @@ pub fn caller_hint(hint: Option<&PeerHint>, from: Option<IpAddr>) -> Option<Know
     (addr.ip().to_canonical() == from).then_some(peer)
 }
 
+/// How long a stream ending at shutdown waits to tell its watcher so.
+const SHUTDOWN_NOTICE: Duration = Duration::from_millis(200);
+
+/// Where one holdings stream's updates go.
+pub trait UpdateSink: Send {
+    /// Sends one update, or the status that ends the stream; false when
+    /// the watcher is gone or did not take it within `stall`.
+    fn send(
+        &mut self,
+        update: Result<HoldingsUpdate, Status>,
+        stall: Duration,
+    ) -> impl Future<Output = bool> + Send;
+
+    /// Resolves once the watcher has gone away.
+    fn closed(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// The gRPC response's channel.
+impl UpdateSink for mpsc::Sender<Result<HoldingsUpdate, Status>> {
+    async fn send(&mut self, update: Result<HoldingsUpdate, Status>, stall: Duration) -> bool {
+        self.send_timeout(update, stall).await.is_ok()
+    }
+
+    async fn closed(&mut self) {
+        mpsc::Sender::closed(self).await;
+    }
+}
+
+/// One watcher of one file, admitted by [`super::Uploads::watch`]: what
+/// [`serve_updates`] serves it from.
+pub struct Watch {
+    pub(super) holding: Arc<Holding>,
+    pub(super) holdings: Arc<Holdings>,
+    /// The watcher's peer id, when it named itself.
+    pub(super) watcher: Option<String>,
+    pub(super) stall_timeout: Duration,
+    pub(super) shutdown: CancellationToken,
+    /// Its place among the streams served at once.
+    pub(super) _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// The source side of one stream: sends updates until the caller goes
-/// away, stops reading for `stall_timeout`, the holding goes, or shutdown.
-pub async fn serve_updates(
-    holding: Arc<Holding>,
-    holdings: Arc<Holdings>,
-    watcher: Option<String>,
-    tx: mpsc::Sender<Result<HoldingsUpdate, Status>>,
-    stall_timeout: Duration,
-    shutdown: CancellationToken,
-) {
+/// away, stops reading for the stall timeout, the holding goes, or
+/// shutdown.
+pub async fn serve_updates(watch: Watch, mut sink: impl UpdateSink) {
+    let Watch {
+        holding,
+        holdings,
+        watcher,
+        stall_timeout,
+        shutdown,
+        _permit,
+    } = watch;
     let mut changes = holding.subscribe();
     let mut peer_changes = holding.subscribe_peers();
     peer_changes.mark_unchanged();
@@ -54,11 +103,7 @@ pub async fn serve_updates(
         complete: sent.is_complete(),
         peers: peers_listed.clone(),
     };
-    let send = |update: Result<HoldingsUpdate, Status>| {
-        let tx = tx.clone();
-        async move { tx.send_timeout(update, stall_timeout).await.is_ok() }
-    };
-    if !send(Ok(first)).await {
+    if !sink.send(Ok(first), stall_timeout).await {
         return;
     }
     let mut last_sent = Instant::now();
@@ -71,10 +116,11 @@ pub async fn serve_updates(
         };
         tokio::select! {
             () = shutdown.cancelled() => {
-                let _ = tx.try_send(Err(Status::unavailable("the agent is shutting down")));
+                let status = Status::unavailable("the agent is shutting down");
+                sink.send(Err(status), SHUTDOWN_NOTICE).await;
                 return;
             }
-            () = tx.closed() => return,
+            () = sink.closed() => return,
             changed = changes.changed() => {
                 if changed.is_err() {
                     return;
@@ -93,19 +139,17 @@ pub async fn serve_updates(
             .get(&holding.file_id)
             .is_some_and(|h| Arc::ptr_eq(&h, &holding));
         if !still_held || !holdings.verify(&holding) {
-            let _ = send(Err(Status::not_found(format!(
+            let status = Status::not_found(format!(
                 "this agent no longer holds file {}",
                 holding.file_id
-            ))))
-            .await;
+            ));
+            sink.send(Err(status), stall_timeout).await;
             return;
         }
         let now = holding.bitfield();
         if sent.held().any(|i| !now.get(i)) {
-            let _ = send(Err(Status::aborted(
-                "this agent dropped chunks it had verified; watch again",
-            )))
-            .await;
+            let status = Status::aborted("this agent dropped chunks it had verified; watch again");
+            sink.send(Err(status), stall_timeout).await;
             return;
         }
         let mut new: Vec<u32> = now.held().filter(|&i| !sent.get(i)).collect();
@@ -143,7 +187,7 @@ pub async fn serve_updates(
         // still at most one per gap.
         let mut batches = new.chunks(MAX_HAVE_PER_UPDATE).peekable();
         if batches.peek().is_none() {
-            if !send(Ok(update)).await {
+            if !sink.send(Ok(update), stall_timeout).await {
                 return;
             }
         } else {
@@ -156,7 +200,7 @@ pub async fn serve_updates(
                 let mut message = update.clone();
                 message.have = batch.to_vec();
                 update.peers.clear();
-                if !send(Ok(message)).await {
+                if !sink.send(Ok(message), stall_timeout).await {
                     return;
                 }
             }

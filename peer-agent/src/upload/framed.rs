@@ -14,20 +14,34 @@
 //! token expires, if sooner); a connection idle for [`IDLE_TIMEOUT`], or
 //! whose caller stops reading for the stall timeout, is closed.
 //!
+//! The same listener hands over `p2p-holdings/1` connections, the holdings
+//! stream as frames: after `HELLO`, one `WATCH` (a `WatchHoldingsRequest`)
+//! admitted by [`Uploads::watch`] as the gRPC call is, then
+//! [`super::exchange::serve_updates`] writes each update as a `HOLDINGS`
+//! frame until either end closes. The credentials are checked once, when
+//! the stream opens, as for the gRPC call.
+//!
 //! Ownership: [`serve`] owns every connection's task in a `JoinSet`, at
 //! most [`MAX_CONNECTIONS`] at once, and stops them all on shutdown.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use p2p_proto::peer::v1::{HoldingsUpdate, WatchHoldingsRequest};
 use p2p_services::auth::{PEER_PROOF_TTL, PeerIdentity, TokenVerifier};
 use p2p_services::framing::{self, Fetch, Hello, Kind};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use prost::Message as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::exchange::{UpdateSink, serve_updates};
 use super::{Ask, Uploads};
+
+/// What the listener hands over.
+type Stream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// Most framed connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 512;
@@ -47,14 +61,13 @@ pub struct FramedServer {
     pub identity: PeerIdentity,
 }
 
-/// Serves the connections handed over on `connections` until `shutdown`.
-pub async fn serve<S>(
+/// Serves the connections handed over on `connections` (of either
+/// protocol, told apart by ALPN) until `shutdown`.
+pub async fn serve(
     server: FramedServer,
-    mut connections: mpsc::Receiver<S>,
+    mut connections: mpsc::Receiver<Stream>,
     shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -67,7 +80,11 @@ pub async fn serve<S>(
                     continue;
                 }
                 let server = server.clone();
-                tasks.spawn(async move { server.connection(stream).await });
+                if stream.get_ref().1.alpn_protocol() == Some(framing::HOLDINGS_ALPN) {
+                    tasks.spawn(async move { server.holdings(stream).await });
+                } else {
+                    tasks.spawn(async move { server.connection(stream).await });
+                }
             }
         }
     }
@@ -123,6 +140,37 @@ impl FramedServer {
                 return;
             }
         }
+    }
+
+    /// One `p2p-holdings/1` connection: `HELLO`, `WATCH`, then `HOLDINGS`
+    /// frames until either end closes, or `ERROR` when the watch is not
+    /// admitted.
+    async fn holdings(&self, mut stream: Stream) {
+        let from = stream.get_ref().0.peer_addr().ok().map(|a| a.ip());
+        if self.hello(&mut stream).await.is_some() {
+            let read = tokio::time::timeout(
+                p2p_services::tls::HANDSHAKE_TIMEOUT,
+                framing::read_small(&mut stream, &[Kind::Watch]),
+            )
+            .await;
+            let watch = match read {
+                Ok(Ok(Some((_, body)))) => WatchHoldingsRequest::decode(&body[..])
+                    .map_err(|e| Status::invalid_argument(format!("malformed WATCH frame: {e}")))
+                    .and_then(|request| self.uploads.watch(&request, from)),
+                Ok(Ok(None)) | Err(_) => return,
+                Ok(Err(err)) => Err(Status::invalid_argument(err.to_string())),
+            };
+            match watch {
+                Ok(watch) => {
+                    self.uploads.stats.holdings_stream_served(true);
+                    serve_updates(watch, FramedUpdates(&mut stream)).await;
+                }
+                Err(status) => {
+                    let _ = send(&mut stream, &error_frame(&status)).await;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(p2p_services::tls::HANDSHAKE_TIMEOUT, stream.shutdown()).await;
     }
 
     /// Reads and checks `HELLO`, answers `READY` or `ERROR`; the instant
@@ -221,6 +269,31 @@ impl FramedServer {
             }
         }
         send(stream, &framing::end(sent)).await.is_ok()
+    }
+}
+
+/// A `p2p-holdings/1` connection as where a holdings stream's updates go:
+/// each a `HOLDINGS` frame, or the `ERROR` that ends the stream.
+struct FramedUpdates<S>(S);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> UpdateSink for FramedUpdates<S> {
+    async fn send(&mut self, update: Result<HoldingsUpdate, Status>, stall: Duration) -> bool {
+        let frame = match &update {
+            Ok(update) => framing::frame(Kind::Holdings, &update.encode_to_vec()),
+            Err(status) => error_frame(status),
+        };
+        let write = async {
+            self.0.write_all(&frame).await?;
+            self.0.flush().await
+        };
+        matches!(tokio::time::timeout(stall, write).await, Ok(Ok(())))
+    }
+
+    async fn closed(&mut self) {
+        // Nothing may follow `WATCH`: a byte, the end or an error alike
+        // mean the watcher is done with the stream.
+        let mut byte = [0u8; 1];
+        let _ = self.0.read(&mut byte).await;
     }
 }
 

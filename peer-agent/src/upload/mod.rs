@@ -198,6 +198,36 @@ impl Uploads {
         })
     }
 
+    /// Admits one watcher of a file's holdings (either front door): the
+    /// file must be served here and a stream free (at most
+    /// [`MAX_WATCHERS`]). A caller that names itself by the address it
+    /// calls from joins the file's peer book.
+    pub fn watch(
+        &self,
+        request: &WatchHoldingsRequest,
+        from: Option<std::net::IpAddr>,
+    ) -> Result<exchange::Watch, Status> {
+        let holding = self.served(&request.file_id)?;
+        let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "agent is serving its maximum of {MAX_WATCHERS} holdings streams; rely on the index"
+            ))
+        })?;
+        let caller = exchange::caller_hint(request.caller.as_ref(), from);
+        let watcher = caller.as_ref().map(|c| c.peer_id.clone());
+        if let Some(caller) = caller {
+            holding.note_peer(caller);
+        }
+        Ok(exchange::Watch {
+            holding,
+            holdings: self.holdings.clone(),
+            watcher,
+            stall_timeout: self.stall_timeout,
+            shutdown: self.shutdown.clone(),
+            _permit: permit,
+        })
+    }
+
     /// How long a stream may wait for its caller to take the next chunk.
     pub fn stall_timeout(&self) -> std::time::Duration {
         self.stall_timeout
@@ -318,32 +348,10 @@ impl PeerService for ChunkServer {
         request: Request<WatchHoldingsRequest>,
     ) -> Result<Response<Self::WatchHoldingsStream>, Status> {
         let from = request.remote_addr().map(|a| a.ip());
-        let request = request.into_inner();
-        let holding = self.uploads.served(&request.file_id)?;
-        let permit = self.uploads.watchers.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "agent is serving its maximum of {MAX_WATCHERS} holdings streams; rely on the index"
-            ))
-        })?;
-        let caller = exchange::caller_hint(request.caller.as_ref(), from);
-        let watcher = caller.as_ref().map(|c| c.peer_id.clone());
-        if let Some(caller) = caller {
-            holding.note_peer(caller);
-        }
+        let watch = self.uploads.watch(&request.into_inner(), from)?;
+        self.uploads.stats.holdings_stream_served(false);
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let uploads = self.uploads.clone();
-        let producer = tokio::spawn(async move {
-            let _permit = permit;
-            exchange::serve_updates(
-                holding,
-                uploads.holdings.clone(),
-                watcher,
-                tx,
-                uploads.stall_timeout,
-                uploads.shutdown.clone(),
-            )
-            .await;
-        });
+        let producer = tokio::spawn(exchange::serve_updates(watch, tx));
         let stream = OwnedStream {
             chunks: tokio_stream::wrappers::ReceiverStream::new(rx),
             _producer: AbortOnDrop(producer),

@@ -520,6 +520,8 @@ pub struct Counters {
     pub chunks_from_partial_sources: u64,
     pub chunks_served_while_downloading: u64,
     pub chunks_served_framed: u64,
+    pub holdings_streams_served: u64,
+    pub holdings_streams_framed: u64,
 }
 
 /// `p2p web`: the one-time link into the agent's web app.
@@ -642,6 +644,8 @@ impl StatusView {
                 chunks_from_partial_sources: c.chunks_from_partial_sources,
                 chunks_served_while_downloading: c.chunks_served_while_downloading,
                 chunks_served_framed: c.chunks_served_framed,
+                holdings_streams_served: c.holdings_streams_served,
+                holdings_streams_framed: c.holdings_streams_framed,
             },
         }
     }
@@ -746,6 +750,13 @@ impl StatusView {
                 ),
             ),
             ("rejected chunks", c.chunks_rejected.to_string()),
+            (
+                "holdings streams",
+                format!(
+                    "{} served ({} as frames)",
+                    c.holdings_streams_served, c.holdings_streams_framed
+                ),
+            ),
         ]);
         for p in &self.problems {
             lines.push((
