@@ -47,6 +47,10 @@ type Stream = tokio_rustls::server::TlsStream<TcpStream>;
 pub const MAX_CONNECTIONS: usize = 512;
 /// A connection that sends no `FETCH` for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A holdings connection whose updates go unacknowledged this long is
+/// closed: its watcher is gone (it would drop us after
+/// [`crate::exchange::SILENT_DROP`] anyway).
+pub const WATCHER_GONE: Duration = Duration::from_secs(30);
 /// How many handed-over connections may wait for [`serve`] to take them.
 pub const QUEUE: usize = 64;
 
@@ -147,6 +151,13 @@ impl FramedServer {
     /// admitted.
     async fn holdings(&self, mut stream: Stream) {
         let from = stream.get_ref().0.peer_addr().ok().map(|a| a.ip());
+        // Keepalives alone never fill the socket buffer, so a watcher that
+        // vanished would otherwise hold its stream until TCP gives up.
+        if let Err(err) =
+            p2p_services::tls::server::close_unacknowledged_after(stream.get_ref().0, WATCHER_GONE)
+        {
+            tracing::debug!(%err, "cannot bound a holdings connection's unacknowledged data");
+        }
         if self.hello(&mut stream).await.is_some() {
             let read = tokio::time::timeout(
                 p2p_services::tls::HANDSHAKE_TIMEOUT,

@@ -214,9 +214,39 @@ pub fn negotiated(stream: &TlsStream<TcpStream>) -> Option<&[u8]> {
     stream.get_ref().1.alpn_protocol()
 }
 
+/// Closes `stream` once data it sent has gone unacknowledged for `after`
+/// (`TCP_USER_TIMEOUT`): for a long-lived stream that sends little, such
+/// as a holdings stream, whose far end may vanish (a laptop leaving the
+/// Wi-Fi) without its writes ever filling the socket buffer.
+pub fn close_unacknowledged_after(
+    stream: &TcpStream,
+    after: std::time::Duration,
+) -> std::io::Result<()> {
+    socket2::SockRef::from(stream).set_tcp_user_timeout(Some(after))
+}
+
 /// The socket options every server connection gets.
 fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new().with_time(std::time::Duration::from_secs(60));
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unacknowledged_data_closes_the_connection_after_the_bound() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let bound = std::time::Duration::from_secs(30);
+        close_unacknowledged_after(&client, bound).unwrap();
+        assert_eq!(
+            socket2::SockRef::from(&client).tcp_user_timeout().unwrap(),
+            Some(bound)
+        );
+    }
 }
