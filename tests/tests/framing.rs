@@ -3,8 +3,10 @@
 //! agent started with `--no-chunk-framing` (how an agent from before the
 //! framing behaves) still serves current downloaders and downloads from
 //! current sources, with FetchChunks. A source answers `FETCH`es sent
-//! back to back in turn, as downloaders pipeline them. Sources that break
-//! the framing are in `hostile.rs`.
+//! back to back in turn, as downloaders pipeline them. Holdings streams go
+//! as `p2p-holdings/1` frames between current agents and over
+//! WatchHoldings with an old one. Sources that break either framing are in
+//! `hostile.rs`.
 
 use p2p_tests::AgentHandle as _;
 
@@ -251,4 +253,85 @@ async fn a_source_answers_fetches_sent_back_to_back_in_turn() {
         answered.push(chunks);
     }
     assert_eq!(answered, vec![vec![3, 4], vec![0], vec![last]]);
+}
+
+/// `p2p-holdings/1` against a real agent: after `HELLO`, a `WATCH` of a
+/// file it holds is answered with its whole bitfield as the first
+/// `HOLDINGS` frame; a `WATCH` of a file it does not hold, with the
+/// `ERROR` WatchHoldings would answer (NOT_FOUND), and the close.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_streams_holdings_as_frames_and_refuses_files_it_does_not_hold() {
+    use p2p_proto::peer::v1::{HoldingsUpdate, WatchHoldingsRequest};
+    use prost::Message as _;
+
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let alice = cluster
+        .add_user_agent("alice", AgentOptions::default())
+        .await;
+    let original = random_file(&cluster.scratch_dir("input"), FILE_BYTES, 14);
+    let id = alice.share(&original).await;
+    cluster.create_user("bob", false).await;
+    let alice_id = alice.status().await.peer_id;
+
+    let watch = |file_id: String| {
+        let cluster = &cluster;
+        let alice = &alice;
+        let alice_id = alice_id.clone();
+        async move {
+            let creds = cluster
+                .peer_credentials("bob", USER_PASSWORD, &alice_id)
+                .await;
+            let mut stream = cluster
+                .tls()
+                .connect_raw(alice.peer_addr(), &[framing::HOLDINGS_ALPN, b"h2"])
+                .await
+                .expect("connect to alice's PeerService");
+            assert_eq!(
+                stream.get_ref().1.alpn_protocol(),
+                Some(framing::HOLDINGS_ALPN),
+                "a current agent offers holdings as frames"
+            );
+            let hello = Hello {
+                token: creds.token,
+                proof: creds.proof,
+            };
+            let request = WatchHoldingsRequest {
+                file_id,
+                caller: None,
+            };
+            stream.write_all(&hello.encode()).await.expect("send HELLO");
+            stream
+                .write_all(&framing::frame(Kind::Watch, &request.encode_to_vec()))
+                .await
+                .expect("send WATCH");
+            stream.flush().await.expect("flush");
+            let ready = framing::read_small(&mut stream, &[Kind::Ready])
+                .await
+                .expect("READY")
+                .expect("an answer to HELLO");
+            assert_eq!(ready.0, Kind::Ready);
+            let answer = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                framing::read_small(&mut stream, &[Kind::Holdings, Kind::Error]),
+            )
+            .await
+            .expect("an answer to WATCH")
+            .expect("a well-formed frame")
+            .expect("a frame before the close");
+            (stream, answer)
+        }
+    };
+
+    let (_stream, (kind, body)) = watch(id.clone()).await;
+    assert_eq!(kind, Kind::Holdings);
+    let first = HoldingsUpdate::decode(&body[..]).expect("a HoldingsUpdate");
+    assert!(first.complete, "alice holds the whole file: {first:?}");
+
+    let unheld = "b".repeat(64);
+    let (mut stream, (kind, body)) = watch(unheld).await;
+    assert_eq!(kind, Kind::Error);
+    let (code, message) = framing::decode_error(&body).expect("an ERROR body");
+    assert_eq!(code, tonic::Code::NotFound as i32, "{message}");
+    let after = framing::read_small(&mut stream, &[Kind::Holdings, Kind::Error]).await;
+    assert!(matches!(after, Ok(None) | Err(_)), "{after:?}");
 }

@@ -26,7 +26,7 @@ use p2p_services::framing::{self, FrameError, Hello, Kind};
 use p2p_services::manifest::Bitfield;
 use p2p_services::tls::ClientTls;
 use prost::Message as _;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -185,10 +185,11 @@ impl Watcher {
     }
 }
 
-/// A holdings stream as it arrives: gRPC messages or `HOLDINGS` frames.
+/// A holdings stream as it arrives: gRPC messages or `HOLDINGS` frames
+/// (read from a TLS stream; from any stream in the tests).
 enum Updates {
     Grpc(Box<tonic::Streaming<HoldingsUpdate>>),
-    Framed(Box<TlsStream<TcpStream>>),
+    Framed(Box<dyn AsyncRead + Unpin + Send>),
 }
 
 impl Updates {
@@ -408,6 +409,49 @@ mod tests {
         assert!(check_update(&update, 10, true).is_ok());
         update.bitfield = vec![0xff];
         assert!(check_update(&update, 10, true).is_err());
+    }
+
+    /// What `Updates::next` makes of `bytes` sent as a framed stream.
+    async fn framed_next(bytes: Vec<u8>) -> Result<Option<HoldingsUpdate>, WatchEnd> {
+        let (mut source, ours) = tokio::io::duplex(1 << 16);
+        source.write_all(&bytes).await.unwrap();
+        drop(source);
+        Updates::Framed(Box::new(ours)).next(64).await
+    }
+
+    #[tokio::test]
+    async fn framed_updates_are_read_and_broken_frames_are_misbehaviour() {
+        let update = HoldingsUpdate {
+            have: vec![1, 2],
+            ..Default::default()
+        };
+        let frame = framing::frame(Kind::Holdings, &update.encode_to_vec());
+        assert_eq!(framed_next(frame).await.unwrap(), Some(update));
+        assert_eq!(framed_next(Vec::new()).await.unwrap(), None);
+
+        let too_big = framing::frame(Kind::Holdings, &[0; 65]);
+        let not_protobuf = framing::frame(Kind::Holdings, &[0xff; 8]);
+        let fetch = framing::Fetch::default().encode();
+        let unknown = vec![0, 0, 0, 0, 0x7f];
+        for (what, bytes) in [
+            ("an update over the limit", too_big),
+            ("a body that is no HoldingsUpdate", not_protobuf),
+            ("a frame of another kind", fetch),
+            ("a frame of no kind", unknown),
+        ] {
+            assert!(
+                matches!(framed_next(bytes).await, Err(WatchEnd::Misbehaved(_))),
+                "{what} was taken"
+            );
+        }
+
+        let not_held = framing::error(Code::NotFound as i32, "not held");
+        assert!(matches!(
+            framed_next(not_held).await,
+            Err(WatchEnd::Closed(message)) if message.contains("not held")
+        ));
+        let cut = framing::frame(Kind::Holdings, &[0; 10])[..8].to_vec();
+        assert!(matches!(framed_next(cut).await, Err(WatchEnd::Closed(_))));
     }
 
     #[tokio::test(start_paused = true)]
