@@ -21,8 +21,10 @@
 //! frame until either end closes. The credentials are checked once, when
 //! the stream opens, as for the gRPC call.
 //!
-//! Ownership: [`serve`] owns every connection's task in a `JoinSet`, at
-//! most [`MAX_CONNECTIONS`] at once, and stops them all on shutdown.
+//! Ownership: [`serve`] owns every connection's task in one of two
+//! `JoinSet`s, at most [`MAX_CONNECTIONS`] chunk connections and
+//! [`super::MAX_WATCHERS`] holdings connections at once, and stops them
+//! all on shutdown.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,7 +45,8 @@ use super::{Ask, Uploads};
 /// What the listener hands over.
 type Stream = tokio_rustls::server::TlsStream<TcpStream>;
 
-/// Most framed connections served at once; more are closed at once.
+/// Most chunk connections served at once; more are closed at once.
+/// Holdings connections have their own cap, [`super::MAX_WATCHERS`].
 pub const MAX_CONNECTIONS: usize = 512;
 /// A connection that sends no `FETCH` for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -72,27 +75,37 @@ pub async fn serve(
     mut connections: mpsc::Receiver<Stream>,
     shutdown: CancellationToken,
 ) {
-    let mut tasks = tokio::task::JoinSet::new();
+    // Chunk and holdings connections are capped apart, as FetchChunks
+    // streams and WatchHoldings streams are: a swarm's holdings streams
+    // must not crowd out its chunks.
+    let mut chunks = tokio::task::JoinSet::new();
+    let mut holdings = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(_) = chunks.join_next(), if !chunks.is_empty() => {}
+            Some(_) = holdings.join_next(), if !holdings.is_empty() => {}
             next = connections.recv() => {
                 let Some(stream) = next else { break };
-                if tasks.len() >= MAX_CONNECTIONS {
-                    tracing::debug!("too many framed connections; closing a new one");
-                    continue;
-                }
                 let server = server.clone();
                 if stream.get_ref().1.alpn_protocol() == Some(framing::HOLDINGS_ALPN) {
-                    tasks.spawn(async move { server.holdings(stream).await });
+                    if holdings.len() >= super::MAX_WATCHERS {
+                        tracing::debug!("too many holdings connections; closing a new one");
+                        continue;
+                    }
+                    holdings.spawn(async move { server.holdings(stream).await });
                 } else {
-                    tasks.spawn(async move { server.connection(stream).await });
+                    if chunks.len() >= MAX_CONNECTIONS {
+                        tracing::debug!("too many framed connections; closing a new one");
+                        continue;
+                    }
+                    chunks.spawn(async move { server.connection(stream).await });
                 }
             }
         }
     }
-    tasks.shutdown().await;
+    chunks.shutdown().await;
+    holdings.shutdown().await;
 }
 
 impl FramedServer {
