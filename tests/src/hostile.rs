@@ -438,17 +438,60 @@ impl PeerService for HostileService {
 
 impl HostileService {
     /// Serves the framed connections handed over until `connections`
-    /// closes, each in a task of its own set (aborted when this ends).
+    /// closes (`p2p-chunks/1` or `p2p-holdings/1`, told apart by ALPN),
+    /// each in a task of its own set (aborted when this ends).
     async fn serve_framed(
         self,
         mut connections: tokio::sync::mpsc::Receiver<
-            impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+            tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
         >,
     ) {
         let mut tasks = JoinSet::new();
         while let Some(stream) = connections.recv().await {
             let service = self.clone();
-            tasks.spawn(async move { service.framed_connection(stream).await });
+            if stream.get_ref().1.alpn_protocol() == Some(p2p_services::framing::HOLDINGS_ALPN) {
+                tasks.spawn(async move { service.framed_holdings(stream).await });
+            } else {
+                tasks.spawn(async move { service.framed_connection(stream).await });
+            }
+        }
+    }
+
+    /// Takes any `HELLO` and answers `READY`; false when the connection
+    /// ended first.
+    async fn take_hello(
+        mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    ) -> bool {
+        use p2p_services::framing::{self, Kind};
+        use tokio::io::AsyncWriteExt;
+        let Ok(Some(_)) = framing::read_small(&mut stream, &[Kind::Hello]).await else {
+            return false;
+        };
+        stream.write_all(&framing::ready()).await.is_ok() && stream.flush().await.is_ok()
+    }
+
+    /// One `p2p-holdings/1` connection: takes any `HELLO` and `WATCH`,
+    /// then writes its lying updates as `HOLDINGS` frames until the
+    /// downloader hangs up.
+    async fn framed_holdings(
+        &self,
+        mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    ) {
+        use p2p_services::framing::{self, Kind};
+        use prost::Message as _;
+        use tokio::io::AsyncWriteExt;
+        if !Self::take_hello(&mut stream).await {
+            return;
+        }
+        let Ok(Some(_)) = framing::read_small(&mut stream, &[Kind::Watch]).await else {
+            return;
+        };
+        let mut updates = std::pin::pin!(self.lying_updates());
+        while let Some(update) = futures::StreamExt::next(&mut updates).await {
+            let frame = framing::frame(Kind::Holdings, &update.encode_to_vec());
+            if stream.write_all(&frame).await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
         }
     }
 
@@ -462,13 +505,9 @@ impl HostileService {
         use tokio::io::AsyncWriteExt;
         self.stats.open_connections.fetch_add(1, Ordering::Relaxed);
         let _open = OpenConnection(self.stats.clone());
-        let Ok(Some(_)) = framing::read_small(&mut stream, &[Kind::Hello]).await else {
-            return;
-        };
-        if stream.write_all(&framing::ready()).await.is_err() {
+        if !Self::take_hello(&mut stream).await {
             return;
         }
-        let _ = stream.flush().await;
         let Ok(Some((_, body))) = framing::read_small(&mut stream, &[Kind::Fetch]).await else {
             return;
         };
@@ -557,45 +596,6 @@ impl HostileService {
     }
 }
 
-impl HostileService {
-    /// Serves `p2p-holdings/1` connections until `connections` closes:
-    /// takes any `HELLO` and `WATCH`, then writes its lying updates as
-    /// `HOLDINGS` frames until the downloader hangs up.
-    async fn serve_framed_holdings(
-        self,
-        mut connections: tokio::sync::mpsc::Receiver<
-            impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        >,
-    ) {
-        use p2p_services::framing::{self, Kind};
-        use prost::Message as _;
-        use tokio::io::AsyncWriteExt;
-        let mut tasks = JoinSet::new();
-        while let Some(mut stream) = connections.recv().await {
-            let service = self.clone();
-            tasks.spawn(async move {
-                let Ok(Some(_)) = framing::read_small(&mut stream, &[Kind::Hello]).await else {
-                    return;
-                };
-                if stream.write_all(&framing::ready()).await.is_err() {
-                    return;
-                }
-                let _ = stream.flush().await;
-                let Ok(Some(_)) = framing::read_small(&mut stream, &[Kind::Watch]).await else {
-                    return;
-                };
-                let mut updates = std::pin::pin!(service.lying_updates());
-                while let Some(update) = futures::StreamExt::next(&mut updates).await {
-                    let frame = framing::frame(Kind::Holdings, &update.encode_to_vec());
-                    if stream.write_all(&frame).await.is_err() || stream.flush().await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    }
-}
-
 /// Decrements the open-connection count when a framed connection ends.
 struct OpenConnection(Arc<HostileStats>);
 
@@ -658,20 +658,15 @@ impl HostilePeer {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut tasks = JoinSet::new();
         let server = p2p_services::serve::GrpcServer::new().tls(tls);
-        let server = if misbehaviour.is_framed() {
-            let (tx, rx) = tokio::sync::mpsc::channel(8);
-            tasks.spawn(service.clone().serve_framed(rx));
-            server.beside(p2p_services::framing::ALPN, tx, None)
-        } else {
-            server
-        };
-        let server = if framed_holdings {
-            let (tx, rx) = tokio::sync::mpsc::channel(8);
-            tasks.spawn(service.clone().serve_framed_holdings(rx));
-            server.beside(p2p_services::framing::HOLDINGS_ALPN, tx, None)
-        } else {
-            server
-        };
+        let (framed_tx, framed_rx) = tokio::sync::mpsc::channel(8);
+        let mut server = server;
+        if misbehaviour.is_framed() {
+            server = server.beside(p2p_services::framing::ALPN, framed_tx.clone(), None);
+        }
+        if framed_holdings {
+            server = server.beside(p2p_services::framing::HOLDINGS_ALPN, framed_tx, None);
+        }
+        tasks.spawn(service.clone().serve_framed(framed_rx));
         tasks.spawn(async move {
             let server =
                 server

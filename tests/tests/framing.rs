@@ -30,6 +30,32 @@ fn without_framing() -> AgentOptions {
     }
 }
 
+/// A TLS connection to `agent`'s PeerService that offers `alpn` (then
+/// `h2`), checked to have chosen it, with `HELLO` sent.
+async fn say_hello(
+    cluster: &Cluster,
+    agent: &p2p_tests::Agent,
+    alpn: &[u8],
+    token: String,
+    proof: String,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut stream = cluster
+        .tls()
+        .connect_raw(agent.peer_addr(), &[alpn, b"h2"])
+        .await
+        .expect("connect to the agent's PeerService");
+    assert_eq!(
+        stream.get_ref().1.alpn_protocol(),
+        Some(alpn),
+        "a current agent offers {}",
+        String::from_utf8_lossy(alpn)
+    );
+    let hello = Hello { token, proof };
+    stream.write_all(&hello.encode()).await.expect("send HELLO");
+    stream.flush().await.expect("flush");
+    stream
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn current_agents_move_chunks_as_frames() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
@@ -113,22 +139,14 @@ async fn a_hello_without_a_peer_token_is_refused_as_fetch_chunks_refuses_it() {
         .await;
     let access = cluster.access_token("alice", USER_PASSWORD).await;
 
-    let mut stream = cluster
-        .tls()
-        .connect_raw(alice.peer_addr(), &[framing::ALPN, b"h2"])
-        .await
-        .expect("connect to alice's PeerService");
-    assert_eq!(
-        stream.get_ref().1.alpn_protocol(),
-        Some(framing::ALPN),
-        "a current agent offers the framing"
-    );
-    let hello = Hello {
-        token: access,
-        proof: "not.a.proof".into(),
-    };
-    stream.write_all(&hello.encode()).await.expect("send HELLO");
-    stream.flush().await.expect("flush");
+    let mut stream = say_hello(
+        &cluster,
+        &alice,
+        framing::ALPN,
+        access,
+        "not.a.proof".into(),
+    )
+    .await;
     let answer = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         framing::read_small(&mut stream, &[Kind::Ready, Kind::Error]),
@@ -177,17 +195,7 @@ async fn a_source_answers_fetches_sent_back_to_back_in_turn() {
         .peer_credentials("bob", USER_PASSWORD, &alice_id)
         .await;
 
-    let mut stream = cluster
-        .tls()
-        .connect_raw(alice.peer_addr(), &[framing::ALPN])
-        .await
-        .expect("connect to alice's PeerService");
-    let hello = Hello {
-        token: creds.token,
-        proof: creds.proof,
-    };
-    stream.write_all(&hello.encode()).await.expect("send HELLO");
-    stream.flush().await.expect("flush");
+    let mut stream = say_hello(&cluster, &alice, framing::ALPN, creds.token, creds.proof).await;
     let ready = framing::read_small(&mut stream, &[Kind::Ready, Kind::Error])
         .await
         .expect("a well-formed frame")
@@ -281,25 +289,18 @@ async fn a_source_streams_holdings_as_frames_and_refuses_files_it_does_not_hold(
             let creds = cluster
                 .peer_credentials("bob", USER_PASSWORD, &alice_id)
                 .await;
-            let mut stream = cluster
-                .tls()
-                .connect_raw(alice.peer_addr(), &[framing::HOLDINGS_ALPN, b"h2"])
-                .await
-                .expect("connect to alice's PeerService");
-            assert_eq!(
-                stream.get_ref().1.alpn_protocol(),
-                Some(framing::HOLDINGS_ALPN),
-                "a current agent offers holdings as frames"
-            );
-            let hello = Hello {
-                token: creds.token,
-                proof: creds.proof,
-            };
+            let mut stream = say_hello(
+                cluster,
+                alice,
+                framing::HOLDINGS_ALPN,
+                creds.token,
+                creds.proof,
+            )
+            .await;
             let request = WatchHoldingsRequest {
                 file_id,
                 caller: None,
             };
-            stream.write_all(&hello.encode()).await.expect("send HELLO");
             stream
                 .write_all(&framing::frame(Kind::Watch, &request.encode_to_vec()))
                 .await
