@@ -368,6 +368,13 @@ pub fn decode_error(body: &[u8]) -> Result<(i32, String), FrameError> {
     Ok((code, String::from_utf8_lossy(f.rest).into_owned()))
 }
 
+/// From an `ERROR` body: the status it carries, as FetchChunks or
+/// WatchHoldings would have returned it.
+pub fn decode_status(body: &[u8]) -> Result<tonic::Status, FrameError> {
+    let (code, message) = decode_error(body)?;
+    Ok(tonic::Status::new(tonic::Code::from_i32(code), message))
+}
+
 /// From an `END` body: how many chunks were sent.
 pub fn decode_end(body: &[u8]) -> Result<u32, FrameError> {
     Fields {

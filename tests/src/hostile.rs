@@ -449,7 +449,8 @@ impl HostileService {
         let mut tasks = JoinSet::new();
         while let Some(stream) = connections.recv().await {
             let service = self.clone();
-            if stream.get_ref().1.alpn_protocol() == Some(p2p_services::framing::HOLDINGS_ALPN) {
+            let protocol = p2p_services::tls::server::negotiated(&stream);
+            if protocol == Some(p2p_services::framing::HOLDINGS_ALPN) {
                 tasks.spawn(async move { service.framed_holdings(stream).await });
             } else {
                 tasks.spawn(async move { service.framed_connection(stream).await });

@@ -22,18 +22,17 @@ use std::time::Duration;
 use p2p_proto::peer::v1::peer_service_client::PeerServiceClient;
 use p2p_proto::peer::v1::{HoldingsUpdate, PeerHint, WatchHoldingsRequest};
 use p2p_services::client::with_peer_credentials;
-use p2p_services::framing::{self, FrameError, Hello, Kind};
+use p2p_services::framing::{self, FrameError, Kind};
 use p2p_services::manifest::Bitfield;
 use p2p_services::tls::ClientTls;
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_rustls::client::TlsStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use super::framed::{self, Fault};
 use crate::exchange::{
     MAX_HAVE_PER_UPDATE, MAX_PEERS_PER_UPDATE, MAX_UPDATE_BYTES, MAX_UPDATES_PER_SEC, SILENT_DROP,
     UPDATE_BURST,
@@ -214,8 +213,8 @@ impl Updates {
                     WatchEnd::Misbehaved(format!("sent a malformed holdings update: {e}"))
                 })
             }
-            Ok(Some((_, body))) => Err(match framing::decode_error(&body) {
-                Ok((code, message)) => ended(&Status::new(Code::from_i32(code), message)),
+            Ok(Some((_, body))) => Err(match framing::decode_status(&body) {
+                Ok(status) => ended(&status),
                 Err(err) => WatchEnd::Misbehaved(err.to_string()),
             }),
             Err(FrameError::Io(err)) => Err(WatchEnd::Closed(format!(
@@ -228,60 +227,54 @@ impl Updates {
     }
 }
 
-/// Opens a `p2p-holdings/1` stream to the source at `address`: TLS,
-/// `HELLO` with `token` and `proof`, then `WATCH`. `None` when the source
-/// chose `h2` (it does not speak it); `Err` as a gRPC call that did not
-/// open would fail (`UNAVAILABLE` when the source cannot be reached, so
-/// the caller tries again).
+/// Opens a `p2p-holdings/1` stream to the source at `address`: TLS and
+/// `HELLO` as for the chunk framing ([`framed::connect`]), then `WATCH`.
+/// `None` when the source chose `h2` (it does not speak it); `Err` as a
+/// gRPC call that did not open would fail (`UNAVAILABLE` when the source
+/// cannot be reached, so the caller tries again).
 async fn open_framed(
     address: &str,
     tls: &ClientTls,
     token: &str,
     proof: &str,
     request: &WatchHoldingsRequest,
-) -> Result<Option<TlsStream<TcpStream>>, Status> {
-    let mut stream = tls
-        .connect_raw(address, &[framing::HOLDINGS_ALPN, b"h2"])
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot connect to {address}: {e}")))?;
-    if stream.get_ref().1.alpn_protocol() != Some(framing::HOLDINGS_ALPN) {
-        let _ = stream.shutdown().await;
-        return Ok(None);
-    }
-    let hello = Hello {
-        token: token.to_string(),
-        proof: proof.to_string(),
-    };
-    let open = async {
-        stream.write_all(&hello.encode()).await?;
-        stream.flush().await?;
-        let answer = framing::read_small(&mut stream, &[Kind::Ready, Kind::Error]).await?;
-        if matches!(answer, Some((Kind::Ready, _))) {
-            let watch = framing::frame(Kind::Watch, &request.encode_to_vec());
-            stream.write_all(&watch).await?;
-            stream.flush().await?;
+) -> Result<Option<framed::Stream>, Status> {
+    let opened = framed::connect(tls, address, framing::HOLDINGS_ALPN, token, proof).await;
+    let mut stream = match opened {
+        Ok(Some(stream)) => stream,
+        Ok(None) => return Ok(None),
+        Err(Fault::Status(status)) => return Err(status),
+        Err(Fault::Io(detail)) => {
+            return Err(Status::unavailable(format!(
+                "the holdings connection to {address} failed: {detail}"
+            )));
         }
-        Ok::<_, FrameError>(answer)
+        Err(Fault::Stalled) => {
+            return Err(Status::unavailable(format!(
+                "{address} did not answer HELLO within {:?}",
+                p2p_services::tls::HANDSHAKE_TIMEOUT
+            )));
+        }
+        Err(Fault::Protocol(detail)) => {
+            return Err(Status::internal(format!(
+                "{address} broke the holdings framing: {detail}"
+            )));
+        }
     };
-    match tokio::time::timeout(p2p_services::tls::HANDSHAKE_TIMEOUT, open).await {
-        Err(_) => Err(Status::unavailable(format!(
-            "{address} did not answer HELLO within {:?}",
-            p2p_services::tls::HANDSHAKE_TIMEOUT
-        ))),
-        Ok(Err(FrameError::Io(err))) => Err(Status::unavailable(format!(
+    let watch = framing::frame(Kind::Watch, &request.encode_to_vec());
+    let send = async {
+        stream.write_all(&watch).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(p2p_services::tls::HANDSHAKE_TIMEOUT, send).await {
+        Ok(Ok(())) => Ok(Some(stream)),
+        Ok(Err(err)) => Err(Status::unavailable(format!(
             "the holdings connection to {address} failed: {err}"
         ))),
-        Ok(Err(err)) => Err(Status::internal(format!(
-            "{address} broke the holdings framing: {err}"
+        Err(_) => Err(Status::unavailable(format!(
+            "{address} did not take WATCH within {:?}",
+            p2p_services::tls::HANDSHAKE_TIMEOUT
         ))),
-        Ok(Ok(None)) => Err(Status::unavailable(format!(
-            "{address} closed the holdings connection"
-        ))),
-        Ok(Ok(Some((Kind::Ready, _)))) => Ok(Some(stream)),
-        Ok(Ok(Some((_, body)))) => Err(match framing::decode_error(&body) {
-            Ok((code, message)) => Status::new(Code::from_i32(code), message),
-            Err(err) => Status::internal(format!("{address} sent a malformed ERROR: {err}")),
-        }),
     }
 }
 

@@ -2,6 +2,8 @@
 //! `proto/proto/p2p/peer/v1/chunks.md`, codec in
 //! `p2p_services::framing`): a source's [`Pool`], holding one
 //! authenticated [`Connection`], and reading one `FETCH`'s [`Answer`].
+//! [`connect`] (TLS, ALPN, `HELLO`) also opens the holdings watcher's
+//! `p2p-holdings/1` connections (`super::exchange`).
 //!
 //! A connection offers `p2p-chunks/1` then `h2` by ALPN: a source that
 //! picks `h2` (an agent from before the framing, or one started with
@@ -62,7 +64,7 @@ pub enum Fault {
 }
 
 /// What a framed connection runs on.
-type Stream = TlsStream<TcpStream>;
+pub type Stream = TlsStream<TcpStream>;
 
 /// One authenticated connection to a source, shared by the calls in
 /// flight to it (generic over the stream only for the tests).
@@ -137,37 +139,52 @@ impl Pool {
         if !self.offered() {
             return Ok(None);
         }
-        let mut stream = self
-            .tls
-            .connect_raw(&self.address, &[framing::ALPN, b"h2"])
-            .await
-            .map_err(|e| Fault::Io(format!("cannot connect: {e}")))?;
-        if stream.get_ref().1.alpn_protocol() != Some(framing::ALPN) {
-            self.offered.store(false, Ordering::Relaxed);
-            let _ = stream.shutdown().await;
-            return Ok(None);
-        }
-        let hello = Hello {
-            token: token.to_string(),
-            proof: proof.to_string(),
-        };
         let hello_at = Instant::now();
-        let answer = async {
-            stream.write_all(&hello.encode()).await?;
-            stream.flush().await?;
-            framing::read_small(&mut stream, &[Kind::Ready, Kind::Error]).await
+        let Some(stream) = connect(&self.tls, &self.address, framing::ALPN, token, proof).await?
+        else {
+            self.offered.store(false, Ordering::Relaxed);
+            return Ok(None);
         };
-        match tokio::time::timeout(p2p_services::tls::HANDSHAKE_TIMEOUT, answer).await {
-            Err(_) => Err(Fault::Stalled),
-            Ok(Err(err)) => Err(fault(err)),
-            Ok(Ok(None)) => Err(Fault::Io("the source closed the connection".into())),
-            Ok(Ok(Some((Kind::Error, body)))) => Err(error_status(&body)),
-            Ok(Ok(Some(_))) => {
-                let connection = Arc::new(Connection::new(stream, hello_at));
-                *current = Some(connection.clone());
-                Ok(Some(connection))
-            }
-        }
+        let connection = Arc::new(Connection::new(stream, hello_at));
+        *current = Some(connection.clone());
+        Ok(Some(connection))
+    }
+}
+
+/// A TLS connection to the source at `address` that offered `alpn` (then
+/// `h2`) and on which the source answered `HELLO` (`token` and `proof`)
+/// with `READY`, within the handshake timeouts: how both framings open.
+/// `None` when the source chose `h2`, so does not speak `alpn`.
+pub async fn connect(
+    tls: &ClientTls,
+    address: &str,
+    alpn: &[u8],
+    token: &str,
+    proof: &str,
+) -> Result<Option<Stream>, Fault> {
+    let mut stream = tls
+        .connect_raw(address, &[alpn, b"h2"])
+        .await
+        .map_err(|e| Fault::Io(format!("cannot connect: {e}")))?;
+    if stream.get_ref().1.alpn_protocol() != Some(alpn) {
+        let _ = stream.shutdown().await;
+        return Ok(None);
+    }
+    let hello = Hello {
+        token: token.to_string(),
+        proof: proof.to_string(),
+    };
+    let answer = async {
+        stream.write_all(&hello.encode()).await?;
+        stream.flush().await?;
+        framing::read_small(&mut stream, &[Kind::Ready, Kind::Error]).await
+    };
+    match tokio::time::timeout(p2p_services::tls::HANDSHAKE_TIMEOUT, answer).await {
+        Err(_) => Err(Fault::Stalled),
+        Ok(Err(err)) => Err(fault(err)),
+        Ok(Ok(None)) => Err(Fault::Io("the source closed the connection".into())),
+        Ok(Ok(Some((Kind::Error, body)))) => Err(error_status(&body)),
+        Ok(Ok(Some(_))) => Ok(Some(stream)),
     }
 }
 
@@ -406,10 +423,7 @@ fn broken() -> Fault {
 
 /// The status an `ERROR` body carries.
 fn error_status(body: &[u8]) -> Fault {
-    match framing::decode_error(body) {
-        Ok((code, message)) => Fault::Status(Status::new(Code::from_i32(code), message)),
-        Err(err) => Fault::Protocol(err.to_string()),
-    }
+    framing::decode_status(body).map_or_else(|err| Fault::Protocol(err.to_string()), Fault::Status)
 }
 
 fn fault(err: framing::FrameError) -> Fault {

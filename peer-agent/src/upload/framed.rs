@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use p2p_proto::peer::v1::{HoldingsUpdate, WatchHoldingsRequest};
 use p2p_services::auth::{PEER_PROOF_TTL, PeerIdentity, TokenVerifier};
 use p2p_services::framing::{self, Fetch, Hello, Kind};
+use p2p_services::tls::server::negotiated;
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -88,7 +89,7 @@ pub async fn serve(
             next = connections.recv() => {
                 let Some(stream) = next else { break };
                 let server = server.clone();
-                if stream.get_ref().1.alpn_protocol() == Some(framing::HOLDINGS_ALPN) {
+                if negotiated(&stream) == Some(framing::HOLDINGS_ALPN) {
                     if holdings.len() >= super::MAX_WATCHERS {
                         tracing::debug!("too many holdings connections; closing a new one");
                         continue;
