@@ -23,11 +23,12 @@
 //! - a seeder may be asked for a chunk whose only partial holders are
 //!   [`SLOWER`] times slower than the seeder (otherwise every chunk a seeder
 //!   handed to a laptop would have to crawl out of the laptop's uplink);
-//! - a downloader whose own uploads are that much slower than what its
-//!   sources deliver is a poor relay: it asks seeders for fresh chunks only
-//!   when its peers have nothing for it, so the seeder's one copy goes to
-//!   the hosts that pass it on fastest (BitTorrent's super-seeding and
-//!   choking reward fast uploaders the same way).
+//! - a downloader that uploads that much slower than it downloads, while
+//!   peers are calling it, is a poor relay (a laptop's Wi-Fi uplink): it
+//!   asks seeders for fresh chunks only when its peers have nothing for
+//!   it, so the seeder's one copy goes to the hosts that pass it on fastest
+//!   (BitTorrent's super-seeding and choking reward fast uploaders the same
+//!   way).
 //!
 //! Stripes make them rarer still: the downloaders that can see each other
 //! as partial holders sort their peer ids, and each prefers, among equally
@@ -71,9 +72,9 @@ pub struct Picker {
     delivering: HashSet<SourceKey>,
     /// How fast each source has delivered.
     timing: HashMap<SourceKey, Timing>,
-    /// How long this agent's own uploads take per chunk and stream, when
-    /// known (see [`Self::set_own_chunk_time`]).
-    own_chunk_time: Option<Duration>,
+    /// Whether this agent uploads [`SLOWER`] times slower than it
+    /// downloads (see [`Self::set_own_rates`]).
+    slow_relay: bool,
 }
 
 /// How fast one source delivers: its chunk time, measured from when it
@@ -164,7 +165,7 @@ impl Picker {
             choosers: Vec::new(),
             delivering: HashSet::new(),
             timing: HashMap::new(),
-            own_chunk_time: None,
+            slow_relay: false,
         }
     }
 
@@ -174,22 +175,42 @@ impl Picker {
         Some(Duration::from_secs_f64(s))
     }
 
-    /// Tells the picker how fast this agent uploads: `rate_bps` over the
-    /// last second, on `streams` upload streams now, in chunks of
-    /// `chunk_bytes`. Each partial source is also a downloader that may
-    /// call us, so a chunk takes `chunk_bytes` × partial sources / `rate_bps`
-    /// to reach one of them. Judged only while every one of them could be
-    /// calling (at least as many streams as partial sources): an upload
-    /// that is low because nobody asks says nothing about the link.
-    pub fn set_own_upload(&mut self, rate_bps: u64, streams: u32, chunk_bytes: u32) {
+    /// Tells the picker how fast this agent uploads (`upload_bps`) and
+    /// downloads this file (`download_bps`), over the same recent window,
+    /// and whether the network held its uploads back then (`link_bound`).
+    ///
+    /// Among `p` downloaders that relay equally well, each uploads `p - 1`
+    /// of every `p` bytes it downloads (the seeder sends the one copy; the
+    /// downloaders send each other the rest). One whose link lets it upload
+    /// [`SLOWER`] times less than that, with `p - 1` partial sources beside
+    /// it, relays the seeder's fresh chunks slower than the peers it
+    /// competes with for them. An upload the link does not hold back is
+    /// what peers asked for, not what the link allows: such an agent could
+    /// relay more, and is no slow relay. (Judging it by that rate would
+    /// feed on itself: a slow relay takes fewer fresh chunks, so fewer
+    /// peers ask it for any.)
+    pub fn set_own_rates(&mut self, upload_bps: u64, download_bps: u64, link_bound: bool) {
         let peers = self
             .sources
             .keys()
             .filter(|k| !self.choosers.contains(k))
-            .count();
-        self.own_chunk_time = (peers > 0 && streams as usize >= peers && rate_bps > 0).then(|| {
-            Duration::from_secs_f64(f64::from(chunk_bytes) * peers as f64 / rate_bps as f64)
-        });
+            .count() as u64;
+        // upload < download · peers / (peers + 1) / SLOWER
+        let slow = link_bound
+            && upload_bps
+                .saturating_mul(peers + 1)
+                .saturating_mul(u64::from(SLOWER))
+                < download_bps.saturating_mul(peers);
+        if slow != self.slow_relay {
+            tracing::debug!(
+                slow,
+                upload_bps,
+                download_bps,
+                peers,
+                "judged whether this agent relays chunks slower than its peers"
+            );
+        }
+        self.slow_relay = slow;
     }
 
     /// The sources [`SLOWER`] times slower than `fast` at `now`; none while
@@ -224,24 +245,11 @@ impl Picker {
             .collect()
     }
 
-    /// Whether this agent passes chunks on [`SLOWER`] times slower than its
-    /// partial sources deliver them (median): it should leave a seeder's
-    /// fresh chunks to peers that relay them faster.
+    /// Whether this agent relays chunks [`SLOWER`] times slower than it
+    /// takes them in (see [`Self::set_own_rates`]): it should leave a
+    /// seeder's fresh chunks to peers that relay them faster.
     pub fn is_slow_relay(&self) -> bool {
-        let Some(own) = self.own_chunk_time else {
-            return false;
-        };
-        let mut peers: Vec<f64> = self
-            .timing
-            .iter()
-            .filter(|(k, _)| !self.choosers.contains(k) && self.sources.contains_key(k))
-            .filter_map(|(_, t)| t.chunk_s)
-            .collect();
-        if peers.is_empty() {
-            return false;
-        }
-        peers.sort_by(f64::total_cmp);
-        own.as_secs_f64() > f64::from(SLOWER) * peers[peers.len() / 2]
+        self.slow_relay
     }
 
     /// Adds a source or replaces what it holds.
@@ -657,9 +665,8 @@ mod tests {
         picker.upsert_source(2, field(8, &[0, 1]));
         let own = picker.pick_at(2, 1, start);
         timed(&mut picker, 2, &own, Duration::from_millis(100), start);
-        // We pass a 256 KiB chunk to our one peer at 1 Mbit/s: 2 s a chunk,
-        // 20 times slower than peer 2 delivers.
-        picker.set_own_upload(131_072, 1, 262_144);
+        // The link holds our uploads to 1 Mbit/s; we download at 10.
+        picker.set_own_rates(131_072, 1_310_720, true);
         assert!(picker.is_slow_relay());
         assert!(
             picker.seed_pool_at(1, start).is_none(),
@@ -670,12 +677,21 @@ mod tests {
             picker.seed_pool_at(1, start).is_some(),
             "with nothing left at its peers it asks the seeder"
         );
-        // Uploading as fast as the peer delivers, or not asked at all, it
-        // is no slow relay.
-        picker.set_own_upload(2_621_440, 1, 262_144);
+        // An upload the link does not hold back is only what peers asked
+        // for: the agent could relay more.
+        picker.set_own_rates(131_072, 1_310_720, false);
         assert!(!picker.is_slow_relay());
-        picker.set_own_upload(131_072, 0, 262_144);
+        // Two downloaders that relay equally well each upload half of what
+        // they download: 3 Mbit/s against 10 is no slow relay beside one
+        // peer...
+        picker.set_own_rates(393_216, 1_310_720, true);
         assert!(!picker.is_slow_relay());
+        // ...but is beside seven, who each upload 7/8 of what they take in.
+        for peer in 3..9 {
+            picker.upsert_source(peer, field(8, &[0]));
+        }
+        picker.set_own_rates(393_216, 1_310_720, true);
+        assert!(picker.is_slow_relay());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use p2p_services::metrics;
 
@@ -40,6 +41,10 @@ pub struct Stats {
     pub upload_meter: RateMeter,
     /// Download bytes per second.
     pub download_meter: RateMeter,
+    /// Microseconds per second that framed uploads spent writing chunks
+    /// into their connections: the number of upload streams waiting on the
+    /// network, on average, times a million.
+    pub upload_waits: RateMeter,
 }
 
 /// Seconds the "current rate" figures average over.
@@ -70,8 +75,8 @@ impl Stats {
     }
 
     /// Counts one chunk of those [`Self::chunk_served`] counted as sent in
-    /// a `p2p-chunks/1` frame.
-    pub fn chunk_served_framed(&self) {
+    /// a `p2p-chunks/1` frame, whose write took `waited`.
+    pub fn chunk_served_framed(&self, waited: Duration) {
         metrics::counter(
             "p2p_agent_chunks_served_framed_total",
             "Chunks sent to other agents as p2p-chunks/1 frames.",
@@ -79,6 +84,15 @@ impl Stats {
         )
         .inc();
         self.chunks_served_framed.fetch_add(1, Ordering::Relaxed);
+        self.upload_waits.record(waited.as_micros() as u64);
+    }
+
+    /// Whether this agent's uploads were held back by the network over the
+    /// last `seconds`: on average at least half an upload stream waited to
+    /// write. Then the upload rate is what the link allows, not what was
+    /// asked for.
+    pub fn upload_link_bound(&self, seconds: u64) -> bool {
+        self.upload_waits.rate_bps(seconds) >= 500_000
     }
 
     /// Counts one holdings stream opened to a watcher, `framed` when it is

@@ -71,6 +71,10 @@ const MAX_JUNK_HINTS: u32 = 8;
 const EVENT_QUEUE: usize = 256;
 /// How often progress is published.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// The window over which our own upload and download rates are compared
+/// (see `Picker::set_own_rates`): long enough to smooth a burst into the
+/// socket buffers, short enough to follow the swarm's phases.
+const OWN_RATES_SECS: u64 = 2;
 
 struct SourceSlot {
     peer_id: String,
@@ -339,7 +343,7 @@ impl Swarm {
                 }
                 _ = tick.tick() => {
                     self.publish(progress);
-                    self.tell_own_upload();
+                    self.tell_own_rates();
                     if self.shared.holding.save_due() {
                         let shared = &self.shared;
                         shared.ctx.holdings.flush(&shared.holding, &shared.part).await?;
@@ -366,16 +370,16 @@ impl Swarm {
         });
     }
 
-    /// Tells the picker how fast this agent uploads, so it can tell whether
-    /// we relay chunks slower than our peers (see `crate::picker`).
-    fn tell_own_upload(&self) {
+    /// Tells the picker how fast this agent uploads and downloads, so it can
+    /// tell whether we relay chunks slower than we take them in (see
+    /// `crate::picker`).
+    fn tell_own_rates(&self) {
         let stats = &self.shared.ctx.stats;
-        let rate_bps = stats.upload_meter.rate_bps(1);
-        let streams = stats.active_uploads.load(Ordering::Relaxed);
-        let chunk_bytes = self.shared.manifest.chunk_size_bytes;
-        self.shared
-            .picker()
-            .set_own_upload(rate_bps, streams, chunk_bytes);
+        self.shared.picker().set_own_rates(
+            stats.upload_meter.rate_bps(OWN_RATES_SECS),
+            self.shared.meter.rate_bps(OWN_RATES_SECS),
+            stats.upload_link_bound(OWN_RATES_SECS),
+        );
     }
 
     /// Whether the data path runs without TLS, where only the index vouches

@@ -278,10 +278,11 @@ impl FramedServer {
                 stream.write_all(&data).await?;
                 stream.flush().await
             };
+            let began = Instant::now();
             match tokio::time::timeout(stall, write).await {
                 Ok(Ok(())) => {
                     sent += 1;
-                    self.uploads.stats.chunk_served_framed();
+                    self.uploads.stats.chunk_served_framed(began.elapsed());
                 }
                 Ok(Err(_)) => return false,
                 Err(_) => {
