@@ -41,9 +41,9 @@ pub struct Stats {
     pub upload_meter: RateMeter,
     /// Download bytes per second.
     pub download_meter: RateMeter,
-    /// Microseconds per second that framed uploads spent writing chunks
-    /// into their connections: the number of upload streams waiting on the
-    /// network, on average, times a million.
+    /// Microseconds per second that upload streams spent handing chunks
+    /// on (see [`Self::upload_waited`]): the number of upload streams
+    /// waiting on the network, on average, times a million.
     pub upload_waits: RateMeter,
 }
 
@@ -75,8 +75,8 @@ impl Stats {
     }
 
     /// Counts one chunk of those [`Self::chunk_served`] counted as sent in
-    /// a `p2p-chunks/1` frame, whose write took `waited`.
-    pub fn chunk_served_framed(&self, waited: Duration) {
+    /// a `p2p-chunks/1` frame.
+    pub fn chunk_served_framed(&self) {
         metrics::counter(
             "p2p_agent_chunks_served_framed_total",
             "Chunks sent to other agents as p2p-chunks/1 frames.",
@@ -84,6 +84,12 @@ impl Stats {
         )
         .inc();
         self.chunks_served_framed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts how long an upload stream waited to hand one chunk on: its
+    /// write into a framed connection, or its place in a FetchChunks
+    /// response, which HTTP/2 takes only as fast as the connection drains.
+    pub fn upload_waited(&self, waited: Duration) {
         self.upload_waits.record(waited.as_micros() as u64);
     }
 

@@ -282,7 +282,8 @@ impl FramedServer {
             match tokio::time::timeout(stall, write).await {
                 Ok(Ok(())) => {
                     sent += 1;
-                    self.uploads.stats.chunk_served_framed(began.elapsed());
+                    self.uploads.stats.upload_waited(began.elapsed());
+                    self.uploads.stats.chunk_served_framed();
                 }
                 Ok(Err(_)) => return false,
                 Err(_) => {

@@ -32,6 +32,7 @@ pub mod seeding;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
@@ -395,8 +396,9 @@ async fn produce(mut state: UploadStream, tx: tokio::sync::mpsc::Sender<Result<C
     while let Some(item) = state.next().await {
         let failed = item.is_err();
         let item = item.map(|(index, data)| Chunk { index, data });
+        let began = Instant::now();
         match tx.send_timeout(item, state.uploads.stall_timeout).await {
-            Ok(()) if !failed => {}
+            Ok(()) if !failed => state.uploads.stats.upload_waited(began.elapsed()),
             Ok(()) => return,
             Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
                 tracing::info!(
