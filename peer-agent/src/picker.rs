@@ -23,12 +23,12 @@
 //! - a seeder may be asked for a chunk whose only partial holders are
 //!   [`SLOWER`] times slower than the seeder (otherwise every chunk a seeder
 //!   handed to a laptop would have to crawl out of the laptop's uplink);
-//! - a downloader that uploads that much slower than it downloads, while
-//!   peers are calling it, is a poor relay (a laptop's Wi-Fi uplink): it
-//!   asks seeders for fresh chunks only when its peers have nothing for
-//!   it, so the seeder's one copy goes to the hosts that pass it on fastest
-//!   (BitTorrent's super-seeding and choking reward fast uploaders the same
-//!   way).
+//! - a downloader whose link holds its uploads to that much less than an
+//!   equal peer's share of what it downloads is a poor relay (a laptop's
+//!   Wi-Fi uplink, see [`Picker::set_own_rates`]): it asks seeders for
+//!   fresh chunks only when its peers have nothing for it, so the seeder's
+//!   one copy goes to the hosts that pass it on fastest (BitTorrent's
+//!   super-seeding and choking reward fast uploaders the same way).
 //!
 //! Stripes make them rarer still: the downloaders that can see each other
 //! as partial holders sort their peer ids, and each prefers, among equally
@@ -72,8 +72,9 @@ pub struct Picker {
     delivering: HashSet<SourceKey>,
     /// How fast each source has delivered.
     timing: HashMap<SourceKey, Timing>,
-    /// Whether this agent uploads [`SLOWER`] times slower than it
-    /// downloads (see [`Self::set_own_rates`]).
+    /// Whether the link holds this agent's uploads to [`SLOWER`] times
+    /// less than an equal peer's share of what it downloads (see
+    /// [`Self::set_own_rates`]).
     slow_relay: bool,
 }
 
@@ -245,8 +246,8 @@ impl Picker {
             .collect()
     }
 
-    /// Whether this agent relays chunks [`SLOWER`] times slower than it
-    /// takes them in (see [`Self::set_own_rates`]): it should leave a
+    /// Whether this agent relays chunks [`SLOWER`] times slower than an
+    /// equal peer would (see [`Self::set_own_rates`]): it should leave a
     /// seeder's fresh chunks to peers that relay them faster.
     pub fn is_slow_relay(&self) -> bool {
         self.slow_relay

@@ -95,8 +95,8 @@ impl Stats {
 
     /// Whether this agent's uploads were held back by the network over the
     /// last `seconds`: on average at least half an upload stream waited to
-    /// write. Then the upload rate is what the link allows, not what was
-    /// asked for.
+    /// hand a chunk on. Then the upload rate is what the link allows, not
+    /// what was asked for.
     pub fn upload_link_bound(&self, seconds: u64) -> bool {
         self.upload_waits.rate_bps(seconds) >= 500_000
     }
