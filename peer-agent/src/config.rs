@@ -149,6 +149,16 @@ pub struct Config {
     /// meanwhile fetches from other peers.
     #[arg(long, env = "P2P_MAX_UPLOADS", default_value_t = 16)]
     pub max_uploads: u32,
+    /// Threads that run the agent's network work: TLS, checking received
+    /// chunks, the control API and the web app (0: one per core). File
+    /// reads and writes run on threads of their own either way. On a
+    /// small machine shared with other work, 1 spends less CPU per byte
+    /// than one per core, whose threads hand work to each other, and one
+    /// thread still moved 6 to 7 Gbit/s of chunks on loopback
+    /// (BENCHMARKS.md §2b). A 10 GbE host that uploads and downloads at
+    /// once wants 2 or more.
+    #[arg(long, env = "P2P_WORKER_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub worker_threads: u16,
     /// End an upload stream whose caller has not taken a chunk for this long
     /// (e.g. 30s, 2m), freeing its slot for other downloaders.
     #[arg(long, env = "P2P_UPLOAD_STALL_TIMEOUT", default_value = "30s", value_parser = p2p_services::config::parse_duration)]
@@ -392,6 +402,17 @@ mod tests {
         assert_eq!(parse_rate("1.5GB/s"), Ok(1_500_000_000));
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_core() {
+        let config = Config::try_parse_from(["peer-agent"]).unwrap();
+        assert_eq!(config.worker_threads, 0);
+        let one = Config::try_parse_from(["peer-agent", "--worker-threads", "1"]).unwrap();
+        assert_eq!(one.worker_threads, 1);
+        let many = Config::try_parse_from(["peer-agent", "--worker-threads", "5000"])
+            .expect_err("more threads than any host has cores");
+        assert!(many.to_string().contains("0..=1024"), "{many}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The `peer-agent` binary: parse the config, start telemetry, bind the
-//! TCP listeners and run the agent until SIGINT/SIGTERM.
+//! The `peer-agent` binary: parse the config, start the runtime
+//! (`--worker-threads`), start telemetry, bind the TCP listeners and
+//! run the agent until SIGINT/SIGTERM.
 
 use std::process::ExitCode;
 
@@ -7,9 +8,24 @@ use clap::{CommandFactory, Parser};
 use p2p_services::{listen, local, shutdown, telemetry};
 use peer_agent::{Command, Config};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = Config::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(usize::from(config.worker_threads));
+    }
+    let runtime = runtime.enable_all().build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(agent(config)),
+        Err(err) => {
+            eprintln!("peer-agent: cannot start its runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything after the runtime is up.
+async fn agent(config: Config) -> ExitCode {
     if let Some(Command::Manual(manual)) = config.command {
         return manual.print(Config::command());
     }
