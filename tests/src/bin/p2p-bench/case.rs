@@ -35,6 +35,8 @@ pub struct SwarmPlan {
     pub queue_ms: u64,
     pub host_queue: HostQueue,
     pub env: AgentEnv,
+    /// MiB the agents share and fetch before the measured file (0: none).
+    pub warm_up_mib: u64,
 }
 
 /// Hosts that share a link: `count` downloaders with `down_mbit` down and
@@ -223,6 +225,22 @@ pub struct AgentRecord {
     pub cpu_s: f64,
     /// Of `cpu_s`, the user-space share.
     pub cpu_user_s: f64,
+}
+
+impl AgentRecord {
+    /// Leaves what the agent did after `before` (its peak RSS stays the
+    /// whole run's).
+    pub fn subtract(&mut self, before: &AgentRecord) {
+        self.bytes_uploaded = self.bytes_uploaded.saturating_sub(before.bytes_uploaded);
+        self.bytes_downloaded = self
+            .bytes_downloaded
+            .saturating_sub(before.bytes_downloaded);
+        self.chunks_from_partial_sources = self
+            .chunks_from_partial_sources
+            .saturating_sub(before.chunks_from_partial_sources);
+        self.cpu_s -= before.cpu_s;
+        self.cpu_user_s -= before.cpu_user_s;
+    }
 }
 
 /// One run of one (N, F) case: ours, the baselines and the bounds.

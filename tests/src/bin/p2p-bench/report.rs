@@ -291,6 +291,7 @@ pub fn write(base: &Path, plan: &SwarmPlan, cases: &[SwarmCase], table: RunTable
                 "host_queue": plan.host_queue,
                 "agent_env": AgentEnv::listed(&plan.env.all),
                 "seeder_env": AgentEnv::listed(&plan.env.seeder),
+                "warm_up_mib": plan.warm_up_mib,
                 "index_loop_requests_per_downloader_per_s": c.index_loop_rps_per_downloader,
                 "agents_cpu_s": c.agents.iter().map(|a| a.cpu_s).sum::<f64>(),
                 "agents_cpu_s_per_gib": c.agents_cpu_s_per_gib,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use p2p_tests::netns::{Host, Lan, LinkShape};
 
 use crate::bittorrent::bittorrent_case;
@@ -76,6 +76,7 @@ pub fn swarm(base: &Path, plan: &SwarmPlan) -> Result<()> {
                     (plan.http, plan.bt, plan.mesh),
                     plan.timeout,
                     &plan.env,
+                    plan.warm_up_mib,
                 )?;
                 table.row(&case, size_mib, run);
                 cases.push(case);
@@ -106,6 +107,7 @@ fn swarm_case(
     (http, bt, mesh): (bool, bool, bool),
     timeout: Duration,
     env: &AgentEnv,
+    warm_up_mib: u64,
 ) -> Result<SwarmCase> {
     let n = mix.n();
     let size = size_mib << 20;
@@ -138,6 +140,31 @@ fn swarm_case(
         seeder: seed_agent,
         peers: agents,
     } = cluster::start_lan_agents(&lan, n, dir.path(), &seeder_env, &env.all)?;
+    // Counters before the measured file: what a warm-up left.
+    let mut before = Vec::new();
+    if warm_up_mib > 0 {
+        let warm_up = dir.path().join("seeder").join("warm-up.bin");
+        random_file(&warm_up, warm_up_mib << 20, !(size_mib ^ n as u64))?;
+        cluster::share(seeder.command(&p2p), &dir.path().join("seeder"), &warm_up)?;
+        get_everywhere(&lan, dir.path(), n, "warm-up.bin", Instant::now(), timeout)
+            .context("the warm-up file")?;
+        before.push(agent_record(
+            &seeder,
+            dir.path(),
+            &seed_agent,
+            "seeder",
+            None,
+        )?);
+        for (i, agent) in agents.iter().enumerate() {
+            before.push(agent_record(
+                lan.host(i + 2),
+                dir.path(),
+                agent,
+                &format!("peer{i}"),
+                None,
+            )?);
+        }
+    }
     let source = dir.path().join("seeder").join("payload.bin");
     random_file(&source, size, size_mib ^ n as u64)?;
     let want = file_hash(&source)?;
@@ -150,29 +177,8 @@ fn swarm_case(
     let started = Instant::now();
     let rtt_at = Duration::from_secs_f64(p2p_bound_s * RTT_SAMPLE_AT);
     let rtt = sample_rtt([seeder.clone(), lan.host(2).clone()], 50053, rtt_at);
-    let mut gets = Vec::new();
-    for i in 0..n {
-        let out = dir.path().join(format!("peer{i}")).join("payload-copy.bin");
-        let get = cluster::get(
-            lan.host(i + 2).command(&p2p),
-            &dir.path().join(format!("peer{i}")),
-            "payload.bin",
-            &out,
-        )?;
-        gets.push((get, out, None::<f64>));
-    }
-    let deadline = started + timeout;
-    while gets.iter().any(|g| g.2.is_none()) {
-        if Instant::now() > deadline {
-            bail!("swarm case N={n} F={size_mib}MiB timed out");
-        }
-        for (proc, _, done) in gets.iter_mut().filter(|g| g.2.is_none()) {
-            if cluster::finished(proc)? {
-                *done = Some(started.elapsed().as_secs_f64());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let gets = get_everywhere(&lan, dir.path(), n, "payload.bin", started, timeout)
+        .with_context(|| format!("swarm case N={n} F={size_mib}MiB"))?;
     let cpu_busy_swarm = utilisation(cpu_before, machine_jiffies());
     let loaded_rtt = rtt.join().ok().flatten();
     let swarm_s = started.elapsed().as_secs_f64();
@@ -210,6 +216,9 @@ fn swarm_case(
             &format!("peer{i}"),
             Some(per_host_s[i]),
         )?);
+    }
+    for (record, before) in records.iter_mut().zip(&before) {
+        record.subtract(before);
     }
     for (_, out, _) in &gets {
         if file_hash(out)? != want {
@@ -337,6 +346,40 @@ fn swarm_case(
         mesh_failed,
         loaded_rtt,
     })
+}
+
+/// Runs `p2p get name` on every downloader at once and waits for all of
+/// them, within `timeout` of `started`: each one's process, copy, and
+/// seconds from `started` until it returned.
+fn get_everywhere(
+    lan: &Lan,
+    dir: &Path,
+    n: usize,
+    name: &str,
+    started: Instant,
+    timeout: Duration,
+) -> Result<Vec<(Proc, std::path::PathBuf, Option<f64>)>> {
+    let p2p = bin("p2p")?;
+    let mut gets = Vec::new();
+    for i in 0..n {
+        let data = dir.join(format!("peer{i}"));
+        let out = data.join(format!("copy-of-{name}"));
+        let get = cluster::get(lan.host(i + 2).command(&p2p), &data, name, &out)?;
+        gets.push((get, out, None::<f64>));
+    }
+    let deadline = started + timeout;
+    while gets.iter().any(|g| g.2.is_none()) {
+        if Instant::now() > deadline {
+            bail!("timed out after {} s", timeout.as_secs());
+        }
+        for (proc, _, done) in gets.iter_mut().filter(|g| g.2.is_none()) {
+            if cluster::finished(proc)? {
+                *done = Some(started.elapsed().as_secs_f64());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(gets)
 }
 
 /// The index's RPC counters: (every method, LocateSources + UpdateHoldings).
