@@ -28,10 +28,7 @@
 //!   Wi-Fi uplink, see [`Picker::set_own_rates`]): it asks seeders for
 //!   fresh chunks only when its peers have nothing for it, so the seeder's
 //!   one copy goes to the hosts that pass it on fastest (BitTorrent's
-//!   super-seeding and choking reward fast uploaders the same way). An
-//!   agent's uplink does not change between files, so a download starts
-//!   from the verdict the agent's earlier downloads left
-//!   ([`Picker::assume_slow_relay`]) until its own rates can judge it.
+//!   super-seeding and choking reward fast uploaders the same way).
 //!
 //! Stripes make them rarer still: the downloaders that can see each other
 //! as partial holders sort their peer ids, and each prefers, among equally
@@ -79,13 +76,6 @@ pub struct Picker {
     /// less than an equal peer's share of what it downloads (see
     /// [`Self::set_own_rates`]).
     slow_relay: bool,
-    /// The verdict this agent's earlier downloads left (see
-    /// [`Self::assume_slow_relay`]), kept until this download's own window
-    /// of rates is full.
-    prior_slow_relay: bool,
-    /// Of the full windows in which the link held our uploads back, how
-    /// many judged us a slow relay, and how many there were.
-    relay_windows: (u32, u32),
 }
 
 /// How fast one source delivers: its chunk time, measured from when it
@@ -177,30 +167,7 @@ impl Picker {
             delivering: HashSet::new(),
             timing: HashMap::new(),
             slow_relay: false,
-            prior_slow_relay: false,
-            relay_windows: (0, 0),
         }
-    }
-
-    /// Starts this download as a slow relay (see [`Self::set_own_rates`]),
-    /// as this agent's earlier downloads judged it: its uplink does not
-    /// change from one file to the next, and without that memory a laptop
-    /// takes a seeder's fresh chunks for the first seconds of every
-    /// download, until its own rates show what its link is. The verdict
-    /// holds only until this download's window of rates is full; from
-    /// then on its own rates judge it.
-    pub fn assume_slow_relay(&mut self) {
-        self.prior_slow_relay = true;
-        self.slow_relay = true;
-    }
-
-    /// What this download has shown of our link, for the next one to
-    /// start from (see [`Self::assume_slow_relay`]): whether most of its
-    /// full windows in which the link held our uploads back judged us a
-    /// slow relay. `None` while there were none.
-    pub fn relay_verdict(&self) -> Option<bool> {
-        let (slow, bound) = self.relay_windows;
-        (bound > 0).then_some(2 * slow > bound)
     }
 
     /// A source's chunk time for this download, once it has delivered.
@@ -223,18 +190,7 @@ impl Picker {
     /// relay more, and is no slow relay. (Judging it by that rate would
     /// feed on itself: a slow relay takes fewer fresh chunks, so fewer
     /// peers ask it for any.)
-    ///
-    /// `window_full` says the rates span a whole window of this download;
-    /// until then the verdict an earlier download left holds (see
-    /// [`Self::assume_slow_relay`]) unless these rates already judge us
-    /// slow.
-    pub fn set_own_rates(
-        &mut self,
-        upload_bps: u64,
-        download_bps: u64,
-        link_bound: bool,
-        window_full: bool,
-    ) {
+    pub fn set_own_rates(&mut self, upload_bps: u64, download_bps: u64, link_bound: bool) {
         let peers = self
             .sources
             .keys()
@@ -246,14 +202,6 @@ impl Picker {
                 .saturating_mul(peers + 1)
                 .saturating_mul(u64::from(SLOWER))
                 < download_bps.saturating_mul(peers);
-        if window_full {
-            self.prior_slow_relay = false;
-            if link_bound {
-                self.relay_windows.0 += u32::from(slow);
-                self.relay_windows.1 += 1;
-            }
-        }
-        let slow = slow || self.prior_slow_relay;
         if slow != self.slow_relay {
             tracing::debug!(
                 slow,
@@ -719,7 +667,7 @@ mod tests {
         let own = picker.pick_at(2, 1, start);
         timed(&mut picker, 2, &own, Duration::from_millis(100), start);
         // The link holds our uploads to 1 Mbit/s; we download at 10.
-        picker.set_own_rates(131_072, 1_310_720, true, true);
+        picker.set_own_rates(131_072, 1_310_720, true);
         assert!(picker.is_slow_relay());
         assert!(
             picker.seed_pool_at(1, start).is_none(),
@@ -732,47 +680,19 @@ mod tests {
         );
         // An upload the link does not hold back is only what peers asked
         // for: the agent could relay more.
-        picker.set_own_rates(131_072, 1_310_720, false, true);
+        picker.set_own_rates(131_072, 1_310_720, false);
         assert!(!picker.is_slow_relay());
         // Two downloaders that relay equally well each upload half of what
         // they download: 3 Mbit/s against 10 is no slow relay beside one
         // peer...
-        picker.set_own_rates(393_216, 1_310_720, true, true);
+        picker.set_own_rates(393_216, 1_310_720, true);
         assert!(!picker.is_slow_relay());
         // ...but is beside seven, who each upload 7/8 of what they take in.
         for peer in 3..9 {
             picker.upsert_source(peer, field(8, &[0]));
         }
-        picker.set_own_rates(393_216, 1_310_720, true, true);
+        picker.set_own_rates(393_216, 1_310_720, true);
         assert!(picker.is_slow_relay());
-    }
-
-    #[test]
-    fn a_slow_relay_verdict_carries_over_until_the_window_is_full() {
-        let mut picker = seeded(8);
-        picker.upsert_source(2, field(8, &[0, 1]));
-        picker.assume_slow_relay();
-        assert!(picker.is_slow_relay());
-        assert!(
-            picker.seed_pool_at(1, Instant::now()).is_none(),
-            "from the first chunk it leaves the seeder's fresh ones to peer 2"
-        );
-        // The first rates of a download say nothing yet: the prior holds.
-        picker.set_own_rates(0, 65_536, false, false);
-        assert!(picker.is_slow_relay());
-        assert_eq!(picker.relay_verdict(), None);
-        // Once the window is full, this download's own rates judge it: an
-        // uplink the network does not hold back is no slow relay's.
-        picker.set_own_rates(1_310_720, 1_310_720, false, true);
-        assert!(!picker.is_slow_relay());
-        assert_eq!(picker.relay_verdict(), None, "no window was link-bound");
-        // What it leaves the next download is what most of its link-bound
-        // windows said.
-        picker.set_own_rates(131_072, 1_310_720, true, true);
-        assert_eq!(picker.relay_verdict(), Some(true));
-        picker.set_own_rates(1_310_720, 1_310_720, true, true);
-        picker.set_own_rates(1_310_720, 1_310_720, true, true);
-        assert_eq!(picker.relay_verdict(), Some(false));
     }
 
     #[test]

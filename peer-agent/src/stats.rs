@@ -3,7 +3,7 @@
 //! chunks flowed the way they should.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use p2p_services::metrics;
@@ -45,9 +45,6 @@ pub struct Stats {
     /// on (see [`Self::upload_waited`]): the number of upload streams
     /// waiting on the network, on average, times a million.
     pub upload_waits: RateMeter,
-    /// Whether the latest download that could tell judged this agent a
-    /// slow relay (`Picker::relay_verdict`): where the next one starts.
-    slow_relay: AtomicBool,
 }
 
 /// Seconds the "current rate" figures average over.
@@ -102,18 +99,6 @@ impl Stats {
     /// what was asked for.
     pub fn upload_link_bound(&self, seconds: u64) -> bool {
         self.upload_waits.rate_bps(seconds) >= 500_000
-    }
-
-    /// Keeps what a download judged of this agent as a relay
-    /// (`Picker::relay_verdict`), for the next download to start from.
-    pub fn remember_relay_verdict(&self, slow: bool) {
-        self.slow_relay.store(slow, Ordering::Relaxed);
-    }
-
-    /// Whether the latest download that could tell judged this agent a
-    /// slow relay (see `Picker::assume_slow_relay`).
-    pub fn was_slow_relay(&self) -> bool {
-        self.slow_relay.load(Ordering::Relaxed)
     }
 
     /// Counts one holdings stream opened to a watcher, `framed` when it is

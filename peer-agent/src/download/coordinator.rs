@@ -97,9 +97,6 @@ pub(super) struct Swarm {
     /// cannot read the file or sent rejected chunks are never asked again.
     failures: HashMap<String, Failure>,
     next_key: SourceKey,
-    /// When this run of the download began: its own rates span a whole
-    /// [`OWN_RATES_SECS`] window from then on.
-    started: Instant,
     /// When there was last reason to wait: a chunk arrived, or a source that
     /// has not failed was started. [`NO_SOURCE_GIVE_UP`] counts from here.
     last_hope: Instant,
@@ -237,7 +234,6 @@ impl Swarm {
             banned: HashMap::new(),
             failures: HashMap::new(),
             next_key: 1,
-            started: Instant::now(),
             last_hope: Instant::now(),
             last_have_bytes: 0,
             last_announced: (Instant::now(), 0),
@@ -379,16 +375,11 @@ impl Swarm {
     /// `crate::picker`).
     fn tell_own_rates(&self) {
         let stats = &self.shared.ctx.stats;
-        let mut picker = self.shared.picker();
-        picker.set_own_rates(
+        self.shared.picker().set_own_rates(
             stats.upload_meter.rate_bps(OWN_RATES_SECS),
             self.shared.meter.rate_bps(OWN_RATES_SECS),
             stats.upload_link_bound(OWN_RATES_SECS),
-            self.started.elapsed() >= Duration::from_secs(OWN_RATES_SECS),
         );
-        if let Some(slow) = picker.relay_verdict() {
-            stats.remember_relay_verdict(slow);
-        }
     }
 
     /// Whether the data path runs without TLS, where only the index vouches

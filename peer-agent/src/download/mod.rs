@@ -473,12 +473,8 @@ async fn run_download(
         p.resumed_chunks = resumed_chunks;
         p.have_bytes = have_bytes;
     });
-    let mut picker = Picker::new(picker_have, rand::random());
-    if ctx.stats.was_slow_relay() {
-        picker.assume_slow_relay();
-    }
     let shared = Arc::new(Shared {
-        picker: Mutex::new(picker),
+        picker: Mutex::new(Picker::new(picker_have, rand::random())),
         work_changed: Notify::new(),
         complete: Notify::new(),
         have_bytes: AtomicU64::new(have_bytes),
