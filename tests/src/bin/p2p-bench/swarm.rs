@@ -148,22 +148,7 @@ fn swarm_case(
         cluster::share(seeder.command(&p2p), &dir.path().join("seeder"), &warm_up)?;
         get_everywhere(&lan, dir.path(), n, "warm-up.bin", Instant::now(), timeout)
             .context("the warm-up file")?;
-        before.push(agent_record(
-            &seeder,
-            dir.path(),
-            &seed_agent,
-            "seeder",
-            None,
-        )?);
-        for (i, agent) in agents.iter().enumerate() {
-            before.push(agent_record(
-                lan.host(i + 2),
-                dir.path(),
-                agent,
-                &format!("peer{i}"),
-                None,
-            )?);
-        }
+        before = agent_records(&lan, dir.path(), &seed_agent, &agents, None)?;
     }
     let source = dir.path().join("seeder").join("payload.bin");
     random_file(&source, size, size_mib ^ n as u64)?;
@@ -201,22 +186,7 @@ fn swarm_case(
     let per_host_s: Vec<f64> = gets.iter().filter_map(|g| g.2).collect();
     let links = link_use(&samples, started, seeder_up_bps, &down_bps, &per_host_s);
     let ours_s = per_host_s.iter().cloned().fold(0.0, f64::max);
-    let mut records = vec![agent_record(
-        &seeder,
-        dir.path(),
-        &seed_agent,
-        "seeder",
-        None,
-    )?];
-    for (i, agent) in agents.iter().enumerate() {
-        records.push(agent_record(
-            lan.host(i + 2),
-            dir.path(),
-            agent,
-            &format!("peer{i}"),
-            Some(per_host_s[i]),
-        )?);
-    }
+    let mut records = agent_records(&lan, dir.path(), &seed_agent, &agents, Some(&per_host_s))?;
     for (record, before) in records.iter_mut().zip(&before) {
         record.subtract(before);
     }
@@ -405,6 +375,29 @@ fn index_requests(services: &Host) -> Option<(f64, f64)> {
         }
     }
     Some((all, hot))
+}
+
+/// Every agent's record: the seeder's (host 1), then each downloader's,
+/// with the seconds `done` gives it (`None`: not the measured file).
+fn agent_records(
+    lan: &Lan,
+    dir: &Path,
+    seeder: &Proc,
+    peers: &[Proc],
+    done: Option<&[f64]>,
+) -> Result<Vec<AgentRecord>> {
+    let mut records = vec![agent_record(lan.host(1), dir, seeder, "seeder", None)?];
+    for (i, agent) in peers.iter().enumerate() {
+        let done_s = done.and_then(|d| d.get(i).copied());
+        records.push(agent_record(
+            lan.host(i + 2),
+            dir,
+            agent,
+            &format!("peer{i}"),
+            done_s,
+        )?);
+    }
+    Ok(records)
 }
 
 /// Reads the counters of the agent on `host` and its process figures.
