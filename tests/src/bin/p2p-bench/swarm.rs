@@ -140,16 +140,17 @@ fn swarm_case(
         seeder: seed_agent,
         peers: agents,
     } = cluster::start_lan_agents(&lan, n, dir.path(), &seeder_env, &env.all)?;
-    // Counters before the measured file: what a warm-up left.
-    let mut before = Vec::new();
-    if warm_up_mib > 0 {
+    // Counters before the measured file: what a warm-up left (none).
+    let before = if warm_up_mib > 0 {
         let warm_up = dir.path().join("seeder").join("warm-up.bin");
         random_file(&warm_up, warm_up_mib << 20, !(size_mib ^ n as u64))?;
         cluster::share(seeder.command(&p2p), &dir.path().join("seeder"), &warm_up)?;
         get_everywhere(&lan, dir.path(), n, "warm-up.bin", Instant::now(), timeout)
             .context("the warm-up file")?;
-        before = agent_records(&lan, dir.path(), &seed_agent, &agents, None)?;
-    }
+        agent_records(&lan, dir.path(), &seed_agent, &agents, None)?
+    } else {
+        Vec::new()
+    };
     let source = dir.path().join("seeder").join("payload.bin");
     random_file(&source, size, size_mib ^ n as u64)?;
     let want = file_hash(&source)?;
